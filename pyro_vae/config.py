@@ -1,0 +1,360 @@
+"""Typed, frozen run specifications and their TOML form.
+
+A :class:`Config` has three sections, ``data``, ``model`` and ``train``, each a
+frozen dataclass.  Everything that reads a config goes through
+:func:`config_from_dict`, which rejects unknown keys ("did you mean ...?"),
+wrong types and out-of-range values with the dotted key path, so that a typo
+never passes silently (the failure mode of options read with ``kwargs.get``).
+
+Names that live in a registry (likelihoods, priors, guides, objectives, data
+sources, model types) are checked against that registry, so adding an entry
+there is all it takes to make it valid here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
+
+from .errors import PyroVAEError, did_you_mean
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "sigmoid", "silu")
+
+
+def _choices(fn):
+    """Field metadata: the valid names come from a registry, looked up lazily."""
+    return {"choices": fn}
+
+
+def _likelihood_names():
+    from .likelihoods import LIKELIHOODS
+
+    return LIKELIHOODS.names()
+
+
+def _prior_names():
+    from .models.vae import PRIORS
+
+    return PRIORS.names()
+
+
+def _guide_names():
+    from .models.vae import GUIDES
+
+    return GUIDES.names()
+
+
+def _objective_names():
+    from .objectives import OBJECTIVES
+
+    return OBJECTIVES.names()
+
+
+def _source_names():
+    from .data import SOURCES
+
+    return SOURCES.names()
+
+
+def _model_type_names():
+    from .models import MODELS
+
+    return MODELS.names()
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """An MLP: ``hidden`` sizes (``[]`` means a single linear map) and an activation."""
+
+    hidden: Tuple[int, ...] = (400,)
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = field(default="digits", metadata=_choices(_source_names))
+    path: Optional[str] = None  # IDX directory for fashion-mnist / mnist
+    train: Optional[str] = None  # .npy / .npz / .csv; implies source = "arrays"
+    test: Optional[str] = None
+    test_fraction: float = 0.1
+    binarize: Literal["auto", "none", "static", "dynamic"] = "auto"
+    drop_nonfinite: bool = False  # drop rows with NaN/Inf instead of failing
+    split_seed: int = 0  # seeds the held-out split (independent of train.seed)
+    # synthetic source: x = tanh(A z + b) W + noise, z ~ N(0, I)
+    num_points: int = 2000
+    synthetic_dim: int = 16
+    synthetic_latent_dim: int = 2
+    synthetic_noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str = field(default="vae", metadata=_choices(_model_type_names))
+    latent_dim: int = 16
+    prior: str = field(default="normal", metadata=_choices(_prior_names))
+    likelihood: str = field(default="bernoulli", metadata=_choices(_likelihood_names))
+    # normal / laplace likelihood scale: a positive number, "learned" (per data
+    # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
+    scale: Union[float, Literal["learned", "learned_isotropic", "amortized"]] = "learned"
+    levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
+    guide: str = field(default="normal", metadata=_choices(_guide_names))
+    encoder: NetConfig = NetConfig()
+    decoder: NetConfig = NetConfig()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    elbo: str = field(default="meanfield", metadata=_choices(_objective_names))
+    num_particles: int = 1
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    on_nonfinite: Literal["raise", "skip", "rollback"] = "raise"
+    eval_every: int = 1  # epochs between test-ELBO evaluations
+    checkpoint_every: int = 1  # epochs between checkpoints
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def replace(self, **sections) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_plain(self)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+# Range checks: key path -> (predicate, what it must be).
+_RANGES = {
+    "data.test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "data.num_points": (lambda v: v >= 2, ">= 2"),
+    "data.synthetic_dim": (lambda v: v >= 1, ">= 1"),
+    "data.synthetic_latent_dim": (lambda v: v >= 1, ">= 1"),
+    "data.synthetic_noise": (lambda v: v > 0, "> 0"),
+    "model.latent_dim": (lambda v: v >= 1, ">= 1"),
+    "model.levels": (lambda v: v is None or v >= 2, ">= 2"),
+    "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
+    "model.encoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
+    "model.decoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
+    "train.num_particles": (lambda v: v >= 1, ">= 1"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.beta": (lambda v: v >= 0, ">= 0"),
+    "train.kl_warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.eval_every": (lambda v: v >= 1, ">= 1"),
+    "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (tuple, Tuple):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; return the normalized value."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except PyroVAEError:
+                continue
+        raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise PyroVAEError(
+                f"{key}: {value!r} is not valid: {did_you_mean(value, allowed)}"
+                f"valid: {', '.join(map(str, allowed))}"
+            )
+        return value
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise PyroVAEError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PyroVAEError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PyroVAEError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise PyroVAEError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise PyroVAEError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise PyroVAEError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)
+    raise TypeError(f"unsupported annotation {tp!r} at {key}")  # programming error
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise PyroVAEError(
+                f"unknown key {path!r}: {did_you_mean(key, fields)}"
+                f"valid keys in [{prefix or 'top level'}]: {', '.join(fields)}"
+            )
+        value = _coerce(value, hints[key], path)
+        choices = fields[key].metadata.get("choices")
+        if choices is not None and value not in choices():
+            names = choices()
+            raise PyroVAEError(
+                f"{path}: unknown name {value!r}: {did_you_mean(value, names)}"
+                f"valid: {', '.join(names)}"
+            )
+        check = _RANGES.get(path)
+        if check is not None and value is not None and not check[0](value):
+            raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] = None) -> Config:
+    """Validate a nested mapping (as read from TOML) into a :class:`Config`.
+
+    Relative data paths are resolved against ``base_dir`` (the TOML file's
+    folder) so a config means the same thing from any working directory.
+    """
+    if not isinstance(values, Mapping):
+        raise PyroVAEError(f"a config must be a table of sections, got {type(values).__name__}")
+    cfg = _build(Config, values, "")
+    return _resolve_paths(cfg, Path(base_dir) if base_dir is not None else None)
+
+
+def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
+    updates = {}
+    for key in ("path", "train", "test"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            p = Path(value).expanduser()
+            if not p.is_absolute() and base is not None:
+                p = base / p
+            updates[key] = str(p.absolute()) if base is not None else str(p)
+    if cfg.data.train is not None and cfg.data.source == "digits":
+        updates["source"] = "arrays"  # `train = "x.npy"` alone means array data
+    return cfg.replace(data=dataclasses.replace(cfg.data, **updates)) if updates else cfg
+
+
+def load_config(path: os.PathLike, overrides: Tuple[str, ...] = ()) -> Config:
+    """Read a TOML file (plus ``section.key=value`` overrides) into a :class:`Config`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PyroVAEError(f"config file {str(path)!r} does not exist: check the path") from None
+    except OSError as e:
+        raise PyroVAEError(f"cannot read config file {str(path)!r}: {e.strerror}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PyroVAEError(f"{path}: invalid TOML: {e}; fix the syntax at that line") from None
+    values = apply_overrides(values, overrides)
+    return config_from_dict(values, base_dir=path.parent)
+
+
+def apply_overrides(values: Mapping[str, Any], overrides) -> Dict[str, Any]:
+    """Apply ``section.key=value`` strings; values are TOML literals, bare words are strings."""
+    import copy
+
+    out = copy.deepcopy(dict(values))
+    for item in overrides:
+        if "=" not in item:
+            raise PyroVAEError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise PyroVAEError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word: take it as a string
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise PyroVAEError(f"--set {item!r}: {p!r} is not a table")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def dump_toml(values: Mapping[str, Any]) -> str:
+    """Write a config dict as TOML (sections, scalars, lists and inline tables)."""
+
+    def scalar(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items() if x is not None) + " }"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = []
+    for section, body in values.items():
+        lines.append(f"[{section}]")
+        for k, v in body.items():
+            if v is not None:
+                lines.append(f"{k} = {scalar(v)}")
+        lines.append("")
+    return "\n".join(lines)

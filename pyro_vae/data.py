@@ -1,0 +1,310 @@
+"""Data sources, validation and in-memory batching.
+
+Every source returns a :class:`Dataset`: float32 train/test matrices (one row
+per data point), an optional image shape, optional labels, and notes about
+what was changed (casts, dropped rows).  Validation happens here, before any
+model exists, so bad data fails in one line that names the file and the fix.
+
+Training data stays on the training device and is batched by index
+(``x[perm[i:i+B]]``): no per-item ``DataLoader``, no per-batch host copies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import PyroVAEError
+from .registry import Registry
+
+SOURCES: Registry = Registry("data source")
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
+
+
+@dataclass
+class Dataset:
+    train: torch.Tensor
+    test: torch.Tensor
+    name: str = "data"
+    image_shape: Optional[Tuple[int, int]] = None
+    train_labels: Optional[torch.Tensor] = None
+    test_labels: Optional[torch.Tensor] = None
+    binarize: str = "none"  # "dynamic": resample train batches each step
+    notes: List[str] = field(default_factory=list)
+    truth: Optional[dict] = None  # synthetic source: the generating parameters
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_shape is not None
+
+
+# --------------------------------------------------------------------------
+# validation
+
+
+def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[list] = None) -> torch.Tensor:
+    """Validate an array-like as a non-empty finite float32 matrix (rows = points)."""
+    notes = notes if notes is not None else []
+    arr = np.asarray(array)
+    if arr.dtype.kind in "OUSV":
+        raise PyroVAEError(f"{what} is not numeric (dtype {arr.dtype}): remove text columns or convert them to numbers")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.float32)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], -1)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise PyroVAEError(f"{what} is empty (shape {tuple(np.shape(array))}): give at least one row and one column")
+    if arr.dtype != np.float32:
+        notes.append(f"{what}: cast from {arr.dtype} to float32")
+        arr = arr.astype(np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad_rows = ~finite.all(axis=1)
+        r, c = np.argwhere(~finite)[0]
+        if not drop_nonfinite:
+            raise PyroVAEError(
+                f"{what} has {int((~finite).sum())} NaN/Inf values in {int(bad_rows.sum())} rows "
+                f"(first at row {r}, column {c}): clean the data or set data.drop_nonfinite = true to drop those rows"
+            )
+        arr = arr[~bad_rows]
+        notes.append(f"{what}: dropped {int(bad_rows.sum())} rows with NaN/Inf")
+        if arr.shape[0] == 0:
+            raise PyroVAEError(f"{what}: every row has NaN/Inf values; nothing is left to train on")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def read_array(path: str, what: str) -> np.ndarray:
+    """Read ``.npy``, ``.npz`` (the array named ``x``, else the only array) or ``.csv``."""
+    p = Path(path)
+    if not p.exists():
+        raise PyroVAEError(f"{what} file {str(p)!r} does not exist: check data.train / data.test")
+    if p.is_dir():
+        raise PyroVAEError(f"{what} path {str(p)!r} is a folder: give a .npy, .npz or .csv file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            # mmap: a large file is paged in as batches touch it, not read whole
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                names = list(z.keys())
+                if not names:
+                    raise PyroVAEError(f"{what} file {str(p)!r} holds no arrays")
+                key = "x" if "x" in names else names[0] if len(names) == 1 else None
+                if key is None:
+                    raise PyroVAEError(
+                        f"{what} file {str(p)!r} holds several arrays ({', '.join(names)}) and none is named 'x': save the data as 'x'"
+                    )
+                return z[key]
+        if suffix == ".csv":
+            return _read_csv(p, what)
+    except PyroVAEError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise PyroVAEError(f"{what} file {str(p)!r} cannot be read ({e}): is it a valid {suffix} file?") from None
+    raise PyroVAEError(f"{what} file {str(p)!r} has an unsupported type {suffix!r}: use .npy, .npz or .csv")
+
+
+def _read_csv(p: Path, what: str) -> np.ndarray:
+    rows = [line for line in p.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise PyroVAEError(f"{what} file {str(p)!r} is empty")
+    skip = 0
+    first = [c.strip() for c in rows[0].split(",")]
+    if not all(_is_number(c) for c in first):
+        skip = 1  # a header row
+    out = []
+    for i, line in enumerate(rows[skip:], start=skip + 1):
+        cells = [c.strip() for c in line.split(",")]
+        for j, c in enumerate(cells):
+            if not _is_number(c):
+                raise PyroVAEError(
+                    f"{what} file {str(p)!r} line {i}, column {j + 1} is not a number ({c!r}): remove text columns"
+                )
+        out.append([float(c) for c in cells])
+    widths = {len(r) for r in out}
+    if len(widths) > 1:
+        raise PyroVAEError(f"{what} file {str(p)!r} has rows of different lengths {sorted(widths)}: fix the CSV")
+    return np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# sources
+
+
+def _split(x: torch.Tensor, labels, fraction: float, seed: int):
+    n = x.shape[0]
+    n_test = int(round(n * fraction))
+    if n_test == 0:
+        return x, x, labels, labels, ["no held-out data (data.test_fraction = 0): test metrics use the training data"]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    te, tr = perm[:n_test], perm[n_test:]
+    if tr.numel() == 0:
+        raise PyroVAEError(f"data.test_fraction = {fraction} leaves no training rows: lower it")
+    lab = (None, None) if labels is None else (labels[tr], labels[te])
+    return x[tr], x[te], lab[0], lab[1], []
+
+
+@SOURCES.register("digits")
+def _digits(cfg, discrete: bool):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    if not discrete:
+        x = x / 16.0
+    tr, te, ltr, lte, notes = _split(x, torch.tensor(d.target), cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, "digits", (8, 8), ltr, lte, notes=notes)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): MNIST's and Fashion-MNIST's format."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"expected {int(np.prod(shape))} values, found {data.size}")
+        return data.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise PyroVAEError(f"IDX file {str(path)!r} is corrupt or not an IDX file ({e}): re-install or re-download it") from None
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise PyroVAEError(
+        f"no {stem}[.gz] in {str(folder)!r}: set data.path to the folder with the IDX files"
+        + (" (on Debian: apt-get install dataset-fashion-mnist)" if str(folder) == FASHION_MNIST_DIR else "")
+    )
+
+
+def _idx_source(name: str, default_dir: Optional[str]):
+    def load(cfg, discrete: bool):
+        folder = cfg.path or default_dir
+        if folder is None:
+            raise PyroVAEError(f"data.source = {name!r} needs data.path, the folder with its IDX files")
+        folder = Path(folder)
+        if not folder.is_dir():
+            hint = " (on Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+            raise PyroVAEError(f"data.path {str(folder)!r} is not a folder{hint}: set data.path to the IDX folder")
+        arrays = {k: read_idx(_find_idx(folder, f"{k}-idx{3 if 'images' in k else 1}-ubyte"))
+                  for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+        scale = 1.0 if discrete else 255.0
+        tr = torch.from_numpy(arrays["train-images"].reshape(len(arrays["train-images"]), -1).astype(np.float32) / scale)
+        te = torch.from_numpy(arrays["t10k-images"].reshape(len(arrays["t10k-images"]), -1).astype(np.float32) / scale)
+        shape = tuple(arrays["train-images"].shape[1:])
+        return Dataset(tr, te, name, shape, torch.from_numpy(arrays["train-labels"].astype(np.int64)),
+                       torch.from_numpy(arrays["t10k-labels"].astype(np.int64)))
+
+    return load
+
+
+SOURCES.register("fashion-mnist")(_idx_source("fashion-mnist", FASHION_MNIST_DIR))
+SOURCES.register("mnist")(_idx_source("mnist", None))
+
+
+def synthetic_truth(cfg) -> dict:
+    """The generating parameters of the synthetic source (a fixed function of the seed)."""
+    g = torch.Generator().manual_seed(cfg.split_seed + 12345)
+    k, d, h = cfg.synthetic_latent_dim, cfg.synthetic_dim, 32
+    return {
+        "A": torch.randn(h, k, generator=g) * 1.5,
+        "b": torch.randn(h, generator=g) * 0.5,
+        "W": torch.randn(d, h, generator=g) / h**0.5,
+        "noise": float(cfg.synthetic_noise),
+    }
+
+
+def synthetic_mean(truth: dict, z: torch.Tensor) -> torch.Tensor:
+    """E[x | z] = W tanh(A z + b) of the synthetic source."""
+    return torch.tanh(z @ truth["A"].T + truth["b"]) @ truth["W"].T
+
+
+@SOURCES.register("synthetic")
+def _synthetic(cfg, discrete: bool):
+    """z ~ N(0, I_k), x | z ~ N(W tanh(A z + b), noise^2 I): a known non-linear latent model."""
+    truth = synthetic_truth(cfg)
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    z = torch.randn(cfg.num_points, cfg.synthetic_latent_dim, generator=g)
+    x = synthetic_mean(truth, z) + truth["noise"] * torch.randn(cfg.num_points, cfg.synthetic_dim, generator=g)
+    tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, "synthetic", notes=notes, truth=truth)
+
+
+@SOURCES.register("arrays")
+def _arrays(cfg, discrete: bool):
+    if cfg.train is None:
+        raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npy\" (.npy, .npz or .csv)")
+    notes: list = []
+    raw = read_array(cfg.train, "data.train")
+    image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
+    x = as_matrix(raw, f"data.train ({Path(cfg.train).name})", cfg.drop_nonfinite, notes)
+    if cfg.test is not None:
+        xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
+        if xt.shape[1] != x.shape[1]:
+            raise PyroVAEError(
+                f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
+            )
+        return Dataset(x, xt, Path(cfg.train).stem, image_shape, notes=notes)
+    tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, Path(cfg.train).stem, image_shape, notes=notes + more)
+
+
+def resolve_binarize(data_cfg, likelihood: str) -> str:
+    """``auto`` means dynamic binarization for image data under a Bernoulli likelihood, else none."""
+    if data_cfg.binarize != "auto":
+        return data_cfg.binarize
+    return "dynamic" if likelihood == "bernoulli" and data_cfg.source in IMAGE_SOURCES else "none"
+
+
+def load_data(data_cfg, likelihood: str = "normal", seed: int = 0) -> Dataset:
+    """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
+    discrete = likelihood == "categorical"
+    ds = SOURCES[data_cfg.source](data_cfg, discrete)
+    mode = resolve_binarize(data_cfg, likelihood)
+    if mode != "none":
+        for what, x in (("train", ds.train), ("test", ds.test)):
+            if bool(((x < 0) | (x > 1)).any()):
+                raise PyroVAEError(
+                    f"data.binarize = {mode!r} needs {what} data in [0, 1]: rescale it or set data.binarize = 'none'"
+                )
+        g = torch.Generator().manual_seed(data_cfg.split_seed + 1)
+        # the test set is always binarized once, with a fixed seed, so test
+        # metrics of different runs are computed on the very same bits
+        ds.test = torch.bernoulli(ds.test, generator=g)
+        if mode == "static":
+            ds.train = torch.bernoulli(ds.train, generator=g)
+    ds.binarize = mode
+    return ds
+

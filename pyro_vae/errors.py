@@ -1,0 +1,29 @@
+"""The one exception type users see.
+
+Every problem a user can fix (bad config, bad data, missing file, corrupt
+checkpoint) raises :class:`PyroVAEError` with a single line that names the
+problem and the fix.  The CLI prints that line and exits non-zero without a
+traceback; library callers can catch it like any ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class PyroVAEError(ValueError):
+    """A user-fixable problem; ``str(err)`` is one line naming the problem and the fix."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A short suffix such as ``did you mean 'latent_dim'?`` (empty if nothing is close)."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> PyroVAEError:
+    choices = sorted(choices)
+    return PyroVAEError(
+        f"unknown {kind} {name!r}: {did_you_mean(name, choices)}valid: {', '.join(choices)}"
+    )

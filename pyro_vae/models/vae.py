@@ -1,0 +1,153 @@
+"""The variational autoencoder: prior p(z), decoder + likelihood p(x|z), encoder q(z|x).
+
+Both callables are plain Pyro: ``model`` samples ``z`` from the prior and
+scores ``x`` under the likelihood; ``guide`` samples ``z`` from the amortized
+encoder.  Every density the objectives, the evaluator and the diagnostics use
+comes from these two sample sites.  A ``delta`` guide makes the same model a
+deterministic autoencoder fitted by MAP: its ELBO is log p(x|z) + log p(z) at
+z = f(x).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import pyro
+import pyro.distributions as dist
+from pyro.nn import PyroModule
+
+from ..likelihoods import LIKELIHOODS
+from ..nets import mlp
+from ..registry import Registry
+from . import MODELS
+
+PRIORS: Registry = Registry("prior")
+GUIDES: Registry = Registry("guide")
+
+MIN_ENCODER_SCALE = 1e-4
+
+
+class _Prior(nn.Module):
+    family = None
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        # buffers follow .to(device), so the prior lives where the data lives
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self) -> dist.Distribution:
+        return self.family(self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("normal")
+class NormalPrior(_Prior):
+    family = dist.Normal
+
+
+@PRIORS.register("laplace")
+class LaplacePrior(_Prior):
+    family = dist.Laplace
+
+
+@GUIDES.register("normal")
+class NormalEncoder(nn.Module):
+    """q(z|x) = N(mu(x), diag sigma(x)^2)."""
+
+    def __init__(self, data_dim: int, latent_dim: int, net):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = mlp(data_dim, net.hidden, 2 * latent_dim, net.activation)
+
+    def forward(self, x):
+        loc, raw = self.net(x).split(self.latent_dim, dim=-1)
+        return loc, F.softplus(raw) + MIN_ENCODER_SCALE
+
+    def distribution(self, x) -> dist.Distribution:
+        loc, scale = self(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def mean(self, x):
+        return self(x)[0]
+
+
+@GUIDES.register("delta")
+class DeltaEncoder(nn.Module):
+    """q(z|x) = point mass at f(x): a deterministic encoder."""
+
+    def __init__(self, data_dim: int, latent_dim: int, net):
+        super().__init__()
+        self.net = mlp(data_dim, net.hidden, latent_dim, net.activation)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def distribution(self, x) -> dist.Distribution:
+        return dist.Delta(self(x)).to_event(1)
+
+    def mean(self, x):
+        return self(x)
+
+
+@MODELS.register("vae")
+class VAE(PyroModule):
+    """A single-latent VAE built from a :class:`~pyro_vae.config.ModelConfig`.
+
+    The constructor only stores and builds modules: it touches no global state
+    (no param-store clearing, no reseeding), so models can be built freely.
+    """
+
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, spec, data_dim: int):
+        super().__init__()
+        self.spec = spec
+        self.data_dim = int(data_dim)
+        self.latent_dim = spec.latent_dim
+        self.prior = PRIORS[spec.prior](spec.latent_dim)
+        self.likelihood = LIKELIHOODS[spec.likelihood](data_dim, spec.scale, spec.levels)
+        self.encoder = GUIDES[spec.guide](data_dim, spec.latent_dim, spec.encoder)
+        self.decoder = mlp(spec.latent_dim, spec.decoder.hidden, self.likelihood.out_features, spec.decoder.activation)
+        self._arange_cache = {}
+
+    # -- the Pyro program -------------------------------------------------
+    def _plate(self, x, data_size):
+        n = x.shape[-2]
+        if data_size is None or data_size == n:
+            return pyro.plate("data", n, dim=-1)
+        # Hand the plate the batch's own positions: with ``subsample_size`` it
+        # would draw a fresh randperm of the whole data set on every step.
+        key = (n, x.device)
+        idx = self._arange_cache.get(key)
+        if idx is None:
+            idx = self._arange_cache[key] = torch.arange(n, device=x.device)
+        return pyro.plate("data", size=data_size, subsample=idx, dim=-1)
+
+    def model(self, x, data_size=None):
+        with self._plate(x, data_size):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x, data_size=None):
+        with self._plate(x, data_size):
+            pyro.sample("z", self.encoder.distribution(self.likelihood.encoder_input(x)))
+
+    # -- conveniences -----------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x):
+        """Mean of q(z|x)."""
+        return self.encoder.mean(self.likelihood.encoder_input(x))
+
+    @torch.no_grad()
+    def decode(self, z):
+        """Mean of p(x|z)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None):
+        """Draw ``z ~ p(z)`` and return (z, mean of p(x|z))."""
+        prior = self.prior()
+        z = prior.sample((n,))
+        return z, self.decode(z)

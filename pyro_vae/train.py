@@ -1,0 +1,482 @@
+"""Stochastic variational inference: an explicit-state trainer.
+
+The low-level API is :meth:`Trainer.step` (one minibatch: loss, NaN guard,
+optimizer step); :meth:`Trainer.fit` runs epochs over it with progress,
+periodic test ELBO, checkpoints and signal handling.  All mutable training
+state — parameters, optimizer moments, RNG streams, the current epoch's data
+order and position — is saved in the checkpoint, so a resumed run continues
+bit-exactly where it stopped (on CPU).
+
+Why not ``pyro.infer.SVI``: ``SVI.step`` computes gradients and steps the
+optimizer in one call, so a non-finite loss or gradient reaches the weights
+before anyone can look.  Here the loss is the objective's
+``differentiable_loss`` (the same Pyro ELBO SVI would use), and one
+``torch.optim.Adam`` holds every parameter (one foreach update rather than
+Pyro's optimizer per parameter).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import io
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import pyro
+from pyro import poutine
+
+from .checkpoint import clean_stale_temporaries, load_state_dict_checked, save_checkpoint
+from .config import TrainConfig
+from .errors import PyroVAEError
+from .evaluate import is_density_site, isolated_rng, test_elbo
+from .models import check_protocol
+from .objectives import make_objective, scale_sites
+
+HISTORY_FIELDS = ("epoch", "train_loss", "test_elbo", "seconds", "beta")
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
+class NonFiniteError(PyroVAEError):
+    """The loss or a gradient went NaN/Inf under ``on_nonfinite = 'raise'``."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was saved after the current step."""
+
+    def __init__(self, signum: int, checkpoint: Optional[Path]):
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted by signal {signum}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PyroVAEError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; everything here goes into the checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # minibatches processed (stepped or skipped)
+    batch: int = 0  # minibatches done in the current epoch
+    perm: Optional[torch.Tensor] = None  # the current epoch's data order (CPU)
+    epoch_loss: float = 0.0  # sum of per-point minibatch losses in this epoch
+    epoch_seconds: float = 0.0
+    skipped: int = 0  # steps skipped or rolled back for non-finite values
+    history: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "step": self.step, "batch": self.batch, "perm": self.perm,
+            "epoch_loss": self.epoch_loss, "epoch_seconds": self.epoch_seconds,
+            "skipped": self.skipped, "history": [dict(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(**d)
+
+
+class Trainer:
+    """Fits a latent-variable model with SVI.
+
+    ``model`` is anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and
+    ``obs_site``; the constructor only stores its arguments.
+    """
+
+    def __init__(self, model, config: TrainConfig = TrainConfig(), *, run_dir: Optional[os.PathLike] = None,
+                 progress: Optional[bool] = None):
+        self.model = model
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.state = TrainState()
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.params: List[torch.Tensor] = []
+        self.param_names: List[str] = []
+        self._data_rng = torch.Generator()
+        self._stop_signal: Optional[int] = None
+        self._snapshot = None
+        self._consecutive_bad = 0
+        #: extra entries saved in every checkpoint (the run's config, data shape, ...)
+        self.meta: dict = {}
+
+    # -- setup --------------------------------------------------------------
+    def setup(self, x_example: torch.Tensor, data_size: int) -> None:
+        """Build objective and optimizer and check one forward pass; idempotent."""
+        check_protocol(self.model)
+        if self.optimizer is not None:
+            return
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(self.device)
+        cfg = self.config
+        self.objective = make_objective(cfg.elbo, cfg.num_particles, getattr(self.model, "max_plate_nesting", float("inf")))
+        self._scale_inside = getattr(self.objective, "minibatch_scale_inside", True)
+        self._takes_data_size = "data_size" in inspect.signature(self.model.model).parameters
+        self.data_size = int(data_size)
+        self._sanity_check(x_example)
+        self.params, self.param_names = self._collect_params(x_example)
+        if not self.params:
+            raise PyroVAEError(f"{type(self.model).__name__} has no trainable parameters")
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, foreach=True)
+
+    def _collect_params(self, x):
+        """Module parameters plus any param-store params the model and guide use."""
+        params, names, seen = [], [], set()
+        if isinstance(self.model, torch.nn.Module):
+            for name, p in self.model.named_parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p)); params.append(p); names.append(name)
+        with poutine.trace(param_only=True) as tr:
+            self._loss(x[: min(len(x), 2)])
+        for name, site in sorted(tr.trace.nodes.items()):
+            p = site["value"].unconstrained()
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p)); params.append(p); names.append("param_store:" + name)
+        return params, names
+
+    def _sanity_check(self, x):
+        """One loss on a tiny batch, before any training, with likely causes on failure."""
+        try:
+            with isolated_rng(0, self.device):
+                loss = self._loss(x[: min(len(x), 4)])
+        except PyroVAEError:
+            raise
+        except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+            msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+            raise PyroVAEError(
+                f"the model fails on its first batch ({msg[:300]}); likely causes: data outside the "
+                "likelihood's support, a data width that differs from the model's, or a site missing from the guide"
+            ) from None
+        if not torch.isfinite(loss):
+            raise PyroVAEError(
+                "the loss is not finite before training starts: check the data scale and the likelihood's scale"
+            )
+
+    # -- one step -------------------------------------------------------------
+    def beta_at(self, epoch_progress: float) -> float:
+        cfg = self.config
+        if cfg.kl_warmup_epochs <= 0:
+            return cfg.beta
+        return cfg.beta * min(1.0, epoch_progress / cfg.kl_warmup_epochs)
+
+    def _loss(self, x, beta: float = 1.0):
+        """The minibatch loss: an unbiased estimate of the full-data negative ELBO."""
+        b = x.shape[0]
+        kwargs = {}
+        outer = 1.0
+        factor = self.data_size / b
+        if not self._scale_inside:
+            outer = factor  # e.g. IWAE: scale after the log-mean-exp, not inside it
+        elif self._takes_data_size:
+            kwargs["data_size"] = self.data_size
+        elif factor != 1.0:
+            outer = factor  # equal to poutine.scale on every site
+        with scale_sites(self.model.latent_sites, beta) if beta != 1.0 else _null():
+            loss = self.objective.differentiable_loss(self.model.model, self.model.guide, x, **kwargs)
+        return loss * outer if outer != 1.0 else loss
+
+    def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+        """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached)."""
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss = self._loss(x, beta)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        if not finite:
+            return self._on_nonfinite(x, loss)
+        opt.step()
+        self._consecutive_bad = 0
+        return loss.detach()
+
+    def _on_nonfinite(self, x, loss):
+        policy = self.config.on_nonfinite
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped += 1
+        self._consecutive_bad += 1
+        where = f"step {self.state.step}, epoch {self.state.epoch + 1}, batch {self.state.batch + 1}"
+        if policy == "raise" or self._consecutive_bad > MAX_CONSECUTIVE_NONFINITE:
+            sites = self.nonfinite_sites(x)
+            saved = self.save_checkpoint() if self.run_dir is not None else None
+            what = "loss" if not torch.isfinite(loss) else "gradient"
+            raise NonFiniteError(
+                f"non-finite {what} at {where} (sites with NaN/Inf: {', '.join(sites) or 'none found; parameters or gradients'}); "
+                + (f"last good state saved to {saved}; " if saved else "")
+                + "lower train.lr, check the data, or set train.on_nonfinite = 'skip' or 'rollback'"
+            )
+        if policy == "rollback" and self._snapshot is not None:
+            self._restore_snapshot()
+        return torch.full((), float("nan"), device=loss.device)
+
+    @torch.no_grad()
+    def nonfinite_sites(self, x) -> List[str]:
+        """Names of sample sites whose value or log-density is NaN/Inf on ``x``."""
+        bad = []
+        try:
+            gtr = poutine.trace(self.model.guide).get_trace(x)
+            mtr = poutine.trace(poutine.replay(self.model.model, trace=gtr)).get_trace(x)
+        except Exception as e:  # the failure itself is the diagnosis
+            return [f"(tracing failed: {str(e).splitlines()[0][:120]})"]
+        for label, tr in (("guide", gtr), ("model", mtr)):
+            for name, site in tr.nodes.items():
+                if not is_density_site(site):
+                    continue
+                v = site["value"]
+                lp = site["fn"].log_prob(v)
+                if not (torch.isfinite(v).all() and torch.isfinite(lp).all()):
+                    bad.append(f"{label}:{name}")
+        return bad
+
+    def _take_snapshot(self):
+        self._snapshot = (
+            [p.detach().clone() for p in self.params],
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
+
+    def _restore_snapshot(self):
+        values, opt_state = self._snapshot
+        with torch.no_grad():
+            for p, v in zip(self.params, values):
+                p.copy_(v)
+        self.optimizer.load_state_dict(copy.deepcopy(opt_state))
+
+    # -- epochs -----------------------------------------------------------------
+    def fit(self, train_x: torch.Tensor, test_x: Optional[torch.Tensor] = None, *, binarize: str = "none") -> List[dict]:
+        """Train for ``config.epochs`` epochs (continuing from the current state)."""
+        cfg = self.config
+        train_x = self._to_device(train_x, "training data")
+        test_x = self._to_device(test_x, "test data") if test_x is not None else None
+        n = train_x.shape[0]
+        if n < cfg.batch_size:
+            raise PyroVAEError(
+                f"the training data has {n} rows, fewer than one batch (train.batch_size = {cfg.batch_size}): "
+                "lower train.batch_size or add data"
+            )
+        self.setup(example_batch(train_x, binarize), n)
+        if self.state.step == 0 and self.state.batch == 0 and self.state.epoch == 0:
+            self._seed_fresh()
+        if self.run_dir is not None:
+            clean_stale_temporaries(self.run_dir)
+        num_batches = math.ceil(n / cfg.batch_size)
+        bar = self._progress_bar(total=cfg.epochs * num_batches, initial=self.state.epoch * num_batches + self.state.batch)
+        old_handlers = self._install_signal_handlers()
+        try:
+            while self.state.epoch < cfg.epochs:
+                self._run_epoch(train_x, test_x, n, num_batches, binarize, bar)
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            if bar is not None:
+                bar.close()
+        return self.state.history
+
+    def _run_epoch(self, train_x, test_x, n, num_batches, binarize, bar):
+        cfg, st = self.config, self.state
+        if st.perm is None:
+            st.perm = torch.randperm(n, generator=self._data_rng)
+            st.batch, st.epoch_loss, st.epoch_seconds = 0, 0.0, 0.0
+            if cfg.on_nonfinite == "rollback":
+                self._take_snapshot()
+        perm = st.perm.to(self.device)
+        t0 = time.perf_counter()
+        while st.batch < num_batches:
+            idx = perm[st.batch * cfg.batch_size : (st.batch + 1) * cfg.batch_size]
+            x = train_x[idx]
+            if binarize == "dynamic":
+                x = torch.bernoulli(x)
+            beta = self.beta_at(st.epoch + st.batch / num_batches)
+            loss = self.step(x, beta)
+            st.step += 1
+            st.batch += 1
+            value = float(loss) / n
+            if math.isfinite(value):
+                st.epoch_loss += value
+            if bar is not None:
+                bar.update(1)
+                if st.batch % 10 == 0 or st.batch == num_batches:
+                    bar.set_postfix_str(f"epoch {st.epoch + 1}/{cfg.epochs} loss {value:.4g}", refresh=False)
+            if self._stop_signal is not None:
+                st.epoch_seconds += time.perf_counter() - t0
+                saved = self.save_checkpoint() if self.run_dir is not None else None
+                raise TrainingInterrupted(self._stop_signal, saved)
+        st.epoch_seconds += time.perf_counter() - t0
+        st.epoch += 1
+        row = {
+            "epoch": st.epoch,
+            "train_loss": st.epoch_loss / num_batches,
+            "test_elbo": None,
+            "seconds": st.epoch_seconds,
+            "beta": self.beta_at(st.epoch),
+        }
+        if test_x is not None and (st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
+            row["test_elbo"] = test_elbo(self.model, test_x, seed=cfg.seed)
+        st.history.append(row)
+        st.perm = None
+        st.batch = 0
+        if bar is not None:
+            bar.set_postfix_str(
+                f"epoch {st.epoch}/{cfg.epochs} loss {row['train_loss']:.4g}"
+                + (f" test elbo {row['test_elbo']:.4g}" if row["test_elbo"] is not None else ""),
+                refresh=True,
+            )
+        if self.run_dir is not None and (st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs):
+            self.save_checkpoint()
+
+    def _seed_fresh(self):
+        seed = self.config.seed
+        pyro.set_rng_seed(seed)
+        self._data_rng.manual_seed(seed)
+
+    def _to_device(self, x, what):
+        if not isinstance(x, torch.Tensor):
+            raise PyroVAEError(f"{what} must be a torch.Tensor (use pyro_vae.load_data or torch.as_tensor)")
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise PyroVAEError(f"{what} must be a non-empty (rows, columns) matrix, got shape {tuple(x.shape)}")
+        dim = getattr(self.model, "data_dim", None)
+        if dim is not None and x.shape[1] != dim:
+            raise PyroVAEError(
+                f"{what} has shape {tuple(x.shape)} but the model expects {dim} columns: "
+                "use data that matches the model, or build the model for this data"
+            )
+        return x.to(self.device, torch.float32)
+
+    def _progress_bar(self, total, initial):
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+    # -- signals ---------------------------------------------------------------
+    def _install_signal_handlers(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._stop_signal = None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _restore_signal_handlers(self, old):
+        if old:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- checkpoints ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict() if isinstance(self.model, torch.nn.Module) else {},
+            "params": {name: p.detach().cpu() for name, p in zip(self.param_names, self.params)
+                       if name.startswith("param_store:")},
+            "optimizer": self.optimizer.state_dict(),
+            "train_state": self.state.to_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "data": self._data_rng.get_state(),
+            },
+            "train_config": _plain(self.config),
+        }
+
+    def load_state_dict(self, payload: dict, path="checkpoint") -> None:
+        """Restore a :meth:`state_dict` (call :meth:`setup` first)."""
+        if isinstance(self.model, torch.nn.Module):
+            load_state_dict_checked(self.model, payload["model"], path)
+        with torch.no_grad():
+            lookup = dict(zip(self.param_names, self.params))
+            for name, value in payload.get("params", {}).items():
+                if name not in lookup:
+                    raise PyroVAEError(f"checkpoint {path!s} has parameter {name!r} that the model lacks")
+                lookup[name].copy_(value)
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise PyroVAEError(f"checkpoint {path!s}: optimizer state does not fit this model ({e})") from None
+        self.state = TrainState.from_dict(payload["train_state"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            except RuntimeError:
+                pass  # a different number of GPUs: the CUDA stream restarts
+        self._data_rng.set_state(rng["data"])
+
+    def save_checkpoint(self) -> Path:
+        path = self.run_dir / "checkpoint.pt"
+        save_checkpoint(self.state_dict() | self.meta, path)
+        write_history(self.state.history, self.run_dir / "history.csv")
+        return path
+
+
+def example_batch(x: torch.Tensor, binarize: str = "none", size: int = 64) -> torch.Tensor:
+    """A few rows to build and sanity-check the model on (binarized like training batches)."""
+    x = x[: min(len(x), size)]
+    if binarize == "dynamic":
+        with isolated_rng(0, x.device):
+            x = torch.bernoulli(x)
+    return x
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _plain(cfg) -> dict:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def write_history(history: List[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run_dir=None,
+        progress: Optional[bool] = None, binarize: str = "none") -> Trainer:
+    """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve)."""
+    trainer = Trainer(model, config, run_dir=run_dir, progress=progress)
+    trainer.fit(train_x, test_x, binarize=binarize)
+    return trainer
