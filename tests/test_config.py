@@ -1,0 +1,120 @@
+import tomllib
+
+import pytest
+
+import pyro_vae as pv
+from pyro_vae.config import apply_overrides, dump_toml
+
+
+def test_defaults_round_trip_through_toml(tmp_path):
+    cfg = pv.Config()
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml())
+    assert pv.load_config(p) == cfg
+
+
+def test_full_config_round_trip(tmp_path):
+    values = {
+        "data": {"source": "synthetic", "num_points": 300, "test_fraction": 0.2, "binarize": "none"},
+        "model": {"latent_dim": 3, "prior": "laplace", "likelihood": "normal", "scale": 0.25,
+                  "guide": "delta", "encoder": {"hidden": [], "activation": "tanh"},
+                  "decoder": {"hidden": [7, 5], "activation": "elu"}},
+        "train": {"elbo": "iwae", "num_particles": 4, "epochs": 2, "batch_size": 32, "lr": 0.01,
+                  "seed": 3, "device": "cpu", "beta": 0.5, "kl_warmup_epochs": 1},
+    }
+    cfg = pv.config_from_dict(values)
+    assert cfg.model.encoder.hidden == ()
+    assert cfg.model.decoder.hidden == (7, 5)
+    assert cfg.model.scale == 0.25
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml())
+    again = pv.load_config(p)
+    assert again == cfg
+    assert tomllib.loads(cfg.to_toml())["train"]["elbo"] == "iwae"
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"model": {"latent_dims": 4}}, "did you mean 'latent_dim'"),
+        ({"trian": {}}, "did you mean 'train'"),
+        ({"model": {"likelihood": "bernouli"}}, "did you mean 'bernoulli'"),
+        ({"model": {"prior": "gauss"}}, "valid: normal, laplace"),
+        ({"train": {"elbo": "tracee"}}, "did you mean 'trace'"),
+        ({"train": {"device": "gpu"}}, "valid: auto, cpu, cuda"),
+        ({"data": {"source": "fashion_mnist"}}, "did you mean 'fashion-mnist'"),
+        ({"model": {"encoder": {"hiden": [3]}}}, "did you mean 'hidden'"),
+        ({"model": {"encoder": {"activation": "rellu"}}}, "did you mean 'relu'"),
+    ],
+)
+def test_unknown_keys_and_names_suggest_the_fix(values, fragment):
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"model": {"latent_dim": 0}}, r"model.latent_dim: must be >= 1 \(got 0\)"),
+        ({"train": {"lr": 0}}, r"train.lr: must be > 0"),
+        ({"train": {"lr": -1e-3}}, r"train.lr: must be > 0"),
+        ({"train": {"beta": -0.1}}, r"train.beta: must be >= 0"),
+        ({"train": {"num_particles": 0}}, r"train.num_particles: must be >= 1"),
+        ({"train": {"epochs": "ten"}}, r"train.epochs: expected an integer"),
+        ({"train": {"batch_size": 12.5}}, r"train.batch_size: expected an integer"),
+        ({"model": {"scale": -1.0}}, r"model.scale: must be a positive number"),
+        ({"model": {"scale": "fixed"}}, r"model.scale: expected"),
+        ({"model": {"encoder": {"hidden": [4, 0]}}}, r"model.encoder.hidden: must be a list of positive sizes"),
+        ({"data": {"test_fraction": 1.0}}, r"data.test_fraction: must be in \[0, 1\)"),
+        ({"data": {"drop_nonfinite": "yes"}}, r"data.drop_nonfinite: expected true or false"),
+        ({"train": {"lr": float("nan")}}, r"train.lr: expected a finite number"),
+    ],
+)
+def test_bad_values_name_the_key_path(values, fragment):
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.config_from_dict(values)
+
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[model]\nlatent_dim = 4\nlikelihood = \n")
+    with pytest.raises(pv.PyroVAEError, match=r"bad.toml: invalid TOML: .*line 3"):
+        pv.load_config(p)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(pv.PyroVAEError, match="does not exist"):
+        pv.load_config(tmp_path / "nope.toml")
+
+
+def test_overrides_parse_toml_values_and_bare_words():
+    out = apply_overrides({"train": {"epochs": 3}}, [
+        "train.epochs=7", "model.encoder.hidden=[8, 4]", "data.source=synthetic", "train.lr=3e-4",
+        "model.scale=learned",
+    ])
+    assert out["train"]["epochs"] == 7
+    assert out["model"]["encoder"]["hidden"] == [8, 4]
+    assert out["data"]["source"] == "synthetic"
+    assert out["train"]["lr"] == pytest.approx(3e-4)
+    cfg = pv.config_from_dict(out)
+    assert cfg.model.encoder.hidden == (8, 4)
+
+
+@pytest.mark.parametrize("bad", ["epochs=3", "train.=3", "train.epochs"])
+def test_bad_override_syntax(bad):
+    with pytest.raises(pv.PyroVAEError, match="section.key=value"):
+        apply_overrides({}, [bad])
+
+
+def test_relative_data_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.toml"
+    p.write_text('[data]\ntrain = "x.npy"\n')
+    cfg = pv.load_config(p)
+    assert cfg.data.train == str(tmp_path / "sub" / "x.npy")
+    assert cfg.data.source == "arrays"
+
+
+def test_dump_toml_escapes_strings():
+    text = dump_toml({"data": {"train": 'a "quoted" \\ path'}})
+    assert tomllib.loads(text)["data"]["train"] == 'a "quoted" \\ path'
