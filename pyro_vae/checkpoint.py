@@ -9,6 +9,7 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -24,23 +25,54 @@ FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _write(payload: dict, f) -> None:
+    """Serialize into an open file (a seam: tests replace it to simulate a full disk or a kill)."""
+    torch.save(payload, f)
+
+
 def save_checkpoint(payload: dict, path: os.PathLike) -> None:
+    """Write ``payload`` to ``path`` atomically: all of it or, on any failure, none of it.
+
+    A failed write (full disk, no permission) raises :class:`PyroVAEError`
+    and leaves the previous checkpoint untouched.
+    """
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make runs unreadable to others
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            _write(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _write_error(path: Path, err: OSError) -> PyroVAEError:
+    keep = "the previous checkpoint is intact; " if path.exists() else ""
+    fix = "free disk space" if err.errno == errno.ENOSPC else "check the folder's permissions and free space"
+    return PyroVAEError(f"cannot write checkpoint {str(path)!r} ({err.strerror or err}): {keep}{fix}, then --resume")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -73,14 +105,31 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise PyroVAEError(f"checkpoint {str(path)!r} does not exist: is this a run directory?")
-    if path.stat().st_size == 0:
-        raise PyroVAEError(f"checkpoint {str(path)!r} is empty (0 bytes): the run was killed while creating it; retrain")
+    if path.is_dir():
+        raise PyroVAEError(f"checkpoint {str(path)!r} is a folder, not a file: give the run directory instead")
+    size = path.stat().st_size
+    if size == 0:
+        raise PyroVAEError(
+            f"checkpoint {str(path)!r} is empty (0 bytes): restore it from a backup or retrain"
+        )
+    problem = _container_problem(path, size)
+    if problem:
+        raise PyroVAEError(f"checkpoint {str(path)!r} {problem}: restore it from a backup or retrain")
     try:
+        # weights_only: tensors, numbers, strings and containers only; no pickled code runs
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        # torch's message is long; keep its one specific line ("Unsupported global: GLOBAL x.y ...")
+        found = [l.split("WeightsUnpickler error:")[-1].strip() for l in str(e).splitlines() if "Unsupported" in l]
+        reason = f" ({found[0].split(' was not')[0][:120]})" if found else ""
+        raise PyroVAEError(
+            f"checkpoint {str(path)!r} holds objects other than tensors and plain values, which are not loaded "
+            f"for safety{reason}: it was not written by pyro_vae"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PyroVAEError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({reason[:160]}): restore it or retrain"
+            f"checkpoint {str(path)!r} is corrupt ({reason[:160]}): restore it from a backup or retrain"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PyroVAEError(f"{str(path)!r} is not a pyro_vae checkpoint")
@@ -91,6 +140,25 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:
             f"({FORMAT_VERSION}): upgrade pyro_vae"
         )
     return payload
+
+
+def _container_problem(path: Path, size: int) -> str:
+    """Why ``path`` is not a whole torch zip archive ('' if it looks like one)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        return f"is not a PyTorch checkpoint ({size} bytes that do not start like one: random bytes or another format)"
+    if not zipfile.is_zipfile(path):
+        # the zip directory sits at the end of the file: without it the file was cut short
+        return f"is truncated ({size} bytes; its end is missing, e.g. a copy or download that stopped early)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        return f"is corrupt ({str(e)[:120]})"
+    if bad is not None:
+        return f"is corrupt (member {bad!r} fails its checksum)"
+    return ""
 
 
 def load_state_dict_checked(module: torch.nn.Module, state: dict, path) -> None:

@@ -34,19 +34,61 @@ def _log(msg: str) -> None:
 
 
 def _format_metrics(m: dict) -> str:
-    lines = [f"per data point, in nats, on {m['num_points']} points:"]
-    for key, label in METRIC_LINES:
+    """The metrics as text; tolerant of keys missing from older metrics.json files."""
+
+    def num(key, fmt="{:10.3f}"):
         v = m.get(key)
-        if v is None:
-            continue
-        text = f"{v:10.3f}"
-        if key == "log_likelihood" and m.get("log_likelihood_se") is not None:
-            text += f" ± {m['log_likelihood_se']:.3f} (MC s.e., K = {m['iw_samples']}, mean ESS {m['iw_ess_mean']:.1f})"
-        if key == "kl":
-            text += " (analytic)" if m.get("kl_analytic") else " (Monte Carlo)"
-        lines.append(f"  {label:<34}{text}")
-    if m.get("log_likelihood") is None:
-        lines.append("  log p(x): not available (point-mass guide: no proposal density)")
+        return None if v is None else fmt.format(v)
+
+    def row(label, text):
+        lines.append(f"  {label:<38}{text}")
+
+    def se(key):
+        v = m.get(key)
+        return "" if v is None else f" ± {v:.3f}"
+
+    lines = [f"per data point, in nats, on {m['num_points']} points:"]
+    if m.get("elbo") is not None:
+        draws = m.get("elbo_samples")
+        row("test ELBO", num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per point)" if draws and m.get("elbo_se") else ""))
+    if m.get("reconstruction") is not None:
+        row("  reconstruction E_q[log p(x|z)]", num("reconstruction"))
+    if m.get("kl") is not None:
+        method = m.get("kl_method") or ("analytic" if m.get("kl_analytic") else "monte_carlo")
+        note = {"analytic": "analytic", "monte_carlo": "Monte Carlo",
+                "point_mass": "point-mass guide: -log p(z) at the code"}.get(method, method)
+        if method == "analytic" and m.get("kl_mc") is not None:
+            note += f"; Monte Carlo {m['kl_mc']:.3f}{se('kl_mc_se')}"
+        row("  KL(q(z|x) || p(z))", f"{num('kl')} ({note})")
+    if m.get("log_likelihood") is not None:
+        text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
+        if m.get("iw_ess_mean") is not None:
+            text += f", ESS mean {m['iw_ess_mean']:.1f}"
+            if m.get("iw_ess_min") is not None:
+                text += f", min {m['iw_ess_min']:.1f}"
+        row("log p(x) (importance sampled)", text + ")")
+        if m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
+            # the delta-method s.e. comes from the same few dominant weights: it can be far too small
+            lines.append("    (some points have an ESS below 5: their estimate and s.e. rest on a few draws; raise K)")
+    else:
+        row("log p(x) (importance sampled)", "not available (point-mass guide or no importance samples)")
+    if m.get("log_likelihood_prior") is not None:
+        text = num("log_likelihood_prior") + se("log_likelihood_prior_se") + f" (K = {m.get('prior_samples')}"
+        if m.get("prior_ess_mean") is not None:
+            text += f", ESS mean {m['prior_ess_mean']:.1f}"
+        row("log p(x) (naive, z ~ p(z))", text + "; unreliable when the ESS is small)")
+    if m.get("active_units") is not None:
+        row("active units", f"{m['active_units']:10d} of {m.get('latent_dims')} "
+            f"(Cov_x E_q[z_j] > {m.get('active_units_threshold', 0.01):g})")
+    kl_dims = m.get("kl_per_dim")
+    names = m.get("latent_names") or [f"z[{i}]" for i in range(len(kl_dims or []))]
+    if kl_dims:
+        pairs = sorted(zip(names, kl_dims), key=lambda p: -(p[1] or 0.0))
+        shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:8] if v is not None)
+        more = f", ... ({len(pairs) - 8} more)" if len(pairs) > 8 else ""
+        row("KL per latent dim (largest first)", f"{shown}{more}")
+    if m.get("reconstruction_mse") is not None:
+        row("reconstruction MSE", num("reconstruction_mse", "{:10.4g}") + " (decoder mean at encoder mean)")
     return "\n".join(lines)
 
 
@@ -114,25 +156,63 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import as_matrix, read_array
-    from .evaluate import evaluate
-    from .run import check_support, load_run, load_run_data
+    from .evaluate import evaluate_points
+    from .run import load_run, load_run_data
     from .errors import PyroVAEError
 
+    per_point = Path(args.per_point) if args.per_point else None
+    if per_point is not None:
+        # checked before the (long) evaluation, so a typo costs nothing
+        if per_point.suffix.lower() != ".csv":
+            raise PyroVAEError(f"--per-point {per_point}: use a .csv file name")
+        if not per_point.parent.exists():
+            raise PyroVAEError(f"--per-point {per_point}: folder {str(per_point.parent)!r} does not exist")
     run = load_run(args.run_dir)
     if args.data:
         x = as_matrix(read_array(args.data, "--data"), f"--data ({Path(args.data).name})")
-        if x.shape[1] != run.model.data_dim:
+        dim = getattr(run.model, "data_dim", None)
+        if dim is not None and x.shape[1] != dim:
             raise PyroVAEError(
-                f"--data has shape {tuple(x.shape)} but the model expects {run.model.data_dim} columns"
+                f"--data has shape {tuple(x.shape)} but the model expects {dim} columns: use data with {dim} columns"
             )
-        run.model.likelihood.check_support(x, f"--data ({Path(args.data).name})")
+        lik = getattr(run.model, "likelihood", None)
+        if hasattr(lik, "check_support"):
+            lik.check_support(x, f"--data ({Path(args.data).name})")
     else:
         x = load_run_data(run).test
-    metrics = evaluate(run.model, x, iw_samples=args.iw_samples, seed=args.seed)
+    for flag, value in (("--iw-samples", args.iw_samples), ("--prior-samples", args.prior_samples)):
+        floor = 1 if flag == "--iw-samples" else 0
+        if value is not None and value < floor:
+            raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
+    from .evaluate import DEFAULT_BUDGET, model_device
+    from .memory import with_halving_budget
+
+    # out of device memory: halve the chunk budget and retry (pyro_vae/memory.py)
+    points = with_halving_budget(
+        lambda budget: evaluate_points(run.model, x, iw_samples=args.iw_samples, seed=args.seed,
+                                       prior_samples=args.prior_samples, budget=budget),
+        args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)
+    metrics = points.summary()
+    if per_point is not None:
+        import csv
+        import io
+
+        from .train import write_text_atomic
+
+        rows = points.to_rows()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["index", *rows[0].keys()], lineterminator="\n")
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow({"index": i, **r})
+        write_text_atomic(per_point, buf.getvalue())
     if args.json:
-        print(json.dumps(metrics))
+        # allow_nan=False: the summary holds None, never NaN/Infinity, so this is strict JSON
+        print(json.dumps(metrics, allow_nan=False))
     else:
         print(_format_metrics(metrics))
+        if per_point is not None:
+            print(f"per-point results: {per_point}")
     return 0
 
 
@@ -170,6 +250,133 @@ def cmd_sample(args) -> int:
         tmp.replace(out)
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+# -- diagnostics and reports (issue 5) -------------------------------------------------
+
+_DIAGNOSE_OPTIONS = ("points", "reference", "draws", "nuts_warmup", "nuts_samples", "nuts_chains", "local_steps",
+                     "sbc_sims", "seed")
+
+
+def _given_settings(args) -> dict:
+    """The diagnostics settings given on the command line (None: not given, use the default)."""
+    return {k: getattr(args, k) for k in _DIAGNOSE_OPTIONS if getattr(args, k, None) is not None}
+
+
+def _diagnose_out(out: str, run_dirs) -> Path:
+    """Check --out before any work: a folder (created if missing) that is not one of the runs."""
+    from .errors import PyroVAEError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise PyroVAEError(f"--out {out}: is a file; choose a folder")
+    for d in run_dirs:
+        if path.resolve() == Path(d).resolve():
+            raise PyroVAEError(f"--out {out}: is a run directory; choose another folder for the diagnostics")
+    return path
+
+
+def _make_out(path: Path) -> None:
+    from .errors import PyroVAEError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PyroVAEError(f"cannot create --out {str(path)!r} ({e.strerror}): choose a writable folder") from None
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnostics import DiagnoseSettings, check_reference_possible, diagnose, subjects_from_runs
+    from .report import render_text
+
+    settings = DiagnoseSettings(**_given_settings(args)).check()
+    out = _diagnose_out(args.out, args.run_dirs)
+    subjects = subjects_from_runs(args.run_dirs, settings.points)
+    check_reference_possible(subjects, settings)  # fail before anything is written
+    _make_out(out)
+    result = diagnose(subjects, settings, progress=False if args.quiet else None,
+                      log=(lambda m: None) if args.quiet else _log)
+    path = result.save(out)
+    from .diagnostics import _jsonable
+
+    print(render_text(_jsonable(result.to_json())))
+    print(f"diagnostics: {path}; draws (ArviZ, netCDF): {out}/<run>/q.nc, reference.nc")
+    print(f"report: pyro-vae report {' '.join(args.run_dirs)} --out {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .diagnostics import (DiagnoseSettings, check_reference_possible, diagnose, load_diagnosis, matches,
+                              subjects_from_runs)
+    from .report import render_text, write_report
+
+    given = _given_settings(args)
+    DiagnoseSettings(**given).check()
+    out = _diagnose_out(args.out, args.run_dirs)
+    log = (lambda m: None) if args.quiet else _log
+    saved = None
+    if (out / "diagnostics.json").exists():
+        try:
+            saved = json.loads((out / "diagnostics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = None
+    if saved is not None and matches(saved, args.run_dirs, given):
+        log(f"using the diagnostics in {out / 'diagnostics.json'} (same runs and settings)")
+        result = load_diagnosis(out)
+        subjects = subjects_from_runs(args.run_dirs, result.settings.points)
+    else:
+        if saved is not None:
+            log(f"the diagnostics in {out} are for other runs or settings: computing them again")
+        settings = DiagnoseSettings(**given).check()
+        subjects = subjects_from_runs(args.run_dirs, settings.points)
+        check_reference_possible(subjects, settings)
+        _make_out(out)
+        result = diagnose(subjects, settings, progress=False if args.quiet else None, log=log)
+        result.save(out)
+    paths = write_report(result, subjects, out, log=log)
+    from .diagnostics import _jsonable
+
+    print(render_text(_jsonable(result.to_json())))
+    print(f"report: {paths['html']} (self-contained), {paths['md']}, {paths['json']}")
+    return 0
+
+
+def _add_diagnose_options(c) -> None:
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by 'pyro-vae train'")
+    c.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for diagnostics.json, the netCDF draws (and the report); created if missing")
+    c.add_argument("--points", type=int, default=None, metavar="N",
+                   help="diagnose the first N test points of each run (default: 16)")
+    c.add_argument("--reference", choices=("nuts", "grid", "none"), default=None,
+                   help="reference posterior with the decoder fixed: nuts (plus the exact grid posterior for 2-D "
+                   "latents), grid (2-D latents only; fast and exact) or none (default: nuts)")
+    c.add_argument("--draws", type=int, default=None, metavar="K",
+                   help="draws from q(z|x) per point for k-hat, moments and ELBOs (default: 1000)")
+    c.add_argument("--nuts-warmup", type=int, default=None, metavar="N", help="NUTS warmup steps (default: 200)")
+    c.add_argument("--nuts-samples", type=int, default=None, metavar="N", help="NUTS draws per chain (default: 300)")
+    c.add_argument("--nuts-chains", type=int, default=None, metavar="C", help="NUTS chains, >= 2, run vectorized in one sampler (default: 4)")
+    c.add_argument("--local-steps", type=int, default=None, metavar="N",
+                   help="Adam steps fitting q to each point alone, for the amortization gap (default: 300)")
+    c.add_argument("--sbc-sims", type=int, default=None, metavar="N",
+                   help="simulation-based calibration simulations; 0 skips it (default: 200)")
+    c.add_argument("--seed", type=int, default=None, help="seed of the diagnostics' own random stream (default: 0)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+
+
+def _add_diagnose_parsers(sub) -> None:
+    g = sub.add_parser("diagnose", help="compare each run's q(z|x) with a reference posterior (ArviZ, PSIS k-hat, SBC)",
+                       description="For the first N test points of each run, with its decoder fixed: draws from q(z|x) "
+                       "(saved as ArviZ netCDF), PSIS k-hat per point, the amortization gap, a reference posterior "
+                       "(NUTS with R-hat and ESS; the exact grid posterior for 2-D latents), errors of q against it "
+                       "and simulation-based calibration. Writes DIR/diagnostics.json and prints the main tables.")
+    _add_diagnose_options(g)
+    g.set_defaults(func=cmd_diagnose)
+    r = sub.add_parser("report", help="write an HTML/Markdown report comparing runs' posteriors",
+                       description="Write DIR/index.html (self-contained, figures embedded), DIR/report.md and "
+                       "DIR/results.json (every number in the tables) for the runs. Reuses DIR/diagnostics.json from "
+                       "'pyro-vae diagnose' when it is for the same runs and options; otherwise diagnoses first.")
+    _add_diagnose_options(r)
+    r.set_defaults(func=cmd_report)
 
 
 # -- parser -------------------------------------------------------------------
@@ -215,13 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test ELBO, its parts and importance-sampled log p(x) of a run",
                        description="Evaluate a trained run: per data point, in nats, the ELBO, its reconstruction and "
-                       "KL parts, and log p(x) importance-sampled with K draws from the guide, with its Monte Carlo "
-                       "standard error. Parameters and the run are not changed.")
+                       "KL parts, log p(x) importance-sampled with K draws from the guide (Monte Carlo standard error, "
+                       "effective sample size), the naive prior-sampling estimate, active units, KL per latent "
+                       "dimension and the reconstruction MSE. Parameters and the run are not changed.")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help=".npy/.npz/.csv to evaluate on (default: the run's test data)")
     e.add_argument("--iw-samples", type=int, default=1000, metavar="K", help="importance samples per point (default: 1000)")
+    e.add_argument("--prior-samples", type=int, default=None, metavar="K",
+                   help="prior draws per point for the naive estimator (1/K) sum p(x|z_k), z_k ~ p(z) "
+                   "(default: as many as --iw-samples; 0 skips it)")
     e.add_argument("--seed", type=int, default=0, help="seed of the evaluation's own random stream (default: 0)")
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    e.add_argument("--budget", type=int, default=None, metavar="ELEMENTS",
+                   help="largest tensor per chunk, in elements (particles x points x widest layer); "
+                   "lower it to use less memory (default: 4194304)")
+    e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys)")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained model's prior and decoder",
@@ -231,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output file: .png or .npy")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.set_defaults(func=cmd_sample)
+    _add_diagnose_parsers(sub)
     return p
 
 

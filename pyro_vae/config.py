@@ -68,6 +68,12 @@ def _model_type_names():
     return MODELS.names()
 
 
+def _corruption_names():
+    from .corruption import CORRUPTIONS
+
+    return CORRUPTIONS.names()
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """An MLP: ``hidden`` sizes (``[]`` means a single linear map) and an activation."""
@@ -106,6 +112,53 @@ class ModelConfig:
     guide: str = field(default="normal", metadata=_choices(_guide_names))
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
+    # -- the autoencoder family (models/autoencoders.py); the defaults change nothing --
+    # scale of p(z) (normal: standard deviation; laplace: b).  Under the delta guide
+    # -log p(z) is a penalty on the code; a large scale all but removes it.
+    prior_scale: float = 1.0
+    # sparse autoencoder: the Laplace prior's rate lambda (scale 1/lambda), so that
+    # -log p(z) = lambda * |z|_1 + const is the L1 penalty (None: lambda = 1)
+    sparsity: Optional[float] = None
+    # contractive autoencoder: lambda * ||d f(x)/dx||_F^2 of the encoder's code, as a pyro.factor
+    contractive: float = 0.0
+    # denoising: C(x~|x) applied to the encoder's input in training; the likelihood scores the clean x
+    corruption: str = field(default="none", metadata=_choices(_corruption_names))
+    # gaussian: noise standard deviation; masking / salt_and_pepper: probability per entry
+    corruption_level: float = 0.0
+    # decoder weights = the encoder's, transposed (mirrored networks); removes the rescaling
+    # degeneracy of the contractive and sparse penalties under the delta guide
+    tied: bool = False
+
+    def __post_init__(self):
+        # A spec built in Python skips the TOML path's range checks: repeat them for these keys.
+        # (Defaults are valid, and skipping them matters: Config's default ModelConfig() is
+        # built before _RANGES exists further down this module.)
+        for f in dataclasses.fields(self):
+            if f.name not in ("prior_scale", "sparsity", "contractive", "corruption_level"):
+                continue
+            value = getattr(self, f.name)
+            if value is None or value == f.default:
+                continue
+            ok, what = _RANGES[f"model.{f.name}"]
+            if not ok(value):
+                raise PyroVAEError(f"model.{f.name}: must be {what} (got {value!r})")
+        # checks that involve two keys
+        if self.sparsity is not None and self.prior != "laplace":
+            raise PyroVAEError(
+                f"model.sparsity is the rate of the Laplace prior, but model.prior = {self.prior!r}: "
+                "set model.prior = 'laplace' or remove model.sparsity"
+            )
+        if self.sparsity is not None and self.prior_scale != 1.0:
+            raise PyroVAEError(
+                "model.sparsity and model.prior_scale both set the Laplace prior's scale (scale = 1/sparsity): "
+                "keep one of them"
+            )
+        from .corruption import CORRUPTIONS
+
+        if self.corruption in CORRUPTIONS:
+            problem = CORRUPTIONS[self.corruption].check_level(self.corruption_level)
+            if problem:
+                raise PyroVAEError(f"model.corruption_level = {self.corruption_level!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +203,10 @@ _RANGES = {
     "model.latent_dim": (lambda v: v >= 1, ">= 1"),
     "model.levels": (lambda v: v is None or v >= 2, ">= 2"),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
+    "model.prior_scale": (lambda v: v > 0, "> 0"),
+    "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),
+    "model.contractive": (lambda v: v >= 0, ">= 0"),
+    "model.corruption_level": (lambda v: v >= 0, ">= 0"),
     "model.encoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
     "model.decoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
     "train.num_particles": (lambda v: v >= 1, ">= 1"),

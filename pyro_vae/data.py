@@ -22,17 +22,19 @@ import numpy as np
 import torch
 
 from .errors import PyroVAEError
+from .mapped import MappedRows, in_unit_interval, mapped_matrix, memmap_limit
 from .registry import Registry
 
 SOURCES: Registry = Registry("data source")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
+MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when nothing is held out
 
 
 @dataclass
 class Dataset:
-    train: torch.Tensor
+    train: torch.Tensor  # or mapped.MappedRows: a .npy over the memory-map limit
     test: torch.Tensor
     name: str = "data"
     image_shape: Optional[Tuple[int, int]] = None
@@ -85,7 +87,16 @@ def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[li
         notes.append(f"{what}: dropped {int(bad_rows.sum())} rows with NaN/Inf")
         if arr.shape[0] == 0:
             raise PyroVAEError(f"{what}: every row has NaN/Inf values; nothing is left to train on")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:
+        # a read-only memory map of a float32 .npy: share it rather than copy it
+        # (nothing writes to data in place), without torch's warning about it
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(arr)
+    return torch.from_numpy(arr)
 
 
 def read_array(path: str, what: str) -> np.ndarray:
@@ -137,6 +148,8 @@ def _read_csv(p: Path, what: str) -> np.ndarray:
                     f"{what} file {str(p)!r} line {i}, column {j + 1} is not a number ({c!r}): remove text columns"
                 )
         out.append([float(c) for c in cells])
+    if not out:
+        raise PyroVAEError(f"{what} file {str(p)!r} has a header but no data rows: add data below the header")
     widths = {len(r) for r in out}
     if len(widths) > 1:
         raise PyroVAEError(f"{what} file {str(p)!r} has rows of different lengths {sorted(widths)}: fix the CSV")
@@ -159,6 +172,10 @@ def _split(x: torch.Tensor, labels, fraction: float, seed: int):
     n = x.shape[0]
     n_test = int(round(n * fraction))
     if n_test == 0:
+        if isinstance(x, MappedRows):  # evaluation takes a tensor: not the whole file
+            k = min(n, MAPPED_TEST_ROWS)
+            return x, x[:k], labels, None, [
+                f"no held-out data (data.test_fraction = 0): test metrics use the first {k} training rows"]
         return x, x, labels, labels, ["no held-out data (data.test_fraction = 0): test metrics use the training data"]
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
@@ -166,6 +183,9 @@ def _split(x: torch.Tensor, labels, fraction: float, seed: int):
     if tr.numel() == 0:
         raise PyroVAEError(f"data.test_fraction = {fraction} leaves no training rows: lower it")
     lab = (None, None) if labels is None else (labels[tr], labels[te])
+    if isinstance(x, MappedRows):
+        # the same split and row order as in memory; the training rows stay in the map
+        return x.take(tr.numpy()), x[te], lab[0], lab[1], []
     return x[tr], x[te], lab[0], lab[1], []
 
 
@@ -269,7 +289,14 @@ def _arrays(cfg, discrete: bool):
     notes: list = []
     raw = read_array(cfg.train, "data.train")
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
-    x = as_matrix(raw, f"data.train ({Path(cfg.train).name})", cfg.drop_nonfinite, notes)
+    what = f"data.train ({Path(cfg.train).name})"
+    if isinstance(raw, np.memmap) and raw.nbytes > memmap_limit():
+        # larger than the limit: train from the map a batch at a time (pyro_vae/mapped.py)
+        x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes)
+        notes.append(f"{what}: {raw.nbytes / 2**20:.3g} MiB is over the memory-map limit "
+                     f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
+    else:
+        x = as_matrix(raw, what, cfg.drop_nonfinite, notes)
     if cfg.test is not None:
         xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
         if xt.shape[1] != x.shape[1]:
@@ -294,8 +321,13 @@ def load_data(data_cfg, likelihood: str = "normal", seed: int = 0) -> Dataset:
     ds = SOURCES[data_cfg.source](data_cfg, discrete)
     mode = resolve_binarize(data_cfg, likelihood)
     if mode != "none":
+        if mode == "static" and isinstance(ds.train, MappedRows):
+            raise PyroVAEError(
+                "data.binarize = 'static' would copy the memory-mapped training file: "
+                "use data.binarize = 'dynamic', or binarize the file"
+            )
         for what, x in (("train", ds.train), ("test", ds.test)):
-            if bool(((x < 0) | (x > 1)).any()):
+            if not in_unit_interval(x):
                 raise PyroVAEError(
                     f"data.binarize = {mode!r} needs {what} data in [0, 1]: rescale it or set data.binarize = 'none'"
                 )

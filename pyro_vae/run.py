@@ -31,7 +31,9 @@ from .data import Dataset, load_data, resolve_binarize
 from .errors import PyroVAEError
 from .evaluate import DEFAULT_IW_SAMPLES, evaluate
 from .models import build_model
-from .train import Trainer, example_batch, resolve_device, write_text_atomic
+from .memory import evaluate_with_retry
+from .mapped import check_support as check_support_chunked
+from .train import Trainer, check_batch_size, example_batch, resolve_device, write_text_atomic
 
 
 @dataclass
@@ -61,7 +63,8 @@ def check_support(model, data: Dataset) -> None:
     if lik is None or not hasattr(lik, "check_support"):
         return
     if data.binarize != "dynamic":  # dynamic: batches are binarized as they are drawn
-        lik.check_support(data.train, "the training data")
+        # chunk by chunk when the training data is a memory map (pyro_vae/mapped.py)
+        check_support_chunked(lik, data.train, "the training data")
     lik.check_support(data.test, "the test data")
 
 
@@ -96,12 +99,26 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     """Train ``config`` into ``out_dir`` (a new folder, or an existing run with ``resume=True``)."""
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
+    if iw_samples is not None and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
+        # checked now, not after training, when the final evaluation would reject it
+        raise PyroVAEError(f"--iw-samples must be an integer >= 1 (got {iw_samples!r}): pass a positive number of samples")
     payload = None
     if resume:
-        if out is None or not (out / "checkpoint.pt").exists():
-            raise PyroVAEError(f"--resume {out}: no run there (no checkpoint.pt): check the path")
+        if out is None or not out.is_dir():
+            raise PyroVAEError(f"--resume {out}: no run directory there: check the path")
+        if not (out / "checkpoint.pt").exists():
+            raise PyroVAEError(
+                f"--resume {out}: the run has no checkpoint.pt (it stopped before its first checkpoint): "
+                f"start it afresh with: pyro-vae train {out / 'config.toml'} --out NEW_DIR"
+            )
         payload = load_checkpoint(out / "checkpoint.pt")
     cfg, data, model = prepare(config)
+    if payload is not None and isinstance(payload.get("data_dim"), int) and payload["data_dim"] != data.dim:
+        raise PyroVAEError(
+            f"--resume {out}: the checkpoint's model takes {payload['data_dim']} columns but the data now has "
+            f"shape {tuple(data.train.shape)}: resume with the data the run was trained on"
+        )
+    check_batch_size(len(data.train), cfg.train.batch_size)
     if out is not None:
         _check_writable(out, allow_existing=resume or overwrite)
     for note in data.notes:
@@ -119,7 +136,8 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
         write_text_atomic(out / "config.toml", cfg.to_toml())
     history = trainer.fit(data.train, data.test, binarize=data.binarize)
     model.eval()
-    metrics = evaluate(model, data.test, iw_samples=iw_samples, seed=cfg.train.seed)
+    # on out-of-memory the evaluation retries in smaller chunks (pyro_vae/memory.py)
+    metrics = evaluate_with_retry(model, data.test, iw_samples=iw_samples, seed=cfg.train.seed, log=log)
     metrics["seconds_train"] = sum(h["seconds"] for h in history)
     figures = None
     if out is not None:
@@ -135,7 +153,7 @@ def load_run(run_dir: os.PathLike, device: str = "cpu") -> Run:
     """Load a finished (or interrupted) run: the config and the trained model, in eval mode."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PyroVAEError(f"run directory {str(run_dir)!r} does not exist")
+        raise PyroVAEError(f"run directory {str(run_dir)!r} does not exist: check the path")
     payload = load_checkpoint(run_dir / "checkpoint.pt")
     try:
         cfg = config_from_dict(payload["config"])

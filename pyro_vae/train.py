@@ -17,6 +17,7 @@ Pyro's optimizer per parameter).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import inspect
@@ -37,9 +38,13 @@ from pyro import poutine
 from .checkpoint import clean_stale_temporaries, load_state_dict_checked, save_checkpoint
 from .config import TrainConfig
 from .errors import PyroVAEError
-from .evaluate import is_density_site, isolated_rng, test_elbo
+from .evaluate import is_density_site, isolated_rng
+from .memory import is_oom, test_elbo_with_retry, training_oom_error
 from .models import check_protocol
 from .objectives import make_objective, scale_sites
+from .mapped import MappedRows, all_finite, check_support as check_support_chunked
+from .perf import (VALIDATION_MODES, GraphedStep, compile_networks, is_fused, make_adam, masked_adam_step,
+                   may_skip_validation, nonfinite_flag, restore_kernel_choice)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_elbo", "seconds", "beta")
 MAX_CONSECUTIVE_NONFINITE = 20
@@ -100,10 +105,22 @@ class Trainer:
 
     ``model`` is anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and
     ``obs_site``; the constructor only stores its arguments.
+
+    Performance switches (see :mod:`pyro_vae.perf` and the README's "Performance"):
+    ``validation`` — ``"auto"`` runs Pyro validation for the first step of each
+    ``fit`` and then switches it off (restoring it afterwards) when the model's
+    likelihood checks the data's support up front; ``"always"`` keeps it on;
+    ``"first"`` switches it off after the first step for any model.
+    ``cuda_graph=True`` (CUDA only) replays the whole step as a captured CUDA
+    graph.  ``compile=True`` (or a backend name) applies ``torch.compile`` to the
+    encoder and decoder networks.
     """
 
     def __init__(self, model, config: TrainConfig = TrainConfig(), *, run_dir: Optional[os.PathLike] = None,
-                 progress: Optional[bool] = None):
+                 progress: Optional[bool] = None, validation: str = "auto", cuda_graph: bool = False,
+                 compile: bool | str = False):
+        if validation not in VALIDATION_MODES:
+            raise PyroVAEError(f"validation = {validation!r}: expected one of {', '.join(VALIDATION_MODES)}")
         self.model = model
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -117,6 +134,17 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self._snapshot = None
         self._consecutive_bad = 0
+        self._site_order = {}  # sample-site names of guide and model, in trace order
+        # performance switches (README "Performance"; benchmarks/bench_train.py measures them)
+        self.validation = validation
+        self.cuda_graph = cuda_graph
+        self.compile = compile
+        self._graphed = None  # a perf.GraphedStep once captured
+        self._force_masked: Optional[bool] = None  # tests: the CUDA masked-update path on CPU
+        self._unvalidated: Optional[contextlib.ExitStack] = None  # validation off inside fit
+        self._validated = False
+        if cuda_graph and self.device.type != "cuda":
+            raise PyroVAEError("cuda_graph=True needs train.device = 'cuda' (or 'auto' on a machine with a GPU)")
         #: extra entries saved in every checkpoint (the run's config, data shape, ...)
         self.meta: dict = {}
 
@@ -137,7 +165,11 @@ class Trainer:
         self.params, self.param_names = self._collect_params(x_example)
         if not self.params:
             raise PyroVAEError(f"{type(self.model).__name__} has no trainable parameters")
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, foreach=True)
+        self.optimizer = make_adam(self.params, cfg.lr, capturable=self._wants_graph())
+        group = self.optimizer.param_groups[0]
+        self._kernel_choice = {"fused": group["fused"], "foreach": group["foreach"], "capturable": group["capturable"]}
+        if self.compile:  # True: inductor; a string names another torch.compile backend
+            compile_networks(self.model, "inductor" if self.compile is True else self.compile)
 
     def _collect_params(self, x):
         """Module parameters plus any param-store params the model and guide use."""
@@ -162,6 +194,8 @@ class Trainer:
         except PyroVAEError:
             raise
         except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+            if is_oom(e):
+                raise training_oom_error(e, self.device, self.config.batch_size, self.config.num_particles) from None
             msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
             raise PyroVAEError(
                 f"the model fails on its first batch ({msg[:300]}); likely causes: data outside the "
@@ -171,6 +205,17 @@ class Trainer:
             raise PyroVAEError(
                 "the loss is not finite before training starts: check the data scale and the likelihood's scale"
             )
+        # Remember the sites' order while the model still works: when a later step
+        # fails inside a distribution's argument check, the site being built is the
+        # one after the last site the (partial) trace reached.
+        try:
+            with isolated_rng(0, self.device), torch.no_grad():
+                gtr = poutine.trace(self.model.guide).get_trace(x[: min(len(x), 4)])
+                mtr = poutine.trace(poutine.replay(self.model.model, trace=gtr)).get_trace(x[: min(len(x), 4)])
+            self._site_order = {label: [n for n, s in tr.nodes.items() if is_density_site(s)]
+                                for label, tr in (("guide", gtr), ("model", mtr))}
+        except Exception:  # only a diagnostic aid; a model that cannot be traced twice still trains
+            self._site_order = {}
 
     # -- one step -------------------------------------------------------------
     def beta_at(self, epoch_progress: float) -> float:
@@ -199,47 +244,119 @@ class Trainer:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached)."""
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
-        loss = self._loss(x, beta)
-        finite = bool(torch.isfinite(loss))
-        if finite:
+        try:
+            loss = self._loss(x, beta)
+        except ValueError as e:
+            # Pyro validates distribution arguments, so a NaN that reaches a
+            # distribution (e.g. decoder logits) raises here instead of giving a
+            # NaN loss: the same event, under the same policy.
+            if not _is_invalid_parameter(e):
+                raise
+            return self._on_nonfinite(x, None, e)
+        if self._masked_update():
+            # CUDA: backward and update are queued without waiting for the device;
+            # the fused kernel skips the update on device when ``bad`` is set, and
+            # the one read of ``bad`` comes after the whole step is queued.
             loss.backward()
-            grads = [p.grad for p in self.params if p.grad is not None]
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+            bad = nonfinite_flag(loss, self.params)
+            masked_adam_step(opt, bad)
+            finite = not bool(bad)
+        else:
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                finite = not bool(nonfinite_flag(None, self.params))
+            if finite:
+                opt.step()
         if not finite:
             return self._on_nonfinite(x, loss)
-        opt.step()
         self._consecutive_bad = 0
         return loss.detach()
 
-    def _on_nonfinite(self, x, loss):
+    # -- CUDA graph (opt-in) ----------------------------------------------------
+    def _wants_graph(self) -> bool:
+        return bool(self.cuda_graph) and self.device.type == "cuda"
+
+    def _graph_ready(self, x, beta) -> bool:
+        """Whether this batch can run as a replay of the captured step."""
+        if not self._wants_graph() or not self._validated:
+            return False  # the first step runs eagerly, with Pyro validation on
+        if x.shape[0] != self.config.batch_size or self.config.kl_warmup_epochs > 0:
+            return False  # a short last batch, or a beta that changes every step: eager
+        if not is_fused(self.optimizer):
+            return False
+        if self._graphed is None or not self._graphed.valid(x, beta):
+            self._graphed = GraphedStep(self, tuple(x.shape), beta)
+        return True
+
+    def _graph_step(self, x, beta):
+        loss, bad = self._graphed(x)
+        # one read per step, after the whole step (update included) is queued
+        loss_value, is_bad = torch.stack([loss.float(), bad.float()]).tolist()
+        if is_bad:  # the kernel skipped the update; the policy runs as for an eager step
+            return self._on_nonfinite(x, loss.clone())
+        self._consecutive_bad = 0
+        return torch.tensor(loss_value)
+
+    def _masked_update(self) -> bool:
+        """Step with the device-side skip (fused Adam's ``found_inf``) rather than a host check first."""
+        if self._force_masked is not None:
+            return self._force_masked
+        return self.device.type == "cuda" and is_fused(self.optimizer)
+
+    def _on_nonfinite(self, x, loss, error: Optional[ValueError] = None):
+        """Apply ``train.on_nonfinite``; the optimizer has not stepped, so parameters are untouched."""
         policy = self.config.on_nonfinite
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped += 1
         self._consecutive_bad += 1
-        where = f"step {self.state.step}, epoch {self.state.epoch + 1}, batch {self.state.batch + 1}"
+        where = f"step {self.state.step + 1}, epoch {self.state.epoch + 1}, batch {self.state.batch + 1}"
         if policy == "raise" or self._consecutive_bad > MAX_CONSECUTIVE_NONFINITE:
-            sites = self.nonfinite_sites(x)
+            # save first: the parameters are still those of the last good step
             saved = self.save_checkpoint() if self.run_dir is not None else None
-            what = "loss" if not torch.isfinite(loss) else "gradient"
+            # diagnose on a forked RNG so the diagnosis itself draws nothing from the training stream
+            # and with Pyro validation on (training switches it off after the first
+            # step): its argument checks name the distribution argument that went bad
+            with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
+                    pyro.validation_enabled(True):
+                sites = self.nonfinite_sites(x)
+            if error is not None:
+                what = "values reached a distribution"
+            else:
+                what = "loss" if not torch.isfinite(loss) else "gradient"
+            repeated = (f" ({self._consecutive_bad} steps in a row under on_nonfinite = {policy!r})"
+                        if policy != "raise" else "")
             raise NonFiniteError(
-                f"non-finite {what} at {where} (sites with NaN/Inf: {', '.join(sites) or 'none found; parameters or gradients'}); "
+                f"non-finite {what} at {where}{repeated} (sites with NaN/Inf: "
+                f"{', '.join(sites) or 'none found; parameters or gradients'}); "
                 + (f"last good state saved to {saved}; " if saved else "")
                 + "lower train.lr, check the data, or set train.on_nonfinite = 'skip' or 'rollback'"
             )
         if policy == "rollback" and self._snapshot is not None:
             self._restore_snapshot()
-        return torch.full((), float("nan"), device=loss.device)
+        return torch.full((), float("nan"), device=self.device)
 
     @torch.no_grad()
     def nonfinite_sites(self, x) -> List[str]:
-        """Names of sample sites whose value or log-density is NaN/Inf on ``x``."""
+        """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
         bad = []
-        try:
-            gtr = poutine.trace(self.model.guide).get_trace(x)
-            mtr = poutine.trace(poutine.replay(self.model.model, trace=gtr)).get_trace(x)
-        except Exception as e:  # the failure itself is the diagnosis
-            return [f"(tracing failed: {str(e).splitlines()[0][:120]})"]
-        for label, tr in (("guide", gtr), ("model", mtr)):
+        gtr = None
+        for label in ("guide", "model"):
+            fn = self.model.guide if label == "guide" else poutine.replay(self.model.model, trace=gtr)
+            handler = poutine.trace(fn)
+            try:
+                tr = handler.get_trace(x)
+            except ValueError as e:
+                if not _is_invalid_parameter(e):
+                    return bad + [f"(tracing the {label} failed: {str(e).splitlines()[0][:120]})"]
+                # the partial trace ends before the site whose distribution got bad arguments
+                done = [n for n, s in handler.msngr.trace.nodes.items() if is_density_site(s)]
+                order = self._site_order.get(label, [])
+                nxt = next((n for n in order if n not in done), None)
+                arg = _invalid_parameter_name(e)
+                return bad + [f"{label}:{nxt or '?'} ({arg})"]
+            except Exception as e:  # the failure itself is the diagnosis
+                return bad + [f"(tracing the {label} failed: {str(e).splitlines()[0][:120]})"]
             for name, site in tr.nodes.items():
                 if not is_density_site(site):
                     continue
@@ -247,6 +364,7 @@ class Trainer:
                 lp = site["fn"].log_prob(v)
                 if not (torch.isfinite(v).all() and torch.isfinite(lp).all()):
                     bad.append(f"{label}:{name}")
+            gtr = tr
         return bad
 
     def _take_snapshot(self):
@@ -269,23 +387,46 @@ class Trainer:
         train_x = self._to_device(train_x, "training data")
         test_x = self._to_device(test_x, "test data") if test_x is not None else None
         n = train_x.shape[0]
-        if n < cfg.batch_size:
-            raise PyroVAEError(
-                f"the training data has {n} rows, fewer than one batch (train.batch_size = {cfg.batch_size}): "
-                "lower train.batch_size or add data"
-            )
-        self.setup(example_batch(train_x, binarize), n)
-        if self.state.step == 0 and self.state.batch == 0 and self.state.epoch == 0:
+        check_batch_size(n, cfg.batch_size)
+        skip_validation = may_skip_validation(self.model, self.validation)
+        if skip_validation and self.validation == "auto":
+            # Pyro stops checking the data's support once validation is off, so
+            # check it here, once (run.prepare did it too; this covers direct use)
+            if binarize != "dynamic":
+                check_support_chunked(self.model.likelihood, train_x, "the training data")
+            if test_x is not None:
+                check_support_chunked(self.model.likelihood, test_x, "the test data")
+        self.setup(example_batch(train_x, binarize).to(self.device), n)
+        if self.state.step == 0 and self.state.epoch == 0 and self.state.perm is None:
+            # a fresh run (a checkpoint saved before the first step, e.g. by
+            # on_nonfinite = 'raise', already holds its data order and RNG states)
             self._seed_fresh()
+        if cfg.on_nonfinite == "rollback" and self._snapshot is None:
+            # resumed mid-epoch: the restored state is the last good one
+            self._take_snapshot()
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
         num_batches = math.ceil(n / cfg.batch_size)
         bar = self._progress_bar(total=cfg.epochs * num_batches, initial=self.state.epoch * num_batches + self.state.batch)
         old_handlers = self._install_signal_handlers()
+        # Pyro validation is on for the first step of every fit (shapes, supports,
+        # arguments of every site), then off: it cost 3 ms of a 19 ms step at batch
+        # 128 (benchmarks/bench_train.py) and its checks read values back from
+        # the device, which also rules out CUDA-graph capture.  The ExitStack
+        # restores the caller's setting however fit ends.
+        self._unvalidated = contextlib.ExitStack() if skip_validation else None
+        self._validated = False
         try:
             while self.state.epoch < cfg.epochs:
                 self._run_epoch(train_x, test_x, n, num_batches, binarize, bar)
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(e):
+                raise
+            raise training_oom_error(e, self.device, cfg.batch_size, cfg.num_particles) from None
         finally:
+            if self._unvalidated is not None:
+                self._unvalidated.close()
+                self._unvalidated = None
             self._restore_signal_handlers(old_handlers)
             if bar is not None:
                 bar.close()
@@ -298,15 +439,26 @@ class Trainer:
             st.batch, st.epoch_loss, st.epoch_seconds = 0, 0.0, 0.0
             if cfg.on_nonfinite == "rollback":
                 self._take_snapshot()
-        perm = st.perm.to(self.device)
+        mapped = isinstance(train_x, MappedRows)
+        # in-memory data is on the device and gathered there; a memory map is
+        # read on the host (only this batch's rows) and the batch moved over
+        perm = st.perm if mapped else st.perm.to(self.device)
         t0 = time.perf_counter()
         while st.batch < num_batches:
             idx = perm[st.batch * cfg.batch_size : (st.batch + 1) * cfg.batch_size]
             x = train_x[idx]
+            if mapped:
+                x = x.to(self.device, non_blocking=True)
             if binarize == "dynamic":
                 x = torch.bernoulli(x)
             beta = self.beta_at(st.epoch + st.batch / num_batches)
-            loss = self.step(x, beta)
+            if self._graph_ready(x, beta):
+                loss = self._graph_step(x, beta)
+            else:
+                loss = self.step(x, beta)
+            if self._unvalidated is not None and not self._validated:
+                self._unvalidated.enter_context(pyro.validation_enabled(False))
+                self._validated = True
             st.step += 1
             st.batch += 1
             value = float(loss) / n
@@ -330,7 +482,7 @@ class Trainer:
             "beta": self.beta_at(st.epoch),
         }
         if test_x is not None and (st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
-            row["test_elbo"] = test_elbo(self.model, test_x, seed=cfg.seed)
+            row["test_elbo"] = test_elbo_with_retry(self.model, test_x, seed=cfg.seed)
         st.history.append(row)
         st.perm = None
         st.batch = 0
@@ -349,6 +501,15 @@ class Trainer:
         self._data_rng.manual_seed(seed)
 
     def _to_device(self, x, what):
+        if isinstance(x, MappedRows):
+            # stays on the host, read a batch at a time (finiteness was checked chunk by chunk)
+            dim = getattr(self.model, "data_dim", None)
+            if dim is not None and x.shape[1] != dim:
+                raise PyroVAEError(
+                    f"{what} has shape {tuple(x.shape)} but the model expects {dim} columns: "
+                    "use data that matches the model, or build the model for this data"
+                )
+            return x
         if not isinstance(x, torch.Tensor):
             raise PyroVAEError(f"{what} must be a torch.Tensor (use pyro_vae.load_data or torch.as_tensor)")
         if x.dim() != 2 or x.shape[0] == 0:
@@ -359,7 +520,16 @@ class Trainer:
                 f"{what} has shape {tuple(x.shape)} but the model expects {dim} columns: "
                 "use data that matches the model, or build the model for this data"
             )
-        return x.to(self.device, torch.float32)
+        x = x.to(self.device, torch.float32)
+        if not all_finite(x):  # one pass, no data-sized temporaries (torch.isfinite makes three)
+            # caught here, not as a NaN loss (or a distribution's argument error) steps later
+            bad = ~torch.isfinite(x)
+            r, c = (int(i) for i in bad.nonzero()[0])
+            raise PyroVAEError(
+                f"{what} has {int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows (first at row {r}, "
+                f"column {c}): clean it, or load it with pyro_vae.load_data and data.drop_nonfinite = true"
+            )
+        return x
 
     def _progress_bar(self, total, initial):
         show = self.progress if self.progress is not None else sys.stderr.isatty()
@@ -419,6 +589,8 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as e:
             raise PyroVAEError(f"checkpoint {path!s}: optimizer state does not fit this model ({e})") from None
+        # the saved groups carry the saving trainer's kernel flags; keep this trainer's
+        restore_kernel_choice(self.optimizer, **self._kernel_choice)
         self.state = TrainState.from_dict(payload["train_state"])
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
@@ -434,6 +606,14 @@ class Trainer:
         save_checkpoint(self.state_dict() | self.meta, path)
         write_history(self.state.history, self.run_dir / "history.csv")
         return path
+
+
+def check_batch_size(rows: int, batch_size: int) -> None:
+    if rows < batch_size:
+        raise PyroVAEError(
+            f"the training data has {rows} rows, fewer than one batch (train.batch_size = {batch_size}): "
+            "lower train.batch_size or add data"
+        )
 
 
 def example_batch(x: torch.Tensor, binarize: str = "none", size: int = 64) -> torch.Tensor:
@@ -469,9 +649,32 @@ def write_history(history: List[dict], path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and ``os.replace``: readers see the old or the new text, never half."""
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise PyroVAEError(
+            f"cannot write {str(path)!r} ({e.strerror or e}): free disk space or fix the folder's permissions"
+        ) from None
+
+
+def _is_invalid_parameter(err: ValueError) -> bool:
+    """A torch/Pyro distribution argument check failed (``validate_args``), e.g. NaN logits."""
+    return str(err).lstrip().startswith("Expected parameter")
+
+
+def _invalid_parameter_name(err: ValueError) -> str:
+    # "Expected parameter logits (Tensor of shape ...) of distribution Bernoulli(...) to satisfy ..."
+    import re
+
+    m = re.match(r"\s*Expected parameter (\w+).*? of distribution (\w+)", str(err), re.S)
+    return f"{m.group(2)} {m.group(1)} is NaN/Inf or invalid" if m else "invalid distribution argument"
 
 
 def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run_dir=None,

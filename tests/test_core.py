@@ -42,7 +42,7 @@ CASES = [
     dict(likelihood="categorical", levels=5),
     dict(likelihood="normal", prior="laplace"),
     dict(likelihood="normal", guide="delta"),
-    dict(likelihood="bernoulli", guide="delta", prior="laplace"),
+    dict(likelihood="bernoulli", guide="normal", prior="laplace"),
 ]
 
 

@@ -17,10 +17,12 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroModule
 
+from ..corruption import CORRUPTIONS
 from ..likelihoods import LIKELIHOODS
 from ..nets import mlp
 from ..registry import Registry
 from . import MODELS
+from .autoencoders import build_contractive, build_decoder, check_degenerate
 
 PRIORS: Registry = Registry("prior")
 GUIDES: Registry = Registry("guide")
@@ -31,11 +33,11 @@ MIN_ENCODER_SCALE = 1e-4
 class _Prior(nn.Module):
     family = None
 
-    def __init__(self, latent_dim: int):
+    def __init__(self, latent_dim: int, scale: float = 1.0):
         super().__init__()
         # buffers follow .to(device), so the prior lives where the data lives
         self.register_buffer("loc", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
+        self.register_buffer("scale", torch.full((latent_dim,), float(scale)))
 
     def forward(self) -> dist.Distribution:
         return self.family(self.loc, self.scale).to_event(1)
@@ -106,10 +108,16 @@ class VAE(PyroModule):
         self.spec = spec
         self.data_dim = int(data_dim)
         self.latent_dim = spec.latent_dim
-        self.prior = PRIORS[spec.prior](spec.latent_dim)
+        # model.sparsity = lambda is the Laplace prior's rate: -log p(z) = lambda |z|_1 + const
+        prior_scale = spec.prior_scale if spec.sparsity is None else 1.0 / spec.sparsity
+        self.prior = PRIORS[spec.prior](spec.latent_dim, prior_scale)
         self.likelihood = LIKELIHOODS[spec.likelihood](data_dim, spec.scale, spec.levels)
         self.encoder = GUIDES[spec.guide](data_dim, spec.latent_dim, spec.encoder)
-        self.decoder = mlp(spec.latent_dim, spec.decoder.hidden, self.likelihood.out_features, spec.decoder.activation)
+        # an MLP, or with model.tied the encoder mirrored (models/autoencoders.py)
+        self.decoder = build_decoder(spec, self.encoder, self.likelihood, data_dim)
+        self.corruption = CORRUPTIONS[spec.corruption](spec.corruption_level)
+        self.contractive = build_contractive(spec, self.encoder)
+        check_degenerate(spec)
         self._arange_cache = {}
 
     # -- the Pyro program -------------------------------------------------
@@ -129,10 +137,22 @@ class VAE(PyroModule):
         with self._plate(x, data_size):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            if self.contractive is not None:
+                # a penalty, not a density: it enters the joint as a factor, at the clean x
+                pyro.factor("contractive", -self.contractive(self.likelihood.encoder_input(x)))
 
     def guide(self, x, data_size=None):
         with self._plate(x, data_size):
-            pyro.sample("z", self.encoder.distribution(self.likelihood.encoder_input(x)))
+            pyro.sample("z", self.encoder.distribution(self._encoder_input(x)))
+
+    def _encoder_input(self, x):
+        x = self.likelihood.encoder_input(x)
+        # Denoising: corruption belongs to the training objective only, so it is applied in
+        # training mode with gradients on (a training step) and never in evaluation, which
+        # runs under torch.no_grad (or after model.eval()) and must see the clean x.
+        if self.corruption.active and self.training and torch.is_grad_enabled():
+            x = self.corruption(x)
+        return x
 
     # -- conveniences -----------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,188 @@
+"""Training data larger than memory: rows of a memory-mapped ``.npy`` file, read a batch at a time.
+
+A ``.npy`` training file bigger than :func:`memmap_limit` bytes is not loaded:
+:class:`MappedRows` keeps ``np.load(mmap_mode='r')``'s map and hands the
+trainer ``x[idx]`` — a float32 copy of just those rows, which the trainer moves
+to the device.  The operating system pages the file in and out as batches
+touch it, so resident memory stays bounded by the page cache, not the file.
+
+Everything that used to look at the whole array (finiteness, support and
+binarization range checks, the categorical level count) does so chunk by
+chunk here, so no full-size temporary is ever made either.  The held-out
+split is a row index into the same map (the test rows are copied: evaluation
+takes tensors).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import PyroVAEError
+
+#: files above this size train through the map (``PYRO_VAE_MEMMAP_BYTES`` overrides it)
+MEMMAP_LIMIT_BYTES = 1 << 30
+#: a pass over the file reads this many bytes at a time
+CHUNK_BYTES = 32 << 20
+
+
+def memmap_limit() -> int:
+    env = os.environ.get("PYRO_VAE_MEMMAP_BYTES")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise PyroVAEError(f"PYRO_VAE_MEMMAP_BYTES = {env!r}: expected a number of bytes") from None
+    return MEMMAP_LIMIT_BYTES
+
+
+class MappedRows:
+    """Rows ``rows`` (default: all) of a 2-D numeric array, typically an ``np.memmap``.
+
+    Supports what training needs of a data matrix: ``len``, ``shape``,
+    ``x[index]`` / ``x[a:b]`` (a float32 tensor copy of those rows),
+    :meth:`chunks` for passes over the data, and ``max``/``min``.
+    """
+
+    def __init__(self, array: np.ndarray, rows: Optional[np.ndarray] = None):
+        if array.ndim != 2:
+            raise ValueError("MappedRows needs a 2-D array")
+        self.array = array
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.checked: set = set()  # likelihoods whose support check these rows passed
+
+    # -- the matrix interface ----------------------------------------------
+    def __len__(self) -> int:
+        return self.array.shape[0] if self.rows is None else len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.array.shape[1]))
+
+    def dim(self) -> int:
+        return 2
+
+    ndim = property(dim)
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice) and self.rows is None:
+            # contiguous rows: one sequential read; a view of the map, so copy it
+            return torch.from_numpy(np.array(self.array[key], dtype=np.float32, copy=True))
+        if isinstance(key, slice):
+            idx = self.rows[key]
+        else:
+            idx = key.detach().cpu().numpy() if torch.is_tensor(key) else np.asarray(key)
+            if idx.ndim == 0:
+                idx = idx.reshape(1)
+            if self.rows is not None:
+                idx = self.rows[idx]
+        # fancy indexing reads just these rows into a new array; cast only if needed
+        return torch.from_numpy(np.asarray(self.array[idx], dtype=np.float32))
+
+    def take(self, index: np.ndarray) -> "MappedRows":
+        """A view of some of these rows (no data is read)."""
+        index = np.asarray(index, dtype=np.int64)
+        return MappedRows(self.array, index if self.rows is None else self.rows[index])
+
+    def chunks(self, max_bytes: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
+        """``(first_row, float32 block)`` over all rows, ``max_bytes`` (default :data:`CHUNK_BYTES`) at a time."""
+        step = max(1, (max_bytes or CHUNK_BYTES) // (4 * max(1, self.array.shape[1])))
+        for start in range(0, len(self), step):
+            yield start, self[start : start + step]
+
+    def max(self) -> torch.Tensor:
+        return torch.stack([c.max() for _, c in self.chunks()]).max()
+
+    def min(self) -> torch.Tensor:
+        return torch.stack([c.min() for _, c in self.chunks()]).min()
+
+    def __repr__(self) -> str:
+        return f"MappedRows(shape={tuple(self.shape)}, dtype={self.array.dtype})"
+
+
+def mapped_matrix(array: np.ndarray, what: str, drop_nonfinite: bool = False,
+                  notes: Optional[list] = None) -> MappedRows:
+    """The checks of :func:`pyro_vae.data.as_matrix`, done chunk by chunk, without copying the data."""
+    notes = notes if notes is not None else []
+    if array.dtype.kind not in "biuf":
+        raise PyroVAEError(f"{what} is not numeric (dtype {array.dtype}): remove text columns or convert them to numbers")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim > 2:
+        array = array.reshape(array.shape[0], -1)  # a view of a C-ordered map
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise PyroVAEError(f"{what} is empty (shape {tuple(array.shape)}): give at least one row and one column")
+    if array.dtype != np.float32:
+        notes.append(f"{what}: {array.dtype} values are cast to float32 a batch at a time")
+    x = MappedRows(array)
+    bad_rows: List[np.ndarray] = []
+    first = None
+    for start, block in x.chunks():
+        if all_finite(block):  # the common case, without isfinite's block-sized temporaries
+            continue
+        finite = torch.isfinite(block)
+        if not bool(finite.all()):
+            rows = (~finite.all(1)).nonzero()[:, 0].numpy() + start
+            if first is None:
+                r, c = (int(i) for i in (~finite).nonzero()[0])
+                first = (r + start, c, int((~finite).sum()))
+            bad_rows.append(rows)
+    if first is None:
+        return x
+    bad = np.concatenate(bad_rows)
+    if not drop_nonfinite:
+        raise PyroVAEError(
+            f"{what} has NaN/Inf values in {len(bad)} rows (first at row {first[0]}, column {first[1]}): "
+            "clean the data or set data.drop_nonfinite = true to drop those rows"
+        )
+    keep = np.setdiff1d(np.arange(len(x)), bad)
+    if len(keep) == 0:
+        raise PyroVAEError(f"{what}: every row has NaN/Inf values; nothing is left to train on")
+    notes.append(f"{what}: dropped {len(bad)} rows with NaN/Inf")
+    return x.take(keep)
+
+
+def row_blocks(x, max_bytes: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
+    """``(first_row, rows)`` blocks of a tensor (views) or of :class:`MappedRows` (copies)."""
+    if isinstance(x, MappedRows):
+        yield from x.chunks(max_bytes)
+        return
+    step = max(1, (max_bytes or CHUNK_BYTES) // max(1, x[:1].numel() * x.element_size()))
+    for start in range(0, x.shape[0], step):
+        yield start, x[start : start + step]
+
+
+def check_support(likelihood, x, what: str) -> None:
+    """``likelihood.check_support`` block by block: its masks stay small whatever the data size."""
+    key = (type(likelihood).__name__, getattr(likelihood, "levels", None))
+    if isinstance(x, MappedRows) and key in x.checked:
+        return  # a file over the memory limit is read once for this, not again by the trainer
+    for start, block in row_blocks(x):
+        try:
+            likelihood.check_support(block, what)
+        except PyroVAEError as e:
+            if start == 0:
+                raise
+            # the message counts rows within the block: say where the block starts
+            raise PyroVAEError(f"{e} [row numbers count from row {start}]") from None
+    if isinstance(x, MappedRows):
+        x.checked.add(key)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN/Inf in ``x``, in one reduction: min and max propagate NaN and are +-inf if any value is."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def in_unit_interval(x) -> bool:
+    """Whether every value lies in [0, 1] (what binarization needs)."""
+    blocks = (b for _, b in x.chunks()) if isinstance(x, MappedRows) else (x,)
+    return all(not bool(((b < 0) | (b > 1)).any()) for b in blocks)
