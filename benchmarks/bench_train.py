@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from _common import (HandRunner, HandVAE, OurRunner, alternate, fashion_mnist, machine_line, max_rss_mib, median,
-                     our_model, paired_ratio, sync, table, test_elbo)
+                     our_model, paired_ratio, table, test_elbo)
 
 import pyro.distributions as dist  # noqa: E402
 from pyro.infer import TraceMeanField_ELBO  # noqa: E402

@@ -28,7 +28,7 @@ from pyro_vae.likelihoods import BernoulliRows
 from pyro_vae.mapped import MappedRows, all_finite
 from pyro_vae.models import build_model
 from pyro_vae.objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO, make_objective, scale_sites
-from pyro_vae.perf import GraphedStep, make_adam, masked_adam_step, nonfinite_flag, restore_kernel_choice
+from pyro_vae.perf import GraphedStep, make_adam, masked_adam_step, nonfinite_flag
 from pyro_vae.train import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
