@@ -223,7 +223,6 @@ def cmd_sample(args) -> int:
     from .errors import PyroVAEError
     from .run import load_run
     from .plots import save_image_grid
-    from .train import write_text_atomic  # noqa: F401  (atomic writes below)
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be >= 1 (got {args.n})")

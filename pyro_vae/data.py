@@ -12,7 +12,6 @@ Training data stays on the training device and is batched by index
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path

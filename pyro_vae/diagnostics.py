@@ -54,7 +54,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from .errors import PyroVAEError
-from .evaluate import PARTICLE_PLATE, is_density_site, isolated_rng, model_device
+from .evaluate import PARTICLE_PLATE, is_density_site, isolated_rng, model_device, plate_dims
 
 FORMAT = "pyro_vae.diagnostics/1"
 REFERENCES = ("nuts", "grid", "none")
@@ -275,21 +275,7 @@ def _plate_layout(model, x) -> tuple:
     with torch.no_grad():
         gtr = poutine.trace(model.guide).get_trace(x)
         mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
-    nest, data_dim = 0, None
-    for tr in (gtr, mtr):
-        for site in tr.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for f in site["cond_indep_stack"]:
-                if f.dim is not None:
-                    nest = max(nest, -f.dim)
-                if f.name == "data":
-                    data_dim = f.dim
-    if data_dim is None:
-        raise PyroVAEError(
-            f"{type(model).__name__}: no sample site is inside pyro.plate('data', ...): "
-            "put the observations and the local latents in a plate named 'data'"
-        )
+    nest, data_dim = plate_dims(model, (gtr, mtr))
     return nest, data_dim, gtr, mtr
 
 

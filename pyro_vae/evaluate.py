@@ -123,6 +123,26 @@ def _eval_mode(model):
             m.training = mode
 
 
+def plate_dims(model, traces) -> tuple:
+    """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
+    nest, data_dim = 0, None
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] != "sample":
+                continue
+            for f in site["cond_indep_stack"]:
+                if f.dim is not None:
+                    nest = max(nest, -f.dim)
+                if f.name == "data":
+                    data_dim = f.dim
+    if data_dim is None:
+        raise PyroVAEError(
+            f"{type(model).__name__}: no sample site is inside pyro.plate('data', ...): "
+            "put the observations (and the local latents) in a plate named 'data'"
+        )
+    return nest, data_dim
+
+
 def is_density_site(site) -> bool:
     """A sample site with a density (plates record their subsample as a sample site too)."""
     return site["type"] == "sample" and not site_is_subsample(site)
@@ -211,21 +231,7 @@ def _layout(model, x) -> _Layout:
             f"{type(model).__name__}.obs_site is {model.obs_site!r} but the model has no such sample site: "
             "set obs_site to the name of the observed pyro.sample"
         )
-    nest, data_dim = 0, None
-    for tr in (gtr, mtr):
-        for site in tr.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for f in site["cond_indep_stack"]:
-                if f.dim is not None:
-                    nest = max(nest, -f.dim)
-                if f.name == "data":
-                    data_dim = f.dim
-    if data_dim is None:
-        raise PyroVAEError(
-            f"{type(model).__name__}: no sample site is inside pyro.plate('data', ...): "
-            "put the observations (and the local latents) in a plate named 'data'"
-        )
+    nest, data_dim = plate_dims(model, (gtr, mtr))
     layout = _Layout(nest, data_dim, [], False)
     b = x.shape[0]
     for name, site in gtr.nodes.items():

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 import pyro
 
 from .checkpoint import load_checkpoint
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict
 from .data import Dataset, load_data, resolve_binarize
 from .errors import PyroVAEError
-from .evaluate import DEFAULT_IW_SAMPLES, evaluate
+from .evaluate import DEFAULT_IW_SAMPLES
 from .models import build_model
 from .memory import evaluate_with_retry
 from .mapped import check_support as check_support_chunked

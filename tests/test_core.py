@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import pyro
-import pyro.distributions as dist
 from pyro import poutine
 
 import pyro_vae as pv
