@@ -13,7 +13,9 @@ sites such as regularizer penalties are not densities and are left out):
   is averaged over the same K draws.  ``log_likelihood_se`` is the Monte Carlo
   standard error of the reported mean (delta method over each point's K
   weights), not the spread across points; ``iw_ess_*`` is the importance
-  sampling effective sample size (sum w)^2 / sum w^2, out of K;
+  sampling effective sample size (sum w)^2 / sum w^2, out of K.  When the
+  ESS is a handful of draws the s.e. rests on those same draws and can be
+  far too small: look at ``iw_ess_min`` before trusting it;
 - ``log_likelihood_prior``: the naive estimator log (1/K) sum_k p(x|z_k) with
   z_k ~ p(z), with its standard error and ESS.  It is consistent but its ESS
   collapses as the latent dimension grows; it is reported so users can see
@@ -31,7 +33,8 @@ Memory: draws are processed in chunks of (particles x points) sized so the
 widest per-chunk tensor has at most ``budget`` elements; per point only
 running sums are kept (log-sum-exp of w and w^2, shifted moments), so memory
 does not grow with K or with the number of points (beyond O(points x latent
-dims) results).
+dims) results).  Freed chunk memory is handed back to the OS every few
+chunks (glibc's heaps otherwise fragment to many GB on large runs).
 
 Evaluation runs under ``torch.no_grad`` inside ``torch.random.fork_rng`` with
 its own seed, with every ``nn.Module`` of the model in eval mode for the
@@ -272,6 +275,45 @@ def plan_chunks(num_points: int, num_samples: int, width: int, budget: int = DEF
     k_chunk = max(1, min(num_samples, budget // max(width, 1)))
     b_chunk = max(1, min(num_points, budget // (max(width, 1) * k_chunk)))
     return k_chunk, b_chunk
+
+
+class _HeapTrimmer:
+    """Hand freed heap memory back to the OS every few chunks (glibc only; a no-op elsewhere).
+
+    Each chunk allocates and frees tensors of ~budget elements.  glibc serves
+    such blocks from its heaps once its dynamic mmap threshold has grown, and
+    with several threads' arenas the freed blocks fragment: on 10,000
+    Fashion-MNIST images with K = 1000 the prior pass reached a 13 GB RSS
+    that ``malloc_trim`` brings back to ~0.4 GB, at ~1 ms per call.
+    """
+
+    EVERY = 16  # chunks between trims
+
+    def __init__(self):
+        self.count = 0
+        self.trim = _malloc_trim()
+
+    def tick(self):
+        self.count += 1
+        if self.trim is not None and self.count % self.EVERY == 0:
+            self.trim(0)
+
+    def release(self):
+        if self.trim is not None:
+            self.trim(0)
+
+
+def _malloc_trim():
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        return None
 
 
 def _chunks(n: int, size: int):
@@ -529,7 +571,7 @@ class PointwiseEvaluation:
         return int(self.elbo.shape[0])
 
     def posterior_mean_variance(self) -> torch.Tensor:
-        """Cov_x(E_q[z_j | x]) per latent dimension (population variance over the points)."""
+        """Cov_x(E_q[z_j | x]) per latent dimension (sample variance over the points)."""
         if self.num_points < 2:
             return torch.zeros(self.posterior_mean.shape[1], dtype=torch.float64)
         return self.posterior_mean.var(0, unbiased=True)
@@ -681,6 +723,7 @@ def evaluate_points(
                                    "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw")}
         analytic = True
         per_dim, dims_analytic = d > 0 and not layout.point_mass, True
+        heap = _HeapTrimmer()
         for sl in _chunks(n, b_chunk):
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
@@ -690,6 +733,7 @@ def evaluate_points(
             for ks in _chunks(k_total, k_chunk):
                 k = ks.stop - ks.start
                 t = _draw_terms(model, xb, k, layout, per_dim)
+                heap.tick()
                 rec.add(t["log_lik"])
                 kl_mc.add(t["log_q"] - t["log_prior"])
                 w = t["log_lik"].double() + t["log_prior"].double() - t["log_q"].double()
@@ -737,10 +781,12 @@ def evaluate_points(
                 plme = _LogMeanExp()
                 for ks in _chunks(prior_samples, k_chunk):
                     plme.add(_prior_log_lik(model, xb, ks.stop - ks.start, layout))
+                    heap.tick()
                 est, var, ess, _ = plme.result()
                 res["pll"].append(est)
                 res["pll_var"].append(var)
                 res["pess"].append(ess)
+        heap.release()
 
     def cat(key):
         parts = res[key]
