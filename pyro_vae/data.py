@@ -56,6 +56,13 @@ class Dataset:
 # validation
 
 
+def describe_nonfinite(x: torch.Tensor) -> str:
+    """"N NaN/Inf values in R rows (first at row r, column c)" for a matrix that has some."""
+    bad = ~torch.isfinite(x)
+    r, c = (int(i) for i in bad.nonzero()[0])
+    return f"{int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows (first at row {r}, column {c})"
+
+
 def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[list] = None) -> torch.Tensor:
     """Validate an array-like as a non-empty finite float32 matrix (rows = points)."""
     notes = notes if notes is not None else []

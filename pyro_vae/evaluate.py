@@ -700,13 +700,10 @@ def evaluate_points(
     x = x.to(device=device, dtype=_model_dtype(model, x))
     if x.dim() != 2 or x.shape[0] == 0:
         raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):  # one line here rather than a distribution's argument error with a tensor dump
-        r, c = (int(i) for i in bad.nonzero()[0])
-        raise PyroVAEError(
-            f"evaluation data has {int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows "
-            f"(first at row {r}, column {c}): clean the data or drop those rows"
-        )
+    if not bool(torch.isfinite(x).all()):  # one line here rather than a distribution's argument error
+        from .data import describe_nonfinite
+
+        raise PyroVAEError(f"evaluation data has {describe_nonfinite(x)}: clean the data or drop those rows")
     n = x.shape[0]
     width = _width(model, x)
     with _eval_mode(model), isolated_rng(seed, device):

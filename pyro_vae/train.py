@@ -523,11 +523,11 @@ class Trainer:
         x = x.to(self.device, torch.float32)
         if not all_finite(x):  # one pass, no data-sized temporaries (torch.isfinite makes three)
             # caught here, not as a NaN loss (or a distribution's argument error) steps later
-            bad = ~torch.isfinite(x)
-            r, c = (int(i) for i in bad.nonzero()[0])
+            from .data import describe_nonfinite
+
             raise PyroVAEError(
-                f"{what} has {int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows (first at row {r}, "
-                f"column {c}): clean it, or load it with pyro_vae.load_data and data.drop_nonfinite = true"
+                f"{what} has {describe_nonfinite(x)}: clean it, or load it with pyro_vae.load_data "
+                "and data.drop_nonfinite = true"
             )
         return x
 
