@@ -34,7 +34,9 @@ from typing import List, Optional
 import torch
 import pyro
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 
+from .capture import Captures
 from .checkpoint import clean_stale_temporaries, load_state_dict_checked, save_checkpoint
 from .config import TrainConfig
 from .errors import PyroVAEError
@@ -43,7 +45,7 @@ from .memory import is_oom, test_elbo_with_retry, training_oom_error
 from .models import check_protocol
 from .objectives import make_objective, scale_sites
 from .mapped import MappedRows, all_finite, check_support as check_support_chunked
-from .perf import (VALIDATION_MODES, GraphedStep, compile_networks, is_fused, make_adam, masked_adam_step,
+from .perf import (VALIDATION_MODES, GraphedStep, compile_networks, direct_adam_step, is_fused, make_adam, masked_adam_step,
                    may_skip_validation, nonfinite_flag, restore_kernel_choice)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_elbo", "seconds", "beta")
@@ -140,6 +142,7 @@ class Trainer:
         self.cuda_graph = cuda_graph
         self.compile = compile
         self._graphed = None  # a perf.GraphedStep once captured
+        self._captures = Captures(self)  # recorded steps (capture.py), per batch shape and beta
         self._force_masked: Optional[bool] = None  # tests: the CUDA masked-update path on CPU
         self._unvalidated: Optional[contextlib.ExitStack] = None  # validation off inside fit
         self._validated = False
@@ -236,12 +239,24 @@ class Trainer:
             kwargs["data_size"] = self.data_size
         elif factor != 1.0:
             outer = factor  # equal to poutine.scale on every site
-        with scale_sites(self.model.latent_sites, beta) if beta != 1.0 else _null():
+        # (a tensor beta: a step recorded with the KL weight as an input, capture.py)
+        with scale_sites(self.model.latent_sites, beta) if torch.is_tensor(beta) or beta != 1.0 else _null():
             loss = self.objective.differentiable_loss(self.model.model, self.model.guide, x, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached)."""
+        if self._captures.usable():
+            if is_validation_enabled():
+                # this trainer's first step: Pyro's checks run on this batch (a forward
+                # pass on the side), then the update comes from the recording like every
+                # other step's, so a resumed run computes exactly what a straight one does
+                error = self._validate_batch(x, beta)
+                if error is not None:
+                    return self._on_nonfinite(x, None, error)
+            captured = self._captures.get(x, beta)
+            if captured is not None:
+                return self._captured_step(captured, x, beta)
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         try:
@@ -266,12 +281,41 @@ class Trainer:
             if finite:
                 loss.backward()
                 finite = not bool(nonfinite_flag(None, self.params))
-            if finite:
+            if finite and not direct_adam_step(opt):
                 opt.step()
         if not finite:
             return self._on_nonfinite(x, loss)
         self._consecutive_bad = 0
         return loss.detach()
+
+    def _validate_batch(self, x, beta) -> Optional[ValueError]:
+        """Pyro's argument and support checks on batch ``x``; the random streams are left as they were."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self._loss(x, beta)
+        except ValueError as e:
+            if not _is_invalid_parameter(e):
+                raise
+            return e
+        return None
+
+    def _captured_step(self, captured, x, beta):
+        """The recorded loss and gradients (capture.py), then the same update and policy as an eager step."""
+        loss, bad, grads = captured(x, beta)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        if self._masked_update():
+            masked_adam_step(self.optimizer, bad)
+            finite = not bool(bad)
+        else:
+            finite = not bool(bad)
+            if finite and not direct_adam_step(self.optimizer):
+                self.optimizer.step()
+        if not finite:
+            return self._on_nonfinite(x, loss)
+        self._consecutive_bad = 0
+        return loss
 
     # -- CUDA graph (opt-in) ----------------------------------------------------
     def _wants_graph(self) -> bool:
@@ -409,13 +453,17 @@ class Trainer:
         num_batches = math.ceil(n / cfg.batch_size)
         bar = self._progress_bar(total=cfg.epochs * num_batches, initial=self.state.epoch * num_batches + self.state.batch)
         old_handlers = self._install_signal_handlers()
-        # Pyro validation is on for the first step of every fit (shapes, supports,
+        # Pyro validation is on for this trainer's first step (shapes, supports,
         # arguments of every site), then off: it cost 3 ms of a 19 ms step at batch
         # 128 (benchmarks/bench_train.py) and its checks read values back from
-        # the device, which also rules out CUDA-graph capture.  The ExitStack
-        # restores the caller's setting however fit ends.
+        # the device, which also rules out CUDA-graph capture.  Later fits do not
+        # check again (their data's support is checked above).  Validation never
+        # changes what a step computes, so a resumed run, which checks its first
+        # step, still matches a straight one bit for bit.  The ExitStack restores
+        # the caller's setting however fit ends.
         self._unvalidated = contextlib.ExitStack() if skip_validation else None
-        self._validated = False
+        if self._unvalidated is not None and self._validated:
+            self._unvalidated.enter_context(pyro.validation_enabled(False))
         try:
             while self.state.epoch < cfg.epochs:
                 self._run_epoch(train_x, test_x, n, num_batches, binarize, bar)
