@@ -27,6 +27,8 @@ from .errors import PyroVAEError
 MEMMAP_LIMIT_BYTES = 1 << 30
 #: a pass over the file reads this many bytes at a time
 CHUNK_BYTES = 32 << 20
+#: block size of the up-front support check on in-memory data
+SUPPORT_CHECK_BYTES = 2 << 20
 
 
 def memmap_limit() -> int:
@@ -162,7 +164,9 @@ def check_support(likelihood, x, what: str) -> None:
     key = (type(likelihood).__name__, getattr(likelihood, "levels", None))
     if isinstance(x, MappedRows) and key in x.checked:
         return  # a file over the memory limit is read once for this, not again by the trainer
-    for start, block in row_blocks(x):
+    # in-memory blocks are views, so only the checks' masks (about three bytes per
+    # value) cost memory: small blocks keep them well under a training step's peak
+    for start, block in row_blocks(x, None if isinstance(x, MappedRows) else SUPPORT_CHECK_BYTES):
         try:
             likelihood.check_support(block, what)
         except PyroVAEError as e:

@@ -108,11 +108,14 @@ class Trainer:
     ``model`` is anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and
     ``obs_site``; the constructor only stores its arguments.
 
-    Performance switches (see :mod:`pyro_vae.perf` and the README's "Performance"):
-    ``validation`` — ``"auto"`` runs Pyro validation for the first step of each
-    ``fit`` and then switches it off (restoring it afterwards) when the model's
-    likelihood checks the data's support up front; ``"always"`` keeps it on;
-    ``"first"`` switches it off after the first step for any model.
+    Performance switches (see :mod:`pyro_vae.perf`, :mod:`pyro_vae.capture` and the
+    README's "Performance"): ``config.capture`` — ``"auto"`` records a built-in
+    model's step once per batch shape and replays it (``"on"``: user models too,
+    ``"off"``: never).  ``validation`` — ``"auto"`` runs Pyro validation for the
+    trainer's first step and then switches it off (restoring it when ``fit``
+    returns) when the model's likelihood checks the data's support up front;
+    ``"always"`` keeps it on; ``"first"`` switches it off after the first step
+    for any model.
     ``cuda_graph=True`` (CUDA only) replays the whole step as a captured CUDA
     graph.  ``compile=True`` (or a backend name) applies ``torch.compile`` to the
     encoder and decoder networks.
@@ -302,6 +305,8 @@ class Trainer:
 
     def _captured_step(self, captured, x, beta):
         """The recorded loss and gradients (capture.py), then the same update and policy as an eager step."""
+        for p in self.params:  # last step's gradients must not stay alive through this one (peak memory)
+            p.grad = None
         loss, bad, grads = captured(x, beta)
         for p, g in zip(self.params, grads):
             p.grad = g

@@ -25,18 +25,11 @@ from pyro_vae.models import build_model
 from pyro_vae.perf import direct_adam_step, make_adam
 from pyro_vae.train import NonFiniteError, Trainer
 
-D, LEVELS = 6, 3
+from test_conformance import D, LEVELS, _data_for  # the conformance suite's data in each likelihood's support
 
 
 def data_for(likelihood: str, n: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if likelihood == "bernoulli":
-        return (torch.rand(n, D, generator=g) > 0.5).float()
-    if likelihood == "continuous_bernoulli":
-        return torch.rand(n, D, generator=g).clamp(0.02, 0.98)
-    if likelihood == "categorical":
-        return torch.randint(0, LEVELS, (n, D), generator=g).float()
-    return torch.randn(n, D, generator=g)
+    return _data_for(likelihood)(seed, n)
 
 
 def spec(**kw) -> ModelConfig:
@@ -289,3 +282,15 @@ def test_direct_adam_step_is_bit_identical_to_optimizer_step(found_inf):
     assert all(torch.equal(p, q) for p, q in zip(ps, qs))
     for p, q in zip(ps, qs):
         assert all(torch.equal(a.state[p][k], b.state[q][k]) for k in a.state[p])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("train_kw", [{}, {"kl_warmup_epochs": 2}, {"elbo": "iwae", "num_particles": 4}],
+                         ids=["meanfield", "warmup", "iwae"])
+def test_captured_training_equals_eager_training_on_cuda(train_kw):
+    s = spec(likelihood="bernoulli")
+    x = data_for("bernoulli")
+    a = train(s, x, "auto", device="cuda", **train_kw)
+    b = train(s, x, "off", device="cuda", **train_kw)
+    assert recorded(a) == 2 and a.params[0].device.type == "cuda"
+    assert_same_training(a, b)
