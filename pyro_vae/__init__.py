@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is private.
 """
 
+from .capture import CaptureWarning
 from .config import Config, DataConfig, ModelConfig, NetConfig, TrainConfig, config_from_dict, load_config
 from .data import Dataset, load_data
 from .errors import PyroVAEError
@@ -20,6 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "NetConfig", "TrainConfig", "config_from_dict", "load_config",
     "Dataset", "load_data", "PyroVAEError", "evaluate", "evaluate_points", "LIKELIHOODS", "MODELS", "LatentModel",
-    "build_model", "DegenerateObjectiveWarning", "GUIDES", "PRIORS", "VAE", "OBJECTIVES", "Run", "load_run", "train", "Trainer",
+    "build_model", "CaptureWarning", "DegenerateObjectiveWarning", "GUIDES", "PRIORS", "VAE", "OBJECTIVES", "Run", "load_run", "train", "Trainer",
     "TrainState", "fit", "__version__",
 ]

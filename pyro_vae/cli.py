@@ -7,6 +7,7 @@ interrupted training run saves its state and exits 130 (SIGINT) or 143 (SIGTERM)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -449,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _library_warnings_as_lines():
+    """pyro_vae's own warnings as one ``pyro-vae: warning: ...`` line (no source line), others as usual."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("pyro_vae."):
+            print(f"pyro-vae: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -459,7 +480,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .train import TrainingInterrupted
 
     try:
-        return args.func(args)
+        with _library_warnings_as_lines():
+            return args.func(args)
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -294,3 +294,18 @@ def test_captured_training_equals_eager_training_on_cuda(train_kw):
     b = train(s, x, "off", device="cuda", **train_kw)
     assert recorded(a) == 2 and a.params[0].device.type == "cuda"
     assert_same_training(a, b)
+
+
+def test_the_cli_prints_a_capture_warning_as_one_line(tmp_path, capsys, monkeypatch):
+    import pyro_vae.capture as capture_mod
+    from pyro_vae.cli import main
+
+    monkeypatch.setattr(capture_mod, "capturable", lambda trainer, mode: "a reason made up by this test")
+    rc = main(["train", "--out", str(tmp_path / "out"), "--set", "data.source=synthetic", "--set", "data.num_points=80",
+               "--set", "data.synthetic_dim=5", "--set", "model.likelihood=normal", "--set", "model.latent_dim=2",
+               "--set", "train.batch_size=16", "--set", "train.epochs=1", "--set", "train.capture=on",
+               "--quiet", "--no-plots", "--iw-samples", "4"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [l for l in err.splitlines() if "a reason made up" in l]
+    assert lines == ["pyro-vae: warning: train.capture = 'on', but a reason made up by this test: training runs eagerly"]
