@@ -452,22 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _library_warnings_as_lines():
-    """pyro_vae's own warnings as one ``pyro-vae: warning: ...`` line (no source line), others as usual."""
+    """pyro_vae's own warnings as one ``pyro-vae: warning: ...`` line (no source line), others as usual.
+
+    Only the formatting changes (``warnings.formatwarning``), so filters and
+    ``catch_warnings(record=True)`` see the warnings as before.
+    """
     import warnings
 
-    shown = warnings.showwarning
+    formatted = warnings.formatwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def format_line(message, category, filename, lineno, line=None):
         if category.__module__.startswith("pyro_vae."):
-            print(f"pyro-vae: warning: {message}", file=sys.stderr)
-        else:
-            shown(message, category, filename, lineno, file, line)
+            return f"pyro-vae: warning: {message}\n"
+        return formatted(message, category, filename, lineno, line)
 
-    warnings.showwarning = show
+    warnings.formatwarning = format_line
     try:
         yield
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = formatted
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -296,16 +296,20 @@ def test_captured_training_equals_eager_training_on_cuda(train_kw):
     assert_same_training(a, b)
 
 
-def test_the_cli_prints_a_capture_warning_as_one_line(tmp_path, capsys, monkeypatch):
+def test_the_cli_prints_a_capture_warning_as_one_line(tmp_path, monkeypatch):
     import pyro_vae.capture as capture_mod
-    from pyro_vae.cli import main
+    from pyro_vae.cli import _library_warnings_as_lines, main
 
     monkeypatch.setattr(capture_mod, "capturable", lambda trainer, mode: "a reason made up by this test")
-    rc = main(["train", "--out", str(tmp_path / "out"), "--set", "data.source=synthetic", "--set", "data.num_points=80",
-               "--set", "data.synthetic_dim=5", "--set", "model.likelihood=normal", "--set", "model.latent_dim=2",
-               "--set", "train.batch_size=16", "--set", "train.epochs=1", "--set", "train.capture=on",
-               "--quiet", "--no-plots", "--iw-samples", "4"])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    lines = [l for l in err.splitlines() if "a reason made up" in l]
-    assert lines == ["pyro-vae: warning: train.capture = 'on', but a reason made up by this test: training runs eagerly"]
+    with pytest.warns(CaptureWarning, match="a reason made up by this test: training runs eagerly"):
+        rc = main(["train", "--out", str(tmp_path / "out"), "--set", "data.source=synthetic",
+                   "--set", "data.num_points=80", "--set", "data.synthetic_dim=5", "--set", "model.likelihood=normal",
+                   "--set", "model.latent_dim=2", "--set", "train.batch_size=16", "--set", "train.epochs=1",
+                   "--set", "train.capture=on", "--quiet", "--no-plots", "--iw-samples", "4"])
+    assert rc == 0
+    # what the CLI prints for it (pytest records warnings instead of printing them, so format directly)
+    with _library_warnings_as_lines():
+        ours = warnings.formatwarning(CaptureWarning("msg"), CaptureWarning, "/x/train.py", 7)
+        other = warnings.formatwarning(UserWarning("msg"), UserWarning, "/x/train.py", 7)
+    assert ours == "pyro-vae: warning: msg\n"
+    assert "train.py:7: UserWarning: msg" in other
