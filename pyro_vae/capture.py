@@ -45,10 +45,7 @@ import torch
 import torch.nn as nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .perf import nonfinite_flag
-
-CAPTURE_MODES = ("auto", "on", "off")
-
+from .perf import nonfinite_in
 
 class CaptureWarning(UserWarning):
     """A model could not be captured; the trainer runs its steps eagerly."""
@@ -130,9 +127,7 @@ class CapturedStep:
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.present = [g is not None for g in grads]
         present = [g for g in grads if g is not None]
-        # the trainer's non-finite check, recorded with the step
-        bad = nonfinite_flag(loss, []) if not present else ~torch.isfinite(
-            torch.cat([torch.stack(torch._foreach_norm(present)), loss.detach().reshape(1)])).all()
+        bad = nonfinite_in(loss, present)  # the trainer's non-finite check, recorded with the step
         return (loss.detach(), bad, *present)
 
     def __call__(self, x: torch.Tensor, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, List[Optional[torch.Tensor]]]:

@@ -60,11 +60,15 @@ def restore_kernel_choice(optimizer, fused: bool, foreach: Optional[bool], captu
 
 def nonfinite_flag(loss: Optional[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
     """A 0-dim bool tensor on the device: is the loss or any gradient NaN/Inf?  No host sync."""
-    grads = [p.grad for p in params if p.grad is not None]
+    return nonfinite_in(loss, [p.grad for p in params if p.grad is not None])
+
+
+def nonfinite_in(loss: Optional[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`nonfinite_flag` for given gradient tensors (the captured step computes them itself)."""
     parts = []
     if grads:
         # one norm per tensor (a fused reduction); a NaN/Inf anywhere makes its norm non-finite
-        parts.append(torch.stack(torch._foreach_norm(grads)))
+        parts.append(torch.stack(torch._foreach_norm(list(grads))))
     if loss is not None:
         parts.append(loss.detach().reshape(1))
     if not parts:
