@@ -207,6 +207,7 @@ class Captures:
         self.trainer = trainer
         self.steps: Dict[tuple, Optional[CapturedStep]] = {}
         self.reason: Optional[str] = None  # why nothing is captured, once known
+        self._said_validation = False
 
     @property
     def mode(self) -> str:
@@ -222,8 +223,17 @@ class Captures:
 
         if self.reason is not None or not torch.is_grad_enabled() or self._patched():
             return False
-        # validation that stays on for every step needs the eager program
-        return not (is_validation_enabled() and self.trainer._unvalidated is None)
+        if is_validation_enabled() and self.trainer._unvalidated is None:
+            # validation that stays on for every step needs the eager program
+            if self.mode == "on" and not self._said_validation:
+                self._said_validation = True
+                warnings.warn(
+                    "train.capture = 'on', but Pyro validation stays on for every step (the model has no "
+                    "likelihood.check_support to check the data once, up front), and validation needs the "
+                    "eager program: pass validation='first' to Trainer or fit to vouch for the data",
+                    CaptureWarning, stacklevel=4)
+            return False
+        return True
 
     def get(self, x: torch.Tensor, beta: float) -> Optional[CapturedStep]:
         """The captured step for this batch, recording it on first sight; None: run eagerly."""

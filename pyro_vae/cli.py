@@ -148,9 +148,13 @@ def cmd_train(args) -> int:
             cfg = config_from_dict(apply_overrides(Config().to_dict(), args.set))
             stem = "run"
         out = Path(args.out) if args.out else _default_out(stem)
+    t0 = time.perf_counter()
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
                 iw_samples=args.iw_samples, plots=not args.no_plots, log=_log)
     print(_format_metrics(run.metrics))
+    seconds = sum(row["seconds"] for row in run.history or [])
+    print(f"trained {cfg.train.epochs} epochs in {seconds:.1f} s of training on {_device_name(cfg)} "
+          f"({time.perf_counter() - t0:.1f} s in all)")
     print(f"run directory: {out}")
     return 0
 

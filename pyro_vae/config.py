@@ -82,6 +82,30 @@ class NetConfig:
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
 
 
+def _validate_fields(obj, section: str) -> None:
+    """Check a config built in Python as a TOML file is checked: types, choices, ranges.
+
+    Fields at their default are skipped: defaults are valid, and the module's own
+    default instances are built before the checks further down exist.  Numbers are
+    normalized in place (an int where a float is expected becomes a float).
+    """
+    fields = [f for f in dataclasses.fields(obj) if getattr(obj, f.name) != f.default]
+    if not fields:
+        return
+    hints = typing.get_type_hints(type(obj))
+    for f in fields:
+        path = f"{section}.{f.name}"
+        value = _coerce(getattr(obj, f.name), hints[f.name], path)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices():
+            names = choices()
+            raise PyroVAEError(f"{path}: unknown name {value!r}: {did_you_mean(value, names)}valid: {', '.join(names)}")
+        check = _RANGES.get(path)
+        if check is not None and value is not None and not check[0](value):
+            raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
+        object.__setattr__(obj, f.name, value)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = field(default="digits", metadata=_choices(_source_names))
@@ -97,6 +121,9 @@ class DataConfig:
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+
+    def __post_init__(self):
+        _validate_fields(self, "data")
 
 
 @dataclass(frozen=True)
@@ -130,18 +157,10 @@ class ModelConfig:
     tied: bool = False
 
     def __post_init__(self):
-        # A spec built in Python skips the TOML path's range checks: repeat them for these keys.
-        # (Defaults are valid, and skipping them matters: Config's default ModelConfig() is
-        # built before _RANGES exists further down this module.)
-        for f in dataclasses.fields(self):
-            if f.name not in ("prior_scale", "sparsity", "contractive", "corruption_level"):
-                continue
-            value = getattr(self, f.name)
-            if value is None or value == f.default:
-                continue
-            ok, what = _RANGES[f"model.{f.name}"]
-            if not ok(value):
-                raise PyroVAEError(f"model.{f.name}: must be {what} (got {value!r})")
+        # a spec built in Python gets the TOML path's checks (types, names, ranges)
+        _validate_fields(self, "model")
+        for net in ("encoder", "decoder"):
+            _validate_fields(getattr(self, net), f"model.{net}")
         # checks that involve two keys
         if self.sparsity is not None and self.prior != "laplace":
             raise PyroVAEError(
@@ -177,6 +196,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     # record each step's tensor ops once and replay them (pyro_vae/capture.py): "auto" = built-in models
     capture: Literal["auto", "on", "off"] = "auto"
+
+    def __post_init__(self):
+        _validate_fields(self, "train")
 
 
 @dataclass(frozen=True)

@@ -731,8 +731,12 @@ def _invalid_parameter_name(err: ValueError) -> str:
 
 
 def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run_dir=None,
-        progress: Optional[bool] = None, binarize: str = "none") -> Trainer:
-    """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve)."""
-    trainer = Trainer(model, config, run_dir=run_dir, progress=progress)
+        progress: Optional[bool] = None, binarize: str = "none", validation: str = "auto") -> Trainer:
+    """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve).
+
+    ``validation``: as for :class:`Trainer` ("first" vouches for the data of a model
+    whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).
+    """
+    trainer = Trainer(model, config, run_dir=run_dir, progress=progress, validation=validation)
     trainer.fit(train_x, test_x, binarize=binarize)
     return trainer

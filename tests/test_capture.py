@@ -313,3 +313,36 @@ def test_the_cli_prints_a_capture_warning_as_one_line(tmp_path, monkeypatch):
         other = warnings.formatwarning(UserWarning("msg"), UserWarning, "/x/train.py", 7)
     assert ours == "pyro-vae: warning: msg\n"
     assert "train.py:7: UserWarning: msg" in other
+
+
+def test_on_for_a_model_without_a_support_check_says_why_it_stays_eager_and_first_records_it():
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(0))
+
+    class Plain(Branching):  # a fixed program, but no likelihood.check_support to vouch for the data
+        def __init__(self):
+            super().__init__()
+            del self.likelihood
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=x)
+
+    from pyro_vae.train import fit
+
+    with pytest.warns(CaptureWarning, match="validation='first'"):
+        t = fit(Plain(), x, config=TrainConfig(epochs=1, batch_size=32, capture="on"), progress=False)
+    assert recorded(t) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)
+        t = fit(Plain(), x, config=TrainConfig(epochs=1, batch_size=32, capture="on"), progress=False,
+                validation="first")
+    assert recorded(t) == 1
+
+
+def test_configs_built_in_python_are_checked_like_toml():
+    with pytest.raises(PyroVAEError, match="train.capture"):
+        TrainConfig(capture="sometimes")
+    with pytest.raises(PyroVAEError, match=r"train.epochs: must be >= 1"):
+        TrainConfig(epochs=0)
+    assert isinstance(TrainConfig(lr=1).lr, float)
