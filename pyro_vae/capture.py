@@ -42,9 +42,11 @@ from typing import Dict, List, Optional, Tuple
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 import torch.nn as nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .evaluate import forked_rng
 from .perf import nonfinite_in
 
 class CaptureWarning(UserWarning):
@@ -76,18 +78,17 @@ class CapturedStep:
         # buffers (e.g. the prior's loc and scale) are graph inputs too, read through their owners
         # at every call, so a recording never holds a stale copy
         owners = dict(trainer.model.named_modules())
-        self.buffer_slots = []
+        self.buffer_slots, self.buffer_names = [], []
         for name, _ in trainer.model.named_buffers():
             owner, _, attr = name.rpartition(".")
             self.buffer_slots.append((owners[owner], attr))
-        self.buffer_names = ["net." + n for n, _ in trainer.model.named_buffers()]
+            self.buffer_names.append("net." + name)
         n_params = len(trainer.params)
         self.present: List[bool] = []  # which parameters get a gradient (unused ones get None)
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
         inputs = [p.detach().requires_grad_(True) for p in trainer.params]
         # recording runs the step (and TorchScript's tracer runs it again): their random
         # draws must not be the run's, and validation, which reads values, is off
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+        with forked_rng(x.device), pyro.validation_enabled(False):
             graph = make_fx(self._flat_joint(n_params), tracing_mode="real")(*inputs, *self._inputs(x, beta))
             graph = simplify(graph)
             # The FX graph replays each op through Python; TorchScript's interpreter runs the
@@ -155,13 +156,9 @@ def _same(a, b) -> bool:
 def verify(trainer, captured: CapturedStep, x: torch.Tensor, beta: float) -> Optional[str]:
     """Replay vs an eager step on the rows rotated, from one random state; None when they agree."""
     probe = x.roll(1, dims=0) if x.shape[0] > 1 else x
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
-        state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-        eager_loss, eager_grads = _eager_loss_and_grads(trainer, probe, beta)
-        torch.set_rng_state(state[0])
-        for d, s in zip(devices, state[1]):
-            torch.cuda.set_rng_state(s, d)
+    with forked_rng(x.device), pyro.validation_enabled(False):
+        with forked_rng(x.device):  # the replay below starts from the state the eager step saw
+            eager_loss, eager_grads = _eager_loss_and_grads(trainer, probe, beta)
         loss, _, grads = captured(probe, beta)
     if not _same(eager_loss, loss):
         return f"the recorded loss {float(loss):.6g} differs from Pyro's {float(eager_loss):.6g}"
@@ -218,9 +215,7 @@ class Captures:
         return (tuple(x.shape), x.dtype, x.device, beta == 1.0, bool(t.model.training), t.data_size)
 
     def usable(self) -> bool:
-        """Whether this step may be replayed at all (cheap; checked every step)."""
-        from pyro.infer.util import is_validation_enabled
-
+        """Whether this step may be replayed at all (cheap; the trainer asks before :meth:`get`)."""
         if self.reason is not None or not torch.is_grad_enabled() or self._patched():
             return False
         if is_validation_enabled() and self.trainer._unvalidated is None:
@@ -236,9 +231,10 @@ class Captures:
         return True
 
     def get(self, x: torch.Tensor, beta: float) -> Optional[CapturedStep]:
-        """The captured step for this batch, recording it on first sight; None: run eagerly."""
-        if not self.usable():
-            return None
+        """The captured step for this batch, recording it on first sight; None: run eagerly.
+
+        Call only when :meth:`usable` says a replay is allowed for this step.
+        """
         key = self.key(x, beta)
         if key in self.steps:
             return self.steps[key]
@@ -272,10 +268,6 @@ class Captures:
         if "model" in inst or "guide" in inst:
             return True
         return any(p._backward_hooks for p in self.trainer.params)
-
-    def clear(self) -> None:
-        self.steps.clear()
-        self.reason = None
 
 
 _aten = torch.ops.aten

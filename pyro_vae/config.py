@@ -95,15 +95,20 @@ def _validate_fields(obj, section: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in fields:
         path = f"{section}.{f.name}"
-        value = _coerce(getattr(obj, f.name), hints[f.name], path)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices():
-            names = choices()
-            raise PyroVAEError(f"{path}: unknown name {value!r}: {did_you_mean(value, names)}valid: {', '.join(names)}")
-        check = _RANGES.get(path)
-        if check is not None and value is not None and not check[0](value):
-            raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
-        object.__setattr__(obj, f.name, value)
+        object.__setattr__(obj, f.name, _checked(getattr(obj, f.name), hints[f.name], f, path))
+
+
+def _checked(value, tp, f: dataclasses.Field, path: str):
+    """``value`` for field ``f`` at ``path``: type-checked and normalized, a known name, in range."""
+    value = _coerce(value, tp, path)
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices():
+        names = choices()
+        raise PyroVAEError(f"{path}: unknown name {value!r}: {did_you_mean(value, names)}valid: {', '.join(names)}")
+    check = _RANGES.get(path)
+    if check is not None and value is not None and not check[0](value):
+        raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -331,18 +336,7 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
                 f"unknown key {path!r}: {did_you_mean(key, fields)}"
                 f"valid keys in [{prefix or 'top level'}]: {', '.join(fields)}"
             )
-        value = _coerce(value, hints[key], path)
-        choices = fields[key].metadata.get("choices")
-        if choices is not None and value not in choices():
-            names = choices()
-            raise PyroVAEError(
-                f"{path}: unknown name {value!r}: {did_you_mean(value, names)}"
-                f"valid: {', '.join(names)}"
-            )
-        check = _RANGES.get(path)
-        if check is not None and value is not None and not check[0](value):
-            raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
-        kwargs[key] = value
+        kwargs[key] = _checked(value, hints[key], fields[key], path)
     return cls(**kwargs)
 
 

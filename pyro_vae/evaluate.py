@@ -76,11 +76,15 @@ __all__ = [
 # -- small helpers shared with the trainer ------------------------------------------
 
 
+def forked_rng(device: torch.device):
+    """``torch.random.fork_rng`` for the CPU stream and ``device``'s: both are restored on exit."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 @contextmanager
 def isolated_rng(seed: int, device: torch.device):
     """Run with a fixed seed and restore every RNG stream afterwards."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with forked_rng(device):
         torch.manual_seed(seed)
         yield
 
@@ -654,8 +658,8 @@ def _finite(v) -> Optional[float]:
 def _check_count(name: str, value, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "prior_samples" else 1):
-        floor = 0 if name == "prior_samples" else 1
+    floor = 0 if name == "prior_samples" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < floor:
         raise PyroVAEError(f"{name} must be an integer >= {floor}, got {value!r}: pass {name} >= {floor}")
 
 

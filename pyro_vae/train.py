@@ -40,7 +40,7 @@ from .capture import Captures
 from .checkpoint import clean_stale_temporaries, load_state_dict_checked, save_checkpoint
 from .config import TrainConfig
 from .errors import PyroVAEError
-from .evaluate import is_density_site, isolated_rng
+from .evaluate import forked_rng, is_density_site, isolated_rng
 from .memory import is_oom, test_elbo_with_retry, training_oom_error
 from .models import check_protocol
 from .objectives import make_objective, scale_sites
@@ -272,30 +272,36 @@ class Trainer:
                 raise
             return self._on_nonfinite(x, None, e)
         if self._masked_update():
-            # CUDA: backward and update are queued without waiting for the device;
-            # the fused kernel skips the update on device when ``bad`` is set, and
-            # the one read of ``bad`` comes after the whole step is queued.
             loss.backward()
-            bad = nonfinite_flag(loss, self.params)
-            masked_adam_step(opt, bad)
-            finite = not bool(bad)
+            finite = self._update(nonfinite_flag(loss, self.params))
         else:
-            finite = bool(torch.isfinite(loss))
+            finite = bool(torch.isfinite(loss))  # a NaN loss needs no backward pass
             if finite:
                 loss.backward()
-                finite = not bool(nonfinite_flag(None, self.params))
-            if finite and not direct_adam_step(opt):
-                opt.step()
+                finite = self._update(nonfinite_flag(None, self.params))
         if not finite:
             return self._on_nonfinite(x, loss)
         self._consecutive_bad = 0
         return loss.detach()
 
+    def _update(self, bad: torch.Tensor) -> bool:
+        """The Adam step unless ``bad`` (the NaN/Inf flag) is set; returns whether it stepped."""
+        if self._masked_update():
+            # CUDA: the update is queued without waiting for the device; the fused
+            # kernel skips it on device when ``bad`` is set, and the one read of
+            # ``bad`` comes after the whole step is queued
+            masked_adam_step(self.optimizer, bad)
+            return not bool(bad)
+        if bool(bad):
+            return False
+        if not direct_adam_step(self.optimizer):
+            self.optimizer.step()
+        return True
+
     def _validate_batch(self, x, beta) -> Optional[ValueError]:
         """Pyro's argument and support checks on batch ``x``; the random streams are left as they were."""
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with forked_rng(self.device), torch.no_grad():
                 self._loss(x, beta)
         except ValueError as e:
             if not _is_invalid_parameter(e):
@@ -310,14 +316,7 @@ class Trainer:
         loss, bad, grads = captured(x, beta)
         for p, g in zip(self.params, grads):
             p.grad = g
-        if self._masked_update():
-            masked_adam_step(self.optimizer, bad)
-            finite = not bool(bad)
-        else:
-            finite = not bool(bad)
-            if finite and not direct_adam_step(self.optimizer):
-                self.optimizer.step()
-        if not finite:
+        if not self._update(bad):
             return self._on_nonfinite(x, loss)
         self._consecutive_bad = 0
         return loss
