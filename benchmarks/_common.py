@@ -29,9 +29,9 @@ import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 
 from pyro_vae.config import DataConfig, ModelConfig, NetConfig, TrainConfig  # noqa: E402
-from pyro_vae.data import load_data  # noqa: E402
+from pyro_vae.data.sources import load_data  # noqa: E402
 from pyro_vae.models import build_model  # noqa: E402
-from pyro_vae.train import Trainer  # noqa: E402
+from pyro_vae.training.trainer import Trainer  # noqa: E402
 
 DATA_DIM, HIDDEN, LATENT = 784, 400, 20
 

@@ -4,7 +4,7 @@ A 784-400-20 Bernoulli VAE (MLP encoder and decoder, one hidden layer of 400
 ReLU units, 20-d latent), briefly trained on the training images (``--epochs``,
 default 1; 0 = untrained), is evaluated on the 10,000 test images (binarized
 once with a fixed seed, as pyro_vae does for every run) with
-``pyro_vae.evaluate.evaluate_points``: the importance-sampled log p(x) with K
+``pyro_vae.evaluate_points``: the importance-sampled log p(x) with K
 draws per image, and then, timed separately, the naive prior-sampling
 estimator with the same K.  Prints seconds and peak resident memory (the
 process high-water mark from getrusage, which sees torch's allocations;
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import pyro  # noqa: E402
 
 import pyro_vae as pv  # noqa: E402
-from pyro_vae.evaluate import DEFAULT_BUDGET, evaluate_points, plan_chunks  # noqa: E402
+from pyro_vae.evaluation.estimators import DEFAULT_BUDGET, evaluate_points, plan_chunks  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -242,8 +242,8 @@ def elbo_table(train, test, device, batch_size, epochs, target):
 # -- scaling ---------------------------------------------------------------------------
 def scaling_table(train, rounds, batch_size, sizes):
     from pyro_vae.config import DataConfig
-    from pyro_vae.data import load_data
-    from pyro_vae.mapped import MappedRows
+    from pyro_vae.data.sources import load_data
+    from pyro_vae.data.mapped import MappedRows
 
     variants, rows_of = {}, {}
     for n in sizes:

@@ -1,26 +1,36 @@
-"""pyro_vae: declarative latent-variable models (VAEs and the autoencoder family) in Pyro.
+"""pyro_vae: declarative latent-variable models in Pyro, trained with SVI, evaluated honestly, diagnosed with ArviZ.
 
-The public API is what this module exports; everything else is private.
+This module is the public API: every name here is documented and stable.  The
+subpackages hold the implementation (see the README's "Architecture").
 """
 
-from .capture import CaptureWarning
 from .config import Config, DataConfig, ModelConfig, NetConfig, TrainConfig, config_from_dict, load_config
 from .data import Dataset, load_data
-from .errors import PyroVAEError
-from .evaluate import evaluate, evaluate_points
-from .likelihoods import LIKELIHOODS
+from .diagnostics import Diagnosis, DiagnoseSettings, Subject, diagnose, load_diagnosis
+from .errors import CaptureWarning, DegenerateObjectiveWarning, NonFiniteError, PyroVAEError, TrainingInterrupted
+from .evaluation import PointwiseEvaluation, evaluate, evaluate_points
+from .infer import OBJECTIVES
 from .models import MODELS, LatentModel, build_model
-from .models.autoencoders import DegenerateObjectiveWarning
+from .models.likelihoods import LIKELIHOODS
 from .models.vae import GUIDES, PRIORS, VAE
-from .objectives import OBJECTIVES
-from .run import Run, load_run, train
-from .train import Trainer, TrainState, fit
+from .report import write_report
+from .rundir import Run, load_run, train
+from .training import Trainer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # configuration
     "Config", "DataConfig", "ModelConfig", "NetConfig", "TrainConfig", "config_from_dict", "load_config",
-    "Dataset", "load_data", "PyroVAEError", "evaluate", "evaluate_points", "LIKELIHOODS", "MODELS", "LatentModel",
-    "build_model", "CaptureWarning", "DegenerateObjectiveWarning", "GUIDES", "PRIORS", "VAE", "OBJECTIVES", "Run", "load_run", "train", "Trainer",
-    "TrainState", "fit", "__version__",
+    # data and models
+    "Dataset", "load_data", "LatentModel", "build_model", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "VAE",
+    "OBJECTIVES",
+    # training: a config into a run directory; a model object in Python; the step-level trainer
+    "train", "fit", "Trainer", "Run", "load_run",
+    # evaluation, diagnostics, reports
+    "evaluate", "evaluate_points", "PointwiseEvaluation",
+    "diagnose", "DiagnoseSettings", "Subject", "Diagnosis", "load_diagnosis", "write_report",
+    # errors and warnings
+    "PyroVAEError", "NonFiniteError", "TrainingInterrupted", "CaptureWarning", "DegenerateObjectiveWarning",
+    "__version__",
 ]

@@ -102,7 +102,7 @@ def _default_out(stem: str) -> Path:
 
 def cmd_demo(args) -> int:
     from .config import config_from_dict
-    from .run import train
+    from .rundir.run import train
 
     cfg = config_from_dict(DEMO_CONFIG)
     if args.epochs is not None:
@@ -121,14 +121,14 @@ def cmd_demo(args) -> int:
 
 
 def _device_name(cfg) -> str:
-    from .train import resolve_device
+    from .training.trainer import resolve_device
 
     return str(resolve_device(cfg.train.device))
 
 
 def cmd_train(args) -> int:
     from .config import Config, config_from_dict, load_config, apply_overrides
-    from .run import train
+    from .rundir.run import train
 
     if args.resume:
         if args.config:
@@ -160,9 +160,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import as_matrix, read_array
-    from .evaluate import evaluate_points
-    from .run import load_run, load_run_data
+    from .data.sources import as_matrix, read_array
+    from .evaluation.estimators import evaluate_points
+    from .rundir.run import load_run, load_run_data
     from .errors import PyroVAEError
 
     per_point = Path(args.per_point) if args.per_point else None
@@ -189,8 +189,9 @@ def cmd_evaluate(args) -> int:
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    from .evaluate import DEFAULT_BUDGET, model_device
-    from .memory import with_halving_budget
+    from .evaluation.estimators import DEFAULT_BUDGET
+    from .models.protocol import model_device
+    from .evaluation.memory import with_halving_budget
 
     # out of device memory: halve the chunk budget and retry (pyro_vae/memory.py)
     points = with_halving_budget(
@@ -202,7 +203,7 @@ def cmd_evaluate(args) -> int:
         import csv
         import io
 
-        from .train import write_text_atomic
+        from .rundir.files import write_text_atomic
 
         rows = points.to_rows()
         buf = io.StringIO()
@@ -226,7 +227,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from .errors import PyroVAEError
-    from .run import load_run
+    from .rundir.run import load_run
     from .plots import save_image_grid
 
     if args.n < 1:
@@ -290,8 +291,9 @@ def _make_out(path: Path) -> None:
 
 
 def cmd_diagnose(args) -> int:
-    from .diagnostics import DiagnoseSettings, check_reference_possible, diagnose, subjects_from_runs
-    from .report import render_text
+    from .diagnostics.settings import DiagnoseSettings
+    from .diagnostics.run import check_reference_possible, diagnose, subjects_from_runs
+    from .report.render import render_text
 
     settings = DiagnoseSettings(**_given_settings(args)).check()
     out = _diagnose_out(args.out, args.run_dirs)
@@ -301,18 +303,19 @@ def cmd_diagnose(args) -> int:
     result = diagnose(subjects, settings, progress=False if args.quiet else None,
                       log=(lambda m: None) if args.quiet else _log)
     path = result.save(out)
-    from .diagnostics import _jsonable
+    from .serialize import to_plain
 
-    print(render_text(_jsonable(result.to_json())))
+    print(render_text(to_plain(result.to_json())))
     print(f"diagnostics: {path}; draws (ArviZ, netCDF): {out}/<run>/q.nc, reference.nc")
     print(f"report: pyro-vae report {' '.join(args.run_dirs)} --out {out}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .diagnostics import (DiagnoseSettings, check_reference_possible, diagnose, load_diagnosis, matches,
-                              subjects_from_runs)
-    from .report import render_text, write_report
+    from .diagnostics.settings import DiagnoseSettings
+    from .diagnostics.run import check_reference_possible, diagnose, matches, subjects_from_runs
+    from .diagnostics.results import load_diagnosis
+    from .report.render import render_text, write_report
 
     given = _given_settings(args)
     DiagnoseSettings(**given).check()
@@ -338,9 +341,9 @@ def cmd_report(args) -> int:
         result = diagnose(subjects, settings, progress=False if args.quiet else None, log=log)
         result.save(out)
     paths = write_report(result, subjects, out, log=log)
-    from .diagnostics import _jsonable
+    from .serialize import to_plain
 
-    print(render_text(_jsonable(result.to_json())))
+    print(render_text(to_plain(result.to_json())))
     print(f"report: {paths['html']} (self-contained), {paths['md']}, {paths['json']}")
     return 0
 
@@ -484,7 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     from .errors import PyroVAEError
-    from .train import TrainingInterrupted
+    from .errors import TrainingInterrupted
 
     try:
         with _library_warnings_as_lines():

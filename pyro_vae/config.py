@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
 from .errors import PyroVAEError, did_you_mean
+from .serialize import to_plain
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "sigmoid", "silu")
 
@@ -33,7 +34,7 @@ def _choices(fn):
 
 
 def _likelihood_names():
-    from .likelihoods import LIKELIHOODS
+    from .models.likelihoods import LIKELIHOODS
 
     return LIKELIHOODS.names()
 
@@ -51,13 +52,13 @@ def _guide_names():
 
 
 def _objective_names():
-    from .objectives import OBJECTIVES
+    from .infer.objectives import OBJECTIVES
 
     return OBJECTIVES.names()
 
 
 def _source_names():
-    from .data import SOURCES
+    from .data.sources import SOURCES
 
     return SOURCES.names()
 
@@ -69,7 +70,7 @@ def _model_type_names():
 
 
 def _corruption_names():
-    from .corruption import CORRUPTIONS
+    from .models.corruption import CORRUPTIONS
 
     return CORRUPTIONS.names()
 
@@ -177,7 +178,7 @@ class ModelConfig:
                 "model.sparsity and model.prior_scale both set the Laplace prior's scale (scale = 1/sparsity): "
                 "keep one of them"
             )
-        from .corruption import CORRUPTIONS
+        from .models.corruption import CORRUPTIONS
 
         if self.corruption in CORRUPTIONS:
             problem = CORRUPTIONS[self.corruption].check_level(self.corruption_level)
@@ -216,7 +217,7 @@ class Config:
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> Dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
@@ -247,14 +248,6 @@ _RANGES = {
     "train.eval_every": (lambda v: v >= 1, ">= 1"),
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
 }
-
-
-def _to_plain(obj):
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
-    return obj
 
 
 def _type_name(tp) -> str:

@@ -8,6 +8,9 @@ traceback; library callers can catch it like any ``ValueError``.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import difflib
 from typing import Iterable
 
@@ -27,3 +30,30 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> PyroVAEError:
     return PyroVAEError(
         f"unknown {kind} {name!r}: {did_you_mean(name, choices)}valid: {', '.join(choices)}"
     )
+
+
+class NonFiniteError(PyroVAEError):
+    """The loss or a gradient went NaN/Inf under ``on_nonfinite = 'raise'``."""
+
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was saved after the current step."""
+
+    def __init__(self, signum: int, checkpoint: Optional[Path]):
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted by signal {signum}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class CaptureWarning(UserWarning):
+    """A model could not be captured; the trainer runs its steps eagerly."""
+
+
+class DegenerateObjectiveWarning(UserWarning):
+    """The configured objective has no minimizer (it can be lowered forever by rescaling)."""
+

@@ -31,16 +31,12 @@ from pyro.infer.util import is_validation_enabled
 import pyro_vae as pv
 from pyro_vae.cli import main as cli_main
 from pyro_vae.config import ModelConfig, NetConfig, config_from_dict, load_config
-from pyro_vae.corruption import CORRUPTIONS
+from pyro_vae.models.corruption import CORRUPTIONS
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.models.autoencoders import (
-    DegenerateObjectiveWarning,
-    TiedDecoder,
-    jacobian_sq_norm_autograd,
-    mlp_jacobian_sq_norm,
-)
-from pyro_vae.nets import _ACTIVATIONS, mlp
-from pyro_vae.objectives import scale_sites
+from pyro_vae.errors import DegenerateObjectiveWarning
+from pyro_vae.models.autoencoders import TiedDecoder, jacobian_sq_norm_autograd, mlp_jacobian_sq_norm
+from pyro_vae.models.nets import _ACTIVATIONS, mlp
+from pyro_vae.infer.objectives import scale_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

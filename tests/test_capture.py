@@ -18,12 +18,14 @@ import pyro
 import pyro.distributions as dist
 
 from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig
-from pyro_vae.capture import CaptureWarning, capturable
+from pyro_vae.errors import CaptureWarning
+from pyro_vae.training.capture import capturable
 from pyro_vae.config import ModelConfig, NetConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models import build_model
-from pyro_vae.perf import direct_adam_step, make_adam
-from pyro_vae.train import NonFiniteError, Trainer
+from pyro_vae.training.perf import direct_adam_step, make_adam
+from pyro_vae.errors import NonFiniteError
+from pyro_vae.training.trainer import Trainer
 
 from test_conformance import D, LEVELS, _data_for  # the conformance suite's data in each likelihood's support
 
@@ -297,7 +299,7 @@ def test_captured_training_equals_eager_training_on_cuda(train_kw):
 
 
 def test_the_cli_prints_a_capture_warning_as_one_line(tmp_path, monkeypatch):
-    import pyro_vae.capture as capture_mod
+    import pyro_vae.training.capture as capture_mod
     from pyro_vae.cli import _library_warnings_as_lines, main
 
     monkeypatch.setattr(capture_mod, "capturable", lambda trainer, mode: "a reason made up by this test")
@@ -328,7 +330,7 @@ def test_on_for_a_model_without_a_support_check_says_why_it_stays_eager_and_firs
                 z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
                 pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=x)
 
-    from pyro_vae.train import fit
+    from pyro_vae.training.trainer import fit
 
     with pytest.warns(CaptureWarning, match="validation='first'"):
         t = fit(Plain(), x, config=TrainConfig(epochs=1, batch_size=32, capture="on"), progress=False)

@@ -25,13 +25,13 @@ import pyro
 
 import pyro_vae
 from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig, evaluate
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.rundir.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig
-from pyro_vae.data import as_matrix
+from pyro_vae.data.sources import as_matrix
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluate import test_elbo as elbo_on_test
+from pyro_vae.evaluation.estimators import test_elbo as elbo_on_test
 from pyro_vae.models import build_model
-from pyro_vae.train import Trainer
+from pyro_vae.training.trainer import Trainer
 
 D = 6  # data columns
 N = 64  # rows: 4 minibatches of 16

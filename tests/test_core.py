@@ -8,7 +8,7 @@ import pyro
 from pyro import poutine
 
 import pyro_vae as pv
-from pyro_vae.objectives import IWAE_ELBO, scale_sites
+from pyro_vae.infer.objectives import IWAE_ELBO, scale_sites
 
 SMALL = {"hidden": [16]}
 

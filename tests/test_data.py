@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.data import FASHION_MNIST_DIR, read_idx, synthetic_mean, synthetic_truth
+from pyro_vae.data.sources import FASHION_MNIST_DIR, read_idx, synthetic_mean, synthetic_truth
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool):

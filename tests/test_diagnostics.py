@@ -34,18 +34,13 @@ import pyro.distributions as dist
 
 from pyro_vae import config_from_dict
 from pyro_vae.cli import main
-from pyro_vae.diagnostics import (
-    KHAT_BAD,
-    KHAT_GOOD,
-    DiagnoseSettings,
-    Subject,
-    diagnose,
-    group,
-    load_diagnosis,
-)
+from pyro_vae.diagnostics.settings import KHAT_BAD, KHAT_GOOD, DiagnoseSettings, Subject
+from pyro_vae.diagnostics.run import diagnose
+from pyro_vae.diagnostics.arviz_io import group
+from pyro_vae.diagnostics.results import load_diagnosis
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models import build_model
-from pyro_vae.report import build_tables, fmt, write_report
+from pyro_vae.report.render import build_tables, fmt, write_report
 
 D, SIGMA, NARROW = 6, 0.5, 0.25
 POINTS = 6
@@ -472,7 +467,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(ppca, tmp_path_factory):
     """A real (briefly trained) 2-D run directory."""
-    from pyro_vae.run import train
+    from pyro_vae.rundir.run import train
 
     folder = tmp_path_factory.mktemp("runs")
     g = np.random.default_rng(1)
@@ -528,7 +523,7 @@ def test_cli_user_errors_are_one_line(tiny_run, tmp_path, capsys, args, message)
 
 
 def test_cli_grid_reference_on_a_3d_run_fails_before_writing(tiny_run, tmp_path, capsys):
-    from pyro_vae.run import train
+    from pyro_vae.rundir.run import train
 
     cfg = config_from_dict({
         "data": {"train": str(tiny_run.parent / "x.npy")},

@@ -33,14 +33,8 @@ import pyro.distributions as dist
 from torch.distributions import kl_divergence
 
 import pyro_vae as pv
-from pyro_vae.evaluate import (
-    ACTIVE_UNIT_THRESHOLD,
-    DEFAULT_BUDGET,
-    evaluate_points,
-    importance_summary,
-    plan_chunks,
-)
-from pyro_vae.objectives import make_objective
+from pyro_vae.evaluation.estimators import (ACTIVE_UNIT_THRESHOLD, DEFAULT_BUDGET, evaluate_points, importance_summary, plan_chunks)
+from pyro_vae.infer.objectives import make_objective
 
 CORE_KEYS = {"elbo", "reconstruction", "kl", "log_likelihood", "log_likelihood_se", "num_points"}
 NEW_KEYS = {
@@ -475,7 +469,7 @@ def test_peak_memory_stays_bounded_for_1000_draws_on_10000_images():
     # one that fragmented glibc's heaps (13 GB before the evaluator trimmed them; ~0.45 GB after)
     code = textwrap.dedent("""
         import resource, torch, pyro, pyro_vae as pv
-        from pyro_vae.evaluate import evaluate_points
+        from pyro_vae.evaluation.estimators import evaluate_points
         pyro.set_rng_seed(0)
         spec = pv.ModelConfig(latent_dim=20, likelihood="bernoulli",
                               encoder=pv.NetConfig((400,)), decoder=pv.NetConfig((400,)))

@@ -22,14 +22,15 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.config import DataConfig, ModelConfig, NetConfig, TrainConfig
-from pyro_vae.data import load_data
+from pyro_vae.data.sources import load_data
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.likelihoods import BernoulliRows
-from pyro_vae.mapped import MappedRows, all_finite
+from pyro_vae.models.likelihoods import BernoulliRows
+from pyro_vae.data.mapped import MappedRows
+from pyro_vae.data.checks import all_finite
 from pyro_vae.models import build_model
-from pyro_vae.objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO, make_objective, scale_sites
-from pyro_vae.perf import GraphedStep, make_adam, masked_adam_step, nonfinite_flag
-from pyro_vae.train import Trainer
+from pyro_vae.infer.objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO, make_objective, scale_sites
+from pyro_vae.training.perf import GraphedStep, make_adam, masked_adam_step, nonfinite_flag
+from pyro_vae.training.trainer import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -354,11 +355,11 @@ def test_mapped_data_checks(tmp_path, monkeypatch):
 def test_a_memory_mapped_file_is_never_read_whole(tmp_path):
     """In a process that may not allocate the file's size, loading and training through the map still work."""
     script = textwrap.dedent(f"""
-        import resource, numpy as np, torch, pyro, pyro_vae.mapped as mapped
+        import resource, numpy as np, torch, pyro, pyro_vae.data.mapped as mapped
         from pyro_vae.config import DataConfig, ModelConfig, NetConfig, TrainConfig
-        from pyro_vae.data import load_data
+        from pyro_vae.data.sources import load_data
         from pyro_vae.models import build_model
-        from pyro_vae.train import Trainer
+        from pyro_vae.training.trainer import Trainer
         torch.set_num_threads(1)
         mapped.CHUNK_BYTES = 1 << 20   # passes over the file read 1 MiB at a time
         path = {str(tmp_path / "big.npy")!r}

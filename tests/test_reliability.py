@@ -25,15 +25,16 @@ import pytest
 import torch
 
 import pyro_vae
-import pyro_vae.checkpoint as ckpt
-import pyro_vae.memory as memory
-import pyro_vae.run as run_mod
+import pyro_vae.rundir.checkpoint as ckpt
+import pyro_vae.evaluation.memory as memory
+import pyro_vae.rundir.run as run_mod
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, NetConfig, TrainConfig, config_from_dict
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluation.estimators import evaluate
 from pyro_vae.models import build_model
-from pyro_vae.train import MAX_CONSECUTIVE_NONFINITE, NonFiniteError, Trainer, TrainingInterrupted
+from pyro_vae.training.trainer import MAX_CONSECUTIVE_NONFINITE, Trainer
+from pyro_vae.errors import NonFiniteError, TrainingInterrupted
 
 REPO = Path(pyro_vae.__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -674,11 +675,9 @@ RUN_FLAGS = ["--quiet", "--no-plots", "--iw-samples", "8"]
 #   kill: the N-th checkpoint write stops half way and the process is SIGKILLed
 DRIVER = textwrap.dedent("""
     import io, os, signal, sys
-    import pyro_vae.checkpoint as C
-    import pyro_vae.train
+    import pyro_vae.rundir.checkpoint as C
+    import pyro_vae.training.trainer as T
     from pyro_vae.cli import main
-
-    T = sys.modules["pyro_vae.train"]  # the package's `train` attribute is the function
 
     mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     if mode == "kill":
@@ -861,14 +860,14 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(resume_confi
 
 
 def test_disk_full_while_writing_history_or_metrics_is_one_line(tmp_path, monkeypatch):
-    from pyro_vae.train import write_text_atomic
+    from pyro_vae.rundir.files import write_text_atomic
 
     (tmp_path / "history.csv").write_text("old\n")
 
-    def full(self, text, *a, **k):
+    def full(fd):  # a full disk shows when the data is flushed to it
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(PyroVAEError, match="cannot write .*history.csv.*No space left on device.*free disk space"):
         write_text_atomic(tmp_path / "history.csv", "new\n")
     monkeypatch.undo()
@@ -979,7 +978,7 @@ def test_out_of_memory_in_the_cli_evaluation_after_training_is_retried(work, cap
 
 
 def test_out_of_memory_in_pyro_vae_evaluate_is_retried(trained_run, capsys, monkeypatch):
-    ev = sys.modules["pyro_vae.evaluate"]  # the package's `evaluate` attribute is the function
+    import pyro_vae.evaluation.estimators as ev
     real, budgets = ev.evaluate_points, []
 
     def evaluate_points(*args, budget=ev.DEFAULT_BUDGET, **kw):

@@ -40,11 +40,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PyroVAEError
-from ..nets import _ACTIVATIONS, mlp
+from .nets import _ACTIVATIONS, mlp
+from ..errors import DegenerateObjectiveWarning
 
-
-class DegenerateObjectiveWarning(UserWarning):
-    """The configured objective has no minimizer (it can be lowered forever by rescaling)."""
 
 
 # --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroModule
 
-from ..corruption import CORRUPTIONS
-from ..likelihoods import LIKELIHOODS
-from ..nets import mlp
+from .corruption import CORRUPTIONS
+from .likelihoods import LIKELIHOODS
+from .nets import mlp
 from ..registry import Registry
 from . import MODELS
 from .autoencoders import build_contractive, build_decoder, check_degenerate

@@ -20,9 +20,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import PyroVAEError
-from .mapped import MappedRows, in_unit_interval, mapped_matrix, memmap_limit
-from .registry import Registry
+from ..errors import PyroVAEError
+from .mapped import MappedRows, mapped_matrix, memmap_limit
+from .checks import in_unit_interval
+from ..registry import Registry
 
 SOURCES: Registry = Registry("data source")
 
@@ -55,12 +56,6 @@ class Dataset:
 # --------------------------------------------------------------------------
 # validation
 
-
-def describe_nonfinite(x: torch.Tensor) -> str:
-    """"N NaN/Inf values in R rows (first at row r, column c)" for a matrix that has some."""
-    bad = ~torch.isfinite(x)
-    r, c = (int(i) for i in bad.nonzero()[0])
-    return f"{int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows (first at row {r}, column {c})"
 
 
 def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[list] = None) -> torch.Tensor:

@@ -21,14 +21,11 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from .checks import CHUNK_BYTES, all_finite
 
 #: files above this size train through the map (``PYRO_VAE_MEMMAP_BYTES`` overrides it)
 MEMMAP_LIMIT_BYTES = 1 << 30
-#: a pass over the file reads this many bytes at a time
-CHUNK_BYTES = 32 << 20
-#: block size of the up-front support check on in-memory data
-SUPPORT_CHECK_BYTES = 2 << 20
 
 
 def memmap_limit() -> int:
@@ -149,44 +146,6 @@ def mapped_matrix(array: np.ndarray, what: str, drop_nonfinite: bool = False,
     return x.take(keep)
 
 
-def row_blocks(x, max_bytes: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
-    """``(first_row, rows)`` blocks of a tensor (views) or of :class:`MappedRows` (copies)."""
-    if isinstance(x, MappedRows):
-        yield from x.chunks(max_bytes)
-        return
-    step = max(1, (max_bytes or CHUNK_BYTES) // max(1, x[:1].numel() * x.element_size()))
-    for start in range(0, x.shape[0], step):
-        yield start, x[start : start + step]
 
 
-def check_support(likelihood, x, what: str) -> None:
-    """``likelihood.check_support`` block by block: its masks stay small whatever the data size."""
-    key = (type(likelihood).__name__, getattr(likelihood, "levels", None))
-    if isinstance(x, MappedRows) and key in x.checked:
-        return  # a file over the memory limit is read once for this, not again by the trainer
-    # in-memory blocks are views, so only the checks' masks (about three bytes per
-    # value) cost memory: small blocks keep them well under a training step's peak
-    for start, block in row_blocks(x, None if isinstance(x, MappedRows) else SUPPORT_CHECK_BYTES):
-        try:
-            likelihood.check_support(block, what)
-        except PyroVAEError as e:
-            if start == 0:
-                raise
-            # the message counts rows within the block: say where the block starts
-            raise PyroVAEError(f"{e} [row numbers count from row {start}]") from None
-    if isinstance(x, MappedRows):
-        x.checked.add(key)
 
-
-def all_finite(x: torch.Tensor) -> bool:
-    """No NaN/Inf in ``x``, in one reduction: min and max propagate NaN and are +-inf if any value is."""
-    if x.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(x)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def in_unit_interval(x) -> bool:
-    """Whether every value lies in [0, 1] (what binarization needs)."""
-    blocks = (b for _, b in x.chunks()) if isinstance(x, MappedRows) else (x,)
-    return all(not bool(((b < 0) | (b > 1)).any()) for b in blocks)

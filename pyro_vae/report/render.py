@@ -21,21 +21,14 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from .diagnostics import (
-    KHAT_BAD,
-    KHAT_GOOD,
-    RHAT_FAIL,
-    RHAT_FRACTION,
-    RHAT_MAX,
-    Diagnosis,
-    Subject,
-    _jsonable,
-    _layout,
-    arviz,
-    isolated_rng,
-    model_device,
-)
-from .errors import PyroVAEError
+from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
+from ..diagnostics.results import Diagnosis
+from ..serialize import to_plain
+from ..diagnostics.draws import _layout
+from ..diagnostics.arviz_io import arviz
+from ..infer.rng import isolated_rng
+from ..models.protocol import model_device
+from ..errors import PyroVAEError
 
 RESULTS_FORMAT = "pyro_vae.report/1"
 MISSING = "—"
@@ -526,7 +519,7 @@ def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout) -> np.ndarra
 
 
 def _tile(images: np.ndarray, shape, ncols: int) -> np.ndarray:
-    from .plots import image_grid
+    from ..plots import image_grid
 
     return image_grid(np.asarray(images, dtype=np.float32), shape, ncols)
 
@@ -585,7 +578,7 @@ def fig_generated(figs: _Figures, diagnosis: Diagnosis, subjects: Sequence[Subje
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.6), squeeze=False)
     for ci, (ax, (r, s)) in enumerate(zip(axes[0], pairs)):
         lay = layouts[r.name]
-        from .diagnostics import draw_prior
+        from ..diagnostics.draws import draw_prior
 
         xd = _x_of(s)
         with isolated_rng(diagnosis.settings.seed + 3, xd.device):
@@ -676,7 +669,7 @@ GLOSSARY = [
 def write_report(diagnosis: Diagnosis, subjects: Optional[Sequence[Subject]], out_dir, *,
                  log: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
     """Write ``index.html``, ``report.md``, ``results.json`` and ``figures/*.png`` into ``out_dir``."""
-    from .train import write_text_atomic
+    from ..rundir.files import write_text_atomic
 
     log = log or (lambda msg: None)
     out = Path(out_dir)
@@ -685,7 +678,7 @@ def write_report(diagnosis: Diagnosis, subjects: Optional[Sequence[Subject]], ou
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for old in (out / "figures").glob("*.png"):
         old.unlink()  # figures of an earlier report here must not linger beside the new ones
-    results = _jsonable(diagnosis.to_json())
+    results = to_plain(diagnosis.to_json())
     tables = build_tables(results)
     figs = _Figures(out / "figures")
     log(f"writing figures to {out / 'figures'}")

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .registry import Registry
+from ..registry import Registry
 
 CORRUPTIONS: Registry = Registry("corruption process (model.corruption)")
 

@@ -25,14 +25,15 @@ from typing import Optional
 import pyro
 
 from .checkpoint import load_checkpoint
-from .config import Config, config_from_dict
-from .data import Dataset, load_data, resolve_binarize
-from .errors import PyroVAEError
-from .evaluate import DEFAULT_IW_SAMPLES
-from .models import build_model
-from .memory import evaluate_with_retry
-from .mapped import check_support as check_support_chunked
-from .train import Trainer, check_batch_size, example_batch, resolve_device, write_text_atomic
+from ..config import Config, config_from_dict
+from ..data.sources import Dataset, load_data, resolve_binarize
+from ..errors import PyroVAEError
+from ..evaluation.estimators import DEFAULT_IW_SAMPLES
+from ..models import build_model
+from ..evaluation.memory import evaluate_with_retry
+from ..data.checks import check_support as check_support_chunked
+from ..training.trainer import Trainer, check_batch_size, example_batch, resolve_device
+from .files import write_text_atomic
 
 
 @dataclass
@@ -142,7 +143,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     if out is not None:
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         if plots and hasattr(model, "encode"):
-            from .plots import run_plots
+            from ..plots import run_plots
 
             figures = run_plots(model, data, history, out / "plots")
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape)

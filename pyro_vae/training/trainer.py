@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import inspect
-import io
 import math
 import os
 import signal
@@ -37,36 +35,25 @@ from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 
 from .capture import Captures
-from .checkpoint import clean_stale_temporaries, load_state_dict_checked, save_checkpoint
-from .config import TrainConfig
-from .errors import PyroVAEError
-from .evaluate import forked_rng, is_density_site, isolated_rng
-from .memory import is_oom, test_elbo_with_retry, training_oom_error
-from .models import check_protocol
-from .objectives import make_objective, scale_sites
-from .mapped import MappedRows, all_finite, check_support as check_support_chunked
-from .perf import (VALIDATION_MODES, GraphedStep, compile_networks, direct_adam_step, is_fused, make_adam, masked_adam_step,
-                   may_skip_validation, nonfinite_flag, restore_kernel_choice)
+from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
+from ..rundir.files import clean_stale_temporaries
+from ..config import TrainConfig
+from ..serialize import to_plain
+from ..errors import PyroVAEError
+from ..infer.rng import forked_rng, isolated_rng
+from ..evaluation.estimators import is_density_site
+from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
+from ..models.protocol import check_protocol
+from ..infer.objectives import make_objective, scale_sites
+from ..data.mapped import MappedRows
+from ..data.checks import all_finite, check_support as check_support_chunked
+from .perf import (VALIDATION_MODES, GraphedStep, compile_networks, direct_adam_step, is_fused, make_adam, masked_adam_step, may_skip_validation, nonfinite_flag, restore_kernel_choice)
+from ..errors import NonFiniteError, TrainingInterrupted
+from ..rundir.history import write_history
 
-HISTORY_FIELDS = ("epoch", "train_loss", "test_elbo", "seconds", "beta")
 MAX_CONSECUTIVE_NONFINITE = 20
 
 
-class NonFiniteError(PyroVAEError):
-    """The loss or a gradient went NaN/Inf under ``on_nonfinite = 'raise'``."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; the state was saved after the current step."""
-
-    def __init__(self, signum: int, checkpoint: Optional[Path]):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        super().__init__(f"interrupted by signal {signum}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -575,7 +562,7 @@ class Trainer:
         x = x.to(self.device, torch.float32)
         if not all_finite(x):  # one pass, no data-sized temporaries (torch.isfinite makes three)
             # caught here, not as a NaN loss (or a distribution's argument error) steps later
-            from .data import describe_nonfinite
+            from ..data.checks import describe_nonfinite
 
             raise PyroVAEError(
                 f"{what} has {describe_nonfinite(x)}: clean it, or load it with pyro_vae.load_data "
@@ -624,7 +611,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "data": self._data_rng.get_state(),
             },
-            "train_config": _plain(self.config),
+            "train_config": to_plain(self.config),
         }
 
     def load_state_dict(self, payload: dict, path="checkpoint") -> None:
@@ -684,36 +671,6 @@ class _null:
     def __exit__(self, *a):
         return False
 
-
-def _plain(cfg) -> dict:
-    from dataclasses import asdict
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-
-
-def write_history(history: List[dict], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
-    write_text_atomic(path, buf.getvalue())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and ``os.replace``: readers see the old or the new text, never half."""
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise PyroVAEError(
-            f"cannot write {str(path)!r} ({e.strerror or e}): free disk space or fix the folder's permissions"
-        ) from None
 
 
 def _is_invalid_parameter(err: ValueError) -> bool:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 from torch.distributions import constraints
 
-from .errors import PyroVAEError
-from .registry import Registry
+from ..errors import PyroVAEError
+from ..registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
 

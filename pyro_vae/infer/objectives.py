@@ -32,7 +32,7 @@ from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
-from .registry import Registry
+from ..registry import Registry
 
 OBJECTIVES: Registry = Registry("objective (train.elbo)")
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -59,7 +58,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
+from ..infer.rng import isolated_rng
 
 PARTICLE_PLATE = "_particles"
 DEFAULT_IW_SAMPLES = 1000
@@ -76,58 +77,11 @@ __all__ = [
 # -- small helpers shared with the trainer ------------------------------------------
 
 
-def forked_rng(device: torch.device):
-    """``torch.random.fork_rng`` for the CPU stream and ``device``'s: both are restored on exit."""
-    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
-@contextmanager
-def isolated_rng(seed: int, device: torch.device):
-    """Run with a fixed seed and restore every RNG stream afterwards."""
-    with forked_rng(device):
-        torch.manual_seed(seed)
-        yield
 
 
-def _modules(model) -> List[torch.nn.Module]:
-    """The model itself if it is a Module, else the Modules it holds as attributes."""
-    if isinstance(model, torch.nn.Module):
-        return [model]
-    return [v for v in vars(model).values() if isinstance(v, torch.nn.Module)] if hasattr(model, "__dict__") else []
 
-
-def _tensors(model):
-    for m in _modules(model):
-        yield from m.parameters()
-        yield from m.buffers()
-
-
-def model_device(model) -> torch.device:
-    for t in _tensors(model):
-        return t.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model, x) -> torch.dtype:
-    """Evaluate in the model's floating dtype (float64 models get float64 data)."""
-    for t in _tensors(model):
-        if t.is_floating_point():
-            return t.dtype
-    x = torch.as_tensor(x)
-    return x.dtype if x.is_floating_point() else torch.float32
-
-
-@contextmanager
-def _eval_mode(model):
-    """Every Module in eval mode (dropout off, batch-norm statistics frozen), modes restored after."""
-    saved = [(m, m.training) for top in _modules(model) for m in top.modules()]
-    try:
-        for m, _ in saved:
-            m.training = False
-        yield
-    finally:
-        for m, mode in saved:
-            m.training = mode
 
 
 def plate_dims(model, traces) -> tuple:
@@ -687,7 +641,7 @@ def evaluate_points(
     (n, K) importance log-weights (8 n K bytes).  Parameters, optimizer
     state and the caller's RNG streams are left untouched.
     """
-    from .models import check_protocol
+    from ..models.protocol import check_protocol
 
     check_protocol(model)
     _check_count("iw_samples", iw_samples, allow_none=True)
@@ -705,7 +659,7 @@ def evaluate_points(
     if x.dim() != 2 or x.shape[0] == 0:
         raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):  # one line here rather than a distribution's argument error
-        from .data import describe_nonfinite
+        from ..data.checks import describe_nonfinite
 
         raise PyroVAEError(f"evaluation data has {describe_nonfinite(x)}: clean the data or drop those rows")
     n = x.shape[0]

@@ -46,11 +46,9 @@ from pyro.infer.util import is_validation_enabled
 import torch.nn as nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .evaluate import forked_rng
+from ..infer.rng import forked_rng
 from .perf import nonfinite_in
-
-class CaptureWarning(UserWarning):
-    """A model could not be captured; the trainer runs its steps eagerly."""
+from ..errors import CaptureWarning
 
 
 class _LossOf(nn.Module):
@@ -170,7 +168,7 @@ def verify(trainer, captured: CapturedStep, x: torch.Tensor, beta: float) -> Opt
 
 def capturable(trainer, mode: str) -> Optional[str]:
     """Why this trainer's model cannot be captured under ``mode`` (None: it can)."""
-    from .models import MODELS  # a registered (built-in) model type
+    from ..models import MODELS  # a registered (built-in) model type
 
     model = trainer.model
     if mode == "off":

@@ -9,29 +9,18 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
+from .files import write_atomic
 
 FORMAT = "pyro_vae.checkpoint"
 FORMAT_VERSION = 1
-TMP_PREFIX = ".tmp-"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
 
 
 def _write(payload: dict, f) -> None:
@@ -45,59 +34,11 @@ def save_checkpoint(payload: dict, path: os.PathLike) -> None:
     A failed write (full disk, no permission) raises :class:`PyroVAEError`
     and leaves the previous checkpoint untouched.
     """
-    path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    except OSError as e:
-        raise _write_error(path, e) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make runs unreadable to others
-        with os.fdopen(fd, "wb") as f:
-            _write(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise _write_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_error(path: Path, err: OSError) -> PyroVAEError:
-    keep = "the previous checkpoint is intact; " if path.exists() else ""
-    fix = "free disk space" if err.errno == errno.ENOSPC else "check the folder's permissions and free space"
-    return PyroVAEError(f"cannot write checkpoint {str(path)!r} ({err.strerror or err}): {keep}{fix}, then --resume")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def clean_stale_temporaries(folder: os.PathLike) -> list:
-    """Remove temporary files a killed writer left behind; return their names."""
-    removed = []
-    for p in Path(folder).glob(TMP_PREFIX + "*"):
-        try:
-            p.unlink()
-            removed.append(p.name)
-        except OSError:
-            pass
-    return removed
+        write_atomic(path, lambda f: _write(payload, f), what="checkpoint")
+    except PyroVAEError as e:
+        raise PyroVAEError(f"{e}, then --resume") from None
 
 
 def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:

@@ -17,7 +17,7 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
-from .errors import PyroVAEError
+from ..errors import PyroVAEError
 
 T = TypeVar("T")
 
@@ -67,14 +67,16 @@ def with_halving_budget(fn: Callable[[int], T], budget: int, *, device: Optional
 
 def evaluate_with_retry(model, x, *, budget: Optional[int] = None, log=None, **kwargs):
     """:func:`pyro_vae.evaluate.evaluate` that halves its chunk budget on out-of-memory."""
-    from .evaluate import DEFAULT_BUDGET, evaluate, model_device
+    from .estimators import DEFAULT_BUDGET, evaluate
+    from ..models.protocol import model_device
 
     return with_halving_budget(lambda b: evaluate(model, x, budget=b, **kwargs),
                                budget or DEFAULT_BUDGET, device=model_device(model), log=log)
 
 
 def test_elbo_with_retry(model, x, *, seed: int = 0, budget: Optional[int] = None, log=None) -> float:
-    from .evaluate import DEFAULT_BUDGET, model_device, test_elbo
+    from .estimators import DEFAULT_BUDGET, test_elbo
+    from ..models.protocol import model_device
 
     return with_halving_budget(lambda b: test_elbo(model, x, seed=seed, budget=b),
                                budget or DEFAULT_BUDGET, device=model_device(model), log=log,

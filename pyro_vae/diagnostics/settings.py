@@ -1,0 +1,73 @@
+"""What a diagnosis computes (settings, thresholds) and what it looks at (subjects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from ..errors import PyroVAEError
+
+FORMAT = "pyro_vae.diagnostics/1"
+REFERENCES = ("nuts", "grid", "none")
+# elements of the largest per-chunk tensor (draws x points x decoder width)
+BUDGET = 2**23
+
+# Thresholds people read the numbers against (Vehtari et al. 2024, "Pareto
+# smoothed importance sampling"; Vehtari et al. 2021, "Rank-normalization ...").
+KHAT_GOOD = 0.5
+KHAT_BAD = 0.7
+RHAT_MAX = 1.01
+RHAT_FAIL = 1.05  # any R-hat above this: the chains clearly disagree
+RHAT_FRACTION = 0.1  # or more than this share of (point, dim) pairs above RHAT_MAX
+ESS_MIN = 100
+
+
+@dataclass(frozen=True)
+class DiagnoseSettings:
+    """What :func:`diagnose` computes, and how hard it tries."""
+
+    points: int = 16  # the first N test rows
+    reference: str = "nuts"  # nuts (+ grid for a 2-D latent) | grid | none
+    draws: int = 1000  # draws from q per point (k-hat, moments, ELBO)
+    nuts_warmup: int = 200
+    nuts_samples: int = 300  # per chain
+    nuts_chains: int = 4  # vectorized: 4 chains cost little more than 2, and R-hat is steadier
+    max_tree_depth: int = 8
+    grid_size: int = 160  # fine grid cells per axis (2-D latents)
+    local_steps: int = 300  # Adam steps of the per-point q
+    local_lr: float = 0.05
+    local_particles: int = 16
+    sbc_sims: int = 200  # 0 skips simulation-based calibration
+    sbc_draws: int = 99
+    seed: int = 0
+
+    def check(self) -> "DiagnoseSettings":
+        if self.reference not in REFERENCES:
+            raise PyroVAEError(f"reference {self.reference!r} is not valid: use one of {', '.join(REFERENCES)}")
+        for name, low in (("points", 1), ("draws", 20), ("nuts_samples", 10), ("nuts_chains", 2),
+                          ("max_tree_depth", 1), ("grid_size", 16), ("local_steps", 0), ("local_particles", 1),
+                          ("sbc_sims", 0), ("sbc_draws", 9), ("nuts_warmup", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < low:
+                flag = "--" + name.replace("_", "-")
+                raise PyroVAEError(f"{flag} must be an integer >= {low} (got {v!r})")
+        if not self.local_lr > 0:
+            raise PyroVAEError(f"local_lr must be > 0 (got {self.local_lr!r})")
+        return self
+
+
+@dataclass
+class Subject:
+    """One thing to diagnose: a model following the protocol and the points to look at."""
+
+    name: str
+    model: object
+    x: torch.Tensor  # (points, data dim)
+    point_index: List[int]  # row numbers of x in the test data
+    run: Optional[object] = None  # a pyro_vae.run.Run, when the subject came from a run directory
+    data: Optional[object] = None  # its Dataset
+    info: dict = field(default_factory=dict)
+
+
