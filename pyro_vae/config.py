@@ -84,17 +84,12 @@ class NetConfig:
 
 
 def _validate_fields(obj, section: str) -> None:
-    """Check a config built in Python as a TOML file is checked: types, choices, ranges.
+    """Check a config built in Python as a TOML file is checked: every field's type, name and range.
 
-    Fields at their default are skipped: defaults are valid, and the module's own
-    default instances are built before the checks further down exist.  Numbers are
-    normalized in place (an int where a float is expected becomes a float).
+    Numbers are normalized in place (an int where a float is expected becomes a float).
     """
-    fields = [f for f in dataclasses.fields(obj) if getattr(obj, f.name) != f.default]
-    if not fields:
-        return
     hints = typing.get_type_hints(type(obj))
-    for f in fields:
+    for f in dataclasses.fields(obj):
         path = f"{section}.{f.name}"
         object.__setattr__(obj, f.name, _checked(getattr(obj, f.name), hints[f.name], f, path))
 
@@ -103,7 +98,10 @@ def _checked(value, tp, f: dataclasses.Field, path: str):
     """``value`` for field ``f`` at ``path``: type-checked and normalized, a known name, in range."""
     value = _coerce(value, tp, path)
     choices = f.metadata.get("choices")
-    if choices is not None and value not in choices():
+    # a registry name that is exactly the field's default needs no look-up: the default
+    # configs are built while the registries are still being imported
+    is_default = type(value) is type(f.default) and value == f.default
+    if choices is not None and not is_default and value not in choices():
         names = choices()
         raise PyroVAEError(f"{path}: unknown name {value!r}: {did_you_mean(value, names)}valid: {', '.join(names)}")
     check = _RANGES.get(path)
@@ -205,22 +203,6 @@ class TrainConfig:
 
     def __post_init__(self):
         _validate_fields(self, "train")
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-
-    def replace(self, **sections) -> "Config":
-        return dataclasses.replace(self, **sections)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return to_plain(self)
-
-    def to_toml(self) -> str:
-        return dump_toml(self.to_dict())
 
 
 # Range checks: key path -> (predicate, what it must be).
@@ -331,6 +313,22 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
             )
         kwargs[key] = _checked(value, hints[key], fields[key], path)
     return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def replace(self, **sections) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_plain(self)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
 
 
 def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] = None) -> Config:

@@ -118,3 +118,38 @@ def test_relative_data_paths_resolve_against_the_config_file(tmp_path):
 def test_dump_toml_escapes_strings():
     text = dump_toml({"data": {"train": 'a "quoted" \\ path'}})
     assert tomllib.loads(text)["data"]["train"] == 'a "quoted" \\ path'
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        # values that compare equal to the field's default but have the wrong type
+        (lambda: pv.TrainConfig(beta=True), "train.beta: expected a number, got True"),
+        (lambda: pv.TrainConfig(epochs=20.0), "train.epochs: expected an integer, got 20.0"),
+        (lambda: pv.TrainConfig(seed=0.0), "train.seed: expected an integer, got 0.0"),
+        (lambda: pv.DataConfig(drop_nonfinite=0), "data.drop_nonfinite: expected true or false, got 0"),
+        (lambda: pv.ModelConfig(tied=0), "model.tied: expected true or false, got 0"),
+        (lambda: pv.ModelConfig(latent_dim=16.0), "model.latent_dim: expected an integer, got 16.0"),
+        (lambda: pv.ModelConfig(encoder=pv.NetConfig(hidden=(400.0,))), r"model.encoder.hidden\[0\]: expected an integer"),
+    ],
+)
+def test_python_configs_check_every_field_even_values_equal_to_the_default(make, fragment):
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        make()
+
+
+def test_every_default_name_is_registered():
+    # the registry look-up is skipped for a value that is exactly its field's default,
+    # so the defaults themselves must be known names
+    import dataclasses
+
+    for section in (pv.DataConfig(), pv.ModelConfig(), pv.TrainConfig()):
+        for f in dataclasses.fields(section):
+            choices = f.metadata.get("choices")
+            if choices is not None:
+                assert f.default in choices(), (type(section).__name__, f.name, f.default)
+
+
+def test_python_numbers_are_normalized_like_toml():
+    cfg = pv.TrainConfig(lr=1, beta=0)
+    assert type(cfg.lr) is float and type(cfg.beta) is float

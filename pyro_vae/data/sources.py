@@ -316,7 +316,7 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
     return "dynamic" if likelihood == "bernoulli" and data_cfg.source in IMAGE_SOURCES else "none"
 
 
-def load_data(data_cfg, likelihood: str = "normal", seed: int = 0) -> Dataset:
+def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
     discrete = likelihood == "categorical"
     ds = SOURCES[data_cfg.source](data_cfg, discrete)

@@ -166,7 +166,7 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def sample(self, n: int, generator=None):
+    def sample(self, n: int):
         """Draw ``z ~ p(z)`` and return (z, mean of p(x|z))."""
         prior = self.prior()
         z = prior.sample((n,))
