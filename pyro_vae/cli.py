@@ -102,7 +102,7 @@ def _default_out(stem: str) -> Path:
 
 def cmd_demo(args) -> int:
     from .config import config_from_dict
-    from .rundir.run import train
+    from .rundir.run import check_output_folder, train
 
     cfg = config_from_dict(DEMO_CONFIG)
     if args.epochs is not None:
@@ -110,14 +110,28 @@ def cmd_demo(args) -> int:
 
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={args.epochs}"]))
     out = Path(args.out)
+    check_output_folder(out, replace=True)  # before the first line of output: a refusal is the only line
     _log(f"training the demo VAE ({cfg.model.latent_dim}-d latent, Bernoulli likelihood) on scikit-learn's 8x8 digits -> {out}")
     t0 = time.perf_counter()
     run = train(cfg, out, overwrite=True, progress=None, log=_log)
     print(_format_metrics(run.metrics))
-    print(f"trained {cfg.train.epochs} epochs in {time.perf_counter() - t0:.1f} s on {_device_name(cfg)}")
+    print(_timing_line(run, time.perf_counter() - t0))
     print(f"run directory: {out}  (config.toml, checkpoint.pt, history.csv, metrics.json)")
     print(f"plots: {out / 'plots'}  ({', '.join(p.name for p in run.plots or [])})")
     return 0
+
+
+def _timing_line(run, wall_seconds: float) -> str:
+    """What this process trained and how long it took: training alone, and the whole command."""
+    history = run.history or []
+    done = history[run.start_epoch:]
+    seconds = sum(row["seconds"] for row in done)
+    if run.start_epoch:
+        what = f"trained epochs {run.start_epoch + 1}-{len(history)} ({len(done)} this time, {len(history)} in all)"
+    else:
+        what = f"trained {len(done)} epochs"
+    return (f"{what} in {seconds:.1f} s of training on {_device_name(run.config)}; "
+            f"{wall_seconds:.1f} s for the whole command (with evaluation and plots)")
 
 
 def _device_name(cfg) -> str:
@@ -133,6 +147,9 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.config:
             raise _usage("give either CONFIG or --resume RUN_DIR, not both (a resumed run uses its own config.toml)")
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise _usage(f"--resume continues {args.resume} in place, so --out {args.out} cannot apply: drop --out "
+                         f"(copy the run folder first to keep the original)")
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").exists():
             from .errors import PyroVAEError
@@ -152,9 +169,7 @@ def cmd_train(args) -> int:
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
                 iw_samples=args.iw_samples, plots=not args.no_plots, log=_log)
     print(_format_metrics(run.metrics))
-    seconds = sum(row["seconds"] for row in run.history or [])
-    print(f"trained {cfg.train.epochs} epochs in {seconds:.1f} s of training on {_device_name(cfg)} "
-          f"({time.perf_counter() - t0:.1f} s in all)")
+    print(_timing_line(run, time.perf_counter() - t0))
     print(f"run directory: {out}")
     return 0
 
@@ -227,32 +242,32 @@ def cmd_sample(args) -> int:
     import torch
 
     from .errors import PyroVAEError
-    from .rundir.run import load_run
     from .plots import save_image_grid
+    from .rundir.files import write_atomic
+    from .rundir.run import load_run
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be >= 1 (got {args.n})")
-    out = Path(args.out)
+    run = load_run(args.run_dir)
+    default = f"samples-seed{args.seed}.{'png' if run.image_shape else 'npy'}"
+    out = Path(args.out) if args.out else Path(args.run_dir) / default
     suffix = out.suffix.lower()
+    if out.is_dir():
+        raise PyroVAEError(f"--out {out} is a folder: give a file name such as {out / default}")
     if suffix not in (".png", ".npy"):
         raise PyroVAEError(f"--out {out}: use a .png (image grid) or .npy (array) file name")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
-    run = load_run(args.run_dir)
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)
         _, xs = run.model.sample(args.n)
     arr = xs.cpu().numpy()
-    tmp = out.with_name(f".tmp-{out.name}")
     if suffix == ".png":
-        save_image_grid(arr, run.image_shape, tmp.with_suffix(".png"), ncols=int(np.ceil(np.sqrt(args.n))))
-        tmp.with_suffix(".png").replace(out)
+        save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(args.n))))
     else:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        tmp.replace(out)
+        write_atomic(out, lambda f: np.save(f, arr))
     print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -397,18 +412,30 @@ def _usage(msg):
     return _UsageError(msg)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        print(f"pyro-vae: error: {message}: see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from . import __version__
+
+    p = _Parser(
         prog="pyro-vae",
         description="Declare, train, evaluate and sample latent-variable models (VAEs and autoencoders) with Pyro's SVI.",
         epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'.",
     )
+    p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="train the default VAE on the built-in 8x8 digits and show the results",
                        description="Train the default VAE on scikit-learn's 8x8 digits (no download), print the test "
                        "metrics and write plots. Takes well under 2 minutes on 2 CPU cores; uses CUDA when present.")
-    d.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists; default: runs/demo)")
+    d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo); a previous run there is "
+                   "replaced, and a folder holding files pyro_vae did not write is refused, never emptied")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs (default: 80)")
     d.set_defaults(func=cmd_demo)
 
@@ -450,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw z ~ p(z) and write the decoder means: a .png grid for image data, else a .npy array.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--out", required=True, help="output file: .png or .npy")
+    s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "
+                   "(default: RUN_DIR/samples-seedSEED.png, or .npy for data that are not images)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.set_defaults(func=cmd_sample)
     _add_diagnose_parsers(sub)
@@ -486,17 +514,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    from .errors import PyroVAEError
-    from .errors import TrainingInterrupted
+    from .errors import PyroVAEError, TrainingInterrupted
 
+    # every expected failure ends here as one line; only a bug shows a traceback
     try:
-        with _library_warnings_as_lines():
+        with _library_warnings_as_lines(), _quiet_pyro():
             return args.func(args)
     except PyroVAEError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _error(str(e))
     except _UsageError as e:
-        parser.error(str(e))
+        return _error(f"{e}: see 'pyro-vae {args.command} --help'")
     except TrainingInterrupted as e:
         where = f"; state saved to {e.checkpoint} (continue with --resume {e.checkpoint.parent})" if e.checkpoint else ""
         print(f"pyro-vae: interrupted{where}", file=sys.stderr)
@@ -504,6 +531,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a file the command reads or writes: name it and the OS's reason
+        name = f"{e.filename}: " if e.filename else ""
+        return _error(f"{name}{e.strerror or e}: check the path, its permissions and the free disk space")
+
+
+def _error(message: str) -> int:
+    first = " ".join(message.split())  # one line, whatever the message held
+    print(f"pyro-vae: error: {first}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+@contextlib.contextmanager
+def _quiet_pyro():
+    """Pyro's chatter that the CLI reports itself: its INFO log lines and its NaN-loss warning."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("pyro")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # the trainer's non-finite policy reports these steps in its own words
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ there is all it takes to make it valid here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -409,7 +410,10 @@ def dump_toml(values: Mapping[str, Any]) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            if any("\ud800" <= ch <= "\udfff" for ch in v):
+                raise PyroVAEError(f"{v!r} is not valid UTF-8 (a file name with undecodable bytes?): rename it")
+            # JSON's escapes are TOML's basic-string escapes; TOML also forbids a raw DEL
+            return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, Mapping):

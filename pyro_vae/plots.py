@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .rundir.files import write_atomic
+
 
 def _plt():
     import matplotlib
@@ -20,6 +22,15 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
+    """Write ``fig`` as a PNG through the run directory's atomic writer, then free it."""
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, **savefig_kwargs))
+    finally:
+        _plt().close(fig)
+    return Path(path)
 
 
 def image_grid(images: np.ndarray, shape, ncols: int) -> np.ndarray:
@@ -46,9 +57,7 @@ def save_image_grid(images: np.ndarray, shape, path: Path, ncols: int = 10, titl
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def loss_curve(history: Sequence[dict], path: Path) -> Path:
@@ -64,9 +73,7 @@ def loss_curve(history: Sequence[dict], path: Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def reconstructions(model, x: torch.Tensor, image_shape, path: Path, n: int = 10) -> Path:
@@ -85,9 +92,7 @@ def reconstructions(model, x: torch.Tensor, image_shape, path: Path, n: int = 10
     axes[0, 0].legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("data dimension")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def samples(model, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
@@ -104,9 +109,7 @@ def samples(model, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
     ax.set_xlabel("data dimension")
     ax.set_title("samples: mean of p(x|z), z ~ p(z)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path: Path) -> Path:
@@ -133,9 +136,7 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
     ax.set_ylabel(axes_label[1])
     ax.set_title("latent space (encoder means, test data)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_plots(model, data, history, folder: Path) -> List[Path]:

@@ -293,24 +293,6 @@ def test_resume_of_a_run_that_does_not_exist(work, capsys):
     assert files_under(work) == set()
 
 
-def test_resume_of_a_run_without_a_checkpoint_says_how_to_restart(work, capsys):
-    (work / "half").mkdir()
-    (work / "half" / "config.toml").write_text('[data]\nsource = "synthetic"\nnum_points = 64\n')
-    line = user_error(capsys, "train", "--resume", work / "half", "--quiet")
-    assert "no checkpoint.pt" in line and "config.toml --out" in line
-    assert files_under(work) == {"half", "half/config.toml"}
-
-
-def test_output_folder_that_is_not_empty_is_not_overwritten(trained_run, work, capsys):
-    run = copy_run(trained_run, work / "run")
-    before = {p: (run / p).read_bytes() for p in files_under(run)}
-    line = user_error(capsys, "train", "--out", run, *TINY, *SYNTH)
-    assert "not empty" in line and "--resume" in line
-    assert {p: (run / p).read_bytes() for p in files_under(run)} == before
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-
 SYNTH = ["--set", "data.source=synthetic", "--set", "data.num_points=80", "--set", "data.synthetic_dim=5",
          "--set", "model.likelihood=normal"]
 

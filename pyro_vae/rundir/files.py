@@ -42,10 +42,15 @@ def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None], what: str
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        # torch's zip writer reports a full disk as "unexpected pos ...", not as an OSError:
+        # look at the disk before the half-written file is removed and frees it again
+        full = isinstance(e, RuntimeError) and _out_of_space(path.parent)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if full:
+            raise write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), what) from None
         if isinstance(e, OSError):
             raise write_error(path, e, what) from None
         raise
@@ -62,6 +67,14 @@ def write_error(path: Path, err: OSError, what: str = "file") -> PyroVAEError:
     keep = f"the previous {what} is intact; " if what != "file" and path.exists() else ""
     fix = "free disk space" if err.errno == errno.ENOSPC else "free disk space or fix the folder's permissions"
     return PyroVAEError(f"cannot write {what} {str(path)!r} ({err.strerror or err}): {keep}{fix}")
+
+
+def _out_of_space(folder: Path, reserve: int = 1 << 20) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < reserve
 
 
 def _fsync_dir(folder: Path) -> None:

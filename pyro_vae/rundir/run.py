@@ -13,10 +13,10 @@ is checked before the folder is created, so a failed start writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +24,17 @@ from typing import Optional
 
 import pyro
 
-from .checkpoint import load_checkpoint
-from ..config import Config, config_from_dict
+from ..config import Config, config_from_dict, load_config
+from ..data.checks import check_support as check_support_chunked
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
-from ..models import build_model
 from ..evaluation.memory import evaluate_with_retry
-from ..data.checks import check_support as check_support_chunked
+from ..models import build_model
 from ..training.trainer import Trainer, check_batch_size, example_batch, resolve_device
-from .files import write_text_atomic
+from .checkpoint import load_checkpoint, load_state_dict_checked
+from .files import TMP_PREFIX, write_text_atomic
+from .lock import LOCK_NAME, RunLock
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Run:
     metrics: Optional[dict] = None
     plots: Optional[list] = None
     image_shape: Optional[tuple] = None
+    start_epoch: int = 0  # epochs already trained when this process started (a resumed run)
 
 
 def resolve_config(cfg: Config, data: Dataset) -> Config:
@@ -78,13 +80,55 @@ def prepare(cfg: Config):
     return cfg, data, model
 
 
-def _check_writable(out: Path, allow_existing: bool) -> None:
+#: the files a run directory holds, all written by this library (plots/ holds PLOT_FILES)
+RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
+PLOTS_DIR = "plots"
+PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png")
+SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
+
+
+def _foreign_files(out: Path) -> list:
+    """Entries of ``out`` that this library did not write (never removed, never overwritten)."""
+    ours = set(RUN_FILES) | {PLOTS_DIR, LOCK_NAME}
+    found = [p.name for p in out.iterdir()
+             if p.name not in ours and not p.name.startswith(TMP_PREFIX) and not p.match(SAMPLES_GLOB)]
+    plots = out / PLOTS_DIR
+    if plots.is_dir():
+        found += [f"{PLOTS_DIR}/{p.name}" for p in plots.iterdir() if p.name not in PLOT_FILES]
+    elif plots.exists():
+        found.append(PLOTS_DIR)
+    return sorted(found)
+
+
+def _remove_run_files(out: Path) -> None:
+    """Remove a previous run's files from ``out``: only the names this library writes."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for sample in out.glob(SAMPLES_GLOB):
+        sample.unlink()
+    plots = out / PLOTS_DIR
+    if plots.is_dir():
+        for name in PLOT_FILES:
+            (plots / name).unlink(missing_ok=True)
+        plots.rmdir()  # empty: _foreign_files found nothing else in it
+
+
+def check_output_folder(out: Path, replace: bool) -> None:
+    """Fail before any work unless ``out`` can become (or be replaced by) a run directory."""
     if out.exists() and not out.is_dir():
         raise PyroVAEError(f"output path {str(out)!r} is a file: choose a folder with --out")
-    if out.exists() and any(out.iterdir()) and not allow_existing:
-        raise PyroVAEError(
-            f"output folder {str(out)!r} is not empty: choose another --out, or continue it with --resume {out}"
-        )
+    held = [p for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(TMP_PREFIX)] if out.is_dir() else []
+    if held:
+        foreign = _foreign_files(out)
+        if foreign:
+            shown = ", ".join(repr(f) for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise PyroVAEError(
+                f"output folder {str(out)!r} holds files pyro_vae did not write ({shown}): choose another --out"
+            )
+        if not replace:
+            raise PyroVAEError(
+                f"output folder {str(out)!r} already holds a run: choose another --out, or continue it with --resume {out}"
+            )
     probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     try:
         with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-test-"):
@@ -93,34 +137,52 @@ def _check_writable(out: Path, allow_existing: bool) -> None:
         raise PyroVAEError(f"cannot write to {str(probe_dir)!r} ({e.strerror}): choose a writable --out") from None
 
 
+def _resume_payload(out: Optional[Path], log) -> Optional[dict]:
+    """The checkpoint to continue from; None for a run that stopped before its first checkpoint."""
+    if out is None or not (out / "config.toml").is_file():
+        raise PyroVAEError(f"--resume {out}: no run there (no config.toml): check the path")
+    if (out / "checkpoint.pt").exists():
+        return load_checkpoint(out / "checkpoint.pt")
+    foreign = _foreign_files(out)
+    if foreign:
+        raise PyroVAEError(f"--resume {out}: the run has no checkpoint.pt and the folder holds files pyro_vae did "
+                           f"not write ({', '.join(map(repr, foreign[:3]))}): start it elsewhere with --out NEW_DIR")
+    log(f"note: {out} has no checkpoint.pt (it stopped before its first checkpoint): starting it afresh in place")
+    return None
+
+
+def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> None:
+    if isinstance(payload.get("data_dim"), int) and payload["data_dim"] != data.dim:
+        raise PyroVAEError(
+            f"--resume {out}: the checkpoint's model takes {payload['data_dim']} columns but the data now has "
+            f"shape {tuple(data.train.shape)}: resume with the data the run was trained on"
+        )
+    done = payload.get("train_state", {}).get("epoch", 0)
+    if cfg.train.epochs < done:
+        raise PyroVAEError(
+            f"--resume {out}: train.epochs = {cfg.train.epochs} but the run has already trained {done} epochs: "
+            f"raise it to train longer (e.g. --set train.epochs={2 * done}), or use pyro-vae evaluate {out}"
+        )
+
+
 def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool = False,
           progress: Optional[bool] = None, iw_samples: int = DEFAULT_IW_SAMPLES, plots: bool = True,
           overwrite: bool = False, log=None) -> Run:
-    """Train ``config`` into ``out_dir`` (a new folder, or an existing run with ``resume=True``)."""
+    """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
+    ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
+    """
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
     if iw_samples is not None and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
         # checked now, not after training, when the final evaluation would reject it
         raise PyroVAEError(f"--iw-samples must be an integer >= 1 (got {iw_samples!r}): pass a positive number of samples")
-    payload = None
-    if resume:
-        if out is None or not out.is_dir():
-            raise PyroVAEError(f"--resume {out}: no run directory there: check the path")
-        if not (out / "checkpoint.pt").exists():
-            raise PyroVAEError(
-                f"--resume {out}: the run has no checkpoint.pt (it stopped before its first checkpoint): "
-                f"start it afresh with: pyro-vae train {out / 'config.toml'} --out NEW_DIR"
-            )
-        payload = load_checkpoint(out / "checkpoint.pt")
+    payload = _resume_payload(out, log) if resume else None
     cfg, data, model = prepare(config)
-    if payload is not None and isinstance(payload.get("data_dim"), int) and payload["data_dim"] != data.dim:
-        raise PyroVAEError(
-            f"--resume {out}: the checkpoint's model takes {payload['data_dim']} columns but the data now has "
-            f"shape {tuple(data.train.shape)}: resume with the data the run was trained on"
-        )
+    if payload is not None:
+        _check_resumable(payload, out, cfg, data)
     check_batch_size(len(data.train), cfg.train.batch_size)
-    if out is not None:
-        _check_writable(out, allow_existing=resume or overwrite)
+    if out is not None and not resume:
+        check_output_folder(out, replace=overwrite)
     for note in data.notes:
         log(f"note: {note}")
     trainer = Trainer(model, cfg.train, run_dir=out, progress=progress)
@@ -129,24 +191,35 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     trainer.setup(example_batch(data.train, data.binarize).to(trainer.device), len(data.train))
     if payload is not None:
         trainer.load_state_dict(payload, out / "checkpoint.pt")
-    if out is not None:
-        if overwrite and out.exists() and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.toml", cfg.to_toml())
-    history = trainer.fit(data.train, data.test, binarize=data.binarize)
-    model.eval()
-    # on out-of-memory the evaluation retries in smaller chunks (pyro_vae/memory.py)
-    metrics = evaluate_with_retry(model, data.test, iw_samples=iw_samples, seed=cfg.train.seed, log=log)
-    metrics["seconds_train"] = sum(h["seconds"] for h in history)
-    figures = None
-    if out is not None:
-        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        if plots and hasattr(model, "encode"):
-            from ..plots import run_plots
+    start_epoch = trainer.state.epoch
+    with contextlib.ExitStack() as held:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(out))
+            if not resume:
+                # checked again under the lock: another process may have written here since
+                check_output_folder(out, replace=overwrite)
+                _remove_run_files(out)
+            write_text_atomic(out / "config.toml", cfg.to_toml())
+        history = trainer.fit(data.train, data.test, binarize=data.binarize)
+        model.eval()
+        n, k = len(data.test), iw_samples
+        log(f"evaluating on {n} test points ({k} importance samples each)...")
+        # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
+        metrics = evaluate_with_retry(model, data.test, iw_samples=iw_samples, seed=cfg.train.seed, log=log)
+        metrics["seconds_train"] = sum(h["seconds"] for h in history)
+        figures = None
+        if out is not None:
+            write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            if plots and hasattr(model, "encode"):
+                from ..plots import run_plots
 
-            figures = run_plots(model, data, history, out / "plots")
-    return Run(out, cfg, model, data, history, metrics, figures, data.image_shape)
+                figures = run_plots(model, data, history, out / PLOTS_DIR)
+    return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch)
+
+
+#: what every checkpoint written by :func:`train` holds besides the trainer's state
+_RUN_KEYS = ("config", "data_dim", "model", "train_state")
 
 
 def load_run(run_dir: os.PathLike, device: str = "cpu") -> Run:
@@ -154,23 +227,51 @@ def load_run(run_dir: os.PathLike, device: str = "cpu") -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PyroVAEError(f"run directory {str(run_dir)!r} does not exist: check the path")
-    payload = load_checkpoint(run_dir / "checkpoint.pt")
+    path = run_dir / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    missing = [k for k in _RUN_KEYS if k not in payload]
+    if missing:
+        raise PyroVAEError(f"checkpoint {str(path)!r} lacks {', '.join(map(repr, missing))}: "
+                           "it was not written by pyro_vae train; retrain the run")
     try:
         cfg = config_from_dict(payload["config"])
         data_dim = int(payload["data_dim"])
-    except KeyError as e:
-        raise PyroVAEError(f"checkpoint in {str(run_dir)!r} lacks {e}: it was not written by pyro_vae train") from None
+        history = list(payload["train_state"]["history"])
+    except (PyroVAEError, KeyError, TypeError, ValueError) as e:
+        raise PyroVAEError(f"checkpoint {str(path)!r} holds an unreadable run description ({e}): retrain the run") from None
+    _check_config_matches(run_dir, cfg)
     model = build_model(cfg.model, data_dim)
-    from .checkpoint import load_state_dict_checked
-
-    load_state_dict_checked(model, payload["model"], run_dir / "checkpoint.pt")
+    load_state_dict_checked(model, payload["model"], path)
     model.to(resolve_device(device)).eval()
-    history = payload["train_state"]["history"]
-    metrics = None
-    if (run_dir / "metrics.json").exists():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
     shape = tuple(payload["image_shape"]) if payload.get("image_shape") else None
-    return Run(run_dir, cfg, model, None, history, metrics, image_shape=shape)
+    return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape)
+
+
+def _check_config_matches(run_dir: Path, cfg: Config) -> None:
+    """A checkpoint copied in from another run must not be evaluated under this run's config.toml quietly."""
+    toml = run_dir / "config.toml"
+    if not toml.is_file():
+        return
+    try:
+        on_disk = load_config(toml).model
+    except PyroVAEError:
+        return  # an unreadable config.toml: the checkpoint's own copy is the one used
+    if on_disk != cfg.model:
+        a, b = on_disk.__dict__, cfg.model.__dict__
+        diff = next(k for k in a if a[k] != b[k])
+        raise PyroVAEError(
+            f"{str(run_dir)!r}: checkpoint.pt was trained with model.{diff} = {b[diff]!r} but config.toml says "
+            f"{a[diff]!r}: the two files come from different runs; put back the run's own config.toml or checkpoint"
+        )
+
+
+def _read_metrics(run_dir: Path) -> Optional[dict]:
+    """metrics.json, or None when it is missing or damaged (only commands that show it need it)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def load_run_data(run: Run) -> Dataset:
