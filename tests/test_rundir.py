@@ -245,8 +245,6 @@ def test_a_damaged_metrics_json_does_not_break_commands_that_do_not_need_it(trai
 
 @pytest.mark.parametrize("drop", ["config", "data_dim", "model", "train_state"])
 def test_a_hand_made_checkpoint_without_a_key_is_one_line(trained, tmp_path, capsys, drop):
-    import torch
-
     from pyro_vae.rundir.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
