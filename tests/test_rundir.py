@@ -365,3 +365,23 @@ def test_a_second_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_the_las
                          "--iw-samples", "4"], capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr
     assert len(pv.load_run(out).history) == 3
+
+
+def test_the_final_evaluation_fits_its_cost_to_the_test_set(tmp_path, capsys):
+    from pyro_vae.rundir.run import default_iw_samples
+
+    args = [a for a in TINY]
+    i = args.index("--iw-samples")
+    del args[i:i + 2]
+    rc, out, err = cli(capsys, "train", "--out", tmp_path / "run", *args)
+    assert rc == 0, err
+    assert "evaluating on 8 test points (1000 importance samples each)" in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["iw_samples"] == 1000
+    # a Fashion-MNIST-sized test set gets 200 a point: 2 million draws, not 10 million
+    assert [default_iw_samples(n) for n in (180, 2000, 2001, 10000, 10**6)] == [1000, 1000, 999, 200, 100]
+
+
+def test_a_point_mass_guide_is_not_reported_as_an_elbo(tmp_path, capsys):
+    rc, out, err = cli(capsys, "train", "--out", tmp_path / "ae", *TINY, "--set", "model.guide=delta")
+    assert rc == 0, err
+    assert "test objective (not a bound)" in out and "test ELBO" not in out

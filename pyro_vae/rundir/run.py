@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pyro
 
@@ -166,16 +166,16 @@ def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> No
 
 
 def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool = False,
-          progress: Optional[bool] = None, iw_samples: int = DEFAULT_IW_SAMPLES, plots: bool = True,
+          progress: Optional[bool] = None, iw_samples: Union[int, str] = "auto", plots: bool = True,
           overwrite: bool = False, log=None) -> Run:
     """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
     ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
     """
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
-    if iw_samples is not None and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
+    if iw_samples not in ("auto", None) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
         # checked now, not after training, when the final evaluation would reject it
-        raise PyroVAEError(f"--iw-samples must be an integer >= 1 (got {iw_samples!r}): pass a positive number of samples")
+        raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
     payload = _resume_payload(out, log) if resume else None
     cfg, data, model = prepare(config)
     if payload is not None:
@@ -203,10 +203,11 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
             write_text_atomic(out / "config.toml", cfg.to_toml())
         history = trainer.fit(data.train, data.test, binarize=data.binarize)
         model.eval()
-        n, k = len(data.test), iw_samples
-        log(f"evaluating on {n} test points ({k} importance samples each)...")
+        n = len(data.test)
+        k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
+        log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
-        metrics = evaluate_with_retry(model, data.test, iw_samples=iw_samples, seed=cfg.train.seed, log=log)
+        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
         figures = None
         if out is not None:
@@ -216,6 +217,11 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
 
                 figures = run_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch)
+
+
+def default_iw_samples(num_points: int) -> int:
+    """K for a run's final log p(x): 1000 per point up to 2000 points, then about 2 million draws in all (>= 100)."""
+    return DEFAULT_IW_SAMPLES if num_points <= 2000 else max(100, 2_000_000 // num_points)
 
 
 #: what every checkpoint written by :func:`train` holds besides the trainer's state
