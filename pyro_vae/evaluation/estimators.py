@@ -41,8 +41,8 @@ from torch.distributions import kl_divergence
 from ..errors import PyroVAEError
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
-from ..infer.sites import (Layout, build_layout, elementwise_base, is_observed, particles, per_point,
-                           point_densities, site_matrix, site_sum, trace_pair)
+from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles,
+                           per_point, point_densities, site_matrix, site_sum, trace_pair)
 from ..infer import sites as _sites
 
 is_density_site = _sites.is_density_site  # the trainer imports it from here
@@ -219,7 +219,18 @@ def _dist_mean(fn) -> Optional[torch.Tensor]:
     return m  # may hold NaN (e.g. a Cauchy): it then shows up as a missing (None) metric
 
 
-def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool):
+@dataclass
+class _DrawTerms:
+    """Per-point terms of k draws z ~ q(z|x)."""
+
+    dens: PointDensities  # (k, b) log p(x|z), log p(z), log q(z|x)
+    kl: Optional[torch.Tensor]  # (k, b) analytic KL(q || p); None where some site has none
+    kl_dims: Optional[torch.Tensor]  # (k, b, latent dims); None where q or p does not factorize
+    kl_dims_analytic: bool
+    mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
+
+
+def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
     """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means."""
     b = x.shape[0]
     nest, data_dim = layout.nest, layout.data_dim
@@ -264,13 +275,13 @@ def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool):
         m = torch.broadcast_to(m, value.shape) if m is not None else value
         means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
     zero = torch.zeros(k, b, dtype=x.dtype, device=x.device)
-    return {
-        "log_lik": dens.log_lik, "log_prior": dens.log_prior, "log_q": dens.log_q,
-        "kl": (kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
-        "kl_dims": torch.cat(kl_dims, -1) if kl_dims else None,
-        "kl_dims_analytic": kl_dims_analytic,
-        "mean": torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
-    }
+    return _DrawTerms(
+        dens=dens,
+        kl=(kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
+        kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
+        kl_dims_analytic=kl_dims_analytic,
+        mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
+    )
 
 
 def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
@@ -514,23 +525,23 @@ def evaluate_points(
                 k = ks.stop - ks.start
                 t = _draw_terms(model, xb, k, layout, per_dim)
                 heap.tick()
-                rec.add(t["log_lik"])
-                kl_mc.add(t["log_q"] - t["log_prior"])
-                w = t["log_lik"].double() + t["log_prior"].double() - t["log_q"].double()
+                rec.add(t.dens.log_lik)
+                kl_mc.add(t.dens.log_q - t.dens.log_prior)
+                w = t.dens.log_lik.double() + t.dens.log_prior.double() - t.dens.log_q.double()
                 log_w.add(w)
                 if lme is not None:
                     lme.add(w)
-                if t["kl"] is None:
+                if t.kl is None:
                     analytic = False
                 else:
-                    kl_an.add(t["kl"])
-                mean_sum += t["mean"].double().sum(0)
+                    kl_an.add(t.kl)
+                mean_sum += t.mean.double().sum(0)
                 if per_dim:
-                    if t["kl_dims"] is None:
+                    if t.kl_dims is None:
                         per_dim, dim_sum = False, None
                     else:
-                        dims_analytic = dims_analytic and t["kl_dims_analytic"]
-                        dim_sum += t["kl_dims"].double().sum(0)
+                        dims_analytic = dims_analytic and t.kl_dims_analytic
+                        dim_sum += t.kl_dims.double().sum(0)
             res["rec"].append(rec.mean())
             res["kl_mc"].append(kl_mc.mean())
             res["kl_mc_var"].append(kl_mc.var_of_mean())
