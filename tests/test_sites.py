@@ -211,12 +211,20 @@ def _unlisted_guide(self, x):
         pyro.sample("extra", dist.Normal(torch.zeros(x.shape[0], dtype=D64), 1.0))
 
 
+def _guideless_model(self, x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=D64), 1.0).to_event(1))
+        u = pyro.sample("u", dist.Normal(torch.zeros(x.shape[0], dtype=D64), 1.0))
+        pyro.sample("x", dist.Normal(z @ self.W.T + self.mu + u.unsqueeze(-1), self.s).to_event(1), obs=x)
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda: _bad(_outside_model, _outside_guide), r"latent site 'z' is outside pyro.plate\('data'\)"),
     (lambda: _bad(_undeclared_model, _undeclared_guide), "a sample site has 2 batch dims but the model declares only 1 plates"),
     (lambda: _bad(obs_site="y"), "obs_site is 'y' but the model has no such observed sample site"),
     (lambda: _bad(latent_sites=("q",)), "latent site 'q' is not a latent sample site of the model"),
     (lambda: _bad(guide=_unlisted_guide), "guide site 'extra' has no matching sample site in the model"),
+    (lambda: _bad(_guideless_model, latent_sites=("z", "u")), "latent site 'u' has no site in the guide"),
 ])
 def test_each_bad_program_gets_its_one_line_error(bad, message):
     with pytest.raises(pv.PyroVAEError, match=message) as e:

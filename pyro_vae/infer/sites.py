@@ -227,11 +227,14 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
             "site: set obs_site to the name of the observed pyro.sample"
         )
     nest, data_dim = plate_dims(model, (gtr, mtr))
+    sites = [name for name, site in gtr.nodes.items() if is_latent(site)]
     for s in getattr(model, "latent_sites", ()):
         if s not in mtr.nodes or not is_latent(mtr.nodes[s]):
             raise PyroVAEError(f"latent site {s!r} is not a latent sample site of the model: check latent_sites")
+        if s not in sites:
+            # replay would draw it from the prior and log q would miss it: every weight would be wrong
+            raise PyroVAEError(f"latent site {s!r} has no site in the guide: give the guide a pyro.sample({s!r}, q)")
     order = {n: i for i, n in enumerate(getattr(model, "latent_sites", ()))}
-    sites = [name for name, site in gtr.nodes.items() if is_latent(site)]
     sites.sort(key=lambda s: order.get(s, len(order)))  # stable: unlisted guide sites keep guide order
     b = x.shape[0]
     layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed)
