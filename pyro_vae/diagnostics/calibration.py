@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import pyro
 from pyro import poutine
 
-from ..evaluation.estimators import PARTICLE_PLATE
-from .draws import _Layout, _chunk_size, _latents
+from ..infer.sites import latent_matrix, particles
+from .draws import _Layout, _chunk_size
 
 @torch.no_grad()
 def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
@@ -22,16 +21,15 @@ def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
     template = x[:1].expand(sims, *x.shape[1:]).contiguous()
     tr = poutine.trace(poutine.uncondition(model.model)).get_trace(template)
     x_sim = tr.nodes[model.obs_site]["value"].detach()
-    lat = _latents(tr, layout.sites, layout.nest, layout.data_dim, 1, sims, draw_dim=False)
-    z_true = torch.cat([lat[s] for s in layout.sites], -1)[0]  # (sims, latent)
+    z_true = latent_matrix(tr, layout, 1, sims, draw_dim=False)[0]  # (sims, latent)
     ranks = []
     step = _chunk_size(model, x, draws)
     for i in range(0, sims, step):
         xb = x_sim[i : i + step]
         bb = xb.shape[0]
-        with pyro.plate(PARTICLE_PLATE, draws, dim=-(layout.nest + 1)):
+        with particles(draws, layout.nest):
             gtr = poutine.trace(model.guide).get_trace(xb)
-        zq = torch.cat([v for v in _latents(gtr, layout.sites, layout.nest, layout.data_dim, draws, bb).values()], -1)
+        zq = latent_matrix(gtr, layout, draws, bb)
         ranks.append((zq < z_true[i : i + bb].double()).sum(0))
     return torch.cat(ranks, 0).cpu().numpy().astype(np.int64)
 
@@ -49,9 +47,3 @@ def sbc_uniformity(ranks: np.ndarray, draws: int, bins: int = 10) -> np.ndarray:
     expected = ranks.shape[0] * widths[:, None] / levels
     stat = ((counts - expected) ** 2 / expected).sum(0)
     return chi2.sf(stat, bins - 1)
-
-
-# ---------------------------------------------------------------------------
-# comparisons
-
-

@@ -7,14 +7,13 @@ from typing import Dict
 
 import numpy as np
 import torch
-import pyro
 from pyro import poutine
 from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
-from ..evaluation.estimators import PARTICLE_PLATE
+from ..infer.sites import has_density, particles, site_matrix, site_sum
 from .settings import DiagnoseSettings
-from .draws import _Layout, _chunk_size, _is_density, _per_point, _site_matrix
+from .draws import _Layout, _chunk_size
 
 def _unconstrained_loc_scale(guide, layout: _Layout, b: int):
     """AutoNormal's per-site (loc, scale) in unconstrained space, shaped like the site."""
@@ -64,7 +63,7 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
     per_site = []
     for s in layout.sites:
         v = samples[s].detach()
-        m = _site_matrix(v, layout.event_dims[s], layout.nest, layout.data_dim, n, c * b, leading_draw=True)
+        m = site_matrix(v, layout.event_dims[s], layout.nest, layout.data_dim, n, c * b, leading_draw=True)
         per_site.append(m.reshape(n, c, b, -1).permute(1, 0, 2, 3))  # copy j of point i is row j*b + i
     z = torch.cat(per_site, -1).double()  # (chains, draws, points, latent)
     try:
@@ -153,13 +152,9 @@ def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndar
         shape[0] = k
         shape[nest + 1 + data_dim] = b
         zc = zc.reshape(*shape, 2)
-        with pyro.plate(PARTICLE_PLATE, k, dim=-(nest + 1)):
+        with particles(k, nest):
             tr = poutine.trace(poutine.condition(model.model, data={site: zc})).get_trace(x)
-        lp = torch.zeros(k, b, dtype=torch.float64)
-        for node in tr.nodes.values():
-            if _is_density(node):
-                lp = lp + _per_point(node["fn"].log_prob(node["value"]), nest, data_dim, k, b).double()
-        out[k0 : k0 + k] = lp.cpu().numpy()
+        out[k0 : k0 + k] = site_sum(tr, has_density, layout, k, b, dtype=torch.float64).cpu().numpy()
     return out.T.reshape(b, g, g)
 
 

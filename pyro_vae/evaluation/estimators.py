@@ -1,46 +1,28 @@
-"""Honest evaluation of any model that follows the protocol.
+"""Honest evaluation of any model that follows the protocol: per-point ELBO, importance-sampled log p(x), active units.
 
-Every number is per data point, in nats, computed from the model's and the
-guide's Pyro sample sites (unscaled: no minibatch factor, no beta; factor
-sites such as regularizer penalties are not densities and are left out):
+Every number is per data point, in nats, from the model's and the guide's
+sample sites, unscaled (no minibatch factor, no beta; ``pyro.factor`` sites
+are not densities and are left out):
 
-- ``elbo = reconstruction - kl`` with reconstruction E_q[log p(x|z)] and
-  KL(q(z|x) || p(z)).  The KL is analytic when torch/Pyro knows it for every
-  latent site pair (``kl_analytic``/``kl_method`` say which), else Monte
-  Carlo; the Monte Carlo KL ``kl_mc`` is reported beside it either way;
-- ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x), per
-  point, from Pyro traces vectorized over K with a particle plate.  The ELBO
-  is averaged over the same K draws.  ``log_likelihood_se`` is the Monte Carlo
-  standard error of the reported mean (delta method over each point's K
-  weights), not the spread across points; ``iw_ess_*`` is the importance
-  sampling effective sample size (sum w)^2 / sum w^2, out of K.  When the
-  ESS is a handful of draws the s.e. rests on those same draws and can be
-  far too small: look at ``iw_ess_min`` before trusting it;
-- ``log_likelihood_prior``: the naive estimator log (1/K) sum_k p(x|z_k) with
-  z_k ~ p(z), with its standard error and ESS.  It is consistent but its ESS
-  collapses as the latent dimension grows; it is reported so users can see
-  that, and it is the only log p(x) a point-mass (deterministic) guide has;
-- ``active_units``: latent dimensions j with Cov_x(E_q[z_j | x]) above
-  ``active_units_threshold`` (0.01), with ``posterior_mean_variance`` and
-  ``kl_per_dim`` for every dimension (``latent_names`` orders them);
-- ``reconstruction_mse``: mean squared error of the decoder mean at the
-  encoder mean (each latent set to its guide site's mean, in guide order).
+- ``elbo = reconstruction - kl``: E_q[log p(x|z)] minus KL(q(z|x) || p(z)),
+  the KL analytic where torch/Pyro knows it for every latent site
+  (``kl_method``), else Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
+- ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
+  ``log_likelihood_se`` is the Monte Carlo standard error of the mean
+  (delta method per point), ``iw_ess_*`` the importance ESS out of K (a
+  small ESS makes the s.e. unreliable);
+- ``log_likelihood_prior``: log (1/K) sum_k p(x|z_k), z_k ~ p(z), with its
+  s.e. and ESS: the only log p(x) a point-mass guide has;
+- ``active_units``: dimensions with Cov_x(E_q[z_j|x]) above
+  ``active_units_threshold``, with ``posterior_mean_variance`` and
+  ``kl_per_dim`` (ordered as ``latent_names``);
+- ``reconstruction_mse``: squared error of the decoder mean at the guide's
+  mean.
 
-Nothing here needs ``encode``/``decode``: means come from the distributions at
-the guide's and the model's sample sites, so a hand-written model works.
-
-Memory: draws are processed in chunks of (particles x points) sized so the
-widest per-chunk tensor has at most ``budget`` elements; per point only
-running sums are kept (log-sum-exp of w and w^2, shifted moments), so memory
-does not grow with K or with the number of points (beyond O(points x latent
-dims) results).  Freed chunk memory is handed back to the OS every few
-chunks (glibc's heaps otherwise fragment to many GB on large runs).
-
-Evaluation runs under ``torch.no_grad`` inside ``torch.random.fork_rng`` with
-its own seed, with every ``nn.Module`` of the model in eval mode for the
-duration (batch-norm statistics do not move) and the previous modes restored:
-it never changes parameters, buffers, optimizer state or the training RNG
-stream.
+Draws are taken in chunks of (particles x points) under an element
+``budget``, keeping only running sums per point, so memory does not grow
+with K.  Evaluation runs without gradients, in eval mode, on its own RNG
+stream: it never changes parameters, buffers or the caller's RNG.
 """
 
 from __future__ import annotations
@@ -51,18 +33,20 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import pyro
 import pyro.distributions as dist
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from ..errors import PyroVAEError
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
+from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles,
+                           per_point, point_densities, site_matrix, site_sum, trace_pair)
+from ..infer import sites as _sites
 
-PARTICLE_PLATE = "_particles"
+is_density_site = _sites.is_density_site  # the trainer imports it from here
+
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
 DEFAULT_BUDGET = 2**22
@@ -72,144 +56,6 @@ __all__ = [
     "evaluate", "evaluate_points", "PointwiseEvaluation", "importance_summary", "test_elbo",
     "plan_chunks", "DEFAULT_IW_SAMPLES", "DEFAULT_BUDGET", "ACTIVE_UNIT_THRESHOLD",
 ]
-
-
-# -- small helpers shared with the trainer ------------------------------------------
-
-
-
-
-
-
-
-
-
-def plate_dims(model, traces) -> tuple:
-    """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
-    nest, data_dim = 0, None
-    for tr in traces:
-        for site in tr.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for f in site["cond_indep_stack"]:
-                if f.dim is not None:
-                    nest = max(nest, -f.dim)
-                if f.name == "data":
-                    data_dim = f.dim
-    if data_dim is None:
-        raise PyroVAEError(
-            f"{type(model).__name__}: no sample site is inside pyro.plate('data', ...): "
-            "put the observations (and the local latents) in a plate named 'data'"
-        )
-    return nest, data_dim
-
-
-def is_density_site(site) -> bool:
-    """A sample site with a density (plates record their subsample as a sample site too)."""
-    return site["type"] == "sample" and not site_is_subsample(site)
-
-
-def _is_factor(site) -> bool:
-    # pyro.factor: a regularizer, not a density of x; it has no place in log p(x)
-    return isinstance(site["fn"], dist.Unit)
-
-
-def _strip(d):
-    """The elementwise base of a distribution: Independent and expand() wrappers removed."""
-    while isinstance(d, (dist.Independent, dist.ExpandedDistribution, torch.distributions.Independent)):
-        d = d.base_dist
-    return d
-
-
-# -- shapes ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Layout:
-    nest: int  # max plate nesting of model and guide (without the particle plate)
-    data_dim: int  # dim of the "data" plate
-    latents: List[Tuple[str, int]]  # (site name, numbers per data point), in guide order
-    point_mass: bool  # some guide site is a Delta: no proposal density
-
-    @property
-    def latent_names(self) -> List[str]:
-        names = []
-        for name, size in self.latents:
-            names += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
-        return names
-
-    @property
-    def latent_dim(self) -> int:
-        return sum(size for _, size in self.latents)
-
-
-def _align(t, layout: _Layout, event_dim: int, k: int, b: int) -> torch.Tensor:
-    """A site-shaped tensor -> (k, b, R): particle and data dims first, everything else flattened.
-
-    Batch dims are right-aligned to the plates (particle plate at -(nest+1)),
-    so missing leading dims are broadcast dims of size 1.
-    """
-    t = torch.as_tensor(t)
-    rank = layout.nest + 1
-    batch = t.dim() - event_dim
-    if batch > rank:
-        raise PyroVAEError(
-            f"a sample site has {batch} batch dims but the model declares only {layout.nest} plates: "
-            "declare every batch dim with pyro.plate or move it into the event with .to_event()"
-        )
-    for _ in range(rank - batch):
-        t = t.unsqueeze(0)
-    t = t.movedim((0, rank + layout.data_dim), (0, 1))
-    t = t.expand(k, b, *t.shape[2:])
-    return t.reshape(k, b, -1)
-
-
-def _per_point(lp, layout: _Layout, k: int, b: int) -> torch.Tensor:
-    """Sum a site's log-density over every dim but particles and data points -> (k, b)."""
-    return _align(lp, layout, 0, k, b).sum(-1)
-
-
-def _trace_pair(model, x):
-    gtr = poutine.trace(model.guide).get_trace(x)
-    mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
-    return gtr, mtr
-
-
-def _layout(model, x) -> _Layout:
-    """Plate nesting, the data plate's dim and the latent sites, from one trace of model and guide."""
-    try:
-        gtr, mtr = _trace_pair(model, x)
-    except PyroVAEError:
-        raise
-    except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError) as e:
-        msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-        raise PyroVAEError(
-            f"{type(model).__name__} fails on the evaluation data ({msg[:300]}): check that the data has the "
-            "columns and support the model was built for"
-        ) from None
-    if model.obs_site not in mtr.nodes:
-        raise PyroVAEError(
-            f"{type(model).__name__}.obs_site is {model.obs_site!r} but the model has no such sample site: "
-            "set obs_site to the name of the observed pyro.sample"
-        )
-    nest, data_dim = plate_dims(model, (gtr, mtr))
-    layout = _Layout(nest, data_dim, [], False)
-    b = x.shape[0]
-    for name, site in gtr.nodes.items():
-        if not is_density_site(site) or _is_factor(site):
-            continue
-        if not any(f.name == "data" for f in site["cond_indep_stack"]):
-            raise PyroVAEError(
-                f"latent site {name!r} is outside pyro.plate('data'): per-point evaluation needs local latents; "
-                "make a global quantity a pyro.param, or move the site into the data plate"
-            )
-        fn = site["fn"]
-        layout.point_mass = layout.point_mass or isinstance(_strip(fn), dist.Delta)
-        size = _align(site["value"], layout, len(fn.event_shape), 1, b).shape[-1]
-        layout.latents.append((name, size))
-    order = {n: i for i, n in enumerate(getattr(model, "latent_sites", ()))}
-    layout.latents.sort(key=lambda s: order.get(s[0], len(order)))
-    return layout
 
 
 def _width(model, x) -> int:
@@ -238,11 +84,9 @@ def plan_chunks(num_points: int, num_samples: int, width: int, budget: int = DEF
 class _HeapTrimmer:
     """Hand freed heap memory back to the OS every few chunks (glibc only; a no-op elsewhere).
 
-    Each chunk allocates and frees tensors of ~budget elements.  glibc serves
-    such blocks from its heaps once its dynamic mmap threshold has grown, and
-    with several threads' arenas the freed blocks fragment: on 10,000
-    Fashion-MNIST images with K = 1000 the prior pass reached a 13 GB RSS
-    that ``malloc_trim`` brings back to ~0.4 GB, at ~1 ms per call.
+    Each chunk allocates and frees tensors of ~budget elements; with several
+    threads' arenas glibc's heaps fragment and the resident size grows far
+    beyond what is live, which ``malloc_trim`` gives back.
     """
 
     EVERY = 16  # chunks between trims
@@ -375,40 +219,39 @@ def _dist_mean(fn) -> Optional[torch.Tensor]:
     return m  # may hold NaN (e.g. a Cauchy): it then shows up as a missing (None) metric
 
 
-def _draw_terms(model, x, k: int, layout: _Layout, per_dim: bool):
+@dataclass
+class _DrawTerms:
+    """Per-point terms of k draws z ~ q(z|x)."""
+
+    dens: PointDensities  # (k, b) log p(x|z), log p(z), log q(z|x)
+    kl: Optional[torch.Tensor]  # (k, b) analytic KL(q || p); None where some site has none
+    kl_dims: Optional[torch.Tensor]  # (k, b, latent dims); None where q or p does not factorize
+    kl_dims_analytic: bool
+    mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
+
+
+def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
     """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means."""
     b = x.shape[0]
-    with pyro.plate(PARTICLE_PLATE, k, dim=-(layout.nest + 1)):
-        gtr, mtr = _trace_pair(model, x)
-    log_lik = log_prior = log_q = 0.0
-    for name, site in mtr.nodes.items():
-        if not is_density_site(site) or _is_factor(site):
-            continue
-        lp = _per_point(site["fn"].log_prob(site["value"]), layout, k, b)
-        if site["is_observed"]:
-            log_lik = log_lik + lp
-        else:
-            log_prior = log_prior + lp
+    nest, data_dim = layout.nest, layout.data_dim
+    gtr, mtr = trace_pair(model, x, k, nest)
+    dens = point_densities(gtr, mtr, layout, k, b)
     kl = 0.0
     kl_dims, kl_dims_analytic, means = ([] if per_dim else None), True, []
-    for name, size in layout.latents:
+    for name in layout.sites:
         site = gtr.nodes[name]
         q, value = site["fn"], site["value"]
         event_dim = len(q.event_shape)
-        log_q = log_q + _per_point(q.log_prob(value), layout, k, b)
-        if name not in mtr.nodes:
-            raise PyroVAEError(
-                f"guide site {name!r} has no matching sample site in the model: give the model a pyro.sample({name!r}, prior)"
-            )
         p = mtr.nodes[name]["fn"]
-        qb, pb = _strip(q), _strip(p)
+        # masks kept: the KL of a masked site is not its base's
+        qb, pb = elementwise_base(q), elementwise_base(p)
         # per-dimension KL needs q and p to factorize over the site's elements (not a joint
         # full-covariance q, and not a point mass, whose "KL" is -log p(z))
         factorized = qb.event_shape == () and pb.event_shape == () and not isinstance(qb, dist.Delta)
         elem = None
         if factorized:
             try:
-                elem = _align(torch.broadcast_to(kl_divergence(qb, pb), value.shape), layout, event_dim, k, b)
+                elem = site_matrix(torch.broadcast_to(kl_divergence(qb, pb), value.shape), event_dim, nest, data_dim, k, b)
             except NotImplementedError:
                 elem = None
         if kl is not None:
@@ -416,7 +259,7 @@ def _draw_terms(model, x, k: int, layout: _Layout, per_dim: bool):
                 kl = kl + elem.sum(-1)  # one KL evaluation serves the total and the split
             else:
                 try:
-                    kl = kl + _per_point(kl_divergence(q, p), layout, k, b)
+                    kl = kl + per_point(kl_divergence(q, p), nest, data_dim, k, b)
                 except NotImplementedError:
                     kl = None
         if kl_dims is not None:
@@ -427,31 +270,25 @@ def _draw_terms(model, x, k: int, layout: _Layout, per_dim: bool):
             else:
                 kl_dims_analytic = False
                 mc = qb.log_prob(value) - pb.log_prob(value)
-                kl_dims.append(_align(torch.broadcast_to(mc, value.shape), layout, event_dim, k, b))
+                kl_dims.append(site_matrix(torch.broadcast_to(mc, value.shape), event_dim, nest, data_dim, k, b))
         m = _dist_mean(q)
-        means.append(_align(torch.broadcast_to(m, value.shape) if m is not None else value, layout, event_dim, k, b))
+        m = torch.broadcast_to(m, value.shape) if m is not None else value
+        means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
     zero = torch.zeros(k, b, dtype=x.dtype, device=x.device)
-    return {
-        "log_lik": torch.as_tensor(log_lik).expand(k, b) if torch.is_tensor(log_lik) else zero,
-        "log_prior": torch.as_tensor(log_prior).expand(k, b) if torch.is_tensor(log_prior) else zero,
-        "log_q": torch.as_tensor(log_q).expand(k, b) if torch.is_tensor(log_q) else zero,
-        "kl": (kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
-        "kl_dims": torch.cat(kl_dims, -1) if kl_dims else None,
-        "kl_dims_analytic": kl_dims_analytic,
-        "mean": torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
-    }
+    return _DrawTerms(
+        dens=dens,
+        kl=(kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
+        kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
+        kl_dims_analytic=kl_dims_analytic,
+        mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
+    )
 
 
-def _prior_log_lik(model, x, k: int, layout: _Layout) -> torch.Tensor:
+def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
     """(k, b) log p(x | z_k) with z_k ~ p(z): the model run on its own, without the guide."""
-    b = x.shape[0]
-    with pyro.plate(PARTICLE_PLATE, k, dim=-(layout.nest + 1)):
+    with particles(k, layout.nest):
         mtr = poutine.trace(model.model).get_trace(x)
-    out = torch.zeros(k, b, dtype=torch.float64, device=x.device)
-    for site in mtr.nodes.values():
-        if is_density_site(site) and site["is_observed"] and not _is_factor(site):
-            out = out + _per_point(site["fn"].log_prob(site["value"]), layout, k, b)
-    return out
+    return site_sum(mtr, is_observed, layout, k, x.shape[0], dtype=torch.float64)
 
 
 class _MeanPath(Messenger):
@@ -468,11 +305,10 @@ class _MeanPath(Messenger):
                 msg["value"] = torch.broadcast_to(m, msg["fn"].shape())
 
 
-def _reconstruction_error(model, x, layout: _Layout) -> Optional[torch.Tensor]:
+def _reconstruction_error(model, x, layout: Layout) -> Optional[torch.Tensor]:
     """Per point, mean over the data dims of (x - E[x | z = E_q[z|x]])^2, or None without a decoder mean."""
     b = x.shape[0]
-    names = [n for n, _ in layout.latents]
-    with _MeanPath(names):
+    with _MeanPath(layout.sites):
         gtr = poutine.trace(model.guide).get_trace(x)
     mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
     site = mtr.nodes[model.obs_site]
@@ -480,7 +316,7 @@ def _reconstruction_error(model, x, layout: _Layout) -> Optional[torch.Tensor]:
     if m is None:
         return None
     err = (site["value"] - m) ** 2
-    return _align(err, layout, len(site["fn"].event_shape), 1, b)[0].double().mean(-1)
+    return site_matrix(err, len(site["fn"].event_shape), layout.nest, layout.data_dim, 1, b)[0].double().mean(-1)
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -665,7 +501,7 @@ def evaluate_points(
     n = x.shape[0]
     width = _width(model, x)
     with _eval_mode(model), isolated_rng(seed, device):
-        layout = _layout(model, x[: min(n, 2)])
+        layout = build_layout(model, x[: min(n, 2)])
         iw = bool(iw_samples) and not layout.point_mass
         # a point mass gives the same "draw" every time: one is exact
         k_total = iw_samples if iw else (1 if layout.point_mass else elbo_samples)
@@ -673,7 +509,7 @@ def evaluate_points(
             prior_samples = iw_samples or 0
         # one plan for both passes: the prior pass may need more particles than the guide pass
         k_chunk, b_chunk = plan_chunks(n, max(k_total, prior_samples), width, budget)
-        d = layout.latent_dim
+        d = layout.dim
         res = {key: [] for key in ("rec", "kl", "kl_mc", "kl_mc_var", "elbo_var", "ll", "ll_var", "ess", "wmax",
                                    "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw")}
         analytic = True
@@ -689,23 +525,23 @@ def evaluate_points(
                 k = ks.stop - ks.start
                 t = _draw_terms(model, xb, k, layout, per_dim)
                 heap.tick()
-                rec.add(t["log_lik"])
-                kl_mc.add(t["log_q"] - t["log_prior"])
-                w = t["log_lik"].double() + t["log_prior"].double() - t["log_q"].double()
+                rec.add(t.dens.log_lik)
+                kl_mc.add(t.dens.log_q - t.dens.log_prior)
+                w = t.dens.log_lik.double() + t.dens.log_prior.double() - t.dens.log_q.double()
                 log_w.add(w)
                 if lme is not None:
                     lme.add(w)
-                if t["kl"] is None:
+                if t.kl is None:
                     analytic = False
                 else:
-                    kl_an.add(t["kl"])
-                mean_sum += t["mean"].double().sum(0)
+                    kl_an.add(t.kl)
+                mean_sum += t.mean.double().sum(0)
                 if per_dim:
-                    if t["kl_dims"] is None:
+                    if t.kl_dims is None:
                         per_dim, dim_sum = False, None
                     else:
-                        dims_analytic = dims_analytic and t["kl_dims_analytic"]
-                        dim_sum += t["kl_dims"].double().sum(0)
+                        dims_analytic = dims_analytic and t.kl_dims_analytic
+                        dim_sum += t.kl_dims.double().sum(0)
             res["rec"].append(rec.mean())
             res["kl_mc"].append(kl_mc.mean())
             res["kl_mc_var"].append(kl_mc.var_of_mean())

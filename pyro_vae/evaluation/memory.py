@@ -1,6 +1,6 @@
 """Out-of-memory handling: retry evaluation in smaller chunks, explain it in training.
 
-Evaluation is chunked by an element ``budget`` (see :mod:`pyro_vae.evaluate`),
+Evaluation is chunked by an element ``budget`` (see :mod:`pyro_vae.evaluation.estimators`),
 so running out of device memory there is recoverable: halve the budget and
 run the chunk plan again.  Evaluation is a pure function of (model, data,
 seed), so a retry changes nothing but peak memory.
@@ -66,7 +66,7 @@ def with_halving_budget(fn: Callable[[int], T], budget: int, *, device: Optional
 
 
 def evaluate_with_retry(model, x, *, budget: Optional[int] = None, log=None, **kwargs):
-    """:func:`pyro_vae.evaluate.evaluate` that halves its chunk budget on out-of-memory."""
+    """:func:`pyro_vae.evaluation.estimators.evaluate` that halves its chunk budget on out-of-memory."""
     from .estimators import DEFAULT_BUDGET, evaluate
     from ..models.protocol import model_device
 

@@ -27,12 +27,13 @@ from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
 from ..registry import Registry
+from .sites import is_density_site
 
 OBJECTIVES: Registry = Registry("objective (train.elbo)")
 
@@ -62,10 +63,10 @@ class IWAE_ELBO(RenyiELBO):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
             log_w = 0.0
             for site in model_trace.nodes.values():
-                if site["type"] == "sample":
+                if is_density_site(site):
                     log_w = log_w + torch_sum(site["log_prob"], sum_dims)
             for name, site in guide_trace.nodes.items():
-                if site["type"] == "sample":
+                if is_density_site(site):
                     if not site["fn"].has_rsample:
                         raise ValueError(
                             f"train.elbo = 'iwae' needs a reparameterized guide, but site {name!r} is not"
@@ -81,9 +82,8 @@ class IWAE_ELBO(RenyiELBO):
 
 
 def _density_sites(trace):
-    """Sample sites with a density (a plate's subsample site is a sample site too; Pyro prunes it)."""
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]
+    """(name, site) for every site with a log-density term, factors included (Pyro prunes subsample sites)."""
+    return [(name, site) for name, site in trace.nodes.items() if is_density_site(site)]
 
 
 def _log_prob_sum(site):

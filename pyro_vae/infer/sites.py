@@ -1,0 +1,322 @@
+"""The trace layer: what each site of a model and guide is, how sites line up per data point, their log densities.
+
+Objectives, evaluation, diagnostics and the report read Pyro traces only
+through this module, so a rule (what is latent, what a point-mass guide is,
+which plate holds the data) is decided once.  Observed sites are kept as a
+list so that models with several observed sites can be added later.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from ..errors import PyroVAEError
+
+PARTICLE_PLATE = "_particles"
+DATA_PLATE = "data"
+
+__all__ = [
+    "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
+    "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Layout",
+    "build_layout", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "latent_values",
+    "latent_matrix",
+]
+
+
+# -- what a site is -------------------------------------------------------------------------
+
+
+def is_subsample(site) -> bool:
+    """A plate's subsample record: a sample site with no density of its own."""
+    return site["type"] == "sample" and site_is_subsample(site)
+
+
+def is_density_site(site) -> bool:
+    """A sample site with a log-density term, ``pyro.factor`` included (what an objective sums)."""
+    return site["type"] == "sample" and not site_is_subsample(site)
+
+
+def is_factor(site) -> bool:
+    """A ``pyro.factor``: a penalty added to the objective, not a density of x or z."""
+    return is_density_site(site) and isinstance(site["fn"], dist.Unit)
+
+
+def is_observed(site) -> bool:
+    """An observed sample site: a density of the data."""
+    return is_density_site(site) and not is_factor(site) and bool(site["is_observed"])
+
+
+def is_latent(site) -> bool:
+    """A sampled (unobserved) site with a density: a latent variable."""
+    return is_density_site(site) and not is_factor(site) and not site["is_observed"]
+
+
+def has_density(site) -> bool:
+    """An observed or latent site: a term of log p(x, z) or log q(z|x)."""
+    return is_observed(site) or is_latent(site)
+
+
+def elementwise_base(fn, through_masks: bool = False):
+    """A distribution without its ``Independent``/``expand()`` wrappers (and masks, if asked)."""
+    wrappers = (dist.Independent, dist.ExpandedDistribution, torch.distributions.Independent)
+    if through_masks:
+        wrappers += (dist.MaskedDistribution,)
+    while isinstance(fn, wrappers):
+        fn = fn.base_dist
+    return fn
+
+
+def is_point_mass(fn) -> bool:
+    """A Delta site.  A guide with ANY point-mass latent has no proposal density to importance-sample with."""
+    return isinstance(elementwise_base(fn, through_masks=True), dist.Delta)
+
+
+# -- tracing ------------------------------------------------------------------------------------
+
+
+def particles(k: int, nest: int):
+    """The outer plate that vectorizes ``k`` draws, left of the model's ``nest`` plates."""
+    return pyro.plate(PARTICLE_PLATE, k, dim=-(nest + 1))
+
+
+@contextmanager
+def _maybe_particles(k: Optional[int], nest: int):
+    if k is None:
+        yield
+    else:
+        with particles(k, nest):
+            yield
+
+
+def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional[Callable] = None):
+    """(guide trace, model trace replayed against it); ``k`` draws vectorized in an outer plate if given.
+
+    ``guide`` replaces ``model.guide`` (a per-point fit, say).
+    """
+    guide = guide or model.guide
+    with _maybe_particles(k, nest):
+        gtr = poutine.trace(guide).get_trace(x)
+        mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
+    return gtr, mtr
+
+
+def plate_dims(model, traces) -> tuple:
+    """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
+    nest, data_dim = 0, None
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] != "sample":
+                continue
+            for f in site["cond_indep_stack"]:
+                if f.dim is not None:
+                    nest = max(nest, -f.dim)
+                if f.name == DATA_PLATE:
+                    data_dim = f.dim
+    if data_dim is None:
+        raise PyroVAEError(
+            f"{type(model).__name__}: no sample site is inside pyro.plate('data', ...): "
+            "put the observations (and the local latents) in a plate named 'data'"
+        )
+    return nest, data_dim
+
+
+# -- alignment: site tensors -> per-point matrices -----------------------------------------------
+
+
+def site_matrix(value, event_dim: int, nest: int, data_dim: int, k: int, b: int,
+                leading_draw: bool = False) -> torch.Tensor:
+    """A site's values (or log-densities, ``event_dim=0``) -> (k, b, flattened dims).
+
+    Dim 0 is the draw dim.  Batch dims are right-aligned to the plates (the
+    draw plate at -(nest+1)), so missing leading dims are broadcast dims of
+    size 1; with ``leading_draw=True`` dim 0 is a draw dim stacked in front of
+    a site's value (MCMC samples) and missing plate dims go after it.  The
+    data plate sits at ``data_dim``; every other plate and event dim is
+    flattened.
+    """
+    v = torch.as_tensor(value)
+    while v.dim() - event_dim < nest + 1:
+        v = v.unsqueeze(1 if leading_draw else 0)
+    bd = v.dim() - event_dim  # batch dims, the draw dim included
+    if bd > nest + 1:
+        raise PyroVAEError(
+            f"a sample site has {bd - 1} batch dims but the model declares only {nest} plates: "
+            "declare every batch dim with pyro.plate or move it into the event with .to_event()"
+        )
+    v = v.movedim(bd + data_dim, 1)
+    v = v.expand(k, b, *v.shape[2:])
+    return v.reshape(k, b, -1)
+
+
+def per_point(log_prob, nest: int, data_dim: int, k: int, b: int) -> torch.Tensor:
+    """Sum a site's log-density over every dim but draws and data points -> (k, b)."""
+    return site_matrix(log_prob, 0, nest, data_dim, k, b).sum(-1)
+
+
+# -- the layout -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """The latent sites of a model and guide and how they line up per data point."""
+
+    nest: int  # max plate nesting of model and guide (without the particle plate)
+    data_dim: int  # dim of the "data" plate
+    sites: List[str]  # latent sites of the guide, in the model's latent_sites order, then guide order
+    sizes: List[int]  # numbers per data point, per site
+    labels: List[str]  # one per latent number: "z[0]", "z[1]", ...
+    shapes: Dict[str, tuple]  # site value shape for the traced points (no draw dim)
+    supports: Dict[str, object]  # the prior's support, per site
+    event_dims: Dict[str, int]  # the prior's event dims, per site
+    point_mass: bool  # some latent site of the guide is a Delta (see is_point_mass)
+    observed: List[str] = field(default_factory=list)  # observed sites of the model, in trace order
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def latent_names(self) -> List[str]:
+        """Labels as evaluation reports them: a site with one number per point keeps its bare name."""
+        names = []
+        for s, d in zip(self.sites, self.sizes):
+            names += [s] if d == 1 else [f"{s}[{j}]" for j in range(d)]
+        return names
+
+    def split(self, m: np.ndarray) -> Dict[str, np.ndarray]:
+        """(..., dim) -> one (..., size) block per site."""
+        out, i = {}, 0
+        for s, d in zip(self.sites, self.sizes):
+            out[s] = m[..., i : i + d]
+            i += d
+        return out
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+
+
+@torch.no_grad()
+def build_layout(model, x, data: str = "the evaluation data") -> Layout:
+    """Plates, latent and observed sites, sizes, supports and shapes, from one trace of guide and model on ``x``.
+
+    ``data`` names ``x`` in the error raised when the model fails on it.
+    """
+    try:
+        gtr, mtr = trace_pair(model, x)
+    except PyroVAEError:
+        raise
+    except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError) as e:
+        raise PyroVAEError(
+            f"{type(model).__name__} fails on {data} ({_one_line(e)[:300]}): check that the data have the "
+            "columns and support the model was built for"
+        ) from None
+    observed = [name for name, site in mtr.nodes.items() if is_observed(site)]
+    if model.obs_site not in observed:
+        raise PyroVAEError(
+            f"{type(model).__name__}.obs_site is {model.obs_site!r} but the model has no such observed sample "
+            "site: set obs_site to the name of the observed pyro.sample"
+        )
+    nest, data_dim = plate_dims(model, (gtr, mtr))
+    sites = [name for name, site in gtr.nodes.items() if is_latent(site)]
+    for s in getattr(model, "latent_sites", ()):
+        if s not in mtr.nodes or not is_latent(mtr.nodes[s]):
+            raise PyroVAEError(f"latent site {s!r} is not a latent sample site of the model: check latent_sites")
+        if s not in sites:
+            # replay would draw it from the prior and log q would miss it: every weight would be wrong
+            raise PyroVAEError(f"latent site {s!r} has no site in the guide: give the guide a pyro.sample({s!r}, q)")
+    order = {n: i for i, n in enumerate(getattr(model, "latent_sites", ()))}
+    sites.sort(key=lambda s: order.get(s, len(order)))  # stable: unlisted guide sites keep guide order
+    b = x.shape[0]
+    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed)
+    for s in sites:
+        gsite = gtr.nodes[s]
+        if not any(f.name == DATA_PLATE for f in gsite["cond_indep_stack"]):
+            raise PyroVAEError(
+                f"latent site {s!r} is outside pyro.plate('data'): per-point evaluation needs local latents; "
+                "make a global quantity a pyro.param, or move the site into the data plate"
+            )
+        if s not in mtr.nodes:
+            raise PyroVAEError(
+                f"guide site {s!r} has no matching sample site in the model: give the model a pyro.sample({s!r}, prior)"
+            )
+        node = mtr.nodes[s]
+        event_dim = len(node["fn"].event_shape)
+        size = site_matrix(node["value"].unsqueeze(0), event_dim, nest, data_dim, 1, b).shape[-1]
+        layout.sizes.append(size)
+        layout.labels.extend(f"{s}[{j}]" for j in range(size))
+        layout.shapes[s] = tuple(node["value"].shape)
+        layout.supports[s] = node["fn"].support
+        layout.event_dims[s] = event_dim
+        layout.point_mass = layout.point_mass or is_point_mass(gsite["fn"])
+    return layout
+
+
+# -- per-point densities and values ----------------------------------------------------------------
+
+
+def site_sum(tr, keep, layout: Layout, k: int, b: int, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+    """The per-point log-density, (k, b), of the sites of ``tr`` that ``keep`` selects; None if it selects none.
+
+    Each site's per-point sum is cast to ``dtype`` before the sites are added
+    (``None``: the sites' own dtype).
+    """
+    total = None
+    for site in tr.nodes.values():
+        if keep(site):
+            lp = per_point(site["fn"].log_prob(site["value"]), layout.nest, layout.data_dim, k, b)
+            lp = lp if dtype is None else lp.to(dtype)
+            total = lp if total is None else total + lp
+    return total
+
+
+@dataclass
+class PointDensities:
+    """Per-point log densities of ``k`` draws, each (k, b)."""
+
+    log_lik: torch.Tensor  # log p(x | z): every observed site
+    log_prior: torch.Tensor  # log p(z): every latent site of the model
+    log_q: torch.Tensor  # log q(z | x): every latent site of the guide
+
+    @property
+    def log_joint(self) -> torch.Tensor:
+        """log p(x, z)."""
+        return self.log_lik + self.log_prior
+
+
+def point_densities(gtr, mtr, layout: Layout, k: int, b: int, dtype: Optional[torch.dtype] = None) -> PointDensities:
+    """log p(x|z), log p(z), log q(z|x) per point from a trace pair, each site cast to ``dtype`` (see site_sum)."""
+    parts = [site_sum(mtr, is_observed, layout, k, b, dtype), site_sum(mtr, is_latent, layout, k, b, dtype),
+             site_sum(gtr, is_latent, layout, k, b, dtype)]
+    ref = next(p for p in parts if p is not None)  # build_layout saw an observed site
+    return PointDensities(*[torch.zeros_like(ref) if p is None else p for p in parts])
+
+
+def latent_values(tr, layout: Layout, k: int, b: int, draw_dim: bool = True) -> Dict[str, torch.Tensor]:
+    """The layout's latent values in a trace, (k, b, size) float64 per site.
+
+    ``draw_dim=False`` for a trace taken without the particle plate.
+    """
+    out = {}
+    for s in layout.sites:
+        node = tr.nodes.get(s)
+        if node is None:
+            raise PyroVAEError(f"latent site {s!r} is not in the trace: check the model's latent_sites")
+        v = node["value"] if draw_dim else node["value"].unsqueeze(0)
+        out[s] = site_matrix(v, len(node["fn"].event_shape), layout.nest, layout.data_dim, k, b).double()
+    return out
+
+
+def latent_matrix(tr, layout: Layout, k: int, b: int, draw_dim: bool = True) -> torch.Tensor:
+    """The latent values of a trace as one (k, b, layout.dim) float64 matrix, sites in layout order."""
+    lat = latent_values(tr, layout, k, b, draw_dim)
+    return torch.cat([lat[s] for s in layout.sites], -1)
