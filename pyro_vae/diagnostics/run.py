@@ -80,16 +80,13 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     ref = _reference(model, x, layout, subject.point_index, name, zp, precond, settings, progress, log)
     lap("reference")
 
-    comparison = None
-    if ref.draws is not None:
-        comparison = compare(qd.z, ref.mean, ref.cov, ref.draws)
-        contraction = 1 - np.diagonal(ref.cov, axis1=1, axis2=2).mean(0) / prior_var  # 1: fully determined by x, 0: the prior
-    else:
-        contraction = 1 - (qd.summary.sd**2).mean(0) / prior_var
+    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws)
+    contraction = _contraction(ref, qd.summary, prior_var)
 
     sbc = _sbc(model, x, layout, name, settings, log)
     lap("sbc")
     generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log)
+    lap("generated")
     seconds = time.perf_counter() - t_start
     summary = _summary(subject.point_index, qd.summary, khat, local, comparison, sbc, contraction)
     run = subject.run
@@ -238,6 +235,12 @@ def _grid(model, x, layout: _Layout, point_index, name, zp, precond, settings, l
                     draws=int(g_draws.shape[0]), mean=g_mean, sd=_sd(g_cov))
     data = _idata(layout, g_draws[None], point_index, None, {"source": "exact grid posterior", "run": name})
     return _Ref(ref, g_mean, g_cov, g_draws, data, grid=GridPosterior(**grid))
+
+
+def _contraction(ref: _Ref, q: QSummary, prior_var: np.ndarray) -> np.ndarray:
+    """Per latent dim, 1 - posterior variance / prior variance: 1 fully determined by x, 0 the prior."""
+    post_var = (q.sd**2).mean(0) if ref.cov is None else np.diagonal(ref.cov, axis1=1, axis2=2).mean(0)
+    return 1 - post_var / prior_var
 
 
 def _sd(cov: np.ndarray) -> np.ndarray:
