@@ -274,7 +274,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-# -- diagnostics and reports (issue 5) -------------------------------------------------
+# -- diagnostics and reports -------------------------------------------------------------
 
 _DIAGNOSE_OPTIONS = ("points", "reference", "draws", "nuts_warmup", "nuts_samples", "nuts_chains", "local_steps",
                      "sbc_sims", "seed")
@@ -320,9 +320,7 @@ def cmd_diagnose(args) -> int:
     result = diagnose(subjects, settings, progress=False if args.quiet else None,
                       log=(lambda m: None) if args.quiet else _log)
     path = result.save(out)
-    from .serialize import to_plain
-
-    print(render_text(to_plain(result.to_json())))
+    print(render_text(result))
     print(f"diagnostics: {path}; draws (ArviZ, netCDF): {out}/<run>/q.nc, reference.nc")
     print(f"report: pyro-vae report {' '.join(args.run_dirs)} --out {out}")
     return 0
@@ -347,7 +345,6 @@ def cmd_report(args) -> int:
     if saved is not None and matches(saved, args.run_dirs, given):
         log(f"using the diagnostics in {out / 'diagnostics.json'} (same runs and settings)")
         result = load_diagnosis(out)
-        subjects = subjects_from_runs(args.run_dirs, result.settings.points)
     else:
         if saved is not None:
             log(f"the diagnostics in {out} are for other runs or settings: computing them again")
@@ -357,10 +354,8 @@ def cmd_report(args) -> int:
         _make_out(out)
         result = diagnose(subjects, settings, progress=False if args.quiet else None, log=log)
         result.save(out)
-    paths = write_report(result, subjects, out, log=log)
-    from .serialize import to_plain
-
-    print(render_text(to_plain(result.to_json())))
+    paths = write_report(result, out, log=log)
+    print(render_text(result))
     print(f"report: {paths['html']} (self-contained), {paths['md']}, {paths['json']}")
     return 0
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+
+from ..rundir.files import TMP_PREFIX, write_error
 
 
 def arviz():
@@ -39,10 +42,28 @@ def group(data, name: str):
         return getattr(data, name, None)
 
 
-def _to_netcdf(data, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    data.to_netcdf(str(tmp))
-    tmp.replace(path)
+def write_netcdf(path: Path, data) -> None:
+    """Write ArviZ data to ``path`` atomically and durably.
+
+    xarray writes to a path, not a stream, so this cannot go through
+    ``rundir.files.write_atomic``; it follows its steps: a temporary file in the
+    same folder, fsync, rename over ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        data.to_netcdf(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e, "netCDF file") from None
+        raise
 
 
 def load_netcdf(path):
@@ -72,9 +93,5 @@ def _khat_pyro(log_w: np.ndarray) -> float:  # pragma: no cover - fallback for A
     tail = torch.as_tensor(w[-m:] - w[-m - 1], dtype=torch.float64)
     k, _ = fit_generalized_pareto(tail)
     return float(k)
-
-
-# ---------------------------------------------------------------------------
-# traces -> per-point matrices
 
 

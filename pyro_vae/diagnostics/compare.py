@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-
 import numpy as np
+
+from .results import Comparison
 
 
 def moments(z: np.ndarray):
@@ -44,7 +45,7 @@ def wasserstein_per_dim(zq: np.ndarray, zr: np.ndarray, n_quantiles: int = 200) 
     return np.sqrt(((qq - qr) ** 2).mean(0))
 
 
-def compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> dict:
+def compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> Comparison:
     """Per point: how far q (draws) is from the reference (exact moments and draws)."""
     qm, qc = moments(zq)
     q_sd = np.sqrt(np.clip(np.diagonal(qc, axis1=1, axis2=2), 0, None))
@@ -52,16 +53,8 @@ def compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> dict:
     dm = np.abs(qm - ref_mean)
     with np.errstate(divide="ignore"):
         log_ratio = np.log(q_sd / r_sd)  # -inf for a point mass: the geometric mean is then 0
-    return {
-        "mean_abs_error": dm.mean(1),
-        "std_mean_error": (dm / r_sd).mean(1),
-        "sd_ratio": np.exp(log_ratio.mean(1)),  # geometric mean over latent dims of sd_q / sd_ref
-        "kl_gauss": gaussian_kl(qm, qc, ref_mean, ref_cov),
-        "w2": wasserstein_per_dim(zq, ref_draws).mean(1),
-    }
-
-
-# ---------------------------------------------------------------------------
-# the driver
+    return Comparison(mean_abs_error=dm.mean(1), std_mean_error=(dm / r_sd).mean(1),
+                      sd_ratio=np.exp(log_ratio.mean(1)),  # geometric mean over latent dims of sd_q / sd_ref
+                      kl_gauss=gaussian_kl(qm, qc, ref_mean, ref_cov), w2=wasserstein_per_dim(zq, ref_draws).mean(1))
 
 

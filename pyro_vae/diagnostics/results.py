@@ -1,96 +1,321 @@
-"""Diagnosis results: typed records, their JSON form, and saving/loading a diagnosis folder."""
+"""Typed diagnosis results, their JSON form, and saving/loading a diagnosis folder."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 
 from ..errors import PyroVAEError
-from .settings import DiagnoseSettings, FORMAT
-from .arviz_io import _to_netcdf, load_netcdf
+from ..rundir.files import write_atomic, write_text_atomic
 from ..serialize import to_plain
+from .arviz_io import load_netcdf, write_netcdf
+from .settings import DiagnoseSettings, FORMAT
+
+# a field kept beside diagnostics.json (netCDF or npz), never inside it
+_FILE = {"file": True}
+
+
+def _array(v) -> np.ndarray:
+    """JSON numbers back to an array; None (a non-finite value in JSON) becomes NaN."""
+    a = np.asarray(v)
+    if a.dtype == object:
+        a = np.array(v, dtype=object)
+        a[np.equal(a, None)] = np.nan
+        a = a.astype(float)
+    return a
+
+
+def _typed(tp, v):
+    """A JSON value back into the type a field declares."""
+    if v is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:  # Optional[X]
+        return _typed(next(a for a in args if a is not type(None)), v)
+    if tp is np.ndarray:
+        return _array(v)
+    if isinstance(tp, type) and issubclass(tp, Record):
+        return tp.from_json(v)
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Record):
+        return [args[0].from_json(x) for x in v]
+    return v
+
+
+class Record:
+    """``to_json`` (plain values) and ``from_json`` (typed fields back) for the result dataclasses."""
+
+    def to_json(self) -> dict:
+        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("file")}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _typed(hints[f.name], d[f.name]) for f in dataclasses.fields(cls)
+                      if not f.metadata.get("file") and f.name in d})
+
 
 @dataclass
-class RunDiagnosis:
-    """The diagnostics of one run (numbers in :attr:`numbers`, draws as ArviZ data)."""
+class QSummary(Record):
+    """The amortized q(z|x) on each point: moments of its draws and its ELBO."""
+
+    mean: np.ndarray  # (points, latent)
+    sd: np.ndarray  # (points, latent)
+    elbo: np.ndarray  # (points,)
+    elbo_se: np.ndarray  # (points,)
+
+
+@dataclass
+class KhatSummary(Record):
+    """PSIS k-hat per point and how many points fall in each band; all None for a point-mass guide."""
+
+    values: Optional[np.ndarray] = None  # (points,)
+    median: Optional[float] = None
+    max: Optional[float] = None
+    good: Optional[int] = None  # k-hat <= KHAT_GOOD
+    ok: Optional[int] = None  # KHAT_GOOD < k-hat <= KHAT_BAD
+    bad: Optional[int] = None  # k-hat > KHAT_BAD
+
+
+@dataclass
+class AmortizationGap(Record):
+    """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats)."""
+
+    family: str
+    elbo: np.ndarray
+    elbo_se: np.ndarray
+    gap: np.ndarray
+    gap_se: np.ndarray
+
+
+@dataclass
+class NutsCheck(Record):
+    """NUTS chains: mixing statistics per (point, latent dim) and, beside an exact grid, its errors against it."""
+
+    chains: int
+    draws: int
+    warmup: int
+    iterations: int
+    seconds: float
+    step_size: float
+    divergences: int
+    rhat: np.ndarray  # (points, latent)
+    ess_bulk: np.ndarray
+    ess_tail: np.ndarray
+    rhat_max: float
+    rhat_above: int  # pairs above RHAT_MAX
+    ess_bulk_min: float
+    ess_tail_min: float
+    max_std_mean_error_vs_grid: Optional[float] = None
+    max_sd_ratio_error_vs_grid: Optional[float] = None
+
+
+@dataclass
+class Reference(Record):
+    """The reference posterior with the decoder fixed: how it was computed and its moments."""
+
+    method: str  # nuts | grid | none
+    draws: Optional[int] = None  # per chain
+    chains: Optional[int] = None
+    seconds: Optional[float] = None
+    cells: Optional[int] = None  # grid only
+    edge_mass: Optional[float] = None  # grid only: the largest mass in the outermost cells
+    mean: Optional[np.ndarray] = None  # (points, latent)
+    sd: Optional[np.ndarray] = None
+    nuts: Optional[NutsCheck] = None  # the sampler's statistics (method nuts), or NUTS checked against the grid
+
+    @property
+    def checks_nuts(self) -> bool:
+        """Whether NUTS ran beside the exact grid, as a test of the sampler."""
+        return self.method == "grid" and self.nuts is not None
+
+
+@dataclass
+class Comparison(Record):
+    """How far q is from the reference, per point (averaged over latent dims)."""
+
+    mean_abs_error: np.ndarray
+    std_mean_error: np.ndarray  # |mean error| / reference sd
+    sd_ratio: np.ndarray  # geometric mean over dims of sd_q / sd_ref
+    kl_gauss: np.ndarray  # KL between Gaussian fits; inf (NaN once saved) for a point mass
+    w2: np.ndarray  # 1-D Wasserstein-2 per dim, averaged
+
+
+@dataclass
+class SbcResult(Record):
+    """Simulation-based calibration: ranks of the true z, one uniformity p-value per latent dim."""
+
+    sims: int = 0
+    draws: int = 0
+    ranks: Optional[np.ndarray] = None  # (sims, latent)
+    pvalues: Optional[np.ndarray] = None
+    alpha: Optional[float] = None
+    flagged: List[str] = field(default_factory=list)
+    skipped: Optional[str] = None  # why the model could not be simulated
+
+
+@dataclass
+class WorstPoint(Record):
+    """One of the points the report names first (highest k-hat, or largest gap for a point-mass guide)."""
+
+    point: int
+    khat: Optional[float]
+    gap: float
+    std_mean_error: Optional[float]
+
+
+@dataclass
+class RunSummary(Record):
+    """The scalars the report's tables show."""
+
+    points: int
+    elbo_q: float
+    elbo_local: float
+    gap: float
+    gap_se: float
+    active_dims: int
+    worst: List[WorstPoint]
+    mean_abs_error: Optional[float] = None
+    std_mean_error: Optional[float] = None
+    sd_ratio: Optional[float] = None
+    kl_gauss: Optional[float] = None
+    w2: Optional[float] = None
+    sbc_min_p: Optional[float] = None
+    sbc_flagged: Optional[int] = None
+
+
+@dataclass
+class GridPosterior(Record):
+    """The exact 2-D posterior on each point's fine grid: normalized log-probabilities and the boxes."""
+
+    log_prob: np.ndarray  # (points, g, g)
+    lo: np.ndarray  # (points, 2)
+    hi: np.ndarray
+
+
+@dataclass
+class Generated(Record):
+    """What the model generates, decoded at diagnose time so the report never runs a model."""
+
+    data: np.ndarray  # (n, data dim): the first diagnosed points
+    reconstructions: np.ndarray  # (n, data dim): decoder mean at q's mean
+    samples: np.ndarray  # (64, data dim): decoder means of z ~ p(z)
+    traversal: np.ndarray  # (dims * steps, data dim)
+    traversal_dims: np.ndarray  # latent dims moved, most informative first
+    traversal_steps: np.ndarray  # in prior standard deviations
+
+
+@dataclass
+class RunDiagnosis(Record):
+    """All diagnostics of one run; draws and decoded figures live in files beside the JSON."""
 
     name: str
-    numbers: dict  # JSON-ready: info, per-point arrays, summary, warnings
-    q: object = None  # ArviZ data: draws from q(z|x)
-    reference: object = None  # ArviZ data: the reference posterior's draws
-    nuts: object = None  # ArviZ data: NUTS draws when the reference is the grid
-    grid: Optional[dict] = None  # exact 2-D grid posterior: log-probabilities and boxes
+    folder: str
+    info: dict
+    points: List[int]
+    latent_labels: List[str]
+    point_mass_guide: bool
+    q: QSummary
+    khat: KhatSummary
+    prior_sd: np.ndarray
+    local: AmortizationGap
+    reference: Reference
+    comparison: Optional[Comparison]
+    contraction: np.ndarray  # per latent dim: 1 fully determined by x, 0 the prior
+    sbc: Optional[SbcResult]
+    summary: RunSummary
+    warnings: List[str]
+    timings: Dict[str, float]
+    seconds: float
+    history: Optional[List[dict]] = None  # the run's training history (epoch, train_loss, test_elbo, ...)
+    image_shape: Optional[List[int]] = None
+    q_data: object = field(default=None, metadata=_FILE)  # ArviZ: draws from q(z|x)
+    reference_data: object = field(default=None, metadata=_FILE)  # ArviZ: the reference's draws
+    nuts_data: object = field(default=None, metadata=_FILE)  # ArviZ: NUTS draws when the grid is the reference
+    grid: Optional[GridPosterior] = field(default=None, metadata=_FILE)
+    generated: Optional[Generated] = field(default=None, metadata=_FILE)
+
+
+_NETCDF = (("q", "q_data"), ("reference", "reference_data"), ("nuts", "nuts_data"))
+_NPZ = (("grid", GridPosterior), ("generated", Generated))
+
+
+def _write_npz(path: Path, record) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{f.name: np.asarray(getattr(record, f.name)) for f in dataclasses.fields(record)})
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+def _read_npz(path: Path, cls):
+    with np.load(path) as z:
+        return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
 @dataclass
 class Diagnosis:
+    """The diagnostics of several runs, with the settings they were computed with."""
+
     settings: DiagnoseSettings
     runs: List[RunDiagnosis]
     warnings: List[str]
     created: str = ""
 
     def to_json(self) -> dict:
-        return {
-            "format": FORMAT,
-            "created": self.created,
-            "settings": dataclasses.asdict(self.settings),
-            "runs": [r.numbers for r in self.runs],
-            "warnings": list(self.warnings),
-        }
+        return {"format": FORMAT, "created": self.created, "settings": dataclasses.asdict(self.settings),
+                "runs": [r.to_json() for r in self.runs], "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Diagnosis":
+        known = {f.name for f in dataclasses.fields(DiagnoseSettings)}
+        settings = DiagnoseSettings(**{k: v for k, v in raw["settings"].items() if k in known})
+        return cls(settings, [RunDiagnosis.from_json(r) for r in raw["runs"]], raw.get("warnings", []),
+                   raw.get("created", ""))
 
     def save(self, out_dir) -> Path:
-        """Write ``diagnostics.json`` and, per run, ``<name>/q.nc``, ``reference.nc`` (netCDF) and ``grid.npz``."""
+        """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and ``{grid,generated}.npz``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for r in self.runs:
-            folder = out / r.numbers["folder"]
+            folder = out / r.folder
             folder.mkdir(parents=True, exist_ok=True)
-            for label, data in (("q", r.q), ("reference", r.reference), ("nuts", r.nuts)):
-                path = folder / f"{label}.nc"
-                if data is not None:
-                    _to_netcdf(data, path)
+            files = [(folder / f"{label}.nc", getattr(r, attr), write_netcdf) for label, attr in _NETCDF]
+            files += [(folder / f"{label}.npz", getattr(r, label), _write_npz) for label, _ in _NPZ]
+            for path, value, write in files:
+                if value is not None:
+                    write(path, value)
                 elif path.exists():
                     path.unlink()  # stale file from an earlier diagnosis in this folder
-            if r.grid is not None:
-                np.savez_compressed(folder / "grid.npz", **r.grid)
-            elif (folder / "grid.npz").exists():
-                (folder / "grid.npz").unlink()
-        from ..rundir.files import write_text_atomic
-
         path = out / "diagnostics.json"
-        write_text_atomic(path, json.dumps(to_plain(self.to_json()), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
         return path
-
-
-# ---------------------------------------------------------------------------
-# ArviZ, across its 0.x and 1.x APIs
 
 
 def load_diagnosis(folder) -> Diagnosis:
     """Read back what :meth:`Diagnosis.save` wrote."""
     folder = Path(folder)
     path = folder / "diagnostics.json"
+    again = f"re-run 'pyro-vae diagnose RUN_DIR ... --out {folder}'"
     if not path.exists():
-        raise PyroVAEError(f"no diagnostics.json in {str(folder)!r}: run 'pyro-vae diagnose ... --out {folder}' first")
+        raise PyroVAEError(f"no diagnostics.json in {str(folder)!r}: run 'pyro-vae diagnose RUN_DIR ... --out {folder}' first")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise PyroVAEError(f"{path} is not valid JSON ({e}): run 'pyro-vae diagnose' again") from None
+        raise PyroVAEError(f"{path} is not valid JSON ({e}): {again}") from None
     if raw.get("format") != FORMAT:
-        raise PyroVAEError(f"{path} has format {raw.get('format')!r}, expected {FORMAT!r}: run 'pyro-vae diagnose' again")
-    known = {f.name for f in dataclasses.fields(DiagnoseSettings)}
-    settings = DiagnoseSettings(**{k: v for k, v in raw["settings"].items() if k in known})
-    runs = []
-    for n in raw["runs"]:
-        sub = folder / n["folder"]
-        get = lambda label: load_netcdf(sub / f"{label}.nc") if (sub / f"{label}.nc").exists() else None
-        grid = dict(np.load(sub / "grid.npz")) if (sub / "grid.npz").exists() else None
-        runs.append(RunDiagnosis(n["name"], n, get("q"), get("reference"), get("nuts"), grid))
-    return Diagnosis(settings, runs, raw.get("warnings", []), raw.get("created", ""))
-
-
+        raise PyroVAEError(f"{path} has format {raw.get('format')!r}, this pyro_vae reads {FORMAT!r}: {again}")
+    d = Diagnosis.from_json(raw)
+    for r in d.runs:
+        sub = folder / r.folder
+        for label, attr in _NETCDF:
+            if (sub / f"{label}.nc").exists():
+                setattr(r, attr, load_netcdf(sub / f"{label}.nc"))
+        for label, cls in _NPZ:
+            if (sub / f"{label}.npz").exists():
+                setattr(r, label, _read_npz(sub / f"{label}.npz", cls))
+    return d

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import PyroVAEError
 
-FORMAT = "pyro_vae.diagnostics/1"
+FORMAT = "pyro_vae.diagnostics/2"
 REFERENCES = ("nuts", "grid", "none")
 # elements of the largest per-chunk tensor (draws x points x decoder width)
 BUDGET = 2**23

@@ -1,0 +1,412 @@
+"""The report's figures: one function per figure, each drawing only saved diagnosis results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from ..diagnostics.arviz_io import arviz
+from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
+from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD
+from ..plots import _plt, image_grid
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+REF_COLOR = "#555555"
+
+
+@dataclass
+class Figure:
+    """One saved PNG and where the report shows it."""
+
+    file: str  # relative to the report folder
+    title: str
+    caption: str
+    section: str
+
+
+class Figures:
+    """Saves figures into a folder and lists them in order."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.items: List[Figure] = []
+
+    def save(self, fig, name: str, title: str, caption: str, section: str) -> None:
+        plt = _plt()
+        path = self.folder / f"{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        self.items.append(Figure(f"figures/{path.name}", title, caption, section))
+
+
+def _order_dims(r: RunDiagnosis) -> List[int]:
+    """Latent dims, most informative first (largest posterior contraction)."""
+    c = np.nan_to_num(np.asarray(r.contraction, dtype=float), nan=-1.0)
+    return [int(j) for j in np.argsort(-c, kind="stable")]
+
+
+def _ranking(r: RunDiagnosis) -> np.ndarray:
+    """What orders points worst first: k-hat, or the amortization gap for a point-mass guide."""
+    return np.asarray(r.khat.values if r.khat.values is not None else r.local.gap, dtype=float)
+
+
+def fig_training(figs: Figures, diagnosis: Diagnosis) -> None:
+    runs = [r for r in diagnosis.runs if r.history]
+    if not runs:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i, s in enumerate(runs):
+        h = s.history
+        c = COLORS[i % len(COLORS)]
+        ep = [r["epoch"] for r in h]
+        ax.plot(ep, [-r["train_loss"] if r.get("train_loss") is not None else np.nan for r in h], "--", color=c,
+                alpha=0.6, label=f"{s.name}: train (minibatch)")
+        test = [(r["epoch"], r["test_elbo"]) for r in h if r.get("test_elbo") is not None]
+        if test:
+            ax.plot(*zip(*test), "-", color=c, lw=2, label=f"{s.name}: test")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO per data point (nats)")
+    lows = [r["test_elbo"] for s in runs for r in s.history if r.get("test_elbo") is not None]
+    if lows:  # the first epochs can be far below; keep the end of training readable
+        hi = max(lows)
+        lo = np.percentile(lows, 10)
+        ax.set_ylim(lo - 0.3 * (hi - lo) - 1e-6, hi + 0.15 * (hi - lo) + 1e-6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Training curves")
+    figs.save(fig, "training", "Training curves",
+              "ELBO per data point by epoch: solid lines the test ELBO, dashed the training minibatch estimate.",
+              "runs")
+
+
+def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
+    runs = [r for r in diagnosis.runs if r.khat.values is not None]
+    if not runs:
+        return
+    plt = _plt()
+    b = max(len(r.points) for r in runs)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.32 * b + 2), 4))
+    ax.axhspan(-1, KHAT_GOOD, color="#2ca02c", alpha=0.07)
+    ax.axhspan(KHAT_GOOD, KHAT_BAD, color="#ff7f0e", alpha=0.09)
+    ax.axhspan(KHAT_BAD, 10, color="#d62728", alpha=0.07)
+    ax.axhline(KHAT_GOOD, color="#ff7f0e", lw=1, ls="--")
+    ax.axhline(KHAT_BAD, color="#d62728", lw=1, ls="--")
+    n = len(runs)
+    allk = []
+    for i, r in enumerate(runs):
+        k = np.asarray(r.khat.values, dtype=float)
+        allk += list(k)
+        xs = np.arange(len(k)) + (i - (n - 1) / 2) * min(0.25, 0.8 / n)
+        ax.scatter(xs, k, s=28, color=COLORS[i % len(COLORS)], label=r.name, zorder=3)
+        for j in np.argsort(-k)[:3]:
+            if k[j] > KHAT_BAD:
+                ax.annotate(f"test[{r.points[j]}]", (xs[j], k[j]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=COLORS[i % len(COLORS)])
+    pts = runs[0].points
+    if len(pts) <= 40:
+        ax.set_xticks(range(len(pts)))
+        ax.set_xticklabels([str(p) for p in pts], fontsize=7)
+    ax.set_xlabel("point (row of the test data)")
+    ax.set_ylabel("PSIS k-hat")
+    ax.set_ylim(min(-0.1, min(allk) - 0.05), max(1.1, max(allk) + 0.1))
+    ax.set_xlim(-0.7, b - 0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Is q(z|x) a good importance proposal? k-hat per point (lower is better)")
+    figs.save(fig, "khat", "PSIS k-hat per point",
+              f"Green: k-hat <= {KHAT_GOOD} (q covers the posterior); orange: up to {KHAT_BAD}; red: above {KHAT_BAD} "
+              "(q misses posterior mass). The worst points are labelled with their test row.", "khat")
+
+
+def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:
+    runs = [r for r in diagnosis.runs if r.comparison is not None]
+    if not runs:
+        return
+    plt = _plt()
+    panels = [("std_mean_error", "|mean error| / reference sd", False),
+              ("sd_ratio", "sd ratio q / reference", True),
+              ("w2", "Wasserstein-2 per latent dim", False),
+              ("gap", "amortization gap (nats)", False)]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for ax, (key, label, ratio) in zip(axes, panels):
+        data = [np.asarray(r.local.gap if key == "gap" else getattr(r.comparison, key), dtype=float) for r in runs]
+        ax.boxplot(data, showfliers=False, widths=0.5)
+        for i, d in enumerate(data):
+            jit = np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else np.zeros(1)
+            ax.scatter(i + 1 + jit, d, s=12, color=COLORS[i % len(COLORS)], alpha=0.8, zorder=3)
+        ax.set_xticks(range(1, len(runs) + 1))
+        ax.set_xticklabels([r.name for r in runs], rotation=20, fontsize=8)
+        if ratio:  # 1 is right; keep 1 in view so distance from it reads at a glance
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            lo = min(1.0, float(np.nanmin(np.concatenate(data))))
+            hi = max(1.0, float(np.nanmax(np.concatenate(data))))
+            pad = 0.08 * (hi - lo) + 1e-3
+            ax.set_ylim(lo - pad, hi + pad)
+        elif key == "gap":
+            ax.axhline(0.0, color="k", lw=0.8, ls="--")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("q(z|x) against the reference, one dot per point", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "comparison", "Per-point comparisons with the reference",
+              "Each dot is one diagnosed point. Errors are 0 and the sd ratio 1 for a perfect q; the amortization gap "
+              "is the ELBO a q fitted to that point alone gains over the amortized q.", "comparison")
+
+
+def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
+    az = arviz()
+    plt = _plt()
+    runs = [r for r in diagnosis.runs if r.q_data is not None]
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 5.2), squeeze=False)
+    for ax, r in zip(axes[0], runs):
+        pts_all = r.points
+        order = list(np.argsort(-_ranking(r)))
+        pick = []
+        for j in [order[0], order[len(order) // 2], 0]:
+            if pts_all[j] not in pick:
+                pick.append(pts_all[j])
+        dims = _order_dims(r)[:2]
+        labels = r.latent_labels
+        site = labels[dims[0]].split("[")[0]  # ArviZ plots one variable (site) at a time
+        local_dims = [int(labels[j].split("[")[1].rstrip("]")) for j in dims if labels[j].split("[")[0] == site]
+        data, names = [r.q_data], ["q(z|x)"]
+        if r.reference_data is not None:
+            data.append(r.reference_data)
+            names.append("reference (" + r.reference.method + ")")
+        az.plot_forest(data, model_names=names, var_names=[site], combined=True, hdi_prob=0.9,
+                       coords={"point": pick, f"{site}_dim": local_dims}, ax=ax, colors=[COLORS[0], REF_COLOR])
+        ax.set_title(f"{r.name}: 90% intervals", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "forest", "Forest plot of posterior summaries",
+              "Per run, 90% highest-density intervals and medians of q(z|x) and of the reference for three points "
+              "(the worst by k-hat, a typical one, the first) and the two most informative latent dimensions. "
+              "Labels read z[point, dim]. Each run has its own latent space: compare q with its own reference.",
+              "comparison")
+
+
+def fig_pairs(figs: Figures, diagnosis: Diagnosis) -> None:
+    plt = _plt()
+    for ri, r in enumerate(diagnosis.runs):
+        if r.q_data is None:
+            continue
+        order = list(np.argsort(-_ranking(r)))
+        picks = [order[0]] + ([order[len(order) // 2]] if len(order) > 1 else [])
+        labels = r.latent_labels
+        dims = _order_dims(r)[: min(3, len(labels))]
+        zq = _draws(r.q_data, labels)
+        zr = _draws(r.reference_data, labels) if r.reference_data is not None else None
+        for j in picks:
+            d = len(dims)
+            fig, axes = plt.subplots(d, d, figsize=(2.6 * d + 0.6, 2.6 * d + 0.4), squeeze=False)
+            for a in range(d):
+                for c in range(d):
+                    ax = axes[a, c]
+                    if c > a:
+                        ax.axis("off")
+                        continue
+                    ia, ic = dims[a], dims[c]
+                    if a == c:
+                        both = zq[:, j, ia] if zr is None else np.concatenate([zq[:, j, ia], zr[:, j, ia]])
+                        lo, hi = np.percentile(both, [0.5, 99.5])
+                        bins = np.linspace(lo, hi, 40) if hi > lo else 20
+                        if zr is not None:
+                            ax.hist(zr[:, j, ia], bins=bins, density=True, color=REF_COLOR, alpha=0.45, label="reference")
+                        ax.hist(zq[:, j, ia], bins=bins, density=True, histtype="step", lw=1.6,
+                                color=COLORS[ri % len(COLORS)], label="q(z|x)")
+                        ax.set_yticks([])
+                    else:
+                        if zr is not None:
+                            ax.scatter(zr[:, j, ic], zr[:, j, ia], s=2, color=REF_COLOR, alpha=0.25, rasterized=True)
+                        ax.scatter(zq[:400, j, ic], zq[:400, j, ia], s=2, color=COLORS[ri % len(COLORS)], alpha=0.5,
+                                   rasterized=True)
+                        if r.grid is not None and d == 2:
+                            _grid_contours(ax, r.grid, j)
+                    if a == d - 1:
+                        ax.set_xlabel(labels[ic])
+                    if c == 0 and a != c:
+                        ax.set_ylabel(labels[ia])
+            handles = [plt.Line2D([], [], color=COLORS[ri % len(COLORS)], lw=2, label="q(z|x)")]
+            if zr is not None:
+                handles.append(plt.Line2D([], [], color=REF_COLOR, lw=6, alpha=0.5,
+                                          label=f"reference ({r.reference.method})"))
+            if r.grid is not None and d == 2:
+                handles.append(plt.Line2D([], [], color="k", lw=1, label="exact posterior (50/90/99%)"))
+            fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+            kh = f", k-hat {r.khat.values[j]:.2f}" if r.khat.values is not None else ""
+            fig.suptitle(f"{r.name}: test[{r.points[j]}]{kh}", fontsize=10, x=0.05, ha="left")
+            fig.tight_layout()
+            which = "worst" if j == picks[0] else "typical"
+            figs.save(fig, f"pair_{r.folder}_{which}", f"{r.name}: posterior of test[{r.points[j]}] ({which} point)",
+                      f"Draws from q(z|x) (colour) over the reference (grey) for the {which} point by "
+                      f"{'k-hat' if r.khat.values is not None else 'amortization gap'}, in the "
+                      f"{'' if d == len(labels) else 'most informative '}latent dimensions.",
+                      "pairs")
+
+
+def _grid_contours(ax, grid: GridPosterior, j: int) -> None:
+    """Contours of the exact grid posterior enclosing 50, 90 and 99% of its mass."""
+    lp = np.asarray(grid.log_prob[j], dtype=float)
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    flat = np.sort(p.reshape(-1))[::-1]
+    cum = np.cumsum(flat)
+    levels = sorted({float(flat[min(np.searchsorted(cum, q), len(flat) - 1)]) for q in (0.99, 0.9, 0.5)})
+    lo, hi = np.asarray(grid.lo[j]), np.asarray(grid.hi[j])
+    g = p.shape[0]
+    xs = lo[0] + (np.arange(g) + 0.5) * (hi[0] - lo[0]) / g
+    ys = lo[1] + (np.arange(g) + 0.5) * (hi[1] - lo[1]) / g
+    if len(levels) >= 2:
+        ax.contour(xs, ys, p.T, levels=levels, colors="k", linewidths=0.9)
+
+
+def _draws(data, latent_labels: List[str]) -> np.ndarray:
+    """ArviZ posterior -> (chains*draws, points, latent) in the order of ``latent_labels``."""
+    post = data["posterior"] if not hasattr(data, "posterior") else data.posterior
+    sites = []
+    for lab in latent_labels:
+        s = lab.split("[")[0]
+        if s not in sites:
+            sites.append(s)
+    parts = []
+    for s in sites:
+        v = np.asarray(post[s].values)
+        parts.append(v.reshape(v.shape[0] * v.shape[1], v.shape[2], -1))
+    return np.concatenate(parts, -1)
+
+
+def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
+    runs = [r for r in diagnosis.runs if r.sbc is not None and r.sbc.ranks is not None]
+    if not runs:
+        return
+    plt = _plt()
+    from scipy.stats import binom
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.3), squeeze=False)
+    for i, (ax, r) in enumerate(zip(axes[0], runs)):
+        sbc = r.sbc
+        ranks = np.asarray(sbc.ranks)
+        levels = sbc.draws + 1
+        bins = 20 if levels % 20 == 0 else 10 if levels % 10 == 0 else min(levels, 10)
+        counts = np.bincount(np.minimum(ranks.reshape(-1) * bins // levels, bins - 1), minlength=bins)
+        n = ranks.size
+        lo, hi = binom.ppf([0.005, 0.995], n, 1 / bins)
+        ax.axhspan(lo, hi, color="#999999", alpha=0.3, label="99% band if uniform")
+        ax.bar(np.arange(bins), counts, width=0.9, color=COLORS[i % len(COLORS)], alpha=0.85)
+        ax.set_xticks([0, bins - 1])
+        ax.set_xticklabels(["z* below all draws", "above all"], fontsize=8)
+        ax.set_title(f"{r.name}: min p = {np.min(sbc.pvalues):.2g}", fontsize=9)
+        ax.set_ylabel("count (all latent dims)")
+        ax.legend(fontsize=7, loc="lower center")
+    fig.suptitle("Simulation-based calibration: rank of the true z among draws from q(z|x)", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "sbc", "Simulation-based calibration ranks",
+              "Flat within the grey band: q is calibrated. A U shape means q is too narrow (overconfident), a hump "
+              "too wide, a slope biased.", "sbc")
+
+
+# -- what the models generate ---------------------------------------------------
+
+
+def _tile(images: np.ndarray, shape, ncols: int) -> np.ndarray:
+    return image_grid(np.asarray(images, dtype=np.float32), shape, ncols)
+
+
+def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
+    """Reconstructions, prior samples and latent traversals, from what diagnose decoded and saved."""
+    runs = [r for r in diagnosis.runs if r.generated is not None]
+    if not runs:
+        return
+    plt = _plt()
+    shape = next((tuple(r.image_shape) for r in runs if r.image_shape), None)
+    x0 = runs[0].generated.data
+    same_points = all(r.generated.data.shape == x0.shape and np.array_equal(r.generated.data, x0) for r in runs)
+    nshow = x0.shape[0]
+
+    # reconstructions: decoder mean at the mean of q(z|x), for the diagnosed points
+    if same_points:
+        recon = [r.generated.reconstructions for r in runs]
+        if shape is not None:
+            rows = [x0] + recon
+            fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * nshow + 1.6, 0.85 * len(rows) + 0.4), squeeze=False)
+            for ax, img, label in zip(axes[:, 0], rows, ["data"] + [r.name for r in runs]):
+                ax.imshow(_tile(img, shape, nshow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        else:
+            k = min(3, nshow)
+            fig, axes = plt.subplots(k, 1, figsize=(8, 1.9 * k), sharex=True, squeeze=False)
+            for i in range(k):
+                ax = axes[i, 0]
+                ax.plot(x0[i], "k.-", lw=1, label="data")
+                for ci, (r, rec) in enumerate(zip(runs, recon)):
+                    ax.plot(rec[i], ".-", lw=1, color=COLORS[ci % len(COLORS)], label=r.name)
+                ax.set_ylabel(f"test[{runs[0].points[i]}]", fontsize=8)
+            axes[0, 0].legend(fontsize=7, loc="upper right")
+            axes[-1, 0].set_xlabel("data dimension")
+        fig.suptitle("Reconstructions: mean of p(x|z) at the mean of q(z|x)", fontsize=10)
+        fig.tight_layout()
+        figs.save(fig, "reconstructions", "Reconstructions", "Top row: the diagnosed test points; below, each run's "
+                  "decoder mean at the mean of its q(z|x).", "generated")
+
+    # samples from the prior
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], runs):
+        xs = r.generated.samples
+        if shape is not None:
+            ax.imshow(_tile(xs, shape, 8), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.axis("off")
+        else:
+            ax.plot(xs[:8].T, alpha=0.7)
+            ax.set_xlabel("data dimension")
+        ax.set_title(r.name, fontsize=9)
+    fig.suptitle("Samples: mean of p(x|z), z ~ p(z)", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "samples", "Samples from the prior", f"Decoder means of {len(runs[0].generated.samples)} draws "
+              "z ~ p(z) per run (the same seed for every run).", "generated")
+
+    # latent traversals
+    for r in runs:
+        g = r.generated
+        dims, steps, xs = [int(j) for j in g.traversal_dims], np.asarray(g.traversal_steps), g.traversal
+        labels = r.latent_labels
+        if shape is not None:
+            fig, ax = plt.subplots(figsize=(0.72 * len(steps) + 1.8, 0.75 * len(dims) + 0.9))
+            ax.imshow(_tile(xs, shape, len(steps)), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            h = shape[0] + 1
+            ax.set_yticks([i * h + shape[0] / 2 for i in range(len(dims))])
+            ax.set_yticklabels([labels[j] for j in dims], fontsize=8)
+            w = shape[1] + 1
+            ax.set_xticks([i * w + shape[1] / 2 for i in range(len(steps))])
+            ax.set_xticklabels([f"{t:+.1f}" for t in steps], fontsize=7)
+            ax.set_xlabel("value in prior standard deviations")
+        else:
+            plt_cm = plt.get_cmap("viridis")
+            fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 1.5 * len(dims) + 0.6), sharex=True, squeeze=False)
+            for a, j in enumerate(dims):
+                for ti in range(len(steps)):
+                    axes[a, 0].plot(xs[a * len(steps) + ti], color=plt_cm(ti / (len(steps) - 1)), lw=1)
+                axes[a, 0].set_ylabel(labels[j], fontsize=8)
+            axes[-1, 0].set_xlabel(f"data dimension (colour: {steps[0]:+.1f} to {steps[-1]:+.1f} prior sd)")
+        ax0 = fig.axes[0]
+        ax0.set_title(f"{r.name}: latent traversals from the encoding of test[{r.points[0]}]", fontsize=10)
+        fig.tight_layout()
+        figs.save(fig, f"traversal_{r.folder}", f"{r.name}: latent traversals",
+                  f"Each row moves one latent dimension (most informative first) from {steps[0]:+.1f} to {steps[-1]:+.1f} "
+                  "prior standard deviations, the others held at the mean of q(z|x) for the first diagnosed point.",
+                  "generated")
+
+
+def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
+    """Every figure the saved results allow, in the report's order."""
+    for fig in (fig_training, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
+        fig(figs, diagnosis)
+    return figs.items

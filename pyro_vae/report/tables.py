@@ -1,0 +1,179 @@
+"""The report's tables as data (raw values in the rows), and how a cell shows a value."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+
+from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck
+from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
+
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    """One table: HTML, Markdown and the terminal format the same raw rows."""
+
+    id: str
+    title: str
+    columns: List[str]
+    rows: List[list]
+    note: str
+
+
+def fmt(v) -> str:
+    """How a table cell shows a value: 4 significant digits, integers exact, None as a dash."""
+    if v is None:
+        return MISSING
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not math.isfinite(v):
+            return MISSING
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _khat_verdict(k: KhatSummary, n: int) -> str:
+    if k.bad is None:
+        return "n/a (point-mass guide)"
+    if k.bad > n / 2:
+        return "POOR: q misses posterior mass"
+    if k.bad > 0:
+        return "mixed: check the worst points"
+    return "good" if k.ok == 0 else f"good (k-hat {KHAT_GOOD}-{KHAT_BAD} for {k.ok} of {n})"
+
+
+def _rhat_count(n: NutsCheck) -> str:
+    """How many (point, latent dim) pairs have R-hat above the threshold, as "k of n"."""
+    return f"{n.rhat_above} of {int(np.size(n.rhat))}"
+
+
+def build_tables(diagnosis: Diagnosis) -> List[Table]:
+    """The report's tables, built from the typed results only."""
+    runs = diagnosis.runs
+    tables = []
+
+    rows = []
+    for r in runs:
+        i = r.info
+        rows.append([r.name, i.get("objective"), i.get("guide"), len(r.latent_labels), r.summary.active_dims,
+                     i.get("epochs"), i.get("test_elbo"), i.get("log_likelihood"), i.get("log_likelihood_se")])
+    tables.append(Table(
+        "runs", "Runs",
+        ["run", "objective", "guide", "latent dims", "active dims", "epochs", "test ELBO", "log p(x)", "log p(x) s.e."],
+        rows,
+        "Test ELBO and importance-sampled log p(x) per data point in nats, from the run's metrics.json. "
+        "Active dims: latent dimensions whose posterior variance is at least 10% below the prior's "
+        "(averaged over the diagnosed points).",
+    ))
+
+    rows = []
+    for r in runs:
+        k = r.khat
+        rows.append([r.name, r.summary.points, k.median, k.max, k.good, k.ok, k.bad, _khat_verdict(k, r.summary.points)])
+    tables.append(Table(
+        "khat", "PSIS k-hat of q(z|x), per data point",
+        ["run", "points", "median k-hat", "max k-hat", f"k-hat <= {KHAT_GOOD}", f"{KHAT_GOOD} < k-hat <= {KHAT_BAD}",
+         f"k-hat > {KHAT_BAD}", "verdict"],
+        rows,
+        f"k-hat is the Pareto shape of the importance weights p(x, z) / q(z|x), z ~ q(z|x), fitted to each "
+        f"point's own {diagnosis.settings.draws} draws. Below {KHAT_GOOD}: q covers the posterior well; "
+        f"{KHAT_GOOD}-{KHAT_BAD}: usable with care; above {KHAT_BAD}: q misses posterior mass and "
+        "importance sampling (and posterior summaries from q) cannot be trusted for that point.",
+    ))
+
+    rows = []
+    for r in runs:
+        for rank, w in enumerate(r.summary.worst, 1):
+            rows.append([r.name, rank, f"test[{w.point}]", w.khat, w.std_mean_error, w.gap])
+    tables.append(Table(
+        "worst", "Worst points (highest k-hat)",
+        ["run", "rank", "point", "k-hat", "|mean error| / reference sd", "amortization gap"],
+        rows,
+        "Points are rows of the run's test data. The amortization gap is in nats.",
+    ))
+
+    rows, check_rows = [], []
+    for r in runs:
+        ref = r.reference
+        if ref.method == "none":
+            rows.append([r.name, "none", None, None, None, None, None, None, None, None])
+            continue
+        if ref.method == "grid":
+            rows.append([r.name, f"exact grid ({ref.cells} cells)", None, ref.draws, None, None, None, None,
+                         None, ref.seconds])
+        else:
+            n = ref.nuts
+            rows.append([r.name, "NUTS", ref.chains, ref.draws, n.rhat_max, _rhat_count(n),
+                         n.ess_bulk_min, n.ess_tail_min, n.divergences, ref.seconds])
+        if ref.checks_nuts:
+            n = ref.nuts
+            check_rows.append([r.name, n.chains, n.draws, n.rhat_max, _rhat_count(n), n.ess_bulk_min, n.divergences,
+                               n.max_std_mean_error_vs_grid, n.max_sd_ratio_error_vs_grid, n.seconds])
+    tables.append(Table(
+        "reference", "Reference posterior (decoder fixed)",
+        ["run", "method", "chains", "draws per chain", "max R-hat", f"R-hat > {RHAT_MAX}", "min bulk ESS",
+         "min tail ESS", "divergences", "seconds"],
+        rows,
+        f"One R-hat and ESS (ArviZ, rank-normalized) per point and latent dimension. NUTS chains should "
+        f"agree (R-hat <= {RHAT_MAX}; among hundreds of pairs a few slightly above are expected by chance, "
+        f"a report warns above {RHAT_FAIL} or for more than {RHAT_FRACTION:.0%} of them) and give >= 100 "
+        "effective draws. A 2-D latent gets the exact posterior on a grid instead (its draws are only for "
+        "the figures).",
+    ))
+    if check_rows:
+        tables.append(Table(
+            "nuts_check", "NUTS checked against the exact grid posterior",
+            ["run", "chains", "draws per chain", "max R-hat", f"R-hat > {RHAT_MAX}", "min bulk ESS", "divergences",
+             "max |mean error| / sd", "max |sd ratio - 1|", "seconds"],
+            check_rows,
+            "With a 2-D latent both references exist; these columns say how far the sampler is from the "
+            "exact answer (Monte Carlo error alone gives about 3 / sqrt(ESS) at most).",
+        ))
+
+    rows = []
+    for r in runs:
+        s = r.summary
+        rows.append([r.name, s.mean_abs_error, s.std_mean_error, s.sd_ratio, s.kl_gauss, s.w2, s.elbo_q,
+                     s.elbo_local, s.gap, s.gap_se])
+    tables.append(Table(
+        "comparison", "q(z|x) versus the reference posterior (means over the diagnosed points)",
+        ["run", "|mean error|", "|mean error| / ref. sd", "sd ratio q / ref.", "KL(q || ref.) Gaussian fits",
+         "W2 per dim", "ELBO amortized q", "ELBO per-point q", "amortization gap", "gap s.e."],
+        rows,
+        "Errors of posterior means are averaged over latent dimensions and points; the sd ratio is a "
+        "geometric mean (1 is right, below 1 overconfident). KL between Gaussians fitted to the draws "
+        "(a dash: q is a point mass); with d latent dimensions and n draws it reads high by roughly "
+        "d(d+1)/(4n) nats, so compare runs diagnosed with the same settings. W2: 1-D Wasserstein-2 "
+        "distance per latent dimension, from quantiles, no Gaussian assumption. "
+        "ELBOs in nats per point; the per-point q is fitted to each point alone with the decoder fixed, so "
+        "the gap is what amortization costs.",
+    ))
+
+    rows = []
+    for r in runs:
+        sbc = r.sbc
+        if sbc is None:
+            rows.append([r.name, None, None, None, None, "not run"])
+        elif sbc.skipped is not None:
+            rows.append([r.name, None, None, None, None, "skipped: " + sbc.skipped])
+        else:
+            verdict = "calibrated" if not sbc.flagged else "NOT calibrated: " + ", ".join(sbc.flagged[:6])
+            rows.append([r.name, sbc.sims, sbc.draws, r.summary.sbc_min_p, len(sbc.flagged), verdict])
+    tables.append(Table(
+        "sbc", "Simulation-based calibration of q(z|x)",
+        ["run", "simulations", "draws per simulation", "min p-value", "dims flagged", "verdict"],
+        rows,
+        "z* ~ p(z), x ~ p(x | z*) from the model itself; the rank of z* among draws from q(z|x) is uniform "
+        "when q is calibrated. Chi-square test per latent dimension (10 bins); a dimension is flagged "
+        "below 0.01 / (number of dimensions).",
+    ))
+    return tables
