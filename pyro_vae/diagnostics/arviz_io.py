@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..rundir.files import TMP_PREFIX, write_error
+from ..rundir.files import write_atomic
 
 
 def arviz():
@@ -43,27 +42,8 @@ def group(data, name: str):
 
 
 def write_netcdf(path: Path, data) -> None:
-    """Write ArviZ data to ``path`` atomically and durably.
-
-    xarray writes to a path, not a stream, so this cannot go through
-    ``rundir.files.write_atomic``; it follows its steps: a temporary file in the
-    same folder, fsync, rename over ``path``.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    try:
-        data.to_netcdf(str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise write_error(path, e, "netCDF file") from None
-        raise
+    """Write ArviZ data to ``path`` through the run directory's atomic writer (netCDF takes a file name)."""
+    write_atomic(path, lambda tmp: data.to_netcdf(str(tmp)), "netCDF file", to_path=True)
 
 
 def load_netcdf(path):

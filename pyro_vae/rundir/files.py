@@ -6,7 +6,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 from ..errors import PyroVAEError
 
@@ -23,11 +23,13 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None], what: str = "file") -> None:
-    """Write ``path`` through ``write(f)`` into a temporary file, fsync it and rename it over ``path``.
+def write_atomic(path: os.PathLike, write: Callable, what: str = "file", *, to_path: bool = False) -> None:
+    """Write ``path`` through ``write`` into a temporary file, fsync it and rename it over ``path``.
 
-    Readers see the old file or the new one, never half; a crash or a full disk
-    mid-write leaves the old one intact.  OS errors become one line naming the file.
+    ``write`` gets the open binary file, or with ``to_path=True`` the temporary
+    file's path (for writers such as netCDF's that only take a name).  Readers see
+    the old file or the new one, never half; a crash or a full disk mid-write
+    leaves the old one intact.  OS errors become one line naming the file.
     """
     path = Path(path)
     try:
@@ -36,10 +38,19 @@ def write_atomic(path: os.PathLike, write: Callable[[BinaryIO], None], what: str
         raise write_error(path, e, what) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make runs unreadable to others
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        if to_path:
+            os.close(fd)
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         # torch's zip writer reports a full disk as "unexpected pos ...", not as an OSError:
