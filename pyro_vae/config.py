@@ -137,7 +137,6 @@ class DataConfig:
 
 #: the sources that read data.path (the IDX folder)
 _PATH_SOURCES = ("fashion-mnist", "mnist")
-_SYNTHETIC_KEYS = ("num_points", "synthetic_dim", "synthetic_latent_dim", "synthetic_noise")
 
 
 def _check_data_keys(d: "DataConfig") -> None:
@@ -157,13 +156,6 @@ def _check_data_keys(d: "DataConfig") -> None:
             f"data.path is given but data.source = {d.source!r}, which does not read it (only "
             f"{' and '.join(_PATH_SOURCES)} read an IDX folder): remove data.path or set data.source"
         )
-    if d.source != "synthetic":
-        changed = [k for k in _SYNTHETIC_KEYS if getattr(d, k) != _DATA_DEFAULTS[k]]
-        if changed:
-            raise PyroVAEError(
-                f"data.{changed[0]} is given but data.source = {d.source!r}: the synthetic_* keys and "
-                "num_points describe the synthetic source; remove them or set data.source = 'synthetic'"
-            )
     if d.test is not None and d.test_fraction != _DATA_DEFAULTS["test_fraction"]:
         raise PyroVAEError(
             "data.test_fraction is given together with data.test, which is the held-out data already: "
