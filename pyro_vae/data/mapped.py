@@ -11,6 +11,12 @@ binarization range checks, the categorical level count) does so chunk by
 chunk here, so no full-size temporary is ever made either.  The held-out
 split is a row index into the same map (the test rows are copied: evaluation
 takes tensors).
+
+Only a file too large to load is mapped (smaller ones are read into memory at
+once), and a map is only as good as the file under it: the file's size,
+modification time and inode are recorded when it is mapped, and every read
+checks them (:meth:`MappedRows.check_unchanged`), so a file rewritten under a
+running job stops it with one line instead of training on new bytes.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from __future__ import annotations
 import gzip
 import math
 import mmap
+import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -26,7 +28,7 @@ import torch
 
 from ..errors import PyroVAEError
 from .checks import check_dtype, describe_too_large, float32_problems, in_unit_interval
-from .files import FileStamp, read_text, regular_file
+from .files import FileStamp, os_problem, read_text, regular_file
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .sizes import check_fits, check_synthetic_size
 from ..registry import Registry
@@ -334,7 +336,14 @@ def _idx_source(name: str, default_dir: Optional[str]):
         if folder is None:
             raise PyroVAEError(f"data.source = {name!r} needs data.path, the folder with its IDX files")
         folder = Path(folder)
-        if not folder.is_dir():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        except OSError as e:  # e.g. a name too long for the file system
+            raise PyroVAEError(f"data.path {str(folder)!r} cannot be used ({os_problem(e)}): "
+                               "set data.path to the IDX folder") from None
+        if not is_dir:
             hint = " (on Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
             raise PyroVAEError(f"data.path {str(folder)!r} is not a folder{hint}: set data.path to the IDX folder")
         arrays = {}
