@@ -17,6 +17,7 @@ import mmap
 import os
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -159,9 +160,10 @@ def _load_array(path: str, what: str, map_large: bool) -> Tuple[np.ndarray, Opti
         raise PyroVAEError(f"{what} file {str(p)!r} cannot be read ({_reason(e)}): is it a valid {suffix} file?") from None
 
 
-#: what numpy, zipfile and zlib raise on a damaged file
-_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, MemoryError,
-                struct.error, KeyError, TypeError, OverflowError, NotImplementedError)
+#: what numpy, zipfile and zlib raise on a damaged file (numpy parses a .npy header with the
+#: tokenizer and ast.literal_eval, hence TokenError, SyntaxError and RecursionError)
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError,
+                RecursionError, MemoryError, struct.error, KeyError, TypeError, OverflowError, NotImplementedError)
 
 
 def _reason(e: BaseException) -> str:
