@@ -107,7 +107,8 @@ def _checked(value, tp, f: dataclasses.Field, path: str):
         raise PyroVAEError(f"{path}: unknown name {value!r}: {did_you_mean(value, names)}valid: {', '.join(names)}")
     check = _RANGES.get(path)
     if check is not None and value is not None and not check[0](value):
-        raise PyroVAEError(f"{path}: must be {check[1]} (got {value!r})")
+        what = check[1](value) if callable(check[1]) else check[1]
+        raise PyroVAEError(f"{path}: must be {what} (got {value!r})")
     return value
 
 
@@ -129,6 +130,38 @@ class DataConfig:
 
     def __post_init__(self):
         _validate_fields(self, "data")
+        if self.train is not None and self.source == "digits":
+            # `train = "x.npy"` alone means array data (digits is only the default source)
+            object.__setattr__(self, "source", "arrays")
+        _check_data_keys(self)
+
+
+#: the sources that read data.path (the IDX folder)
+_PATH_SOURCES = ("fashion-mnist", "mnist")
+
+
+def _check_data_keys(d: "DataConfig") -> None:
+    """Keys that contradict each other fail in one line naming both, instead of one being ignored."""
+    if d.train is not None and d.source != "arrays":
+        raise PyroVAEError(
+            f"data.train is given but data.source = {d.source!r}, which does not read it: "
+            "remove data.source (a data.train file means source 'arrays') or remove data.train"
+        )
+    if d.test is not None and d.train is None:
+        raise PyroVAEError(
+            "data.test is given without data.train: a test file goes with a data.train file, so add data.train "
+            "(other sources hold out data.test_fraction themselves) or remove data.test"
+        )
+    if d.path is not None and d.source not in _PATH_SOURCES:
+        raise PyroVAEError(
+            f"data.path is given but data.source = {d.source!r}, which does not read it (only "
+            f"{' and '.join(_PATH_SOURCES)} read an IDX folder): remove data.path or set data.source"
+        )
+    if d.test is not None and d.test_fraction != _DATA_DEFAULTS["test_fraction"]:
+        raise PyroVAEError(
+            "data.test_fraction is given together with data.test, which is the held-out data already: "
+            "remove one of them"
+        )
 
 
 @dataclass(frozen=True)
@@ -206,26 +239,56 @@ class TrainConfig:
         _validate_fields(self, "train")
 
 
+#: the largest size any one dimension may have (a layer width, a latent or data size, a level
+#: count); a larger number is a typo, and torch's own sizes must stay far below 2**63
+MAX_SIZE = 1 << 24
+#: seeds are in [0, 2**63): torch.manual_seed takes [0, 2**64), and derived seeds add small offsets
+SEED_LIMIT = 1 << 63
+
+
+def _size(v) -> bool:
+    return 1 <= v <= MAX_SIZE
+
+
+def _seed(v) -> bool:
+    return 0 <= v < SEED_LIMIT
+
+
+_TOO_BIG = f"<= {MAX_SIZE} (a larger size is a typo or cannot fit: use a smaller one)"
+
+
+def _bounded(floor: int):
+    """The range text of a size: the bound it broke (so "must be >= 1" stays as it was)."""
+    return lambda v: _TOO_BIG if v > MAX_SIZE else f">= {floor}"
+
+
+_SIZE = _bounded(1)
+_SEED = "in [0, 2**63) (a seed: use a non-negative integer such as 0)"
+
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+
 # Range checks: key path -> (predicate, what it must be).
 _RANGES = {
     "data.test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "data.num_points": (lambda v: v >= 2, ">= 2"),
-    "data.synthetic_dim": (lambda v: v >= 1, ">= 1"),
-    "data.synthetic_latent_dim": (lambda v: v >= 1, ">= 1"),
+    "data.split_seed": (_seed, _SEED),
+    "data.num_points": (lambda v: 2 <= v <= 2**40, lambda v: ">= 2" if v < 2 else "<= 2**40 (use fewer points)"),
+    "data.synthetic_dim": (_size, _SIZE),
+    "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
-    "model.latent_dim": (lambda v: v >= 1, ">= 1"),
-    "model.levels": (lambda v: v is None or v >= 2, ">= 2"),
+    "model.latent_dim": (_size, _SIZE),
+    "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
     "model.prior_scale": (lambda v: v > 0, "> 0"),
     "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),
     "model.contractive": (lambda v: v >= 0, ">= 0"),
     "model.corruption_level": (lambda v: v >= 0, ">= 0"),
-    "model.encoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
-    "model.decoder.hidden": (lambda v: all(h >= 1 for h in v), "a list of positive sizes"),
-    "train.num_particles": (lambda v: v >= 1, ">= 1"),
+    "model.encoder.hidden": (lambda v: all(_size(h) for h in v), lambda v: "a list of positive sizes" if min(v) < 1 else f"a list of sizes each {_TOO_BIG}"),
+    "model.decoder.hidden": (lambda v: all(_size(h) for h in v), lambda v: "a list of positive sizes" if min(v) < 1 else f"a list of sizes each {_TOO_BIG}"),
+    "train.num_particles": (_size, _SIZE),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: 1 <= v < 2**31, lambda v: ">= 1" if v < 1 else "< 2**31 (use a smaller batch)"),
     "train.lr": (lambda v: v > 0, "> 0"),
+    "train.seed": (_seed, _SEED),
     "train.beta": (lambda v: v >= 0, ">= 0"),
     "train.kl_warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "train.eval_every": (lambda v: v >= 1, ">= 1"),
@@ -353,25 +416,29 @@ def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
             if not p.is_absolute() and base is not None:
                 p = base / p
             updates[key] = str(p.absolute()) if base is not None else str(p)
-    if cfg.data.train is not None and cfg.data.source == "digits":
-        updates["source"] = "arrays"  # `train = "x.npy"` alone means array data
     return cfg.replace(data=dataclasses.replace(cfg.data, **updates)) if updates else cfg
 
 
 def load_config(path: os.PathLike, overrides: Tuple[str, ...] = ()) -> Config:
     """Read a TOML file (plus ``section.key=value`` overrides) into a :class:`Config`."""
+    from .data.files import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise PyroVAEError(f"config file {str(path)!r} does not exist: check the path") from None
-    except OSError as e:
-        raise PyroVAEError(f"cannot read config file {str(path)!r}: {e.strerror}") from None
+    # a missing, special (FIFO, device), unreadable or non-UTF-8 file: one line
+    text = read_text(path, "config", "check the path")
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PyroVAEError(f"{path}: invalid TOML: {e}; fix the syntax at that line") from None
+    said = values.get("data", {}).get("source") if isinstance(values.get("data"), Mapping) else None
     values = apply_overrides(values, overrides)
+    data = values.get("data")
+    if said == "digits" and isinstance(data, Mapping) and data.get("source") == "digits" and data.get("train"):
+        # a data.train file with the default source means 'arrays'; a file that names digits outright contradicts it
+        raise PyroVAEError(
+            f"{path}: data.train is given but data.source = 'digits', which does not read it: "
+            "remove data.source (a data.train file means source 'arrays') or remove data.train"
+        )
     return config_from_dict(values, base_dir=path.parent)
 
 

@@ -153,3 +153,71 @@ def test_every_default_name_is_registered():
 def test_python_numbers_are_normalized_like_toml():
     cfg = pv.TrainConfig(lr=1, beta=0)
     assert type(cfg.lr) is float and type(cfg.beta) is float
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"train": {"seed": -1}}, r"train.seed: must be in \[0, 2\*\*63\)"),
+    ({"train": {"seed": 2**64}}, r"train.seed: must be in \[0, 2\*\*63\)"),
+    ({"data": {"split_seed": -5}}, r"data.split_seed: must be in \[0, 2\*\*63\).*non-negative integer"),
+    ({"model": {"latent_dim": 10**9}}, r"model.latent_dim: must be <= 16777216 \(.*use a smaller one\)"),
+    ({"model": {"decoder": {"hidden": [2**30]}}}, r"model.decoder.hidden: must be a list of sizes each <= 16777216"),
+    ({"model": {"levels": 10**9}}, r"model.levels: must be <= 16777216"),
+    ({"data": {"synthetic_dim": 10**12}}, r"data.synthetic_dim: must be <= 16777216"),
+    ({"data": {"num_points": 10**15}}, r"data.num_points: must be <= 2\*\*40"),
+    ({"train": {"batch_size": 2**40}}, r"train.batch_size: must be < 2\*\*31"),
+    ({"train": {"num_particles": 10**9}}, r"train.num_particles: must be <= 16777216"),
+])
+def test_seeds_and_sizes_have_upper_and_lower_bounds(values, fragment):
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.config_from_dict(values)
+
+
+def test_the_largest_seeds_and_sizes_are_accepted():
+    cfg = pv.config_from_dict({"train": {"seed": 2**63 - 1, "num_particles": 2**24},
+                               "data": {"split_seed": 2**63 - 1}, "model": {"latent_dim": 2**24}})
+    assert cfg.train.seed == 2**63 - 1 and cfg.model.latent_dim == 2**24
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"source": "synthetic", "train": "x.npy"}, r"data.train is given but data.source = 'synthetic'.*remove"),
+    ({"source": "fashion-mnist", "train": "x.npy"}, r"data.train is given but data.source = 'fashion-mnist'"),
+    ({"test": "t.npy"}, r"data.test is given without data.train"),
+    ({"source": "synthetic", "test": "t.npy"}, r"data.test is given without data.train"),
+    ({"path": "/data/idx"}, r"data.path is given but data.source = 'digits'.*remove data.path"),
+    ({"source": "synthetic", "path": "/data/idx"}, r"data.path is given but data.source = 'synthetic'"),
+    ({"train": "x.npy", "test": "t.npy", "test_fraction": 0.3}, r"data.test_fraction is given together with data.test"),
+])
+def test_contradicting_data_keys_name_both(values, fragment):
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.config_from_dict({"data": values})
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.DataConfig(**values)
+
+
+def test_a_train_file_alone_means_arrays_but_digits_said_outright_contradicts_it(tmp_path):
+    assert pv.DataConfig(train="x.npy").source == "arrays"  # from Python as from TOML
+    assert pv.config_from_dict({"data": {"train": "x.npy"}}).data.source == "arrays"
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nsource = "digits"\ntrain = "x.npy"\n')
+    with pytest.raises(pv.PyroVAEError, match=r"data.train is given but data.source = 'digits'"):
+        pv.load_config(p)
+    p.write_text('[data]\ntrain = "x.npy"\n')
+    assert pv.load_config(p).data.source == "arrays"
+
+
+def test_config_files_that_are_not_utf8_text_or_not_files(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_bytes(b"[train]\nepochs = 3  # caf\xe9\n")
+    with pytest.raises(pv.PyroVAEError, match=r"is not UTF-8 text \(byte 0xe9 at line 2\): save it as UTF-8"):
+        pv.load_config(p)
+    p.write_bytes("[train]\nepochs = 3\n".encode("utf-8-sig"))  # a byte-order mark, as some editors write
+    assert pv.load_config(p).train.epochs == 3
+    with pytest.raises(pv.PyroVAEError, match="is a folder"):
+        pv.load_config(tmp_path)
+    with pytest.raises(pv.PyroVAEError, match="too long for the file system.*use a shorter name"):
+        pv.load_config(tmp_path / ("c" * 300 + ".toml"))
+    import os
+
+    os.mkfifo(tmp_path / "f.toml")
+    with pytest.raises(pv.PyroVAEError, match="is a FIFO"):
+        pv.load_config(tmp_path / "f.toml")

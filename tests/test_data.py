@@ -1,6 +1,7 @@
-"""Data sources: arrays in three formats, IDX files, digits, synthetic, splits and binarization."""
+"""Data sources: arrays in three formats, IDX files, digits, synthetic, splits, binarization, and bad files."""
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -129,3 +130,128 @@ def test_synthetic_source_is_seed_controlled_and_follows_its_model():
     expected = synthetic_mean(truth, z).mean(0)
     se = a.train.std(0) / a.train.shape[0] ** 0.5
     assert ((a.train.mean(0) - expected).abs() < 5 * se + 1e-3).all()
+
+
+def test_small_npy_is_read_into_memory_so_rewriting_it_changes_nothing(tmp_path):
+    x = np.random.default_rng(2).normal(size=(30, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", x[:5])
+    ds = pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy"), test=str(tmp_path / "t.npy")), "normal")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))  # shorter: a map of the old file would SIGBUS
+    np.save(tmp_path / "t.npy", np.zeros((2, 3), np.float32))
+    assert torch.equal(ds.train, torch.from_numpy(x)) and torch.equal(ds.test, torch.from_numpy(x[:5]))
+
+
+@pytest.mark.parametrize("change", ["rewrite", "resize", "replace"])
+def test_a_mapped_file_changed_under_a_job_is_one_line(tmp_path, monkeypatch, change):
+    monkeypatch.setenv("PYRO_VAE_MEMMAP_BYTES", "100")  # the file is about 1 kB: it is mapped
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(3).normal(size=(60, 4)).astype(np.float32)
+    np.save(path, x)
+    ds = pv.load_data(pv.DataConfig(train=str(path), test_fraction=0.2), "normal")
+    assert type(ds.train).__name__ == "MappedRows"
+    ds.train.check_unchanged()
+    first = ds.train[:3]
+    assert torch.equal(first, torch.from_numpy(x)[ds.train.rows[:3]])
+    if change == "rewrite":  # same size, new values
+        before = path.stat().st_mtime_ns
+        np.save(path, -x)
+        os.utime(path, ns=(before + 10**9, before + 10**9))  # coarse file-system clocks: a visible change
+    elif change == "resize":
+        np.save(path, np.concatenate([x, x]))
+    else:
+        np.save(tmp_path / "new.npy", -x)
+        os.replace(tmp_path / "new.npy", path)
+    with pytest.raises(pv.PyroVAEError, match=r"^data\.train \(x\.npy\) changed on disk") as e:
+        ds.train[:3]
+    assert "\n" not in str(e.value) and "restart" in str(e.value)
+    with pytest.raises(pv.PyroVAEError, match="changed on disk"):
+        ds.train.check_unchanged()
+
+
+def test_csv_with_a_byte_order_mark_keeps_every_row(tmp_path):
+    (tmp_path / "x.csv").write_text("1,2\n3,4\n5,6\n", encoding="utf-8-sig")
+    ds = pv.load_data(pv.DataConfig(train=str(tmp_path / "x.csv"), test_fraction=0.0), "normal")
+    assert ds.train.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+@pytest.mark.parametrize("arr, fragment", [
+    (np.ones((4, 2), np.complex128), r"dtype complex128, complex numbers"),
+    (np.array(["2020-01-01"] * 4, "datetime64[D]").reshape(2, 2), r"dtype datetime64\[D\], dates/times"),
+    (np.array([["a", "b"]]), r"dtype <U1, text"),
+])
+def test_non_real_dtypes_are_refused_by_name(tmp_path, arr, fragment):
+    np.save(tmp_path / "x.npy", arr)
+    with pytest.raises(pv.PyroVAEError, match=fragment):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy")))
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_float32_overflow_is_not_called_nan(tmp_path, monkeypatch, mapped):
+    if mapped:
+        monkeypatch.setenv("PYRO_VAE_MEMMAP_BYTES", "100")
+    x = np.ones((20, 3))
+    x[4, 1] = -3e40
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(pv.PyroVAEError, match=r"1 values too large for float32 \(max \|x\| = 3e\+40; "
+                                              r"first at row 4, column 1\)") as e:
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy")))
+    assert "NaN" not in str(e.value)
+    x[4, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(pv.PyroVAEError, match="NaN/Inf values"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy")))
+
+
+def test_damaged_archives_and_idx_headers_are_one_line(tmp_path, idx_dir):
+    np.save(tmp_path / "x.npy", np.ones((50, 4)))
+    raw = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(raw[:-8])
+    with pytest.raises(pv.PyroVAEError, match=r"is truncated: its header says \(50, 4\) float64"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy")))
+    (tmp_path / "x.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(pv.PyroVAEError, match="cannot be read.*valid .npz"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npz")))
+    labels = idx_dir / "train-labels-idx1-ubyte"
+    good = labels.read_bytes()
+    for bad, fragment in ((b"\x00\x01" + good[2:], "bad magic"), (good[:6], "header is truncated"),
+                          (good[:-1], "expected 50 values, found 49"), (good + b"\x00", "expected 50 values, found 51")):
+        labels.write_bytes(bad)
+        with pytest.raises(pv.PyroVAEError, match=f"train-labels.*corrupt.*{fragment}"):
+            pv.load_data(pv.DataConfig(source="mnist", path=str(idx_dir)))
+    labels.write_bytes(struct.pack(">HBBI", 0, 8, 1, 49) + bytes(49))  # a valid file, one label short
+    with pytest.raises(pv.PyroVAEError, match="50 train images but 49 labels"):
+        pv.load_data(pv.DataConfig(source="mnist", path=str(idx_dir)))
+
+
+def test_special_files_are_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "x.npy")  # opening it would block until a writer came
+    with pytest.raises(pv.PyroVAEError, match="is a FIFO"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "x.npy")))
+    (tmp_path / "z.csv").symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(pv.PyroVAEError, match="is a character device, not a regular file"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / "z.csv")))
+    with pytest.raises(pv.PyroVAEError, match="too long for the file system"):
+        pv.load_data(pv.DataConfig(train=str(tmp_path / ("x" * 300 + ".npy"))))
+
+
+def test_synthetic_sizes_that_cannot_fit_fail_before_allocating():
+    with pytest.raises(pv.PyroVAEError, match=r"the synthetic data \(data.num_points = 1099511627776 .*GiB, "
+                                              r"more than this machine's"):
+        pv.load_data(pv.DataConfig(source="synthetic", num_points=2**40, synthetic_dim=4096))
+
+
+def test_model_size_and_inferred_levels_are_checked_against_memory():
+    from pyro_vae.data.sizes import check_model_size, inferred_levels, model_parameter_count
+
+    cfg = pv.ModelConfig(latent_dim=4, encoder=pv.NetConfig(hidden=(8,)), decoder=pv.NetConfig(hidden=(8,)))
+    # encoder 10 -> 8 -> 2*4, decoder 4 -> 8 -> 10: weights and biases
+    assert model_parameter_count(cfg, 10)[0] == (10 * 8 + 8) + (8 * 8 + 8) + (4 * 8 + 8) + (8 * 10 + 10)
+    check_model_size(cfg, 10)
+    huge = pv.ModelConfig(latent_dim=2**24)
+    with pytest.raises(pv.PyroVAEError, match=r"mostly from model.latent_dim = 16777216.*GiB, more than this "
+                                              r"machine's 1 GiB: use smaller sizes"):
+        check_model_size(huge, 784, memory=2**30)
+    assert inferred_levels(torch.tensor([[0.0, 3.0]]), torch.tensor([[16.0]])) == 17
+    with pytest.raises(pv.PyroVAEError, match="would infer 1e\\+09 \\+ 1 levels.*set model.levels"):
+        inferred_levels(torch.tensor([[1e9]]), torch.tensor([[0.0]]))

@@ -1,9 +1,10 @@
-"""Data checks: the one NaN/Inf describer, finiteness and support checks done in bounded blocks."""
+"""Data checks: dtypes, the NaN/Inf and float32-overflow describers, finiteness and support checks in bounded blocks."""
 
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import PyroVAEError
@@ -17,6 +18,57 @@ def describe_nonfinite(x: torch.Tensor) -> str:
     bad = ~torch.isfinite(x)
     r, c = (int(i) for i in bad.nonzero()[0])
     return f"{int(bad.sum())} NaN/Inf values in {int(bad.any(1).sum())} rows (first at row {r}, column {c})"
+
+
+#: dtype kinds that are not numbers a model can take, and what to do about each
+_NOT_NUMERIC = {
+    "c": "complex numbers: a model takes real values; save the real and imaginary parts as separate columns",
+    "M": "dates/times: convert them to numbers (e.g. seconds since a reference time) first",
+    "m": "time spans: convert them to numbers (e.g. seconds) first",
+    "O": "Python objects: save a plain numeric array",
+    "U": "text: remove text columns or convert them to numbers",
+    "S": "bytes/text: remove text columns or convert them to numbers",
+    "V": "structured or raw records: save a plain numeric array (one column per field)",
+}
+
+
+def check_dtype(dtype, what: str) -> None:
+    """Refuse, in one line naming the dtype, data that are not real numbers (complex, datetime, text, objects)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in _NOT_NUMERIC:
+        raise PyroVAEError(f"{what} is not real numeric data (dtype {dtype}, {_NOT_NUMERIC[dtype.kind]})")
+
+
+#: the largest finite float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_problems(arr: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(NaN/Inf mask, finite-but-beyond-float32 mask) of a numeric array; None where there are none.
+
+    Values beyond float32's range would become Inf in the cast, so they are told
+    apart from the NaN/Inf the data really hold.
+    """
+    if arr.dtype.kind in "biu":
+        return None, None  # integers and booleans are finite, and even 2**64 fits float32's range
+    finite = np.isfinite(arr)
+    bad = None if finite.all() else ~finite
+    over = None
+    if arr.dtype.itemsize > 4 and arr.size:
+        # two reductions over the finite values, no temporaries; the mask only when needed
+        hi = float(np.max(arr, where=finite, initial=0))
+        lo = float(np.min(arr, where=finite, initial=0))
+        if max(hi, -lo) > FLOAT32_MAX:
+            over = finite & (np.abs(arr) > FLOAT32_MAX)
+    return bad, over
+
+
+def describe_too_large(arr: np.ndarray, over: np.ndarray, what: str, row_offset: int = 0) -> str:
+    """The one-line error for values that a float32 cannot hold."""
+    r, c = np.argwhere(over)[0]
+    top = float(np.abs(arr[over]).max())  # only the offending values: a small selection
+    return (f"{what} has {int(over.sum())} values too large for float32 (max |x| = {top:.4g}; "
+            f"first at row {int(r) + row_offset}, column {int(c)}): rescale the data, e.g. divide by a constant")
 
 
 def _is_mapped(x) -> bool:

@@ -12,7 +12,14 @@ Training data stays on the training device and is batched by index
 from __future__ import annotations
 
 import gzip
+import math
+import mmap
+import os
+import stat
 import struct
+import tokenize
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -21,8 +28,10 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from .checks import check_dtype, describe_too_large, float32_problems, in_unit_interval
+from .files import FileStamp, os_problem, read_text, regular_file
 from .mapped import MappedRows, mapped_matrix, memmap_limit
-from .checks import in_unit_interval
+from .sizes import check_fits, check_synthetic_size
 from ..registry import Registry
 
 SOURCES: Registry = Registry("data source")
@@ -59,11 +68,10 @@ class Dataset:
 
 
 def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[list] = None) -> torch.Tensor:
-    """Validate an array-like as a non-empty finite float32 matrix (rows = points)."""
+    """Validate an array-like as a non-empty finite float32 matrix (rows = points), held in memory."""
     notes = notes if notes is not None else []
     arr = np.asarray(array)
-    if arr.dtype.kind in "OUSV":
-        raise PyroVAEError(f"{what} is not numeric (dtype {arr.dtype}): remove text columns or convert them to numbers")
+    check_dtype(arr.dtype, what)
     if arr.dtype.kind == "b":
         arr = arr.astype(np.float32)
     if arr.ndim == 1:
@@ -72,68 +80,134 @@ def as_matrix(array, what: str, drop_nonfinite: bool = False, notes: Optional[li
         arr = arr.reshape(arr.shape[0], -1)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise PyroVAEError(f"{what} is empty (shape {tuple(np.shape(array))}): give at least one row and one column")
-    if arr.dtype != np.float32:
-        notes.append(f"{what}: cast from {arr.dtype} to float32")
-        arr = arr.astype(np.float32)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad_rows = ~finite.all(axis=1)
-        r, c = np.argwhere(~finite)[0]
+    bad, too_large = float32_problems(arr)
+    if bad is not None:
+        bad_rows = bad.any(axis=1)
+        r, c = np.argwhere(bad)[0]
         if not drop_nonfinite:
             raise PyroVAEError(
-                f"{what} has {int((~finite).sum())} NaN/Inf values in {int(bad_rows.sum())} rows "
+                f"{what} has {int(bad.sum())} NaN/Inf values in {int(bad_rows.sum())} rows "
                 f"(first at row {r}, column {c}): clean the data or set data.drop_nonfinite = true to drop those rows"
             )
         arr = arr[~bad_rows]
+        too_large = None if too_large is None else too_large[~bad_rows]
         notes.append(f"{what}: dropped {int(bad_rows.sum())} rows with NaN/Inf")
         if arr.shape[0] == 0:
             raise PyroVAEError(f"{what}: every row has NaN/Inf values; nothing is left to train on")
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:
-        # a read-only memory map of a float32 .npy: share it rather than copy it
-        # (nothing writes to data in place), without torch's warning about it
-        import warnings
+    if too_large is not None and too_large.any():
+        raise PyroVAEError(describe_too_large(arr, too_large, what))
+    if arr.dtype != np.float32:
+        notes.append(f"{what}: cast from {arr.dtype} to float32")
+        arr = arr.astype(np.float32)
+    # an array backed by a file (a memory map) is copied: rewriting the file must not change
+    # or crash (SIGBUS) a running job; only MappedRows (mapped.py) trains from a map
+    if _file_backed(arr) or not arr.flags.writeable:
+        arr = np.array(arr, order="C", copy=True)
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.from_numpy(arr)
-    return torch.from_numpy(arr)
+
+def _file_backed(arr: np.ndarray) -> bool:
+    base = arr
+    while base is not None:
+        if isinstance(base, (np.memmap, mmap.mmap)):
+            return True
+        base = getattr(base, "base", None)
+    return False
+
+
+_CHECK_PATHS = "check data.train / data.test"
 
 
 def read_array(path: str, what: str) -> np.ndarray:
-    """Read ``.npy``, ``.npz`` (the array named ``x``, else the only array) or ``.csv``."""
+    """Read ``.npy``, ``.npz`` (the array named ``x``, else the only array) or ``.csv`` into memory."""
+    return _load_array(path, what, map_large=False)[0]
+
+
+def _load_array(path: str, what: str, map_large: bool) -> Tuple[np.ndarray, Optional[FileStamp]]:
+    """The array in ``path`` and, if it was memory-mapped (a ``.npy`` over :func:`memmap_limit`), its stamp.
+
+    Everything that can be checked before reading is: the path is a regular file
+    (not a FIFO or device that would block or never end), the type is known, and
+    a ``.npy`` header's shape and dtype fit the file's size.  Every damaged
+    file then fails in one line.
+    """
     p = Path(path)
-    if not p.exists():
-        raise PyroVAEError(f"{what} file {str(p)!r} does not exist: check data.train / data.test")
-    if p.is_dir():
-        raise PyroVAEError(f"{what} path {str(p)!r} is a folder: give a .npy, .npz or .csv file")
+    st = regular_file(p, what, _CHECK_PATHS)
     suffix = p.suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise PyroVAEError(f"{what} file {str(p)!r} has an unsupported type {suffix!r}: use .npy, .npz or .csv")
+    if suffix == ".csv":
+        return _read_csv(p, what), None
     try:
         if suffix == ".npy":
-            # mmap: a large file is paged in as batches touch it, not read whole
-            return np.load(p, mmap_mode="r", allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                names = list(z.keys())
-                if not names:
-                    raise PyroVAEError(f"{what} file {str(p)!r} holds no arrays")
-                key = "x" if "x" in names else names[0] if len(names) == 1 else None
-                if key is None:
-                    raise PyroVAEError(
-                        f"{what} file {str(p)!r} holds several arrays ({', '.join(names)}) and none is named 'x': save the data as 'x'"
-                    )
-                return z[key]
-        if suffix == ".csv":
-            return _read_csv(p, what)
+            with open(p, "rb") as f:
+                shape, dtype, data_bytes = _npy_header(f, what, p)
+                offset = f.tell()
+            if st.st_size - offset < data_bytes:
+                raise PyroVAEError(
+                    f"{what} file {str(p)!r} is truncated: its header says {shape} {dtype} ({data_bytes} bytes) "
+                    f"but it holds {max(0, st.st_size - offset)}: re-create the file"
+                )
+            if map_large and data_bytes > memmap_limit():
+                # too large to load: a map pages in the rows batches touch (mapped.py)
+                return np.load(p, mmap_mode="r", allow_pickle=False), FileStamp.of(p, st)
+            check_fits(data_bytes, f"{what} ({shape} {dtype})", "use a smaller file", memory=None)
+            return np.load(p, allow_pickle=False), None
+        return _read_npz(p, what), None
     except PyroVAEError:
         raise
-    except (ValueError, OSError, EOFError) as e:
-        raise PyroVAEError(f"{what} file {str(p)!r} cannot be read ({e}): is it a valid {suffix} file?") from None
-    raise PyroVAEError(f"{what} file {str(p)!r} has an unsupported type {suffix!r}: use .npy, .npz or .csv")
+    except _READ_ERRORS as e:
+        raise PyroVAEError(f"{what} file {str(p)!r} cannot be read ({_reason(e)}): is it a valid {suffix} file?") from None
+
+
+#: what numpy, zipfile and zlib raise on a damaged file (numpy parses a .npy header with the
+#: tokenizer and ast.literal_eval, hence TokenError, SyntaxError and RecursionError)
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError,
+                RecursionError, MemoryError, struct.error, KeyError, TypeError, OverflowError, NotImplementedError)
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the library wrote
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _npy_header(f, what: str, p: Path):
+    """(shape, dtype, data bytes) from an open ``.npy`` stream; its dtype checked (no pickles, no text)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)  # 2.0 and 3.0 share this layout
+    check_dtype(dtype, what)
+    return shape, dtype, math.prod(shape) * dtype.itemsize
+
+
+def _read_npz(p: Path, what: str) -> np.ndarray:
+    with zipfile.ZipFile(p) as zf:
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        if not names:
+            raise PyroVAEError(f"{what} file {str(p)!r} holds no arrays")
+        key = "x" if "x" in names else names[0] if len(names) == 1 else None
+        if key is None:
+            raise PyroVAEError(
+                f"{what} file {str(p)!r} holds several arrays ({', '.join(names)}) and none is named 'x': save the data as 'x'"
+            )
+        info = zf.getinfo(key + ".npy")
+        with zf.open(info) as f:
+            shape, dtype, data_bytes = _npy_header(f, f"{what} (array {key!r})", p)
+            if info.file_size - f.tell() < data_bytes:
+                raise PyroVAEError(
+                    f"{what} file {str(p)!r}: array {key!r} is truncated (its header says {shape} {dtype}, "
+                    f"{data_bytes} bytes): re-create the file"
+                )
+        check_fits(data_bytes, f"{what} ({shape} {dtype})", "use a smaller file", memory=None)
+        with zf.open(info) as f:  # from the start again: read_array reads the header itself
+            return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _read_csv(p: Path, what: str) -> np.ndarray:
-    rows = [line for line in p.read_text().splitlines() if line.strip()]
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first cell
+    rows = [line for line in read_text(p, what, _CHECK_PATHS).splitlines() if line.strip()]
     if not rows:
         raise PyroVAEError(f"{what} file {str(p)!r} is empty")
     skip = 0
@@ -202,22 +276,50 @@ def _digits(cfg, discrete: bool):
     return Dataset(tr, te, "digits", (8, 8), ltr, lte, notes=notes)
 
 
+#: IDX dtype codes (only unsigned bytes, the format of MNIST and Fashion-MNIST, are read)
+_IDX_DTYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): MNIST's and Fashion-MNIST's format."""
+    """Read an IDX file (optionally gzipped): MNIST's and Fashion-MNIST's format.
+
+    The header is read and checked first (magic number, dtype, dimensions
+    against the size of the data), so a damaged or foreign file fails in one
+    line, and only the bytes the header promises are read.
+    """
+    path = Path(path)
+
+    def corrupt(why: str) -> PyroVAEError:
+        return PyroVAEError(f"IDX file {str(path)!r} is corrupt or not an IDX file ({why}): re-install or re-download it")
+
+    st = regular_file(path, "IDX", "set data.path to the folder with the IDX files")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError("bad magic number")
-        shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        if data.size != int(np.prod(shape)):
-            raise ValueError(f"expected {int(np.prod(shape))} values, found {data.size}")
-        return data.reshape(shape)
-    except (OSError, EOFError, ValueError, struct.error) as e:
-        raise PyroVAEError(f"IDX file {str(path)!r} is corrupt or not an IDX file ({e}): re-install or re-download it") from None
+            head = f.read(4)
+            if len(head) < 4:
+                raise corrupt(f"{len(head)} bytes, shorter than an IDX header")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype_code not in _IDX_DTYPES:
+                raise corrupt("bad magic number")
+            if dtype_code != 0x08:
+                raise corrupt(f"{_IDX_DTYPES[dtype_code]} values; only unsigned-byte IDX files are read")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise corrupt(f"the header is truncated: {ndim} dimensions announced")
+            shape = struct.unpack(">" + "I" * ndim, dims)
+            expected = math.prod(shape)  # exact: no int64 wrap-around for crafted dimensions
+            if path.suffix != ".gz" and st.st_size - 4 - 4 * ndim != expected:
+                raise corrupt(f"expected {expected} values, found {st.st_size - 4 - 4 * ndim}")
+            check_fits(expected, f"IDX file {str(path)!r} (shape {shape})", "check the file", memory=None)
+            raw = f.read(expected + 1)  # one more: a longer stream is as wrong as a shorter one
+        if len(raw) != expected:
+            raise corrupt(f"expected {expected} values, found {len(raw)}" + ("" if len(raw) <= expected else " or more"))
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+    except PyroVAEError:
+        raise
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:
+        raise corrupt(_reason(e)) from None
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -236,11 +338,30 @@ def _idx_source(name: str, default_dir: Optional[str]):
         if folder is None:
             raise PyroVAEError(f"data.source = {name!r} needs data.path, the folder with its IDX files")
         folder = Path(folder)
-        if not folder.is_dir():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        except OSError as e:  # e.g. a name too long for the file system
+            raise PyroVAEError(f"data.path {str(folder)!r} cannot be used ({os_problem(e)}): "
+                               "set data.path to the IDX folder") from None
+        if not is_dir:
             hint = " (on Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
             raise PyroVAEError(f"data.path {str(folder)!r} is not a folder{hint}: set data.path to the IDX folder")
-        arrays = {k: read_idx(_find_idx(folder, f"{k}-idx{3 if 'images' in k else 1}-ubyte"))
-                  for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+        arrays = {}
+        for k in ("train-images", "train-labels", "t10k-images", "t10k-labels"):
+            ndim = 3 if "images" in k else 1
+            p = _find_idx(folder, f"{k}-idx{ndim}-ubyte")
+            arrays[k] = read_idx(p)
+            if arrays[k].ndim != ndim or arrays[k].shape[0] == 0:
+                raise PyroVAEError(f"IDX file {str(p)!r} has shape {arrays[k].shape}, not {ndim}-D with at least one "
+                                   "row: re-install or re-download it")
+        for part in ("train", "t10k"):
+            if len(arrays[f"{part}-images"]) != len(arrays[f"{part}-labels"]):
+                raise PyroVAEError(
+                    f"IDX files in {str(folder)!r}: {len(arrays[f'{part}-images'])} {part} images but "
+                    f"{len(arrays[f'{part}-labels'])} labels: re-install or re-download them"
+                )
         scale = 1.0 if discrete else 255.0
         tr = torch.from_numpy(arrays["train-images"].reshape(len(arrays["train-images"]), -1).astype(np.float32) / scale)
         te = torch.from_numpy(arrays["t10k-images"].reshape(len(arrays["t10k-images"]), -1).astype(np.float32) / scale)
@@ -275,6 +396,7 @@ def synthetic_mean(truth: dict, z: torch.Tensor) -> torch.Tensor:
 @SOURCES.register("synthetic")
 def _synthetic(cfg, discrete: bool):
     """z ~ N(0, I_k), x | z ~ N(W tanh(A z + b), noise^2 I): a known non-linear latent model."""
+    check_synthetic_size(cfg)  # before any of it is allocated
     truth = synthetic_truth(cfg)
     g = torch.Generator().manual_seed(cfg.split_seed)
     z = torch.randn(cfg.num_points, cfg.synthetic_latent_dim, generator=g)
@@ -288,12 +410,14 @@ def _arrays(cfg, discrete: bool):
     if cfg.train is None:
         raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npy\" (.npy, .npz or .csv)")
     notes: list = []
-    raw = read_array(cfg.train, "data.train")
+    # only a file too large to load is memory-mapped; anything smaller is read into memory now,
+    # so rewriting the file later cannot touch the job
+    raw, stamp = _load_array(cfg.train, "data.train", map_large=True)
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
     what = f"data.train ({Path(cfg.train).name})"
-    if isinstance(raw, np.memmap) and raw.nbytes > memmap_limit():
+    if stamp is not None:
         # larger than the limit: train from the map a batch at a time (pyro_vae/mapped.py)
-        x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes)
+        x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
         notes.append(f"{what}: {raw.nbytes / 2**20:.3g} MiB is over the memory-map limit "
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
     else:
