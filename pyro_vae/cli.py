@@ -243,6 +243,7 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
+    from .data.sizes import check_fits
     from .errors import PyroVAEError
     from .plots import save_image_grid
     from .rundir.files import write_atomic
@@ -262,6 +263,8 @@ def cmd_sample(args) -> int:
         raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
+    width = getattr(run.model, "data_dim", 1) + run.config.model.latent_dim
+    check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)
         _, xs = run.model.sample(args.n)

@@ -26,6 +26,7 @@ import pyro
 
 from ..config import Config, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
+from ..data.sizes import check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
@@ -54,8 +55,7 @@ def resolve_config(cfg: Config, data: Dataset) -> Config:
     """Fill in what depends on the data: binarization mode and categorical levels."""
     model = cfg.model
     if model.likelihood == "categorical" and model.levels is None:
-        top = int(max(float(data.train.max()), float(data.test.max())))
-        model = dataclasses.replace(model, levels=max(2, top + 1))
+        model = dataclasses.replace(model, levels=inferred_levels(data.train, data.test))
     d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, cfg.model.likelihood))
     return cfg.replace(data=d, model=model)
 
@@ -74,6 +74,7 @@ def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, cfg.model.likelihood)
     cfg = resolve_config(cfg, data)
+    check_model_size(cfg.model, data.dim)  # before torch allocates it
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model = build_model(cfg.model, data.dim)
     check_support(model, data)
