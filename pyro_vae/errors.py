@@ -1,9 +1,8 @@
-"""The one exception type users see.
+"""Every exception and warning the library raises, and the helpers that word their one-line messages.
 
-Every problem a user can fix (bad config, bad data, missing file, corrupt
-checkpoint) raises :class:`PyroVAEError` with a single line that names the
-problem and the fix.  The CLI prints that line and exits non-zero without a
-traceback; library callers can catch it like any ``ValueError``.
+A problem a user can fix (bad config, bad data, missing file, corrupt
+checkpoint) raises :class:`PyroVAEError` with one line naming the problem and
+the fix; the CLI prints it and exits 2 without a traceback.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Figures a person looks at instead of reading numbers: loss curves,
-reconstructions, samples and the latent space.  Matplotlib with the Agg
-backend (no display needed); every function writes one PNG and returns its path.
+"""A run's figures: loss curve, reconstructions, samples and the latent space, one PNG each.
+
+Matplotlib with the Agg backend (no display needed); every PNG goes through
+the run directory's atomic writer.
 """
 
 from __future__ import annotations
