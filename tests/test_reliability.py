@@ -33,7 +33,8 @@ from pyro_vae.config import ModelConfig, NetConfig, TrainConfig, config_from_dic
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import evaluate
 from pyro_vae.models import build_model
-from pyro_vae.training.trainer import MAX_CONSECUTIVE_NONFINITE, Trainer
+from pyro_vae.training.nonfinite import MAX_CONSECUTIVE_NONFINITE
+from pyro_vae.training.trainer import Trainer
 from pyro_vae.errors import NonFiniteError, TrainingInterrupted
 
 REPO = Path(pyro_vae.__file__).resolve().parents[1]
@@ -550,7 +551,7 @@ def test_raise_at_the_first_step_saves_a_state_that_resumes_with_the_same_data_o
     resumed.load_state_dict(saved)
     resumed.fit(x)
     # the saved epoch-1 order is used, and epoch 2 draws the next order, not epoch 1's again
-    assert torch.equal(resumed._data_rng.get_state(), straight._data_rng.get_state())
+    assert torch.equal(resumed.state.data_rng.get_state(), straight.state.data_rng.get_state())
 
 
 def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, monkeypatch):
