@@ -381,6 +381,10 @@ class Trainer:
 
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop ``fit`` after the current step, saving a checkpoint, as SIGINT/SIGTERM do."""
+        self._stop_signal = signum
+
     def _restore_signal_handlers(self, old):
         if old:
             for s, h in old.items():
