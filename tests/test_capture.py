@@ -5,7 +5,8 @@ training with it equals training without it (every model type x likelihood x gui
 autoencoder family's options, the three objectives, KL warm-up, several particles); it leaves the
 random streams alone; what it cannot follow (Python that branches on data, hooks, replaced
 methods, param-store parameters, user classes under "auto") runs eagerly; and with the private
-torch APIs switched off training takes the public path and still trains the same.
+torch APIs switched off training takes the public path and still trains the same; and the direct
+fused-Adam call is bit-identical to ``Optimizer.step``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pyro_vae.config import ModelConfig, NetConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models import build_model
 from pyro_vae.errors import NonFiniteError
+from pyro_vae.training._torch_private import fused_adam_step
+from pyro_vae.training.optim import make_adam
 from pyro_vae.training.trainer import Trainer
 
 from test_conformance import D, LEVELS, _data_for  # the conformance suite's data in each likelihood's support
@@ -252,6 +255,34 @@ def test_capture_is_a_config_key_with_choices():
     assert config_from_dict({"train": {"capture": "off"}}).train.capture == "off"
     with pytest.raises(PyroVAEError, match="train.capture"):
         config_from_dict({"train": {"capture": "sometimes"}})
+
+
+@pytest.mark.parametrize("found_inf", [None, 0.0, 1.0])
+def test_the_direct_fused_adam_call_is_bit_identical_to_optimizer_step(found_inf):
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    a, b = make_adam(ps, 1e-2), make_adam(qs, 1e-2)
+    for step in range(4):
+        grads = [torch.randn_like(p) for p in ps]
+        grads[2] = None if step == 1 else grads[2]  # a parameter without a gradient this step
+        for p, q, g in zip(ps, qs, grads):
+            p.grad = None if g is None else g.clone()
+            q.grad = None if g is None else g.clone()
+        flag = None if found_inf is None or step == 0 else torch.tensor(found_inf)
+        if flag is None:
+            a.step()
+        else:
+            a.found_inf = flag
+            a.step()
+            del a.found_inf
+        used = fused_adam_step(b, flag)
+        if not used:  # the first step initializes Adam's state through Optimizer.step
+            assert step == 0
+            b.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    for p, q in zip(ps, qs):
+        assert all(torch.equal(a.state[p][k], b.state[q][k]) for k in a.state[p])
 
 
 @pytest.mark.parametrize("model_kw", [dict(likelihood="bernoulli"), dict(likelihood="normal", guide="delta")],

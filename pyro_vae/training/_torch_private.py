@@ -2,8 +2,9 @@
 
 The captured step records with ``make_fx``, rewrites the FX graph by ATen
 op overloads (and their ``_schema``), and replays it with TorchScript; the
-NaN/Inf check uses ``torch._foreach_norm``; the CUDA masked update sets the
-optimizer's ``found_inf``, the attribute ``GradScaler`` uses.  None of these
+NaN/Inf check uses ``torch._foreach_norm``; the Adam update calls
+``torch._fused_adam_`` directly, and the CUDA masked update passes it (or the
+optimizer) ``found_inf``, the flag ``GradScaler`` uses.  None of these
 is a stable API, so they are used only on the torch versions they were tested
 on (:data:`TESTED`), and ``PYRO_VAE_TORCH_PRIVATE=0`` shuts them off anywhere.
 With the gate shut every caller takes the public path: an eager Pyro step,
@@ -60,7 +61,54 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
 
 
-# -- the masked update (CUDA) ----------------------------------------------------------------
+# -- the Adam update ---------------------------------------------------------------------------
+
+
+def fused_adam_step(optimizer: torch.optim.Optimizer, found_inf: Optional[torch.Tensor] = None) -> bool:
+    """``optimizer.step()`` for a plain fused Adam as the two kernel calls it makes; False: not applicable.
+
+    This skips ``Optimizer.step``'s Python (hooks, profiler, grouping tensors by
+    device) around the kernel; benchmarks/bench_train.py's ablation measures it.
+    It issues the same ``_foreach_add_`` / ``_fused_adam_`` calls with the same
+    arguments, so the result is bit-identical (tests/test_capture.py).  Only for
+    the group ``make_adam`` builds (fused, no amsgrad/maximize/weight-decay
+    variants, float lr, state initialized by an earlier ``step()``, one device
+    and dtype); anything else, or a kernel whose signature differs, is left to
+    ``optimizer.step()``.
+    """
+    if not enabled() or getattr(optimizer, "_direct_unusable", False) or len(optimizer.param_groups) != 1:
+        return False
+    g = optimizer.param_groups[0]
+    if not g["fused"] or g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] \
+            or g.get("decoupled_weight_decay") or torch.is_tensor(g["lr"]):
+        return False
+    params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+    state = optimizer.state
+    for p in g["params"]:
+        if p.grad is None:
+            continue
+        st = state.get(p)
+        if not st or "exp_avg" not in st:
+            return False  # the first step initializes the state: Adam.step() does it
+        params.append(p); grads.append(p.grad)
+        exp_avgs.append(st["exp_avg"]); exp_avg_sqs.append(st["exp_avg_sq"]); steps.append(st["step"])
+    if not params:
+        return True
+    if len({(t.device, t.dtype) for t in params}) != 1 or any(p.grad.dtype != p.dtype for p in params):
+        return False
+    beta1, beta2 = g["betas"]
+    torch._foreach_add_(steps, 1)
+    try:
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=g["lr"],
+                           beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
+                           maximize=False, grad_scale=None, found_inf=found_inf)
+    except (TypeError, RuntimeError, AttributeError):  # another torch's kernel: the public path from now on
+        torch._foreach_sub_(steps, 1)
+        optimizer._direct_unusable = True
+        return False
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
+    return True
 
 
 def masked_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> bool:
@@ -72,6 +120,8 @@ def masked_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> bo
     """
     if not enabled():
         return False
+    if fused_adam_step(optimizer, found_inf):
+        return True
     optimizer.found_inf = found_inf
     try:
         optimizer.step()

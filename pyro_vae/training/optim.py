@@ -58,5 +58,6 @@ def update_or_skip(optimizer, bad: torch.Tensor, masked: bool) -> bool:
         return not bool(bad)
     if bool(bad):
         return False
-    optimizer.step()
+    if not _torch_private.fused_adam_step(optimizer):
+        optimizer.step()
     return True
