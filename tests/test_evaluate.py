@@ -567,7 +567,7 @@ def _snapshot(trainer):
         "params": [p.detach().clone() for p in trainer.params],
         "optimizer": trainer.optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "data_rng": trainer._data_rng.get_state(),
+        "data_rng": trainer.state.data_rng.get_state(),
         "modes": [m.training for m in trainer.model.modules()],
         "store": {k: v.detach().clone() for k, v in pyro.get_param_store().items()},
     })

@@ -33,7 +33,8 @@ from pyro_vae.config import ModelConfig, NetConfig, TrainConfig, config_from_dic
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import evaluate
 from pyro_vae.models import build_model
-from pyro_vae.training.trainer import MAX_CONSECUTIVE_NONFINITE, Trainer
+from pyro_vae.training.nonfinite import MAX_CONSECUTIVE_NONFINITE
+from pyro_vae.training.trainer import Trainer
 from pyro_vae.errors import NonFiniteError, TrainingInterrupted
 
 REPO = Path(pyro_vae.__file__).resolve().parents[1]
@@ -532,7 +533,7 @@ def test_raise_at_the_first_step_saves_a_state_that_resumes_with_the_same_data_o
     resumed.load_state_dict(saved)
     resumed.fit(x)
     # the saved epoch-1 order is used, and epoch 2 draws the next order, not epoch 1's again
-    assert torch.equal(resumed._data_rng.get_state(), straight._data_rng.get_state())
+    assert torch.equal(resumed.state.data_rng.get_state(), straight.state.data_rng.get_state())
 
 
 def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, monkeypatch):
@@ -589,7 +590,7 @@ def test_rollback_after_a_mid_epoch_resume_returns_to_the_resumed_state(tmp_path
     def stop_after_6(xb, beta=1.0):
         loss = real_step(xb, beta)
         if t.state.step == 5:
-            t._stop_signal = signal.SIGTERM  # as the signal handler does
+            t.request_stop(signal.SIGTERM)  # as the signal handler does
         return loss
 
     t.step = stop_after_6
@@ -606,6 +607,70 @@ def test_rollback_after_a_mid_epoch_resume_returns_to_the_resumed_state(tmp_path
     assert t2.log[1][0] == 8 and np.isnan(t2.log[1][3])
     assert not _same(t2.log[1][1], resumed)  # the good step moved the parameters ...
     assert _same(t2.log[1][2], resumed)  # ... and the rollback took them back to the resume point
+
+
+class DataPoison(Recorder):
+    """A Recorder whose steps numbered in ``bad_steps`` get a NaN in their batch.
+
+    The model is a built-in one, so these steps run the default captured engine:
+    the replayed recording computes the NaN and its own NaN/Inf flag.
+    """
+
+    bad_steps = ()
+
+    def step(self, x, beta=1.0):
+        if self.state.step + 1 in self.bad_steps:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        loss = super().step(x, beta)
+        self.engines.append(self.engine_name)
+        return loss
+
+
+def _captured(policy, bad_steps, run_dir=None, epochs=3):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=2, likelihood="bernoulli", encoder=NetConfig((8,)),
+                                    decoder=NetConfig((8,))), 6)
+    x = (torch.rand(64, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    t = DataPoison(model, TrainConfig(epochs=epochs, batch_size=16, on_nonfinite=policy), run_dir=run_dir,
+                   progress=False)
+    t.log, t.engines, t.bad_steps = [], [], bad_steps
+    return t, x
+
+
+def test_skip_under_the_captured_step_leaves_parameters_and_optimizer_bit_identical():
+    t, x = _captured("skip", {6})
+    t.fit(x)
+    assert t.engines[5] == "captured" and t.captured_shapes == [(16, 6)]
+    assert t.log[5][0] == 6 and np.isnan(t.log[5][3])
+    assert _same(t.log[5][1], t.log[5][2])  # nothing moved on the skipped step
+    assert not _same(t.log[6][1], t.log[6][2])  # the next step trains again
+    assert t.state.skipped == 1 and t.state.step == 12
+
+
+def test_rollback_under_the_captured_step_restores_the_state_at_the_start_of_the_epoch():
+    t, x = _captured("rollback", {7})  # the 7th step: epoch 2, batch 3
+    t.fit(x)
+    assert t.engines[6] == "captured"
+    epoch_start = t.log[3][2]
+    assert np.isnan(t.log[6][3]) and _same(t.log[6][2], epoch_start)
+    assert not _same(t.log[6][1], epoch_start)  # two good steps were undone
+    assert t.state.skipped == 1 and t.state.epoch == 3
+    assert all(e == "captured" for e in t.engines[7:])  # the recording replays the restored parameters
+
+
+def test_raise_under_the_captured_step_saves_the_last_good_state_and_names_the_site(tmp_path):
+    t, x = _captured("raise", {6}, run_dir=tmp_path)
+    with pytest.raises(NonFiniteError) as e:
+        t.fit(x)
+    assert t.engines[-1] == "captured"
+    msg = str(e.value)
+    # the batch's NaN reaches the encoder first: the guide's latent gets NaN arguments
+    assert "non-finite loss at step 6, epoch 2, batch 2" in msg and "guide:z (Normal loc" in msg
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["train_state"]["step"] == 5
+    assert all(torch.equal(saved["model"][n].cpu(), p.detach()) for n, p in t.model.named_parameters())
+    assert _same(_snapshot(t), t.log[4][2])  # the state after the last good step
 
 
 def test_nonfinite_gradient_with_a_finite_loss_is_caught_before_the_step():

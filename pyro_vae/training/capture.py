@@ -1,24 +1,17 @@
 """Step capture: one SVI step's loss and gradients, recorded once as tensor ops and replayed.
 
-Why.  At batch 32-128 on a CPU a Pyro step costs about 0.8 ms more than the
-same arithmetic written by hand.  The arithmetic is identical (the networks,
-the sample-site densities, the analytic KL); the extra time is Python:
-the messenger stack, the trace bookkeeping, distribution objects, and the
-autograd engine walking the graph.  For a model whose structure does not
-change between steps (the same sites, the same shapes, no Python decisions
-made from tensor values) all of that produces the same sequence of tensor
-operations on every batch.
+Why.  On a CPU at small batches much of a Pyro step is Python (messengers,
+traces, distribution objects, the autograd engine), not arithmetic.  For a
+model whose structure does not change between steps that Python produces the
+same tensor operations on every batch.
 
-What.  The first time a batch of a given shape arrives, the trainer's loss
-(Pyro model, guide and objective, unchanged) and ``torch.autograd.grad`` of it
-run once under ``make_fx``, which records the ATen operations they execute,
-the backward pass included, in one straight-line FX graph whose inputs are
-the parameters, buffers and the batch.  Later batches of that shape replay the
-graph: the same operations, the same random-number draws from the same
-generator, with no Pyro machinery and no autograd engine around them.  This is
-what Pyro's ``JitTrace_ELBO`` does with ``torch.jit.trace`` for the forward
-pass; recording the backward too is what makes the replay cheaper than a
-hand-written eager loop.
+What.  The first batch of a shape runs the trainer's loss (Pyro model, guide
+and objective, unchanged) and ``torch.autograd.grad`` of it once under a
+recorder (``_torch_private.record``), which keeps the ATen operations, the
+backward included, as one straight-line graph whose inputs are the parameters,
+buffers and the batch.  Later batches of that shape replay it: the same
+operations and random draws, without Pyro or autograd around them (Pyro's
+``JitTrace_ELBO`` does this for the forward pass only).
 
 Guards.  A recording is only as good as the assumption that the program does
 not depend on tensor values through Python.  So a capture is
@@ -42,13 +35,17 @@ from typing import Dict, List, Optional, Tuple
 
 import pyro
 import torch
-from pyro.infer.util import is_validation_enabled
 import torch.nn as nn
-from torch.fx.experimental.proxy_tensor import make_fx
 
+from . import _torch_private
 from ..infer.rng import forked_rng
-from .perf import nonfinite_in
+from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
+
+#: how far a replay may differ from Pyro's eager step (float32 sums may associate differently in the two
+#: schedules; structure changes are far larger): the check when recording and the tests use this one rule
+RTOL = 1e-5
+ATOL = 1e-6
 
 
 class _LossOf(nn.Module):
@@ -61,7 +58,7 @@ class _LossOf(nn.Module):
         object.__setattr__(self, "_trainer", trainer)
 
     def forward(self, x, beta):
-        return self._trainer._loss(x, beta)
+        return self._trainer.loss(x, beta)
 
 
 class CapturedStep:
@@ -87,18 +84,9 @@ class CapturedStep:
         # recording runs the step (and TorchScript's tracer runs it again): their random
         # draws must not be the run's, and validation, which reads values, is off
         with forked_rng(x.device), pyro.validation_enabled(False):
-            graph = make_fx(self._flat_joint(n_params), tracing_mode="real")(*inputs, *self._inputs(x, beta))
-            graph = simplify(graph)
-            # The FX graph replays each op through Python; TorchScript's interpreter runs the
-            # same ops without it (0.3 ms of a 1.6 ms step at batch 32 on one core).  Its plain
-            # interpreter (no profiling executor) runs the same plan on every call, so a
-            # replay is bit-identical however many calls came before (exact resume).
-            try:
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.run = torch.jit.trace(graph, (*trainer.params, *self._inputs(x, beta)), check_trace=False)
-            except Exception:  # a graph TorchScript cannot hold: the FX replay is the same computation
-                self.run = graph
+            graph = _torch_private.record(self._flat_joint(n_params), [*inputs, *self._inputs(x, beta)])
+            # the FX graph replays each op through Python; TorchScript's interpreter does not
+            self.run = _torch_private.script(graph, [*trainer.params, *self._inputs(x, beta)])
 
     def _inputs(self, x, beta) -> List[torch.Tensor]:
         """The graph's inputs after the parameters: buffers, the batch, and beta where it varies."""
@@ -131,24 +119,24 @@ class CapturedStep:
 
     def __call__(self, x: torch.Tensor, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, List[Optional[torch.Tensor]]]:
         """(loss, bad, one gradient or None per parameter) for batch ``x``."""
-        with torch.no_grad(), torch.jit.optimized_execution(False):
-            out = self.run(*self.trainer.params, *self._inputs(x, beta))
+        out = _torch_private.replay(self.run, [*self.trainer.params, *self._inputs(x, beta)])
         present = iter(out[2:])
         return out[0], out[1], [next(present) if has else None for has in self.present]
 
 
 def _eager_loss_and_grads(trainer, x, beta):
-    loss = trainer._loss(x, beta)
+    loss = trainer.loss(x, beta)
     grads = torch.autograd.grad(loss, trainer.params, allow_unused=True)
     return loss.detach(), grads
 
 
-def _same(a, b) -> bool:
+def agree(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
+    """Whether a replayed value matches the eager one within :data:`RTOL` (``atol`` scaled to ``a``'s size)."""
     if a is None or b is None:
         return a is None and b is None
-    # float32 sums may associate differently in the two schedules; structure changes are far larger
+    a, b = a.detach(), b.detach()
     scale = float(a.abs().nan_to_num(0.0, 0.0, 0.0).max()) if a.numel() else 0.0
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * (1 + scale), equal_nan=True))
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL * (1 + scale), equal_nan=True))
 
 
 def verify(trainer, captured: CapturedStep, x: torch.Tensor, beta: float) -> Optional[str]:
@@ -158,21 +146,23 @@ def verify(trainer, captured: CapturedStep, x: torch.Tensor, beta: float) -> Opt
         with forked_rng(x.device):  # the replay below starts from the state the eager step saw
             eager_loss, eager_grads = _eager_loss_and_grads(trainer, probe, beta)
         loss, _, grads = captured(probe, beta)
-    if not _same(eager_loss, loss):
+    if not agree(eager_loss, loss):
         return f"the recorded loss {float(loss):.6g} differs from Pyro's {float(eager_loss):.6g}"
     for name, a, b in zip(trainer.param_names, eager_grads, grads):
-        if not _same(a, b):
+        if not agree(a, b):
             return f"the recorded gradient of {name!r} differs from autograd's"
     return None
 
 
-def capturable(trainer, mode: str) -> Optional[str]:
+def why_not_capturable(trainer, mode: str) -> Optional[str]:
     """Why this trainer's model cannot be captured under ``mode`` (None: it can)."""
     from ..models import MODELS  # a registered (built-in) model type
 
     model = trainer.model
     if mode == "off":
         return "train.capture = 'off'"
+    if not _torch_private.enabled():
+        return _torch_private.why_disabled()
     if not isinstance(model, nn.Module):
         return "the model is not a torch.nn.Module"
     if any(n.startswith("param_store:") for n in trainer.param_names):
@@ -198,11 +188,17 @@ _LIBRARY = ("pyro_vae.", "torch.nn.", "pyro.nn.")
 class Captures:
     """The trainer's captured steps, one per key; a key that failed its check stays eager."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, first_step):
         self.trainer = trainer
+        self.first_step = first_step  # validation.FirstStepValidation
         self.steps: Dict[tuple, Optional[CapturedStep]] = {}
         self.reason: Optional[str] = None  # why nothing is captured, once known
         self._said_validation = False
+
+    @property
+    def shapes(self) -> List[tuple]:
+        """The batch shapes that have a recording in use."""
+        return [key[0] for key, step in self.steps.items() if step is not None]
 
     @property
     def mode(self) -> str:
@@ -216,7 +212,7 @@ class Captures:
         """Whether this step may be replayed at all (cheap; the trainer asks before :meth:`get`)."""
         if self.reason is not None or not torch.is_grad_enabled() or self._patched():
             return False
-        if is_validation_enabled() and self.trainer._unvalidated is None:
+        if self.first_step.stays_on:
             # validation that stays on for every step needs the eager program
             if self.mode == "on" and not self._said_validation:
                 self._said_validation = True
@@ -237,7 +233,7 @@ class Captures:
         if key in self.steps:
             return self.steps[key]
         t = self.trainer
-        self.reason = capturable(t, self.mode)
+        self.reason = why_not_capturable(t, self.mode)
         if self.reason is not None:
             if self.mode == "on":
                 warnings.warn(f"train.capture = 'on', but {self.reason}: training runs eagerly", CaptureWarning,
@@ -266,110 +262,3 @@ class Captures:
         if "model" in inst or "guide" in inst:
             return True
         return any(p._backward_hooks for p in self.trainer.params)
-
-
-_aten = torch.ops.aten
-# ops that return their first argument unchanged (as a value) in a no-grad replay
-_PASS_THROUGH = {_aten.detach.default, _aten.lift_fresh_copy.default}
-
-
-def _shape(node):
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def _identity_input(node):
-    """The node this one merely copies or re-views (same shape, same values), or None."""
-    t, args = node.target, node.args
-    if t in _PASS_THROUGH:
-        return args[0]
-    if t in (_aten.expand.default, _aten.view.default, _aten.reshape.default) and _shape(args[0]) == _shape(node):
-        return args[0]
-    if t in (_aten.mul.Tensor, _aten.div.Tensor, _aten.mul.Scalar, _aten.div.Scalar) and len(args) == 2 \
-            and not isinstance(args[1], torch.fx.Node) and args[1] == 1 and _shape(args[0]) == _shape(node):
-        return args[0]
-    if t is _aten.pow.Tensor_Scalar and args[1] == 1:
-        return args[0]
-    if t is _aten.t.default and isinstance(args[0], torch.fx.Node) and args[0].target is _aten.t.default:
-        return args[0].args[0]
-    return None
-
-
-def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Drop the recording's no-op nodes (copies, same-shape views, x*1, t(t(x))) and dead code.
-
-    Only safe because no node of a value we forward is later written in place:
-    the recording's in-place ops all fill fresh ``empty`` tensors (random draws),
-    which this checks, leaving the graph as recorded otherwise.
-    """
-    graph = gm.graph
-    for node in graph.nodes:
-        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) \
-                and node.target._schema.is_mutable:
-            first = node.args[0] if node.args else None
-            fresh = isinstance(first, torch.fx.Node) and first.target in (
-                _aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default)
-            if not fresh:
-                graph.eliminate_dead_code()
-                gm.recompile()
-                return gm
-    changed = True
-    while changed:
-        changed = False
-        for node in list(graph.nodes):
-            if node.op != "call_function":
-                continue
-            source = _identity_input(node)
-            if source is not None:
-                node.replace_all_uses_with(source)
-                graph.erase_node(node)
-                changed = True
-    graph.eliminate_dead_code()
-    _reuse_dead_inputs(graph)
-    for node in graph.nodes:  # recorded values would keep a step's tensors alive
-        node.meta.pop("val", None)
-        node.meta.pop("tensor_meta", None)
-    gm.recompile()
-    return gm
-
-
-# elementwise ops whose in-place form writes into the first argument
-_IN_PLACE = {
-    _aten.add.Tensor: _aten.add_.Tensor, _aten.sub.Tensor: _aten.sub_.Tensor,
-    _aten.mul.Tensor: _aten.mul_.Tensor, _aten.div.Tensor: _aten.div_.Tensor,
-    _aten.neg.default: _aten.neg_.default, _aten.sigmoid.default: _aten.sigmoid_.default,
-    _aten.exp.default: _aten.exp_.default, _aten.log.default: _aten.log_.default,
-}
-# ops that return a new tensor, never a view of an argument (an in-place op
-# applied by the pass below returns its first argument, itself fresh with no other user)
-_FRESH = set(_IN_PLACE) | set(_IN_PLACE.values()) | {
-    _aten.mm.default, _aten.addmm.default, _aten.sigmoid.default, _aten.softplus.default,
-    _aten.softplus_backward.default, _aten.threshold_backward.default, _aten.relu.default,
-    _aten.binary_cross_entropy_with_logits.default, _aten.pow.Tensor_Scalar, _aten.rsub.Scalar,
-    _aten.ones_like.default, _aten.cat.default,
-}
-
-
-def _reuse_dead_inputs(graph: torch.fx.Graph) -> None:
-    """``y = f(a, ...)`` -> ``a.f_(...)`` when ``a`` is a fresh intermediate that nothing reads later.
-
-    A [B, D] elementwise result then overwrites a buffer that is still in cache
-    instead of a newly allocated one, as autograd's own backward formulas do
-    (at batch 1024 each such pass over a 784-wide batch costs about 0.3 ms).
-    ``a`` must have this node as its only user (so no view of it exists and no
-    later node reads it), be produced by an op that returns a new tensor, and
-    have the result's shape and dtype (no broadcasting into it).
-    """
-    for node in graph.nodes:
-        inplace = _IN_PLACE.get(node.target) if node.op == "call_function" else None
-        first = node.args[0] if node.args else None
-        if inplace is None or not isinstance(first, torch.fx.Node) or first.op != "call_function":
-            continue
-        if first.target not in _FRESH or len(first.users) != 1:
-            continue
-        a, out = first.meta.get("val"), node.meta.get("val")
-        if not (isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor)):
-            continue
-        if a.shape != out.shape or a.dtype != out.dtype or not a.is_contiguous():
-            continue
-        node.target = inplace
