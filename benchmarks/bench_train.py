@@ -43,7 +43,6 @@ import torch
 from _common import (HandRunner, HandVAE, OurRunner, alternate, fashion_mnist, machine_line, max_rss_mib, median,
                      our_model, paired_ratio, table, test_elbo)
 
-import pyro.distributions as dist  # noqa: E402
 from pyro.infer import TraceMeanField_ELBO  # noqa: E402
 from pyro_vae.training.optim import restore_kernel_choice  # noqa: E402
 
@@ -71,8 +70,6 @@ def make_variant(name: str, device: str, batch_size: int, data_size: int):
     t.setup(torch.zeros(2, 784, device=device), data_size)
     if "foreach_adam" in name or name == "ours_before":
         restore_kernel_choice(t.optimizer, fused=None, foreach=True, capturable=False)  # the previous kernel
-    if "torch_bernoulli" in name or name == "ours_before":
-        ours.likelihood.forward = lambda out: dist.Bernoulli(logits=out).to_event(1)
     if "pyro_objective" in name or name == "ours_before":
         t.objective = TraceMeanField_ELBO(max_plate_nesting=1)
     return runner
@@ -163,8 +160,6 @@ ABLATION = [
     ("ours_no_capture", "step capture off: Pyro's model, guide and autograd run every step", "ours"),
     ("ours_no_capture_foreach_adam", "capture off, and foreach Adam instead of fused", "ours_no_capture"),
     ("ours_no_capture_always_validate", "capture off, and Pyro validation on every step", "ours_no_capture"),
-    ("ours_no_capture_torch_bernoulli", "capture off, and Bernoulli(logits).to_event(1) for BernoulliRows",
-     "ours_no_capture"),
     ("ours_no_capture_pyro_objective", "capture off, and Pyro's TraceMeanField_ELBO (host syncs, every density)",
      "ours_no_capture"),
     ("ours_before", "all of them off: the trainer before the performance work", "ours"),

@@ -65,7 +65,7 @@ def loss_curve(history: Sequence[dict], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [h["epoch"] for h in history]
-    ax.plot(ep, [-h["train_loss"] for h in history], label="train ELBO (minibatch estimate)")
+    ax.plot(ep, [np.nan if h["train_loss"] is None else -h["train_loss"] for h in history], label="train ELBO (minibatch estimate)")
     test = [(h["epoch"], h["test_elbo"]) for h in history if h.get("test_elbo") is not None]
     if test:
         ax.plot(*zip(*test), "o-", label="test ELBO")

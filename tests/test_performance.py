@@ -1,4 +1,4 @@
-"""Correctness of the training fast paths (step engines, optimizer, objectives, BernoulliRows, memory maps).
+"""Correctness of the training fast paths (step engines, optimizer, objectives, memory maps).
 
 Speed itself is measured by benchmarks/, not here: these tests check that each
 fast path computes what the slow one did, that validation is on where it must
@@ -24,7 +24,6 @@ from pyro.infer.util import is_validation_enabled
 from pyro_vae.config import DataConfig, ModelConfig, NetConfig, TrainConfig
 from pyro_vae.data.sources import load_data
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.models.likelihoods import BernoulliRows
 from pyro_vae.data.mapped import MappedRows
 from pyro_vae.data.checks import all_finite
 from pyro_vae.models import build_model
@@ -124,29 +123,6 @@ def test_objectives_read_nothing_back_from_the_device(name, monkeypatch):
         loss.backward()
         monkeypatch.undo()
     assert torch.isfinite(loss)
-
-
-# -- BernoulliRows ------------------------------------------------------------------------
-
-
-def test_bernoulli_rows_matches_torch_bernoulli_to_event():
-    logits = torch.randn(4, 5, 7)
-    x = (torch.rand(5, 7) < 0.5).float()
-    ours, ref = BernoulliRows(logits), dist.Bernoulli(logits=logits).to_event(1)
-    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
-    assert torch.equal(ours.log_prob(x), ref.log_prob(x))  # broadcasting (K, B, D) against (B, D)
-    assert torch.equal(ours.log_prob(x.expand(4, 5, 7)), ref.log_prob(x))
-    assert torch.allclose(ours.entropy(), ref.entropy())
-    assert torch.allclose(ours.mean, ref.mean)
-    e = BernoulliRows(logits[0]).expand((3, 5))
-    assert e.batch_shape == (3, 5) and e.sample((2,)).shape == (2, 3, 5, 7)
-
-
-def test_bernoulli_rows_validates_like_torch():
-    with pytest.raises(ValueError, match="Expected parameter logits"):
-        BernoulliRows(torch.tensor([[float("nan"), 0.0]]), validate_args=True)
-    with pytest.raises(ValueError, match="support"):
-        BernoulliRows(torch.zeros(1, 2), validate_args=True).log_prob(torch.tensor([[0.5, 1.0]]))
 
 
 # -- the optimizer and the non-finite guard ----------------------------------------------------

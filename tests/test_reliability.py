@@ -648,6 +648,25 @@ def test_skip_under_the_captured_step_leaves_parameters_and_optimizer_bit_identi
     assert t.state.skipped == 1 and t.state.step == 12
 
 
+def test_the_epochs_train_loss_is_the_mean_over_the_steps_that_were_not_skipped():
+    t, x = _captured("skip", {5, 6, 7, 8}, epochs=3)  # epoch 2 (steps 5-8): every step skipped
+    t.fit(x)
+    losses = [row[3] for row in t.log]  # (step, before, after, loss) per step
+    first = float(np.mean([v / 64 for v in losses[:4]]))
+    assert t.state.history[0]["train_loss"] == pytest.approx(first, rel=1e-12)
+    assert t.state.history[1]["train_loss"] is None  # no step had a loss: not 0.0
+    assert t.state.skipped == 4 and t.state.epoch == 3
+
+
+def test_an_epoch_with_some_skipped_steps_averages_only_the_others():
+    t, x = _captured("skip", {6}, epochs=2)
+    t.fit(x)
+    losses = [row[3] for row in t.log[4:8]]
+    kept = [v / 64 for v in losses if np.isfinite(v)]
+    assert len(kept) == 3
+    assert t.state.history[1]["train_loss"] == pytest.approx(float(np.mean(kept)), rel=1e-12)
+
+
 def test_rollback_under_the_captured_step_restores_the_state_at_the_start_of_the_epoch():
     t, x = _captured("rollback", {7})  # the 7th step: epoch 2, batch 3
     t.fit(x)

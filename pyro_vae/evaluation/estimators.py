@@ -43,9 +43,6 @@ from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles,
                            per_point, point_densities, site_matrix, site_sum, trace_pair)
-from ..infer import sites as _sites
-
-is_density_site = _sites.is_density_site  # the trainer imports it from here
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)

@@ -12,7 +12,7 @@ from pyro import poutine
 
 from . import _torch_private
 from ..errors import NonFiniteError
-from ..evaluation.estimators import is_density_site
+from ..infer.sites import is_density_site
 
 #: under 'skip' or 'rollback', this many non-finite steps in a row stop training as 'raise' would
 MAX_CONSECUTIVE_NONFINITE = 20

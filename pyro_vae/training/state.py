@@ -22,6 +22,7 @@ class TrainState:
     batch: int = 0  # minibatches done in the current epoch
     perm: Optional[torch.Tensor] = None  # the current epoch's data order (CPU)
     epoch_loss: float = 0.0  # sum of per-point minibatch losses in this epoch
+    epoch_finite: int = 0  # minibatches of this epoch whose loss was finite (the mean's denominator)
     epoch_seconds: float = 0.0
     skipped: int = 0  # steps skipped or rolled back for non-finite values
     history: List[dict] = field(default_factory=list)
@@ -40,7 +41,7 @@ class TrainState:
     def to_dict(self) -> dict:
         return {
             "epoch": self.epoch, "step": self.step, "batch": self.batch, "perm": self.perm,
-            "epoch_loss": self.epoch_loss, "epoch_seconds": self.epoch_seconds,
+            "epoch_loss": self.epoch_loss, "epoch_finite": self.epoch_finite, "epoch_seconds": self.epoch_seconds,
             "skipped": self.skipped, "history": [dict(h) for h in self.history],
         }
 
@@ -54,7 +55,8 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict, rng: Optional[dict] = None) -> "TrainState":
         """The state of :meth:`to_dict`; with ``rng`` (:meth:`rng_dict`) the random streams are restored too."""
-        state = cls(**d)
+        # checkpoints from before epoch_finite counted every batch in the mean
+        state = cls(**{"epoch_finite": d.get("batch", 0), **d})
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") and torch.cuda.is_available():

@@ -278,7 +278,7 @@ class Trainer:
         cfg, st = self.config, self.state
         if st.perm is None:
             st.perm = torch.randperm(n, generator=st.data_rng)
-            st.batch, st.epoch_loss, st.epoch_seconds = 0, 0.0, 0.0
+            st.batch, st.epoch_loss, st.epoch_finite, st.epoch_seconds = 0, 0.0, 0, 0.0
             self._policy.mark()
         mapped = isinstance(train_x, MappedRows)
         # in-memory data is on the device and gathered there; a memory map is
@@ -300,6 +300,7 @@ class Trainer:
             value = float(loss) / n
             if math.isfinite(value):
                 st.epoch_loss += value
+                st.epoch_finite += 1
             if bar is not None:
                 bar.update(1)
                 if st.batch % 10 == 0 or st.batch == num_batches:
@@ -312,7 +313,8 @@ class Trainer:
         st.epoch += 1
         row = {
             "epoch": st.epoch,
-            "train_loss": st.epoch_loss / num_batches,
+            # the mean over the steps that had a loss; an epoch whose every step was skipped has none
+            "train_loss": st.epoch_loss / st.epoch_finite if st.epoch_finite else None,
             "test_elbo": None,
             "seconds": st.epoch_seconds,
             "beta": self.beta_at(st.epoch),
@@ -324,7 +326,8 @@ class Trainer:
         st.batch = 0
         if bar is not None:
             bar.set_postfix_str(
-                f"epoch {st.epoch}/{cfg.epochs} loss {row['train_loss']:.4g}"
+                f"epoch {st.epoch}/{cfg.epochs} loss "
+                + (f"{row['train_loss']:.4g}" if row["train_loss"] is not None else "none (every step skipped)")
                 + (f" test elbo {row['test_elbo']:.4g}" if row["test_elbo"] is not None else ""),
                 refresh=True,
             )
