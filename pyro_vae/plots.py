@@ -41,7 +41,7 @@ STYLE = {
     "legend.facecolor": "white", "legend.edgecolor": "#cccccc", "legend.framealpha": 0.9,
     "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 10, "axes.titlesize": 10,
     "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 10,
-    "image.cmap": "gray_r", "image.interpolation": "nearest",
+    "image.cmap": "gray_r", "image.interpolation": "nearest", "boxplot.medianprops.color": "#ff7f0e",
 }
 
 

@@ -103,7 +103,7 @@ def report_files(d: Diagnosis, out: Path) -> List[Tuple[str, str]]:
     """(path relative to the report folder, what it holds) for the pages and every saved file beside them."""
     files = [(name, role) for name, role in FILE_ROLES if name in PAGES or (out / name).exists()]
     for r in d.runs:
-        files += [(f"{r.folder}/{name}", f"{r.name}: {role}") for name, role in RUN_FILE_ROLES
+        files += [(f"{r.folder}/{name}", role) for name, role in RUN_FILE_ROLES
                   if (out / r.folder / name).exists()]
     return files
 
@@ -129,9 +129,10 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px soli
 .table-wrap{overflow-x:auto;max-width:100%;margin:.6em 0 .3em}
 table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
-th{background:#f3f3f3;vertical-align:bottom;max-width:9em;overflow-wrap:break-word}
-td{white-space:nowrap}td.text{white-space:normal;min-width:6em;max-width:22em;overflow-wrap:anywhere}
-td:first-child,th:first-child{text-align:left}td.text{text-align:left}
+th{background:#f3f3f3;vertical-align:bottom}th span{display:inline-block;max-width:7.5em}
+td{white-space:nowrap}td.text{white-space:normal;min-width:5em;max-width:22em;overflow-wrap:anywhere}
+td:first-child,th:first-child,th.text,td.text{text-align:left}
+@media (max-width:900px){table{font-size:.8em}th,td{padding:.2em .35em}}
 ul.files code{overflow-wrap:anywhere}
 .note{color:#555;font-size:.88em;max-width:60em}.meta{color:#666;font-size:.9em}
 .warnings{background:#fff4e5;border:1px solid #f0a040;border-left:6px solid #e07000;padding:.6em 1em;margin:1em 0}
@@ -183,17 +184,22 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
     return "\n".join(parts)
 
 
+TEXT_CELL = " class=\"text\""  # left-aligned, may wrap
+
+
 def _html_table(t: Table, heading: bool = True) -> str:
     """One table in a box that scrolls sideways when the page is narrower than the table; its own heading
     unless it would repeat the section's."""
     e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
+    # a header as narrow as its longest word, so long names wrap instead of widening the table
+    text = [bool(t.rows) and all(isinstance(row[i], str) or row[i] is None for row in t.rows)
+            for i in range(len(t.columns))]
+    head = "".join(f"<th{TEXT_CELL if txt else ''}><span>{e(c)}</span></th>" for c, txt in zip(t.columns, text))
     rows = []
     for row in t.rows:
         cells = []
         for v in row:
-            cls = " class=\"text\"" if isinstance(v, str) else ""
-            cells.append(f"<td{cls}>{e(fmt(v))}</td>")
+            cells.append(f"<td{TEXT_CELL if isinstance(v, str) else ''}>{e(fmt(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     title = f"<h3>{e(t.title)}</h3>" if heading else ""
     return (f"{title}<div class=\"table-wrap\"><table id=\"table-{e(t.id)}\" data-table=\"{e(t.id)}\"><thead>"
