@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import matplotlib
 import matplotlib.figure
@@ -236,3 +235,15 @@ def test_page_is_no_wider_than_the_window(reported, tmp_path, width):
     assert int(attrs["page-width"]) <= int(attrs["window-width"]), attrs  # nothing pokes out of the page
     if width == 500:  # the narrowest window headless Chromium lays out
         assert int(attrs["scrolled"]) >= 1  # the widest tables scroll inside their box instead
+
+
+def test_active_units_from_the_run_are_shown_under_their_name(reported, tmp_path):
+    runs, out, page, _ = reported
+    d = pv.load_diagnosis(out)
+    for i, r in enumerate(d.runs):
+        r.info["active_units"] = i + 1  # what the run's evaluation counted, carried in the run's info
+    pv.write_report(d, tmp_path)
+    table = next(t for t in json.loads((tmp_path / "results.json").read_text())["tables"] if t["id"] == "runs")
+    col = table["columns"].index("active units")
+    assert [row[col] for row in table["rows"]] == [1, 2]
+    assert table["columns"][col + 1].startswith("contracted dims")

@@ -53,8 +53,9 @@ GLOSSARY = [
      f"Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g} (Burda et al. 2016). What train and evaluate print, from "
      "the run's metrics.json; it says the encoder uses a dimension, not how much the data pin it down."),
     ("contracted dims", f"latent dimensions whose posterior contraction, 1 - posterior variance / prior variance "
-     f"(the reference posterior's variance, averaged over the diagnosed points), exceeds {CONTRACTED:g}: the data "
-     "pin them down. A dimension can be an active unit with a wide posterior, so the two counts can differ."),
+     "(the variance of the reference posterior, or of q(z|x) without one, averaged over the diagnosed points), "
+     f"exceeds {CONTRACTED:g}: the data pin them down. A dimension can be an active unit with a wide posterior, "
+     "so the two counts can differ."),
 ]
 
 # what the report folder holds beside the pages, and what each file is
