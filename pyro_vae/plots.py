@@ -1,14 +1,17 @@
 """A run's figures: loss curve, reconstructions, samples and the latent space, one PNG each.
 
 Matplotlib with the Agg backend (no display needed); every PNG goes through
-the run directory's atomic writer.
+the run directory's atomic writer.  Every figure of the library (these and the
+report's) is drawn inside :func:`figure_style`: dark ink on white, images in
+``gray_r``, one font and one colour cycle, whatever the caller's settings are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +26,34 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+INK = "#222222"
+MAX_LEGEND_CLASSES = 20
+STYLE = {
+    "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+    "savefig.edgecolor": "white", "savefig.transparent": False,
+    "text.color": INK, "axes.labelcolor": INK, "axes.titlecolor": INK, "axes.edgecolor": INK,
+    "xtick.color": INK, "ytick.color": INK, "grid.color": "#b0b0b0",
+    "legend.facecolor": "white", "legend.edgecolor": "#cccccc", "legend.framealpha": 0.9,
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 10, "axes.titlesize": 10,
+    "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 10,
+    "image.cmap": "gray_r", "image.interpolation": "nearest", "boxplot.medianprops.color": "#ff7f0e",
+}
+
+
+@contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """The one style of every figure, from matplotlib's defaults up, so a caller's dark theme cannot leak in.
+
+    Also a decorator (``@figure_style()``); the caller's settings come back on exit.
+    """
+    plt = _plt()
+    from cycler import cycler
+
+    with plt.style.context(STYLE | {"axes.prop_cycle": cycler(color=COLORS)}, after_reset=True):
+        yield
 
 
 def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
@@ -49,11 +80,12 @@ def image_grid(images: np.ndarray, shape, ncols: int) -> np.ndarray:
     return (grid - lo) / span
 
 
+@figure_style()
 def save_image_grid(images: np.ndarray, shape, path: Path, ncols: int = 10, title: Optional[str] = None) -> Path:
     plt = _plt()
     grid = image_grid(np.asarray(images, dtype=np.float32), shape, ncols)
     fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 12), max(3, grid.shape[0] / 12) + (0.4 if title else 0)))
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid, vmin=0, vmax=1)
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -61,6 +93,7 @@ def save_image_grid(images: np.ndarray, shape, path: Path, ncols: int = 10, titl
     return save_figure(fig, path)
 
 
+@figure_style()
 def loss_curve(history: Sequence[dict], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -77,6 +110,7 @@ def loss_curve(history: Sequence[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+@figure_style()
 def reconstructions(model, x: torch.Tensor, image_shape, path: Path, n: int = 10) -> Path:
     x = x[:n]
     recon = model.decode(model.encode(x)).cpu().numpy()
@@ -96,6 +130,7 @@ def reconstructions(model, x: torch.Tensor, image_shape, path: Path, n: int = 10
     return save_figure(fig, path)
 
 
+@figure_style()
 def samples(model, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
     g = torch.random.fork_rng()
     with g:
@@ -113,8 +148,13 @@ def samples(model, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
     return save_figure(fig, path)
 
 
-def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path: Path) -> Path:
-    """The 2-D latent itself, else the first two principal components of the encoder means."""
+@figure_style()
+def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path: Path,
+                   class_names: Optional[Sequence[str]] = None) -> Path:
+    """The 2-D latent itself, else the first two principal components of the encoder means.
+
+    Points are coloured by ``labels``; with ``class_names`` (name of label 0, 1, ...) the legend names the classes.
+    """
     plt = _plt()
     z = model.encode(x).cpu().double()
     if z.shape[1] == 1:
@@ -130,14 +170,26 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
         axes_label = (f"PC1 of E[z|x] ({var[0]:.0%} var.)", f"PC2 ({var[1]:.0%} var.)")
     fig, ax = plt.subplots(figsize=(5.5, 5))
     c = labels.cpu().numpy() if labels is not None else None
-    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=8, cmap="tab10" if c is not None else None, alpha=0.8)
-    if c is not None:
+    levels = np.unique(c) if c is not None else np.array([])
+    if c is None:
+        ax.scatter(z[:, 0], z[:, 1], s=8, alpha=0.8)
+    elif class_names is not None or len(levels) <= MAX_LEGEND_CLASSES:
+        cmap = plt.get_cmap("tab10" if len(levels) <= 10 else "tab20")
+        for i, level in enumerate(levels):
+            k = int(level)
+            name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(level)
+            keep = c == level
+            ax.scatter(z[keep, 0], z[keep, 1], s=8, alpha=0.8, color=cmap(i % cmap.N), label=name)
+        # outside the axes: ten names would hide the points they label
+        ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2, frameon=False)
+    else:  # too many classes to name one by one
+        sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=8, cmap="viridis", alpha=0.8)
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel(axes_label[0])
     ax.set_ylabel(axes_label[1])
     ax.set_title("latent space (encoder means, test data)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def run_plots(model, data, history, folder: Path) -> List[Path]:
@@ -147,5 +199,6 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
         loss_curve(history, folder / "loss.png"),
         reconstructions(model, x, data.image_shape, folder / "reconstructions.png"),
         samples(model, data.image_shape, folder / "samples.png"),
-        latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png"),
+        latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png",
+                       class_names=getattr(data, "class_names", None)),  # a source without names: the labels' values
     ]

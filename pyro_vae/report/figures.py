@@ -11,9 +11,8 @@ import numpy as np
 from ..diagnostics.arviz_io import arviz
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
 from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD
-from ..plots import _plt, image_grid
+from ..plots import COLORS, _plt, figure_style, image_grid, save_figure
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 REF_COLOR = "#555555"
 
 
@@ -35,10 +34,8 @@ class Figures:
         self.items: List[Figure] = []
 
     def save(self, fig, name: str, title: str, caption: str, section: str) -> None:
-        plt = _plt()
         path = self.folder / f"{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        save_figure(fig, path, bbox_inches="tight")
         self.items.append(Figure(f"figures/{path.name}", title, caption, section))
 
 
@@ -182,7 +179,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
             data.append(r.reference_data)
             names.append("reference (" + r.reference.method + ")")
         az.plot_forest(data, model_names=names, var_names=[site], combined=True, hdi_prob=0.9,
-                       coords={"point": pick, f"{site}_dim": local_dims}, ax=ax, colors=[COLORS[0], REF_COLOR])
+                       coords={"point": pick, f"{site}_dim": local_dims}, ax=ax, colors=[COLORS[0], REF_COLOR],
+                       textsize=9)  # the style's font size, not ArviZ's scaled one
         ax.set_title(f"{r.name}: 90% intervals", fontsize=10)
     fig.tight_layout()
     figs.save(fig, "forest", "Forest plot of posterior summaries",
@@ -337,7 +335,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
             rows = [x0] + recon
             fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * nshow + 1.6, 0.85 * len(rows) + 0.4), squeeze=False)
             for ax, img, label in zip(axes[:, 0], rows, ["data"] + [r.name for r in runs]):
-                ax.imshow(_tile(img, shape, nshow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(_tile(img, shape, nshow), vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
@@ -362,7 +360,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     for ax, r in zip(axes[0], runs):
         xs = r.generated.samples
         if shape is not None:
-            ax.imshow(_tile(xs, shape, 8), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(_tile(xs, shape, 8), vmin=0, vmax=1)
             ax.axis("off")
         else:
             ax.plot(xs[:8].T, alpha=0.7)
@@ -380,7 +378,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
         labels = r.latent_labels
         if shape is not None:
             fig, ax = plt.subplots(figsize=(0.72 * len(steps) + 1.8, 0.75 * len(dims) + 0.9))
-            ax.imshow(_tile(xs, shape, len(steps)), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(_tile(xs, shape, len(steps)), vmin=0, vmax=1)
             h = shape[0] + 1
             ax.set_yticks([i * h + shape[0] / 2 for i in range(len(dims))])
             ax.set_yticklabels([labels[j] for j in dims], fontsize=8)
@@ -407,6 +405,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
 
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
     """Every figure the saved results allow, in the report's order."""
-    for fig in (fig_training, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
-        fig(figs, diagnosis)
+    with figure_style():
+        for fig in (fig_training, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
+            fig(figs, diagnosis)
     return figs.items

@@ -13,14 +13,16 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import quote
 
 from ..diagnostics.results import Diagnosis
 from ..errors import PyroVAEError
 from ..rundir.files import write_text_atomic
 from ..serialize import to_plain
 from .figures import Figure, Figures, draw_all
-from .tables import Table, build_tables, fmt
+from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
+from .tables import CONTRACTED, Table, build_tables, fmt
 
 RESULTS_FORMAT = "pyro_vae.report/1"
 
@@ -47,7 +49,30 @@ GLOSSARY = [
     ("amortization gap", "ELBO of a q fitted to one point alone minus ELBO of the amortized q(z|x): what sharing one "
      "encoder across all points costs."),
     ("SBC", "simulation-based calibration: simulate z* ~ p(z), x ~ p(x|z*) and rank z* among draws from q(z|x)."),
+    ("active units", f"latent dimensions whose encoder mean E_q[z_j|x] varies across the test data: "
+     f"Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g} (Burda et al. 2016). What train and evaluate print, from "
+     "the run's metrics.json; it says the encoder uses a dimension, not how much the data pin it down."),
+    ("contracted dims", f"latent dimensions whose posterior contraction, 1 - posterior variance / prior variance "
+     "(the variance of the reference posterior, or of q(z|x) without one, averaged over the diagnosed points), "
+     f"exceeds {CONTRACTED:g}: the data pin them down. A dimension can be an active unit with a wide posterior, "
+     "so the two counts can differ."),
 ]
+
+# what the report folder holds beside the pages, and what each file is
+FILE_ROLES = [
+    ("index.html", "this report as one self-contained page"),
+    ("report.md", "this report in Markdown, with the figures linked"),
+    ("results.json", "every table and figure of this report, numbers at full precision"),
+    ("diagnostics.json", "the saved diagnosis, which 'pyro-vae report' renders again without running a model"),
+]
+RUN_FILE_ROLES = [
+    ("q.nc", "draws from q(z|x) (ArviZ netCDF)"),
+    ("reference.nc", "the reference posterior's draws (ArviZ netCDF)"),
+    ("nuts.nc", "the NUTS draws checked against the exact grid (ArviZ netCDF)"),
+    ("grid.npz", "the exact grid posterior (NumPy)"),
+    ("generated.npz", "reconstructions, samples and traversals, decoded at diagnose time (NumPy)"),
+]
+PAGES = ("index.html", "report.md", "results.json")  # written by write_report itself
 
 
 def write_report(diagnosis: Diagnosis, out_dir, *, log: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
@@ -69,9 +94,19 @@ def write_report(diagnosis: Diagnosis, out_dir, *, log: Optional[Callable[[str],
                                      "figures": to_plain(figures)}
     paths = {"json": out / "results.json", "html": out / "index.html", "md": out / "report.md"}
     write_text_atomic(paths["json"], json.dumps(results, indent=1) + "\n")
-    write_text_atomic(paths["html"], render_html(diagnosis, tables, figures, out))
-    write_text_atomic(paths["md"], render_markdown(diagnosis, tables, figures))
+    files = report_files(diagnosis, out)
+    write_text_atomic(paths["html"], render_html(diagnosis, tables, figures, out, files))
+    write_text_atomic(paths["md"], render_markdown(diagnosis, tables, figures, files))
     return paths
+
+
+def report_files(d: Diagnosis, out: Path) -> List[Tuple[str, str]]:
+    """(path relative to the report folder, what it holds) for the pages and every saved file beside them."""
+    files = [(name, role) for name, role in FILE_ROLES if name in PAGES or (out / name).exists()]
+    for r in d.runs:
+        files += [(f"{r.folder}/{name}", role) for name, role in RUN_FILE_ROLES
+                  if (out / r.folder / name).exists()]
+    return files
 
 
 def _title(d: Diagnosis) -> str:
@@ -92,9 +127,14 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0 .3em;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}td.text{text-align:left}
+.table-wrap{overflow-x:auto;max-width:100%;margin:.6em 0 .3em}
+table{border-collapse:collapse;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
+th{background:#f3f3f3;vertical-align:bottom}th span{display:inline-block;max-width:7.5em}
+td{white-space:nowrap}td.text{white-space:normal;min-width:5em;max-width:22em;overflow-wrap:anywhere}
+td:first-child,th:first-child,th.text,td.text{text-align:left}
+@media (max-width:900px){table{font-size:.8em}th,td{padding:.2em .35em}}
+ul.files code{overflow-wrap:anywhere}
 .note{color:#555;font-size:.88em;max-width:60em}.meta{color:#666;font-size:.9em}
 .warnings{background:#fff4e5;border:1px solid #f0a040;border-left:6px solid #e07000;padding:.6em 1em;margin:1em 0}
 .warnings li{margin:.3em 0}.ok{background:#eef8ee;border:1px solid #8c8;padding:.5em 1em}
@@ -104,8 +144,9 @@ code{background:#f5f5f5;padding:0 .2em}
 """
 
 
-def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: Path) -> str:
-    """The self-contained page: tables, embedded figures, warnings, glossary, the list of files."""
+def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: Path,
+                files: Sequence[Tuple[str, str]]) -> str:
+    """The self-contained page: tables, embedded figures, warnings, glossary, links to the files beside it."""
     e = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -123,7 +164,7 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
         body = []
         for t in tables:
             if TABLE_SECTION.get(t.id) == sec:
-                body.append(_html_table(t))
+                body.append(_html_table(t, heading=t.title != title))
         for f in figures:
             if f.section == sec:
                 data = base64.b64encode((out / f.file).read_bytes()).decode("ascii")
@@ -137,30 +178,38 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
     for term, text in GLOSSARY:
         parts.append(f"<dt><strong>{e(term)}</strong></dt><dd>{e(text)}</dd>")
     parts.append("</dl>")
-    files = ["results.json", "report.md", "diagnostics.json"] + [
-        f"{r.folder}/{n}.nc" for r in d.runs for n in ("q", "reference", "nuts")
-        if (out / r.folder / f"{n}.nc").exists()]
-    parts.append("<h2 id=\"files\">Files</h2><ul>" + "".join(f"<li><code>{e(f)}</code></li>" for f in files) + "</ul>")
+    items = "".join(f"<li><a href=\"{e(quote(f))}\"><code>{e(f)}</code></a>: {e(role)}</li>"
+                    for f, role in files if f != "index.html")
+    parts.append(f"<h2 id=\"files\">Files</h2><ul class=\"files\">{items}</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def _html_table(t: Table) -> str:
+TEXT_CELL = " class=\"text\""  # left-aligned, may wrap
+
+
+def _html_table(t: Table, heading: bool = True) -> str:
+    """One table in a box that scrolls sideways when the page is narrower than the table; its own heading
+    unless it would repeat the section's."""
     e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
+    # a header as narrow as its longest word, so long names wrap instead of widening the table
+    text = [bool(t.rows) and all(isinstance(row[i], str) or row[i] is None for row in t.rows)
+            for i in range(len(t.columns))]
+    head = "".join(f"<th{TEXT_CELL if txt else ''}><span>{e(c)}</span></th>" for c, txt in zip(t.columns, text))
     rows = []
     for row in t.rows:
         cells = []
         for v in row:
-            cls = " class=\"text\"" if isinstance(v, str) else ""
-            cells.append(f"<td{cls}>{e(fmt(v))}</td>")
+            cells.append(f"<td{TEXT_CELL if isinstance(v, str) else ''}>{e(fmt(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<h3>{e(t.title)}</h3><table id=\"table-{e(t.id)}\" data-table=\"{e(t.id)}\"><thead><tr>{head}"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table><p class=\"note\">{e(t.note)}</p>")
+    title = f"<h3>{e(t.title)}</h3>" if heading else ""
+    return (f"{title}<div class=\"table-wrap\"><table id=\"table-{e(t.id)}\" data-table=\"{e(t.id)}\"><thead>"
+            f"<tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div><p class=\"note\">{e(t.note)}</p>")
 
 
-def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure]) -> str:
-    """The same report in Markdown, linking the figure files."""
+def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
+                    files: Sequence[Tuple[str, str]] = ()) -> str:
+    """The same report in Markdown, linking the figure files and the files beside it."""
     lines = [f"# {_title(d)}", "", f"Created {d.created} by pyro_vae. {_settings_line(d)}",
              "Every number in the tables is in `results.json`.", ""]
     if d.warnings:
@@ -171,7 +220,7 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure]) ->
         body = []
         for t in tables:
             if TABLE_SECTION.get(t.id) == sec:
-                body += [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |",
+                body += ([f"### {t.title}", ""] if t.title != title else []) + ["| " + " | ".join(t.columns) + " |",
                          "|" + "|".join("---" for _ in t.columns) + "|"]
                 body += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
                 body += ["", t.note, ""]
@@ -181,6 +230,9 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure]) ->
         if body:
             lines += [f"## {title}", ""] + body
     lines += ["## How to read this report", ""] + [f"- **{t}**: {d}" for t, d in GLOSSARY] + [""]
+    listed = [f"- [`{f}`]({f}): {role}" for f, role in files if f != "report.md"]
+    if listed:
+        lines += ["## Files", ""] + listed + [""]
     return "\n".join(lines)
 
 

@@ -8,10 +8,13 @@ from typing import List
 
 import numpy as np
 
-from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck
+from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
+from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
 from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
 
 MISSING = "—"
+# a latent dim counts as contracted when its posterior variance is this share below the prior's
+CONTRACTED = 0.1
 
 
 @dataclass
@@ -56,23 +59,36 @@ def _rhat_count(n: NutsCheck) -> str:
     return f"{n.rhat_above} of {int(np.size(n.rhat))}"
 
 
+def _contracted(r: RunDiagnosis) -> int:
+    """Latent dims whose posterior contraction exceeds CONTRACTED: counted here, beside the definition the table states."""
+    return int((np.asarray(r.contraction, dtype=float) > CONTRACTED).sum())
+
+
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
     runs = diagnosis.runs
     tables = []
 
+    # evaluate's active units, where the run's metrics recorded them
+    units = any(r.info.get("active_units") is not None for r in runs)
     rows = []
     for r in runs:
         i = r.info
-        rows.append([r.name, i.get("objective"), i.get("guide"), len(r.latent_labels), r.summary.active_dims,
-                     i.get("epochs"), i.get("test_elbo"), i.get("log_likelihood"), i.get("log_likelihood_se")])
+        rows.append([r.name, i.get("objective"), i.get("guide"), len(r.latent_labels)]
+                    + ([i.get("active_units")] if units else [])
+                    + [_contracted(r), i.get("epochs"), i.get("test_elbo"), i.get("log_likelihood"),
+                       i.get("log_likelihood_se")])
     tables.append(Table(
         "runs", "Runs",
-        ["run", "objective", "guide", "latent dims", "active dims", "epochs", "test ELBO", "log p(x)", "log p(x) s.e."],
+        ["run", "objective", "guide", "latent dims"] + (["active units"] if units else [])
+        + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO", "log p(x)", "log p(x) s.e."],
         rows,
         "Test ELBO and importance-sampled log p(x) per data point in nats, from the run's metrics.json. "
-        "Active dims: latent dimensions whose posterior variance is at least 10% below the prior's "
-        "(averaged over the diagnosed points).",
+        + ("Active units (from the run's evaluation): latent dimensions whose encoder mean varies across the test "
+           f"data, Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g}. " if units else "")
+        + f"Contracted dims: latent dimensions whose posterior contraction, 1 - posterior variance / prior "
+        f"variance averaged over the diagnosed points, exceeds {CONTRACTED:g} (posterior variance at least "
+        f"{CONTRACTED:.0%} below the prior's); not the same count as evaluate's active units.",
     ))
 
     rows = []
