@@ -200,5 +200,5 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
         reconstructions(model, x, data.image_shape, folder / "reconstructions.png"),
         samples(model, data.image_shape, folder / "samples.png"),
         latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png",
-                       class_names=getattr(data, "class_names", None)),  # a source without names: the labels' values
+                       class_names=data.class_names),
     ]

@@ -52,6 +52,7 @@ class Dataset:
     binarize: str = "none"  # "dynamic": resample train batches each step
     notes: List[str] = field(default_factory=list)
     truth: Optional[dict] = None  # synthetic source: the generating parameters
+    class_names: Optional[Tuple[str, ...]] = None  # the name of label 0, 1, ... (plot legends); None: the numbers
 
     @property
     def dim(self) -> int:
@@ -332,7 +333,11 @@ def _find_idx(folder: Path, stem: str) -> Path:
     )
 
 
-def _idx_source(name: str, default_dir: Optional[str]):
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
+def _idx_source(name: str, default_dir: Optional[str], class_names: Optional[Tuple[str, ...]] = None):
     def load(cfg, discrete: bool):
         folder = cfg.path or default_dir
         if folder is None:
@@ -367,12 +372,12 @@ def _idx_source(name: str, default_dir: Optional[str]):
         te = torch.from_numpy(arrays["t10k-images"].reshape(len(arrays["t10k-images"]), -1).astype(np.float32) / scale)
         shape = tuple(arrays["train-images"].shape[1:])
         return Dataset(tr, te, name, shape, torch.from_numpy(arrays["train-labels"].astype(np.int64)),
-                       torch.from_numpy(arrays["t10k-labels"].astype(np.int64)))
+                       torch.from_numpy(arrays["t10k-labels"].astype(np.int64)), class_names=class_names)
 
     return load
 
 
-SOURCES.register("fashion-mnist")(_idx_source("fashion-mnist", FASHION_MNIST_DIR))
+SOURCES.register("fashion-mnist")(_idx_source("fashion-mnist", FASHION_MNIST_DIR, FASHION_MNIST_CLASSES))
 SOURCES.register("mnist")(_idx_source("mnist", None))
 
 

@@ -419,7 +419,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "likelihood": cfg.model.likelihood, "latent_dim": cfg.model.latent_dim,
             "epochs": len(run.history or []), "data": data.name,
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
-            "log_likelihood_se": m.get("log_likelihood_se"),
+            "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
         subjects.append(Subject(name, run.model, data.test[:n], list(range(n)), run=run, data=data, info=info))
     return subjects
