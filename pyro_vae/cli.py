@@ -1,4 +1,4 @@
-"""``pyro-vae``: train, evaluate and sample latent-variable models from the shell.
+"""``pyro-vae``: demo, train, evaluate, sample, diagnose and report from the shell.
 
 Every user-fixable problem ends as one line on stderr and exit status 2; an
 interrupted training run saves its state and exits 130 (SIGINT) or 143 (SIGTERM).

@@ -40,4 +40,4 @@ def test_user_model_is_not_a_builtin_and_checkpoints(tmp_path):
     trainer = pv.Trainer(model, pv.TrainConfig(elbo="trace", epochs=1, batch_size=50, device="cpu"), run_dir=tmp_path)
     trainer.fit(data.train, data.test)
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert torch.equal(payload["params"]["param_store:df"], pyro.get_param_store()._params["df"].detach())
+    assert torch.equal(payload["params"]["param_store:df"], pyro.get_param_store().get_state()["params"]["df"].detach())

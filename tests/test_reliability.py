@@ -747,7 +747,7 @@ DRIVER = textwrap.dedent("""
 
     mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     if mode == "kill":
-        calls, real_write = [0], C._write
+        calls, real_write = [0], C.write_payload
         def write(payload, f):
             calls[0] += 1
             if calls[0] == n:
@@ -758,7 +758,7 @@ DRIVER = textwrap.dedent("""
                 os.fsync(f.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
             real_write(payload, f)
-        C._write = write
+        C.write_payload = write
     elif mode != "none":
         real_step = T.Trainer.step
         def step(self, x, beta=1.0):
@@ -907,7 +907,7 @@ def test_killed_during_a_checkpoint_write_keeps_the_previous_one(straight_run, r
 
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(resume_config, work, capsys, monkeypatch):
     calls = [0]
-    real_write = ckpt._write
+    real_write = ckpt.write_payload
 
     def write(payload, f):
         calls[0] += 1
@@ -916,7 +916,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(resume_confi
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(payload, f)
 
-    monkeypatch.setattr(ckpt, "_write", write)
+    monkeypatch.setattr(ckpt, "write_payload", write)
     out = work / "out"
     line = user_error(capsys, "train", resume_config, "--out", out, *RUN_FLAGS)
     assert "No space left on device" in line and "previous checkpoint is intact" in line

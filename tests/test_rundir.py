@@ -340,7 +340,7 @@ SECOND_CTRL_C = textwrap.dedent("""
     import pyro_vae.rundir.checkpoint as C
     from pyro_vae.cli import main
 
-    calls, real_write = [0], C._write
+    calls, real_write = [0], C.write_payload
     def write(payload, f):
         calls[0] += 1
         if calls[0] == 2:  # the second checkpoint: Ctrl-C twice in the middle of writing it
@@ -348,7 +348,7 @@ SECOND_CTRL_C = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
         real_write(payload, f)
-    C._write = write
+    C.write_payload = write
     sys.exit(main(sys.argv[1:]))
 """)
 

@@ -1,4 +1,4 @@
-"""Data sources, validation and in-memory batching.
+"""Data sources (digits, Fashion-MNIST/MNIST IDX files, arrays, synthetic) and load_data, which checks what they load.
 
 Every source returns a :class:`Dataset`: float32 train/test matrices (one row
 per data point), an optional image shape, optional labels, and notes about

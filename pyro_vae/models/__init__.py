@@ -1,4 +1,4 @@
-"""The latent-variable model protocol and the registry of built-in model types.
+"""The registry of built-in model types, and the protocol any model follows (re-exported from protocol.py).
 
 Anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and ``obs_site``
 trains, evaluates and is diagnosed by this library.  Built-in models also

@@ -23,7 +23,7 @@ FORMAT = "pyro_vae.checkpoint"
 FORMAT_VERSION = 1
 
 
-def _write(payload: dict, f) -> None:
+def write_payload(payload: dict, f) -> None:
     """Serialize into an open file (a seam: tests replace it to simulate a full disk or a kill)."""
     torch.save(payload, f)
 
@@ -36,7 +36,7 @@ def save_checkpoint(payload: dict, path: os.PathLike) -> None:
     """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     try:
-        write_atomic(path, lambda f: _write(payload, f), what="checkpoint")
+        write_atomic(path, lambda f: write_payload(payload, f), what="checkpoint")
     except PyroVAEError as e:
         raise PyroVAEError(f"{e}, then --resume") from None
 
