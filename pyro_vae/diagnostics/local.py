@@ -118,7 +118,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     current = [p.detach().clone() for p in params]
     check = _Check(model, guide, x, layout, settings, family == "delta")
     before, converged, taken, averaged, quiet = check(), False, steps, 0, 0
-    for j in range(1, MAX_BLOCKS + 1):
+    for _ in range(MAX_BLOCKS):
         with torch.no_grad():
             for p, c in zip(params, current):
                 p.copy_(c)  # the optimizer goes on from its own iterate, not from the average

@@ -85,7 +85,12 @@ class KhatSummary(Record):
 
 @dataclass
 class AmortizationGap(Record):
-    """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats)."""
+    """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats).
+
+    Both ELBOs come from fresh draws (with common noise); where the fit does
+    not beat the amortized q on independent draws, q itself is the best
+    per-point q found and the gap is 0 exactly.
+    """
 
     family: str
     elbo: np.ndarray

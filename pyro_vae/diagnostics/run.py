@@ -37,6 +37,9 @@ from .calibration import sbc_ranks, sbc_uniformity
 # correlation rho is sqrt(1 - rho^2) wide: 0.95 at rho = 0.3, 0.8 at rho = 0.6, not flagged)
 OVERCONFIDENT_SD = 0.5
 SD_RATIO_MIN = 0.8
+# the gap is scored on this many times settings.draws fresh draws: forward passes only, cheap next
+# to the fit, and the two ELBOs' draws vary far more than their (paired) difference
+GAP_DRAWS = 4
 
 
 def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSettings(), *, progress: Optional[bool] = None,
@@ -169,7 +172,7 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
         if layout.point_mass:
             local_gap = fit_local(model, x, layout, q.mean, q.sd, settings, "delta", progress, f"{name}: local MAP")
     b = x.shape[0]
-    k_local = 1 if layout.point_mass else settings.draws
+    k_local = 1 if layout.point_mass else GAP_DRAWS * settings.draws
     fresh = settings.seed + 5  # neither q's draws (seed + 1) nor the local fit's check draws (seed + 3)
     with torch.no_grad(), isolated_rng(fresh, x.device):
         _, lp_l, lq_l = draw_q(_LocalModel(model, local_gap.guide), x, k_local, layout, split="draws")
@@ -180,15 +183,16 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
         with torch.no_grad(), isolated_rng(fresh, x.device):
             _, lp_q, lq_q = draw_q(_LocalModel(model, model.guide), x, k_local, layout, split="draws")
         lw_q = (lp_q - lq_q).cpu().numpy()
+    if k_local > 1:
+        # the s.e. of the fit's gain over q, kept where q wins: it is how well "no gap" is known
+        gap_se = (lw_local - lw_q).std(0, ddof=1) / math.sqrt(k_local)  # paired draws (common random numbers)
+    else:
+        gap_se = q.elbo_se.copy()
     # where the fit does not beat q on independent draws, q is the best per-point q found: no gap
     better = local_gap.better
     lw_local = np.where(better[None, :], lw_local, lw_q)
     elbo_local, elbo_q = lw_local.mean(0), lw_q.mean(0)
-    if k_local > 1:
-        elbo_local_se = lw_local.std(0, ddof=1) / math.sqrt(k_local)
-        gap_se = (lw_local - lw_q).std(0, ddof=1) / math.sqrt(k_local)  # paired draws (common random numbers)
-    else:
-        elbo_local_se, gap_se = np.zeros(b), q.elbo_se.copy()
+    elbo_local_se = lw_local.std(0, ddof=1) / math.sqrt(k_local) if k_local > 1 else np.zeros(b)
     gap = AmortizationGap(family="AutoDelta (MAP)" if layout.point_mass else "AutoNormal (diagonal Gaussian)",
                           elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - elbo_q, gap_se=gap_se,
                           elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better)
