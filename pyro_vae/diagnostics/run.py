@@ -159,11 +159,11 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
     """q fitted to each point alone (decoder fixed) and the amortization gap; also the reference's preconditioner.
 
     The local q starts at the moments of q's draws, so those draws cannot
-    score it (its ELBO on them is biased up, and the gap with it); the local
-    q is chosen per point over q only where it beats q on independent check
-    draws (see ``fit_local``), and both are scored on fresh draws, with the same noise for both where the two
-    guides draw alike (two reparameterized Gaussians), which makes the gap's
-    standard error that of a paired difference.
+    score it (its ELBO on them is biased up, and the gap with it).  It is
+    kept per point only where it beats q on independent check draws (see
+    ``fit_local``); both are scored on fresh draws, with the same noise for
+    both where the two guides draw alike (two reparameterized Gaussians),
+    which makes the gap's standard error that of a paired difference.
     """
     q = qd.summary
     with torch.enable_grad(), _few_threads(model, x, settings.local_particles):

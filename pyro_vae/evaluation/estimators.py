@@ -12,7 +12,8 @@ are not densities and are left out):
   (delta method per point), ``iw_ess_*`` the importance ESS out of K,
   ``iw_khat_*`` the PSIS Pareto k-hat of each point's K weights (Vehtari
   et al. 2024): above 0.7 the weights are so heavy-tailed that the
-  estimate is biased low by more than its s.e., which is then meaningless;
+  estimate is biased low by more than its s.e., which then understates
+  the error;
   ``log_likelihood_warning`` says so, and what to do, when any point has
   k-hat above 0.7 or an ESS below 5 (``None`` otherwise);
 - ``log_likelihood_prior``: log (1/K) sum_k p(x|z_k), z_k ~ p(z), with its
