@@ -70,8 +70,14 @@ def _format_metrics(m: dict) -> str:
             if m.get("iw_ess_min") is not None:
                 text += f", min {m['iw_ess_min']:.1f}"
         row("log p(x) (importance sampled)", text + ")")
-        if m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
-            # the delta-method s.e. comes from the same few dominant weights: it can be far too small
+        if m.get("iw_khat_above_0_7") is not None:
+            k_max, k_med = m.get("iw_khat_max"), m.get("iw_khat_median")
+            shown = "" if k_max is None else f"max {k_max:.2f}, median {k_med:.2f}, "
+            row("  PSIS k-hat of the weights", f"{shown}{m['iw_khat_above_0_7']} of {m['num_points']} points above 0.7")
+        if m.get("log_likelihood_warning"):
+            lines.append(f"    WARNING: {m['log_likelihood_warning']}")
+        elif "log_likelihood_warning" not in m and m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
+            # an older metrics.json: the delta-method s.e. comes from the same few dominant weights
             lines.append("    (some points have an ESS below 5: their estimate and s.e. rest on a few draws; raise K)")
     else:
         row("log p(x) (importance sampled)", "not available (point-mass guide or no importance samples)")

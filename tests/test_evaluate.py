@@ -42,6 +42,7 @@ NEW_KEYS = {
     "iw_ess_min", "log_likelihood_prior", "log_likelihood_prior_se", "prior_samples", "prior_ess_mean",
     "prior_ess_min", "latent_dims", "latent_names", "active_units", "active_units_threshold",
     "posterior_mean_variance", "kl_per_dim", "kl_per_dim_analytic", "reconstruction_mse",
+    "iw_khat_max", "iw_khat_median", "iw_khat_above_0_7", "log_likelihood_warning",
 }
 D64 = torch.float64
 
@@ -686,11 +687,14 @@ def test_cli_text_per_point_csv_and_errors(tiny_run, tmp_path, capsys):
     csv_path = tmp_path / "points.csv"
     assert main(["evaluate", str(tiny_run), "--iw-samples", "10", "--per-point", str(csv_path)]) == 0
     text = capsys.readouterr().out
-    for phrase in ("test ELBO", "log p(x) (importance sampled)", "naive", "active units", "MSE", "analytic"):
+    for phrase in ("test ELBO", "log p(x) (importance sampled)", "naive", "active units", "MSE", "analytic",
+                   "PSIS k-hat"):
         assert phrase in text, phrase
+    # K = 10 leaves PSIS no tail to fit: the s.e. is not vouched for, and the table says what to do
+    assert "WARNING: K = 10 importance draws are too few" in text and "raise iw_samples" in text
     rows = list(csv.DictReader(csv_path.open()))
     n = pv.load_run(tiny_run).metrics["num_points"]
-    assert len(rows) == n and {"elbo", "log_likelihood", "iw_ess", "log_likelihood_prior"} <= rows[0].keys()
+    assert len(rows) == n and {"elbo", "log_likelihood", "iw_ess", "iw_khat", "log_likelihood_prior"} <= rows[0].keys()
     assert main(["evaluate", str(tiny_run), "--iw-samples", "0"]) == 2
     err = capsys.readouterr().err
     assert "iw_samples" in err or "iw-samples" in err

@@ -110,9 +110,11 @@ def grid_reference(model, x, layout: _Layout, center: np.ndarray, halfwidth: np.
     m1 = (prob.sum(1) * axes[1]).sum(1)
     d0 = axes[0] - m0[:, None]
     d1 = axes[1] - m1[:, None]
-    # midpoint rule; the uniform spread within a cell adds h^2/12 to each variance
-    v0 = (prob.sum(2) * d0**2).sum(1) + h2[:, 0] ** 2 / 12
-    v1 = (prob.sum(1) * d1**2).sum(1) + h2[:, 1] ** 2 / 12
+    # midpoint rule: the sum over cell centres is already the integral of (z - m)^2 p(z), to
+    # far below h^2 for a smooth density inside the box (adding the h^2/12 of a uniform spread
+    # within each cell would count the cells' width twice); only the draws below are jittered
+    v0 = (prob.sum(2) * d0**2).sum(1)
+    v1 = (prob.sum(1) * d1**2).sum(1)
     c01 = np.einsum("bij,bi,bj->b", prob, d0, d1)
     mean = np.stack([m0, m1], 1)
     cov = np.stack([np.stack([v0, c01], 1), np.stack([c01, v1], 1)], 1)

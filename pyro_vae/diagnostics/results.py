@@ -85,13 +85,23 @@ class KhatSummary(Record):
 
 @dataclass
 class AmortizationGap(Record):
-    """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats)."""
+    """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats).
+
+    Both ELBOs come from fresh draws (with common noise); where the fit does
+    not beat the amortized q on independent draws, q itself is the best
+    per-point q found and the gap is 0 exactly.
+    """
 
     family: str
     elbo: np.ndarray
     elbo_se: np.ndarray
     gap: np.ndarray
     gap_se: np.ndarray
+    elbo_q: Optional[np.ndarray] = None  # the amortized q's ELBO on the draws that scored the local q
+    steps: Optional[int] = None  # Adam steps of the local fit
+    converged: Optional[bool] = None  # its last blocks changed the ELBO by less than its s.e.
+    # per point: the fit beat q on independent draws (elsewhere q itself is the best found, gap 0)
+    local_better: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -188,6 +198,9 @@ class RunSummary(Record):
     w2: Optional[float] = None
     sbc_min_p: Optional[float] = None
     sbc_flagged: Optional[int] = None
+    sd_ratio_se: Optional[float] = None  # standard error of the geometric-mean sd ratio
+    overconfident: Optional[bool] = None  # the sd ratio is at most 0.5, or clearly below 0.8
+    overconfident_points: Optional[List[int]] = None  # the points whose own sd ratio is
 
 
 @dataclass

@@ -32,6 +32,16 @@ from .arviz_io import arviz, from_dict, pareto_khat
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
 
+# q is overconfident when its sd ratio to the reference is at most OVERCONFIDENT_SD, or below
+# SD_RATIO_MIN by more than 2 of its standard errors (the best diagonal q of a posterior with
+# correlation rho is sqrt(1 - rho^2) wide: 0.95 at rho = 0.3, 0.8 at rho = 0.6, not flagged)
+OVERCONFIDENT_SD = 0.5
+SD_RATIO_MIN = 0.8
+# the gap is scored on this many times settings.draws fresh draws: forward passes only, cheap next
+# to the fit, and the two ELBOs' draws vary far more than their (paired) difference
+GAP_DRAWS = 4
+
+
 def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSettings(), *, progress: Optional[bool] = None,
                      log: Optional[Callable[[str], None]] = None) -> RunDiagnosis:
     """All diagnostics of one model on its points; see the module docstring."""
@@ -88,7 +98,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log)
     lap("generated")
     seconds = time.perf_counter() - t_start
-    summary = _summary(subject.point_index, qd.summary, khat, local, comparison, sbc, contraction)
+    summary = _summary(subject.point_index, qd.summary, khat, local, comparison, sbc, contraction,
+                       _log_sd_ratio_var(settings.draws, ref.result, layout.dim, b))
     run = subject.run
     data = subject.data
     shape = getattr(data, "image_shape", None) or getattr(run, "image_shape", None)
@@ -117,8 +128,6 @@ class _QDraws:
 
 def _draw_q(model, x, layout: _Layout, point_index, name, settings) -> _QDraws:
     """Draws from q(z|x), their importance log-weights, moments and ELBO per point."""
-    # the same seed as the local q's draws: for two reparameterized Gaussians the draws
-    # share their noise, so the gap ELBO(local) - ELBO(q) has a far smaller standard error
     with isolated_rng(settings.seed + 1, x.device):
         zq, log_p, log_q = draw_q(model, x, settings.draws, layout)
     zq_np = zq.cpu().numpy()
@@ -147,7 +156,15 @@ def _prior_draws(model, x, layout: _Layout, settings) -> np.ndarray:
 
 
 def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress):
-    """q fitted to each point alone (decoder fixed) and the amortization gap; also the reference's preconditioner."""
+    """q fitted to each point alone (decoder fixed) and the amortization gap; also the reference's preconditioner.
+
+    The local q starts at the moments of q's draws, so those draws cannot
+    score it (its ELBO on them is biased up, and the gap with it).  It is
+    kept per point only where it beats q on independent check draws (see
+    ``fit_local``); both are scored on fresh draws, with the same noise for
+    both where the two guides draw alike (two reparameterized Gaussians),
+    which makes the gap's standard error that of a paired difference.
+    """
     q = qd.summary
     with torch.enable_grad(), _few_threads(model, x, settings.local_particles):
         local_normal = fit_local(model, x, layout, q.mean, q.sd, settings, "normal", progress, f"{name}: local q")
@@ -155,19 +172,31 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
         if layout.point_mass:
             local_gap = fit_local(model, x, layout, q.mean, q.sd, settings, "delta", progress, f"{name}: local MAP")
     b = x.shape[0]
-    k_local = 1 if layout.point_mass else settings.draws
-    with torch.no_grad(), isolated_rng(settings.seed + 1, x.device):
-        _, lp_l, lq_l = draw_q(_LocalModel(model, local_gap), x, k_local, layout, split="draws")
+    k_local = 1 if layout.point_mass else GAP_DRAWS * settings.draws
+    fresh = settings.seed + 5  # neither q's draws (seed + 1) nor the local fit's check draws (seed + 3)
+    with torch.no_grad(), isolated_rng(fresh, x.device):
+        _, lp_l, lq_l = draw_q(_LocalModel(model, local_gap.guide), x, k_local, layout, split="draws")
     lw_local = (lp_l - lq_l).cpu().numpy()
-    elbo_local = lw_local.mean(0)
-    elbo_local_se = lw_local.std(0, ddof=1) / math.sqrt(k_local) if k_local > 1 else np.zeros(b)
-    if k_local == settings.draws:
-        gap_se = (lw_local - qd.log_w).std(0, ddof=1) / math.sqrt(k_local)  # paired draws (common random numbers)
+    if layout.point_mass:
+        lw_q = qd.log_w[:1]  # a point mass draws nothing: its one "draw" is exact
+    else:
+        with torch.no_grad(), isolated_rng(fresh, x.device):
+            _, lp_q, lq_q = draw_q(_LocalModel(model, model.guide), x, k_local, layout, split="draws")
+        lw_q = (lp_q - lq_q).cpu().numpy()
+    if k_local > 1:
+        # the s.e. of the fit's gain over q, kept where q wins: it is how well "no gap" is known
+        gap_se = (lw_local - lw_q).std(0, ddof=1) / math.sqrt(k_local)  # paired draws (common random numbers)
     else:
         gap_se = q.elbo_se.copy()
+    # where the fit does not beat q on independent draws, q is the best per-point q found: no gap
+    better = local_gap.better
+    lw_local = np.where(better[None, :], lw_local, lw_q)
+    elbo_local, elbo_q = lw_local.mean(0), lw_q.mean(0)
+    elbo_local_se = lw_local.std(0, ddof=1) / math.sqrt(k_local) if k_local > 1 else np.zeros(b)
     gap = AmortizationGap(family="AutoDelta (MAP)" if layout.point_mass else "AutoNormal (diagonal Gaussian)",
-                          elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - q.elbo, gap_se=gap_se)
-    return gap, _unconstrained_loc_scale(local_normal, layout, b)
+                          elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - elbo_q, gap_se=gap_se,
+                          elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better)
+    return gap, _unconstrained_loc_scale(local_normal.guide, layout, b)
 
 
 @dataclass
@@ -305,8 +334,28 @@ def _idata(layout: _Layout, z: np.ndarray, points, stats: Optional[dict], attrs:
     return from_dict(post, ss, coords=coords, dims=dims, attrs=attrs)
 
 
+def _log_sd_ratio_var(draws: int, ref: Reference, dims: int, b: int) -> np.ndarray:
+    """Sampling variance of log(sd_q / sd_ref) per (point, latent dim).
+
+    log of a sample sd from n effective draws has variance about 1 / (2 n):
+    q's draws are independent; NUTS's count their bulk ESS; the grid's sd is
+    exact.
+    """
+    v = np.full((b, dims), 1.0 / (2 * max(draws - 1, 1)))
+    if ref.method == "nuts" and ref.nuts is not None:
+        v = v + 1.0 / (2 * np.maximum(np.asarray(ref.nuts.ess_bulk, dtype=float), 1.0))
+    return v
+
+
+def _overconfident(ratio, log_var_sum, count) -> np.ndarray:
+    """Whether a geometric-mean sd ratio (of ``count`` log ratios) is at most OVERCONFIDENT_SD, or clearly below SD_RATIO_MIN."""
+    ratio = np.asarray(ratio, dtype=float)
+    se = ratio * np.sqrt(log_var_sum) / count
+    return (ratio <= OVERCONFIDENT_SD) | (ratio + 2 * se < SD_RATIO_MIN)
+
+
 def _summary(points, q: QSummary, khat: KhatSummary, local: AmortizationGap, c: Optional[Comparison], sbc: Optional[SbcResult],
-             contraction: np.ndarray) -> RunSummary:
+             contraction: np.ndarray, log_ratio_var: Optional[np.ndarray] = None) -> RunSummary:
     """The scalars the report's tables show, and the worst points."""
     b = len(points)
     s = RunSummary(points=b, elbo_q=float(np.mean(q.elbo)), elbo_local=float(np.mean(local.elbo)),
@@ -317,6 +366,13 @@ def _summary(points, q: QSummary, khat: KhatSummary, local: AmortizationGap, c: 
         s.mean_abs_error = float(np.mean(c.mean_abs_error))
         s.std_mean_error = float(np.mean(c.std_mean_error))
         s.sd_ratio = _geometric_mean(c.sd_ratio)
+        if log_ratio_var is not None:
+            n_all = log_ratio_var.size
+            s.sd_ratio_se = float(s.sd_ratio * np.sqrt(log_ratio_var.sum()) / n_all)
+            dims = log_ratio_var.shape[1]
+            s.overconfident = bool(_overconfident(s.sd_ratio, log_ratio_var.sum(), n_all))
+            flagged = _overconfident(c.sd_ratio, log_ratio_var.sum(1), dims)
+            s.overconfident_points = [int(points[j]) for j in np.nonzero(flagged)[0]]
         s.kl_gauss = float(np.mean(kl)) if np.all(np.isfinite(kl)) else None
         s.w2 = float(np.mean(c.w2))
     if sbc is not None and sbc.pvalues is not None:
@@ -369,14 +425,20 @@ def _warnings(r: RunDiagnosis) -> List[str]:
                    "importance-sampled log p(x) are undefined and its KL to the reference is infinite")
     bad = r.khat.bad
     if bad:
-        worst = ", ".join(f"test[{w.point}] (k-hat {w.khat:.2f})" for w in s.worst[:3])
+        # only points above the threshold: the warning must not name a point it is not about
+        named = [w for w in s.worst if w.khat is not None and w.khat > KHAT_BAD][:3]
+        worst = ", ".join(f"test[{w.point}] (k-hat {w.khat:.2f})" for w in named)
         severity = "POOR POSTERIOR" if bad > b / 2 else "some points poorly covered"
         out.append(f"{name}: {severity}: PSIS k-hat > {KHAT_BAD} for {bad} of {b} points (worst: {worst}): "
                    "q(z|x) misses posterior mass there (too narrow, or the wrong shape), so posterior summaries from q "
                    "and importance-sampled log p(x) are unreliable for these points")
-    if s.sd_ratio is not None and s.sd_ratio < 0.5 and not r.point_mass_guide:
-        out.append(f"{name}: q's standard deviations are {s.sd_ratio:.2f}x the reference's (geometric mean): "
-                   "q is overconfident")
+    if s.sd_ratio is not None and not r.point_mass_guide and (s.overconfident or s.overconfident_points):
+        pts = s.overconfident_points or []
+        where = ", ".join(f"test[{p}]" for p in pts[:5]) + (" ..." if len(pts) > 5 else "")
+        se = "" if s.sd_ratio_se is None else f", s.e. {s.sd_ratio_se:.2g}"
+        out.append(f"{name}: q is overconfident: its standard deviations are {s.sd_ratio:.2f}x the reference's "
+                   f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} points"
+                   + (f" ({where})" if pts else "") + ": posterior intervals from q are too short there")
     if r.sbc is not None and r.sbc.flagged:
         f = r.sbc.flagged
         dims = ", ".join(f[:6]) + (" ..." if len(f) > 6 else "")

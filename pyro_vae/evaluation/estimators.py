@@ -9,8 +9,13 @@ are not densities and are left out):
   (``kl_method``), else Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
 - ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
   ``log_likelihood_se`` is the Monte Carlo standard error of the mean
-  (delta method per point), ``iw_ess_*`` the importance ESS out of K (a
-  small ESS makes the s.e. unreliable);
+  (delta method per point), ``iw_ess_*`` the importance ESS out of K,
+  ``iw_khat_*`` the PSIS Pareto k-hat of each point's K weights (Vehtari
+  et al. 2024): above 0.7 the weights are so heavy-tailed that the
+  estimate is biased low by more than its s.e., which then understates
+  the error;
+  ``log_likelihood_warning`` says so, and what to do, when any point has
+  k-hat above 0.7 or an ESS below 5 (``None`` otherwise);
 - ``log_likelihood_prior``: log (1/K) sum_k p(x|z_k), z_k ~ p(z), with its
   s.e. and ESS: the only log p(x) a point-mass guide has;
 - ``active_units``: dimensions with Cov_x(E_q[z_j|x]) above
@@ -20,7 +25,8 @@ are not densities and are left out):
   mean.
 
 Draws are taken in chunks of (particles x points) under an element
-``budget``, keeping only running sums per point, so memory does not grow
+``budget``, keeping only running sums per point and the largest few log-weights
+(the tail PSIS fits, about 3 sqrt K of them), so memory does not grow
 with K.  Evaluation runs without gradients, in eval mode, on its own RNG
 stream: it never changes parameters, buffers or the caller's RNG.
 """
@@ -32,6 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import pyro.distributions as dist
 from pyro import poutine
@@ -39,6 +46,8 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from ..errors import PyroVAEError
+from ..diagnostics.arviz_io import pareto_khat
+from ..diagnostics.settings import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles,
@@ -48,10 +57,12 @@ DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
 DEFAULT_BUDGET = 2**22
 ACTIVE_UNIT_THRESHOLD = 0.01
+# below this importance ESS a point's estimate and s.e. rest on a handful of draws
+IW_ESS_MIN = 5
 
 __all__ = [
     "evaluate", "evaluate_points", "PointwiseEvaluation", "importance_summary", "test_elbo",
-    "plan_chunks", "DEFAULT_IW_SAMPLES", "DEFAULT_BUDGET", "ACTIVE_UNIT_THRESHOLD",
+    "plan_chunks", "DEFAULT_IW_SAMPLES", "DEFAULT_BUDGET", "ACTIVE_UNIT_THRESHOLD", "IW_ESS_MIN",
 ]
 
 
@@ -184,6 +195,46 @@ class _LogMeanExp:
         else:
             var = torch.full_like(est, float("nan"))
         return est, var, 1.0 / sum_w2, torch.exp(self.top - self.lse1)
+
+
+def _tail_size(num_draws: int) -> int:
+    """How many of the largest log-weights PSIS looks at: its M tail draws and the cutoff below them.
+
+    ArviZ's psislw (r_eff = 1) fits the M = ceil(min(K/5, 3 sqrt K)) largest
+    weights above the (M+1)-th largest; nothing else enters k-hat.
+    """
+    return min(num_draws, int(math.ceil(min(num_draws / 5.0, 3 * math.sqrt(num_draws)))) + 1)
+
+
+class _Tail:
+    """The largest log-weights of each point, in a buffer of fixed size (PSIS needs no others)."""
+
+    def __init__(self, num_draws: int):
+        self.num_draws = num_draws
+        self.size = _tail_size(num_draws)
+        self.top = None  # (size, b), largest first
+
+    def add(self, log_w: torch.Tensor):
+        t = log_w.double() if self.top is None else torch.cat([self.top, log_w.double()], 0)
+        self.top = t.topk(min(self.size, t.shape[0]), dim=0).values
+
+    def khat(self, ess: torch.Tensor) -> torch.Tensor:
+        """PSIS k-hat per point, exactly as of all K weights: NaN for K = 1, -inf where all K are equal."""
+        k_total, b = self.num_draws, self.top.shape[1]
+        if k_total < 2:
+            return torch.full((b,), float("nan"), dtype=torch.float64)
+        top = self.top.T.cpu().numpy()
+        out = np.empty(b)
+        rows = max(1, 2**20 // k_total)  # bounded scratch: rows x K at a time
+        for i in range(0, b, rows):
+            t = top[i : i + rows]
+            # the draws below the tail only fix the cutoff: copies of the cutoff give the same fit
+            full = np.repeat(t[:, -1:], k_total, axis=1)
+            full[:, : t.shape[1]] = t
+            out[i : i + rows] = pareto_khat(full)
+        k = torch.as_tensor(out, dtype=torch.float64)
+        # equal weights (q is the posterior up to a constant) have no tail to fit: bounded, k = -inf
+        return torch.where(ess.cpu().double() >= k_total * (1 - 1e-9), torch.tensor(-math.inf, dtype=torch.float64), k)
 
 
 def importance_summary(log_w: torch.Tensor):
@@ -356,6 +407,7 @@ class PointwiseEvaluation:
     point_mass: bool
     seconds: float
     log_weights: Optional[torch.Tensor] = None  # (n, K), only with keep_log_weights=True
+    iw_khat: Optional[torch.Tensor] = None  # PSIS k-hat of each point's K importance weights
 
     @property
     def num_points(self) -> int:
@@ -401,6 +453,10 @@ class PointwiseEvaluation:
             "iw_samples": int(self.iw_samples),
             "iw_ess_mean": mean(self.iw_ess),
             "iw_ess_min": lo(self.iw_ess),
+            "iw_khat_max": None if self.iw_khat is None else _finite(self.iw_khat.max()),
+            "iw_khat_median": None if self.iw_khat is None else _finite(np.median(self.iw_khat.numpy())),
+            "iw_khat_above_0_7": None if self.iw_khat is None else int((self.iw_khat > KHAT_BAD).sum()),
+            "log_likelihood_warning": self.log_likelihood_warning(),
             "log_likelihood_prior": mean(self.log_likelihood_prior),
             "log_likelihood_prior_se": se(self.log_likelihood_prior_var),
             "prior_samples": int(self.prior_samples),
@@ -419,13 +475,34 @@ class PointwiseEvaluation:
         }
         return out
 
+    def log_likelihood_warning(self) -> Optional[str]:
+        """Why the importance-sampled log p(x) and its s.e. cannot be trusted, and what to do; None when they can."""
+        if self.iw_khat is None or self.iw_ess is None:
+            return None
+        n, k = self.num_points, self.iw_samples
+        bad = int((self.iw_khat > KHAT_BAD).sum())
+        low = int((self.iw_ess < IW_ESS_MIN).sum())
+        if not bad and not low:
+            return None
+        if _tail_size(k) <= 5:  # PSIS fits no tail of 4 draws or fewer: k-hat is infinite
+            return (f"K = {k} importance draws are too few to check the weights' tail (PSIS needs K >= 21): "
+                    "the log p(x) s.e. cannot be trusted; raise iw_samples")
+        why = []
+        if bad:
+            why.append(f"PSIS k-hat > {KHAT_BAD} for {bad} of {n} points (max {float(self.iw_khat.max()):.2f})")
+        if low:
+            why.append(f"importance ESS below {IW_ESS_MIN} for {low} of {n} points")
+        return ("the log p(x) s.e. cannot be trusted: " + " and ".join(why) + ": the weights are heavy-tailed, so "
+                "the estimate is biased low by more than its s.e. there; raise iw_samples (K) or use a guide "
+                "closer to the posterior (wider, or a richer family)")
+
     def to_rows(self) -> List[dict]:
         """One dict per data point (for a CSV): the scalar per-point results."""
         cols = {
             "elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl, "kl_mc": self.kl_mc,
             "log_likelihood": self.log_likelihood,
             "log_likelihood_se": None if self.log_likelihood_var is None else self.log_likelihood_var.sqrt(),
-            "iw_ess": self.iw_ess, "iw_max_weight": self.iw_max_weight,
+            "iw_ess": self.iw_ess, "iw_max_weight": self.iw_max_weight, "iw_khat": self.iw_khat,
             "log_likelihood_prior": self.log_likelihood_prior,
             "log_likelihood_prior_se": None if self.log_likelihood_prior_var is None else self.log_likelihood_prior_var.sqrt(),
             "prior_ess": self.prior_ess, "reconstruction_mse": self.reconstruction_mse,
@@ -508,7 +585,7 @@ def evaluate_points(
         k_chunk, b_chunk = plan_chunks(n, max(k_total, prior_samples), width, budget)
         d = layout.dim
         res = {key: [] for key in ("rec", "kl", "kl_mc", "kl_mc_var", "elbo_var", "ll", "ll_var", "ess", "wmax",
-                                   "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw")}
+                                   "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw", "khat")}
         analytic = True
         per_dim, dims_analytic = d > 0 and not layout.point_mass, True
         heap = _HeapTrimmer()
@@ -516,6 +593,7 @@ def evaluate_points(
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
             lme = _LogMeanExp(keep_log_weights) if iw else None
+            tail = _Tail(k_total) if iw else None
             mean_sum = torch.zeros(xb.shape[0], d, dtype=torch.float64, device=device)
             dim_sum = torch.zeros_like(mean_sum) if per_dim else None
             for ks in _chunks(k_total, k_chunk):
@@ -528,6 +606,7 @@ def evaluate_points(
                 log_w.add(w)
                 if lme is not None:
                     lme.add(w)
+                    tail.add(w)
                 if t.kl is None:
                     analytic = False
                 else:
@@ -561,6 +640,7 @@ def evaluate_points(
                 res["ll_var"].append(var)
                 res["ess"].append(ess)
                 res["wmax"].append(wmax)
+                res["khat"].append(tail.khat(ess))
                 if keep_log_weights:
                     res["logw"].append(torch.cat(lme.kept, 1))
             if reconstruction_error:
@@ -596,6 +676,7 @@ def evaluate_points(
         reconstruction_mse=cat("mse") if reconstruction_error else None,
         point_mass=layout.point_mass, seconds=time.perf_counter() - t0,
         log_weights=cat("logw") if keep_log_weights and iw else None,
+        iw_khat=cat("khat") if iw else None,
     )
 
 
