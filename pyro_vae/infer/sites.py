@@ -308,10 +308,7 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
     except PyroVAEError:
         raise
     except _TRACE_ERRORS as e:
-        raise PyroVAEError(
-            f"{type(model).__name__} fails on {data} with one draw per point ({_first_line(e)[:300]}): "
-            f"{_likely_cause(e)}"
-        ) from None
+        raise _fails(model, data, e) from None
     observed = [name for name, site in mtr.nodes.items() if is_observed(site)]
     if model.obs_site not in observed:
         raise PyroVAEError(
@@ -350,8 +347,17 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
         layout.supports[s] = node["fn"].support
         layout.event_dims[s] = event_dim
         layout.point_mass = layout.point_mass or is_point_mass(gsite["fn"])
+    try:  # the densities too: the data's support is checked where a density is taken
+        point_densities(gtr, mtr, layout, 1, b)
+    except _TRACE_ERRORS as e:
+        raise _fails(model, data, e) from None
     layout.broadcasts = _broadcasts(model, x, layout)
     return layout
+
+
+def _fails(model, data: str, e: BaseException) -> PyroVAEError:
+    return PyroVAEError(f"{type(model).__name__} fails on {data} with one draw per point ({_first_line(e)[:300]}): "
+                        f"{_likely_cause(e)}")
 
 
 # a number of draws unlike the two points the probe traces, so that indexing draws as points (z[:, 0]) fails
