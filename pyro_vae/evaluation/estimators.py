@@ -21,7 +21,9 @@ are not densities and are left out):
 
 Draws are taken in chunks of (particles x points) under an element
 ``budget``, keeping only running sums per point, so memory does not grow
-with K.  Evaluation runs without gradients, in eval mode, on its own RNG
+with K; a program that does not broadcast over a leading draw dim is traced
+one draw at a time, each trace over as many points as the budget allows.
+Evaluation runs without gradients, in eval mode, on its own RNG
 stream: it never changes parameters, buffers or the caller's RNG.
 """
 

@@ -4,6 +4,11 @@ Objectives, evaluation, diagnostics and the report read Pyro traces only
 through this module, so a rule (what is latent, what a point-mass guide is,
 which plate holds the data) is decided once.  Observed sites are kept as a
 list so that models with several observed sites can be added later.
+
+k draws per point are one trace with the draws in an outer particle plate;
+a program that does not broadcast over that leading dim (``view(-1, d)``,
+``z[:, 0]``) is found once, by :func:`build_layout`, and traced one draw at
+a time into the same (k, b, ...) matrices (:func:`stack_draws`).
 """
 
 from __future__ import annotations
@@ -262,10 +267,6 @@ class Layout:
         return out
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-
-
 def _first_line(e: BaseException) -> str:
     """The error's own words, without the trace-shape table Pyro appends."""
     return next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
@@ -273,10 +274,11 @@ def _first_line(e: BaseException) -> str:
 
 # errors a trace raises when the program does not fit the data or its plates (not bugs of this library)
 _TRACE_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError)
-_SIGNATURE = re.compile(r"positional argument|unexpected keyword argument|required (keyword-only |positional )?argument")
-_SHAPE = re.compile(r"shape mismatch inside plate|must be a \d-?d tensor|the size of tensor a|expanded size|"
-                    r"shape '\[.*\]' is invalid|view size is not compatible|too many indices|out of range|"
-                    r"must match the size|does not broadcast|cannot broadcast|shape mismatch", re.IGNORECASE)
+_SIGNATURE = re.compile(r"positional argument|unexpected keyword argument|"
+                        r"required (keyword-only |positional )?argument")
+_SHAPE = re.compile(r"shape mismatch|must be a \d-?d tensor|the size of tensor a|expanded size|"
+                    r"is invalid for input of size|view size is not compatible|too many indices|must match the size|"
+                    r"broadcast", re.IGNORECASE)
 
 
 def _likely_cause(e: BaseException) -> str:
