@@ -32,10 +32,10 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from pyro_vae import (DiagnoseSettings, PyroVAEError, Subject, build_model, config_from_dict, diagnose, load_diagnosis,
-                      write_report)
+from pyro_vae import (DiagnoseSettings, PyroVAEError, Subject, build_model, config_from_dict, diagnose,
+                      load_diagnosis, write_report)
 from pyro_vae.cli import main
-from pyro_vae.diagnostics.settings import KHAT_BAD, KHAT_GOOD
+from pyro_vae.infer.psis import KHAT_BAD, KHAT_GOOD
 from pyro_vae.diagnostics.arviz_io import group
 from pyro_vae.report.tables import build_tables, fmt
 

@@ -1,6 +1,8 @@
 """The trace layer: site predicates, layouts, per-point densities against closed forms, and its error messages."""
 
+import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pyro.distributions as dist
 
 import pyro_vae as pv
 from pyro_vae.infer.sites import (build_layout, is_factor, is_latent, is_observed, is_point_mass, is_subsample,
-                                  latent_matrix, latent_values, point_densities, site_matrix, trace_pair)
+                                  latent_matrix, latent_values, point_densities, site_matrix, trace_draws, trace_pair)
 from pyro_vae.evaluation.estimators import evaluate_points
 
 D64 = torch.float64
@@ -246,3 +248,55 @@ def test_evaluated_log_likelihood_of_the_conjugate_model_is_within_its_standard_
     r = evaluate_points(m, x, iw_samples=2000, prior_samples=0, seed=0)
     se = math.sqrt(float(r.log_likelihood_var.sum())) / x.shape[0]
     assert abs(float(r.log_likelihood.mean() - m.log_evidence(x).mean())) < 4 * se + 1e-12
+
+
+def _one_at_a_time(layout):
+    """The layout of a program that does not broadcast over draws (what build_layout's probe would find)."""
+    return dataclasses.replace(layout, broadcasts=False)
+
+
+def test_draws_traced_one_at_a_time_stack_into_per_draw_matrices_that_match_closed_forms():
+    m, x = Conjugate(), _data()
+    layout = build_layout(m, x)
+    assert layout.broadcasts
+    k, b = 5, x.shape[0]
+    pyro.set_rng_seed(0)
+    z, d = trace_draws(m, x, k, _one_at_a_time(layout),
+                       lambda g, t, k: (latent_values(g, layout, k, b)["z"], point_densities(g, t, layout, k, b)))
+    assert z.shape == (k, b, 2) and d.log_lik.shape == (k, b)
+    assert (z[1:] != z[:1]).all()  # k independent draws, not one draw repeated
+    torch.testing.assert_close(d.log_lik, dist.Normal(z @ m.W.T + m.mu, m.s).log_prob(x).sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d.log_prior, dist.Normal(0.0, 1.0).log_prob(z).sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d.log_q, dist.Normal(x @ m.V.T, 0.8).log_prob(z).sum(-1), rtol=1e-12, atol=1e-12)
+
+
+def test_draws_traced_one_at_a_time_keep_their_order_with_nested_plates():
+    m, x = TwoSites(), _data(5)[:, :3]
+    layout = build_layout(m, x)
+    k = 4
+    pyro.set_rng_seed(1)
+    got = trace_draws(m, x, k, _one_at_a_time(layout), lambda g, t, k: latent_matrix(g, layout, k, 5))
+    pyro.set_rng_seed(1)
+    plain = [latent_matrix(trace_pair(m, x)[0], layout, 1, 5, draw_dim=False) for _ in range(k)]
+    assert torch.equal(got, torch.cat(plain, 0)) and got.shape == (k, 5, 5)
+
+
+def _two_argument_model(self, x, y):
+    Conjugate.model(self, x)
+
+
+def _bernoulli_model(self, x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=D64), 1.0).to_event(1))
+        pyro.sample("x", dist.Bernoulli(logits=z @ self.W.T).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("model, cause", [
+    (_two_argument_model, r"give them the signature model\(self, x\) and guide\(self, x\)"),
+    (_bernoulli_model, "check that the data have the support the model's likelihood was built for"),
+])
+def test_a_first_trace_that_fails_names_the_cause_it_saw(model, cause):
+    with pytest.raises(pv.PyroVAEError, match="fails on the evaluation data with one draw per point") as e:
+        build_layout(_bad(model), _data())
+    assert "\n" not in str(e.value)
+    assert re.search(cause, str(e.value))

@@ -24,7 +24,7 @@ import pyro
 import pyro.distributions as dist
 
 import pyro_vae as pv
-from pyro_vae.diagnostics.arviz_io import pareto_khat
+from pyro_vae.infer.psis import pareto_khat
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluate import PPCA, ppca  # noqa: E402  (the closed-form oracles, shared)

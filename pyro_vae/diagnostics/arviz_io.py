@@ -1,25 +1,14 @@
-"""ArviZ glue: building InferenceData from draws, NetCDF files, PSIS k-hat."""
+"""ArviZ glue: building InferenceData from draws, and its NetCDF files."""
 
 from __future__ import annotations
 
 import inspect
-import math
-import warnings
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
-
+from ..infer.psis import arviz
 from ..rundir.files import write_atomic
 
-
-def arviz():
-    """Import ArviZ without its import-time FutureWarning about the 1.0 refactor."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-    return az
 
 
 def from_dict(posterior: dict, sample_stats: Optional[dict] = None, coords=None, dims=None, attrs=None):
@@ -50,28 +39,5 @@ def load_netcdf(path):
     return arviz().from_netcdf(str(path))
 
 
-def pareto_khat(log_w: np.ndarray) -> np.ndarray:
-    """PSIS Pareto k-hat of each row of ``log_w`` (points x draws): one number per point."""
-    az = arviz()
-    log_w = np.asarray(log_w, dtype=np.float64)
-    if hasattr(az, "psislw"):
-        with warnings.catch_warnings():
-            # psislw warns when k-hat > 0.7; that is a result here, reported per point
-            warnings.simplefilter("ignore")
-            _, k = az.psislw(log_w)
-        return np.atleast_1d(np.asarray(k, dtype=np.float64))
-    return np.array([_khat_pyro(row) for row in log_w])  # pragma: no cover - ArviZ without psislw
-
-
-def _khat_pyro(log_w: np.ndarray) -> float:  # pragma: no cover - fallback for ArviZ 1.x
-    """The same tail fit as PSIS (M = min(S/5, 3 sqrt(S)) largest weights), with Pyro's GPD fit."""
-    from pyro.ops.stats import fit_generalized_pareto
-
-    s = len(log_w)
-    m = int(min(0.2 * s, 3 * math.sqrt(s)))
-    w = np.sort(np.exp(log_w - log_w.max()))
-    tail = torch.as_tensor(w[-m:] - w[-m - 1], dtype=torch.float64)
-    k, _ = fit_generalized_pareto(tail)
-    return float(k)
 
 

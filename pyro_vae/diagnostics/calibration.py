@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from ..infer.sites import latent_matrix, particles
+from ..infer.sites import latent_matrix, stack_draws
 from .draws import _Layout, _chunk_size
 
 @torch.no_grad()
@@ -27,9 +27,8 @@ def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
     for i in range(0, sims, step):
         xb = x_sim[i : i + step]
         bb = xb.shape[0]
-        with particles(draws, layout.nest):
-            gtr = poutine.trace(model.guide).get_trace(xb)
-        zq = latent_matrix(gtr, layout, draws, bb)
+        zq = stack_draws(lambda j: (poutine.trace(model.guide).get_trace(xb),),
+                         lambda gtr, k: latent_matrix(gtr, layout, k, bb), draws, layout.nest, layout.broadcasts)
         ranks.append((zq < z_true[i : i + bb].double()).sum(0))
     return torch.cat(ranks, 0).cpu().numpy().astype(np.int64)
 

@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from ..infer.sites import Layout, build_layout, latent_matrix, particles, point_densities, site_matrix, trace_pair
+from ..infer.sites import Layout, build_layout, latent_matrix, particles, point_densities, site_matrix, trace_draws
 from .settings import BUDGET
 
 # the orchestrator and the report import these names from here
@@ -60,20 +60,28 @@ def draw_q(model, x: torch.Tensor, num_draws: int, layout: _Layout, split: str =
         axis = 0
     for xb, k in chunks:
         bb = xb.shape[0]
-        gtr, mtr = trace_pair(model, xb, k, layout.nest)
-        zs.append(latent_matrix(gtr, layout, k, bb))
-        dens = point_densities(gtr, mtr, layout, k, bb, dtype=torch.float64)
-        lps.append(dens.log_joint)
-        lqs.append(dens.log_q)
+
+        def read(gtr, mtr, k):
+            dens = point_densities(gtr, mtr, layout, k, bb, dtype=torch.float64)
+            return latent_matrix(gtr, layout, k, bb), dens.log_joint, dens.log_q
+
+        z, lp, lq = trace_draws(model, xb, k, layout, read)
+        zs.append(z)
+        lps.append(lp)
+        lqs.append(lq)
     return torch.cat(zs, axis), torch.cat(lps, axis), torch.cat(lqs, axis)
 
 
 @torch.no_grad()
 def draw_prior(model, x: torch.Tensor, num_draws: int, layout: _Layout) -> torch.Tensor:
-    """z ~ p(z) as the model samples it (no guide): (draws, points, latent)."""
-    xb = x[:1]
+    """z ~ p(z) as the model samples it (no guide), given the first point: (draws, 1, latent)."""
+    prior = poutine.block(model.model, hide_types=["param"])
+    if not layout.broadcasts:
+        # every draw is of the same point: the draws are that point repeated in the data plate
+        xs = x[:1].expand(num_draws, *x.shape[1:]).contiguous()
+        return latent_matrix(poutine.trace(prior).get_trace(xs), layout, 1, num_draws)[0].unsqueeze(1)
     with particles(num_draws, layout.nest):
-        tr = poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace(xb)
+        tr = poutine.trace(prior).get_trace(x[:1])
     return latent_matrix(tr, layout, num_draws, 1)
 
 

@@ -85,7 +85,9 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint, guide._event_dims[s]))
     params = [p for p in guide.parameters() if p.requires_grad]
     n_part = 1 if family == "delta" else settings.local_particles
-    elbo = Trace_ELBO(num_particles=n_part, vectorize_particles=n_part > 1, max_plate_nesting=layout.nest)
+    # a program that does not broadcast over a draw dim takes its particles one at a time
+    elbo = Trace_ELBO(num_particles=n_part, vectorize_particles=n_part > 1 and layout.broadcasts,
+                      max_plate_nesting=layout.nest)
     opt = torch.optim.Adam(params, lr=settings.local_lr)
     steps = settings.local_steps
     if steps == 0:

@@ -11,7 +11,7 @@ from pyro import poutine
 from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
-from ..infer.sites import has_density, particles, site_matrix, site_sum
+from ..infer.sites import has_density, particles, repeat_points, site_matrix, site_sum
 from .settings import DiagnoseSettings
 from .draws import _Layout, _chunk_size
 
@@ -150,13 +150,22 @@ def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndar
     for k0 in range(0, g * g, max(1, step)):
         zc = torch.as_tensor(z_all[k0 : k0 + step], dtype=torch.float32, device=device)
         k = zc.shape[0]
-        shape = [1] * (nest + 1)
-        shape[0] = k
-        shape[nest + 1 + data_dim] = b
-        zc = zc.reshape(*shape, 2)
-        with particles(k, nest):
-            tr = poutine.trace(poutine.condition(model.model, data={site: zc})).get_trace(x)
-        out[k0 : k0 + k] = site_sum(tr, has_density, layout, k, b, dtype=torch.float64).cpu().numpy()
+        if layout.broadcasts:
+            shape = [1] * (nest + 1)
+            shape[0] = k
+            shape[nest + 1 + data_dim] = b
+            tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(*shape, 2)}))
+            with particles(k, nest):
+                tr = tr.get_trace(x)
+            lp = site_sum(tr, has_density, layout, k, b, dtype=torch.float64)
+        else:
+            # the k cells of every point as k*b points of one plain trace (see repeat_points)
+            shape = list(layout.shapes[site])
+            shape[len(shape) - layout.event_dims[site] + data_dim] = k * b
+            tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(shape)}))
+            tr = tr.get_trace(repeat_points(x, k))
+            lp = site_sum(tr, has_density, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
+        out[k0 : k0 + k] = lp.cpu().numpy()
     return out.T.reshape(b, g, g)
 
 

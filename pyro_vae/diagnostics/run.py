@@ -20,15 +20,17 @@ import pyro
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
 from ..models.protocol import model_device
-from .settings import (DiagnoseSettings, ESS_MIN, FORMAT, KHAT_BAD, KHAT_GOOD, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject)
-from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPosterior, KhatSummary, NutsCheck, QSummary,
-                      Reference, RunDiagnosis, RunSummary, SbcResult, WorstPoint)
+from .settings import DiagnoseSettings, ESS_MIN, FORMAT, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
+from ..infer.psis import KHAT_BAD, KHAT_GOOD
+from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPosterior, KhatSummary, NutsCheck,
+                      QSummary, Reference, RunDiagnosis, RunSummary, SbcResult, WorstPoint)
 from ..serialize import to_plain
 from .generated import generate
 from .draws import _Layout, _few_threads, _is_real, _layout, _site_matrix, draw_prior, draw_q
 from .local import _LocalModel, fit_local
 from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
-from .arviz_io import arviz, from_dict, pareto_khat
+from ..infer.psis import arviz, pareto_khat
+from .arviz_io import from_dict
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
 

@@ -14,10 +14,8 @@ REFERENCES = ("nuts", "grid", "none")
 # elements of the largest per-chunk tensor (draws x points x decoder width)
 BUDGET = 2**23
 
-# Thresholds people read the numbers against (Vehtari et al. 2024, "Pareto
-# smoothed importance sampling"; Vehtari et al. 2021, "Rank-normalization ...").
-KHAT_GOOD = 0.5
-KHAT_BAD = 0.7
+# Thresholds people read the numbers against (k-hat's: infer/psis.py; Vehtari et al. 2021,
+# "Rank-normalization ..." for R-hat and ESS).
 RHAT_MAX = 1.01
 RHAT_FAIL = 1.05  # any R-hat above this: the chains clearly disagree
 RHAT_FRACTION = 0.1  # or more than this share of (point, dim) pairs above RHAT_MAX

@@ -27,7 +27,9 @@ are not densities and are left out):
 Draws are taken in chunks of (particles x points) under an element
 ``budget``, keeping only running sums per point and the largest few log-weights
 (the tail PSIS fits, about 3 sqrt K of them), so memory does not grow
-with K.  Evaluation runs without gradients, in eval mode, on its own RNG
+with K; a program that does not broadcast over a leading draw dim is traced
+one draw at a time, each trace over as many points as the budget allows.
+Evaluation runs without gradients, in eval mode, on its own RNG
 stream: it never changes parameters, buffers or the caller's RNG.
 """
 
@@ -46,12 +48,12 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from ..errors import PyroVAEError
-from ..diagnostics.arviz_io import pareto_khat
-from ..diagnostics.settings import KHAT_BAD
+from ..infer.psis import pareto_khat
+from ..infer.psis import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
-from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles,
-                           per_point, point_densities, site_matrix, site_sum, trace_pair)
+from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles, per_point,
+                           point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
@@ -87,6 +89,15 @@ def plan_chunks(num_points: int, num_samples: int, width: int, budget: int = DEF
     k_chunk = max(1, min(num_samples, budget // max(width, 1)))
     b_chunk = max(1, min(num_points, budget // (max(width, 1) * k_chunk)))
     return k_chunk, b_chunk
+
+
+def _plan(n: int, k: int, width: int, d: int, broadcasts: bool, budget: int) -> Tuple[int, int]:
+    """(particles, points) per chunk: :func:`plan_chunks`, or, for draws traced one at a time, as many points
+    as one draw's trace may hold and as many draws as their stacked per-point terms (about 2 d + 4 numbers) allow."""
+    if broadcasts:
+        return plan_chunks(n, k, width, budget)
+    b_chunk = plan_chunks(n, 1, width, budget)[1]
+    return max(1, min(k, budget // (b_chunk * (2 * d + 4)))), b_chunk
 
 
 class _HeapTrimmer:
@@ -280,9 +291,13 @@ class _DrawTerms:
 
 def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
     """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means."""
+    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim))
+
+
+def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
+    """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
     b = x.shape[0]
     nest, data_dim = layout.nest, layout.data_dim
-    gtr, mtr = trace_pair(model, x, k, nest)
     dens = point_densities(gtr, mtr, layout, k, b)
     kl = 0.0
     kl_dims, kl_dims_analytic, means = ([] if per_dim else None), True, []
@@ -334,9 +349,13 @@ def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
 
 def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
     """(k, b) log p(x | z_k) with z_k ~ p(z): the model run on its own, without the guide."""
+    b = x.shape[0]
+    if not layout.broadcasts:
+        mtr = poutine.trace(model.model).get_trace(repeat_points(x, k))
+        return site_sum(mtr, is_observed, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
     with particles(k, layout.nest):
         mtr = poutine.trace(model.model).get_trace(x)
-    return site_sum(mtr, is_observed, layout, k, x.shape[0], dtype=torch.float64)
+    return site_sum(mtr, is_observed, layout, k, b, dtype=torch.float64)
 
 
 class _MeanPath(Messenger):
@@ -581,9 +600,9 @@ def evaluate_points(
         k_total = iw_samples if iw else (1 if layout.point_mass else elbo_samples)
         if prior_samples is None:
             prior_samples = iw_samples or 0
-        # one plan for both passes: the prior pass may need more particles than the guide pass
-        k_chunk, b_chunk = plan_chunks(n, max(k_total, prior_samples), width, budget)
         d = layout.dim
+        # one plan for both passes: the prior pass may need more particles than the guide pass
+        k_chunk, b_chunk = _plan(n, max(k_total, prior_samples), width, d, layout.broadcasts, budget)
         res = {key: [] for key in ("rec", "kl", "kl_mc", "kl_mc_var", "elbo_var", "ll", "ll_var", "ess", "wmax",
                                    "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw", "khat")}
         analytic = True

@@ -4,13 +4,20 @@ Objectives, evaluation, diagnostics and the report read Pyro traces only
 through this module, so a rule (what is latent, what a point-mass guide is,
 which plate holds the data) is decided once.  Observed sites are kept as a
 list so that models with several observed sites can be added later.
+
+k draws per point are one trace with the draws in an outer particle plate;
+a program that does not broadcast over that leading dim (``view(-1, d)``,
+``z[:, 0]``) is found once, by :func:`build_layout`, and traced one draw at
+a time into the same (k, b, ...) matrices (:func:`stack_draws`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +27,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import PyroVAEError
+from .rng import forked_rng
 
 PARTICLE_PLATE = "_particles"
 DATA_PLATE = "data"
@@ -28,8 +36,12 @@ __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
     "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Layout",
     "build_layout", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "latent_values",
-    "latent_matrix",
+    "latent_matrix", "stack_draws", "trace_draws", "repeat_points", "BROADCAST_FIX",
 ]
+
+# what a model must do to be traced with a leading draw dim (the one line of every such error)
+BROADCAST_FIX = ("broadcast over leading batch dims: use x.shape[:-1] for sizes, `...` indexing (z[..., 0], not "
+                 "z[:, 0]), reshape(*z.shape[:-1], d) (not view(-1, d)) and pyro.plate dims")
 
 
 # -- what a site is -------------------------------------------------------------------------
@@ -109,6 +121,58 @@ def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional
     return gtr, mtr
 
 
+T = TypeVar("T")
+
+
+def stack_draws(trace: Callable[[Optional[int]], tuple], read: Callable[..., T], k: int, nest: int,
+                broadcasts: bool = True) -> T:
+    """``read(*traces, k)``: (k, b, ...) matrices of k draws, whether or not the program broadcasts over draws.
+
+    A program that broadcasts is traced once, ``trace(None)`` inside the
+    particle plate; one that does not (``Layout.broadcasts``) is traced k
+    times without it, ``trace(j)`` for draw j, and each draw's matrices
+    (``read`` with k=1) are stacked along dim 0.  ``read`` returns a tensor,
+    or tuples and dataclasses of tensors, None (any draw's None is the
+    result's) and bools (true if every draw's is).
+    """
+    if broadcasts:
+        with particles(k, nest):
+            traces = trace(None)
+        return read(*traces, k)
+    return _stack([read(*trace(j), 1) for j in range(k)])
+
+
+def _stack(parts: list):
+    first = parts[0]
+    if any(p is None for p in parts):
+        return None
+    if torch.is_tensor(first):
+        return torch.cat(parts, 0)
+    if isinstance(first, bool):
+        return all(parts)
+    if isinstance(first, tuple):
+        return tuple(_stack(list(p)) for p in zip(*parts))
+    if dataclasses.is_dataclass(first):
+        return type(first)(**{f.name: _stack([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)})
+    raise TypeError(f"cannot stack draws of {type(first).__name__}")
+
+
+def trace_draws(model, x, k: int, layout: "Layout", read: Callable[..., T], guide: Optional[Callable] = None) -> T:
+    """``read(guide trace, model trace, k)`` for k draws z ~ q(z|x), vectorized or one at a time (see stack_draws)."""
+    return stack_draws(lambda j: trace_pair(model, x, guide=guide), read, k, layout.nest, layout.broadcasts)
+
+
+def repeat_points(x, k: int):
+    """The rows of ``x`` repeated k times (row j*b + i is point i): k draws as k*b points of the data plate.
+
+    For the model alone on a program that does not broadcast: the data plate
+    makes its rows independent, so this is k draws per point in one plain
+    trace; per-point (1, k*b) results reshape to (k, b).  Not for a guide,
+    which may hold one parameter per point.
+    """
+    return x.repeat(k, *([1] * (x.dim() - 1)))
+
+
 def plate_dims(model, traces) -> tuple:
     """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
     nest, data_dim = 0, None
@@ -179,6 +243,8 @@ class Layout:
     event_dims: Dict[str, int]  # the prior's event dims, per site
     point_mass: bool  # some latent site of the guide is a Delta (see is_point_mass)
     observed: List[str] = field(default_factory=list)  # observed sites of the model, in trace order
+    # model and guide broadcast over a leading draw dim (see stack_draws); else draws are traced one at a time
+    broadcasts: bool = True
 
     @property
     def dim(self) -> int:
@@ -201,25 +267,50 @@ class Layout:
         return out
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+def _first_line(e: BaseException) -> str:
+    """The error's own words, without the trace-shape table Pyro appends."""
+    return next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+
+
+# errors a trace raises when the program does not fit the data or its plates (not bugs of this library)
+_TRACE_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError)
+_SIGNATURE = re.compile(r"positional argument|unexpected keyword argument|"
+                        r"required (keyword-only |positional )?argument")
+_SHAPE = re.compile(r"shape mismatch|must be a \d-?d tensor|the size of tensor a|expanded size|"
+                    r"is invalid for input of size|view size is not compatible|too many indices|must match the size|"
+                    r"broadcast", re.IGNORECASE)
+
+
+def _likely_cause(e: BaseException) -> str:
+    """What to fix, for the failure actually seen on a first trace of model and guide."""
+    msg = str(e)
+    if isinstance(e, TypeError) and _SIGNATURE.search(msg):
+        return ("model and guide are called with the data as their only argument: give them the signature "
+                "model(self, x) and guide(self, x)")
+    if "mat1 and mat2" in msg or "mat2 must be" in msg:
+        return "check that the data have the columns the model's layers were built for"
+    if "support" in msg and "Expected value argument" in msg:
+        return "check that the data have the support the model's likelihood was built for"
+    if _SHAPE.search(msg):
+        return ("its tensors do not line up with pyro.plate('data'): give every site the batch shape of its plates "
+                "(points,) and " + BROADCAST_FIX)
+    return "check that the data have the columns and support the model was built for"
 
 
 @torch.no_grad()
 def build_layout(model, x, data: str = "the evaluation data") -> Layout:
     """Plates, latent and observed sites, sizes, supports and shapes, from one trace of guide and model on ``x``.
 
-    ``data`` names ``x`` in the error raised when the model fails on it.
+    Also whether model and guide broadcast over a leading draw dim (see
+    :func:`stack_draws`), tried on two points.  ``data`` names ``x`` in the
+    error raised when the model fails on it.
     """
     try:
         gtr, mtr = trace_pair(model, x)
     except PyroVAEError:
         raise
-    except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError) as e:
-        raise PyroVAEError(
-            f"{type(model).__name__} fails on {data} ({_one_line(e)[:300]}): check that the data have the "
-            "columns and support the model was built for"
-        ) from None
+    except _TRACE_ERRORS as e:
+        raise _fails(model, data, e) from None
     observed = [name for name, site in mtr.nodes.items() if is_observed(site)]
     if model.obs_site not in observed:
         raise PyroVAEError(
@@ -258,7 +349,76 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
         layout.supports[s] = node["fn"].support
         layout.event_dims[s] = event_dim
         layout.point_mass = layout.point_mass or is_point_mass(gsite["fn"])
+    try:  # the densities too: the data's support is checked where a density is taken
+        point_densities(gtr, mtr, layout, 1, b)
+    except _TRACE_ERRORS as e:
+        raise _fails(model, data, e) from None
+    layout.broadcasts = _broadcasts(model, x, layout)
     return layout
+
+
+def _fails(model, data: str, e: BaseException) -> PyroVAEError:
+    return PyroVAEError(f"{type(model).__name__} fails on {data} with one draw per point ({_first_line(e)[:300]}): "
+                        f"{_likely_cause(e)}")
+
+
+# a number of draws unlike the two points the probe traces, so that indexing draws as points (z[:, 0]) fails
+PROBE_DRAWS = 3
+
+
+def _broadcasts(model, x, layout: Layout) -> bool:
+    """Whether model and guide broadcast over a leading draw dim, tried with a few draws on two points.
+
+    The vectorized trace must run, and give draw by draw the densities that a
+    plain trace gives at the same latent values: a model that indexes the draw
+    dim as if it were the points can run and be silently wrong.  The probe
+    draws on a forked RNG stream, so the caller's draws are those it would
+    have had without it.
+    """
+    x, k = x[:2], PROBE_DRAWS
+    b = x.shape[0]
+    with forked_rng(x.device):
+        try:
+            _, plain = trace_pair(model, x)
+            gtr, mtr = trace_pair(model, x, k, layout.nest)
+            dens = point_densities(gtr, mtr, layout, k, b)
+            observed = [n for n, site in mtr.nodes.items() if is_observed(site)]
+            latent = [n for n, site in mtr.nodes.items() if is_latent(site)]
+            draws = [{n: mtr.nodes[n]["value"][j].reshape(plain.nodes[n]["value"].shape) for n in latent}
+                     for j in range(k)]
+        except (PyroVAEError, KeyError, *_TRACE_ERRORS):
+            return False
+        # float32 sums of batched and of plain matrix products agree to about half their digits
+        tol = torch.finfo(dens.log_lik.dtype).eps ** 0.5
+
+        def close(tr, names, ref):
+            return torch.allclose(_named_sum(tr, names, layout, x), ref.double(), rtol=tol, atol=tol)
+
+        for j, v in enumerate(draws):
+            try:
+                m1 = poutine.trace(poutine.condition(model.model, data=v)).get_trace(x)
+                if not (close(m1, observed, dens.log_lik[j]) and close(m1, latent, dens.log_prior[j])):
+                    return False
+            except (PyroVAEError, KeyError, *_TRACE_ERRORS):
+                return False
+            try:
+                g1 = poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in layout.sites})).get_trace(x)
+                log_q = _named_sum(g1, layout.sites, layout, x)
+            except (PyroVAEError, KeyError, *_TRACE_ERRORS):
+                continue  # q has no density at a given value (some flows): the model's terms decide
+            if not torch.allclose(log_q, dens.log_q[j].double(), rtol=tol, atol=tol):
+                return False
+    return True
+
+
+def _named_sum(tr, names, layout: Layout, x) -> torch.Tensor:
+    """The per-point float64 log-density, (b,), of the named sites of a plain trace on ``x``."""
+    b = x.shape[0]
+    total = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for n in names:
+        site = tr.nodes[n]
+        total = total + per_point(site["fn"].log_prob(site["value"]), layout.nest, layout.data_dim, 1, b)[0].double()
+    return total
 
 
 # -- per-point densities and values ----------------------------------------------------------------

@@ -8,9 +8,9 @@ from typing import List
 
 import numpy as np
 
-from ..diagnostics.arviz_io import arviz
+from ..infer.psis import arviz
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
-from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD
+from ..infer.psis import KHAT_BAD, KHAT_GOOD
 from ..plots import COLORS, _plt, figure_style, image_grid, save_figure
 
 REF_COLOR = "#555555"

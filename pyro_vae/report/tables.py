@@ -10,7 +10,8 @@ import numpy as np
 
 from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
 from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
-from ..diagnostics.settings import KHAT_BAD, KHAT_GOOD, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
+from ..infer.psis import KHAT_BAD, KHAT_GOOD
+from ..diagnostics.settings import RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
 
 MISSING = "—"
 # a latent dim counts as contracted when its posterior variance is this share below the prior's
