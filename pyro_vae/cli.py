@@ -387,7 +387,7 @@ def _add_diagnose_options(c) -> None:
                    help="Adam steps fitting q to each point alone, for the amortization gap (default: 300)")
     c.add_argument("--sbc-sims", type=int, default=None, metavar="N",
                    help="simulation-based calibration simulations; 0 skips it (default: 200)")
-    c.add_argument("--seed", type=int, default=None, help="seed of the diagnostics' own random stream (default: 0)")
+    c.add_argument("--seed", type=_seed, default=None, help="seed of the diagnostics' own random stream (default: 0)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
 
 
@@ -416,6 +416,16 @@ class _UsageError(Exception):
 
 def _usage(msg):
     return _UsageError(msg)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**63), got {value}")
+    return value
 
 
 def _count_or_auto(text: str):
@@ -481,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prior-samples", type=int, default=None, metavar="K",
                    help="prior draws per point for the naive estimator (1/K) sum p(x|z_k), z_k ~ p(z) "
                    "(default: as many as --iw-samples; 0 skips it)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the evaluation's own random stream (default: 0)")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation's own random stream (default: 0)")
     e.add_argument("--budget", type=int, default=None, metavar="ELEMENTS",
                    help="largest tensor per chunk, in elements (particles x points x widest layer); "
                    "lower it to use less memory (default: 4194304)")
@@ -495,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "
                    "(default: RUN_DIR/samples-seedSEED.png, or .npy for data that are not images)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     s.set_defaults(func=cmd_sample)
     _add_diagnose_parsers(sub)
     return p
@@ -525,8 +535,12 @@ def _library_warnings_as_lines():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; return its exit status (0, 2 for a user error, 128+N for signal N)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR

@@ -23,9 +23,7 @@ def run_cli(*args, timeout=600):
 
 @pytest.mark.parametrize("command", [None] + COMMANDS)
 def test_help_everywhere(command, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(([command] if command else []) + ["--help"])
-    assert e.value.code == 0
+    assert main(([command] if command else []) + ["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: pyro-vae" in out
     if command:
@@ -159,3 +157,33 @@ def test_console_script_is_installed():
     assert exe is not None, "pip install . should install the pyro-vae console script"
     r = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pyro-vae {pv.__version__}"
+
+
+def test_a_usage_error_is_one_line_without_the_usage_block(capsys):
+    assert main(["train", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyro-vae: error: unrecognized arguments: --no-such-flag"), err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["evaluate", "RUN", "--seed", str(10**23)], "a seed must be in [0, 2**63)"),
+    (["sample", "RUN", "--seed", "-5", "-n", "2"], "a seed must be in [0, 2**63)"),
+    (["evaluate", "RUN", "--iw-samples", str(10**14)], "more than 10,000,000 draws a point"),
+    (["evaluate", "RUN", "--prior-samples", str(10**9)], "more than 10,000,000 draws a point"),
+    (["diagnose", "RUN", "--draws", str(10**11), "--out", "OUT"], "--draws must be at most 1,000,000"),
+    (["diagnose", "RUN", "--nuts-chains", "1000", "--out", "OUT"], "--nuts-chains must be at most 64"),
+    (["sample", "RUN", "-n", str(10**11)], "needs ~"),
+])
+def test_counts_and_seeds_out_of_range_are_one_line_before_any_work(small_run, tmp_path, capsys, args, fragment):
+    args = [str(small_run) if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    before = sorted(p.name for p in small_run.iterdir())
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and fragment in err[0], err
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in small_run.iterdir()) == before

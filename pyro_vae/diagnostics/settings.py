@@ -44,13 +44,17 @@ class DiagnoseSettings:
     def check(self) -> "DiagnoseSettings":
         if self.reference not in REFERENCES:
             raise PyroVAEError(f"reference {self.reference!r} is not valid: use one of {', '.join(REFERENCES)}")
-        for name, low in (("points", 1), ("draws", 20), ("nuts_samples", 10), ("nuts_chains", 2),
-                          ("max_tree_depth", 1), ("grid_size", 16), ("local_steps", 0), ("local_particles", 1),
-                          ("sbc_sims", 0), ("sbc_draws", 9), ("nuts_warmup", 0)):
+        # (lowest, highest): the highest keeps a typo from asking for days of work or more memory than exists
+        for name, low, high in (("points", 1, 10**5), ("draws", 20, 10**6), ("nuts_samples", 10, 10**6),
+                                ("nuts_chains", 2, 64), ("max_tree_depth", 1, 16), ("grid_size", 16, 4096),
+                                ("local_steps", 0, 10**6), ("local_particles", 1, 10**4), ("sbc_sims", 0, 10**5),
+                                ("sbc_draws", 9, 10**5), ("nuts_warmup", 0, 10**6), ("seed", 0, 2**63 - 1)):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < low:
-                flag = "--" + name.replace("_", "-")
+            flag = "--" + name.replace("_", "-")
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise PyroVAEError(f"{flag} must be an integer >= {low} (got {v!r})")
+            if v > high:
+                raise PyroVAEError(f"{flag} must be at most {high:,} (got {v}): pass a smaller value")
         if not self.local_lr > 0:
             raise PyroVAEError(f"local_lr must be > 0 (got {self.local_lr!r})")
         return self

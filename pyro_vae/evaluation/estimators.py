@@ -538,12 +538,18 @@ def _finite(v) -> Optional[float]:
 # -- the evaluator -----------------------------------------------------------------------------------
 
 
+#: draws per point beyond which an evaluation would run for days (and its k-hat tails outgrow memory)
+MAX_SAMPLES = 10**7
+
+
 def _check_count(name: str, value, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     floor = 0 if name == "prior_samples" else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < floor:
         raise PyroVAEError(f"{name} must be an integer >= {floor}, got {value!r}: pass {name} >= {floor}")
+    if value > MAX_SAMPLES:
+        raise PyroVAEError(f"{name} = {value} is more than {MAX_SAMPLES:,} draws a point: pass a smaller count")
 
 
 @torch.no_grad()
