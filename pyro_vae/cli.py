@@ -219,7 +219,8 @@ def cmd_evaluate(args) -> int:
     # out of device memory: halve the chunk budget and retry (pyro_vae/memory.py)
     points = with_halving_budget(
         lambda budget: evaluate_points(run.model, x, iw_samples=args.iw_samples, seed=args.seed,
-                                       prior_samples=args.prior_samples, budget=budget),
+                                       prior_samples=args.prior_samples, budget=budget,
+                                       progress=sys.stderr.isatty()),
         args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)
     metrics = points.summary()
     if per_point is not None:

@@ -385,3 +385,13 @@ def test_a_point_mass_guide_is_not_reported_as_an_elbo(tmp_path, capsys):
     rc, out, err = cli(capsys, "train", "--out", tmp_path / "ae", *TINY, "--set", "model.guide=delta")
     assert rc == 0, err
     assert "test objective (not a bound)" in out and "test ELBO" not in out
+
+
+def test_a_long_evaluation_shows_progress_and_the_bar_changes_no_number(trained, capsys):
+    run = pv.load_run(trained)
+    x = pv.load_data(run.config.data, run.config.model.likelihood).test
+    capsys.readouterr()
+    shown = pv.evaluate(run.model, x, iw_samples=20, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating" in err and f"/{len(x)} " in err  # a bar over the points (cleared when done)
+    assert shown == {**pv.evaluate(run.model, x, iw_samples=20), "seconds_evaluate": shown["seconds_evaluate"]}

@@ -137,6 +137,14 @@ def _malloc_trim():
         return None
 
 
+def _progress_bar(points: int, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=points, unit="point", desc="evaluating", dynamic_ncols=True, leave=False)
+
+
 def _chunks(n: int, size: int):
     for i in range(0, n, size):
         yield slice(i, min(i + size, n))
@@ -564,6 +572,7 @@ def evaluate_points(
     prior_samples: Optional[int] = None,
     reconstruction_error: bool = True,
     keep_log_weights: bool = False,
+    progress: bool = False,
 ) -> PointwiseEvaluation:
     """Evaluate ``model`` on the rows of ``x``, keeping every per-point result.
 
@@ -573,8 +582,9 @@ def evaluate_points(
     draws and there is no importance estimate.  ``prior_samples`` draws from
     the prior per point give the naive estimator (``None``: as many as
     ``iw_samples``; ``0``: skip it).  ``keep_log_weights`` also returns the
-    (n, K) importance log-weights (8 n K bytes).  Parameters, optimizer
-    state and the caller's RNG streams are left untouched.
+    (n, K) importance log-weights (8 n K bytes).  ``progress`` shows a bar
+    over the points on stderr.  Parameters, optimizer state and the caller's
+    RNG streams are left untouched.
     """
     from ..models.protocol import check_protocol
 
@@ -614,6 +624,7 @@ def evaluate_points(
         analytic = True
         per_dim, dims_analytic = d > 0 and not layout.point_mass, True
         heap = _HeapTrimmer()
+        bar = _progress_bar(n, progress)
         for sl in _chunks(n, b_chunk):
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
@@ -679,7 +690,11 @@ def evaluate_points(
                 res["pll"].append(est)
                 res["pll_var"].append(var)
                 res["pess"].append(ess)
+            if bar is not None:
+                bar.update(xb.shape[0])
         heap.release()
+        if bar is not None:
+            bar.close()
 
     def cat(key):
         parts = res[key]
@@ -715,6 +730,7 @@ def evaluate(
     *,
     prior_samples: Optional[int] = None,
     reconstruction_error: bool = True,
+    progress: bool = False,
 ) -> Dict[str, object]:
     """The metrics of :func:`evaluate_points` as a JSON-ready dict (see the module docstring).
 
@@ -725,7 +741,7 @@ def evaluate(
     """
     return evaluate_points(
         model, x, iw_samples, elbo_samples, seed, budget,
-        prior_samples=prior_samples, reconstruction_error=reconstruction_error,
+        prior_samples=prior_samples, reconstruction_error=reconstruction_error, progress=progress,
     ).summary()
 
 

@@ -84,7 +84,9 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         ["run", "objective", "guide", "latent dims"] + (["active units"] if units else [])
         + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO", "log p(x)", "log p(x) s.e."],
         rows,
-        "Test ELBO and importance-sampled log p(x) per data point in nats, from the run's metrics.json. "
+        "Test ELBO and importance-sampled log p(x) per data point in nats, from the run's metrics.json "
+        "(for a point-mass guide, guide = delta, the 'test ELBO' is its objective log p(x, z) at the code: "
+        "not a bound on log p(x)). "
         + ("Active units (from the run's evaluation): latent dimensions whose encoder mean varies across the test "
            f"data, Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g}. " if units else "")
         + f"Contracted dims: latent dimensions whose posterior contraction, 1 - posterior variance / prior "

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,8 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
         log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
-        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log)
+        show = progress if progress is not None else sys.stderr.isatty()
+        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=show)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
         figures = None
         if out is not None:
