@@ -1,6 +1,6 @@
 """Our trainer vs the Pyro tutorial VAE: seconds per Fashion-MNIST epoch, same process, alternating.
 
-Issue 2's acceptance: on 2 CPU cores, training a 784-400-20 Bernoulli VAE with
+The target: on 2 CPU cores, training a 784-400-20 Bernoulli VAE with
 batch 128 on Fashion-MNIST is no slower per epoch than a hand-written Pyro
 tutorial VAE (``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``, ``pyro.module``,
 a plate without subsampling) timed in the same run.

@@ -216,7 +216,7 @@ def cmd_evaluate(args) -> int:
     from .models.protocol import model_device
     from .evaluation.memory import with_halving_budget
 
-    # out of device memory: halve the chunk budget and retry (pyro_vae/memory.py)
+    # out of device memory: halve the chunk budget and retry (evaluation/memory.py)
     points = with_halving_budget(
         lambda budget: evaluate_points(run.model, x, iw_samples=args.iw_samples, seed=args.seed,
                                        prior_samples=args.prior_samples, budget=budget,

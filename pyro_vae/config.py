@@ -232,7 +232,7 @@ class TrainConfig:
     on_nonfinite: Literal["raise", "skip", "rollback"] = "raise"
     eval_every: int = 1  # epochs between test-ELBO evaluations
     checkpoint_every: int = 1  # epochs between checkpoints
-    # record each step's tensor ops once and replay them (pyro_vae/capture.py): "auto" = built-in models
+    # record each step's tensor ops once and replay them (training/capture.py): "auto" = built-in models
     capture: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):

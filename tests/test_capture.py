@@ -1,4 +1,4 @@
-"""Step capture (pyro_vae/capture.py): a recorded step computes what Pyro computes, or is not used.
+"""Step capture (pyro_vae/training/capture.py): a recorded step computes what Pyro computes, or is not used.
 
 The recording replaces the Pyro program only for the models it can stand for, so the checks are:
 training with it equals training without it (every model type x likelihood x guide, the

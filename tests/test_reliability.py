@@ -1,4 +1,4 @@
-"""Issue 6, row by row: bad input fails in one line and writes nothing; faults cost at most
+"""Reliability, row by row: bad input fails in one line and writes nothing; faults cost at most
 the last step; resume is exact.
 
 User-facing rows go through the CLI (``pyro_vae.cli.main``, or a subprocess where a new

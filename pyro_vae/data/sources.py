@@ -421,7 +421,7 @@ def _arrays(cfg, discrete: bool):
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
     what = f"data.train ({Path(cfg.train).name})"
     if stamp is not None:
-        # larger than the limit: train from the map a batch at a time (pyro_vae/mapped.py)
+        # larger than the limit: train from the map a batch at a time (data/mapped.py)
         x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
         notes.append(f"{what}: {raw.nbytes / 2**20:.3g} MiB is over the memory-map limit "
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")

@@ -66,7 +66,7 @@ def check_support(model, data: Dataset) -> None:
     if lik is None or not hasattr(lik, "check_support"):
         return
     if data.binarize != "dynamic":  # dynamic: batches are binarized as they are drawn
-        # chunk by chunk when the training data is a memory map (pyro_vae/mapped.py)
+        # chunk by chunk when the training data is a memory map (data/mapped.py)
         check_support_chunked(lik, data.train, "the training data")
     lik.check_support(data.test, "the test data")
 
