@@ -108,7 +108,7 @@ class _HeapTrimmer:
     beyond what is live, which ``malloc_trim`` gives back.
     """
 
-    EVERY = 4  # chunks between trims: a trim costs about as much as 1% of four chunks
+    EVERY = 16  # chunks between trims
 
     def __init__(self):
         self.count = 0
