@@ -395,3 +395,13 @@ def test_a_long_evaluation_shows_progress_and_the_bar_changes_no_number(trained,
     err = capsys.readouterr().err
     assert "evaluating" in err and f"/{len(x)} " in err  # a bar over the points (cleared when done)
     assert shown == {**pv.evaluate(run.model, x, iw_samples=20), "seconds_evaluate": shown["seconds_evaluate"]}
+
+
+@pytest.mark.parametrize("change", [["--set", "model.latent_dim=3"], ["--set", "data.synthetic_dim=6"],
+                                    ["--set", "train.batch_size=1000"]])
+def test_a_resume_that_does_not_fit_the_run_fails_before_config_toml_is_rewritten(trained, tmp_path, capsys, change):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = tree(run)
+    one_error_line(capsys, "train", "--resume", run, "--set", "train.epochs=2", *change, "--quiet", "--no-plots")
+    assert tree(run) == before
