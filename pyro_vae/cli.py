@@ -220,7 +220,7 @@ def cmd_evaluate(args) -> int:
     points = with_halving_budget(
         lambda budget: evaluate_points(run.model, x, iw_samples=args.iw_samples, seed=args.seed,
                                        prior_samples=args.prior_samples, budget=budget,
-                                       progress=sys.stderr.isatty()),
+                                       progress=None),  # a bar on a terminal
         args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)
     metrics = points.summary()
     if per_point is not None:
@@ -442,8 +442,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
 
     def error(self, message):
-        print(f"pyro-vae: error: {message}: see '{self.prog} --help'", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR)
+        raise SystemExit(_error(f"{message}: see '{self.prog} --help'"))
 
 
 def build_parser() -> argparse.ArgumentParser:

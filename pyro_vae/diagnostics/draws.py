@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Dict, Optional
 
@@ -119,13 +118,5 @@ def _few_threads(model, x: torch.Tensor, copies: int = 1):
     finally:
         if small:
             torch.set_num_threads(old)
-
-
-def _bar(total: int, progress: bool, desc: str):
-    if not progress or total <= 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 

@@ -11,7 +11,8 @@ import torch
 from ..infer.rng import isolated_rng
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings
-from .draws import _Layout, _bar, _is_real, _site_tensors, draw_q
+from ..progress import progress_bar
+from .draws import _Layout, _is_real, _site_tensors, draw_q
 
 # after the scheduled steps: averaged blocks of this share of them, at most this many (4x the schedule)
 BLOCK_SHARE = 0.25
@@ -93,7 +94,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     if steps == 0:
         return LocalFit(guide, 0, False, np.ones(x.shape[0], dtype=bool))
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
-    bar = _bar(steps + MAX_BLOCKS * block, progress, desc)
+    bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
 
     def run(n, lr_at):
         for t in range(n):

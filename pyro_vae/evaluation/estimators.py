@@ -52,6 +52,7 @@ from ..infer.psis import pareto_khat
 from ..infer.psis import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
+from ..progress import progress_bar
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles, per_point,
                            point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
@@ -135,14 +136,6 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
         return None
-
-
-def _progress_bar(points: int, show: bool):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=points, unit="point", desc="evaluating", dynamic_ncols=True, leave=False)
 
 
 def _chunks(n: int, size: int):
@@ -572,7 +565,7 @@ def evaluate_points(
     prior_samples: Optional[int] = None,
     reconstruction_error: bool = True,
     keep_log_weights: bool = False,
-    progress: bool = False,
+    progress: Optional[bool] = False,
 ) -> PointwiseEvaluation:
     """Evaluate ``model`` on the rows of ``x``, keeping every per-point result.
 
@@ -583,7 +576,7 @@ def evaluate_points(
     the prior per point give the naive estimator (``None``: as many as
     ``iw_samples``; ``0``: skip it).  ``keep_log_weights`` also returns the
     (n, K) importance log-weights (8 n K bytes).  ``progress`` shows a bar
-    over the points on stderr.  Parameters, optimizer state and the caller's
+    over the points on stderr (None: on a terminal).  Parameters, optimizer state and the caller's
     RNG streams are left untouched.
     """
     from ..models.protocol import check_protocol
@@ -624,7 +617,7 @@ def evaluate_points(
         analytic = True
         per_dim, dims_analytic = d > 0 and not layout.point_mass, True
         heap = _HeapTrimmer()
-        bar = _progress_bar(n, progress)
+        bar = progress_bar(n, progress, unit="point", desc="evaluating", leave=False)
         for sl in _chunks(n, b_chunk):
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
@@ -730,7 +723,7 @@ def evaluate(
     *,
     prior_samples: Optional[int] = None,
     reconstruction_error: bool = True,
-    progress: bool = False,
+    progress: Optional[bool] = False,
 ) -> Dict[str, object]:
     """The metrics of :func:`evaluate_points` as a JSON-ready dict (see the module docstring).
 

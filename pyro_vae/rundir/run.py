@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +101,11 @@ def _foreign_files(out: Path) -> list:
     return sorted(found)
 
 
+def _some(names: list) -> str:
+    """The first few of ``names`` for a one-line message."""
+    return ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def _remove_run_files(out: Path) -> None:
     """Remove a previous run's files from ``out``: only the names this library writes."""
     for name in RUN_FILES:
@@ -123,10 +127,8 @@ def check_output_folder(out: Path, replace: bool) -> None:
     if held:
         foreign = _foreign_files(out)
         if foreign:
-            shown = ", ".join(repr(f) for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise PyroVAEError(
-                f"output folder {str(out)!r} holds files pyro_vae did not write ({shown}): choose another --out"
-            )
+            raise PyroVAEError(f"output folder {str(out)!r} holds files pyro_vae did not write "
+                               f"({_some(foreign)}): choose another --out")
         if not replace:
             raise PyroVAEError(
                 f"output folder {str(out)!r} already holds a run: choose another --out, or continue it with --resume {out}"
@@ -148,7 +150,7 @@ def _resume_payload(out: Optional[Path], log) -> Optional[dict]:
     foreign = _foreign_files(out)
     if foreign:
         raise PyroVAEError(f"--resume {out}: the run has no checkpoint.pt and the folder holds files pyro_vae did "
-                           f"not write ({', '.join(map(repr, foreign[:3]))}): start it elsewhere with --out NEW_DIR")
+                           f"not write ({_some(foreign)}): start it elsewhere with --out NEW_DIR")
     log(f"note: {out} has no checkpoint.pt (it stopped before its first checkpoint): starting it afresh in place")
     return None
 
@@ -209,8 +211,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
         log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
-        show = progress if progress is not None else sys.stderr.isatty()
-        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=show)
+        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=progress)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
         figures = None
         if out is not None:

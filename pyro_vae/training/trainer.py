@@ -19,7 +19,6 @@ import inspect
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
 from ..rundir.files import clean_stale_temporaries
 from ..rundir.history import write_history
+from ..progress import progress_bar
 from ..serialize import to_plain
 from .capture import Captures
 from .engines import CapturedEngine, EagerEngine, GraphEngine, compile_networks
@@ -258,7 +258,8 @@ class Trainer:
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
         num_batches = math.ceil(n / cfg.batch_size)
-        bar = self._progress_bar(total=cfg.epochs * num_batches, initial=self.state.epoch * num_batches + self.state.batch)
+        bar = progress_bar(cfg.epochs * num_batches, self.progress, unit="step", leave=True,
+                           initial=self.state.epoch * num_batches + self.state.batch)
         old_handlers = self._install_signal_handlers()
         try:
             with self._first_step.during_fit():
@@ -335,25 +336,21 @@ class Trainer:
             self.save_checkpoint()
 
     def _to_device(self, x, what):
-        if isinstance(x, MappedRows):
-            # stays on the host, read a batch at a time (finiteness was checked chunk by chunk)
-            dim = getattr(self.model, "data_dim", None)
-            if dim is not None and x.shape[1] != dim:
-                raise PyroVAEError(
-                    f"{what} has shape {tuple(x.shape)} but the model expects {dim} columns: "
-                    "use data that matches the model, or build the model for this data"
-                )
-            return x
-        if not isinstance(x, torch.Tensor):
-            raise PyroVAEError(f"{what} must be a torch.Tensor (use pyro_vae.load_data or torch.as_tensor)")
-        if x.dim() != 2 or x.shape[0] == 0:
-            raise PyroVAEError(f"{what} must be a non-empty (rows, columns) matrix, got shape {tuple(x.shape)}")
+        mapped = isinstance(x, MappedRows)
+        if not mapped:
+            if not isinstance(x, torch.Tensor):
+                raise PyroVAEError(f"{what} must be a torch.Tensor (use pyro_vae.load_data or torch.as_tensor)")
+            if x.dim() != 2 or x.shape[0] == 0:
+                raise PyroVAEError(f"{what} must be a non-empty (rows, columns) matrix, got shape {tuple(x.shape)}")
         dim = getattr(self.model, "data_dim", None)
         if dim is not None and x.shape[1] != dim:
             raise PyroVAEError(
                 f"{what} has shape {tuple(x.shape)} but the model expects {dim} columns: "
                 "use data that matches the model, or build the model for this data"
             )
+        if mapped:
+            # stays on the host, read a batch at a time (finiteness was checked chunk by chunk)
+            return x
         x = x.to(self.device, torch.float32)
         if not all_finite(x):  # one pass, no data-sized temporaries (torch.isfinite makes three)
             # caught here, not as a NaN loss (or a distribution's argument error) steps later
@@ -362,14 +359,6 @@ class Trainer:
                 "and data.drop_nonfinite = true"
             )
         return x
-
-    def _progress_bar(self, total, initial):
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if not show:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
 
     # -- signals ---------------------------------------------------------------
     def _install_signal_handlers(self):
