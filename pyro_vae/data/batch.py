@@ -1,0 +1,156 @@
+"""Named data: one tensor, or a mapping of named tensors that share their rows; the one place a program is called on it.
+
+A program written as ``model(x)`` gets one tensor, positionally.  A program
+written as Pyro's examples write conditional and semi-supervised models,
+``model(x, y=None)``, gets a mapping, by keyword: ``{"x": images, "y": labels}``
+calls ``model(x=images, y=labels)``.  Row i of every tensor is data point i.
+
+A name may be missing for some rows (unlabelled rows of a semi-supervised
+set): an integer array marks them with -1 (scikit-learn's convention for
+unlabelled targets).  Such rows are never mixed with labelled ones in a
+batch: a batch either holds the name or leaves it out, so the program sees
+its default (``y=None``), exactly as Pyro's M2 example feeds its two loaders.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..errors import PyroVAEError
+
+Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+
+#: the value that marks a missing entry of an integer array
+MISSING = -1
+
+
+def is_named(data) -> bool:
+    return isinstance(data, Mapping)
+
+
+def call(fn: Callable, data: Data, *args, **kwargs):
+    """``fn(x)`` for one tensor, ``fn(**data)`` for named data."""
+    if is_named(data):
+        return fn(*args, **data, **kwargs)
+    return fn(data, *args, **kwargs)
+
+
+def tensors(data: Data) -> List[torch.Tensor]:
+    return list(data.values()) if is_named(data) else [data]
+
+
+def num_rows(data: Data) -> int:
+    return int(tensors(data)[0].shape[0])
+
+
+def rows(data: Data, index) -> Data:
+    """The same rows of every tensor (an index tensor, a slice or an int range)."""
+    if is_named(data):
+        return {k: v[index] for k, v in data.items()}
+    return data[index]
+
+
+def apply(data: Data, fn: Callable[[torch.Tensor], torch.Tensor]) -> Data:
+    if is_named(data):
+        return {k: fn(v) for k, v in data.items()}
+    return fn(data)
+
+
+def to(data: Data, device=None, dtype: Optional[torch.dtype] = None) -> Data:
+    """Moved to ``device``; floating tensors cast to ``dtype`` (integer labels stay integers)."""
+    def move(t):
+        t = torch.as_tensor(t)
+        if dtype is not None and t.is_floating_point():
+            return t.to(device=device, dtype=dtype)
+        return t.to(device=device)
+    return apply(data, move)
+
+
+def repeat_rows(data: Data, k: int) -> Data:
+    """Rows repeated k times (row j*b + i is point i)."""
+    return apply(data, lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
+
+
+def observed(data: Data, name: str) -> torch.Tensor:
+    """The tensor of the observation ``name`` (the whole data when it is one tensor)."""
+    if not is_named(data):
+        return data
+    if name not in data:
+        raise PyroVAEError(f"the data has no array named {name!r} (it has {', '.join(data)}): "
+                           f"name the observations {name!r}, as the model's obs_site does")
+    return data[name]
+
+
+def replace(data: Data, name: str, value: torch.Tensor) -> Data:
+    """The data with the array ``name`` (the tensor itself for one tensor) replaced by ``value``."""
+    if not is_named(data):
+        return value
+    return {**data, name: value}
+
+
+def missing_mask(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """Rows where an integer array is missing (every entry of the row is -1); None when nothing is missing."""
+    if t.is_floating_point() or t.dtype == torch.bool:
+        return None
+    m = (t == MISSING)
+    if m.dim() > 1:
+        m = m.flatten(1).all(1)
+    return m if bool(m.any()) else None
+
+
+def groups(data: Data) -> List[Dict[str, object]]:
+    """Row groups with one pattern of missing names: [{"rows": LongTensor, "absent": (names,)}, ...].
+
+    One group holding every row when nothing is missing.
+    """
+    n = num_rows(data)
+    if not is_named(data):
+        return [{"rows": torch.arange(n), "absent": ()}]
+    masks = {k: m for k, v in data.items() if (m := missing_mask(v)) is not None}
+    if not masks:
+        return [{"rows": torch.arange(n), "absent": ()}]
+    names = sorted(masks)
+    code = torch.zeros(n, dtype=torch.long)
+    for i, k in enumerate(names):
+        code += masks[k].long().cpu() << i
+    out = []
+    for c in torch.unique(code).tolist():
+        absent = tuple(k for i, k in enumerate(names) if (c >> i) & 1)
+        out.append({"rows": torch.nonzero(code == c).flatten(), "absent": absent})
+    return out
+
+
+def without(data: Data, absent: Sequence[str]) -> Data:
+    if not absent or not is_named(data):
+        return data
+    return {k: v for k, v in data.items() if k not in absent}
+
+
+def check_rows(data: Data, what: str) -> Data:
+    """Named data as a dict of tensors with one row count (a one-line error otherwise)."""
+    if not is_named(data):
+        return data
+    if not data:
+        raise PyroVAEError(f"{what} is an empty mapping: give at least the observations")
+    out = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise PyroVAEError(f"{what}: array name {k!r} is not a Python identifier: the program receives it as a keyword")
+        if not isinstance(v, torch.Tensor):
+            raise PyroVAEError(f"{what}[{k!r}] must be a torch.Tensor (use torch.as_tensor)")
+        if v.dim() == 0:
+            raise PyroVAEError(f"{what}[{k!r}] is a scalar: give one row per data point")
+        out[k] = v
+    counts = {k: int(v.shape[0]) for k, v in out.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {c}" for k, c in counts.items())
+        raise PyroVAEError(f"{what}: the arrays have different numbers of rows ({listed}): give one row per data point in each")
+    return out
+
+
+def describe(data: Data) -> str:
+    if not is_named(data):
+        return f"shape {tuple(data.shape)}"
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items())
