@@ -31,10 +31,10 @@ def is_named(data) -> bool:
 
 
 def call(fn: Callable, data: Data, *args, **kwargs):
-    """``fn(x)`` for one tensor, ``fn(**data)`` for named data."""
+    """``fn(*args, x)`` for one tensor, ``fn(*args, **data)`` for named data (``args`` first: an ELBO's model, guide)."""
     if is_named(data):
         return fn(*args, **data, **kwargs)
-    return fn(data, *args, **kwargs)
+    return fn(*args, data, **kwargs)
 
 
 def tensors(data: Data) -> List[torch.Tensor]:
@@ -73,8 +73,11 @@ def repeat_rows(data: Data, k: int) -> Data:
     return apply(data, lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
 
 
-def observed(data: Data, name: str) -> torch.Tensor:
-    """The tensor of the observation ``name`` (the whole data when it is one tensor)."""
+def observed(data: Data, name: Optional[str]) -> torch.Tensor:
+    """The tensor of the observations, the array ``name`` (the whole data when it is one tensor).
+
+    ``sites.observed_name`` finds the name for a model.
+    """
     if not is_named(data):
         return data
     if name not in data:
@@ -83,7 +86,7 @@ def observed(data: Data, name: str) -> torch.Tensor:
     return data[name]
 
 
-def replace(data: Data, name: str, value: torch.Tensor) -> Data:
+def replace(data: Data, name: Optional[str], value: torch.Tensor) -> Data:
     """The data with the array ``name`` (the tensor itself for one tensor) replaced by ``value``."""
     if not is_named(data):
         return value
@@ -154,3 +157,38 @@ def describe(data: Data) -> str:
     if not is_named(data):
         return f"shape {tuple(data.shape)}"
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items())
+
+
+def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -> Data:
+    """Checked named data (or one tensor) on ``device``, floats in ``dtype``; NaN/Inf is a one-line error.
+
+    Integer arrays keep their dtype (labels index embeddings and one-hot
+    tables); -1 marks a missing row there, so it is not checked as a value.
+    """
+    from .checks import describe_nonfinite
+
+    if is_named(data):
+        try:
+            data = {k: torch.as_tensor(v) for k, v in data.items()}
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PyroVAEError(f"{what} is not numeric ({e}): give a mapping of numeric arrays") from None
+        data = check_rows(data, what)
+    else:
+        try:
+            data = torch.as_tensor(data)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PyroVAEError(f"{what} is not a numeric array ({e}): pass a (points, columns) matrix") from None
+    data = to(data, device, dtype)
+    for name, t in (data.items() if is_named(data) else [(None, data)]):
+        label = what if name is None else f"{what}[{name!r}]"
+        if t.shape[0] == 0:
+            raise PyroVAEError(f"{label} is empty: give a non-empty (points, columns) matrix")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise PyroVAEError(f"{label} has {describe_nonfinite(t)}: clean the data or drop those rows")
+    return data
+
+
+def reference(data: Data) -> torch.Tensor:
+    """A tensor whose dtype and device stand for the data's (its first floating array, else its first)."""
+    ts = tensors(data)
+    return next((t for t in ts if t.is_floating_point()), ts[0])

@@ -32,7 +32,7 @@ from ..errors import PyroVAEError
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.memory import evaluate_with_retry
 from ..models import build_model
-from ..training.trainer import Trainer, check_batch_size, example_batch, resolve_device
+from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, load_state_dict_checked
 from .files import TMP_PREFIX, write_text_atomic
 from .lock import LOCK_NAME, RunLock
@@ -192,7 +192,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     trainer = Trainer(model, cfg.train, run_dir=out, progress=progress)
     trainer.meta = {"config": cfg.to_dict(), "data_dim": data.dim,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
-    trainer.setup(example_batch(data.train, data.binarize).to(trainer.device), len(data.train))
+    trainer.setup_data(data.train, data.binarize)
     if payload is not None:
         trainer.load_state_dict(payload, out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
