@@ -476,7 +476,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
         while name in names:
             name, i = f"{base}-{i}", i + 1
         names.add(name)
-        n = min(points, len(data.test))
+        n = min(points, batch.num_rows(data.test))
         cfg = run.config
         m = run.metrics or {}
         info = run_fingerprint(d) | {
@@ -486,7 +486,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
-        subjects.append(Subject(name, run.model, data.test[:n], list(range(n)), run=run, data=data, info=info))
+        subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects
 
 
