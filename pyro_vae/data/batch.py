@@ -7,7 +7,7 @@ calls ``model(x=images, y=labels)``.  Row i of every tensor is data point i.
 
 A name may be missing for some rows (unlabelled rows of a semi-supervised
 set): an integer array marks them with -1 (scikit-learn's convention for
-unlabelled targets).  Such rows are never mixed with labelled ones in a
+unlabelled targets), a float array (one-hot labels) with a row of NaN.  Such rows are never mixed with labelled ones in a
 batch: a batch either holds the name or leaves it out, so the program sees
 its default (``y=None``), exactly as Pyro's M2 example feeds its two loaders.
 """
@@ -94,10 +94,10 @@ def replace(data: Data, name: Optional[str], value: torch.Tensor) -> Data:
 
 
 def missing_mask(t: torch.Tensor) -> Optional[torch.Tensor]:
-    """Rows where an integer array is missing (every entry of the row is -1); None when nothing is missing."""
-    if t.is_floating_point() or t.dtype == torch.bool:
+    """Rows where an array is missing: every entry -1 (integers) or NaN (floats: one-hot labels); None if none."""
+    if t.dtype == torch.bool:
         return None
-    m = (t == MISSING)
+    m = torch.isnan(t) if t.is_floating_point() else (t == MISSING)
     if m.dim() > 1:
         m = m.flatten(1).all(1)
     return m if bool(m.any()) else None
@@ -163,7 +163,8 @@ def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -
     """Checked named data (or one tensor) on ``device``, floats in ``dtype``; NaN/Inf is a one-line error.
 
     Integer arrays keep their dtype (labels index embeddings and one-hot
-    tables); -1 marks a missing row there, so it is not checked as a value.
+    tables).  In named data a row of -1 (integers) or of NaN (floats) marks a
+    missing entry, so such rows are not checked as values.
     """
     from .checks import describe_nonfinite
 
@@ -184,7 +185,11 @@ def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -
         if t.shape[0] == 0:
             raise PyroVAEError(f"{label} is empty: give a non-empty (points, columns) matrix")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise PyroVAEError(f"{label} has {describe_nonfinite(t)}: clean the data or drop those rows")
+            m = missing_mask(t) if name is not None else None
+            rest = t[~m] if m is not None else t
+            if not bool(torch.isfinite(rest).all()):
+                raise PyroVAEError(f"{label} has {describe_nonfinite(rest)}: clean the data or drop those rows "
+                                   "(a row that is NaN throughout marks a missing label)")
     return data
 
 

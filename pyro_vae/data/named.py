@@ -87,6 +87,8 @@ def _tensor(arr: np.ndarray, what: str, observations: bool) -> Tuple[torch.Tenso
     if too_large is not None and too_large.any():
         raise PyroVAEError(describe_too_large(flat, too_large, what))
     bad_rows = bad.any(axis=1) if bad is not None else np.zeros(arr.shape[0], dtype=bool)
+    if not observations:
+        bad_rows &= ~np.isnan(flat).all(axis=1)  # a row of NaN marks a missing label (data/batch.py)
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C")), bad_rows
 
 

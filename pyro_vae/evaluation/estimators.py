@@ -598,7 +598,7 @@ def evaluate_points(
     absent = [g["absent"] for g in batch.groups(x)]
     if len(absent) > 1:
         names = sorted({n for a in absent for n in a})
-        raise PyroVAEError(f"evaluation data: {', '.join(names)} is given for some rows and missing (-1) for others: "
+        raise PyroVAEError(f"evaluation data: {', '.join(names)} is given for some rows and missing (-1 or NaN) for others: "
                            "evaluate the two sets of rows separately, or leave the array out to marginalise it")
     x = batch.without(x, absent[0])
     n = batch.num_rows(x)

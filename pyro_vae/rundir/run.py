@@ -75,7 +75,7 @@ def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, cfg.model.likelihood)
     if data.observed is not None and getattr(cfg.model, "program", None) is None:
-        raise PyroVAEError(f"data.arrays names {', '.join(batch.list(data.train))} but model.type = "
+        raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
                            "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
     cfg = resolve_config(cfg, data)

@@ -262,9 +262,12 @@ class Trainer:
         n = batch.num_rows(train_x)
         self._groups = batch.groups(train_x)
         self._obs = observed_name(self.model, train_x)  # None for one tensor
+        if any(self._obs in g["absent"] for g in self._groups):
+            raise PyroVAEError(f"training data[{self._obs!r}] holds the observations but has missing rows (-1 or "
+                               "NaN throughout): drop those rows; only labels and inputs may be missing")
         check_batch_size(n, cfg.batch_size)
         if test_x is not None and len(batch.groups(test_x)) > 1:
-            raise PyroVAEError("the test data has arrays that are missing (-1) in some rows only: give the test "
+            raise PyroVAEError("the test data has arrays that are missing (-1 or NaN) in some rows only: give the test "
                                "set whole (every label), or leave the partly missing array out of it")
         if self._first_step.skips and self.validation == "auto":
             # Pyro stops checking the data's support once validation is off, so
