@@ -101,7 +101,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
         for t in range(n):
             for g in opt.param_groups:
                 g["lr"] = lr_at(t)
-            loss = elbo.differentiable_loss(model.model, guide, x)
+            loss = batch.call(elbo.differentiable_loss, x, model.model, guide)
             grads = torch.autograd.grad(loss, params)
             for p, g in zip(params, grads):
                 p.grad = g
@@ -159,7 +159,7 @@ class _Check:
 
     @torch.no_grad()
     def per_point(self) -> np.ndarray:
-        with isolated_rng(self.seed, self.args[1].device):
+        with isolated_rng(self.seed, batch.reference(self.args[1]).device):
             _, lp, lq = draw_q(*self.args, split="draws")
         return (lp - lq).cpu().numpy()  # (draws, points)
 
