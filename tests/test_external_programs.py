@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pyro
 import pyro.distributions as dist
+from pyro import poutine
 from sklearn.datasets import load_digits
 
 import pyro_vae as pv
@@ -181,3 +182,69 @@ def test_conditional_vae_is_diagnosed_with_each_points_own_label(cvae):
     q = run.q
     z = (torch.as_tensor(q.elbo) - ev.elbo) / torch.sqrt(torch.as_tensor(q.elbo_se) ** 2 + ev.elbo_var)
     assert float(z.abs().max()) < 4
+
+
+# -- Pyro's semi-supervised M2 (examples/vae/ss_vae_M2.py), its model and guide as written there ---------------
+
+
+def _cat(parts):
+    """Concatenate along the last dim, broadcasting the batch dims (what the example's MLP(allow_broadcast) does)."""
+    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes, out=None):
+        super().__init__()
+        layers = []
+        for a, b in zip(sizes[:-2], sizes[1:-1]):
+            layers += [nn.Linear(a, b), nn.Softplus()]
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(sizes[-2], s) for s in (out or [sizes[-1]]))
+
+    def forward(self, x):
+        h = self.body(_cat(x) if isinstance(x, list) else x)
+        outs = [head(h) for head in self.heads]
+        return outs if len(outs) > 1 else outs[0]
+
+
+class SSVAE(nn.Module):
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, output_size=10, input_size=64, z_dim=8, hidden=128, aux_loss_multiplier=20.0):
+        super().__init__()
+        self.output_size, self.input_size, self.z_dim = output_size, input_size, z_dim
+        self.aux_loss_multiplier = aux_loss_multiplier
+        self.encoder_y = MLP([input_size, hidden, output_size])
+        self.encoder_z = MLP([input_size + output_size, hidden, None], out=[z_dim, z_dim])
+        self.decoder = MLP([z_dim + output_size, hidden, input_size])
+
+    def model(self, xs, ys=None):
+        pyro.module("ss_vae", self)
+        labelled = ys is not None
+        batch_size = xs.size(0)
+        options = dict(dtype=xs.dtype, device=xs.device)
+        with pyro.plate("data"):
+            prior_loc = torch.zeros(batch_size, self.z_dim, **options)
+            prior_scale = torch.ones(batch_size, self.z_dim, **options)
+            zs = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
+            alpha_prior = torch.ones(batch_size, self.output_size, **options) / (1.0 * self.output_size)
+            ys = pyro.sample("y", dist.OneHotCategorical(alpha_prior), obs=ys)
+            logits = self.decoder([zs, ys])
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=xs)
+        if labelled and self.aux_loss_multiplier:
+            # the example's model_classify (its auxiliary loss), folded into the one model
+            with pyro.plate("data"), poutine.scale(scale=self.aux_loss_multiplier):
+                pyro.sample("y_aux", dist.OneHotCategorical(logits=self.encoder_y(xs)), obs=ys)
+
+    def guide(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                alpha = torch.softmax(self.encoder_y(xs), -1)
+                ys = pyro.sample("y", dist.OneHotCategorical(alpha))
+            loc, raw = self.encoder_z([xs, ys])
+            pyro.sample("z", dist.Normal(loc, torch.exp(raw)).to_event(1))
+
+    def classifier(self, xs):
+        return self.encoder_y(xs).argmax(-1)
