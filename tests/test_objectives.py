@@ -250,3 +250,12 @@ def test_meanfield_training_loss_of_a_mean_field_guide_stays_analytic_and_matche
     mean, se = _loss_mean_and_se(trainer, x, repeats=8)
     exact = hierarchy_elbo(model, x)
     assert abs(mean - (-exact)) < 4 * se, (mean, -exact, se)
+
+
+def test_evaluate_of_a_mixture_gives_its_exact_elbo_within_its_standard_error():
+    x, model = mixture_data(n=30), Mixture()
+    exact = mixture_elbo(model, x) / x.shape[0]
+    m = pv.evaluate(model, x, iw_samples=None, elbo_samples=4000, prior_samples=0, seed=0)
+    assert m["kl_method"] == "analytic"  # KL(q(c|x) || p(c)) and KL(q(z|x,c) || p(z)) at the drawn c: exact
+    assert abs(m["elbo"] - exact) < 4 * m["elbo_se"], (m["elbo"], exact, m["elbo_se"])
+    assert m["reconstruction_mse"] is not None  # the guide's mode of c, its mean of z

@@ -369,7 +369,7 @@ def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
 
 
 class _MeanPath(Messenger):
-    """Set every latent sample site to its distribution's mean instead of a draw."""
+    """Set every latent sample site to its distribution's mean instead of a draw (a discrete one: its mode)."""
 
     def __init__(self, names):
         super().__init__()
@@ -377,7 +377,8 @@ class _MeanPath(Messenger):
 
     def _pyro_sample(self, msg):
         if msg["name"] in self.names and not msg["is_observed"] and msg["value"] is None:
-            m = _dist_mean(msg["fn"])
+            # a discrete site's mean is not one of its values (a level between two classes)
+            m = msg["fn"].mode if getattr(msg["fn"], "has_enumerate_support", False) else _dist_mean(msg["fn"])
             if m is not None:
                 msg["value"] = torch.broadcast_to(m, msg["fn"].shape())
 
@@ -631,6 +632,7 @@ def evaluate_points(
         for sl in _chunks(n, b_chunk):
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
+            elbo_an = _Moments()  # log p(x|z) - analytic KL, per draw
             lme = _LogMeanExp(keep_log_weights) if iw else None
             tail = _Tail(k_total) if iw else None
             mean_sum = torch.zeros(xb.shape[0], d, dtype=torch.float64, device=device)
@@ -650,6 +652,7 @@ def evaluate_points(
                     analytic = False
                 else:
                     kl_an.add(t.kl)
+                    elbo_an.add(t.dens.log_lik.double() - t.kl.double())
                 mean_sum += t.mean.double().sum(0)
                 if per_dim:
                     if t.kl_dims is None:
@@ -666,8 +669,9 @@ def evaluate_points(
                 res["elbo_var"].append(torch.zeros(xb.shape[0], dtype=torch.float64, device=device))
             elif analytic:
                 res["kl"].append(kl_an.mean())
-                # analytic KL: only the reconstruction term is random
-                res["elbo_var"].append(rec.var_of_mean())
+                # analytic KL: random only through the draws it is taken at (a guide site that
+                # reads another latent, a discrete one say), so the two terms' variance together
+                res["elbo_var"].append(elbo_an.var_of_mean())
             else:
                 res["elbo_var"].append(log_w.var_of_mean())
             res["mean"].append(mean_sum / k_total)

@@ -1,4 +1,4 @@
-"""Which latent sites each site's distribution reads, and so where an analytic KL(q || p) is exact.
+"""Which latent sites each site's distribution reads, and so where an analytic KL is exact.
 
 The mean-field ELBO replaces a latent site's Monte Carlo term
 log p(z_s | pa_p) - log q(z_s | pa_q) by -KL(q(z_s | pa_q) || p(z_s | pa_p)),
