@@ -226,8 +226,9 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
     def prepare(self, model, data) -> None:
         """Also find the sites whose analytic KL would be biased (infer/dependence.py), and say so once."""
         super().prepare(model, data)
-        inexact = inexact_kl_sites(model, data)
-        self.monte_carlo_sites = frozenset(inexact)
+        inexact = {s: why for s, why in inexact_kl_sites(model, data).items() if s not in self.monte_carlo_sites}
+        # accumulated: each row group of named data (labelled, unlabelled) is a program of its own
+        self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact)
         if inexact:
             warnings.warn(
                 f"train.elbo = 'meanfield': the analytic KL would be biased for {describe(inexact)}: that KL is "
