@@ -116,8 +116,10 @@ def _checked(value, tp, f: dataclasses.Field, path: str):
 class DataConfig:
     source: str = field(default="digits", metadata=_choices(_source_names))
     path: Optional[str] = None  # IDX directory for fashion-mnist / mnist
-    train: Optional[str] = None  # .npy / .npz / .csv; implies source = "arrays"
-    test: Optional[str] = None
+    train: Optional[Union[str, Dict[str, str]]] = None  # .npy / .npz / .csv, or {name = file}; implies source = "arrays"
+    test: Optional[Union[str, Dict[str, str]]] = None
+    # named arrays for a program's keyword arguments (model(x, y=None)); the first holds the observations
+    arrays: Tuple[str, ...] = ()
     test_fraction: float = 0.1
     binarize: Literal["auto", "none", "static", "dynamic"] = "auto"
     drop_nonfinite: bool = False  # drop rows with NaN/Inf instead of failing
@@ -142,6 +144,25 @@ _PATH_SOURCES = ("fashion-mnist", "mnist")
 
 def _check_data_keys(d: "DataConfig") -> None:
     """Keys that contradict each other fail in one line naming both, instead of one being ignored."""
+    for name in d.arrays + tuple(d.train if isinstance(d.train, Mapping) else ()):
+        if not name.isidentifier():
+            raise PyroVAEError(f"data.arrays: {name!r} is not a Python identifier: the program receives each array "
+                               "as a keyword argument, so name it as the argument")
+    if len(set(d.arrays)) != len(d.arrays):
+        raise PyroVAEError(f"data.arrays names an array twice ({', '.join(d.arrays)}): list each once")
+    if isinstance(d.train, Mapping):
+        if not d.train:
+            raise PyroVAEError("data.train is an empty table: give {name = \"file\"} for at least the observations")
+        if d.arrays and tuple(d.train) != d.arrays:
+            raise PyroVAEError(f"data.arrays = {list(d.arrays)} but data.train names {list(d.train)}: "
+                               "one file per array names the arrays already; remove data.arrays")
+    if d.test is not None and isinstance(d.test, Mapping) != isinstance(d.train, Mapping):
+        raise PyroVAEError("data.train and data.test must both be one file or both be tables of one file per array")
+    if isinstance(d.test, Mapping) and isinstance(d.train, Mapping) and set(d.test) != set(d.train):
+        raise PyroVAEError(f"data.test names arrays {sorted(d.test)} but data.train {sorted(d.train)}: give the same arrays")
+    if d.arrays and d.source != "arrays":
+        raise PyroVAEError(f"data.arrays is given but data.source = {d.source!r}: named arrays come from files; "
+                           "set data.train (a .npz or .csv file, or one file per array)")
     if d.train is not None and d.source != "arrays":
         raise PyroVAEError(
             f"data.train is given but data.source = {d.source!r}, which does not read it: "
@@ -304,6 +325,8 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (tuple, Tuple):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return f"a table of {_type_name(typing.get_args(tp)[1])}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -337,6 +360,11 @@ def _coerce(value, tp, key: str):
             raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         item = typing.get_args(tp)[0]
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Dict):
+        if not isinstance(value, Mapping):
+            raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[1]
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise PyroVAEError(f"{key}: expected true or false, got {value!r}")
@@ -409,13 +437,18 @@ def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] 
 
 def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
     updates = {}
+    def resolve(value: str) -> str:
+        p = Path(value).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return str(p.absolute()) if base is not None else str(p)
+
     for key in ("path", "train", "test"):
         value = getattr(cfg.data, key)
-        if value is not None:
-            p = Path(value).expanduser()
-            if not p.is_absolute() and base is not None:
-                p = base / p
-            updates[key] = str(p.absolute()) if base is not None else str(p)
+        if isinstance(value, Mapping):
+            updates[key] = {name: resolve(v) for name, v in value.items()}
+        elif value is not None:
+            updates[key] = resolve(value)
     return cfg.replace(data=dataclasses.replace(cfg.data, **updates)) if updates else cfg
 
 

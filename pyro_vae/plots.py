@@ -194,7 +194,7 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
 
 def run_plots(model, data, history, folder: Path) -> List[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    x = data.test
+    x = data.test_x
     return [
         loss_curve(history, folder / "loss.png"),
         reconstructions(model, x, data.image_shape, folder / "reconstructions.png"),

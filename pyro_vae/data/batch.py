@@ -7,7 +7,7 @@ calls ``model(x=images, y=labels)``.  Row i of every tensor is data point i.
 
 A name may be missing for some rows (unlabelled rows of a semi-supervised
 set): an integer array marks them with -1 (scikit-learn's convention for
-unlabelled targets).  Such rows are never mixed with labelled ones in a
+unlabelled targets), a float array (one-hot labels) with a row of NaN.  Such rows are never mixed with labelled ones in a
 batch: a batch either holds the name or leaves it out, so the program sees
 its default (``y=None``), exactly as Pyro's M2 example feeds its two loaders.
 """
@@ -31,10 +31,10 @@ def is_named(data) -> bool:
 
 
 def call(fn: Callable, data: Data, *args, **kwargs):
-    """``fn(x)`` for one tensor, ``fn(**data)`` for named data."""
+    """``fn(*args, x)`` for one tensor, ``fn(*args, **data)`` for named data (``args`` first: an ELBO's model, guide)."""
     if is_named(data):
         return fn(*args, **data, **kwargs)
-    return fn(data, *args, **kwargs)
+    return fn(*args, data, **kwargs)
 
 
 def tensors(data: Data) -> List[torch.Tensor]:
@@ -73,8 +73,11 @@ def repeat_rows(data: Data, k: int) -> Data:
     return apply(data, lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
 
 
-def observed(data: Data, name: str) -> torch.Tensor:
-    """The tensor of the observation ``name`` (the whole data when it is one tensor)."""
+def observed(data: Data, name: Optional[str]) -> torch.Tensor:
+    """The tensor of the observations, the array ``name`` (the whole data when it is one tensor).
+
+    ``sites.observed_name`` finds the name for a model.
+    """
     if not is_named(data):
         return data
     if name not in data:
@@ -83,7 +86,7 @@ def observed(data: Data, name: str) -> torch.Tensor:
     return data[name]
 
 
-def replace(data: Data, name: str, value: torch.Tensor) -> Data:
+def replace(data: Data, name: Optional[str], value: torch.Tensor) -> Data:
     """The data with the array ``name`` (the tensor itself for one tensor) replaced by ``value``."""
     if not is_named(data):
         return value
@@ -91,10 +94,10 @@ def replace(data: Data, name: str, value: torch.Tensor) -> Data:
 
 
 def missing_mask(t: torch.Tensor) -> Optional[torch.Tensor]:
-    """Rows where an integer array is missing (every entry of the row is -1); None when nothing is missing."""
-    if t.is_floating_point() or t.dtype == torch.bool:
+    """Rows where an array is missing: every entry -1 (integers) or NaN (floats: one-hot labels); None if none."""
+    if t.dtype == torch.bool:
         return None
-    m = (t == MISSING)
+    m = torch.isnan(t) if t.is_floating_point() else (t == MISSING)
     if m.dim() > 1:
         m = m.flatten(1).all(1)
     return m if bool(m.any()) else None
@@ -154,3 +157,43 @@ def describe(data: Data) -> str:
     if not is_named(data):
         return f"shape {tuple(data.shape)}"
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items())
+
+
+def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -> Data:
+    """Checked named data (or one tensor) on ``device``, floats in ``dtype``; NaN/Inf is a one-line error.
+
+    Integer arrays keep their dtype (labels index embeddings and one-hot
+    tables).  In named data a row of -1 (integers) or of NaN (floats) marks a
+    missing entry, so such rows are not checked as values.
+    """
+    from .checks import describe_nonfinite
+
+    if is_named(data):
+        try:
+            data = {k: torch.as_tensor(v) for k, v in data.items()}
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PyroVAEError(f"{what} is not numeric ({e}): give a mapping of numeric arrays") from None
+        data = check_rows(data, what)
+    else:
+        try:
+            data = torch.as_tensor(data)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PyroVAEError(f"{what} is not a numeric array ({e}): pass a (points, columns) matrix") from None
+    data = to(data, device, dtype)
+    for name, t in (data.items() if is_named(data) else [(None, data)]):
+        label = what if name is None else f"{what}[{name!r}]"
+        if t.shape[0] == 0:
+            raise PyroVAEError(f"{label} is empty: give a non-empty (points, columns) matrix")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            m = missing_mask(t) if name is not None else None
+            rest = t[~m] if m is not None else t
+            if not bool(torch.isfinite(rest).all()):
+                raise PyroVAEError(f"{label} has {describe_nonfinite(rest)}: clean the data or drop those rows "
+                                   "(a row that is NaN throughout marks a missing label)")
+    return data
+
+
+def reference(data: Data) -> torch.Tensor:
+    """A tensor whose dtype and device stand for the data's (its first floating array, else its first)."""
+    ts = tensors(data)
+    return next((t for t in ts if t.is_floating_point()), ts[0])

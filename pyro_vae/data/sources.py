@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from . import batch
 from .checks import check_dtype, describe_too_large, float32_problems, in_unit_interval
 from .files import FileStamp, os_problem, read_text, regular_file
 from .mapped import MappedRows, mapped_matrix, memmap_limit
@@ -43,7 +44,7 @@ MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when noth
 
 @dataclass
 class Dataset:
-    train: torch.Tensor  # or mapped.MappedRows: a .npy over the memory-map limit
+    train: torch.Tensor  # or mapped.MappedRows (a .npy over the memory-map limit), or named arrays (data/batch.py)
     test: torch.Tensor
     name: str = "data"
     image_shape: Optional[Tuple[int, int]] = None
@@ -53,10 +54,20 @@ class Dataset:
     notes: List[str] = field(default_factory=list)
     truth: Optional[dict] = None  # synthetic source: the generating parameters
     class_names: Optional[Tuple[str, ...]] = None  # the name of label 0, 1, ... (plot legends); None: the numbers
+    observed: Optional[str] = None  # named arrays: the one holding the observations
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """The training observations (the whole training data unless it is named arrays)."""
+        return self.train[self.observed] if self.observed is not None else self.train
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self.test[self.observed] if self.observed is not None else self.test
 
     @property
     def dim(self) -> int:
-        return self.train.shape[1]
+        return self.train_x.shape[1]
 
     @property
     def is_image(self) -> bool:
@@ -119,12 +130,16 @@ def _file_backed(arr: np.ndarray) -> bool:
 _CHECK_PATHS = "check data.train / data.test"
 
 
-def read_array(path: str, what: str) -> np.ndarray:
-    """Read ``.npy``, ``.npz`` (the array named ``x``, else the only array) or ``.csv`` into memory."""
-    return _load_array(path, what, map_large=False)[0]
+def read_array(path: str, what: str, key: Optional[str] = None, header: Optional[list] = None) -> np.ndarray:
+    """Read ``.npy``, ``.npz`` (the array ``key``; default ``x``, else the only array) or ``.csv`` into memory.
+
+    ``header``: a list that receives a CSV's header cells.
+    """
+    return _load_array(path, what, map_large=False, key=key, header=header)[0]
 
 
-def _load_array(path: str, what: str, map_large: bool) -> Tuple[np.ndarray, Optional[FileStamp]]:
+def _load_array(path: str, what: str, map_large: bool, key: Optional[str] = None,
+                header: Optional[list] = None) -> Tuple[np.ndarray, Optional[FileStamp]]:
     """The array in ``path`` and, if it was memory-mapped (a ``.npy`` over :func:`memmap_limit`), its stamp.
 
     Everything that can be checked before reading is: the path is a regular file
@@ -138,7 +153,7 @@ def _load_array(path: str, what: str, map_large: bool) -> Tuple[np.ndarray, Opti
     if suffix not in (".npy", ".npz", ".csv"):
         raise PyroVAEError(f"{what} file {str(p)!r} has an unsupported type {suffix!r}: use .npy, .npz or .csv")
     if suffix == ".csv":
-        return _read_csv(p, what), None
+        return _read_csv(p, what, header), None
     try:
         if suffix == ".npy":
             with open(p, "rb") as f:
@@ -154,7 +169,7 @@ def _load_array(path: str, what: str, map_large: bool) -> Tuple[np.ndarray, Opti
                 return np.load(p, mmap_mode="r", allow_pickle=False), FileStamp.of(p, st)
             check_fits(data_bytes, f"{what} ({shape} {dtype})", "use a smaller file", memory=None)
             return np.load(p, allow_pickle=False), None
-        return _read_npz(p, what), None
+        return _read_npz(p, what, key), None
     except PyroVAEError:
         raise
     except _READ_ERRORS as e:
@@ -183,12 +198,17 @@ def _npy_header(f, what: str, p: Path):
     return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
-def _read_npz(p: Path, what: str) -> np.ndarray:
+def _read_npz(p: Path, what: str, key: Optional[str] = None) -> np.ndarray:
+    """The array ``key`` of an ``.npz`` (default: ``x``, else the only one)."""
     with zipfile.ZipFile(p) as zf:
         names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         if not names:
             raise PyroVAEError(f"{what} file {str(p)!r} holds no arrays")
-        key = "x" if "x" in names else names[0] if len(names) == 1 else None
+        if key is not None and key not in names:
+            raise PyroVAEError(f"{what} file {str(p)!r} holds no array named {key!r} (it has {', '.join(names)}): "
+                               "save it under that name, or fix data.arrays")
+        if key is None:
+            key = "x" if "x" in names else names[0] if len(names) == 1 else None
         if key is None:
             raise PyroVAEError(
                 f"{what} file {str(p)!r} holds several arrays ({', '.join(names)}) and none is named 'x': save the data as 'x'"
@@ -206,7 +226,8 @@ def _read_npz(p: Path, what: str) -> np.ndarray:
             return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _read_csv(p: Path, what: str) -> np.ndarray:
+def _read_csv(p: Path, what: str, header: Optional[list] = None) -> np.ndarray:
+    """The numbers of a CSV file (a header row is skipped; its cells are appended to ``header`` if given)."""
     # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first cell
     rows = [line for line in read_text(p, what, _CHECK_PATHS).splitlines() if line.strip()]
     if not rows:
@@ -215,6 +236,8 @@ def _read_csv(p: Path, what: str) -> np.ndarray:
     first = [c.strip() for c in rows[0].split(",")]
     if not all(_is_number(c) for c in first):
         skip = 1  # a header row
+        if header is not None:
+            header.extend(first)
     out = []
     for i, line in enumerate(rows[skip:], start=skip + 1):
         cells = [c.strip() for c in line.split(",")]
@@ -414,6 +437,10 @@ def _synthetic(cfg, discrete: bool):
 def _arrays(cfg, discrete: bool):
     if cfg.train is None:
         raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npy\" (.npy, .npz or .csv)")
+    if cfg.arrays or isinstance(cfg.train, dict):
+        from .named import load_named
+
+        return load_named(cfg)
     notes: list = []
     # only a file too large to load is memory-mapped; anything smaller is read into memory now,
     # so rewriting the file later cannot touch the job
@@ -456,7 +483,7 @@ def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
                 "data.binarize = 'static' would copy the memory-mapped training file: "
                 "use data.binarize = 'dynamic', or binarize the file"
             )
-        for what, x in (("train", ds.train), ("test", ds.test)):
+        for what, x in (("train", ds.train_x), ("test", ds.test_x)):
             if not in_unit_interval(x):
                 raise PyroVAEError(
                     f"data.binarize = {mode!r} needs {what} data in [0, 1]: rescale it or set data.binarize = 'none'"
@@ -464,9 +491,9 @@ def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
         g = torch.Generator().manual_seed(data_cfg.split_seed + 1)
         # the test set is always binarized once, with a fixed seed, so test
         # metrics of different runs are computed on the very same bits
-        ds.test = torch.bernoulli(ds.test, generator=g)
+        ds.test = batch.replace(ds.test, ds.observed, torch.bernoulli(ds.test_x, generator=g))
         if mode == "static":
-            ds.train = torch.bernoulli(ds.train, generator=g)
+            ds.train = batch.replace(ds.train, ds.observed, torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
     return ds
 

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from ..infer.sites import latent_matrix, stack_draws
+from ..data import batch
+from ..infer.sites import cycle_rows, latent_matrix, simulated, stack_draws
 from .draws import _Layout, _chunk_size
 
 @torch.no_grad()
@@ -18,16 +19,17 @@ def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
     the observed site into a sampled one), so this works for any model whose
     prior and likelihood can be sampled.
     """
-    template = x[:1].expand(sims, *x.shape[1:]).contiguous()
-    tr = poutine.trace(poutine.uncondition(model.model)).get_trace(template)
-    x_sim = tr.nodes[model.obs_site]["value"].detach()
+    # simulation i keeps the conditioning inputs of point i mod b (one tensor: only the shape matters)
+    template = cycle_rows(x, sims)
+    tr = batch.call(poutine.trace(poutine.uncondition(model.model)).get_trace, template)
+    x_sim = simulated(model, template, tr)
     z_true = latent_matrix(tr, layout, 1, sims, draw_dim=False)[0]  # (sims, latent)
     ranks = []
     step = _chunk_size(model, x, draws)
     for i in range(0, sims, step):
-        xb = x_sim[i : i + step]
-        bb = xb.shape[0]
-        zq = stack_draws(lambda j: (poutine.trace(model.guide).get_trace(xb),),
+        xb = batch.rows(x_sim, slice(i, i + step))
+        bb = batch.num_rows(xb)
+        zq = stack_draws(lambda j: (batch.call(poutine.trace(model.guide).get_trace, xb),),
                          lambda gtr, k: latent_matrix(gtr, layout, k, bb), draws, layout.nest, layout.broadcasts)
         ranks.append((zq < z_true[i : i + bb].double()).sum(0))
     return torch.cat(ranks, 0).cpu().numpy().astype(np.int64)

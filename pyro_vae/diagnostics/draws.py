@@ -10,8 +10,10 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from ..infer.sites import Layout, build_layout, latent_matrix, particles, point_densities, site_matrix, trace_draws
+from ..infer.sites import (Layout, build_layout, cycle_rows, latent_matrix, particles, point_densities, site_matrix,
+                           trace_draws)
 from .settings import BUDGET
+from ..data import batch
 
 # the orchestrator and the report import these names from here
 _Layout = Layout
@@ -27,8 +29,12 @@ def _is_real(support) -> bool:
 
 def _chunk_size(model, x: torch.Tensor, k: int, budget: int = BUDGET) -> int:
     lik = getattr(model, "likelihood", None)
-    width = max(int(getattr(lik, "out_features", 0) or 0), x.shape[-1], 64)
+    width = max(int(getattr(lik, "out_features", 0) or 0), _data_width(x), 64)
     return max(1, budget // (width * max(k, 1)))
+
+
+def _data_width(x) -> int:
+    return max(int(t.shape[-1]) if t.dim() > 1 else 1 for t in batch.tensors(x))
 
 
 def _layout(model, x) -> Layout:
@@ -47,18 +53,18 @@ def draw_q(model, x: torch.Tensor, num_draws: int, layout: _Layout, split: str =
     Work is chunked over points (``split="points"``) or, for guides whose
     parameters are per point and so need every point at once, over draws.
     """
-    b = x.shape[0]
+    b = batch.num_rows(x)
     zs, lps, lqs = [], [], []
     step = _chunk_size(model, x, num_draws)
     if split == "points":
-        chunks = [(x[i : i + step], num_draws) for i in range(0, b, step)]
+        chunks = [(batch.rows(x, slice(i, i + step)), num_draws) for i in range(0, b, step)]
         axis = 1
     else:
         per = max(1, step * num_draws // max(b, 1))
         chunks = [(x, min(per, num_draws - i)) for i in range(0, num_draws, per)]
         axis = 0
     for xb, k in chunks:
-        bb = xb.shape[0]
+        bb = batch.num_rows(xb)
 
         def read(gtr, mtr, k):
             dens = point_densities(gtr, mtr, layout, k, bb, dtype=torch.float64)
@@ -73,14 +79,14 @@ def draw_q(model, x: torch.Tensor, num_draws: int, layout: _Layout, split: str =
 
 @torch.no_grad()
 def draw_prior(model, x: torch.Tensor, num_draws: int, layout: _Layout) -> torch.Tensor:
-    """z ~ p(z) as the model samples it (no guide), given the first point: (draws, 1, latent)."""
+    """z ~ p(z) as the model samples it (no guide), given the first point's inputs: (draws, 1, latent)."""
     prior = poutine.block(model.model, hide_types=["param"])
     if not layout.broadcasts:
         # every draw is of the same point: the draws are that point repeated in the data plate
-        xs = x[:1].expand(num_draws, *x.shape[1:]).contiguous()
-        return latent_matrix(poutine.trace(prior).get_trace(xs), layout, 1, num_draws)[0].unsqueeze(1)
+        xs = cycle_rows(batch.rows(x, slice(0, 1)), num_draws)
+        return latent_matrix(batch.call(poutine.trace(prior).get_trace, xs), layout, 1, num_draws)[0].unsqueeze(1)
     with particles(num_draws, layout.nest):
-        tr = poutine.trace(prior).get_trace(x[:1])
+        tr = batch.call(poutine.trace(prior).get_trace, batch.rows(x, slice(0, 1)))
     return latent_matrix(tr, layout, num_draws, 1)
 
 
@@ -105,11 +111,11 @@ def _few_threads(model, x: torch.Tensor, copies: int = 1):
     thread; the caller's setting is restored either way.
     """
     lik = getattr(model, "likelihood", None)
-    width = max(int(getattr(lik, "out_features", 0) or 0), x.shape[-1])
+    width = max(int(getattr(lik, "out_features", 0) or 0), _data_width(x))
     for m in (model.modules() if isinstance(model, torch.nn.Module) else []):
         if isinstance(m, torch.nn.Linear):
             width = max(width, m.in_features, m.out_features)
-    small = x.device.type == "cpu" and x.shape[0] * copies * width <= 2**17
+    small = batch.reference(x).device.type == "cpu" and batch.num_rows(x) * copies * width <= 2**17
     old = torch.get_num_threads()
     if small:
         torch.set_num_threads(1)

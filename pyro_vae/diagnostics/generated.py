@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from pyro import poutine
 
+from ..data import batch
 from ..infer.rng import isolated_rng
+from ..infer.sites import cycle_rows, observed_name
 from .draws import _Layout, draw_prior
 from .results import Generated
 
@@ -19,25 +21,26 @@ TRAVERSAL_STEPS = np.linspace(-2.5, 2.5, 9)  # in prior standard deviations
 @torch.no_grad()
 def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: _Layout) -> np.ndarray:
     """Mean of p(x|z) for rows of z: the model's ``decode`` when it has one, else its observed site's mean."""
-    zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=x_like.device)
-    if hasattr(model, "decode") and len(layout.sites) == 1:
+    zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=batch.reference(x_like).device)
+    if hasattr(model, "decode") and len(layout.sites) == 1 and not batch.is_named(x_like):
         return model.decode(zt).cpu().numpy()
     data, i = {}, 0
     for s, d in zip(layout.sites, layout.sizes):
         data[s] = zt[:, i : i + d].reshape(zt.shape[0], *layout.shapes[s][1:])
         i += d
-    xl = x_like[:1].expand(zt.shape[0], *x_like.shape[1:])
-    tr = poutine.trace(poutine.condition(model.model, data=data)).get_trace(xl)
+    # row j decodes with the inputs of row j of x_like (cycled): each point's own label, say
+    xl = cycle_rows(x_like, zt.shape[0])
+    tr = batch.call(poutine.trace(poutine.condition(model.model, data=data)).get_trace, xl)
     return tr.nodes[model.obs_site]["fn"].mean.reshape(zt.shape[0], -1).cpu().numpy()
 
 
 def generate(model, x: torch.Tensor, layout: _Layout, q_mean: np.ndarray, prior_sd: np.ndarray,
              contraction: np.ndarray, seed: int) -> Generated:
     """Decoder means at q's mean, at prior draws, and along each informative latent dim from the first point."""
-    n = min(SHOW, x.shape[0])
+    n = min(SHOW, batch.num_rows(x))
     recon = decode_mean(model, q_mean[:n], x, layout)
     # the same seed for every run, so runs' samples differ only by their models
-    with isolated_rng(seed + 3, x.device):
+    with isolated_rng(seed + 3, batch.reference(x).device):
         zp = draw_prior(model, x, SAMPLES, layout)[:, 0].cpu().numpy()
     samples = decode_mean(model, zp, x, layout)
     dims = np.argsort(-np.nan_to_num(contraction, nan=-1.0), kind="stable")[: min(TRAVERSAL_DIMS, layout.dim)]
@@ -47,6 +50,7 @@ def generate(model, x: torch.Tensor, layout: _Layout, q_mean: np.ndarray, prior_
             z = np.array(q_mean[0], dtype=np.float64)
             z[j] = t * prior_sd[j]
             zs.append(z)
-    traversal = decode_mean(model, np.stack(zs), x, layout)
-    return Generated(data=x[:n].cpu().numpy().reshape(n, -1), reconstructions=recon, samples=samples,
+    traversal = decode_mean(model, np.stack(zs), batch.rows(x, slice(0, 1)), layout)
+    obs = batch.observed(x, observed_name(model, x))
+    return Generated(data=obs[:n].cpu().numpy().reshape(n, -1), reconstructions=recon, samples=samples,
                      traversal=traversal, traversal_dims=dims.astype(np.int64), traversal_steps=TRAVERSAL_STEPS.copy())

@@ -13,6 +13,7 @@ from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
 from .draws import _Layout, _is_real, _site_tensors, draw_q
+from ..data import batch
 
 # after the scheduled steps: averaged blocks of this share of them, at most this many (4x the schedule)
 BLOCK_SHARE = 0.25
@@ -75,7 +76,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
         guide = AutoDelta(model.model, init_loc_fn=init)
     else:
         guide = AutoNormal(model.model, init_loc_fn=init, init_scale=0.1)
-    guide(x)  # builds the prototype and the parameters
+    batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
     if family == "normal" and not layout.point_mass:
@@ -92,7 +93,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     opt = torch.optim.Adam(params, lr=settings.local_lr)
     steps = settings.local_steps
     if steps == 0:
-        return LocalFit(guide, 0, False, np.ones(x.shape[0], dtype=bool))
+        return LocalFit(guide, 0, False, np.ones(batch.num_rows(x), dtype=bool))
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
     bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
 
@@ -100,7 +101,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
         for t in range(n):
             for g in opt.param_groups:
                 g["lr"] = lr_at(t)
-            loss = elbo.differentiable_loss(model.model, guide, x)
+            loss = batch.call(elbo.differentiable_loss, x, model.model, guide)
             grads = torch.autograd.grad(loss, params)
             for p, g in zip(params, grads):
                 p.grad = g
@@ -154,11 +155,11 @@ class _Check:
         self.args = (_LocalModel(model, guide), x, 1 if deterministic else settings.draws, layout)
         self.seed = settings.seed + 3  # neither q's draws nor the ones that score the gap
         self.deterministic = deterministic
-        self.points = x.shape[0]
+        self.points = batch.num_rows(x)
 
     @torch.no_grad()
     def per_point(self) -> np.ndarray:
-        with isolated_rng(self.seed, self.args[1].device):
+        with isolated_rng(self.seed, batch.reference(self.args[1]).device):
             _, lp, lq = draw_q(*self.args, split="draws")
         return (lp - lq).cpu().numpy()  # (draws, points)
 

@@ -14,6 +14,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 from ..infer.sites import has_density, particles, repeat_points, site_matrix, site_sum
 from .settings import DiagnoseSettings
 from .draws import _Layout, _chunk_size
+from ..data import batch
 
 def _unconstrained_loc_scale(guide, layout: _Layout, b: int):
     """AutoNormal's per-site (loc, scale) in unconstrained space, shaped like the site."""
@@ -39,8 +40,8 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
     """
     from pyro.infer import MCMC, NUTS
 
-    c, b = settings.nuts_chains, x.shape[0]
-    x_rep = x.repeat(c, *([1] * (x.dim() - 1)))
+    c, b = settings.nuts_chains, batch.num_rows(x)
+    x_rep = batch.repeat_rows(x, c)
     transforms, init = {}, {}
     for s in layout.sites:
         loc, scale = precond[s]
@@ -56,7 +57,7 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
     mc = MCMC(kernel, num_samples=settings.nuts_samples, warmup_steps=settings.nuts_warmup, num_chains=1,
               initial_params=init, disable_progbar=not progress)
     t0 = time.perf_counter()
-    mc.run(x_rep)
+    batch.call(mc.run, x_rep)
     seconds = time.perf_counter() - t0
     samples = mc.get_samples()
     n = settings.nuts_samples
@@ -138,8 +139,8 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndarray, g: int) -> np.ndarray:
     """log p(x_i, z) on a g x g grid over [lo_i, hi_i] per point: (points, g, g)."""
-    b = x.shape[0]
-    device = x.device
+    b = batch.num_rows(x)
+    device = batch.reference(x).device
     h = (hi - lo) / g
     ii, jj = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
     cells = np.stack([ii.reshape(-1), jj.reshape(-1)], 1) + 0.5  # (g*g, 2)
@@ -156,14 +157,14 @@ def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndar
             shape[nest + 1 + data_dim] = b
             tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(*shape, 2)}))
             with particles(k, nest):
-                tr = tr.get_trace(x)
+                tr = batch.call(tr.get_trace, x)
             lp = site_sum(tr, has_density, layout, k, b, dtype=torch.float64)
         else:
             # the k cells of every point as k*b points of one plain trace (see repeat_points)
             shape = list(layout.shapes[site])
             shape[len(shape) - layout.event_dims[site] + data_dim] = k * b
             tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(shape)}))
-            tr = tr.get_trace(repeat_points(x, k))
+            tr = batch.call(tr.get_trace, repeat_points(x, k))
             lp = site_sum(tr, has_density, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
         out[k0 : k0 + k] = lp.cpu().numpy()
     return out.T.reshape(b, g, g)

@@ -29,6 +29,7 @@ from .generated import generate
 from .draws import _Layout, _few_threads, _is_real, _layout, _site_matrix, draw_prior, draw_q
 from .local import _LocalModel, fit_local
 from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
+from ..data import batch
 from ..infer.psis import arviz, pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments
@@ -52,8 +53,8 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
     progress = sys.stderr.isatty() if progress is None else progress
     model, name = subject.model, subject.name
     device = model_device(model)
-    x = torch.as_tensor(subject.x, dtype=torch.float32).to(device)
-    b = x.shape[0]
+    x = _subject_data(subject, device)
+    b = batch.num_rows(x)
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -130,7 +131,7 @@ class _QDraws:
 
 def _draw_q(model, x, layout: _Layout, point_index, name, settings) -> _QDraws:
     """Draws from q(z|x), their importance log-weights, moments and ELBO per point."""
-    with isolated_rng(settings.seed + 1, x.device):
+    with isolated_rng(settings.seed + 1, batch.reference(x).device):
         zq, log_p, log_q = draw_q(model, x, settings.draws, layout)
     zq_np = zq.cpu().numpy()
     log_w = (log_p - log_q).cpu().numpy()  # (draws, points)
@@ -173,16 +174,16 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
         local_gap = local_normal
         if layout.point_mass:
             local_gap = fit_local(model, x, layout, q.mean, q.sd, settings, "delta", progress, f"{name}: local MAP")
-    b = x.shape[0]
+    b = batch.num_rows(x)
     k_local = 1 if layout.point_mass else GAP_DRAWS * settings.draws
     fresh = settings.seed + 5  # neither q's draws (seed + 1) nor the local fit's check draws (seed + 3)
-    with torch.no_grad(), isolated_rng(fresh, x.device):
+    with torch.no_grad(), isolated_rng(fresh, batch.reference(x).device):
         _, lp_l, lq_l = draw_q(_LocalModel(model, local_gap.guide), x, k_local, layout, split="draws")
     lw_local = (lp_l - lq_l).cpu().numpy()
     if layout.point_mass:
         lw_q = qd.log_w[:1]  # a point mass draws nothing: its one "draw" is exact
     else:
-        with torch.no_grad(), isolated_rng(fresh, x.device):
+        with torch.no_grad(), isolated_rng(fresh, batch.reference(x).device):
             _, lp_q, lq_q = draw_q(_LocalModel(model, model.guide), x, k_local, layout, split="draws")
         lw_q = (lp_q - lq_q).cpu().numpy()
     if k_local > 1:
@@ -214,7 +215,7 @@ class _Ref:
 
 def _reference(model, x, layout: _Layout, point_index, name, zp, precond, settings, progress, log) -> _Ref:
     """The reference posterior: the exact grid for one real 2-D latent, NUTS (checked against it when both)."""
-    b, D = x.shape[0], layout.dim
+    b, D = batch.num_rows(x), layout.dim
     two_d = D == 2 and len(layout.sites) == 1 and _is_real(layout.supports[layout.sites[0]])
     if settings.reference == "grid" and not two_d:
         raise PyroVAEError(f"--reference grid needs one real 2-D latent, but {name} has {D} latent dimensions: "
@@ -253,7 +254,7 @@ def _reference(model, x, layout: _Layout, point_index, name, zp, precond, settin
 
 def _grid(model, x, layout: _Layout, point_index, name, zp, precond, settings, log) -> _Ref:
     log(f"[{name}] exact grid posterior ({settings.grid_size}x{settings.grid_size} cells per point)")
-    b, site = x.shape[0], layout.sites[0]
+    b, site = batch.num_rows(x), layout.sites[0]
     loc, scale = precond[site]
     center = _site_matrix(loc.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
     half = _site_matrix(scale.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
@@ -475,7 +476,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
         while name in names:
             name, i = f"{base}-{i}", i + 1
         names.add(name)
-        n = min(points, len(data.test))
+        n = min(points, batch.num_rows(data.test))
         cfg = run.config
         m = run.metrics or {}
         info = run_fingerprint(d) | {
@@ -485,7 +486,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
-        subjects.append(Subject(name, run.model, data.test[:n], list(range(n)), run=run, data=data, info=info))
+        subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects
 
 
@@ -527,10 +528,22 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
     check_reference_possible(subjects, settings)
     runs = [diagnose_subject(s, settings, progress=progress, log=log) for s in subjects]
     notes = [w for r in runs for w in r.warnings]
-    xs = [s.x for s in subjects]
-    if any(x.shape != xs[0].shape or not torch.equal(x.cpu(), xs[0].cpu()) for x in xs[1:]):
+    xs = [batch.prepare(s.x, f"the points of run {s.name!r}") for s in subjects]
+    if any(not _same_data(x, xs[0]) for x in xs[1:]):
         notes.append("the runs were diagnosed on different data points: compare each run with its own reference only")
     return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _subject_data(subject, device):
+    """The subject's points (one tensor or named arrays), checked, on the model's device, floats as float32."""
+    return batch.prepare(subject.x, f"the points of run {subject.name!r}", device, torch.float32)
+
+
+def _same_data(a, b) -> bool:
+    ta, tb = batch.tensors(a), batch.tensors(b)
+    if batch.is_named(a) != batch.is_named(b) or (batch.is_named(a) and list(a) != list(b)):
+        return False
+    return all(u.shape == v.shape and torch.equal(u.cpu(), v.cpu()) for u, v in zip(ta, tb))
 
 
 def check_reference_possible(subjects, settings) -> None:
@@ -538,8 +551,8 @@ def check_reference_possible(subjects, settings) -> None:
     if settings.reference != "grid":
         return
     for s in subjects:
-        x = torch.as_tensor(s.x[:2], dtype=torch.float32).to(model_device(s.model))
-        with isolated_rng(settings.seed, x.device):
+        x = batch.rows(_subject_data(s, model_device(s.model)), slice(0, 2))
+        with isolated_rng(settings.seed, batch.reference(x).device):
             lay = _layout(s.model, x)
         if lay.dim != 2 or len(lay.sites) != 1:
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "

@@ -55,6 +55,7 @@ from ..infer.psis import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
+from ..data import batch
 from ..progress import progress_bar
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles, per_point,
                            point_densities, repeat_points, site_matrix, site_sum, trace_draws)
@@ -74,7 +75,7 @@ __all__ = [
 
 def _width(model, x) -> int:
     """The widest per-point tensor: the widest Linear layer or the data."""
-    w = x.shape[-1]
+    w = max(int(t.shape[-1]) if t.dim() > 1 else 1 for t in batch.tensors(x))
     for top in _modules(model):
         for m in top.modules():
             if isinstance(m, torch.nn.Linear):
@@ -303,7 +304,7 @@ def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool, inexact=frozens
 
 def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
     """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
-    b = x.shape[0]
+    b = batch.num_rows(x)
     nest, data_dim = layout.nest, layout.data_dim
     dens = point_densities(gtr, mtr, layout, k, b)
     kl = 0.0
@@ -347,24 +348,25 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset
         m = _dist_mean(q)
         m = torch.broadcast_to(m, value.shape) if m is not None else value
         means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
-    zero = torch.zeros(k, b, dtype=x.dtype, device=x.device)
+    ref = batch.reference(x)
+    zero = torch.zeros(k, b, dtype=ref.dtype, device=ref.device)
     return _DrawTerms(
         dens=dens,
         kl=(kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
         kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
         kl_dims_analytic=kl_dims_analytic,
-        mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
+        mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=ref.dtype, device=ref.device),
     )
 
 
 def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
     """(k, b) log p(x | z_k) with z_k ~ p(z): the model run on its own, without the guide."""
-    b = x.shape[0]
+    b = batch.num_rows(x)
     if not layout.broadcasts:
-        mtr = poutine.trace(model.model).get_trace(repeat_points(x, k))
+        mtr = batch.call(poutine.trace(model.model).get_trace, repeat_points(x, k))
         return site_sum(mtr, is_observed, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
     with particles(k, layout.nest):
-        mtr = poutine.trace(model.model).get_trace(x)
+        mtr = batch.call(poutine.trace(model.model).get_trace, x)
     return site_sum(mtr, is_observed, layout, k, b, dtype=torch.float64)
 
 
@@ -385,10 +387,10 @@ class _MeanPath(Messenger):
 
 def _reconstruction_error(model, x, layout: Layout) -> Optional[torch.Tensor]:
     """Per point, mean over the data dims of (x - E[x | z = E_q[z|x]])^2, or None without a decoder mean."""
-    b = x.shape[0]
+    b = batch.num_rows(x)
     with _MeanPath(layout.sites):
-        gtr = poutine.trace(model.guide).get_trace(x)
-    mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
+        gtr = batch.call(poutine.trace(model.guide).get_trace, x)
+    mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
     site = mtr.nodes[model.obs_site]
     m = _dist_mean(site["fn"])
     if m is None:
@@ -599,22 +601,21 @@ def evaluate_points(
         raise PyroVAEError(f"budget must be a positive number of tensor elements, got {budget!r}")
     t0 = time.perf_counter()
     device = model_device(model)
-    try:
-        x = torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise PyroVAEError(f"evaluation data is not a numeric array ({e}): pass a (points, columns) matrix") from None
-    x = x.to(device=device, dtype=_model_dtype(model, x))
-    if x.dim() != 2 or x.shape[0] == 0:
+    x = batch.prepare(x, "evaluation data")
+    x = batch.to(x, device, _model_dtype(model, batch.reference(x)))
+    if not batch.is_named(x) and x.dim() != 2:
         raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):  # one line here rather than a distribution's argument error
-        from ..data.checks import describe_nonfinite
-
-        raise PyroVAEError(f"evaluation data has {describe_nonfinite(x)}: clean the data or drop those rows")
-    n = x.shape[0]
+    absent = [g["absent"] for g in batch.groups(x)]
+    if len(absent) > 1:
+        names = sorted({n for a in absent for n in a})
+        raise PyroVAEError(f"evaluation data: {', '.join(names)} is given for some rows and missing (-1 or NaN) for others: "
+                           "evaluate the two sets of rows separately, or leave the array out to marginalise it")
+    x = batch.without(x, absent[0])
+    n = batch.num_rows(x)
     width = _width(model, x)
     with _eval_mode(model), isolated_rng(seed, device):
-        layout = build_layout(model, x[: min(n, 2)])
-        inexact = frozenset(inexact_kl_sites(model, x[: min(n, 2)]))
+        layout = build_layout(model, batch.rows(x, slice(0, min(n, 2))))
+        inexact = frozenset(inexact_kl_sites(model, batch.rows(x, slice(0, min(n, 2)))))
         iw = bool(iw_samples) and not layout.point_mass
         # a point mass gives the same "draw" every time: one is exact
         k_total = iw_samples if iw else (1 if layout.point_mass else elbo_samples)
@@ -630,12 +631,13 @@ def evaluate_points(
         heap = _HeapTrimmer()
         bar = progress_bar(n, progress, unit="point", desc="evaluating", leave=False)
         for sl in _chunks(n, b_chunk):
-            xb = x[sl]
+            xb = batch.rows(x, sl)
+            nb = batch.num_rows(xb)
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
             elbo_an = _Moments()  # log p(x|z) - analytic KL, per draw
             lme = _LogMeanExp(keep_log_weights) if iw else None
             tail = _Tail(k_total) if iw else None
-            mean_sum = torch.zeros(xb.shape[0], d, dtype=torch.float64, device=device)
+            mean_sum = torch.zeros(nb, d, dtype=torch.float64, device=device)
             dim_sum = torch.zeros_like(mean_sum) if per_dim else None
             for ks in _chunks(k_total, k_chunk):
                 k = ks.stop - ks.start
@@ -666,7 +668,7 @@ def evaluate_points(
             if layout.point_mass:
                 # a point-mass guide draws nothing: its ELBO is exact, with no Monte Carlo error
                 res["kl"].append(kl_an.mean() if analytic else None)
-                res["elbo_var"].append(torch.zeros(xb.shape[0], dtype=torch.float64, device=device))
+                res["elbo_var"].append(torch.zeros(nb, dtype=torch.float64, device=device))
             elif analytic:
                 res["kl"].append(kl_an.mean())
                 # analytic KL: random only through the draws it is taken at (a guide site that
@@ -698,7 +700,7 @@ def evaluate_points(
                 res["pll_var"].append(var)
                 res["pess"].append(ess)
             if bar is not None:
-                bar.update(xb.shape[0])
+                bar.update(nb)
         heap.release()
         if bar is not None:
             bar.close()

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from ..data import batch
 from ..errors import PyroVAEError
 from .rng import forked_rng
 
@@ -116,8 +117,8 @@ def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional
     """
     guide = guide or model.guide
     with _maybe_particles(k, nest):
-        gtr = poutine.trace(guide).get_trace(x)
-        mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(x)
+        gtr = batch.call(poutine.trace(guide).get_trace, x)
+        mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
     return gtr, mtr
 
 
@@ -170,7 +171,7 @@ def repeat_points(x, k: int):
     trace; per-point (1, k*b) results reshape to (k, b).  Not for a guide,
     which may hold one parameter per point.
     """
-    return x.repeat(k, *([1] * (x.dim() - 1)))
+    return batch.repeat_rows(x, k)
 
 
 def plate_dims(model, traces) -> tuple:
@@ -327,7 +328,7 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
             raise PyroVAEError(f"latent site {s!r} has no site in the guide: give the guide a pyro.sample({s!r}, q)")
     order = {n: i for i, n in enumerate(getattr(model, "latent_sites", ()))}
     sites.sort(key=lambda s: order.get(s, len(order)))  # stable: unlisted guide sites keep guide order
-    b = x.shape[0]
+    b = batch.num_rows(x)
     layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed)
     for s in sites:
         gsite = gtr.nodes[s]
@@ -375,9 +376,9 @@ def _broadcasts(model, x, layout: Layout) -> bool:
     draws on a forked RNG stream, so the caller's draws are those it would
     have had without it.
     """
-    x, k = x[:2], PROBE_DRAWS
-    b = x.shape[0]
-    with forked_rng(x.device):
+    x, k = batch.rows(x, slice(0, 2)), PROBE_DRAWS
+    b = batch.num_rows(x)
+    with forked_rng(batch.tensors(x)[0].device):
         try:
             _, plain = trace_pair(model, x)
             gtr, mtr = trace_pair(model, x, k, layout.nest)
@@ -396,13 +397,13 @@ def _broadcasts(model, x, layout: Layout) -> bool:
 
         for j, v in enumerate(draws):
             try:
-                m1 = poutine.trace(poutine.condition(model.model, data=v)).get_trace(x)
+                m1 = batch.call(poutine.trace(poutine.condition(model.model, data=v)).get_trace, x)
                 if not (close(m1, observed, dens.log_lik[j]) and close(m1, latent, dens.log_prior[j])):
                     return False
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 return False
             try:
-                g1 = poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in layout.sites})).get_trace(x)
+                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in layout.sites})).get_trace, x)
                 log_q = _named_sum(g1, layout.sites, layout, x)
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 continue  # q has no density at a given value (some flows): the model's terms decide
@@ -413,8 +414,8 @@ def _broadcasts(model, x, layout: Layout) -> bool:
 
 def _named_sum(tr, names, layout: Layout, x) -> torch.Tensor:
     """The per-point float64 log-density, (b,), of the named sites of a plain trace on ``x``."""
-    b = x.shape[0]
-    total = torch.zeros(b, dtype=torch.float64, device=x.device)
+    b = batch.num_rows(x)
+    total = torch.zeros(b, dtype=torch.float64, device=batch.tensors(x)[0].device)
     for n in names:
         site = tr.nodes[n]
         total = total + per_point(site["fn"].log_prob(site["value"]), layout.nest, layout.data_dim, 1, b)[0].double()
@@ -480,3 +481,64 @@ def latent_matrix(tr, layout: Layout, k: int, b: int, draw_dim: bool = True) -> 
     """The latent values of a trace as one (k, b, layout.dim) float64 matrix, sites in layout order."""
     lat = latent_values(tr, layout, k, b, draw_dim)
     return torch.cat([lat[s] for s in layout.sites], -1)
+
+
+
+@torch.no_grad()
+def array_sites(model, data) -> Dict[str, str]:
+    """{array name: sample site} for the named arrays the model observes, found by identity in one trace on one row.
+
+    Pyro's M2 example observes site "x" with its argument ``xs``, so names
+    alone cannot say which array a site scores.  Arrays that are only inputs
+    to networks (a conditional VAE's label) map to nothing.
+    """
+    if not batch.is_named(data):
+        return {}
+    g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # a row with every array present
+    one = batch.without(batch.rows(data, g["rows"][:1]), g["absent"])
+    try:
+        with forked_rng(batch.reference(one).device), pyro.validation_enabled(False):
+            tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, one)
+    except Exception:  # the model's own failure is reported where it is run in earnest
+        return {k: k for k in data if k == model.obs_site}
+    out = {}
+    for site_name, site in tr.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        v = site["value"]
+        for name, t in one.items():
+            if v is t or (torch.is_tensor(v) and v.shape == t.shape and v.data_ptr() == t.data_ptr()):
+                out[name] = site_name
+    return out
+
+
+def observed_name(model, data) -> Optional[str]:
+    """Which named array holds the observations of ``model.obs_site`` (None for one tensor)."""
+    if not batch.is_named(data):
+        return None
+    if model.obs_site in data:
+        return model.obs_site
+    for name, site in array_sites(model, data).items():
+        if site == model.obs_site:
+            return name
+    raise PyroVAEError(f"the data's arrays ({', '.join(data)}) do not include the observations of site "
+                       f"{model.obs_site!r}: name that array {model.obs_site!r}, or pass it unchanged as obs=")
+
+
+def cycle_rows(data, n: int):
+    """``n`` rows: the data's rows in turn (row j is row j mod b), e.g. simulations that keep each point's inputs."""
+    b = batch.num_rows(data)
+    return batch.rows(data, torch.arange(n, device=batch.reference(data).device) % b)
+
+
+def simulated(model, template, trace, sites: Optional[Dict[str, str]] = None):
+    """The data a model simulated in ``trace`` (run under ``poutine.uncondition`` on ``template``): every array
+    a sample site observes takes that site's draw; conditioning inputs stay as given."""
+    if not batch.is_named(template):
+        return trace.nodes[model.obs_site]["value"].detach()
+    sites = array_sites(model, template) if sites is None else sites
+    sites.setdefault(observed_name(model, template), model.obs_site)
+    out = dict(template)
+    for name, site in sites.items():
+        out[name] = trace.nodes[site]["value"].detach().to(template[name].dtype)
+    return out

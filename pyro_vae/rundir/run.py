@@ -28,11 +28,12 @@ from ..config import Config, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
+from ..data import batch
 from ..errors import PyroVAEError
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.memory import evaluate_with_retry
 from ..models import build_model
-from ..training.trainer import Trainer, check_batch_size, example_batch, resolve_device
+from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, load_state_dict_checked
 from .files import TMP_PREFIX, write_text_atomic
 from .lock import LOCK_NAME, RunLock
@@ -55,7 +56,7 @@ def resolve_config(cfg: Config, data: Dataset) -> Config:
     """Fill in what depends on the data: binarization mode and categorical levels."""
     model = cfg.model
     if model.likelihood == "categorical" and model.levels is None:
-        model = dataclasses.replace(model, levels=inferred_levels(data.train, data.test))
+        model = dataclasses.replace(model, levels=inferred_levels(data.train_x, data.test_x))
     d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, cfg.model.likelihood))
     return cfg.replace(data=d, model=model)
 
@@ -66,13 +67,17 @@ def check_support(model, data: Dataset) -> None:
         return
     if data.binarize != "dynamic":  # dynamic: batches are binarized as they are drawn
         # chunk by chunk when the training data is a memory map (data/mapped.py)
-        check_support_chunked(lik, data.train, "the training data")
-    lik.check_support(data.test, "the test data")
+        check_support_chunked(lik, data.train_x, "the training data")
+    lik.check_support(data.test_x, "the test data")
 
 
 def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, cfg.model.likelihood)
+    if data.observed is not None and getattr(cfg.model, "program", None) is None:
+        raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
+                           f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
+                           "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
     cfg = resolve_config(cfg, data)
     check_model_size(cfg.model, data.dim)  # before torch allocates it
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
@@ -159,7 +164,7 @@ def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> No
     if isinstance(payload.get("data_dim"), int) and payload["data_dim"] != data.dim:
         raise PyroVAEError(
             f"--resume {out}: the checkpoint's model takes {payload['data_dim']} columns but the data now has "
-            f"shape {tuple(data.train.shape)}: resume with the data the run was trained on"
+            f"shape {tuple(data.train_x.shape)}: resume with the data the run was trained on"
         )
     done = payload.get("train_state", {}).get("epoch", 0)
     if cfg.train.epochs < done:
@@ -184,7 +189,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     cfg, data, model = prepare(config)
     if payload is not None:
         _check_resumable(payload, out, cfg, data)
-    check_batch_size(len(data.train), cfg.train.batch_size)
+    check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
     if out is not None and not resume:
         check_output_folder(out, replace=overwrite)
     for note in data.notes:
@@ -192,7 +197,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     trainer = Trainer(model, cfg.train, run_dir=out, progress=progress)
     trainer.meta = {"config": cfg.to_dict(), "data_dim": data.dim,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
-    trainer.setup(example_batch(data.train, data.binarize).to(trainer.device), len(data.train))
+    trainer.setup_data(data.train, data.binarize)
     if payload is not None:
         trainer.load_state_dict(payload, out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
@@ -207,7 +212,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
             write_text_atomic(out / "config.toml", cfg.to_toml())
         history = trainer.fit(data.train, data.test, binarize=data.binarize)
         model.eval()
-        n = len(data.test)
+        n = batch.num_rows(data.test)
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
         log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)

@@ -16,6 +16,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from . import _torch_private
+from ..data import batch
 from ..infer.rng import forked_rng
 from .nonfinite import is_invalid_parameter, nonfinite_flag
 from .optim import is_fused, masked_adam_step, update_or_skip
@@ -86,7 +87,8 @@ class CapturedEngine:
         self.captures, self.fallback, self.device = captures, fallback, device
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> StepResult:
-        if not self.captures.usable():
+        if batch.is_named(x) or not self.captures.usable():
+            # a recording has one tensor input: named data (several arrays, labels present or not) runs eagerly
             return self.fallback.step(x, beta)
         if is_validation_enabled():
             # the trainer's first step: Pyro's checks run on this batch (a forward pass on
@@ -119,7 +121,7 @@ class GraphEngine:
         self.graphed: Optional[GraphedStep] = None
 
     def _ready(self, x, beta) -> bool:
-        if not self.first_step.validated or not _torch_private.enabled():
+        if batch.is_named(x) or not self.first_step.validated or not _torch_private.enabled():
             return False  # the first step runs with Pyro validation on; the graph needs the masked update
         if x.shape[0] != self.batch_size or not self.fixed_beta:
             return False  # a short last batch, or a beta that changes every step

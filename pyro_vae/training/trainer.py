@@ -29,12 +29,13 @@ from pyro import poutine
 
 from ..config import TrainConfig
 from ..data.checks import all_finite, check_support as check_support_chunked, describe_nonfinite
+from ..data import batch
 from ..data.mapped import MappedRows
 from ..errors import PyroVAEError, TrainingInterrupted
 from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.rng import isolated_rng
-from ..infer.sites import _likely_cause as likely_cause
+from ..infer.sites import _likely_cause as likely_cause, observed_name
 from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
 from ..rundir.files import clean_stale_temporaries
@@ -103,8 +104,12 @@ class Trainer:
         self.meta: dict = {}
 
     # -- setup --------------------------------------------------------------
-    def setup(self, x_example: torch.Tensor, data_size: int) -> None:
-        """Build objective and optimizer and check one forward pass; idempotent."""
+    def setup(self, x_example: torch.Tensor, data_size: int, more_examples=()) -> None:
+        """Build objective and optimizer and check one forward pass; idempotent.
+
+        ``more_examples``: batches of the other row groups of named data (rows
+        without a label run another branch of the program, with its own parameters).
+        """
         check_protocol(self.model)
         if self.optimizer is not None:
             return
@@ -115,8 +120,9 @@ class Trainer:
         self._scale_inside = getattr(self.objective, "minibatch_scale_inside", True)
         self._takes_data_size = "data_size" in inspect.signature(self.model.model).parameters
         self.data_size = int(data_size)
-        self._sanity_check(x_example)
-        self.params, self.param_names = self._collect_params(x_example)
+        for x in (x_example, *more_examples):
+            self._sanity_check(x)
+        self.params, self.param_names = self._collect_params(x_example, *more_examples)
         if not self.params:
             raise PyroVAEError(f"{type(self.model).__name__} has no trainable parameters")
         wants_graph = bool(self.cuda_graph) and self.device.type == "cuda"
@@ -134,15 +140,24 @@ class Trainer:
         if self.compile:  # True: inductor; a string names another torch.compile backend
             compile_networks(self.model, "inductor" if self.compile is True else self.compile)
 
-    def _collect_params(self, x):
-        """Module parameters plus any param-store params the model and guide use."""
+    def setup_data(self, train_x, binarize: str = "none") -> None:
+        """:meth:`setup` on a few rows of each row group of the training data (what :meth:`fit` does first)."""
+        groups = batch.groups(train_x)
+        obs = observed_name(self.model, train_x)
+        examples = [batch.to(example_batch(train_x, binarize, obs=obs, group=g), self.device)
+                    for g in groups]
+        self.setup(examples[0], batch.num_rows(train_x), more_examples=examples[1:])
+
+    def _collect_params(self, *examples):
+        """Module parameters plus any param-store params the model and guide use (on any of the example batches)."""
         params, names, seen = [], [], set()
         if isinstance(self.model, torch.nn.Module):
             for name, p in self.model.named_parameters():
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p)); params.append(p); names.append(name)
         with poutine.trace(param_only=True) as tr:
-            self.loss(x[: min(len(x), 2)])
+            for x in examples:
+                self.loss(_head(x, 2))
         for name, site in sorted(tr.trace.nodes.items()):
             p = site["value"].unconstrained()
             if p.requires_grad and id(p) not in seen:
@@ -156,8 +171,8 @@ class Trainer:
         """
         try:
             with isolated_rng(0, self.device):
-                self.objective.prepare(self.model, x[: min(len(x), 4)])
-                loss = self.loss(x[: min(len(x), 4)])
+                self.objective.prepare(self.model, _head(x, 4))
+                loss = self.loss(_head(x, 4))
         except PyroVAEError:
             raise
         except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
@@ -170,7 +185,7 @@ class Trainer:
                 "the loss is not finite before training starts: check the data scale and the likelihood's scale"
             )
         with isolated_rng(0, self.device):
-            self._site_order = site_order(self.model, x[: min(len(x), 4)])
+            self._site_order = site_order(self.model, _head(x, 4))
 
     # -- one step -------------------------------------------------------------
     def beta_at(self, epoch_progress: float) -> float:
@@ -181,7 +196,7 @@ class Trainer:
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
-        b = x.shape[0]
+        b = batch.num_rows(x)
         kwargs = {}
         outer = 1.0
         factor = self.data_size / b
@@ -194,7 +209,7 @@ class Trainer:
         # (a tensor beta: a step recorded with the KL weight as an input, capture.py)
         scaled = torch.is_tensor(beta) or beta != 1.0
         with scale_sites(self.model.latent_sites, beta) if scaled else contextlib.nullcontext():
-            loss = self.objective.differentiable_loss(self.model.model, self.model.guide, x, **kwargs)
+            loss = batch.call(self.objective.differentiable_loss, x, self.model.model, self.model.guide, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
@@ -221,7 +236,7 @@ class Trainer:
 
         The recording draws nothing from the training random streams.
         """
-        return self._captures.get(x, beta) if self._captures.usable() else None
+        return self._captures.get(x, beta) if self._captures.usable() and not batch.is_named(x) else None
 
     def _on_nonfinite(self, x, result):
         st = self.state
@@ -241,25 +256,36 @@ class Trainer:
     def fit(self, train_x: torch.Tensor, test_x: Optional[torch.Tensor] = None, *, binarize: str = "none") -> List[dict]:
         """Train for ``config.epochs`` epochs (continuing from the current state)."""
         cfg = self.config
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(self.device)  # before the data's arrays are matched to its sites
         train_x = self._to_device(train_x, "training data")
         test_x = self._to_device(test_x, "test data") if test_x is not None else None
-        n = train_x.shape[0]
+        n = batch.num_rows(train_x)
+        self._groups = batch.groups(train_x)
+        self._obs = observed_name(self.model, train_x)  # None for one tensor
+        if any(self._obs in g["absent"] for g in self._groups):
+            raise PyroVAEError(f"training data[{self._obs!r}] holds the observations but has missing rows (-1 or "
+                               "NaN throughout): drop those rows; only labels and inputs may be missing")
         check_batch_size(n, cfg.batch_size)
+        if test_x is not None and len(batch.groups(test_x)) > 1:
+            raise PyroVAEError("the test data has arrays that are missing (-1 or NaN) in some rows only: give the test "
+                               "set whole (every label), or leave the partly missing array out of it")
         if self._first_step.skips and self.validation == "auto":
             # Pyro stops checking the data's support once validation is off, so
             # check it here, once (run.prepare did it too; this covers direct use)
+            obs = self._obs
             if binarize != "dynamic":
-                check_support_chunked(self.model.likelihood, train_x, "the training data")
+                check_support_chunked(self.model.likelihood, batch.observed(train_x, obs), "the training data")
             if test_x is not None:
-                check_support_chunked(self.model.likelihood, test_x, "the test data")
-        self.setup(example_batch(train_x, binarize).to(self.device), n)
+                check_support_chunked(self.model.likelihood, batch.observed(test_x, obs), "the test data")
+        self.setup_data(train_x, binarize)
         if self.state.fresh:
             self.state.seed(cfg.seed)
         if not self._policy.marked:
             self._policy.mark()  # resumed mid-epoch: the restored state is the last good one
         if self.run_dir is not None:
             clean_stale_temporaries(self.run_dir)
-        num_batches = math.ceil(n / cfg.batch_size)
+        num_batches = sum(math.ceil(len(g["rows"]) / cfg.batch_size) for g in self._groups)
         bar = progress_bar(cfg.epochs * num_batches, self.progress, unit="step", leave=True,
                            initial=self.state.epoch * num_batches + self.state.batch)
         old_handlers = self._install_signal_handlers()
@@ -286,15 +312,18 @@ class Trainer:
         mapped = isinstance(train_x, MappedRows)
         # in-memory data is on the device and gathered there; a memory map is
         # read on the host (only this batch's rows) and the batch moved over
-        perm = st.perm if mapped else st.perm.to(self.device)
+        plan = epoch_batches(st.perm, self._groups, cfg.batch_size)
+        if not mapped:
+            plan = [(idx.to(self.device), absent) for idx, absent in plan]
         t0 = time.perf_counter()
         while st.batch < num_batches:
-            idx = perm[st.batch * cfg.batch_size : (st.batch + 1) * cfg.batch_size]
-            x = train_x[idx]
+            idx, absent = plan[st.batch]
+            x = batch.without(batch.rows(train_x, idx), absent)
             if mapped:
                 x = x.to(self.device, non_blocking=True)
             if binarize == "dynamic":
-                x = torch.bernoulli(x)
+                obs = self._obs
+                x = batch.replace(x, obs, torch.bernoulli(batch.observed(x, obs)))
             beta = self.beta_at(st.epoch + st.batch / num_batches)
             loss = self.step(x, beta)
             self._first_step.after_step()
@@ -338,6 +367,15 @@ class Trainer:
             self.save_checkpoint()
 
     def _to_device(self, x, what):
+        if batch.is_named(x):
+            x = batch.prepare(x, what, self.device, torch.float32)
+            dim = getattr(self.model, "data_dim", None)
+            name = observed_name(self.model, x)
+            obs = batch.observed(x, name)
+            if dim is not None and (obs.dim() != 2 or obs.shape[1] != dim):
+                raise PyroVAEError(f"{what}[{name!r}] has shape {tuple(obs.shape)} but the model "
+                                   f"expects {dim} columns: use data that matches the model")
+            return x
         mapped = isinstance(x, MappedRows)
         if not mapped:
             if not isinstance(x, torch.Tensor):
@@ -429,13 +467,48 @@ def check_batch_size(rows: int, batch_size: int) -> None:
         )
 
 
-def example_batch(x: torch.Tensor, binarize: str = "none", size: int = 64) -> torch.Tensor:
-    """A few rows to build and sanity-check the model on (binarized like training batches)."""
-    x = x[: min(len(x), size)]
+def example_batch(x, binarize: str = "none", size: int = 64, obs: Optional[str] = None, group=None):
+    """A few rows (of one row group of named data) to build and sanity-check the model on, binarized like training batches."""
+    if group is not None:
+        x = batch.without(batch.rows(x, group["rows"][:size]), group["absent"])
+    else:
+        x = batch.rows(x, slice(0, min(batch.num_rows(x), size)))
     if binarize == "dynamic":
-        with isolated_rng(0, x.device):
-            x = torch.bernoulli(x)
+        o = batch.observed(x, obs)
+        with isolated_rng(0, o.device):
+            x = batch.replace(x, obs, torch.bernoulli(o))
     return x
+
+
+def _head(x, k: int):
+    return batch.rows(x, slice(0, min(batch.num_rows(x), k)))
+
+
+def epoch_batches(perm: torch.Tensor, groups, batch_size: int):
+    """The epoch's batches as (row indices, absent names), from its permutation.
+
+    One row group (no missing arrays): consecutive slices of ``perm``.  Several:
+    rows are dealt in ``perm`` order to their group's open batch, and a batch
+    is emitted when full (the groups' last, short batches at the end), so
+    batches never mix labelled and unlabelled rows and the order needs no
+    random stream beyond the permutation (an exact resume rebuilds it).
+    """
+    if len(groups) == 1:
+        absent = groups[0]["absent"]
+        return [(idx, absent) for idx in perm.split(batch_size)]
+    n = int(perm.numel())
+    owner = torch.empty(n, dtype=torch.long)
+    for i, g in enumerate(groups):
+        owner[g["rows"]] = i
+    open_rows = [[] for _ in groups]
+    out = []
+    for r, o in zip(perm.tolist(), owner[perm].tolist()):
+        open_rows[o].append(r)
+        if len(open_rows[o]) == batch_size:
+            out.append((torch.tensor(open_rows[o]), groups[o]["absent"]))
+            open_rows[o] = []
+    out.extend((torch.tensor(rows), groups[o]["absent"]) for o, rows in enumerate(open_rows) if rows)
+    return out
 
 
 def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run_dir=None,
