@@ -170,8 +170,8 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
     if trainer.compile:
         return "compile=True compiles the networks instead"
     if trainer.config.elbo == "enum":
-        # the enumerated contraction is planned in Python from the trace's shapes and dims on every call
-        return "train.elbo = 'enum' is not captured"
+        # the enumeration's dim allocation and contraction are Python state outside a recording's key and check
+        return "train.elbo = 'enum' is not captured (its enumeration runs in Python on every step)"
     if mode == "auto":
         if type(model) not in {MODELS[n] for n in MODELS}:
             return "train.capture = 'auto' captures the built-in models only (set 'on' to capture this one)"
