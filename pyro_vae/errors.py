@@ -56,3 +56,7 @@ class CaptureWarning(UserWarning):
 class DegenerateObjectiveWarning(UserWarning):
     """The configured objective has no minimizer (it can be lowered forever by rescaling)."""
 
+
+
+class MonteCarloKLWarning(UserWarning):
+    """An analytic KL would be biased for this guide (a site's prior reads a latent drawn given it): it is Monte Carlo."""

@@ -5,8 +5,10 @@ sample sites, unscaled (no minibatch factor, no beta; ``pyro.factor`` sites
 are not densities and are left out):
 
 - ``elbo = reconstruction - kl``: E_q[log p(x|z)] minus KL(q(z|x) || p(z)),
-  the KL analytic where torch/Pyro knows it for every latent site
-  (``kl_method``), else Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
+  the KL analytic where torch/Pyro knows it for every latent site and it is
+  exact for this guide (``kl_method``; not where a site's prior reads a
+  latent the guide draws given that site, see infer/dependence.py), else
+  Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
 - ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
   ``log_likelihood_se`` is the Monte Carlo standard error of the mean
   (delta method per point), ``iw_ess_*`` the importance ESS out of K,
@@ -51,6 +53,7 @@ from ..errors import PyroVAEError
 from ..infer.psis import pareto_khat
 from ..infer.psis import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
+from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..data import batch
 from ..progress import progress_bar
@@ -291,12 +294,15 @@ class _DrawTerms:
     mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
 
 
-def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
-    """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means."""
-    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim))
+def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
+    """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means.
+
+    ``inexact``: sites whose analytic KL would be biased for this guide (their KL is Monte Carlo).
+    """
+    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim, inexact))
 
 
-def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
+def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
     """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
     b = batch.num_rows(x)
     nest, data_dim = layout.nest, layout.data_dim
@@ -313,8 +319,9 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
         # per-dimension KL needs q and p to factorize over the site's elements (not a joint
         # full-covariance q, and not a point mass, whose "KL" is -log p(z))
         factorized = qb.event_shape == () and pb.event_shape == () and not isinstance(qb, dist.Delta)
+        exact = name not in inexact
         elem = None
-        if factorized:
+        if factorized and exact:
             try:
                 elem = site_matrix(torch.broadcast_to(kl_divergence(qb, pb), value.shape), event_dim, nest, data_dim, k, b)
             except NotImplementedError:
@@ -322,6 +329,8 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
         if kl is not None:
             if elem is not None:
                 kl = kl + elem.sum(-1)  # one KL evaluation serves the total and the split
+            elif not exact:
+                kl = None
             else:
                 try:
                     kl = kl + per_point(kl_divergence(q, p), nest, data_dim, k, b)
@@ -362,7 +371,7 @@ def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
 
 
 class _MeanPath(Messenger):
-    """Set every latent sample site to its distribution's mean instead of a draw."""
+    """Set every latent sample site to its distribution's mean instead of a draw (a discrete one: its mode)."""
 
     def __init__(self, names):
         super().__init__()
@@ -370,7 +379,8 @@ class _MeanPath(Messenger):
 
     def _pyro_sample(self, msg):
         if msg["name"] in self.names and not msg["is_observed"] and msg["value"] is None:
-            m = _dist_mean(msg["fn"])
+            # a discrete site's mean is not one of its values (a level between two classes)
+            m = msg["fn"].mode if getattr(msg["fn"], "has_enumerate_support", False) else _dist_mean(msg["fn"])
             if m is not None:
                 msg["value"] = torch.broadcast_to(m, msg["fn"].shape())
 
@@ -605,6 +615,7 @@ def evaluate_points(
     width = _width(model, x)
     with _eval_mode(model), isolated_rng(seed, device):
         layout = build_layout(model, batch.rows(x, slice(0, min(n, 2))))
+        inexact = frozenset(inexact_kl_sites(model, batch.rows(x, slice(0, min(n, 2)))))
         iw = bool(iw_samples) and not layout.point_mass
         # a point mass gives the same "draw" every time: one is exact
         k_total = iw_samples if iw else (1 if layout.point_mass else elbo_samples)
@@ -623,13 +634,14 @@ def evaluate_points(
             xb = batch.rows(x, sl)
             nb = batch.num_rows(xb)
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
+            elbo_an = _Moments()  # log p(x|z) - analytic KL, per draw
             lme = _LogMeanExp(keep_log_weights) if iw else None
             tail = _Tail(k_total) if iw else None
             mean_sum = torch.zeros(nb, d, dtype=torch.float64, device=device)
             dim_sum = torch.zeros_like(mean_sum) if per_dim else None
             for ks in _chunks(k_total, k_chunk):
                 k = ks.stop - ks.start
-                t = _draw_terms(model, xb, k, layout, per_dim)
+                t = _draw_terms(model, xb, k, layout, per_dim, inexact)
                 heap.tick()
                 rec.add(t.dens.log_lik)
                 kl_mc.add(t.dens.log_q - t.dens.log_prior)
@@ -642,6 +654,7 @@ def evaluate_points(
                     analytic = False
                 else:
                     kl_an.add(t.kl)
+                    elbo_an.add(t.dens.log_lik.double() - t.kl.double())
                 mean_sum += t.mean.double().sum(0)
                 if per_dim:
                     if t.kl_dims is None:
@@ -658,8 +671,9 @@ def evaluate_points(
                 res["elbo_var"].append(torch.zeros(nb, dtype=torch.float64, device=device))
             elif analytic:
                 res["kl"].append(kl_an.mean())
-                # analytic KL: only the reconstruction term is random
-                res["elbo_var"].append(rec.var_of_mean())
+                # analytic KL: random only through the draws it is taken at (a guide site that
+                # reads another latent, a discrete one say), so the two terms' variance together
+                res["elbo_var"].append(elbo_an.var_of_mean())
             else:
                 res["elbo_var"].append(log_w.var_of_mean())
             res["mean"].append(mean_sum / k_total)

@@ -15,16 +15,27 @@ guides with non-reparameterized sites the Pyro estimator is used unchanged.
 With Pyro validation off they also skip work the estimator does not use
 (:class:`_LazyDensities`): about 4% of a 32-row step.  Pyro 1.9's ``RenyiELBO`` has no
 ``differentiable_loss``; :class:`IWAE_ELBO` adds one, computed from the same
-traces and sample-site densities as ``RenyiELBO.loss``.
+traces and sample-site densities as ``RenyiELBO.loss``.  ``enum`` is Pyro's
+``TraceEnum_ELBO``, the guide's discrete sites enumerated in parallel
+(:class:`Enum_ELBO`).
+
+Each objective is fitted to the program once, before training
+(``prepare(model, data)``, from one trace of guide and model): the Monte Carlo
+objectives refuse a discrete guide site (they would sample it, where ``enum``
+sums it out exactly) and meanfield/iwae one without a reparameterized sampler;
+meanfield takes the KL by Monte Carlo at the sites where the analytic one would
+be biased (infer/dependence.py); enum reads its plate nesting off the trace.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import check_fully_reparametrized, get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
@@ -32,13 +43,42 @@ from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
+from ..errors import MonteCarloKLWarning, PyroVAEError
 from ..registry import Registry
-from .sites import is_density_site
+from .dependence import describe, inexact_kl_sites
+from .sites import is_density_site, is_latent, plate_dims, trace_pair
 
 OBJECTIVES: Registry = Registry("objective (train.elbo)")
 
 
-class IWAE_ELBO(RenyiELBO):
+class _SampledGuide:
+    """An objective that samples every guide site: what it refuses to train, found before training starts."""
+
+    #: the objective's name in train.elbo, for messages
+    config_name = "trace"
+    #: the estimator needs every guide site reparameterized (no score-function terms)
+    needs_rsample = False
+
+    def prepare(self, model, data) -> None:
+        """Refuse a guide site this objective cannot estimate right, from one trace of guide and model on ``data``."""
+        with torch.no_grad():
+            gtr, _ = trace_pair(model, data)
+        for name, site in gtr.nodes.items():
+            if not is_latent(site):
+                continue
+            kind = type(site["fn"]).__name__
+            if getattr(site["fn"], "has_enumerate_support", False):
+                raise PyroVAEError(
+                    f"guide site {name!r} is discrete ({kind}), which train.elbo = {self.config_name!r} would "
+                    "sample: use train.elbo = 'enum', which sums over its values exactly")
+            if self.needs_rsample and not site["fn"].has_rsample:
+                raise PyroVAEError(
+                    f"guide site {name!r} ({kind}) has no reparameterized sampler, which train.elbo = "
+                    f"{self.config_name!r} needs: use train.elbo = 'trace' (score-function gradients) or a "
+                    "reparameterized distribution")
+
+
+class IWAE_ELBO(_SampledGuide, RenyiELBO):
     """The importance-weighted bound, ``RenyiELBO(alpha=0)``, with a ``differentiable_loss``.
 
     Per data point: log (1/K) sum_k p(x, z_k) / q(z_k | x).  Gradients flow by
@@ -51,6 +91,8 @@ class IWAE_ELBO(RenyiELBO):
     """
 
     minibatch_scale_inside = False
+    config_name = "iwae"
+    needs_rsample = True
 
     def __init__(self, num_particles: int = 1, **kwargs):
         super().__init__(alpha=0, num_particles=num_particles, **kwargs)
@@ -139,7 +181,7 @@ def _pyro_ready(trace, guide: bool):
     return prune_subsample_sites(trace)
 
 
-class SyncFreeTrace_ELBO(_LazyDensities, Trace_ELBO):
+class SyncFreeTrace_ELBO(_SampledGuide, _LazyDensities, Trace_ELBO):
     """``Trace_ELBO`` whose ``differentiable_loss`` never synchronizes with the device.
 
     For a reparameterized guide Pyro's surrogate is sum(model log p) - sum(guide
@@ -167,13 +209,31 @@ class SyncFreeTrace_ELBO(_LazyDensities, Trace_ELBO):
         return total
 
 
-class SyncFreeTraceMeanField_ELBO(_LazyDensities, TraceMeanField_ELBO):
-    """``TraceMeanField_ELBO`` (analytic KL where known) without host syncs.
+class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` (analytic KL where known and exact) without host syncs.
 
     Same terms as Pyro's ``_differentiable_loss_particle``: observed sites add
     log p, each latent site subtracts KL(q || p) scaled by the guide site's
-    scale and mask, or, where no analytic KL is registered, adds log p - log q.
+    scale and mask, or, where no analytic KL is registered or where it would be
+    biased (``monte_carlo_sites``, set by :meth:`prepare`), adds log p - log q.
     """
+
+    config_name = "meanfield"
+    needs_rsample = True
+    #: latent sites whose KL is taken by Monte Carlo: the analytic one would be biased for this guide
+    monte_carlo_sites: frozenset = frozenset()
+
+    def prepare(self, model, data) -> None:
+        """Also find the sites whose analytic KL would be biased (infer/dependence.py), and say so once."""
+        super().prepare(model, data)
+        inexact = {s: why for s, why in inexact_kl_sites(model, data).items() if s not in self.monte_carlo_sites}
+        # accumulated: each row group of named data (labelled, unlabelled) is a program of its own
+        self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact)
+        if inexact:
+            warnings.warn(
+                f"train.elbo = 'meanfield': the analytic KL would be biased for {describe(inexact)}: that KL is "
+                "Monte Carlo (log q - log p at the guide's draw), the other sites' stay analytic",
+                MonteCarloKLWarning, stacklevel=3)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         total = 0.0
@@ -181,8 +241,7 @@ class SyncFreeTraceMeanField_ELBO(_LazyDensities, TraceMeanField_ELBO):
             total = total - self._elbo_particle(model_trace, guide_trace) / self.num_particles
         return total
 
-    @staticmethod
-    def _elbo_particle(model_trace, guide_trace):
+    def _elbo_particle(self, model_trace, guide_trace):
         elbo = 0.0
         for name, model_site in _density_sites(model_trace):
             if model_site["is_observed"]:
@@ -192,6 +251,8 @@ class SyncFreeTraceMeanField_ELBO(_LazyDensities, TraceMeanField_ELBO):
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
             try:
+                if name in self.monte_carlo_sites:
+                    raise NotImplementedError  # the analytic KL here would be biased: the Monte Carlo term below
                 kl = kl_divergence(guide_site["fn"], model_site["fn"])
             except NotImplementedError:
                 elbo = elbo + _log_prob_sum(model_site) - _score_parts(guide_site).entropy_term.sum()
@@ -211,6 +272,37 @@ class SyncFreeTraceMeanField_ELBO(_LazyDensities, TraceMeanField_ELBO):
         return elbo
 
 
+class Enum_ELBO(TraceEnum_ELBO):
+    """Pyro's ``TraceEnum_ELBO``, the guide's discrete sites enumerated in parallel unless the user marked them.
+
+    ``config_enumerate`` keeps an explicit ``infer={"enumerate": ...}`` (a
+    sequential site, or one opted out with ``None``) and marks every other
+    guide site with enumerable support.  The value is the exact sum over the
+    enumerated values (Monte Carlo over the continuous ones).
+    """
+
+    config_name = "enum"
+
+    def prepare(self, model, data) -> None:
+        """The deepest plate dim of guide and model, from one trace, unless the model declares max_plate_nesting."""
+        if self.max_plate_nesting == float("inf"):
+            with torch.no_grad():
+                traces = trace_pair(model, data)
+            # as Pyro's own guess: vectorized particles take one more plate, left of the program's
+            self.max_plate_nesting = plate_dims(model, traces)[0] + (1 if self.vectorize_particles else 0)
+
+    def _get_traces(self, model, guide, args, kwargs):
+        return super()._get_traces(model, config_enumerate(guide, "parallel"), args, kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """Pyro's, less its checks: the trainer also takes the loss without gradients (the first batch's
+        validation, the NaN diagnosis), which Pyro's refuses, and checks the value itself (no host sync)."""
+        elbo = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = elbo + _compute_dice_elbo(model_trace, guide_trace)
+        return -torch.as_tensor(elbo) / self.num_particles
+
+
 @OBJECTIVES.register("trace")
 def _trace(num_particles: int = 1, max_plate_nesting=float("inf")):
     return SyncFreeTrace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
@@ -226,6 +318,12 @@ def _meanfield(num_particles: int = 1, max_plate_nesting=float("inf")):
 @OBJECTIVES.register("iwae")
 def _iwae(num_particles: int = 1, max_plate_nesting=float("inf")):
     return IWAE_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                     max_plate_nesting=max_plate_nesting)
+
+
+@OBJECTIVES.register("enum")
+def _enum(num_particles: int = 1, max_plate_nesting=float("inf")):
+    return Enum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
                      max_plate_nesting=max_plate_nesting)
 
 

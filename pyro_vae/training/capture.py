@@ -169,6 +169,9 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
         return "the model keeps parameters in Pyro's param store (pyro.param), which a recording would freeze"
     if trainer.compile:
         return "compile=True compiles the networks instead"
+    if trainer.config.elbo == "enum":
+        # the enumeration's dim allocation and contraction are Python state outside a recording's key and check
+        return "train.elbo = 'enum' is not captured (its enumeration runs in Python on every step)"
     if mode == "auto":
         if type(model) not in {MODELS[n] for n in MODELS}:
             return "train.capture = 'auto' captures the built-in models only (set 'on' to capture this one)"

@@ -35,7 +35,7 @@ from ..errors import PyroVAEError, TrainingInterrupted
 from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.rng import isolated_rng
-from ..infer.sites import observed_name
+from ..infer.sites import _likely_cause as likely_cause, observed_name
 from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
 from ..rundir.files import clean_stale_temporaries
@@ -165,20 +165,21 @@ class Trainer:
         return params, names
 
     def _sanity_check(self, x):
-        """One loss on a tiny batch, before any training, with likely causes on failure."""
+        """The objective fitted to the program, and one loss on a tiny batch, before any training.
+
+        A failure names the cause seen (infer/sites.py words it as for evaluation).
+        """
         try:
             with isolated_rng(0, self.device):
+                self.objective.prepare(self.model, _head(x, 4))
                 loss = self.loss(_head(x, 4))
         except PyroVAEError:
             raise
-        except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+        except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
             if is_oom(e):
                 raise training_oom_error(e, self.device, self.config.batch_size, self.config.num_particles) from None
             msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-            raise PyroVAEError(
-                f"the model fails on its first batch ({msg[:300]}); likely causes: data outside the "
-                "likelihood's support, a data width that differs from the model's, or a site missing from the guide"
-            ) from None
+            raise PyroVAEError(f"the model fails on its first batch ({msg[:300]}): {likely_cause(e)}") from None
         if not torch.isfinite(loss):
             raise PyroVAEError(
                 "the loss is not finite before training starts: check the data scale and the likelihood's scale"
