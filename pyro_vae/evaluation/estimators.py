@@ -8,6 +8,10 @@ are not densities and are left out):
   the KL analytic where torch/Pyro knows it for every latent site
   (``kl_method``), else Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
 - ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
+  discrete latent sites (a guide's y, a mixture prior's component c) are
+  summed out exactly, p(x, z) = sum_{y,c} p(x, y, c, z) and q(z|x) =
+  sum_y q(y|x) q(z|x, y), so z alone is importance-sampled (unbiased, and
+  never noisier than weighting the sampled y; ``summed_sites`` names them);
   ``log_likelihood_se`` is the Monte Carlo standard error of the mean
   (delta method per point), ``iw_ess_*`` the importance ESS out of K,
   ``iw_khat_*`` the PSIS Pareto k-hat of each point's K weights (Vehtari
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -53,8 +57,8 @@ from ..infer.psis import KHAT_BAD
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.rng import isolated_rng
 from ..progress import progress_bar
-from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles, per_point,
-                           point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
+                           particles, per_point, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
@@ -288,21 +292,42 @@ class _DrawTerms:
     kl_dims: Optional[torch.Tensor]  # (k, b, latent dims); None where q or p does not factorize
     kl_dims_analytic: bool
     mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
+    # (k, b) float64 importance log-weights log p(x, z) - log q(z|x) with the discrete sites summed
+    # (see marginal_densities); None where there are none, and the weight is dens.log_joint - dens.log_q
+    log_w: Optional[torch.Tensor] = None
 
 
 def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
     """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means."""
-    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim))
+    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim, model))
 
 
-def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
+def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, model=None) -> _DrawTerms:
     """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
     b = x.shape[0]
     nest, data_dim = layout.nest, layout.data_dim
     dens = point_densities(gtr, mtr, layout, k, b)
+    log_w = None
+    if layout.summed:
+        marg = marginal_densities(model, x, gtr, mtr, layout, k, b, dtype=torch.float64)
+        log_w = marg.log_joint - marg.log_q
+        if layout.summed_model_only:
+            # replay drew the model's own discrete sites from their prior, whose density is not in log q: the
+            # ELBO's terms are those of the model with them summed out (what TraceEnum_ELBO maximizes)
+            dens = marg if not layout.summed_guide else marginal_densities(
+                model, x, gtr, mtr, layout, k, b, dtype=torch.float64, guide_sums=False)
     kl = 0.0
     kl_dims, kl_dims_analytic, means = ([] if per_dim else None), True, []
-    for name in layout.sites:
+    for name in layout.sites + layout.summed_guide:
+        if name in layout.summed_guide:
+            # a guide's discrete site adds its KL at the draw, E_q(y)[log q(y)/p(y)], to the total only:
+            # it has no coordinate in the latent dims
+            try:
+                kl = None if kl is None else kl + per_point(
+                    kl_divergence(gtr.nodes[name]["fn"], mtr.nodes[name]["fn"]), nest, data_dim, k, b)
+            except NotImplementedError:
+                kl = None
+            continue
         site = gtr.nodes[name]
         q, value = site["fn"], site["value"]
         event_dim = len(q.event_shape)
@@ -338,6 +363,9 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
         m = _dist_mean(q)
         m = torch.broadcast_to(m, value.shape) if m is not None else value
         means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
+    if layout.summed_model_only:
+        # p(z) is a mixture over the summed sites: no closed-form KL, in total or per dimension
+        kl, kl_dims = None, None
     zero = torch.zeros(k, b, dtype=x.dtype, device=x.device)
     return _DrawTerms(
         dens=dens,
@@ -345,6 +373,7 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool) -> _DrawTerms:
         kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
         kl_dims_analytic=kl_dims_analytic,
         mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=x.dtype, device=x.device),
+        log_w=log_w,
     )
 
 
@@ -428,6 +457,8 @@ class PointwiseEvaluation:
     seconds: float
     log_weights: Optional[torch.Tensor] = None  # (n, K), only with keep_log_weights=True
     iw_khat: Optional[torch.Tensor] = None  # PSIS k-hat of each point's K importance weights
+    # discrete latent sites summed out exactly (not among latent_names): log p(x) and its weights are of z alone
+    summed_sites: List[str] = field(default_factory=list)
 
     @property
     def num_points(self) -> int:
@@ -484,6 +515,7 @@ class PointwiseEvaluation:
             "prior_ess_min": lo(self.prior_ess),
             "latent_dims": len(self.latent_names),
             "latent_names": list(self.latent_names),
+            "summed_sites": list(self.summed_sites),
             "active_units": int(self.active_units(threshold).sum()),
             "active_units_threshold": float(threshold),
             "posterior_mean_variance": [_finite(v) for v in self.posterior_mean_variance()],
@@ -621,6 +653,7 @@ def evaluate_points(
         for sl in _chunks(n, b_chunk):
             xb = x[sl]
             rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
+            elbo_an = _Moments()  # rec - analytic KL per draw: the KL varies with a guide's drawn discrete sites
             lme = _LogMeanExp(keep_log_weights) if iw else None
             tail = _Tail(k_total) if iw else None
             mean_sum = torch.zeros(xb.shape[0], d, dtype=torch.float64, device=device)
@@ -633,6 +666,8 @@ def evaluate_points(
                 kl_mc.add(t.dens.log_q - t.dens.log_prior)
                 w = t.dens.log_lik.double() + t.dens.log_prior.double() - t.dens.log_q.double()
                 log_w.add(w)
+                if t.log_w is not None:
+                    w = t.log_w  # the importance weight of z, the discrete sites summed exactly
                 if lme is not None:
                     lme.add(w)
                     tail.add(w)
@@ -640,6 +675,8 @@ def evaluate_points(
                     analytic = False
                 else:
                     kl_an.add(t.kl)
+                    if layout.summed_guide:
+                        elbo_an.add(t.dens.log_lik.double() - t.kl.double())
                 mean_sum += t.mean.double().sum(0)
                 if per_dim:
                     if t.kl_dims is None:
@@ -656,8 +693,8 @@ def evaluate_points(
                 res["elbo_var"].append(torch.zeros(xb.shape[0], dtype=torch.float64, device=device))
             elif analytic:
                 res["kl"].append(kl_an.mean())
-                # analytic KL: only the reconstruction term is random
-                res["elbo_var"].append(rec.var_of_mean())
+                # analytic KL: only the reconstruction term is random (and the KL at a drawn discrete site)
+                res["elbo_var"].append(elbo_an.var_of_mean() if layout.summed_guide else rec.var_of_mean())
             else:
                 res["elbo_var"].append(log_w.var_of_mean())
             res["mean"].append(mean_sum / k_total)
@@ -710,6 +747,7 @@ def evaluate_points(
         point_mass=layout.point_mass, seconds=time.perf_counter() - t0,
         log_weights=cat("logw") if keep_log_weights and iw else None,
         iw_khat=cat("khat") if iw else None,
+        summed_sites=list(layout.summed),
     )
 
 
