@@ -245,3 +245,89 @@ def test_a_discrete_site_in_a_nested_plate_is_refused():
 
     with pytest.raises(pv.PyroVAEError, match="'c' is inside plate"):
         pv.evaluate(PerPixel(), torch.zeros(3, 2), iw_samples=10)
+
+
+# ---------------------------------------------------------------------------
+# diagnostics: the continuous sites, the discrete ones summed
+
+
+SMALL = dict(points=3, draws=200, nuts_warmup=100, nuts_samples=150, nuts_chains=2, local_steps=30,
+             local_particles=4, sbc_sims=20, sbc_draws=19, grid_size=64, seed=0)
+
+
+def _diagnose(model, o, **settings):
+    x = torch.tensor(o.x[:3], dtype=torch.float32)
+    d = pv.diagnose([pv.Subject("m", model, x, [0, 1, 2])], pv.DiagnoseSettings(**{**SMALL, **settings}),
+                    progress=False)
+    return d, d.runs[0]
+
+
+def _log_normal(v, mean, sd):
+    return (-0.5 * ((v - mean) / sd) ** 2 - np.log(sd) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _lse(a, axis):
+    m = a.max(axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def _saved_draws(r):
+    from pyro_vae.diagnostics.arviz_io import group
+
+    ss = group(r.q_data, "sample_stats")
+    return group(r.q_data, "posterior")["z"].values[0], ss["log_p"].values[0], ss["log_q"].values[0]
+
+
+def test_diagnose_a_mixture_prior_sums_its_component(tmp_path):
+    o = _mixture_oracle()
+    d, r = _diagnose(MixturePrior(o), o, reference="nuts")
+    assert (r.latent_sites, r.summed_sites, r.latent_labels) == (["z"], ["c"], ["z[0]", "z[1]"])
+    # the draws' log p is log sum_c p(c) p(z|c) p(x|z), in closed form
+    z, log_p, _ = _saved_draws(r)
+    x = o.x[None, :3]
+    prior = _lse(np.stack([math.log(o.pi[c]) + _log_normal(z, o.mu[c], o.s[c]) for c in range(C)]), 0)
+    assert np.allclose(log_p, prior + _log_normal(x, z @ o.W.T + o.B[0], SIGMA), atol=2e-3)
+    # a 2-D z: the exact grid is the reference, and NUTS (c summed by Pyro's enumeration) is checked against it
+    _, exact = o.posterior(o.x[:3])
+    assert r.reference.method == "grid"
+    assert np.all(np.abs(r.reference.mean - exact) < 1e-3 * r.reference.sd)
+    n = r.reference.nuts
+    assert n.max_std_mean_error_vs_grid < 4 / math.sqrt(n.ess_bulk_min)
+    # the amortized q is 1.5x too wide: the per-point fit gains, and the comparison says so
+    assert r.summary.gap > 4 * r.summary.gap_se
+    assert 1.2 < r.summary.sd_ratio < 1.8
+    d.save(tmp_path)
+    paths = pv.write_report(pv.load_diagnosis(tmp_path), tmp_path)
+    line = "Latent sites of m: covers z; sums out exactly (not diagnosed as coordinates) c."
+    assert line in paths["md"].read_text() and line in paths["html"].read_text()
+
+
+def test_diagnose_a_mixture_same_family_prior():
+    o = _mixture_oracle()
+    _, r = _diagnose(MixturePrior(o, explicit=False), o, reference="grid", sbc_sims=0)
+    assert (r.latent_sites, r.summed_sites) == (["z"], [])
+    _, exact = o.posterior(o.x[:3])
+    assert np.all(np.abs(r.reference.mean - exact) < 1e-3 * r.reference.sd)
+    assert r.summary.gap > 4 * r.summary.gap_se
+
+
+def test_diagnose_a_guide_label_nuts_matches_the_exact_posterior():
+    o = Oracle(latent=1)
+    m = M2(o)
+    _, r = _diagnose(m, o, reference="nuts")
+    assert (r.latent_sites, r.summed_sites, r.latent_labels) == (["z"], ["y"], ["z[0]"])
+    # the draws' log q is the guide's marginal, log sum_y q(y|x) q(z|x, y)
+    z, _, log_q = _saved_draws(r)
+    x = o.x[None, :3]
+    logits = x @ m.A.double().numpy().T + m.a.double().numpy()
+    log_qy = logits - _lse(logits, -1)[..., None]
+    G, g0, sd = (t.double().numpy() for t in (m.G, m.g, m.sd))
+    parts = [log_qy[..., c] + _log_normal(z, x @ G[c].T + g0[c], sd[c]) for c in range(C)]
+    assert np.allclose(log_q, _lse(np.stack(parts), 0), atol=2e-3)
+    # NUTS over z with y summed out: its mean is the exact mixture-of-Gaussians posterior's
+    _, exact = o.posterior(o.x[:3])
+    assert r.reference.method == "nuts"
+    se = r.reference.sd / np.sqrt(r.reference.nuts.ess_bulk)
+    assert np.all(np.abs(r.reference.mean - exact) < 4 * se), (r.reference.mean, exact, se)
+    assert r.sbc.ranks.shape == (SMALL["sbc_sims"], 1)
+    assert np.all(r.khat.values < 0.7)

@@ -46,7 +46,7 @@ __all__ = [
     "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Layout",
     "build_layout", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "latent_values",
     "latent_matrix", "stack_draws", "trace_draws", "repeat_points", "BROADCAST_FIX",
-    "is_enumerable", "summing", "enumerated_trace", "enum_site_sum", "marginal_densities",
+    "base_support", "is_enumerable", "summing", "enumerated_trace", "enum_site_sum", "marginal_densities",
 ]
 
 # what a model must do to be traced with a leading draw dim (the one line of every such error)
@@ -105,6 +105,32 @@ def is_enumerable(site) -> bool:
 def is_point_mass(fn) -> bool:
     """A Delta site.  A guide with ANY point-mass latent has no proposal density to importance-sample with."""
     return isinstance(elementwise_base(fn, through_masks=True), dist.Delta)
+
+
+def _base_support(registry):
+    """A wrapping support's transform: that of the support it wraps (a mixture's is its components')."""
+    return lambda constraint: registry(constraint.base_constraint)
+
+
+# A MixtureSameFamily's support wraps its components' support, and torch registers no transform for the
+# wrapper: a mixture prior's latent then fails in every unconstrained-space method (AutoNormal, NUTS, the
+# reference's whitening) with "Cannot transform MixtureSameFamilyConstraint".  Its values are the
+# components' values, so the components' transform is the right one; registered once, only where torch
+# has none, so that Pyro's own AutoNormal and NUTS pick it up too.
+_WRAPPING_SUPPORTS = [c for c in (getattr(constraints, "MixtureSameFamilyConstraint", None),) if c is not None]
+for _registry in (biject_to, transform_to):
+    for _support in _WRAPPING_SUPPORTS:
+        try:
+            _registry(_support(constraints.real))
+        except NotImplementedError:
+            _registry.register(_support, _base_support(_registry))
+
+
+def base_support(support):
+    """A latent's support without the wrappers that keep its values (independent, a mixture's)."""
+    while isinstance(support, (constraints.independent, *_WRAPPING_SUPPORTS)):
+        support = support.base_constraint
+    return support
 
 
 # -- tracing ------------------------------------------------------------------------------------
@@ -622,12 +648,14 @@ def marginal_densities(model, x, gtr, mtr, layout: Layout, k: int, b: int, dtype
     enumerated and whose guide samples y.  With nothing to sum, these are
     :func:`point_densities`.
     """
-    if not layout.summed or (not guide_sums and not layout.summed_model_only):
+    # a site the guide does not sample (the model's own, or any, for a guide fitted without them) is summed
+    # in the model; one it samples is summed in both, or kept at its draw in both with guide_sums=False
+    summed = [s for s in layout.summed if guide_sums or s not in gtr.nodes]
+    if not summed:
         return point_densities(gtr, mtr, layout, k, b, dtype)
     guide = guide or model.guide
     plate = k if _in_particles(mtr) else None
-    in_guide = [s for s in layout.summed_guide if s in gtr.nodes] if guide_sums else []
-    summed = [s for s in layout.summed if s in in_guide or s not in layout.summed_guide]
+    in_guide = [s for s in summed if s in gtr.nodes]
     latent = {n for n, site in mtr.nodes.items() if is_latent(site)}
     # every latent of the model that is not summed keeps the value of the trace pair (the guide's draw)
     values = {n: mtr.nodes[n]["value"] for n in latent if n not in summed}
