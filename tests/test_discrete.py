@@ -227,6 +227,57 @@ def test_log_px_of_a_mixture_same_family_prior():
     assert r.summed_sites == []
 
 
+def test_log_px_sums_a_bernoulli_component():
+    """c ~ Bernoulli(0.3) in the model alone, z | c ~ N(mu_c, 1), x | z ~ N(w z, sigma^2 I): p(x|c) is Gaussian."""
+    w, mu, p1 = np.array([1.0, -0.5]), np.array([-1.5, 2.0]), 0.3
+
+    class Switch:
+        latent_sites = ("z",)
+        obs_site = "x"
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                c = pyro.sample("c", dist.Bernoulli(p1))
+                z = pyro.sample("z", dist.Normal(_t(mu)[c.long()], 1.0))
+                pyro.sample("x", dist.Normal(z.unsqueeze(-1) * _t(w), SIGMA).to_event(1), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(x @ _t(w) / (w @ w + SIGMA**2), 1.2))
+
+    x = np.array([[-1.2, 0.9], [2.1, -1.0], [0.3, 0.2]])
+    parts = []
+    for c, pc in ((0, 1 - p1), (1, p1)):
+        cov = np.outer(w, w) + SIGMA**2 * np.eye(2)
+        d = x - w * mu[c]
+        parts.append(math.log(pc) - 0.5 * (d * np.linalg.solve(cov, d.T).T).sum(1)
+                     - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1])
+    exact = np.logaddexp(*parts)
+    r = pv.evaluate_points(Switch(), torch.tensor(x, dtype=torch.float32), iw_samples=400, prior_samples=0)
+    assert r.summed_sites == ["c"] and r.latent_names == ["z"]
+    se = r.log_likelihood_var.sqrt().numpy()
+    assert np.all(np.abs(r.log_likelihood.numpy() - exact) < 4 * se + 1e-4) and np.all(se < 0.1)
+
+
+def test_an_unbounded_discrete_latent_is_refused_by_diagnose():
+    class Counts:
+        latent_sites = ("n",)
+        obs_site = "x"
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                n = pyro.sample("n", dist.Poisson(3.0))
+                pyro.sample("x", dist.Normal(n.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("n", dist.Poisson(x.abs().mean(-1) + 1))
+
+    with pytest.raises(pv.PyroVAEError, match="'n' is discrete with an unbounded support"):
+        pv.diagnose([pv.Subject("counts", Counts(), torch.ones(3, 2), [0, 1, 2])],
+                    pv.DiagnoseSettings(**{**SMALL, "reference": "none"}), progress=False)
+
+
 def test_a_discrete_site_in_a_nested_plate_is_refused():
     class PerPixel:
         latent_sites = ("z",)
