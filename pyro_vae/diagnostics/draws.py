@@ -10,8 +10,9 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from ..infer.sites import (Layout, build_layout, cycle_rows, latent_matrix, particles, point_densities, site_matrix,
-                           trace_draws)
+from ..errors import PyroVAEError
+from ..infer.sites import (Layout, base_support, build_layout, cycle_rows, latent_matrix, marginal_densities,
+                           particles, site_matrix, trace_draws)
 from .settings import BUDGET
 from ..data import batch
 
@@ -21,10 +22,8 @@ _site_matrix = site_matrix
 
 
 def _is_real(support) -> bool:
-    """Real-valued support (independent() wrappers removed): unconstrained = constrained."""
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
+    """Real-valued support (independent() and mixture wrappers removed): unconstrained = constrained."""
+    return base_support(support) is constraints.real
 
 
 def _chunk_size(model, x: torch.Tensor, k: int, budget: int = BUDGET) -> int:
@@ -38,8 +37,15 @@ def _data_width(x) -> int:
 
 
 def _layout(model, x) -> Layout:
-    """The latent layout of ``model`` on the diagnosed points ``x``."""
-    return build_layout(model, x, data="the diagnosed points")
+    """The latent layout of ``model`` on the diagnosed points ``x``: continuous sites, the finite discrete ones summed."""
+    layout = build_layout(model, x, data="the diagnosed points")
+    for s in layout.sites:
+        if layout.supports[s].is_discrete:
+            # a discrete site with no finite support cannot be summed, and has no unconstrained space to sample in
+            raise PyroVAEError(f"latent site {s!r} is discrete with an unbounded support: diagnostics cover "
+                               "continuous latents and sum finite discrete ones (Categorical, Bernoulli, "
+                               "OneHotCategorical); give it a finite support or diagnose without it")
+    return layout
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +55,10 @@ def _layout(model, x) -> Layout:
 @torch.no_grad()
 def draw_q(model, x: torch.Tensor, num_draws: int, layout: _Layout, split: str = "points"):
     """z ~ q(z|x): (draws, points, latent) values and (draws, points) log p(x, z), log q(z|x).
+
+    z is the continuous latents; the layout's discrete sites are summed out
+    of both densities (see marginal_densities), so log p - log q is the
+    importance weight of z and its mean the ELBO of q(z|x) against p(x, z).
 
     Work is chunked over points (``split="points"``) or, for guides whose
     parameters are per point and so need every point at once, over draws.
@@ -67,7 +77,7 @@ def draw_q(model, x: torch.Tensor, num_draws: int, layout: _Layout, split: str =
         bb = batch.num_rows(xb)
 
         def read(gtr, mtr, k):
-            dens = point_densities(gtr, mtr, layout, k, bb, dtype=torch.float64)
+            dens = marginal_densities(model, xb, gtr, mtr, layout, k, bb, dtype=torch.float64)
             return latent_matrix(gtr, layout, k, bb), dens.log_joint, dens.log_q
 
         z, lp, lq = trace_draws(model, xb, k, layout, read)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..infer.rng import isolated_rng
+from ..infer.sites import summing
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
@@ -59,12 +60,16 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     until ``QUIET_BLOCKS`` blocks in a row change the averaged guide's ELBO
     (summed over points, on the same check draws each time, so the change
     is measured with common noise) by less than its standard error, or
-    ``MAX_BLOCKS`` blocks.  A fit stopped short biases the gap low; what is
+    ``MAX_BLOCKS`` blocks.  Discrete sites of the layout are no part of the
+    local q: the fit maximizes the ELBO of q(z) against p(x, z) with them
+    summed out (TraceEnum_ELBO, enumerating them in the model), the
+    marginal the reference and the k-hat look at too.  A fit stopped short biases the gap low; what is
     left of that (a statistical floor of about (parameters / 2) / (particles
     x steps) nats per point) is why ``better`` says, per point, whether the
     fit beats the amortized q on independent draws.
     """
-    from pyro.infer import Trace_ELBO
+    from pyro import poutine
+    from pyro.infer import Trace_ELBO, TraceEnum_ELBO
     from pyro.infer.autoguide import AutoDelta, AutoNormal
     from pyro.infer.autoguide.initialization import init_to_median, init_to_value
     from pyro.nn.module import PyroParam
@@ -72,10 +77,12 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
 
     init_vals = _site_tensors(layout, q_mean)
     init = init_to_value(values=init_vals) if init_vals else init_to_median
+    # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
+    target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
     if family == "delta":
-        guide = AutoDelta(model.model, init_loc_fn=init)
+        guide = AutoDelta(target, init_loc_fn=init)
     else:
-        guide = AutoNormal(model.model, init_loc_fn=init, init_scale=0.1)
+        guide = AutoNormal(target, init_loc_fn=init, init_scale=0.1)
     batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
@@ -88,8 +95,10 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     params = [p for p in guide.parameters() if p.requires_grad]
     n_part = 1 if family == "delta" else settings.local_particles
     # a program that does not broadcast over a draw dim takes its particles one at a time
-    elbo = Trace_ELBO(num_particles=n_part, vectorize_particles=n_part > 1 and layout.broadcasts,
-                      max_plate_nesting=layout.nest)
+    objective = TraceEnum_ELBO if layout.summed else Trace_ELBO
+    elbo = objective(num_particles=n_part, vectorize_particles=n_part > 1 and layout.broadcasts,
+                     max_plate_nesting=layout.nest)
+    fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     opt = torch.optim.Adam(params, lr=settings.local_lr)
     steps = settings.local_steps
     if steps == 0:
@@ -101,7 +110,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
         for t in range(n):
             for g in opt.param_groups:
                 g["lr"] = lr_at(t)
-            loss = batch.call(elbo.differentiable_loss, x, model.model, guide)
+            loss = batch.call(elbo.differentiable_loss, x, fit_model, guide)
             grads = torch.autograd.grad(loss, params)
             for p, g in zip(params, grads):
                 p.grad = g

@@ -7,11 +7,10 @@ from typing import Dict
 
 import numpy as np
 import torch
-from pyro import poutine
 from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
-from ..infer.sites import has_density, particles, repeat_points, site_matrix, site_sum
+from ..infer.sites import enum_site_sum, enumerated_trace, has_density, repeat_points, site_matrix, summing
 from .settings import DiagnoseSettings
 from .draws import _Layout, _chunk_size
 from ..data import batch
@@ -37,6 +36,10 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
     whitened by the per-point Gaussian fit (``precond``: loc and scale in
     unconstrained space), which makes the posterior of every point roughly
     standard normal, so one step size suits all points and trees stay shallow.
+    The chains run over the continuous sites; the layout's discrete sites are
+    marked for enumeration, which Pyro's NUTS sums out of the potential
+    itself (given ``max_plate_nesting``), so they sample p(z | x) with them
+    marginalized.
     """
     from pyro.infer import MCMC, NUTS
 
@@ -52,7 +55,7 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
         transforms[s] = ComposeTransform([to_real, AffineTransform(loc_r, scale_r).inv])
         # Stan's default start: uniform(-2, 2) in the (here whitened) unconstrained space
         init[s] = torch.rand_like(loc_r) * 4 - 2
-    kernel = NUTS(model.model, transforms=transforms, max_tree_depth=settings.max_tree_depth,
+    kernel = NUTS(summing(model.model, layout.summed), transforms=transforms, max_tree_depth=settings.max_tree_depth,
                   max_plate_nesting=layout.nest, target_accept_prob=0.8)
     mc = MCMC(kernel, num_samples=settings.nuts_samples, warmup_steps=settings.nuts_warmup, num_chains=1,
               initial_params=init, disable_progbar=not progress)
@@ -87,7 +90,7 @@ def grid_reference(model, x, layout: _Layout, center: np.ndarray, halfwidth: np.
     probability, then uniform within it).
     """
     site = layout.sites[0]
-    b = x.shape[0]
+    b = batch.num_rows(x)
     lo = np.minimum(center - 8 * halfwidth, prior_box[0])
     hi = np.maximum(center + 8 * halfwidth, prior_box[1])
     coarse = _grid_logp(model, x, layout, site, lo, hi, 96)
@@ -138,7 +141,7 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndarray, g: int) -> np.ndarray:
-    """log p(x_i, z) on a g x g grid over [lo_i, hi_i] per point: (points, g, g)."""
+    """log p(x_i, z) on a g x g grid over [lo_i, hi_i] per point: (points, g, g), discrete sites summed out."""
     b = batch.num_rows(x)
     device = batch.reference(x).device
     h = (hi - lo) / g
@@ -155,17 +158,14 @@ def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndar
             shape = [1] * (nest + 1)
             shape[0] = k
             shape[nest + 1 + data_dim] = b
-            tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(*shape, 2)}))
-            with particles(k, nest):
-                tr = batch.call(tr.get_trace, x)
-            lp = site_sum(tr, has_density, layout, k, b, dtype=torch.float64)
+            tr = enumerated_trace(model.model, x, {site: zc.reshape(*shape, 2)}, layout.summed, nest, k)
+            lp = enum_site_sum(tr, has_density, layout, k, b, dtype=torch.float64)
         else:
             # the k cells of every point as k*b points of one plain trace (see repeat_points)
             shape = list(layout.shapes[site])
             shape[len(shape) - layout.event_dims[site] + data_dim] = k * b
-            tr = poutine.trace(poutine.condition(model.model, data={site: zc.reshape(shape)}))
-            tr = batch.call(tr.get_trace, repeat_points(x, k))
-            lp = site_sum(tr, has_density, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
+            tr = enumerated_trace(model.model, repeat_points(x, k), {site: zc.reshape(shape)}, layout.summed, nest)
+            lp = enum_site_sum(tr, has_density, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
         out[k0 : k0 + k] = lp.cpu().numpy()
     return out.T.reshape(b, g, g)
 

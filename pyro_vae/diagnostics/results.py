@@ -203,6 +203,14 @@ class RunSummary(Record):
     overconfident_points: Optional[List[int]] = None  # the points whose own sd ratio is
 
 
+def coverage_line(latent_sites: List[str], summed_sites: List[str]) -> str:
+    """Which sites a diagnosis covers, in words: the continuous ones, and the discrete ones summed out."""
+    line = "covers " + (", ".join(latent_sites) if latent_sites else "no latent site")
+    if summed_sites:
+        line += "; sums out exactly (not diagnosed as coordinates) " + ", ".join(summed_sites)
+    return line
+
+
 @dataclass
 class GridPosterior(Record):
     """The exact 2-D posterior on each point's fine grid: normalized log-probabilities and the boxes."""
@@ -248,11 +256,19 @@ class RunDiagnosis(Record):
     seconds: float
     history: Optional[List[dict]] = None  # the run's training history (epoch, train_loss, test_elbo, ...)
     image_shape: Optional[List[int]] = None
+    # the continuous latent sites every diagnostic covers, and the discrete sites summed out of p and q exactly
+    latent_sites: List[str] = field(default_factory=list)
+    summed_sites: List[str] = field(default_factory=list)
     q_data: object = field(default=None, metadata=_FILE)  # ArviZ: draws from q(z|x)
     reference_data: object = field(default=None, metadata=_FILE)  # ArviZ: the reference's draws
     nuts_data: object = field(default=None, metadata=_FILE)  # ArviZ: NUTS draws when the grid is the reference
     grid: Optional[GridPosterior] = field(default=None, metadata=_FILE)
     generated: Optional[Generated] = field(default=None, metadata=_FILE)
+
+    @property
+    def coverage(self) -> str:
+        """The sites covered and summed, as the report shows them."""
+        return coverage_line(self.latent_sites, self.summed_sites)
 
 
 _NETCDF = (("q", "q_data"), ("reference", "reference_data"), ("nuts", "nuts_data"))

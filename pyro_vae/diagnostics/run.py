@@ -113,6 +113,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         contraction=contraction, sbc=sbc, summary=summary, warnings=[], timings=timings, seconds=seconds,
         history=to_plain(run.history) if run is not None and run.history else None,
         image_shape=[int(v) for v in shape] if shape else None,
+        latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated)
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r

@@ -10,6 +10,10 @@ are not densities and are left out):
   latent the guide draws given that site, see infer/dependence.py), else
   Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
 - ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
+  discrete latent sites (a guide's y, a mixture prior's component c) are
+  summed out exactly, p(x, z) = sum_{y,c} p(x, y, c, z) and q(z|x) =
+  sum_y q(y|x) q(z|x, y), so z alone is importance-sampled (unbiased, and
+  never noisier than weighting the sampled y; ``summed_sites`` names them);
   ``log_likelihood_se`` is the Monte Carlo standard error of the mean
   (delta method per point), ``iw_ess_*`` the importance ESS out of K,
   ``iw_khat_*`` the PSIS Pareto k-hat of each point's K weights (Vehtari
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -57,8 +61,8 @@ from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..data import batch
 from ..progress import progress_bar
-from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, particles, per_point,
-                           point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
+                           particles, per_point, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
@@ -292,6 +296,9 @@ class _DrawTerms:
     kl_dims: Optional[torch.Tensor]  # (k, b, latent dims); None where q or p does not factorize
     kl_dims_analytic: bool
     mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
+    # (k, b) float64 importance log-weights log p(x, z) - log q(z|x) with the discrete sites summed
+    # (see marginal_densities); None where there are none, and the weight is dens.log_joint - dens.log_q
+    log_w: Optional[torch.Tensor] = None
 
 
 def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
@@ -299,17 +306,36 @@ def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool, inexact=frozens
 
     ``inexact``: sites whose analytic KL would be biased for this guide (their KL is Monte Carlo).
     """
-    return trace_draws(model, x, k, layout, lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim, inexact))
+    return trace_draws(model, x, k, layout,
+                       lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim, inexact, model))
 
 
-def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
+def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset(), model=None) -> _DrawTerms:
     """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
     b = batch.num_rows(x)
     nest, data_dim = layout.nest, layout.data_dim
     dens = point_densities(gtr, mtr, layout, k, b)
+    log_w = None
+    if layout.summed:
+        marg = marginal_densities(model, x, gtr, mtr, layout, k, b, dtype=torch.float64)
+        log_w = marg.log_joint - marg.log_q
+        if layout.summed_model_only:
+            # replay drew the model's own discrete sites from their prior, whose density is not in log q: the
+            # ELBO's terms are those of the model with them summed out (what TraceEnum_ELBO maximizes)
+            dens = marg if not layout.summed_guide else marginal_densities(
+                model, x, gtr, mtr, layout, k, b, dtype=torch.float64, guide_sums=False)
     kl = 0.0
     kl_dims, kl_dims_analytic, means = ([] if per_dim else None), True, []
-    for name in layout.sites:
+    for name in layout.sites + layout.summed_guide:
+        if name in layout.summed_guide:
+            # a guide's discrete site adds its KL at the draw, E_q(y)[log q(y)/p(y)], to the total only:
+            # it has no coordinate in the latent dims
+            try:
+                kl = None if kl is None else kl + per_point(
+                    kl_divergence(gtr.nodes[name]["fn"], mtr.nodes[name]["fn"]), nest, data_dim, k, b)
+            except NotImplementedError:
+                kl = None
+            continue
         site = gtr.nodes[name]
         q, value = site["fn"], site["value"]
         event_dim = len(q.event_shape)
@@ -348,6 +374,9 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset
         m = _dist_mean(q)
         m = torch.broadcast_to(m, value.shape) if m is not None else value
         means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
+    if layout.summed_model_only:
+        # p(z) is a mixture over the summed sites: no closed-form KL, in total or per dimension
+        kl, kl_dims = None, None
     ref = batch.reference(x)
     zero = torch.zeros(k, b, dtype=ref.dtype, device=ref.device)
     return _DrawTerms(
@@ -356,6 +385,7 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset
         kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
         kl_dims_analytic=kl_dims_analytic,
         mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=ref.dtype, device=ref.device),
+        log_w=log_w,
     )
 
 
@@ -440,6 +470,8 @@ class PointwiseEvaluation:
     seconds: float
     log_weights: Optional[torch.Tensor] = None  # (n, K), only with keep_log_weights=True
     iw_khat: Optional[torch.Tensor] = None  # PSIS k-hat of each point's K importance weights
+    # discrete latent sites summed out exactly (not among latent_names): log p(x) and its weights are of z alone
+    summed_sites: List[str] = field(default_factory=list)
 
     @property
     def num_points(self) -> int:
@@ -496,6 +528,7 @@ class PointwiseEvaluation:
             "prior_ess_min": lo(self.prior_ess),
             "latent_dims": len(self.latent_names),
             "latent_names": list(self.latent_names),
+            "summed_sites": list(self.summed_sites),
             "active_units": int(self.active_units(threshold).sum()),
             "active_units_threshold": float(threshold),
             "posterior_mean_variance": [_finite(v) for v in self.posterior_mean_variance()],
@@ -647,6 +680,8 @@ def evaluate_points(
                 kl_mc.add(t.dens.log_q - t.dens.log_prior)
                 w = t.dens.log_lik.double() + t.dens.log_prior.double() - t.dens.log_q.double()
                 log_w.add(w)
+                if t.log_w is not None:
+                    w = t.log_w  # the importance weight of z, the discrete sites summed exactly
                 if lme is not None:
                     lme.add(w)
                     tail.add(w)
@@ -726,6 +761,7 @@ def evaluate_points(
         point_mass=layout.point_mass, seconds=time.perf_counter() - t0,
         log_weights=cat("logw") if keep_log_weights and iw else None,
         iw_khat=cat("khat") if iw else None,
+        summed_sites=list(layout.summed),
     )
 
 

@@ -9,6 +9,12 @@ k draws per point are one trace with the draws in an outer particle plate;
 a program that does not broadcast over that leading dim (``view(-1, d)``,
 ``z[:, 0]``) is found once, by :func:`build_layout`, and traced one draw at
 a time into the same (k, b, ...) matrices (:func:`stack_draws`).
+
+Discrete latent sites with a finite support (Categorical, OneHotCategorical,
+Bernoulli), in the guide or in the model alone (a mixture's component), are
+not coordinates of z: they are summed out exactly, by Pyro's parallel
+enumeration in dims left of the particle plate (:func:`marginal_densities`),
+and ``Layout.summed`` names them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import pyro.distributions as dist
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from torch.distributions import biject_to, constraints, transform_to
+
 from ..data import batch
+from ..data.batch import call
 from ..errors import PyroVAEError
 from .rng import forked_rng
 
@@ -38,6 +47,7 @@ __all__ = [
     "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Layout",
     "build_layout", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "latent_values",
     "latent_matrix", "stack_draws", "trace_draws", "repeat_points", "BROADCAST_FIX",
+    "base_support", "is_enumerable", "summing", "enumerated_trace", "enum_site_sum", "marginal_densities",
 ]
 
 # what a model must do to be traced with a leading draw dim (the one line of every such error)
@@ -88,9 +98,40 @@ def elementwise_base(fn, through_masks: bool = False):
     return fn
 
 
+def is_enumerable(site) -> bool:
+    """A latent site with a finite support Pyro can enumerate (Categorical, Bernoulli, ...): summed, never a coordinate."""
+    return is_latent(site) and bool(getattr(site["fn"], "has_enumerate_support", False))
+
+
 def is_point_mass(fn) -> bool:
     """A Delta site.  A guide with ANY point-mass latent has no proposal density to importance-sample with."""
     return isinstance(elementwise_base(fn, through_masks=True), dist.Delta)
+
+
+def _base_support(registry):
+    """A wrapping support's transform: that of the support it wraps (a mixture's is its components')."""
+    return lambda constraint: registry(constraint.base_constraint)
+
+
+# A MixtureSameFamily's support wraps its components' support, and torch registers no transform for the
+# wrapper: a mixture prior's latent then fails in every unconstrained-space method (AutoNormal, NUTS, the
+# reference's whitening) with "Cannot transform MixtureSameFamilyConstraint".  Its values are the
+# components' values, so the components' transform is the right one; registered once, only where torch
+# has none, so that Pyro's own AutoNormal and NUTS pick it up too.
+_WRAPPING_SUPPORTS = [c for c in (getattr(constraints, "MixtureSameFamilyConstraint", None),) if c is not None]
+for _registry in (biject_to, transform_to):
+    for _support in _WRAPPING_SUPPORTS:
+        try:
+            _registry(_support(constraints.real))
+        except NotImplementedError:
+            _registry.register(_support, _base_support(_registry))
+
+
+def base_support(support):
+    """A latent's support without the wrappers that keep its values (independent, a mixture's)."""
+    while isinstance(support, (constraints.independent, *_WRAPPING_SUPPORTS)):
+        support = support.base_constraint
+    return support
 
 
 # -- tracing ------------------------------------------------------------------------------------
@@ -246,6 +287,14 @@ class Layout:
     observed: List[str] = field(default_factory=list)  # observed sites of the model, in trace order
     # model and guide broadcast over a leading draw dim (see stack_draws); else draws are traced one at a time
     broadcasts: bool = True
+    # discrete sites summed out exactly (see marginal_densities): the guide's, in guide order, then the model's own
+    summed: List[str] = field(default_factory=list)
+    summed_guide: List[str] = field(default_factory=list)  # those of them the guide samples
+
+    @property
+    def summed_model_only(self) -> List[str]:
+        """Discrete sites only the model has (a mixture's component): replay draws them from their prior."""
+        return [s for s in self.summed if s not in self.summed_guide]
 
     @property
     def dim(self) -> int:
@@ -319,17 +368,22 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
             "site: set obs_site to the name of the observed pyro.sample"
         )
     nest, data_dim = plate_dims(model, (gtr, mtr))
-    sites = [name for name, site in gtr.nodes.items() if is_latent(site)]
+    # discrete sites with a finite support are summed, not sampled coordinates: the guide's, then the model's own
+    summed_guide = [name for name, site in gtr.nodes.items() if is_enumerable(site)]
+    summed = summed_guide + [name for name, site in mtr.nodes.items() if is_enumerable(site) and name not in gtr.nodes]
+    sites = [name for name, site in gtr.nodes.items() if is_latent(site) and name not in summed_guide]
     for s in getattr(model, "latent_sites", ()):
         if s not in mtr.nodes or not is_latent(mtr.nodes[s]):
             raise PyroVAEError(f"latent site {s!r} is not a latent sample site of the model: check latent_sites")
-        if s not in sites:
+        if s not in sites and s not in summed:
             # replay would draw it from the prior and log q would miss it: every weight would be wrong
             raise PyroVAEError(f"latent site {s!r} has no site in the guide: give the guide a pyro.sample({s!r}, q)")
     order = {n: i for i, n in enumerate(getattr(model, "latent_sites", ()))}
     sites.sort(key=lambda s: order.get(s, len(order)))  # stable: unlisted guide sites keep guide order
     b = batch.num_rows(x)
-    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed)
+    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed, summed=summed, summed_guide=summed_guide)
+    for s in summed:
+        _check_summed(s, gtr, mtr)
     for s in sites:
         gsite = gtr.nodes[s]
         if not any(f.name == DATA_PLATE for f in gsite["cond_indep_stack"]):
@@ -354,8 +408,40 @@ def build_layout(model, x, data: str = "the evaluation data") -> Layout:
         point_densities(gtr, mtr, layout, 1, b)
     except _TRACE_ERRORS as e:
         raise _fails(model, data, e) from None
+    if summed:
+        try:
+            marginal_densities(model, x, gtr, mtr, layout, 1, b)
+        except _TRACE_ERRORS as e:
+            raise PyroVAEError(
+                f"{type(model).__name__} fails on {data} with its discrete site(s) {', '.join(map(repr, summed))} "
+                f"summed out ({_first_line(e)[:300]}): their values come stacked in dims left of the plates, so "
+                + BROADCAST_FIX) from None
     layout.broadcasts = _broadcasts(model, x, layout)
     return layout
+
+
+def _check_summed(name: str, gtr, mtr) -> None:
+    """A summed site is one value per data point: inside pyro.plate('data') and no other plate, in model and guide."""
+    node = mtr.nodes.get(name)
+    if node is None:
+        raise PyroVAEError(f"guide site {name!r} has no matching sample site in the model: "
+                           f"give the model a pyro.sample({name!r}, prior)")
+    if not is_enumerable(node):
+        raise PyroVAEError(f"discrete guide site {name!r} is not a finite discrete site of the model "
+                           f"({type(node['fn']).__name__}): give it the guide's family (Categorical, Bernoulli, ...)")
+    for tr in (gtr, mtr):
+        if name not in tr.nodes:
+            continue
+        plates = [f.name for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized]
+        if DATA_PLATE not in plates:
+            raise PyroVAEError(
+                f"discrete site {name!r} is outside pyro.plate('data'): summing it out per data point needs one value "
+                "per point; move it into the data plate (a global discrete choice cannot be evaluated per point)")
+        if set(plates) != {DATA_PLATE}:
+            raise PyroVAEError(
+                f"discrete site {name!r} is inside plate(s) {', '.join(p for p in plates if p != DATA_PLATE)} nested "
+                "in 'data': only one discrete value per data point can be summed out here; make it one site per "
+                "point (OneHotCategorical over the combined values) or a continuous latent")
 
 
 def _fails(model, data: str, e: BaseException) -> PyroVAEError:
@@ -542,3 +628,106 @@ def simulated(model, template, trace, sites: Optional[Dict[str, str]] = None):
     for name, site in sites.items():
         out[name] = trace.nodes[site]["value"].detach().to(template[name].dtype)
     return out
+# -- discrete sites summed exactly -------------------------------------------------------------------
+
+
+def summing(fn, names):
+    """``fn`` with the named sample sites marked for parallel enumeration (whatever strategy they asked for)."""
+    names = frozenset(names)
+    return poutine.infer_config(fn, lambda msg: {"enumerate": "parallel"} if msg["name"] in names else {})
+
+
+def _in_particles(tr) -> bool:
+    """Whether a trace was taken inside the particle plate (the vectorized draws)."""
+    return any(f.name == PARTICLE_PLATE for site in tr.nodes.values() if site["type"] == "sample"
+               for f in site["cond_indep_stack"])
+
+
+def enumerated_trace(fn, x, values: Dict[str, torch.Tensor], names, nest: int, k: Optional[int] = None):
+    """A trace of ``fn`` on ``x`` with ``values`` conditioned and the ``names`` sites enumerated in parallel.
+
+    Enumerated values are stacked in dims left of the particle plate (at
+    ``-(nest + 2)`` and further left), so the ``k`` draws' plate (None: no
+    particle plate) and the model's plates keep their dims.
+    """
+    program = poutine.enum(summing(poutine.condition(fn, data=values), names), first_available_dim=-(nest + 2))
+    with _maybe_particles(k, nest):
+        return call(poutine.trace(program).get_trace, x)
+
+
+def enum_site_sum(tr, keep, layout: Layout, k: int, b: int, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+    """Per point, (k, b): the log of the sum over every enumerated value of exp(the kept sites' log-densities).
+
+    :func:`site_sum` of a trace from :func:`enumerated_trace`.  Each site's
+    log-density is summed over its plates other than the draws and the data
+    points first, then the sites are added (broadcasting over the enumerated
+    dims) and the enumerated dims are log-sum-exped.  That order is the exact
+    sum because a summed site lies in the data plate alone (build_layout
+    checks it): its value is shared by every element of any other plate.
+    """
+    width = layout.nest + 1  # the particle plate and the model's plates, right-aligned
+    inner = tuple(d for d in range(-layout.nest, 0) if d != layout.data_dim)
+    total = None
+    for site in tr.nodes.values():
+        if not keep(site):
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        lp = lp if dtype is None else lp.to(dtype)
+        while lp.dim() < width:
+            lp = lp.unsqueeze(0)
+        if inner:
+            lp = lp.sum(inner, keepdim=True)
+        total = lp if total is None else total + lp
+    if total is None:
+        return None
+    if total.dim() > width:
+        total = total.logsumexp(tuple(range(total.dim() - width)))
+    return per_point(total, layout.nest, layout.data_dim, k, b)
+
+
+def marginal_densities(model, x, gtr, mtr, layout: Layout, k: int, b: int, dtype: Optional[torch.dtype] = None,
+                       guide: Optional[Callable] = None, guide_sums: bool = True) -> PointDensities:
+    """log p(x|z), log p(z), log q(z|x) per point, (k, b), of the continuous latents z, the discrete sites summed.
+
+    ``gtr``/``mtr`` are a trace pair (:func:`trace_pair`, ``k`` draws, in the
+    particle plate or not); z is the guide's draw in them.  With y the
+    guide's discrete sites and c the model's own:
+
+    - log p(x, z) = log sum_{y,c} p(x, y, c, z), log p(z) = log sum_{y,c} p(y, c, z);
+    - log q(z|x) = log sum_y q(y|x) q(z|x, y), the density of the z the
+      guide draws (y ~ q(y|x), then z ~ q(z|x, y)) with y forgotten.
+
+    Then p(x, z) / q(z|x) is an importance weight of z alone, unbiased for
+    p(x) (E_q(z|x)[p(x, z) / q(z|x)] = p(x)), independent across draws
+    (so the delta-method s.e. and PSIS k-hat apply to it as to any weight),
+    and never more variable than the weight p(x, y, c, z) / q(y, z|x) of
+    the sampled y and c (a Rao-Blackwellisation: it is that weight's
+    conditional expectation given z).  ``guide_sums=False`` keeps the
+    guide's y at its draw (the model summed over c alone, log q(y, z|x)
+    from the guide's trace): the terms of the ELBO of a model whose c is
+    enumerated and whose guide samples y.  With nothing to sum, these are
+    :func:`point_densities`.
+    """
+    # a site the guide does not sample (the model's own, or any, for a guide fitted without them) is summed
+    # in the model; one it samples is summed in both, or kept at its draw in both with guide_sums=False
+    summed = [s for s in layout.summed if guide_sums or s not in gtr.nodes]
+    if not summed:
+        return point_densities(gtr, mtr, layout, k, b, dtype)
+    guide = guide or model.guide
+    plate = k if _in_particles(mtr) else None
+    in_guide = [s for s in summed if s in gtr.nodes]
+    latent = {n for n, site in mtr.nodes.items() if is_latent(site)}
+    # every latent of the model that is not summed keeps the value of the trace pair (the guide's draw)
+    values = {n: mtr.nodes[n]["value"] for n in latent if n not in summed}
+    etr = enumerated_trace(model.model, x, values, summed, layout.nest, plate)
+    joint = enum_site_sum(etr, has_density, layout, k, b, dtype)
+    prior = enum_site_sum(etr, lambda site: has_density(site) and site["name"] in latent, layout, k, b, dtype)
+    if in_guide:
+        gvalues = {n: site["value"] for n, site in gtr.nodes.items() if is_latent(site) and n not in in_guide}
+        gtr_e = enumerated_trace(guide, x, gvalues, in_guide, layout.nest, plate)
+        log_q = enum_site_sum(gtr_e, has_density, layout, k, b, dtype)
+    else:
+        log_q = site_sum(gtr, is_latent, layout, k, b, dtype)
+    prior = torch.zeros_like(joint) if prior is None else prior
+    log_q = torch.zeros_like(joint) if log_q is None else log_q
+    return PointDensities(joint - prior, prior, log_q)

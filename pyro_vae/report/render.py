@@ -123,6 +123,11 @@ def _settings_line(d: Diagnosis) -> str:
             f"seed {s.seed}.")
 
 
+def _sites_line(d: Diagnosis) -> str:
+    """Which latent sites each run's diagnostics cover, and which discrete sites they sum out ("" if unknown)."""
+    return " ".join(f"Latent sites of {r.name}: {r.coverage}." for r in d.runs if r.latent_sites or r.summed_sites)
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
@@ -154,6 +159,8 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
     parts.append(f"<h1>{e(_title(d))}</h1>")
     parts.append(f"<p class=\"meta\">Created {e(d.created)} by pyro_vae. {e(_settings_line(d))} "
                  "Every number in the tables is in <code>results.json</code>; draws are in the netCDF files beside it.</p>")
+    if _sites_line(d):
+        parts.append(f"<p class=\"meta\" id=\"sites\">{e(_sites_line(d))}</p>")
     if d.warnings:
         parts.append("<div class=\"warnings\" id=\"warnings\"><strong>Warnings</strong><ul>")
         parts += [f"<li>{e(w)}</li>" for w in d.warnings]
@@ -212,6 +219,8 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
     """The same report in Markdown, linking the figure files and the files beside it."""
     lines = [f"# {_title(d)}", "", f"Created {d.created} by pyro_vae. {_settings_line(d)}",
              "Every number in the tables is in `results.json`.", ""]
+    if _sites_line(d):
+        lines += [_sites_line(d), ""]
     if d.warnings:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in d.warnings] + [""]
     else:
@@ -239,6 +248,8 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
 def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []
+    if any(r.summed_sites for r in d.runs):  # the terminal says it only where it changes what z means
+        lines += [_sites_line(d), ""]
     for t in build_tables(d):
         if t.id not in table_ids or not t.rows:
             continue
