@@ -15,10 +15,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import pyro
 
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
+from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, FORMAT, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -58,9 +58,9 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
-        # a private param store: the local guides' parameters never reach the caller's,
-        # and runs with equal parameter names cannot see each other's values
-        with pyro.get_param_store().scope(), isolated_rng(settings.seed, device):
+        # the model's own parameters (runs with equal parameter names cannot see each other's values),
+        # and a scratch layer so that the local guides' parameters never reach the model's scope
+        with model_params(model), scratch_params(), isolated_rng(settings.seed, device):
             return _diagnose(subject, model, name, x, b, settings, progress, log)
     finally:
         if isinstance(model, torch.nn.Module) and was_training:
@@ -539,7 +539,7 @@ def check_reference_possible(subjects, settings) -> None:
         return
     for s in subjects:
         x = torch.as_tensor(s.x[:2], dtype=torch.float32).to(model_device(s.model))
-        with isolated_rng(settings.seed, x.device):
+        with model_params(s.model), isolated_rng(settings.seed, x.device):
             lay = _layout(s.model, x)
         if lay.dim != 2 or len(lay.sites) != 1:
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "

@@ -34,6 +34,7 @@ from ..errors import PyroVAEError, TrainingInterrupted
 from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.rng import isolated_rng
+from ..models.params import runs_own_model
 from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
 from ..rundir.files import clean_stale_temporaries
@@ -102,6 +103,7 @@ class Trainer:
         self.meta: dict = {}
 
     # -- setup --------------------------------------------------------------
+    @runs_own_model
     def setup(self, x_example: torch.Tensor, data_size: int) -> None:
         """Build objective and optimizer and check one forward pass; idempotent."""
         check_protocol(self.model)
@@ -177,6 +179,7 @@ class Trainer:
             return cfg.beta
         return cfg.beta * min(1.0, epoch_progress / cfg.kl_warmup_epochs)
 
+    @runs_own_model
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
         b = x.shape[0]
@@ -195,6 +198,7 @@ class Trainer:
             loss = self.objective.differentiable_loss(self.model.model, self.model.guide, x, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
+    @runs_own_model
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached; NaN if not applied)."""
         result = self._engine.step(x, beta)
@@ -214,6 +218,7 @@ class Trainer:
         """The batch shapes whose steps replay a recording (capture.py)."""
         return self._captures.shapes
 
+    @runs_own_model
     def record(self, x: torch.Tensor, beta: float = 1.0):
         """The recorded step for batches like ``x`` (recording it now if new); None: they run eagerly.
 
@@ -231,11 +236,13 @@ class Trainer:
             loss=result.loss, error=result.error, device=self.device)
         return torch.full((), float("nan"), device=self.device)
 
+    @runs_own_model
     def nonfinite_sites(self, x) -> List[str]:
         """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
         return nonfinite_sites(self.model, x, self._site_order)
 
     # -- epochs -----------------------------------------------------------------
+    @runs_own_model
     def fit(self, train_x: torch.Tensor, test_x: Optional[torch.Tensor] = None, *, binarize: str = "none") -> List[dict]:
         """Train for ``config.epochs`` epochs (continuing from the current state)."""
         cfg = self.config
@@ -394,6 +401,7 @@ class Trainer:
             "train_config": to_plain(self.config),
         }
 
+    @runs_own_model
     def load_state_dict(self, payload: dict, path="checkpoint") -> None:
         """Restore a :meth:`state_dict` (call :meth:`setup` first)."""
         if isinstance(self.model, torch.nn.Module):
