@@ -459,14 +459,14 @@ def _folder_name(name: str) -> str:
 
 def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points, device: str = "cpu") -> List[Subject]:
     """Load runs (``pyro-vae train`` output folders) and pick the first ``points`` test rows of each."""
-    from ..rundir.run import load_run, load_run_data
+    from ..rundir.run import data_likelihood, load_run, load_run_data
 
     if not run_dirs:
         raise PyroVAEError("give at least one run directory")
     subjects, names, cache = [], set(), {}
     for d in run_dirs:
         run = load_run(d, device=device)
-        key = json.dumps(run.config.data.__dict__ | {"lik": run.config.model.likelihood}, sort_keys=True, default=str)
+        key = json.dumps(run.config.data.__dict__ | {"lik": data_likelihood(run.config.model)}, sort_keys=True, default=str)
         if key not in cache:
             cache[key] = load_run_data(run)
         data = cache[key]
@@ -485,6 +485,8 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
+        if cfg.model.program is not None:  # a model of your own: the built-in model keys describe nothing
+            info |= {"program": cfg.model.program, "guide": None, "prior": None, "likelihood": None, "latent_dim": None}
         subjects.append(Subject(name, run.model, data.test[:n], list(range(n)), run=run, data=data, info=info))
     return subjects
 

@@ -451,6 +451,10 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
     ``validation``: as for :class:`Trainer` ("first" vouches for the data of a model
     whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).
     """
+    from ..rundir.run import fit_folder  # the run-directory layer sits above the trainer
+
     trainer = Trainer(model, config, run_dir=run_dir, progress=progress, validation=validation)
-    trainer.fit(train_x, test_x, binarize=binarize)
+    # run_dir is checked and created before any training, not when the first checkpoint is written
+    with fit_folder(run_dir) if run_dir is not None else contextlib.nullcontext():
+        trainer.fit(train_x, test_x, binarize=binarize)
     return trainer
