@@ -247,16 +247,25 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
                data_dim=data.dim)
 
 
+def make_folder(out: Path) -> None:
+    """Create the run directory a trainer writes into (before any training), or fail in one line."""
+    if out.exists() and not out.is_dir():
+        raise PyroVAEError(f"run_dir {str(out)!r} is a file: choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PyroVAEError(f"cannot write to run_dir {str(out)!r} ({e.strerror}): choose a writable folder") from None
+
+
 @contextlib.contextmanager
 def fit_folder(out_dir: os.PathLike) -> Iterator[Path]:
     """The folder ``pv.fit(..., run_dir=D)`` trains into: checked and created before any training, locked while
     it trains, and emptied of a previous run's files (a fresh fit replaces the run)."""
     out = Path(out_dir)
     check_output_folder(out, replace=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PyroVAEError(f"cannot create run_dir {str(out)!r} ({e.strerror}): choose a writable folder") from None
+    make_folder(out)
     with RunLock(out):
         check_output_folder(out, replace=True)  # again under the lock: another process may have written here since
         _remove_run_files(out)

@@ -263,6 +263,9 @@ class Trainer:
         if not self._policy.marked:
             self._policy.mark()  # resumed mid-epoch: the restored state is the last good one
         if self.run_dir is not None:
+            from ..rundir.run import make_folder  # the run-directory layer sits above the trainer
+
+            make_folder(self.run_dir)  # now, not at the first checkpoint after an epoch of training
             clean_stale_temporaries(self.run_dir)
         num_batches = math.ceil(n / cfg.batch_size)
         bar = progress_bar(cfg.epochs * num_batches, self.progress, unit="step", leave=True,
