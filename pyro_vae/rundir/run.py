@@ -294,11 +294,11 @@ def load_run(run_dir: os.PathLike, device: str = "cpu", model=None) -> Run:
         raise PyroVAEError(f"run directory {str(run_dir)!r} does not exist: check the path")
     path = run_dir / "checkpoint.pt"
     payload = load_checkpoint(path)
-    missing = [k for k in _TRAINER_KEYS if k not in payload]
-    if missing:
+    missing = [k for k in _TRAINER_KEYS + _RUN_KEYS if k not in payload]
+    if missing and missing != list(_RUN_KEYS):
         raise PyroVAEError(f"checkpoint {str(path)!r} lacks {', '.join(map(repr, missing))}: "
-                           "it was not written by pyro_vae; retrain the run")
-    if any(k not in payload for k in _RUN_KEYS):
+                           "it was not written by pyro_vae train; retrain the run")
+    if missing:  # the trainer's state alone: pv.fit(..., run_dir=D) wrote it
         if model is None:
             raise PyroVAEError(
                 f"{str(run_dir)!r} was written by pv.fit from Python, which records no way to rebuild the model: "
