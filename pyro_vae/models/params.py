@@ -41,6 +41,7 @@ class ParamScope:
 
     state: dict = field(default_factory=_empty_state)
     pending: Dict[str, torch.Tensor] = field(default_factory=dict)  # name -> saved unconstrained value
+    borrowed: set = field(default_factory=set)  # names taken over from the global store, not made by the program
 
 
 _SCOPES: Dict[int, tuple] = {}  # id(model) -> (a reference to the model, its scope): identity, never __eq__
@@ -70,7 +71,8 @@ def scope_of(model) -> ParamScope:
     scope = _known(model)
     if scope is not None:
         return scope
-    scope = ParamScope(_unowned_global_entries() if not _ACTIVE else _empty_state())
+    state = _unowned_global_entries() if not _ACTIVE else _empty_state()
+    scope = ParamScope(state, borrowed=set(state["params"]))
     key = id(model)
 
     def forget(ref):
@@ -176,6 +178,11 @@ def restore_params(model, values: Dict[str, torch.Tensor]) -> None:
     when the program first makes them under :func:`model_params`.
     """
     scope = scope_of(model)
+    for name in scope.borrowed & set(values):
+        # a tensor another program left in the global store: the model gets its own, made with the saved value
+        scope.state["params"].pop(name, None)
+        scope.state["constraints"].pop(name, None)
+    scope.borrowed -= set(values)
     scope.pending.update({name: v.detach() for name, v in values.items()})
     with model_params(model):
         pass  # entering applies the values of existing parameters
