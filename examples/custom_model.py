@@ -5,8 +5,11 @@ Student-t likelihood whose degrees of freedom and per-dimension noise are
 global parameters in Pyro's param store, registered with ``pyro.module`` and
 ``pyro.param`` exactly as in Pyro's tutorials.  Because it has ``model(x)``,
 ``guide(x)``, ``latent_sites`` and ``obs_site`` (and keeps the observations in
-``pyro.plate("data", ...)``), pyro_vae trains, checkpoints and evaluates it
-like any built-in model.
+``pyro.plate("data", ...)``), pyro_vae trains, checkpoints, evaluates and
+diagnoses it like any built-in model.  Its globals live in a parameter scope of
+its own (pyro_vae/models/params.py), published to Pyro's global store after
+training, so the script reads the learned ``df`` with ``pyro.param("df")``.
+To train it from TOML instead: ``[model] program = "custom_model:StudentTFactorModel"``.
 
 Run:  python examples/custom_model.py [--epochs N]
 """

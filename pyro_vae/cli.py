@@ -270,11 +270,17 @@ def cmd_sample(args) -> int:
         raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
-    width = getattr(run.model, "data_dim", 1) + run.config.model.latent_dim
-    check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed)
-        _, xs = run.model.sample(args.n)
+    if hasattr(run.model, "sample"):
+        width = getattr(run.model, "data_dim", 1) + run.config.model.latent_dim
+        check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            _, xs = run.model.sample(args.n)
+    else:  # a model of your own: draws x ~ p(x) of its program, traced unconditioned
+        from .models.sampling import prior_predictive
+
+        check_fits(4 * args.n * run.data_dim * 4, f"-n {args.n} samples", "lower -n")  # two placeholders, two draws
+        xs = prior_predictive(run.model, args.n, run.data_dim, seed=args.seed)
     arr = xs.cpu().numpy()
     if suffix == ".png":
         save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(args.n))))
@@ -500,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained model's prior and decoder",
-                       description="Draw z ~ p(z) and write the decoder means: a .png grid for image data, else a .npy array.")
+                       description="Draw z ~ p(z) and write the decoder means: a .png grid for image data, else a .npy "
+                       "array. A model of your own (model.program) without a sample(n) method gives draws x ~ p(x) "
+                       "of its program instead, traced unconditioned on N rows of the data's shape.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -214,6 +215,13 @@ class ModelConfig:
     # decoder weights = the encoder's, transposed (mirrored networks); removes the rescaling
     # degeneracy of the contractive and sparse penalties under the delta guide
     tied: bool = False
+    # -- a model of your own instead of a built-in (models/program.py); the keys above are then unused --
+    # "package.module:Class": a class (or function) building an object with model(x), guide(x),
+    # latent_sites and obs_site; it is given model.args, and data_dim when its signature takes it
+    program: Optional[str] = None
+    args: Dict[str, Any] = field(default_factory=dict)
+    # the folder the program is imported from, before the current directory (default: the TOML file's)
+    program_dir: Optional[str] = None
 
     def __post_init__(self):
         # a spec built in Python gets the TOML path's checks (types, names, ranges)
@@ -231,12 +239,37 @@ class ModelConfig:
                 "model.sparsity and model.prior_scale both set the Laplace prior's scale (scale = 1/sparsity): "
                 "keep one of them"
             )
+        _check_program_keys(self)
         from .models.corruption import CORRUPTIONS
 
         if self.corruption in CORRUPTIONS:
             problem = CORRUPTIONS[self.corruption].check_level(self.corruption_level)
             if problem:
                 raise PyroVAEError(f"model.corruption_level = {self.corruption_level!r}: {problem}")
+
+
+#: the keys a model program uses; every other model key configures the built-in models only
+PROGRAM_KEYS = ("program", "args", "program_dir")
+_PROGRAM_FORMAT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _check_program_keys(m: "ModelConfig") -> None:
+    """A program and the built-in model keys contradict each other: one line naming both, instead of one ignored."""
+    if m.program is None:
+        for key in ("args", "program_dir"):
+            if getattr(m, key):
+                raise PyroVAEError(f"model.{key} is given without model.program: it belongs to a model of your own "
+                                   f"(model.program = \"module:Class\"); add model.program or remove model.{key}")
+        return
+    if not _PROGRAM_FORMAT.match(m.program):
+        raise PyroVAEError(f"model.program = {m.program!r}: expected an import path \"module:Class\" "
+                           "(e.g. \"my_models:MyVAE\" for class MyVAE in my_models.py next to the config)")
+    for f in dataclasses.fields(m):
+        if f.name not in PROGRAM_KEYS and getattr(m, f.name) != _MODEL_DEFAULTS[f.name]:
+            raise PyroVAEError(
+                f"model.{f.name} is given together with model.program, which builds the model itself and does not "
+                f"read it: remove model.{f.name} (or pass it to the program's constructor in [model.args])"
+            )
 
 
 @dataclass(frozen=True)
@@ -287,6 +320,7 @@ _SIZE = _bounded(1)
 _SEED = "in [0, 2**63) (a seed: use a non-negative integer such as 0)"
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in PROGRAM_KEYS}
 
 # Range checks: key path -> (predicate, what it must be).
 _RANGES = {
@@ -364,6 +398,8 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, Mapping):
             raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         item = typing.get_args(tp)[1]
+        if item is Any:  # keyword arguments of a program: any TOML value
+            return {str(k): _toml_value(v, f"{key}.{k}") for k, v in value.items()}
         return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
@@ -392,6 +428,21 @@ def _coerce(value, tp, key: str):
     raise TypeError(f"unsupported annotation {tp!r} at {key}")  # programming error
 
 
+def _toml_value(value, key: str):
+    """A value TOML can hold (a string, number, boolean, list or table), so that config.toml records it."""
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PyroVAEError(f"{key}: expected a finite number, got {value!r}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_toml_value(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        return {str(k): _toml_value(v, f"{key}.{k}") for k, v in value.items()}
+    raise PyroVAEError(f"{key}: {value!r} cannot be written to config.toml: use a string, number, boolean, list or table")
+
+
 def _build(cls, values: Mapping[str, Any], prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -417,7 +468,11 @@ class Config:
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> Dict[str, Any]:
-        return to_plain(self)
+        values = to_plain(self)
+        # a program's section holds only the keys it uses; a built-in's, none of the program's
+        used = PROGRAM_KEYS if self.model.program is not None else tuple(k for k in values["model"] if k not in PROGRAM_KEYS)
+        values["model"] = {k: v for k, v in values["model"].items() if k in used}
+        return values
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
@@ -449,6 +504,12 @@ def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
             updates[key] = {name: resolve(v) for name, v in value.items()}
         elif value is not None:
             updates[key] = resolve(value)
+    if cfg.model.program is not None and (cfg.model.program_dir is not None or base is not None):
+        # the program is imported from this folder (then the current directory), wherever the run is loaded from
+        folder = Path(cfg.model.program_dir or ".").expanduser()
+        if not folder.is_absolute() and base is not None:
+            folder = base / folder
+        cfg = cfg.replace(model=dataclasses.replace(cfg.model, program_dir=str(folder.absolute())))
     return cfg.replace(data=dataclasses.replace(cfg.data, **updates)) if updates else cfg
 
 

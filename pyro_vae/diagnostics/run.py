@@ -15,10 +15,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import pyro
 
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
+from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, FORMAT, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -59,9 +59,9 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
-        # a private param store: the local guides' parameters never reach the caller's,
-        # and runs with equal parameter names cannot see each other's values
-        with pyro.get_param_store().scope(), isolated_rng(settings.seed, device):
+        # the model's own parameters (runs with equal parameter names cannot see each other's values),
+        # and a scratch layer so that the local guides' parameters never reach the model's scope
+        with model_params(model), scratch_params(), isolated_rng(settings.seed, device):
             return _diagnose(subject, model, name, x, b, settings, progress, log)
     finally:
         if isinstance(model, torch.nn.Module) and was_training:
@@ -461,14 +461,14 @@ def _folder_name(name: str) -> str:
 
 def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points, device: str = "cpu") -> List[Subject]:
     """Load runs (``pyro-vae train`` output folders) and pick the first ``points`` test rows of each."""
-    from ..rundir.run import load_run, load_run_data
+    from ..rundir.run import data_likelihood, load_run, load_run_data
 
     if not run_dirs:
         raise PyroVAEError("give at least one run directory")
     subjects, names, cache = [], set(), {}
     for d in run_dirs:
         run = load_run(d, device=device)
-        key = json.dumps(run.config.data.__dict__ | {"lik": run.config.model.likelihood}, sort_keys=True, default=str)
+        key = json.dumps(run.config.data.__dict__ | {"lik": data_likelihood(run.config.model)}, sort_keys=True, default=str)
         if key not in cache:
             cache[key] = load_run_data(run)
         data = cache[key]
@@ -487,6 +487,8 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
+        if cfg.model.program is not None:  # a model of your own: the built-in model keys describe nothing
+            info |= {"program": cfg.model.program, "guide": None, "prior": None, "likelihood": None, "latent_dim": None}
         subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects
 
@@ -553,7 +555,7 @@ def check_reference_possible(subjects, settings) -> None:
         return
     for s in subjects:
         x = batch.rows(_subject_data(s, model_device(s.model)), slice(0, 2))
-        with isolated_rng(settings.seed, batch.reference(x).device):
+        with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
             lay = _layout(s.model, x)
         if lay.dim != 2 or len(lay.sites) != 1:
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "

@@ -56,6 +56,7 @@ from torch.distributions import kl_divergence
 from ..errors import PyroVAEError
 from ..infer.psis import pareto_khat
 from ..infer.psis import KHAT_BAD
+from ..models.params import runs_model
 from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
@@ -598,6 +599,7 @@ def _check_count(name: str, value, allow_none: bool) -> None:
         raise PyroVAEError(f"{name} = {value} is more than {MAX_SAMPLES:,} draws a point: pass a smaller count")
 
 
+@runs_model()
 @torch.no_grad()
 def evaluate_points(
     model,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PyroVAEError
+from ..models.params import restore_params
 from .files import write_atomic
 
 FORMAT = "pyro_vae.checkpoint"
@@ -113,3 +114,21 @@ def load_state_dict_checked(module: torch.nn.Module, state: dict, path) -> None:
             f"checkpoint {str(path)!r} was saved from a different architecture ({detail[:200]}): "
             "use the config.toml saved with it"
         ) from None
+
+
+#: the prefix of a param-store entry's name in a checkpoint's "params" (the trainer's naming)
+PARAM_STORE_PREFIX = "param_store:"
+
+
+def restore_model(model, payload: dict, path) -> None:
+    """A checkpoint's trained parameters into ``model``: its Module weights, and its param-store entries
+    (``pyro.param``/``pyro.module`` globals) into the model's own parameter scope."""
+    state = payload.get("model") or {}
+    if isinstance(model, torch.nn.Module):
+        load_state_dict_checked(model, state, path)
+    elif state:
+        raise PyroVAEError(f"checkpoint {str(path)!r} holds the weights of an nn.Module, but the model given is a "
+                           f"{type(model).__name__}: load it into the model it was trained with")
+    params = payload.get("params") or {}
+    restore_params(model, {name[len(PARAM_STORE_PREFIX):]: value for name, value in params.items()
+                           if name.startswith(PARAM_STORE_PREFIX)})

@@ -20,11 +20,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import pyro
 
-from ..config import Config, config_from_dict, load_config
+from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
@@ -33,8 +33,10 @@ from ..errors import PyroVAEError
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.memory import evaluate_with_retry
 from ..models import build_model
+from ..models.program import build_program
+from ..models.protocol import _modules
 from ..training.trainer import Trainer, check_batch_size, resolve_device
-from .checkpoint import load_checkpoint, load_state_dict_checked
+from .checkpoint import load_checkpoint, restore_model
 from .files import TMP_PREFIX, write_text_atomic
 from .lock import LOCK_NAME, RunLock
 
@@ -42,7 +44,7 @@ from .lock import LOCK_NAME, RunLock
 @dataclass
 class Run:
     run_dir: Optional[Path]
-    config: Config
+    config: Optional[Config]  # None for a run pv.fit wrote from Python (no config.toml)
     model: object
     data: Optional[Dataset] = None
     history: Optional[list] = None
@@ -50,14 +52,20 @@ class Run:
     plots: Optional[list] = None
     image_shape: Optional[tuple] = None
     start_epoch: int = 0  # epochs already trained when this process started (a resumed run)
+    data_dim: Optional[int] = None  # the data's number of columns (None: a run pv.fit wrote, which does not record it)
+
+
+def data_likelihood(model: ModelConfig) -> str:
+    """The likelihood the data are loaded for: a program's is its own business, so its data are taken as they are."""
+    return "normal" if model.program is not None else model.likelihood
 
 
 def resolve_config(cfg: Config, data: Dataset) -> Config:
     """Fill in what depends on the data: binarization mode and categorical levels."""
     model = cfg.model
-    if model.likelihood == "categorical" and model.levels is None:
+    if model.program is None and model.likelihood == "categorical" and model.levels is None:
         model = dataclasses.replace(model, levels=inferred_levels(data.train_x, data.test_x))
-    d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, cfg.model.likelihood))
+    d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, data_likelihood(cfg.model)))
     return cfg.replace(data=d, model=model)
 
 
@@ -73,15 +81,17 @@ def check_support(model, data: Dataset) -> None:
 
 def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
-    data = load_data(cfg.data, cfg.model.likelihood)
+    data = load_data(cfg.data, data_likelihood(cfg.model))
     if data.observed is not None and getattr(cfg.model, "program", None) is None:
         raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
                            "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
     cfg = resolve_config(cfg, data)
-    check_model_size(cfg.model, data.dim)  # before torch allocates it
+    if cfg.model.program is None:
+        check_model_size(cfg.model, data.dim)  # before torch allocates it
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
-    model = build_model(cfg.model, data.dim)
+    model, spec = build(cfg.model, data.dim)
+    cfg = cfg.replace(model=spec)
     check_support(model, data)
     return cfg, data, model
 
@@ -122,6 +132,13 @@ def _remove_run_files(out: Path) -> None:
         for name in PLOT_FILES:
             (plots / name).unlink(missing_ok=True)
         plots.rmdir()  # empty: _foreign_files found nothing else in it
+
+
+def build(spec: ModelConfig, data_dim: int):
+    """(the model a config's model section describes, that section as resolved): a built-in, or a program."""
+    if spec.program is not None:
+        return build_program(spec, data_dim)
+    return build_model(spec, data_dim), spec
 
 
 def check_output_folder(out: Path, replace: bool) -> None:
@@ -211,7 +228,8 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
                 _remove_run_files(out)
             write_text_atomic(out / "config.toml", cfg.to_toml())
         history = trainer.fit(data.train, data.test, binarize=data.binarize)
-        model.eval()
+        for m in _modules(model):
+            m.eval()
         n = batch.num_rows(data.test)
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
         log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
@@ -225,7 +243,38 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
                 from ..plots import run_plots
 
                 figures = run_plots(model, data, history, out / PLOTS_DIR)
-    return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch)
+            elif plots:  # a model of your own: its curve (the other figures need a built-in's encoder and decoder)
+                from ..plots import loss_curve
+
+                (out / PLOTS_DIR).mkdir(exist_ok=True)
+                figures = [loss_curve(history, out / PLOTS_DIR / "loss.png")]
+    return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
+               data_dim=data.dim)
+
+
+def make_folder(out: Path) -> None:
+    """Create the run directory a trainer writes into (before any training), or fail in one line."""
+    if out.exists() and not out.is_dir():
+        raise PyroVAEError(f"run_dir {str(out)!r} is a file: choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PyroVAEError(f"cannot write to run_dir {str(out)!r} ({e.strerror}): choose a writable folder") from None
+
+
+@contextlib.contextmanager
+def fit_folder(out_dir: os.PathLike) -> Iterator[Path]:
+    """The folder ``pv.fit(..., run_dir=D)`` trains into: checked and created before any training, locked while
+    it trains, and emptied of a previous run's files (a fresh fit replaces the run)."""
+    out = Path(out_dir)
+    check_output_folder(out, replace=True)
+    make_folder(out)
+    with RunLock(out):
+        check_output_folder(out, replace=True)  # again under the lock: another process may have written here since
+        _remove_run_files(out)
+        yield out
 
 
 def default_iw_samples(num_points: int) -> int:
@@ -233,33 +282,62 @@ def default_iw_samples(num_points: int) -> int:
     return DEFAULT_IW_SAMPLES if num_points <= 2000 else max(100, 2_000_000 // num_points)
 
 
-#: what every checkpoint written by :func:`train` holds besides the trainer's state
-_RUN_KEYS = ("config", "data_dim", "model", "train_state")
+#: what every checkpoint the trainer writes holds; :func:`train` adds the config and the data's width
+_TRAINER_KEYS = ("model", "train_state")
+_RUN_KEYS = ("config", "data_dim")
 
 
-def load_run(run_dir: os.PathLike, device: str = "cpu") -> Run:
-    """Load a finished (or interrupted) run: the config and the trained model, in eval mode."""
+def load_run(run_dir: os.PathLike, device: str = "cpu", model=None) -> Run:
+    """Load a finished (or interrupted) run: the config and the trained model, in eval mode.
+
+    ``model``: the object to load the trained parameters into instead of
+    building one from config.toml; needed for a run ``pv.fit(..., run_dir=D)``
+    wrote from Python, which records no way to build the model.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PyroVAEError(f"run directory {str(run_dir)!r} does not exist: check the path")
     path = run_dir / "checkpoint.pt"
     payload = load_checkpoint(path)
-    missing = [k for k in _RUN_KEYS if k not in payload]
-    if missing:
+    missing = [k for k in _TRAINER_KEYS + _RUN_KEYS if k not in payload]
+    if missing and missing != list(_RUN_KEYS):
         raise PyroVAEError(f"checkpoint {str(path)!r} lacks {', '.join(map(repr, missing))}: "
                            "it was not written by pyro_vae train; retrain the run")
+    if missing:  # the trainer's state alone: pv.fit(..., run_dir=D) wrote it
+        if model is None:
+            raise PyroVAEError(
+                f"{str(run_dir)!r} was written by pv.fit from Python, which records no way to rebuild the model: "
+                f"load it with pv.load_run({str(run_dir)!r}, model=YourModel(...)) built as it was for training"
+            )
+        restore_model(model, payload, path)
+        _eval(model, device)
+        return Run(run_dir, None, model, None, _history(payload, path), _read_metrics(run_dir))
     try:
         cfg = config_from_dict(payload["config"])
         data_dim = int(payload["data_dim"])
-        history = list(payload["train_state"]["history"])
     except (PyroVAEError, KeyError, TypeError, ValueError) as e:
         raise PyroVAEError(f"checkpoint {str(path)!r} holds an unreadable run description ({e}): retrain the run") from None
+    history = _history(payload, path)
     _check_config_matches(run_dir, cfg)
-    model = build_model(cfg.model, data_dim)
-    load_state_dict_checked(model, payload["model"], path)
-    model.to(resolve_device(device)).eval()
+    if model is None:
+        model, _ = build(cfg.model, data_dim)
+    restore_model(model, payload, path)
+    _eval(model, device)
     shape = tuple(payload["image_shape"]) if payload.get("image_shape") else None
-    return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape)
+    return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape, data_dim=data_dim)
+
+
+def _history(payload: dict, path: Path) -> list:
+    try:
+        return list(payload["train_state"]["history"])
+    except (KeyError, TypeError) as e:
+        raise PyroVAEError(f"checkpoint {str(path)!r} holds an unreadable training state ({e}): retrain the run") from None
+
+
+def _eval(model, device: str) -> None:
+    """The loaded model on ``device``, in eval mode (a model that is not a Module holds its Modules as attributes)."""
+    for m in _modules(model):
+        m.to(resolve_device(device)).eval()
 
 
 def _check_config_matches(run_dir: Path, cfg: Config) -> None:
@@ -291,4 +369,7 @@ def _read_metrics(run_dir: Path) -> Optional[dict]:
 
 def load_run_data(run: Run) -> Dataset:
     """The data a run was trained on (as its config names it)."""
-    return load_data(run.config.data, run.config.model.likelihood)
+    if run.config is None:
+        raise PyroVAEError(f"{str(run.run_dir)!r} was written by pv.fit from Python and does not record its data: "
+                           "pass the data yourself")
+    return load_data(run.config.data, data_likelihood(run.config.model))

@@ -36,6 +36,7 @@ from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.rng import isolated_rng
 from ..infer.sites import _likely_cause as likely_cause, observed_name
+from ..models.params import runs_own_model
 from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint
 from ..rundir.files import clean_stale_temporaries
@@ -104,6 +105,7 @@ class Trainer:
         self.meta: dict = {}
 
     # -- setup --------------------------------------------------------------
+    @runs_own_model
     def setup(self, x_example: torch.Tensor, data_size: int, more_examples=()) -> None:
         """Build objective and optimizer and check one forward pass; idempotent.
 
@@ -194,6 +196,7 @@ class Trainer:
             return cfg.beta
         return cfg.beta * min(1.0, epoch_progress / cfg.kl_warmup_epochs)
 
+    @runs_own_model
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
         b = batch.num_rows(x)
@@ -212,6 +215,7 @@ class Trainer:
             loss = batch.call(self.objective.differentiable_loss, x, self.model.model, self.model.guide, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
+    @runs_own_model
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached; NaN if not applied)."""
         result = self._engine.step(x, beta)
@@ -231,6 +235,7 @@ class Trainer:
         """The batch shapes whose steps replay a recording (capture.py)."""
         return self._captures.shapes
 
+    @runs_own_model
     def record(self, x: torch.Tensor, beta: float = 1.0):
         """The recorded step for batches like ``x`` (recording it now if new); None: they run eagerly.
 
@@ -248,11 +253,13 @@ class Trainer:
             loss=result.loss, error=result.error, device=self.device)
         return torch.full((), float("nan"), device=self.device)
 
+    @runs_own_model
     def nonfinite_sites(self, x) -> List[str]:
         """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
         return nonfinite_sites(self.model, x, self._site_order)
 
     # -- epochs -----------------------------------------------------------------
+    @runs_own_model
     def fit(self, train_x: torch.Tensor, test_x: Optional[torch.Tensor] = None, *, binarize: str = "none") -> List[dict]:
         """Train for ``config.epochs`` epochs (continuing from the current state)."""
         cfg = self.config
@@ -284,6 +291,9 @@ class Trainer:
         if not self._policy.marked:
             self._policy.mark()  # resumed mid-epoch: the restored state is the last good one
         if self.run_dir is not None:
+            from ..rundir.run import make_folder  # the run-directory layer sits above the trainer
+
+            make_folder(self.run_dir)  # now, not at the first checkpoint after an epoch of training
             clean_stale_temporaries(self.run_dir)
         num_batches = sum(math.ceil(len(g["rows"]) / cfg.batch_size) for g in self._groups)
         bar = progress_bar(cfg.epochs * num_batches, self.progress, unit="step", leave=True,
@@ -434,6 +444,7 @@ class Trainer:
             "train_config": to_plain(self.config),
         }
 
+    @runs_own_model
     def load_state_dict(self, payload: dict, path="checkpoint") -> None:
         """Restore a :meth:`state_dict` (call :meth:`setup` first)."""
         if isinstance(self.model, torch.nn.Module):
@@ -518,6 +529,10 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
     ``validation``: as for :class:`Trainer` ("first" vouches for the data of a model
     whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).
     """
+    from ..rundir.run import fit_folder  # the run-directory layer sits above the trainer
+
     trainer = Trainer(model, config, run_dir=run_dir, progress=progress, validation=validation)
-    trainer.fit(train_x, test_x, binarize=binarize)
+    # run_dir is checked and created before any training, not when the first checkpoint is written
+    with fit_folder(run_dir) if run_dir is not None else contextlib.nullcontext():
+        trainer.fit(train_x, test_x, binarize=binarize)
     return trainer
