@@ -270,7 +270,12 @@ def cmd_sample(args) -> int:
         raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
-    if hasattr(run.model, "sample"):
+    given = _given_values(args.given)
+    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict))
+    if given and not named:
+        raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
+                           "on one array: drop --given")
+    if hasattr(run.model, "sample") and not given:
         width = getattr(run.model, "data_dim", 1) + run.config.model.latent_dim
         check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
         with torch.random.fork_rng():
@@ -280,7 +285,15 @@ def cmd_sample(args) -> int:
         from .models.sampling import prior_predictive
 
         check_fits(4 * args.n * run.data_dim * 4, f"-n {args.n} samples", "lower -n")  # two placeholders, two draws
-        xs = prior_predictive(run.model, args.n, run.data_dim, seed=args.seed)
+        observed, rows = None, None
+        if named:
+            from .data import load_data
+            from .models.sampling import given_rows
+            from .rundir.run import data_likelihood
+
+            data = load_data(run.config.data, data_likelihood(run.config.model))
+            observed, rows = data.observed, given_rows(data.train, data.observed, given, args.n)
+        xs = prior_predictive(run.model, args.n, run.data_dim, seed=args.seed, observed=observed, given=rows)
     arr = xs.cpu().numpy()
     if suffix == ".png":
         save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(args.n))))
@@ -288,6 +301,25 @@ def cmd_sample(args) -> int:
         write_atomic(out, lambda f: np.save(f, arr))
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _given_values(items) -> dict:
+    """``--given name=value`` strings as {name: value}; values are TOML literals (3, 0.5, [0, 1])."""
+    import tomllib
+
+    from .errors import PyroVAEError
+
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise PyroVAEError(f"--given {item!r}: expected NAME=VALUE, e.g. --given y=3")
+        try:
+            out[name] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise PyroVAEError(f"--given {item!r}: {raw.strip()!r} is not a number or a list of numbers") from None
+    return out
 
 
 # -- diagnostics and reports -------------------------------------------------------------
@@ -511,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "of its program instead, traced unconditioned on N rows of the data's shape.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
+                   help="condition on a named array of the run (repeatable): a label or an input, e.g. --given y=3 "
+                        "(an integer for a one-hot array picks its class; a TOML list gives a whole row)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "
                    "(default: RUN_DIR/samples-seedSEED.png, or .npy for data that are not images)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")

@@ -144,3 +144,64 @@ def test_observations_with_nan_and_missing_observations_are_one_line():
     data["x"][3] = float("nan")  # a whole row of NaN in the observations is not a "missing label"
     with pytest.raises(pv.PyroVAEError, match="holds the observations but has missing rows"):
         pv.fit(Recorder(), data, None, pv.TrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False)
+
+
+CVAE_PROGRAM = '''
+import torch, torch.nn as nn, torch.nn.functional as F, pyro, pyro.distributions as dist
+
+
+class CVAE(nn.Module):
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, data_dim, classes=10, z_dim=4, hidden=64):
+        super().__init__()
+        self.classes, self.z_dim = classes, z_dim
+        self.dec = nn.Sequential(nn.Linear(z_dim + classes, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
+        self.enc = nn.Sequential(nn.Linear(data_dim + classes, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
+
+    def model(self, x, y):
+        pyro.module("cvae", self)
+        y1 = F.one_hot(y, self.classes).to(x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            h = torch.cat([z, y1.expand(z.shape[:-1] + y1.shape[-1:])], -1)
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(h)).to_event(1), obs=x)
+
+    def guide(self, x, y):
+        pyro.module("cvae", self)
+        y1 = F.one_hot(y, self.classes).to(x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            loc, s = self.enc(torch.cat([x, y1], -1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(s) + 1e-3).to_event(1))
+'''
+
+
+def test_a_conditional_program_from_toml_trains_on_named_files_and_samples_a_requested_digit(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+    from pyro_vae.cli import main
+
+    x, y = load_digits(return_X_y=True)
+    xb = (x / 16.0 > 0.5).astype(np.float32)
+    np.savez(tmp_path / "digits.npz", x=xb, y=y)
+    (tmp_path / "cvae_models.py").write_text(CVAE_PROGRAM)
+    (tmp_path / "cvae.toml").write_text(
+        '[data]\ntrain = "digits.npz"\narrays = ["x", "y"]\n[model]\nprogram = "cvae_models:CVAE"\n'
+        '[train]\nelbo = "trace"\nepochs = 15\nbatch_size = 100\nlr = 3e-3\n')
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "cvae.toml"), "--out", str(run), "--quiet", "--iw-samples", "20"]) == 0
+    means = np.stack([xb[y == c].mean(0) for c in range(10)])
+    for c in (0, 1, 3, 7):
+        out = tmp_path / f"s{c}.npy"
+        assert main(["sample", str(run), "-n", "200", "--given", f"y={c}", "--out", str(out)]) == 0
+        s = np.load(out).mean(0)
+        # the samples' mean image is nearest to the requested digit's mean image
+        assert int(np.argmin(((means - s) ** 2).sum(1))) == c
+    capsys.readouterr()
+    # the program needs y: without --given it is one line naming the fix
+    assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "none.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--given" in err[0] and not (tmp_path / "none.npy").exists()
+    assert main(["sample", str(run), "--given", "y=[1, 2]", "--out", str(tmp_path / "bad.npy")]) == 2
+    assert main(["evaluate", str(run), "--iw-samples", "20", "--json"]) == 0
+    assert np.isfinite(__import__("json").loads(capsys.readouterr().out)["log_likelihood"])

@@ -9,6 +9,8 @@ placeholders with the same random numbers, and refused when they disagree.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from pyro import poutine
 
@@ -19,8 +21,8 @@ from .params import model_params
 from .protocol import _eval_mode, check_protocol, model_device
 
 
-def _draw(model, rows: torch.Tensor, seed: int) -> torch.Tensor:
-    with isolated_rng(seed, rows.device):
+def _draw(model, rows, seed: int) -> torch.Tensor:
+    with isolated_rng(seed, batch.reference(rows).device):
         tr = batch.call(poutine.trace(poutine.uncondition(model.model)).get_trace, rows)
     site = tr.nodes.get(model.obs_site)
     if site is None or site["type"] != "sample":
@@ -29,9 +31,46 @@ def _draw(model, rows: torch.Tensor, seed: int) -> torch.Tensor:
     return site["value"].detach()
 
 
+def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
+    """``{name: value}`` from ``--given name=value`` as n rows shaped like the run's array of that name.
+
+    ``arrays``: the run's named data (a mapping of tensors).  An integer for a
+    floating (rows, K) array picks a one-hot row (a one-hot label); a list gives
+    the row itself; a number fills a one-column array.
+    """
+    out = {}
+    for name, value in given.items():
+        if name not in arrays:
+            raise PyroVAEError(f"--given {name}: the run has no array {name!r} (it has {', '.join(arrays)})")
+        if name == observed:
+            raise PyroVAEError(f"--given {name}: {name!r} holds the observations, which sample draws; "
+                               "give a label or an input instead")
+        t = arrays[name]
+        try:
+            if isinstance(value, int) and t.is_floating_point() and t.dim() == 2 and not isinstance(value, bool):
+                if not 0 <= value < t.shape[1]:
+                    raise PyroVAEError(f"--given {name}={value}: a one-hot {name!r} has classes 0..{t.shape[1] - 1}")
+                row = torch.nn.functional.one_hot(torch.tensor(value), t.shape[1]).to(t.dtype)
+            else:
+                row = torch.as_tensor(value, dtype=t.dtype)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PyroVAEError(f"--given {name}={value!r} is not a value for {name!r} ({e})") from None
+        if tuple(row.shape) != tuple(t.shape[1:]):
+            raise PyroVAEError(f"--given {name}: a row of {name!r} has shape {tuple(t.shape[1:])}, "
+                               f"the value given has {tuple(row.shape)}")
+        out[name] = row.expand((n,) + row.shape).contiguous()
+    return out
+
+
 @torch.no_grad()
-def prior_predictive(model, n: int, data_dim: int, seed: int = 0) -> torch.Tensor:
-    """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters."""
+def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: Optional[str] = None,
+                     given: Optional[dict] = None) -> torch.Tensor:
+    """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters.
+
+    Named data: ``observed`` names the observations' array and ``given`` holds
+    n rows of the other arrays to condition on (:func:`given_rows`); arrays not
+    given are left out, so the program draws them (``y=None``) or says it needs them.
+    """
     check_protocol(model)
     device = model_device(model)
     shape = (n, data_dim)
@@ -39,12 +78,17 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0) -> torch.Tenso
     with model_params(model), _eval_mode(model):
         for fill in (0.0, 1.0):
             rows = torch.full(shape, fill, device=device)
+            if observed is not None:
+                rows = {observed: rows, **{k: v.to(device) for k, v in (given or {}).items()}}
             try:
                 draws.append(_draw(model, rows, seed))
             except PyroVAEError:
                 raise
             except Exception as e:  # the user's program: its own error, in one line
                 msg = " ".join(str(e).split())[:200] or type(e).__name__
+                if isinstance(e, TypeError) and "required" in msg and observed is not None:
+                    raise PyroVAEError(f"the program cannot draw without an input it requires ({msg}): "
+                                       "pass it with --given NAME=VALUE") from None
                 raise PyroVAEError(f"the model cannot be sampled from its prior by tracing model(x) unconditioned on "
                                    f"{n} rows ({type(e).__name__}: {msg}): give the model a sample(n) method") from None
     a, b = draws
