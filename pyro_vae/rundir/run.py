@@ -189,12 +189,12 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     group = distributed.init_from_env(config.train.device)
     joined = joined and group.active
     if group.active:
-        # on a failure the process ends: its peers get one line from their next collective
-        run = _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
-                     overwrite, log if group.is_main else None, group)
-        if joined:
-            distributed.shutdown()
-        return run
+        try:
+            return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
+                          overwrite, log if group.is_main else None, group)
+        finally:
+            if joined:  # on a failure too: a process group left at exit aborts the process
+                distributed.shutdown()
     return _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group)
 
 
