@@ -70,8 +70,12 @@ def two_runs(tmp_path_factory):
     assert [r[0] for r in results] == [0, 0], results
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
     runs = [[ranks[0][i], ranks[1][i]] for i in range(2)]
-    torch.set_num_threads(1)
-    reference = _worker_module().fit_both()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers run (OMP_NUM_THREADS=1): the same float summation order
+    try:
+        reference = _worker_module().fit_both()
+    finally:
+        torch.set_num_threads(threads)
     return runs, reference
 
 

@@ -34,6 +34,11 @@ to every rank in point order.  The result is the one-process evaluation of each
 block with its own seed, concatenated: a point-mass guide's numbers are
 identical to one process's, a stochastic guide's are another Monte Carlo draw.
 
+Used directly (``Trainer`` under torchrun rather than ``pyro-vae train``), call
+:func:`init_from_env` first and give every rank the same ``run_dir``: saving a
+checkpoint is a collective (rank 0 writes, the others wait), so a rank without
+one would leave the others waiting.
+
 A rank that dies or hangs makes the others fail after at most
 ``PYRO_VAE_DIST_TIMEOUT`` seconds (default 300) with one line, never a hang.
 """
