@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,10 @@ def _format_metrics(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 def _default_out(stem: str) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -172,10 +177,15 @@ def cmd_train(args) -> int:
         else:
             cfg = config_from_dict(apply_overrides(Config().to_dict(), args.set))
             stem = "run"
+        if not args.out and _under_torchrun():
+            # each process would stamp its own default folder name
+            raise _usage("under torchrun, name the run directory with --out RUN_DIR (the same on every process)")
         out = Path(args.out) if args.out else _default_out(stem)
     t0 = time.perf_counter()
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
                 iw_samples=args.iw_samples, plots=not args.no_plots, log=_log)
+    if _under_torchrun() and os.environ.get("RANK") != "0":
+        return 0  # under torchrun rank 0 reports for every process
     print(_format_metrics(run.metrics))
     print(_timing_line(run, time.perf_counter() - t0))
     print(f"run directory: {out}")

@@ -41,6 +41,7 @@ stream: it never changes parameters, buffers or the caller's RNG.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -613,6 +614,7 @@ def evaluate_points(
     reconstruction_error: bool = True,
     keep_log_weights: bool = False,
     progress: Optional[bool] = False,
+    shard: Optional[bool] = None,
 ) -> PointwiseEvaluation:
     """Evaluate ``model`` on the rows of ``x``, keeping every per-point result.
 
@@ -625,6 +627,11 @@ def evaluate_points(
     (n, K) importance log-weights (8 n K bytes).  ``progress`` shows a bar
     over the points on stderr (None: on a terminal).  Parameters, optimizer state and the caller's
     RNG streams are left untouched.
+
+    ``shard`` (None: whenever a torchrun process group is running; every rank
+    must then call this): each rank evaluates its contiguous block of the points
+    with seed ``rank_seed(seed, rank)`` and every rank gets all the points'
+    results, in order (training/distributed.py says what that equals).
     """
     from ..models.protocol import check_protocol
 
@@ -647,6 +654,16 @@ def evaluate_points(
                            "evaluate the two sets of rows separately, or leave the array out to marginalise it")
     x = batch.without(x, absent[0])
     n = batch.num_rows(x)
+    if shard is not False:
+        from ..training import distributed
+
+        group = distributed.current()
+        if group.active and n >= group.world_size:  # fewer points than ranks: each rank does them all
+            part = evaluate_points(model, batch.rows(x, distributed.shard(n, group)), iw_samples, elbo_samples,
+                                   distributed.rank_seed(seed, group.rank), budget, prior_samples=prior_samples,
+                                   reconstruction_error=reconstruction_error, keep_log_weights=keep_log_weights,
+                                   progress=progress if group.is_main else False, shard=False)
+            return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
     with _eval_mode(model), isolated_rng(seed, device):
         layout = build_layout(model, batch.rows(x, slice(0, min(n, 2))))
@@ -765,6 +782,21 @@ def evaluate_points(
         iw_khat=cat("khat") if iw else None,
         summed_sites=list(layout.summed),
     )
+
+
+def concat_points(parts: List[PointwiseEvaluation]) -> PointwiseEvaluation:
+    """Evaluations of consecutive blocks of points as one (per-point tensors joined; the wall time is the longest)."""
+    first = parts[0]
+    joined = {}
+    for f in dataclasses.fields(first):
+        values = [getattr(p, f.name) for p in parts]
+        if isinstance(values[0], torch.Tensor):
+            joined[f.name] = torch.cat(values, 0)
+        elif f.name == "seconds":
+            joined[f.name] = max(values)
+        else:  # settings of the evaluation, the same for every block
+            joined[f.name] = values[0]
+    return PointwiseEvaluation(**joined)
 
 
 def evaluate(

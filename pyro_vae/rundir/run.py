@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import pyro
+import torch
 
 from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
@@ -35,6 +36,7 @@ from ..evaluation.memory import evaluate_with_retry
 from ..models import build_model
 from ..models.program import build_program
 from ..models.protocol import _modules
+from ..training import distributed
 from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, restore_model
 from .files import TMP_PREFIX, write_text_atomic
@@ -196,19 +198,49 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
           overwrite: bool = False, log=None) -> Run:
     """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
     ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
+
+    Under torchrun every process calls this: they train data-parallel
+    (training/distributed.py) and rank 0 alone writes the folder and logs.
     """
+    joined = not torch.distributed.is_initialized()
+    group = distributed.init_from_env(config.train.device)
+    joined = joined and group.active
+    if group.active:
+        try:
+            return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
+                          overwrite, log if group.is_main else None, group)
+        finally:
+            if joined:  # on a failure too: a process group left at exit aborts the process
+                distributed.shutdown()
+    return _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group)
+
+
+def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group) -> Run:
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
     if iw_samples not in ("auto", None) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
         # checked now, not after training, when the final evaluation would reject it
         raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
-    payload = _resume_payload(out, log) if resume else None
-    cfg, data, model = prepare(config)
-    if payload is not None:
-        _check_resumable(payload, out, cfg, data)
-    check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
-    if out is not None and not resume:
-        check_output_folder(out, replace=overwrite)
+    try:  # every rank checks; a failure anywhere stops every rank before a file is written
+        payload = _resume_payload(out, log) if resume else None
+        cfg, data, model = prepare(config)
+        if payload is not None:
+            _check_resumable(payload, out, cfg, data)
+        check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
+        distributed.check_batches(cfg.train.batch_size, [len(g["rows"]) for g in batch.groups(data.train)], group)
+        if out is not None and not resume:
+            check_output_folder(out, replace=overwrite)
+        failed = None
+    except PyroVAEError as e:
+        if not group.active:
+            raise
+        cfg = data = payload = None
+        failed = e
+    if group.active:
+        distributed.agree(distributed.fingerprint(
+            None if cfg is None else cfg.to_toml(), None if data is None else batch.describe(data.train),
+            None if data is None else batch.describe(data.test), out and out.resolve(), resume,
+            None if payload is None else payload.get("train_state", {}).get("step")), failed)
     for note in data.notes:
         log(f"note: {note}")
     trainer = Trainer(model, cfg.train, run_dir=out, progress=progress)
@@ -219,7 +251,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
         trainer.load_state_dict(payload, out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
     with contextlib.ExitStack() as held:
-        if out is not None:
+        if out is not None and group.is_main:
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(RunLock(out))
             if not resume:
@@ -237,7 +269,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
         metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=progress)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
         figures = None
-        if out is not None:
+        if out is not None and group.is_main:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             if plots and hasattr(model, "encode"):
                 from ..plots import run_plots

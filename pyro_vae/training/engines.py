@@ -18,6 +18,7 @@ from pyro.infer.util import is_validation_enabled
 from . import _torch_private
 from ..data import batch
 from ..infer.rng import forked_rng
+from .distributed import GradientSync
 from .nonfinite import is_invalid_parameter, nonfinite_flag
 from .optim import is_fused, masked_adam_step, update_or_skip
 
@@ -38,12 +39,16 @@ class EagerEngine:
 
     ``masked`` (CUDA): queue the update for the fused kernel to skip on the
     device, rather than reading the loss back before the backward pass.
+    ``sync`` (distributed.py): with several processes, every engine averages
+    the gradients across ranks through it before the update-or-skip.
     """
 
     name = "eager"
 
-    def __init__(self, loss: LossFn, params: Sequence[torch.Tensor], optimizer, masked: bool = False):
+    def __init__(self, loss: LossFn, params: Sequence[torch.Tensor], optimizer, masked: bool = False,
+                 sync: Optional[GradientSync] = None):
         self.loss, self.params, self.optimizer, self.masked = loss, params, optimizer, masked
+        self.sync = sync or GradientSync()
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
@@ -54,7 +59,14 @@ class EagerEngine:
             # raises here instead of giving a NaN loss: the same event, under the same policy
             if not is_invalid_parameter(e):
                 raise
+            if self.sync.active:
+                self.sync.reduce(None, self.params, True)  # the other ranks wait for this step's reduce
             return StepResult(None, False, self.name, e)
+        if self.sync.active:
+            if torch.isfinite(loss):  # a NaN loss: no backward pass; its flag reaches every rank
+                loss.backward()
+            loss, bad = self.sync.reduce(loss, self.params, nonfinite_flag(loss, self.params))
+            return StepResult(loss, update_or_skip(self.optimizer, bad, self.masked), self.name)
         if self.masked:
             loss.backward()
             finite = update_or_skip(self.optimizer, nonfinite_flag(loss, self.params), masked=True)
@@ -96,6 +108,8 @@ class CapturedEngine:
             # so a resumed run computes exactly what a straight one does
             error = validate_batch(self.fallback.loss, x, beta, self.device)
             if error is not None:
+                if self.fallback.sync.active:
+                    self.fallback.sync.reduce(None, self.fallback.params, True)
                 return StepResult(None, False, self.name, error)
         captured = self.captures.get(x, beta)
         if captured is None:
@@ -106,6 +120,8 @@ class CapturedEngine:
         loss, bad, grads = captured(x, beta)
         for p, g in zip(params, grads):
             p.grad = g
+        if self.fallback.sync.active:  # the recorded gradients, averaged across ranks
+            loss, bad = self.fallback.sync.reduce(loss, params, bad)
         return StepResult(loss, update_or_skip(optimizer, bad, self.fallback.masked), self.name)
 
 

@@ -43,6 +43,7 @@ from ..rundir.files import clean_stale_temporaries
 from ..rundir.history import write_history
 from ..progress import progress_bar
 from ..serialize import to_plain
+from . import distributed
 from .capture import Captures
 from .engines import CapturedEngine, EagerEngine, GraphEngine, compile_networks
 from .nonfinite import NonFinitePolicy, nonfinite_sites, site_order
@@ -98,6 +99,8 @@ class Trainer:
         self._captures = Captures(self, self._first_step)  # recorded steps, per batch shape and beta
         self._engine = None  # built by setup
         self._policy: Optional[NonFinitePolicy] = None
+        self._dist = distributed.SINGLE  # the process group, joined by setup (distributed.py)
+        self._sync = distributed.GradientSync()
         self._last_engine: Optional[str] = None
         if cuda_graph and self.device.type != "cuda":
             raise PyroVAEError("cuda_graph=True needs train.device = 'cuda' (or 'auto' on a machine with a GPU)")
@@ -133,7 +136,13 @@ class Trainer:
         # CUDA: the fused kernel skips a non-finite update on the device, so the host reads
         # the flag once, after the step is queued, instead of stalling in the middle of it
         masked = self.device.type == "cuda" and is_fused(self.optimizer)
-        eager = EagerEngine(self.loss, self.params, self.optimizer, masked=masked)
+        # several processes (torchrun): every engine averages the gradients across them (distributed.py)
+        self._dist = distributed.current()
+        self._sync = distributed.GradientSync(self._dist)
+        if wants_graph and self._dist.active:
+            raise PyroVAEError("cuda_graph=True runs one process only: drop it under torchrun (the step is "
+                               "captured all the same)")
+        eager = EagerEngine(self.loss, self.params, self.optimizer, masked=masked, sync=self._sync)
         self._engine = CapturedEngine(self._captures, eager, self.device)
         if wants_graph:
             self._engine = GraphEngine(self._engine, eager, cfg.batch_size, cfg.kl_warmup_epochs <= 0,
@@ -274,6 +283,7 @@ class Trainer:
             raise PyroVAEError(f"training data[{self._obs!r}] holds the observations but has missing rows (-1 or "
                                "NaN throughout): drop those rows; only labels and inputs may be missing")
         check_batch_size(n, cfg.batch_size)
+        distributed.check_batches(cfg.batch_size, [len(g["rows"]) for g in self._groups])
         if test_x is not None and len(batch.groups(test_x)) > 1:
             raise PyroVAEError("the test data has arrays that are missing (-1 or NaN) in some rows only: give the test "
                                "set whole (every label), or leave the partly missing array out of it")
@@ -288,9 +298,11 @@ class Trainer:
         self.setup_data(train_x, binarize)
         if self.state.fresh:
             self.state.seed(cfg.seed)
+            if self._dist.rank:  # the model's draws on rank r > 0: its own stream (distributed.py)
+                torch.manual_seed(distributed.rank_seed(cfg.seed, self._dist.rank))
         if not self._policy.marked:
             self._policy.mark()  # resumed mid-epoch: the restored state is the last good one
-        if self.run_dir is not None:
+        if self.run_dir is not None and self._dist.is_main:
             from ..rundir.run import make_folder  # the run-directory layer sits above the trainer
 
             make_folder(self.run_dir)  # now, not at the first checkpoint after an epoch of training
@@ -328,6 +340,10 @@ class Trainer:
         t0 = time.perf_counter()
         while st.batch < num_batches:
             idx, absent = plan[st.batch]
+            if self._dist.active:  # this rank's contiguous slice of the global batch
+                local = idx[distributed.shard(len(idx), self._dist)]
+                self._sync.share, self._sync.stop = len(local) / len(idx), self._stop_signal is not None
+                idx = local
             x = batch.without(batch.rows(train_x, idx), absent)
             if mapped:
                 x = x.to(self.device, non_blocking=True)
@@ -347,10 +363,13 @@ class Trainer:
                 bar.update(1)
                 if st.batch % 10 == 0 or st.batch == num_batches:
                     bar.set_postfix_str(f"epoch {st.epoch + 1}/{cfg.epochs} loss {value:.4g}", refresh=False)
-            if self._stop_signal is not None:
+            stop = self._stop_signal
+            if self._sync.active:  # only a stop every rank agreed on in this step's reduce
+                stop = self._sync.stop_signal(stop) if self._sync.stop_agreed else None
+            if stop is not None:
                 st.epoch_seconds += time.perf_counter() - t0
                 saved = self.save_checkpoint() if self.run_dir is not None else None
-                raise TrainingInterrupted(self._stop_signal, saved)
+                raise TrainingInterrupted(stop, saved)
         st.epoch_seconds += time.perf_counter() - t0
         st.epoch += 1
         row = {
@@ -462,11 +481,18 @@ class Trainer:
         # the saved groups carry the saving trainer's kernel flags; keep this trainer's
         restore_kernel_choice(self.optimizer, **self._kernel_choice)
         self.state = TrainState.from_dict(payload["train_state"], payload["rng"])
+        distributed.restore_rank_rng(payload["rng"], self.config.seed, self.state.step, self._dist)
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes (every rank's model stream included); the others wait until it is on disk."""
         path = self.run_dir / "checkpoint.pt"
-        save_checkpoint(self.state_dict() | self.meta, path)
-        write_history(self.state.history, self.run_dir / "history.csv")
+        payload = self.state_dict() | self.meta
+        if self._dist.active:
+            payload["rng"]["ranks"] = distributed.all_gather_objects(torch.get_rng_state())
+        if self._dist.is_main:
+            save_checkpoint(payload, path)
+            write_history(self.state.history, self.run_dir / "history.csv")
+        distributed.barrier()
         return path
 
 
