@@ -193,6 +193,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """Under torchrun every rank evaluates its block of the points (training/distributed.py); rank 0 reports."""
+    if not _under_torchrun():
+        return _evaluate(args, report=True)
+    import torch
+
+    from .training import distributed
+
+    group = distributed.init_from_env("auto")
+    try:
+        return _evaluate(args, report=group.is_main)
+    finally:
+        if torch.distributed.is_initialized():
+            distributed.shutdown()
+
+
+def _evaluate(args, report: bool) -> int:
     from .data.sources import as_matrix, read_array
     from .evaluation.estimators import evaluate_points
     from .rundir.run import load_run, load_run_data
@@ -233,6 +249,8 @@ def cmd_evaluate(args) -> int:
                                        progress=None),  # a bar on a terminal
         args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)
     metrics = points.summary()
+    if not report:  # another rank: rank 0 writes and prints what every rank computed
+        return 0
     if per_point is not None:
         import csv
         import io

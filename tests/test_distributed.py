@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import socket
 import subprocess
@@ -164,6 +166,20 @@ def test_torchrun_writes_one_run_directory_from_rank_0_that_resumes_on_one_proce
     assert r1.returncode == 0, r1.stderr[-2000:]
     rows = (out / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")
+    # pyro-vae evaluate shards the test points over the ranks; rank 0 alone prints, and the estimate is the
+    # one-process one up to Monte Carlo error (the ranks draw from their own streams)
+    r2 = _torchrun("evaluate", str(out), "--iw-samples", "50", "--json")
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    lines = [l for l in r2.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 1
+    two = json.loads(lines[0])
+    r3 = subprocess.run([sys.executable, "-m", "pyro_vae", "evaluate", str(out), "--iw-samples", "50", "--json"],
+                        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    one = json.loads(r3.stdout)
+    assert two["num_points"] == one["num_points"]
+    se = math.hypot(two["log_likelihood_se"], one["log_likelihood_se"])
+    assert abs(two["log_likelihood"] - one["log_likelihood"]) < 5 * se
 
 
 def test_a_batch_size_the_processes_cannot_split_is_one_line(tmp_path):
