@@ -146,35 +146,9 @@ def test_observations_with_nan_and_missing_observations_are_one_line():
         pv.fit(Recorder(), data, None, pv.TrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False)
 
 
-CVAE_PROGRAM = '''
-import torch, torch.nn as nn, torch.nn.functional as F, pyro, pyro.distributions as dist
-
-
-class CVAE(nn.Module):
-    latent_sites = ("z",)
-    obs_site = "x"
-
-    def __init__(self, data_dim, classes=10, z_dim=4, hidden=64):
-        super().__init__()
-        self.classes, self.z_dim = classes, z_dim
-        self.dec = nn.Sequential(nn.Linear(z_dim + classes, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
-        self.enc = nn.Sequential(nn.Linear(data_dim + classes, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
-
-    def model(self, x, y):
-        pyro.module("cvae", self)
-        y1 = F.one_hot(y, self.classes).to(x.dtype)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
-            h = torch.cat([z, y1.expand(z.shape[:-1] + y1.shape[-1:])], -1)
-            pyro.sample("x", dist.Bernoulli(logits=self.dec(h)).to_event(1), obs=x)
-
-    def guide(self, x, y):
-        pyro.module("cvae", self)
-        y1 = F.one_hot(y, self.classes).to(x.dtype)
-        with pyro.plate("data", x.shape[0]):
-            loc, s = self.enc(torch.cat([x, y1], -1)).chunk(2, -1)
-            pyro.sample("z", dist.Normal(loc, F.softplus(s) + 1e-3).to_event(1))
-'''
+# a program module that names the conditional VAE of tests/test_external_programs.py (pytest puts tests/ on
+# sys.path), as a user's own module would
+CVAE_PROGRAM = "from test_external_programs import CVAE\n"
 
 
 def test_a_conditional_program_from_toml_trains_on_named_files_and_samples_a_requested_digit(tmp_path, capsys):
