@@ -93,16 +93,16 @@ def _tensor(arr: np.ndarray, what: str, observations: bool) -> Tuple[torch.Tenso
 
 
 def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool, notes: list) -> Dict[str, torch.Tensor]:
-    out, bad = {}, None
+    out, bads = {}, []
     for i, n in enumerate(names):
-        t, b = _tensor(raw[n], f"{what}.{n}", observations=i == 0)
-        out[n] = t
-        bad = b if bad is None else bad | b if len(b) == len(bad) else bad
+        out[n], b = _tensor(raw[n], f"{what}.{n}", observations=i == 0)
+        bads.append(b)
     rows = {n: int(t.shape[0]) for n, t in out.items()}
     if len(set(rows.values())) > 1:
         raise PyroVAEError(f"{what}: the arrays have different numbers of rows "
                            f"({', '.join(f'{n}: {r}' for n, r in rows.items())}): give one row per data point in each")
-    if bad is not None and bad.any():
+    bad = np.logical_or.reduce(bads)  # a row with NaN/Inf in any array
+    if bad.any():
         r = int(np.argmax(bad))
         if not drop:
             raise PyroVAEError(f"{what} has NaN/Inf values in {int(bad.sum())} rows (first at row {r}): clean the "

@@ -598,13 +598,16 @@ def array_sites(model, data) -> Dict[str, str]:
     return out
 
 
-def observed_name(model, data) -> Optional[str]:
-    """Which named array holds the observations of ``model.obs_site`` (None for one tensor)."""
+def observed_name(model, data, sites: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """Which named array holds the observations of ``model.obs_site`` (None for one tensor).
+
+    ``sites``: :func:`array_sites` of the data, when the caller has it already.
+    """
     if not batch.is_named(data):
         return None
     if model.obs_site in data:
         return model.obs_site
-    for name, site in array_sites(model, data).items():
+    for name, site in (array_sites(model, data) if sites is None else sites).items():
         if site == model.obs_site:
             return name
     raise PyroVAEError(f"the data's arrays ({', '.join(data)}) do not include the observations of site "
@@ -622,8 +625,8 @@ def simulated(model, template, trace, sites: Optional[Dict[str, str]] = None):
     a sample site observes takes that site's draw; conditioning inputs stay as given."""
     if not batch.is_named(template):
         return trace.nodes[model.obs_site]["value"].detach()
-    sites = array_sites(model, template) if sites is None else sites
-    sites.setdefault(observed_name(model, template), model.obs_site)
+    sites = dict(array_sites(model, template) if sites is None else sites)
+    sites.setdefault(observed_name(model, template, sites), model.obs_site)
     out = dict(template)
     for name, site in sites.items():
         out[name] = trace.nodes[site]["value"].detach().to(template[name].dtype)

@@ -151,10 +151,13 @@ class Trainer:
         if self.compile:  # True: inductor; a string names another torch.compile backend
             compile_networks(self.model, "inductor" if self.compile is True else self.compile)
 
-    def setup_data(self, train_x, binarize: str = "none") -> None:
-        """:meth:`setup` on a few rows of each row group of the training data (what :meth:`fit` does first)."""
+    def setup_data(self, train_x, binarize: str = "none", obs: Optional[str] = None) -> None:
+        """:meth:`setup` on a few rows of each row group of the training data (what :meth:`fit` does first).
+
+        ``obs``: the observations' array of named data, when the caller has found it (sites.observed_name).
+        """
         groups = batch.groups(train_x)
-        obs = observed_name(self.model, train_x)
+        obs = observed_name(self.model, train_x) if obs is None else obs
         examples = [batch.to(example_batch(train_x, binarize, obs=obs, group=g), self.device)
                     for g in groups]
         self.setup(examples[0], batch.num_rows(train_x), more_examples=examples[1:])
@@ -275,10 +278,13 @@ class Trainer:
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)  # before the data's arrays are matched to its sites
         train_x = self._to_device(train_x, "training data")
+        self._obs = observed_name(self.model, train_x)  # None for one tensor
+        self._check_width(train_x, "training data")
         test_x = self._to_device(test_x, "test data") if test_x is not None else None
+        if test_x is not None:
+            self._check_width(test_x, "test data")
         n = batch.num_rows(train_x)
         self._groups = batch.groups(train_x)
-        self._obs = observed_name(self.model, train_x)  # None for one tensor
         if any(self._obs in g["absent"] for g in self._groups):
             raise PyroVAEError(f"training data[{self._obs!r}] holds the observations but has missing rows (-1 or "
                                "NaN throughout): drop those rows; only labels and inputs may be missing")
@@ -295,7 +301,7 @@ class Trainer:
                 check_support_chunked(self.model.likelihood, batch.observed(train_x, obs), "the training data")
             if test_x is not None:
                 check_support_chunked(self.model.likelihood, batch.observed(test_x, obs), "the test data")
-        self.setup_data(train_x, binarize)
+        self.setup_data(train_x, binarize, obs=self._obs)
         if self.state.fresh:
             self.state.seed(cfg.seed)
             if self._dist.rank:  # the model's draws on rank r > 0: its own stream (distributed.py)
@@ -334,9 +340,7 @@ class Trainer:
         mapped = isinstance(train_x, MappedRows)
         # in-memory data is on the device and gathered there; a memory map is
         # read on the host (only this batch's rows) and the batch moved over
-        plan = epoch_batches(st.perm, self._groups, cfg.batch_size)
-        if not mapped:
-            plan = [(idx.to(self.device), absent) for idx, absent in plan]
+        plan = epoch_batches(st.perm, self._groups, cfg.batch_size, None if mapped else self.device)
         t0 = time.perf_counter()
         while st.batch < num_batches:
             idx, absent = plan[st.batch]
@@ -395,16 +399,19 @@ class Trainer:
         if self.run_dir is not None and (st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs):
             self.save_checkpoint()
 
+    def _check_width(self, x, what) -> None:
+        """Named data: the observations' array has the model's columns (one tensor: _to_device checks it)."""
+        dim = getattr(self.model, "data_dim", None)
+        if not batch.is_named(x) or dim is None:
+            return
+        obs = batch.observed(x, self._obs)
+        if obs.dim() != 2 or obs.shape[1] != dim:
+            raise PyroVAEError(f"{what}[{self._obs!r}] has shape {tuple(obs.shape)} but the model "
+                               f"expects {dim} columns: use data that matches the model")
+
     def _to_device(self, x, what):
         if batch.is_named(x):
-            x = batch.prepare(x, what, self.device, torch.float32)
-            dim = getattr(self.model, "data_dim", None)
-            name = observed_name(self.model, x)
-            obs = batch.observed(x, name)
-            if dim is not None and (obs.dim() != 2 or obs.shape[1] != dim):
-                raise PyroVAEError(f"{what}[{name!r}] has shape {tuple(obs.shape)} but the model "
-                                   f"expects {dim} columns: use data that matches the model")
-            return x
+            return batch.prepare(x, what, self.device, torch.float32)  # its width: _check_width
         mapped = isinstance(x, MappedRows)
         if not mapped:
             if not isinstance(x, torch.Tensor):
@@ -521,8 +528,8 @@ def _head(x, k: int):
     return batch.rows(x, slice(0, min(batch.num_rows(x), k)))
 
 
-def epoch_batches(perm: torch.Tensor, groups, batch_size: int):
-    """The epoch's batches as (row indices, absent names), from its permutation.
+def epoch_batches(perm: torch.Tensor, groups, batch_size: int, device=None):
+    """The epoch's batches as (row indices on ``device``, absent names), from its permutation.
 
     One row group (no missing arrays): consecutive slices of ``perm``.  Several:
     rows are dealt in ``perm`` order to their group's open batch, and a batch
@@ -532,7 +539,7 @@ def epoch_batches(perm: torch.Tensor, groups, batch_size: int):
     """
     if len(groups) == 1:
         absent = groups[0]["absent"]
-        return [(idx, absent) for idx in perm.split(batch_size)]
+        return [(idx, absent) for idx in perm.to(device).split(batch_size)]  # one transfer, then views
     n = int(perm.numel())
     owner = torch.empty(n, dtype=torch.long)
     for i, g in enumerate(groups):
@@ -542,9 +549,9 @@ def epoch_batches(perm: torch.Tensor, groups, batch_size: int):
     for r, o in zip(perm.tolist(), owner[perm].tolist()):
         open_rows[o].append(r)
         if len(open_rows[o]) == batch_size:
-            out.append((torch.tensor(open_rows[o]), groups[o]["absent"]))
+            out.append((torch.tensor(open_rows[o], device=device), groups[o]["absent"]))
             open_rows[o] = []
-    out.extend((torch.tensor(rows), groups[o]["absent"]) for o, rows in enumerate(open_rows) if rows)
+    out.extend((torch.tensor(rows, device=device), groups[o]["absent"]) for o, rows in enumerate(open_rows) if rows)
     return out
 
 
