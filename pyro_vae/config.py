@@ -79,10 +79,53 @@ def _corruption_names():
 
 @dataclass(frozen=True)
 class NetConfig:
-    """An MLP: ``hidden`` sizes (``[]`` means a single linear map) and an activation."""
+    """A network: an MLP (``hidden`` sizes, ``[]`` means a single linear map) or, for image data, a small
+    convolutional net (``type = "conv"``: two stride-2 layers of ``channels``, then the MLP's ``hidden``)."""
 
     hidden: Tuple[int, ...] = (400,)
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    type: Literal["mlp", "conv"] = "mlp"
+    channels: Tuple[int, ...] = (32, 64)
+
+
+#: the roles of a graph node: a latent, observed data, data observed for some rows only, a conditioning input
+NODE_ROLES = ("latent", "observed", "partial", "input")
+
+
+def _family_names():
+    from .models.graph.families import FAMILIES
+
+    return FAMILIES.names()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of a latent-variable graph (``[model.nodes.NAME]``); models/graph/spec.py checks the graph."""
+
+    # latent: sampled by the model, inferred by the guide; observed: a data array scored by its likelihood;
+    # partial: a discrete data array observed where given (labels, -1 where missing) and latent elsewhere;
+    # input: a data array that is always given and only conditions (covariates, a CVAE's label)
+    role: Literal[NODE_ROLES] = "latent"  # type: ignore[valid-type]
+    # latent/partial/input: normal, laplace, categorical, bernoulli, mixture (latent); real (input)
+    family: str = field(default="normal", metadata=_choices(_family_names))
+    # size: a latent's dimension; categorical: the number of classes; bernoulli: the number of bits;
+    # observed: the data's width (None: read off the data); input: the array's width (categorical: classes)
+    dim: Optional[int] = None
+    parents: Tuple[str, ...] = ()
+    # observed nodes: the likelihood of a data row (the registry of model.likelihood)
+    likelihood: str = field(default="bernoulli", metadata=_choices(_likelihood_names))
+    # observed normal/laplace likelihood: as model.scale; latent normal/laplace with parents: "amortized"
+    # (from the parents, the default) or "learned" (one free scale per dimension) or a fixed number
+    scale: Optional[Union[float, Literal["learned", "learned_isotropic", "amortized"]]] = None
+    levels: Optional[int] = None  # observed categorical likelihood: number of levels
+    # roots: the prior p(node) is fixed ("fixed": N(0, prior_scale^2), uniform classes) or learned
+    prior: Literal["fixed", "learned"] = "fixed"
+    prior_scale: float = 1.0
+    components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
+    net: NetConfig = NetConfig()  # the model's conditional network from the parents
+    encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
+    # partial discrete nodes: Kingma et al.'s auxiliary weight alpha on log q(y | x) of the labelled rows
+    classifier_weight: float = 0.0
 
 
 def _validate_fields(obj, section: str) -> None:
@@ -222,6 +265,11 @@ class ModelConfig:
     args: Dict[str, Any] = field(default_factory=dict)
     # the folder the program is imported from, before the current directory (default: the TOML file's)
     program_dir: Optional[str] = None
+    # -- a latent-variable graph instead of the one-latent form (models/graph/); implies type = "graph" --
+    nodes: Dict[str, NodeConfig] = field(default_factory=dict)
+    # the guide: "structured" (bottom-up, each latent from the data and the latents sampled before it that
+    # it shares a factor with, as q(z1|x) q(z2|x,z1) or M2's q(y|x) q(z|x,y)) or "mean-field" (each from the data)
+    guide_structure: Literal["structured", "mean-field"] = "structured"
 
     def __post_init__(self):
         # a spec built in Python gets the TOML path's checks (types, names, ranges)
@@ -240,6 +288,12 @@ class ModelConfig:
                 "keep one of them"
             )
         _check_program_keys(self)
+        _check_graph_keys(self)
+        conv = [n for n in ("encoder", "decoder") if getattr(self, n).type == "conv"]
+        if conv and (self.tied or self.contractive):
+            key = "tied" if self.tied else "contractive"
+            raise PyroVAEError(f"model.{key} works on MLP networks, but model.{conv[0]}.type = 'conv': "
+                               f"use type = 'mlp' or remove model.{key}")
         from .models.corruption import CORRUPTIONS
 
         if self.corruption in CORRUPTIONS:
@@ -265,11 +319,46 @@ def _check_program_keys(m: "ModelConfig") -> None:
         raise PyroVAEError(f"model.program = {m.program!r}: expected an import path \"module:Class\" "
                            "(e.g. \"my_models:MyVAE\" for class MyVAE in my_models.py next to the config)")
     for f in dataclasses.fields(m):
-        if f.name not in PROGRAM_KEYS and getattr(m, f.name) != _MODEL_DEFAULTS[f.name]:
+        if f.name in _MODEL_DEFAULTS and getattr(m, f.name) != _MODEL_DEFAULTS[f.name]:
             raise PyroVAEError(
                 f"model.{f.name} is given together with model.program, which builds the model itself and does not "
                 f"read it: remove model.{f.name} (or pass it to the program's constructor in [model.args])"
             )
+
+
+#: the keys a graph uses besides its nodes' own
+GRAPH_KEYS = ("type", "nodes", "guide_structure")
+
+
+def _check_graph_keys(m: "ModelConfig") -> None:
+    """A graph's nodes carry their own sizes and networks: the one-latent keys beside them would be ignored."""
+    if not m.nodes:
+        if m.type == "graph":
+            raise PyroVAEError("model.type = 'graph' needs nodes: declare them as [model.nodes.NAME] tables "
+                               "(see examples/graph_hierarchical.toml)")
+        if m.guide_structure != "structured":
+            raise PyroVAEError("model.guide_structure is given without model.nodes: it shapes a graph's guide; "
+                               "declare [model.nodes.NAME] tables or remove it")
+        return
+    if m.program is not None:
+        raise PyroVAEError("model.nodes is given together with model.program: a program builds its own model; "
+                           "remove one of them")
+    if m.type not in ("vae", "graph"):
+        raise PyroVAEError(f"model.nodes is given but model.type = {m.type!r}: nodes declare a graph; "
+                           "remove model.type (or set it to 'graph')")
+    object.__setattr__(m, "type", "graph")
+    for f in dataclasses.fields(m):
+        if f.name not in GRAPH_KEYS and f.name in _MODEL_DEFAULTS and getattr(m, f.name) != _MODEL_DEFAULTS[f.name]:
+            raise PyroVAEError(
+                f"model.{f.name} is given together with model.nodes, whose nodes carry their own settings: "
+                f"remove model.{f.name} and set it on the node it belongs to ([model.nodes.NAME])")
+    for name, node in m.nodes.items():
+        _validate_fields(node, f"model.nodes.{name}")
+        for net in ("net", "encoder"):
+            _validate_fields(getattr(node, net), f"model.nodes.{name}.{net}")
+    from .models.graph.spec import check_graph
+
+    check_graph(m)
 
 
 @dataclass(frozen=True)
@@ -320,7 +409,7 @@ _SIZE = _bounded(1)
 _SEED = "in [0, 2**63) (a seed: use a non-negative integer such as 0)"
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
-_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in PROGRAM_KEYS}
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in PROGRAM_KEYS + GRAPH_KEYS[1:]}
 
 # Range checks: key path -> (predicate, what it must be).
 _RANGES = {
@@ -464,13 +553,24 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        if self.model.nodes:  # the one check that needs two sections: can the objective sum the discrete nodes?
+            from .models.graph.spec import check_objective
+
+            check_objective(self.model, self.train)
+
     def replace(self, **sections) -> "Config":
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> Dict[str, Any]:
         values = to_plain(self)
         # a program's section holds only the keys it uses; a built-in's, none of the program's
-        used = PROGRAM_KEYS if self.model.program is not None else tuple(k for k in values["model"] if k not in PROGRAM_KEYS)
+        if self.model.program is not None:
+            used = PROGRAM_KEYS
+        elif self.model.nodes:
+            used = GRAPH_KEYS
+        else:
+            used = tuple(k for k in values["model"] if k not in PROGRAM_KEYS + GRAPH_KEYS[1:])
         values["model"] = {k: v for k, v in values["model"].items() if k in used}
         return values
 

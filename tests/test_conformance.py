@@ -26,7 +26,7 @@ import pyro
 import pyro_vae
 from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig, evaluate
 from pyro_vae.rundir.checkpoint import load_checkpoint
-from pyro_vae.config import ModelConfig, NetConfig
+from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
 from pyro_vae.data.sources import as_matrix
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import test_elbo as elbo_on_test
@@ -67,6 +67,29 @@ class Case:
         pyro.clear_param_store()
         torch.manual_seed(seed)
         return self.build()
+
+
+def _graph_case(likelihood: str, structure: str) -> Case:
+    """A two-layer hierarchy z2 -> z1 -> x declared as a graph (the graph type's guide is its structure)."""
+    net = NetConfig((8,))
+    spec = ModelConfig(guide_structure=structure, nodes={
+        "z2": NodeConfig(dim=2, encoder=net),
+        "z1": NodeConfig(dim=2, parents=("z2",), net=net, encoder=net),
+        "x": NodeConfig(role="observed", likelihood=likelihood, parents=("z1",), net=net,
+                        levels=LEVELS if likelihood == "categorical" else None)})
+    return Case(f"graph-{likelihood}-{structure}", lambda: build_model(spec, D), _data_for(likelihood),
+                integer_data=likelihood in ("bernoulli", "categorical"))
+
+
+#: how each registered model type is built for the suite: a one-latent spec per likelihood and guide,
+#: a graph per likelihood and guide structure
+SPECS = {"graph": lambda lik: [_graph_case(lik, s) for s in ("structured", "mean-field")]}
+
+
+def _builtin_cases(model_type: str, likelihood: str):
+    if model_type in SPECS:
+        return SPECS[model_type](likelihood)
+    return [_builtin_case(model_type, likelihood, g) for g in GUIDES.names()]
 
 
 def _builtin_case(model_type: str, likelihood: str, guide: str) -> Case:
@@ -114,7 +137,7 @@ def _user_model_class():
 
 
 def _cases():
-    cases = [_builtin_case(t, lik, g) for t in MODELS.names() for lik in LIKELIHOODS.names() for g in GUIDES.names()]
+    cases = [c for t in MODELS.names() for lik in LIKELIHOODS.names() for c in _builtin_cases(t, lik)]
     user = _user_model_class()
     cases.append(Case("user-" + user.__name__, lambda: user(D, latent_dim=2, hidden=8), _data_for("normal")))
     return cases

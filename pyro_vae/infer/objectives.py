@@ -223,9 +223,13 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
     #: latent sites whose KL is taken by Monte Carlo: the analytic one would be biased for this guide
     monte_carlo_sites: frozenset = frozenset()
 
+    #: whether :meth:`prepare` checked, site by site, where the analytic KL is exact
+    _checked_dependence = False
+
     def prepare(self, model, data) -> None:
         """Also find the sites whose analytic KL would be biased (infer/dependence.py), and say so once."""
         super().prepare(model, data)
+        self._checked_dependence = True
         inexact = {s: why for s, why in inexact_kl_sites(model, data).items() if s not in self.monte_carlo_sites}
         # accumulated: each row group of named data (labelled, unlabelled) is a program of its own
         self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact)
@@ -234,6 +238,16 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
                 f"train.elbo = 'meanfield': the analytic KL would be biased for {describe(inexact)}: that KL is "
                 "Monte Carlo (log q - log p at the guide's draw), the other sites' stay analytic",
                 MonteCarloKLWarning, stacklevel=3)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if not self._checked_dependence:
+            return super()._get_trace(model, guide, args, kwargs)
+        # Pyro warns whenever guide and model order their sites differently (a structured guide samples
+        # z1 before z2), because its analytic KL might then be biased.  prepare() has checked exactly which
+        # sites that holds for and takes their KL by Monte Carlo (and said so): the guess adds nothing
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Failed to verify mean field restriction")
+            return super()._get_trace(model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         total = 0.0
@@ -292,7 +306,11 @@ class Enum_ELBO(TraceEnum_ELBO):
             self.max_plate_nesting = plate_dims(model, traces)[0] + (1 if self.vectorize_particles else 0)
 
     def _get_traces(self, model, guide, args, kwargs):
-        return super()._get_traces(model, config_enumerate(guide, "parallel"), args, kwargs)
+        # A batch of labelled rows has no discrete latent left (the label is observed there): Pyro then warns
+        # that nothing is enumerated, and its ELBO is Trace_ELBO's, which is right for that batch
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
+            yield from super()._get_traces(model, config_enumerate(guide, "parallel"), args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """Pyro's, less its checks: the trainer also takes the loss without gradients (the first batch's

@@ -17,9 +17,13 @@ __all__ = ["MODELS", "LatentModel", "build_model", "check_protocol"]
 MODELS: Registry = Registry("model type")
 
 
-def build_model(spec, data_dim: int):
-    """Build a registered model type from a :class:`~pyro_vae.config.ModelConfig`."""
-    return MODELS[spec.type](spec, data_dim)
+def build_model(spec, data_dim: int, image_shape=None):
+    """Build a registered model type from a :class:`~pyro_vae.config.ModelConfig`.
+
+    ``image_shape``: the data's (height, width) where the source knows it (conv networks need it).
+    """
+    return MODELS[spec.type](spec, data_dim, image_shape=image_shape)
 
 
 from . import vae  # noqa: E402,F401  (registers "vae")
+from . import graph  # noqa: E402,F401  (registers "graph")

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PyroVAEError
-from .nets import _ACTIVATIONS, mlp
+from .nets import _ACTIVATIONS, decoder_network
 from ..errors import DegenerateObjectiveWarning
 
 
@@ -209,10 +209,10 @@ class TiedDecoder(nn.Module):
         return h
 
 
-def build_decoder(spec, encoder: nn.Module, likelihood, data_dim: int) -> nn.Module:
-    """The decoder network: an MLP, or (``tied = true``) the encoder mirrored."""
+def build_decoder(spec, encoder: nn.Module, likelihood, data_dim: int, image_shape=None) -> nn.Module:
+    """The decoder network: an MLP or transposed-conv net, or (``tied = true``) the encoder mirrored."""
     if not spec.tied:
-        return mlp(spec.latent_dim, spec.decoder.hidden, likelihood.out_features, spec.decoder.activation)
+        return decoder_network(spec.latent_dim, likelihood, spec.decoder, image_shape, "model.decoder")
     enc, dec = tuple(spec.encoder.hidden), tuple(spec.decoder.hidden)
     if dec != enc[::-1]:
         raise PyroVAEError(

@@ -19,7 +19,7 @@ from pyro.nn import PyroModule
 
 from .corruption import CORRUPTIONS
 from .likelihoods import LIKELIHOODS
-from .nets import mlp
+from .nets import encoder_network
 from ..registry import Registry
 from . import MODELS
 from .autoencoders import build_contractive, build_decoder, check_degenerate
@@ -57,10 +57,10 @@ class LaplacePrior(_Prior):
 class NormalEncoder(nn.Module):
     """q(z|x) = N(mu(x), diag sigma(x)^2)."""
 
-    def __init__(self, data_dim: int, latent_dim: int, net):
+    def __init__(self, data_dim: int, latent_dim: int, net, image_shape=None):
         super().__init__()
         self.latent_dim = latent_dim
-        self.net = mlp(data_dim, net.hidden, 2 * latent_dim, net.activation)
+        self.net = encoder_network(data_dim, 2 * latent_dim, net, image_shape, "model.encoder")
 
     def forward(self, x):
         loc, raw = self.net(x).split(self.latent_dim, dim=-1)
@@ -78,9 +78,9 @@ class NormalEncoder(nn.Module):
 class DeltaEncoder(nn.Module):
     """q(z|x) = point mass at f(x): a deterministic encoder."""
 
-    def __init__(self, data_dim: int, latent_dim: int, net):
+    def __init__(self, data_dim: int, latent_dim: int, net, image_shape=None):
         super().__init__()
-        self.net = mlp(data_dim, net.hidden, latent_dim, net.activation)
+        self.net = encoder_network(data_dim, latent_dim, net, image_shape, "model.encoder")
 
     def forward(self, x):
         return self.net(x)
@@ -103,7 +103,7 @@ class VAE(PyroModule):
     latent_sites = ("z",)
     obs_site = "x"
 
-    def __init__(self, spec, data_dim: int):
+    def __init__(self, spec, data_dim: int, image_shape=None):
         super().__init__()
         self.spec = spec
         self.data_dim = int(data_dim)
@@ -112,9 +112,9 @@ class VAE(PyroModule):
         prior_scale = spec.prior_scale if spec.sparsity is None else 1.0 / spec.sparsity
         self.prior = PRIORS[spec.prior](spec.latent_dim, prior_scale)
         self.likelihood = LIKELIHOODS[spec.likelihood](data_dim, spec.scale, spec.levels)
-        self.encoder = GUIDES[spec.guide](data_dim, spec.latent_dim, spec.encoder)
-        # an MLP, or with model.tied the encoder mirrored (models/autoencoders.py)
-        self.decoder = build_decoder(spec, self.encoder, self.likelihood, data_dim)
+        self.encoder = GUIDES[spec.guide](data_dim, spec.latent_dim, spec.encoder, image_shape)
+        # an MLP or conv net, or with model.tied the encoder mirrored (models/autoencoders.py)
+        self.decoder = build_decoder(spec, self.encoder, self.likelihood, data_dim, image_shape)
         self.corruption = CORRUPTIONS[spec.corruption](spec.corruption_level)
         self.contractive = build_contractive(spec, self.encoder)
         check_degenerate(spec)

@@ -59,6 +59,8 @@ class Run:
 
 def data_likelihood(model: ModelConfig) -> str:
     """The likelihood the data are loaded for: a program's is its own business, so its data are taken as they are."""
+    if model.nodes:  # a graph: its first observed node's
+        return next(n.likelihood for n in model.nodes.values() if n.role == "observed")
     return "normal" if model.program is not None else model.likelihood
 
 
@@ -84,16 +86,19 @@ def check_support(model, data: Dataset) -> None:
 def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, data_likelihood(cfg.model))
-    if data.observed is not None and getattr(cfg.model, "program", None) is None:
+    if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
         raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
                            "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
     cfg = resolve_config(cfg, data)
-    if cfg.model.program is None:
+    if cfg.model.program is None and not cfg.model.nodes:
         check_model_size(cfg.model, data.dim)  # before torch allocates it
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
-    model, spec = build(cfg.model, data.dim)
+    model, spec = build(cfg.model, data.dim, data.image_shape)
     cfg = cfg.replace(model=spec)
+    if hasattr(model, "check_data"):  # a graph: its data nodes against the data's arrays
+        model.check_data(data.train, "the training data")
+        model.check_data(data.test, "the test data")
     check_support(model, data)
     return cfg, data, model
 
@@ -136,11 +141,11 @@ def _remove_run_files(out: Path) -> None:
         plots.rmdir()  # empty: _foreign_files found nothing else in it
 
 
-def build(spec: ModelConfig, data_dim: int):
+def build(spec: ModelConfig, data_dim: int, image_shape=None):
     """(the model a config's model section describes, that section as resolved): a built-in, or a program."""
     if spec.program is not None:
         return build_program(spec, data_dim)
-    return build_model(spec, data_dim), spec
+    return build_model(spec, data_dim, image_shape), spec
 
 
 def check_output_folder(out: Path, replace: bool) -> None:
@@ -351,11 +356,11 @@ def load_run(run_dir: os.PathLike, device: str = "cpu", model=None) -> Run:
         raise PyroVAEError(f"checkpoint {str(path)!r} holds an unreadable run description ({e}): retrain the run") from None
     history = _history(payload, path)
     _check_config_matches(run_dir, cfg)
+    shape = tuple(payload["image_shape"]) if payload.get("image_shape") else None
     if model is None:
-        model, _ = build(cfg.model, data_dim)
+        model, _ = build(cfg.model, data_dim, shape)
     restore_model(model, payload, path)
     _eval(model, device)
-    shape = tuple(payload["image_shape"]) if payload.get("image_shape") else None
     return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape, data_dim=data_dim)
 
 

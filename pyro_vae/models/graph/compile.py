@@ -1,0 +1,314 @@
+"""A graph spec compiled to one Pyro program: the model in ancestral order, an amortized guide bottom-up.
+
+``model`` walks the nodes in ancestral order inside the data plate: an input
+is read, a root latent is drawn from its prior, every other node from its
+conditional network of the parents' values; observed nodes are scored at the
+data.  A partial node (a label given for some rows) is observed where its
+array is present and latent where it is not (the trainer batches labelled and
+unlabelled rows apart, so a batch has the array or leaves it out).  A mixture
+node's component is a model-only discrete site, marked for enumeration.
+
+``guide`` walks the latent nodes nearest the data first (graph.guide_order):
+each q reads the data (observed and input arrays) and, for the "structured"
+guide, the latent values sampled before it that it shares a factor with.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import pyro
+from pyro.nn import PyroModule
+
+from ...data import batch
+from ...errors import PyroVAEError
+from ..likelihoods import LIKELIHOODS
+from ..nets import ConvDecoder, ConvEncoder, check_image, mlp
+from .families import FAMILIES
+from .spec import Graph, build_graph
+
+#: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
+COMPONENT = "_component"
+CLASSIFIER = "_classifier"
+
+
+def broadcast_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate feature vectors whose leading dims broadcast (an enumerated label's (K, 1, K) with x's (B, D))."""
+    if len(parts) == 1:
+        return parts[0]
+    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(lead + p.shape[-1:]) for p in parts], dim=-1)
+
+
+class NodeNet(nn.Module):
+    """The named inputs' features -> ``out_features`` numbers: an MLP, after a conv encoder on the image if asked."""
+
+    def __init__(self, inputs: Sequence[Tuple[str, int]], out_features: int, cfg, image: Optional[str],
+                 image_shape, what: str):
+        super().__init__()
+        self.names = [n for n, _ in inputs]
+        self.image = None
+        width = sum(size for _, size in inputs)
+        if cfg.type == "conv":
+            if image is None or image not in self.names:
+                raise PyroVAEError(f"{what}: type = \"conv\" reads an image, but none of this network's inputs "
+                                   f"({', '.join(self.names) or 'none'}) is the image data: use type = \"mlp\"")
+            check_image(image_shape, what)
+            self.image = image
+            self.conv = ConvEncoder(image_shape, cfg.channels, cfg.activation)
+            width += self.conv.out_features - dict(inputs)[image]
+        self.mlp = mlp(width, cfg.hidden, out_features, cfg.activation)
+
+    def forward(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [self.conv(feats[n]) if n == self.image else feats[n] for n in self.names]
+        return self.mlp(broadcast_cat(parts))
+
+
+class Joined(nn.Module):
+    """A network on one tensor, fed the named inputs' features side by side."""
+
+    def __init__(self, net: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.net, self.names = net, list(names)
+
+    def forward(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(broadcast_cat([feats[n] for n in self.names]))
+
+
+class GraphModel(PyroModule):
+    """A latent-variable graph (``[model.nodes.NAME]`` tables) as one Pyro model and one amortized guide.
+
+    ``data_dim``: the width of the main observed array (the first observed
+    node); ``image_shape``: its (height, width) where the data source knows it
+    (conv nets need it).  The constructor builds modules only.
+    """
+
+    def __init__(self, spec, data_dim: int, image_shape=None):
+        super().__init__()
+        self.spec = spec
+        self.graph: Graph = build_graph(spec)
+        g = self.graph
+        self.obs_site = next(n for n in g.order if g.nodes[n].role == "observed")
+        # the sites latent on every row (a partial node is observed on labelled rows)
+        self.latent_sites = tuple(n for n in g.guide_order if g.nodes[n].role == "latent")
+        self.data_dim = int(data_dim)
+        self.image_shape = tuple(image_shape) if image_shape else None
+        image = self.obs_site if self.image_shape and self.image_shape[0] * self.image_shape[1] == data_dim else None
+        self.families = nn.ModuleDict()
+        self.likelihoods = nn.ModuleDict()
+        self.nets = nn.ModuleDict()  # the model's conditional networks, one per node with parents
+        self.encoders = nn.ModuleDict()  # the guide's networks, one per latent or partial node
+        self.widths: Dict[str, int] = {}  # the feature size of each node's value
+        for name in g.order:
+            node = g.nodes[name]
+            if node.role == "observed":
+                width = self._observed_width(name, node)
+                self.likelihoods[name] = LIKELIHOODS[node.likelihood](width, "learned" if node.scale is None else node.scale,
+                                                                     node.levels)
+                self.widths[name] = width
+            else:
+                self.families[name] = FAMILIES[node.family](node)
+                self.widths[name] = self.families[name].feature_size
+        for name in g.order:
+            node = g.nodes[name]
+            what = f"model.nodes.{name}.net"
+            inputs = [(p, self.widths[p]) for p in node.parents]
+            if node.role == "observed":
+                lik = self.likelihoods[name]
+                if node.net.type == "conv":
+                    if name != image:
+                        check_image(self.image_shape if name == self.obs_site else None, what)
+                        raise PyroVAEError(f"{what}: type = \"conv\" decodes an image, but the data's rows have "
+                                           f"{self.widths[name]} values and its images are {self.image_shape}: use type = \"mlp\"")
+                    maps = lik.out_features // self.widths[name]
+                    self.nets[name] = Joined(ConvDecoder(sum(s for _, s in inputs), node.net.hidden, self.image_shape,
+                                                         node.net.channels, maps, node.net.activation,
+                                                         pixel_major=getattr(lik, "discrete", False)), node.parents)
+                else:
+                    self.nets[name] = NodeNet(inputs, lik.out_features, node.net, None, None, what)
+            elif node.role in ("latent", "partial") and node.parents:
+                if node.net.type == "conv":
+                    raise PyroVAEError(f"{what}: type = \"conv\" is for the image's decoder (an observed node) and the "
+                                       "guide's encoders: use type = \"mlp\" for a latent's conditional network")
+                self.nets[name] = NodeNet(inputs, self.families[name].out_features, node.net, None, None, what)
+        data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
+        for name in g.guide_order:
+            node = g.nodes[name]
+            inputs = data_inputs + [(n, self.widths[n]) for n in g.guide_inputs(name)]
+            self.encoders[name] = NodeNet(inputs, self.families[name].guide_features, node.encoder, image,
+                                          self.image_shape, f"model.nodes.{name}.encoder")
+            if node.classifier_weight and g.guide_inputs(name):
+                raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
+                                   f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
+                                   "set model.guide_structure = \"mean-field\" or remove classifier_weight")
+        # the main likelihood: what the trainer checks the data's support against
+        self.likelihood = self.likelihoods[self.obs_site]
+        self._arange_cache = {}
+
+    def _observed_width(self, name: str, node) -> int:
+        if name == self.obs_site:
+            if node.dim is not None and node.dim != self.data_dim:
+                raise PyroVAEError(f"model.nodes.{name}.dim = {node.dim} but the data's rows have {self.data_dim} "
+                                   "values: remove dim (it is read off the data) or fix it")
+            return self.data_dim
+        if node.dim is None:
+            raise PyroVAEError(f"model.nodes.{name}: a second observed node needs dim (its array's width)")
+        return int(node.dim)
+
+    # -- data ---------------------------------------------------------------
+    def _named(self, args, data) -> Dict[str, torch.Tensor]:
+        if len(args) > 1:
+            raise TypeError(f"GraphModel takes the data as one tensor (its {self.obs_site!r}) or as named arrays")
+        return {self.obs_site: args[0], **data} if args else dict(data)
+
+    def _plate(self, data, data_size):
+        n = batch.num_rows(data)
+        if data_size is None or data_size == n:
+            return pyro.plate("data", n, dim=-1)
+        ref = batch.reference(data)
+        key = (n, ref.device)
+        idx = self._arange_cache.get(key)
+        if idx is None:
+            idx = self._arange_cache[key] = torch.arange(n, device=ref.device)
+        return pyro.plate("data", size=data_size, subsample=idx, dim=-1)
+
+    def _feature(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        if name in self.likelihoods:
+            return self.likelihoods[name].encoder_input(value)
+        return self.families[name].features(value)
+
+    def _data_features(self, data) -> Dict[str, torch.Tensor]:
+        feats = {}
+        for name in self.graph.data_nodes():
+            if name not in data:
+                if self.graph.nodes[name].role == "input":
+                    raise PyroVAEError(f"the graph's input node {name!r} is not in the data: every row needs it "
+                                       f"(pass it as an array named {name!r}; pyro-vae sample takes --given {name}=...)")
+                continue
+            feats[name] = self._feature(name, data[name])
+        return feats
+
+    # -- the Pyro program ---------------------------------------------------
+    def model(self, *args, data_size=None, **data):
+        data = self._named(args, data)
+        g = self.graph
+        feats = self._data_features(data)
+        with self._plate(data, data_size):
+            shape = (batch.num_rows(data),)
+            for name in g.order:
+                node = g.nodes[name]
+                if node.role == "input":
+                    continue
+                parents = {p: feats[p] for p in node.parents}
+                if node.role == "observed":
+                    d = self.likelihoods[name](self.nets[name](parents))
+                    value = pyro.sample(name, d, obs=data.get(name))
+                    if name not in feats:
+                        feats[name] = self._feature(name, value)
+                    continue
+                family = self.families[name]
+                if node.family == "mixture":
+                    c = pyro.sample(name + COMPONENT, family.component(shape), infer={"enumerate": "parallel"})
+                    d = family.given_component(c)
+                else:
+                    d = family.conditional(self.nets[name](parents)) if node.parents else family.prior(shape)
+                obs = data.get(name) if node.role == "partial" else None
+                value = pyro.sample(name, d, obs=obs)
+                if obs is not None and node.classifier_weight:
+                    # Kingma et al.'s auxiliary term: the classifier learns from the labelled rows too.  A factor,
+                    # not a density: evaluation leaves it out, so the reported ELBO stays the model's
+                    q = family.guide(self.encoders[name](feats))
+                    pyro.factor(name + CLASSIFIER, node.classifier_weight * q.log_prob(obs))
+                feats[name] = family.features(value)
+
+    def guide(self, *args, data_size=None, **data):
+        data = self._named(args, data)
+        g = self.graph
+        feats = self._data_features(data)
+        with self._plate(data, data_size):
+            for name in g.guide_order:
+                node = g.nodes[name]
+                family = self.families[name]
+                if node.role == "partial" and name in data:
+                    feats[name] = family.features(data[name])  # observed here: the model scores it
+                    continue
+                q = family.guide(self.encoders[name](feats))
+                infer = {"enumerate": "parallel"} if family.discrete else {}
+                feats[name] = family.features(pyro.sample(name, q, infer=infer))
+
+    # -- what the library reads off a graph ---------------------------------
+    def check_data(self, data, what: str = "the data") -> None:
+        """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph."""
+        g = self.graph
+        named = batch.is_named(data)
+        arrays = dict(data) if named else {self.obs_site: data}
+        needed = [n for n in g.order if g.nodes[n].role in ("observed", "input", "partial")]
+        for name in needed:
+            if name not in arrays:
+                role = g.nodes[name].role
+                fix = ("set data.labels = \"%s\" (a labelled source) or give data.arrays" % name if role != "observed"
+                       else "name the arrays after the graph's nodes")
+                raise PyroVAEError(f"model.nodes.{name} is {'an' if role == 'input' else 'a'} {role} node but {what} "
+                                   f"has no array {name!r} (it has {', '.join(arrays)}): {fix}")
+        for name in arrays:
+            if name not in g.nodes:
+                raise PyroVAEError(f"{what} has an array {name!r} that no node of the graph reads: add a node "
+                                   f"[model.nodes.{name}] (role = \"input\", \"observed\" or \"partial\") or drop it")
+        for name in needed:
+            node, value = g.nodes[name], arrays[name]
+            if node.role == "observed":
+                if value.dim() != 2 or value.shape[1] != self.widths[name]:
+                    raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
+                                       f"but the node takes rows of {self.widths[name]} values: fix its dim or the data")
+                continue
+            if node.family in ("categorical", "bernoulli"):
+                k = node.dim if node.family == "categorical" else 2 ** node.dim
+                bad = value.is_floating_point() or value.dim() != 1
+                low = -1 if node.role == "partial" else 0
+                if not bad and value.numel():
+                    bad = bool(((value < low) | (value >= k)).any())
+                if bad:
+                    missing = " (-1 where a row has none)" if node.role == "partial" else ""
+                    raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} must hold one integer class "
+                                       f"0..{k - 1}{missing} per row (got dtype {value.dtype}, shape "
+                                       f"{tuple(value.shape)}): fix the data or the node's dim")
+                if node.role == "input" and value.numel() and bool((value < 0).any()):
+                    raise PyroVAEError(f"model.nodes.{name}: an input is always given, but {what}'s {name!r} has "
+                                       "missing (-1) rows: make the node role = \"partial\" or fill them in")
+            elif value.dim() != 2 or value.shape[1] != node.dim:
+                raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
+                                   f"but the node's dim is {node.dim}: fix its dim or the data")
+
+    @property
+    def class_node(self) -> Optional[str]:
+        """The node whose classes the run reports: a partial label, else a categorical latent or mixture, else an
+        input label (a conditional model's); None when the graph has no classes."""
+        g = self.graph
+        for roles, families in ((("partial",), ("categorical",)), (("latent",), ("categorical", "mixture")),
+                                (("input",), ("categorical",))):
+            for n in g.order:
+                if g.nodes[n].role in roles and g.nodes[n].family in families:
+                    return n
+        return None
+
+    @torch.no_grad()
+    def class_probabilities(self, data, node: Optional[str] = None) -> torch.Tensor:
+        """(rows, classes): q(node | data) of a categorical node whose guide reads the data only, or, for a
+        mixture node, its component's posterior p(c | z) at z = E_q[z | data]."""
+        data = self._named((data,), {}) if not batch.is_named(data) else dict(data)
+        data = {k: v for k, v in data.items() if not (k in self.graph.nodes and self.graph.nodes[k].role == "partial")}
+        name = node or self.class_node
+        spec = self.graph.nodes.get(name)
+        if spec is None or spec.role == "input" or spec.family not in ("categorical", "mixture"):
+            raise PyroVAEError(f"{name!r} is not a categorical latent, partial or mixture node of this graph")
+        if self.graph.guide_inputs(name):
+            raise PyroVAEError(f"q({name} | ...) also reads {', '.join(self.graph.guide_inputs(name))}: its classes "
+                               "need those draws; use model.guide_structure = \"mean-field\"")
+        feats = self._data_features(data)
+        family = self.families[name]
+        q = family.guide(self.encoders[name](feats))
+        if spec.family == "categorical":
+            return q.probs
+        return family.component_posterior(q.mean)

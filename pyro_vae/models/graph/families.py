@@ -1,0 +1,222 @@
+"""Node families: what a graph node's values are, its fixed or learned root prior, its conditional and guide laws.
+
+A family turns network outputs into a Pyro distribution over one node's value
+per data point (event dim 1 for vectors; a scalar class or code for discrete
+nodes, so that Pyro can enumerate it), and a value into the features a
+network reads (one-hot classes, bits).  Discrete families are summed exactly
+by TraceEnum_ELBO; their guide laws are marked for parallel enumeration.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import pyro.distributions as dist
+
+from ...registry import Registry
+
+FAMILIES: Registry = Registry("node family")
+
+#: the floor on every scale a network predicts (a scale of 0 sends a density to infinity)
+MIN_SCALE = 1e-4
+_SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) = 1
+
+
+class Family(nn.Module):
+    """One node's law.  ``dim``: its size (classes, bits); holds the node's free prior/scale parameters."""
+
+    discrete = False
+
+    def __init__(self, node):
+        super().__init__()
+        self.dim = int(node.dim)
+
+    @property
+    def feature_size(self) -> int:
+        return self.dim
+
+    def features(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    # the model's side: a root's prior, or the law given the parents' network output
+    def prior(self, shape) -> dist.Distribution:
+        raise NotImplementedError
+
+    @property
+    def out_features(self) -> int:
+        raise NotImplementedError
+
+    def conditional(self, out: torch.Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    # the guide's side
+    @property
+    def guide_features(self) -> int:
+        return self.out_features
+
+    def guide(self, out: torch.Tensor) -> dist.Distribution:
+        return self.conditional(out)
+
+
+class _LocScale(Family):
+    law = None
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.scale_mode = node.scale if node.scale is not None else "amortized"
+        self.register_buffer("prior_loc", torch.zeros(self.dim))
+        self.register_buffer("prior_scale", torch.full((self.dim,), float(node.prior_scale)))
+        if node.prior == "learned" and not node.parents:
+            self.prior_loc = nn.Parameter(self.prior_loc.clone())
+            self.raw_prior_scale = nn.Parameter(torch.full((self.dim,), _SOFTPLUS_ONE + math.log(node.prior_scale)))
+        if node.parents and self.scale_mode == "learned":
+            self.raw_scale = nn.Parameter(torch.full((self.dim,), _SOFTPLUS_ONE))
+        elif node.parents and not isinstance(self.scale_mode, str):
+            self.register_buffer("fixed_scale", torch.full((self.dim,), float(self.scale_mode)))
+
+    def prior(self, shape):
+        scale = F.softplus(self.raw_prior_scale) + MIN_SCALE if hasattr(self, "raw_prior_scale") else self.prior_scale
+        return self.law(self.prior_loc, scale).expand(tuple(shape) + (self.dim,)).to_event(1)
+
+    @property
+    def out_features(self):
+        return 2 * self.dim if self.scale_mode == "amortized" else self.dim
+
+    def conditional(self, out):
+        if self.scale_mode == "amortized":
+            loc, raw = out.split(self.dim, dim=-1)
+            return self.law(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+        scale = F.softplus(self.raw_scale) + MIN_SCALE if self.scale_mode == "learned" else self.fixed_scale
+        return self.law(out, scale.expand(out.shape)).to_event(1)
+
+    @property
+    def guide_features(self):
+        return 2 * self.dim
+
+    def guide(self, out):
+        # q is Gaussian for every continuous family (a Laplace prior too, as the built-in VAE's)
+        loc, raw = out.split(self.dim, dim=-1)
+        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+
+
+@FAMILIES.register("normal")
+class Normal(_LocScale):
+    law = dist.Normal
+
+
+@FAMILIES.register("laplace")
+class Laplace(_LocScale):
+    law = dist.Laplace
+
+
+@FAMILIES.register("categorical")
+class Categorical(Family):
+    """A class in 0..dim-1: a scalar site Pyro enumerates; networks read it one-hot."""
+
+    discrete = True
+
+    def __init__(self, node):
+        super().__init__(node)
+        if node.prior == "learned" and not node.parents:
+            self.prior_logits = nn.Parameter(torch.zeros(self.dim))
+        else:
+            self.register_buffer("prior_logits", torch.zeros(self.dim))
+
+    def features(self, value):
+        return F.one_hot(value.long(), self.dim).to(self.prior_logits.dtype)
+
+    def prior(self, shape):
+        return dist.Categorical(logits=self.prior_logits.expand(tuple(shape) + (self.dim,)))
+
+    @property
+    def out_features(self):
+        return self.dim
+
+    def conditional(self, out):
+        return dist.Categorical(logits=out)
+
+
+@FAMILIES.register("bernoulli")
+class Bernoulli(Family):
+    """``dim`` independent bits, held as one code in 0..2**dim-1 so that the exact sum is one enumerated site."""
+
+    discrete = True
+
+    def __init__(self, node):
+        super().__init__(node)
+        codes = torch.arange(2 ** self.dim)
+        self.register_buffer("bits", ((codes[:, None] >> torch.arange(self.dim)) & 1).float())  # (2**dim, dim)
+        if node.prior == "learned" and not node.parents:
+            self.prior_logits = nn.Parameter(torch.zeros(self.dim))
+        else:
+            self.register_buffer("prior_logits", torch.zeros(self.dim))
+
+    def features(self, value):
+        return self.bits[value.long()]
+
+    def _codes(self, logits):
+        # log p(code) = sum_j b_j log sigmoid(l_j) + (1 - b_j) log sigmoid(-l_j)
+        return F.logsigmoid(logits) @ self.bits.T + F.logsigmoid(-logits) @ (1 - self.bits).T
+
+    def prior(self, shape):
+        return dist.Categorical(logits=self._codes(self.prior_logits).expand(tuple(shape) + (2 ** self.dim,)))
+
+    @property
+    def out_features(self):
+        return self.dim
+
+    def conditional(self, out):
+        return dist.Categorical(logits=self._codes(out))
+
+
+@FAMILIES.register("mixture")
+class Mixture(Family):
+    """A Gaussian-mixture prior: a component c ~ Cat(w) (enumerated in the model), then z ~ N(mu_c, diag s_c^2).
+
+    The means and scales are learned; ``prior = "learned"`` learns the weights as well ("fixed": uniform).
+    The guide's law is Gaussian, as for a normal node.
+    """
+
+    def __init__(self, node):
+        super().__init__(node)
+        k = int(node.components)
+        self.components = k
+        # spread the initial means so that the components start apart (a fixed draw: the model is seeded)
+        self.loc = nn.Parameter(torch.randn(k, self.dim) * node.prior_scale)
+        self.raw_scale = nn.Parameter(torch.full((k, self.dim), _SOFTPLUS_ONE + math.log(node.prior_scale)))
+        if node.prior == "learned":
+            self.logits = nn.Parameter(torch.zeros(k))
+        else:
+            self.register_buffer("logits", torch.zeros(k))
+
+    def component(self, shape) -> dist.Distribution:
+        return dist.Categorical(logits=self.logits.expand(tuple(shape) + (self.components,)))
+
+    def given_component(self, c):
+        return dist.Normal(self.loc[c], F.softplus(self.raw_scale[c]) + MIN_SCALE).to_event(1)
+
+    def marginal(self, shape) -> dist.Distribution:
+        """sum_c p(c) N(z; mu_c, s_c): the prior with its component summed (for sampling and posteriors)."""
+        comp = dist.Normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp).expand(tuple(shape))
+
+    def component_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """p(c | z) for each row of z: (rows, components)."""
+        comp = dist.Normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE).to_event(1)
+        return (comp.log_prob(z.unsqueeze(-2)) + self.logits.log_softmax(-1)).softmax(-1)
+
+    @property
+    def guide_features(self):
+        return 2 * self.dim
+
+    def guide(self, out):
+        loc, raw = out.split(self.dim, dim=-1)
+        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+
+
+@FAMILIES.register("real")
+class Real(Family):
+    """An input's real vector, read as it is."""

@@ -1,0 +1,206 @@
+"""A graph spec checked as a whole: names, parents, cycles, roles and sizes; its ancestral and guide orders.
+
+Every check fails in one line that names the node and the fix, before any
+data is read or any network built.  The compiler (compile.py) reads the
+orders off :class:`Graph` and never re-derives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Tuple
+
+from ...errors import PyroVAEError, did_you_mean
+
+#: the most bits a bernoulli node may have: its 2**dim values are enumerated exactly
+MAX_BITS = 12
+#: families a node of each role may have
+ROLE_FAMILIES = {
+    "latent": ("normal", "laplace", "categorical", "bernoulli", "mixture"),
+    "partial": ("categorical", "bernoulli"),
+    "input": ("real", "categorical"),
+    "observed": ("normal", "categorical", "bernoulli"),  # family is unused by observed nodes: they take a likelihood
+}
+DISCRETE = ("categorical", "bernoulli")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The checked graph: its nodes by name, in ancestral order, and the order the guide samples them in."""
+
+    nodes: Mapping[str, object]  # name -> NodeConfig
+    order: Tuple[str, ...]  # ancestral: every node after its parents
+    guide_order: Tuple[str, ...]  # the latent and partial nodes, nearest the data first (discrete before continuous)
+    structured: bool
+
+    def children(self, name: str) -> List[str]:
+        return [n for n in self.order if name in self.nodes[n].parents]
+
+    def blanket(self, name: str) -> List[str]:
+        """The nodes ``name`` shares a factor with: its parents, children and its children's other parents."""
+        out = list(self.nodes[name].parents)
+        for c in self.children(name):
+            out += [c] + [p for p in self.nodes[c].parents if p != name]
+        return list(dict.fromkeys(out))
+
+    def guide_inputs(self, name: str) -> List[str]:
+        """The latent nodes q(name | ...) reads besides the data: under "structured", those the guide has
+        sampled before it (or that are observed there) that share a factor with it; none under mean-field."""
+        if not self.structured:
+            return []
+        before = self.guide_order[: self.guide_order.index(name)]
+        return [n for n in before if n in self.blanket(name)]
+
+    def data_nodes(self) -> List[str]:
+        """The nodes whose values come from the data (the guide's inputs): observed, partial and input."""
+        return [n for n in self.order if self.nodes[n].role in ("observed", "input")]
+
+    @property
+    def discrete(self) -> List[str]:
+        """Nodes the objective must sum: discrete latent and partial nodes, and mixture components."""
+        return [n for n in self.order if self.nodes[n].role in ("latent", "partial")
+                and self.nodes[n].family in DISCRETE + ("mixture",)]
+
+
+def _fail(name: str, what: str) -> None:
+    raise PyroVAEError(f"model.nodes.{name}: {what}")
+
+
+def _check_node(name: str, node, names) -> None:
+    if not name.isidentifier():
+        _fail(name, f"{name!r} is not a Python identifier: a data node's name is the program's keyword argument "
+                    "and its data array's name, so use letters, digits and _")
+    families = ROLE_FAMILIES[node.role]
+    if node.role != "observed" and node.family not in families:
+        _fail(name, f"family {node.family!r} is not one a {node.role} node can have: use one of {', '.join(families)}")
+    for p in node.parents:
+        if p not in names:
+            _fail(name, f"unknown parent {p!r}: {did_you_mean(p, names)}declared nodes: {', '.join(names)}")
+        if p == name:
+            _fail(name, "lists itself as a parent: a node cannot depend on itself")
+    if len(set(node.parents)) != len(node.parents):
+        _fail(name, "names a parent twice: list each once")
+    if node.role == "input" and node.parents:
+        _fail(name, "an input is always given and has no distribution, so it has no parents: "
+                    "make it role = \"observed\" to model it, or remove its parents")
+    if node.role == "observed" and not node.parents:
+        _fail(name, "an observed node needs a likelihood given its parents, but it has none: "
+                    "list the latents it depends on in parents")
+    if node.role in ("latent", "partial", "input") and node.dim is None:
+        what = {"categorical": "the number of classes", "bernoulli": "the number of bits"}.get(node.family, "its size")
+        _fail(name, f"needs dim ({what})")
+    if node.dim is not None and not 1 <= node.dim <= 1 << 24:
+        _fail(name, f"dim must be a size >= 1 (got {node.dim})")
+    if node.family == "categorical" and node.role != "observed" and node.dim < 2:
+        _fail(name, f"a categorical node needs dim >= 2 classes (got {node.dim})")
+    if node.family == "bernoulli" and node.role != "observed" and node.dim > MAX_BITS:
+        _fail(name, f"a bernoulli node's 2**dim values are summed exactly: dim must be <= {MAX_BITS} (got {node.dim})")
+    if node.family == "mixture":
+        if node.components is None or node.components < 2:
+            _fail(name, "a mixture prior needs components >= 2 (the number of Gaussian components)")
+        if node.parents:
+            _fail(name, "a mixture prior is a root's prior: remove its parents (or use family = \"normal\")")
+    elif node.components is not None:
+        _fail(name, f"components is for family = \"mixture\", but this node's family is {node.family!r}: remove it")
+    if node.classifier_weight < 0:
+        _fail(name, f"classifier_weight must be >= 0 (got {node.classifier_weight})")
+    if node.classifier_weight and node.role != "partial":
+        _fail(name, "classifier_weight weights the classifier q(y|x) on the labelled rows of a partial node: "
+                    "set role = \"partial\" or remove it")
+    if node.prior_scale <= 0:
+        _fail(name, f"prior_scale must be > 0 (got {node.prior_scale})")
+    if node.scale is not None and not isinstance(node.scale, str) and node.scale <= 0:
+        _fail(name, f"scale must be a positive number, \"learned\" or \"amortized\" (got {node.scale})")
+    if node.role in ("latent", "partial") and isinstance(node.scale, str) and node.scale == "learned_isotropic":
+        _fail(name, "a latent's scale is \"amortized\", \"learned\" or a number")
+    for net in ("net", "encoder"):
+        cfg = getattr(node, net)
+        if any(h < 1 for h in cfg.hidden) or any(c < 1 for c in cfg.channels):
+            _fail(name, f"{net}: layer sizes must be >= 1")
+        if cfg.type == "conv" and len(cfg.channels) != 2:
+            _fail(name, f"{net}.channels: a conv net has two stride-2 layers: give two channel counts")
+
+
+def _ancestral(nodes) -> Tuple[str, ...]:
+    """Kahn's order, ties in declaration order; a cycle fails naming its nodes."""
+    order, placed = [], set()
+    pending = list(nodes)
+    while pending:
+        ready = [n for n in pending if all(p in placed for p in nodes[n].parents)]
+        if not ready:
+            cycle = _cycle(nodes, pending)
+            raise PyroVAEError(f"model.nodes: the parents form a cycle ({' <- '.join(cycle)}, each node after its parent): a latent-variable "
+                               "graph must be acyclic; remove one of these parent links")
+        for n in ready:
+            order.append(n)
+            placed.add(n)
+        pending = [n for n in pending if n not in placed]
+    return tuple(order)
+
+
+def _cycle(nodes, pending) -> List[str]:
+    start = pending[0]
+    path, seen = [start], {start}
+    while True:
+        nxt = next(p for p in nodes[path[-1]].parents if p in pending)
+        if nxt in seen:
+            return path[path.index(nxt):] + [nxt]
+        path.append(nxt)
+        seen.add(nxt)
+
+
+def _depth(nodes, order) -> Dict[str, int]:
+    """Distance to the nearest observed descendant (observed nodes: 0); a node with none fails."""
+    depth = {n: 0 for n in order if nodes[n].role == "observed"}
+    for n in reversed(order):
+        if n in depth:
+            continue
+        below = [depth[c] for c in order if n in nodes[c].parents and c in depth]
+        if below:
+            depth[n] = 1 + min(below)
+    return depth
+
+
+def build_graph(spec) -> Graph:
+    """The checked :class:`Graph` of a model section with ``nodes``."""
+    nodes = dict(spec.nodes)
+    names = list(nodes)
+    for name, node in nodes.items():
+        _check_node(name, node, names)
+    if not any(n.role == "observed" for n in nodes.values()):
+        raise PyroVAEError("model.nodes: no node is observed: give the data's node role = \"observed\" and a likelihood")
+    if not any(n.role in ("latent", "partial") for n in nodes.values()):
+        raise PyroVAEError("model.nodes: no node is latent: add a latent node (role = \"latent\", dim = ...) "
+                           "as a parent of the observed one")
+    order = _ancestral(nodes)
+    depth = _depth(nodes, order)
+    for n in order:
+        if nodes[n].role in ("latent", "partial", "input") and n not in depth:
+            _fail(n, "no observed node depends on it, so the data says nothing about it: list it among the "
+                     "parents of a node on the way to the data, or remove it")
+    for n in order:
+        for c in order:
+            if n in nodes[c].parents and nodes[n].role == "observed" and nodes[c].role in ("latent", "partial"):
+                _fail(c, f"a latent with an observed parent ({n}) is not supported: make {n} role = \"input\" "
+                         "to condition on it")
+    inferred = [n for n in order if nodes[n].role in ("latent", "partial")]
+    # nearest the data first; among equals discrete first (M2's q(y|x) then q(z|x,y)), then as declared
+    guide_order = tuple(sorted(inferred, key=lambda n: (depth[n], nodes[n].family not in DISCRETE, names.index(n))))
+    return Graph(nodes, order, guide_order, spec.guide_structure == "structured")
+
+
+def check_graph(spec) -> None:
+    build_graph(spec)
+
+
+def check_objective(spec, train) -> None:
+    """A discrete node needs an objective that sums it exactly: TraceEnum_ELBO (train.elbo = "enum")."""
+    if train.elbo == "enum":
+        return
+    graph = build_graph(spec)
+    if graph.discrete:
+        name = graph.discrete[0]
+        what = "its mixture component" if graph.nodes[name].family == "mixture" else "it"
+        raise PyroVAEError(
+            f"model.nodes.{name} is {graph.nodes[name].family} and train.elbo = {train.elbo!r} cannot sum {what} "
+            "exactly: set train.elbo = \"enum\" (TraceEnum_ELBO enumerates discrete nodes)")
