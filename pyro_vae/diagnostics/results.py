@@ -147,14 +147,29 @@ class Reference(Record):
 
 
 @dataclass
+class NodeComparison(Record):
+    """The comparison restricted to one latent site's dimensions (a node of a graph), per point."""
+
+    name: str
+    dims: int
+    mean_abs_error: np.ndarray
+    std_mean_error: np.ndarray
+    sd_ratio: np.ndarray
+    kl_gauss: np.ndarray  # between the Gaussian fits of this site's marginals
+    w2: np.ndarray
+
+
+@dataclass
 class Comparison(Record):
-    """How far q is from the reference, per point (averaged over latent dims)."""
+    """How far q is from the reference, per point (averaged over latent dims), and per latent site."""
 
     mean_abs_error: np.ndarray
     std_mean_error: np.ndarray  # |mean error| / reference sd
     sd_ratio: np.ndarray  # geometric mean over dims of sd_q / sd_ref
     kl_gauss: np.ndarray  # KL between Gaussian fits; inf (NaN once saved) for a point mass
     w2: np.ndarray  # 1-D Wasserstein-2 per dim, averaged
+    # the same per latent site, where there are two or more (a hierarchy's z1 and z2): which node q gets wrong
+    nodes: List[NodeComparison] = field(default_factory=list)
 
 
 @dataclass

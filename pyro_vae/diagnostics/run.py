@@ -93,7 +93,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     ref = _reference(model, x, layout, subject.point_index, name, zp, precond, settings, progress, log)
     lap("reference")
 
-    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws)
+    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws,
+                                                        list(zip(layout.sites, layout.sizes)))
     contraction = _contraction(ref, qd.summary, prior_var)
 
     sbc = _sbc(model, x, layout, name, settings, log)

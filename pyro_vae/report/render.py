@@ -37,7 +37,7 @@ SECTIONS = [
     ("generated", "What the models generate"),
 ]
 TABLE_SECTION = {"runs": "runs", "khat": "khat", "worst": "khat", "reference": "reference", "nuts_check": "reference",
-                 "comparison": "comparison", "sbc": "sbc"}
+                 "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
 
 GLOSSARY = [
     ("PSIS k-hat", "the estimated Pareto tail shape of the importance weights p(x, z) / q(z|x); it says how heavy the "
@@ -245,7 +245,8 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
     return "\n".join(lines)
 
 
-def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison", "sbc")) -> str:
+def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison",
+                                                       "comparison_nodes", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []
     if any(r.summed_sites for r in d.runs):  # the terminal says it only where it changes what z means
