@@ -27,7 +27,7 @@ import torch
 
 from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
-from ..data.sizes import check_model_size, inferred_levels
+from ..data.sizes import check_graph_size, check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
@@ -91,8 +91,10 @@ def prepare(cfg: Config):
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
                            "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
     cfg = resolve_config(cfg, data)
-    if cfg.model.program is None and not cfg.model.nodes:
-        check_model_size(cfg.model, data.dim)  # before torch allocates it
+    if cfg.model.nodes:
+        check_graph_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
+    elif cfg.model.program is None:
+        check_model_size(cfg.model, data.dim)
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model, spec = build(cfg.model, data.dim, data.image_shape)
     cfg = cfg.replace(model=spec)
