@@ -87,9 +87,12 @@ def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, data_likelihood(cfg.model))
     if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
-        raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
+        names = ", ".join(data.train)
+        key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None
+                     else ("data.arrays", f"data.arrays names {names}"))
+        raise PyroVAEError(f"{said} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
-                           "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
+                           f"(model.program = \"module:Class\"); remove {key} for a built-in model")
     cfg = resolve_config(cfg, data)
     if cfg.model.nodes:
         check_graph_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
