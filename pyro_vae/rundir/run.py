@@ -5,7 +5,7 @@
   ``checkpoint.pt``  parameters, optimizer state, RNG states, data order (atomic)
   ``history.csv``    per epoch: train loss, test ELBO, seconds, beta
   ``metrics.json``   the evaluation of the final model on the test data
-  ``plots/``         loss curve, reconstructions, samples, latent scatter
+  ``plots/``         loss curve, reconstructions, samples, latent scatter, the model's graph
 
 Everything that can fail on bad input (config, data, support, output folder)
 is checked before the folder is created, so a failed start writes nothing.
@@ -111,7 +111,7 @@ def prepare(cfg: Config):
 #: the files a run directory holds, all written by this library (plots/ holds PLOT_FILES)
 RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
 PLOTS_DIR = "plots"
-PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png")
+PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "graph.png")
 SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
 
 
@@ -285,11 +285,10 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 from ..plots import run_plots
 
                 figures = run_plots(model, data, history, out / PLOTS_DIR)
-            elif plots:  # a model of your own: its curve (the other figures need a built-in's encoder and decoder)
-                from ..plots import loss_curve
+            elif plots:  # a model of your own: its curve and graph (the others need a built-in's encoder and decoder)
+                from ..plots import program_plots
 
-                (out / PLOTS_DIR).mkdir(exist_ok=True)
-                figures = [loss_curve(history, out / PLOTS_DIR / "loss.png")]
+                figures = program_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
                data_dim=data.dim)
 
