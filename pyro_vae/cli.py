@@ -350,7 +350,8 @@ def cmd_sample(args) -> int:
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
     given = _given_values(args.given)
-    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict))
+    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
+                                        or run.config.data.labels is not None)
     if given and not named:
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")

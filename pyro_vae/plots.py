@@ -1,4 +1,4 @@
-"""A run's figures: loss curve, reconstructions, samples and the latent space, one PNG each.
+"""A run's figures: loss curve, reconstructions, samples, the latent space and the model's graph, one PNG each.
 
 Matplotlib with the Agg backend (no display needed); every PNG goes through
 the run directory's atomic writer.  Every figure of the library (these and the
@@ -197,7 +197,19 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
     return save_figure(fig, path, bbox_inches="tight")
 
 
+@figure_style()
+def graph(model, data, path: Path, title: str = "the model's graph") -> Path:
+    """The model's graph (diagnostics/structure.py) traced on ``data``, drawn as the report draws it."""
+    from .diagnostics.structure import model_structure
+    from .report.figures import draw_structure  # the report's figures import this module: imported here
+
+    return save_figure(draw_structure(model_structure(model, data), title), path, bbox_inches="tight")
+
+
 def run_plots(model, data, history, folder: Path) -> List[Path]:
+    """A built-in model's figures."""
+    from .diagnostics.structure import graph_data
+
     folder.mkdir(parents=True, exist_ok=True)
     x = data.test_x
     return [
@@ -206,7 +218,16 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
         samples(model, data.image_shape, folder / "samples.png"),
         latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png",
                        class_names=data.class_names),
+        graph(model, graph_data(data), folder / "graph.png"),
     ]
+
+
+def program_plots(model, data, history, folder: Path) -> List[Path]:
+    """A program's figures: its curve and its graph (the others need a built-in's encoder and decoder)."""
+    from .diagnostics.structure import graph_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [loss_curve(history, folder / "loss.png"), graph(model, graph_data(data), folder / "graph.png")]
 
 
 # -- graph models: what they generate, and how their classes agree with the labels -------------------------
@@ -338,10 +359,9 @@ def class_table_file(metrics) -> str:
 
 
 def graph_plots(model, data, history, folder: Path, classes=None) -> List[Path]:
-    """A graph model's figures: the loss curve; for image data its ancestral samples and, with a partial or
-    input label, its samples per class; the table of ``classes`` (a ClassMetrics) when there is one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = [loss_curve(history, folder / "loss.png")]
+    """A graph model's figures: a program's (:func:`program_plots`); for image data its ancestral samples and,
+    with a partial or input label, its samples per class; the table of ``classes`` (a ClassMetrics) if any."""
+    out = program_plots(model, data, history, folder)
     if _is_image(data, data.image_shape):
         out.append(prior_samples(model, data.test, data.image_shape, folder / "samples.png"))
         node = conditioning_node(model)

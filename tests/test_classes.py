@@ -169,7 +169,7 @@ def test_mixture_run_reports_its_clusters_and_draws_them(tmp_path, capsys):
     assert c.table.sum(1).tolist() == torch.bincount(run.data.test_labels, minlength=10).tolist()
     assert c.matching == (ONE_TO_ONE if c.clusters_used <= 10 else MAJORITY)
     names = sorted(p.name for p in (out / "plots").iterdir())
-    assert names == ["contingency.png", "loss.png", "samples.png"]
+    assert names == ["contingency.png", "graph.png", "loss.png", "samples.png"]
     # the library's own figures: a second run replaces them all
     pv.train(cfg, out, iw_samples=2, overwrite=True)
     assert main(["evaluate", str(out), "--iw-samples", "2"]) == 0
@@ -188,7 +188,7 @@ def test_conditional_model_draws_one_row_per_class(digits, tmp_path):
     data = pv.Dataset({"x": xtr, "y": ytr}, {"x": xte, "y": yte}, image_shape=(8, 8), test_labels=yte, observed="x")
     assert class_metrics(model, data.test, data.test_labels) is None
     files = plots.graph_plots(model, data, trainer.state.history, tmp_path / "plots")
-    assert sorted(p.name for p in files) == ["class_samples.png", "loss.png", "samples.png"]
+    assert sorted(p.name for p in files) == ["class_samples.png", "graph.png", "loss.png", "samples.png"]
     assert all(p.read_bytes().startswith(PNG) for p in files)
 
 

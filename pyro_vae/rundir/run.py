@@ -6,8 +6,8 @@
   ``history.csv``    per epoch: train loss, test ELBO, seconds, beta
   ``metrics.json``   the evaluation of the final model on the test data (and, for a model with classes,
                      ``"classes"``: evaluation/classes.py)
-  ``plots/``         loss curve, reconstructions, samples, latent scatter; a graph's samples per class and
-                     class table
+  ``plots/``         loss curve, reconstructions, samples, latent scatter, the model's graph; a graph's
+                     samples per class and class table
 
 Everything that can fail on bad input (config, data, support, output folder)
 is checked before the folder is created, so a failed start writes nothing.
@@ -29,7 +29,7 @@ import torch
 
 from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
-from ..data.sizes import check_model_size, inferred_levels
+from ..data.sizes import check_graph_size, check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
@@ -92,12 +92,17 @@ def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, data_likelihood(cfg.model))
     if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
-        raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
+        names = ", ".join(data.train)
+        key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None
+                     else ("data.arrays", f"data.arrays names {names}"))
+        raise PyroVAEError(f"{said} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
-                           "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
+                           f"(model.program = \"module:Class\"); remove {key} for a built-in model")
     cfg = resolve_config(cfg, data)
-    if cfg.model.program is None and not cfg.model.nodes:
-        check_model_size(cfg.model, data.dim)  # before torch allocates it
+    if cfg.model.nodes:
+        check_graph_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
+    elif cfg.model.program is None:
+        check_model_size(cfg.model, data.dim)
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model, spec = build(cfg.model, data.dim, data.image_shape)
     cfg = cfg.replace(model=spec)
@@ -111,7 +116,7 @@ def prepare(cfg: Config):
 #: the files a run directory holds, all written by this library (plots/ holds PLOT_FILES)
 RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
 PLOTS_DIR = "plots"
-PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png",
+PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "graph.png",
               "class_samples.png", "confusion.png", "contingency.png")
 SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
 
@@ -293,11 +298,10 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 from ..plots import graph_plots
 
                 figures = graph_plots(model, data, history, out / PLOTS_DIR, classes)
-            elif plots:  # a model of your own: its curve (the other figures need a built-in's encoder and decoder)
-                from ..plots import loss_curve
+            elif plots:  # a model of your own: its curve and graph (the others need a built-in's encoder and decoder)
+                from ..plots import program_plots
 
-                (out / PLOTS_DIR).mkdir(exist_ok=True)
-                figures = [loss_curve(history, out / PLOTS_DIR / "loss.png")]
+                figures = program_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
                data_dim=data.dim, classes=classes)
 

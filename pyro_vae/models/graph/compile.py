@@ -143,9 +143,15 @@ class GraphModel(PyroModule):
                 raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
                                    f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
                                    "set model.guide_structure = \"mean-field\" or remove classifier_weight")
-        # the main likelihood: what the trainer checks the data's support against
-        self.likelihood = self.likelihoods[self.obs_site]
         self._arange_cache = {}
+
+    @property
+    def likelihood(self):
+        """The main observed node's likelihood: what the trainer checks the data's support against.
+
+        A property, not a second attribute: a module registered under two names would have its parameters
+        found under one name only, and a step capture would freeze the other path's copy."""
+        return self.likelihoods[self.obs_site]
 
     def _observed_width(self, name: str, node) -> int:
         if name == self.obs_site:
