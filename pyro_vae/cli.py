@@ -116,7 +116,7 @@ def _format_classes(c) -> str:
         row("accuracy", f"{c.accuracy:10.3f} ± {c.accuracy_se:.3f} (binomial s.e.)")
         what = "confusion matrix (rows: true class, columns: predicted)"
     else:
-        rule = ("clusters matched to classes one to one (Hungarian)" if c.matching == "one-to-one"
+        rule = ("clusters matched to classes one to one, by the Hungarian algorithm" if c.matching == "one-to-one"
                 else "each cluster matched to its majority class: more clusters in use than classes")
         lines.append(f"clusters of {c.node} against {c.num_points} test labels:")
         row("clustering accuracy", f"{c.accuracy:10.3f} ({rule})")
