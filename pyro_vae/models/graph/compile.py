@@ -222,9 +222,10 @@ class GraphModel(PyroModule):
                     d = family.conditional(self.nets[name](parents)) if node.parents else family.prior(shape)
                 obs = data.get(name) if node.role == "partial" else None
                 value = pyro.sample(name, d, obs=obs)
-                if obs is not None and node.classifier_weight:
+                if obs is not None and node.classifier_weight and all(n in feats for n in self.encoders[name].names):
                     # Kingma et al.'s auxiliary term: the classifier learns from the labelled rows too.  A factor,
-                    # not a density: evaluation leaves it out, so the reported ELBO stays the model's
+                    # not a density: evaluation leaves it out, so the reported ELBO stays the model's.  Only where
+                    # the data it reads are given (a prior draw with a given label has no x to classify)
                     q = family.guide(self.encoders[name](feats))
                     pyro.factor(name + CLASSIFIER, node.classifier_weight * q.log_prob(obs))
                 feats[name] = family.features(value)
