@@ -102,12 +102,14 @@ def _format_metrics(m: dict) -> str:
     return "\n".join(lines)
 
 
-# how each node's term was taken (evaluation/nodes.py), as the per-node table says it
+# how each node's term was taken (evaluation/nodes.py), as the per-node table says it, by (kind, method)
 _NODE_METHODS = {
-    "analytic": "analytic KL",
-    "monte_carlo": "Monte Carlo",
-    "exact_sum": "exact sum over its values",
-    "point_mass": "point mass: -log p at the code",
+    ("observed", "monte_carlo"): "Monte Carlo E_q[log p]",
+    ("observed", "point_mass"): "log p at the code (point-mass guide)",
+    ("latent", "analytic"): "analytic KL",
+    ("latent", "monte_carlo"): "Monte Carlo KL",
+    ("latent", "point_mass"): "point mass: -log p at the code",
+    ("discrete", "exact_sum"): "KL, exact sum over its values",
 }
 
 
@@ -127,9 +129,7 @@ def _format_nodes(m: dict) -> Optional[str]:
              f"    {'node':<{width}}{'kind':<10}{'term':>12}{'s.e.':>10}{'dims':>7}{'active':>10}   method"]
     for n in nodes:
         active = "-" if n.get("active_units") is None else f"{n['active_units']} of {n['dims']}"
-        method = _NODE_METHODS.get(n["method"], n["method"])
-        if n["kind"] == "observed" and n["method"] == "monte_carlo":
-            method = "Monte Carlo E_q[log p]"
+        method = _NODE_METHODS.get((n["kind"], n["method"]), n["method"])
         if n.get("summed_over"):
             method += f"; its density sums out {', '.join(n['summed_over'])}"
         lines.append(f"    {n['name']:<{width}}{n['kind']:<10}{cell(n.get('term'), '{:12.3f}')}"

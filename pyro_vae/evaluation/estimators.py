@@ -425,7 +425,8 @@ class PointwiseEvaluation:
     when not computed: importance sampling for a point-mass guide or with
     ``iw_samples=None``, the prior estimator with ``prior_samples=0``,
     per-dimension KL for a guide that does not factorize per dimension,
-    reconstruction error when the likelihood has no mean.
+    reconstruction error when the likelihood has no mean.  ``site_terms``
+    splits each point's ``elbo`` by sample site (:class:`SiteTerm`).
     """
 
     elbo: torch.Tensor

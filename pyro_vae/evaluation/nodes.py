@@ -49,9 +49,6 @@ from ..infer.sites import (Layout, _in_particles, elementwise_base, enumerated_t
 
 __all__ = ["SiteTerm", "NodeSummary", "Node", "node_specs", "SiteDraw", "site_draws", "analytic_kl"]
 
-#: what a node's term is: a density of data, the KL of a continuous latent, that of a discrete guide site
-KINDS = ("observed", "latent", "discrete")
-
 
 @dataclass
 class SiteTerm:
@@ -77,11 +74,6 @@ class SiteTerm:
     var: torch.Tensor  # (n,)
     latent_names: List[str] = field(default_factory=list)
     summed_over: List[str] = field(default_factory=list)
-
-    @property
-    def sign(self) -> int:
-        """+1 where the term adds to the ELBO (an observed site), -1 where it is subtracted (a latent's KL)."""
-        return 1 if self.kind == "observed" else -1
 
 
 @dataclass
