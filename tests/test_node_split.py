@@ -29,6 +29,7 @@ import pyro.distributions as dist
 import pyro_vae as pv
 from pyro_vae.cli import main
 from pyro_vae.evaluation.estimators import concat_points
+from pyro_vae.infer.sites import build_layout
 
 D64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)
@@ -197,6 +198,8 @@ class M2Like:
 
 def test_a_discrete_guide_site_is_summed_exactly_over_its_values():
     m, x = M2Like(), _x(10, 2, seed=3)
+    # the program broadcasts over draws, q(y|x) included: its 300 draws a point are one trace
+    assert build_layout(m, x).broadcasts
     r = pv.evaluate_points(m, x, iw_samples=300, prior_samples=0, seed=0)
     xn = x.numpy()
     logits = xn @ m.A.numpy() + m.a.numpy()
@@ -228,6 +231,49 @@ def test_a_discrete_guide_site_is_summed_exactly_over_its_values():
     assert s["z"]["latent_names"] == ["z[0]", "z[1]"] and s["z"]["dims"] == 2 and s["z"]["active_units"] == 1
     assert s["z"]["posterior_mean_variance"][1] == pytest.approx(0.0, abs=1e-20)
     assert len(s["z"]["kl_per_dim"]) == 2
+
+
+class LabelAfterCode:
+    """The same model with one-dim z, x; the guide draws z ~ q(z|x) first, then y ~ q(y | x, z)."""
+
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self):
+        self.pi, self.mu = _t(PI), _t([-2.0, 0.5, 2.0])
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(self.pi))
+            z = pyro.sample("z", dist.Normal(_t(0.0), 1.0))
+            pyro.sample("x", dist.Normal((self.mu[y] + z).unsqueeze(-1), S).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.5 * x[..., 0], 0.8))
+            pyro.sample("y", dist.Categorical(logits=-(x - z.unsqueeze(-1) - self.mu) ** 2))
+
+
+def test_a_discrete_site_drawn_after_a_continuous_one_is_summed_given_its_draw():
+    """y's term is E_q(z|x)[KL(q(y | x, z) || p(y))] and x's E_q[log p(x | y, z)], both by quadrature over z;
+    z's KL is exact (its draw is shared by every value of y, whose weights then sum to one)."""
+    m, x = LabelAfterCode(), _x(5, 1, seed=5)
+    r = pv.evaluate_points(m, x, iw_samples=None, elbo_samples=4000, prior_samples=0, seed=0)
+    xn, mu = x.numpy()[:, 0], m.mu.numpy()
+    grid = 0.5 * xn[:, None] + 0.8 * np.linspace(-12, 12, 24001)[None, :]
+    logits = -(xn[:, None, None] - grid[..., None] - mu) ** 2
+    log_q = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    kl_y = (np.exp(log_q) * (log_q - np.log(PI))).sum(-1)
+    log_x = (np.exp(log_q) * _log_normal(xn[:, None, None], mu + grid[..., None], S)).sum(-1)
+    dens = np.exp(_log_normal(grid, 0.5 * xn[:, None], 0.8))
+    nodes = _nodes(r)
+    assert [t.name for t in r.site_terms] == ["y", "z", "x"] and nodes["y"].method == "exact_sum"
+    _within_4_se(nodes["y"], np.trapezoid(dens * kl_y, grid, axis=1))
+    _within_4_se(nodes["x"], np.trapezoid(dens * log_x, grid, axis=1))
+    kl_z = 0.5 * (0.8**2 + (0.5 * xn) ** 2 - 1) - math.log(0.8)
+    np.testing.assert_allclose(nodes["z"].term.numpy(), kl_z, rtol=0, atol=1e-12)
+    assert nodes["z"].method == "analytic" and torch.all(nodes["z"].var < 1e-20)  # rounding alone
+    _adds_up(r)
 
 
 # -- (c) a mixture prior whose component c only the model has -----------------------------------------

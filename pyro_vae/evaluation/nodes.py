@@ -13,9 +13,11 @@ The ELBO of a point splits over the sample sites ("nodes") of model and guide:
   -log p(z) at its code;
 - a guide's discrete site y (``Layout.summed_guide``) is summed exactly: the
   guide and the model are traced once per value of y (per joint value of
-  several), each value weighted by q(y | x), so y's own term is
+  several), each value weighted by q(y | ...), so y's own term is
   KL(q(y|x) || p(y)) and every other term averages over y with those
-  weights, not by sampling y;
+  weights, not by sampling y.  The latents the guide draws before y keep
+  their draw in every pass (so y is summed given them); those after it are
+  drawn afresh given each value;
 - a discrete site only the model has (a mixture's component c,
   ``Layout.summed_model_only``) has no term of its own: it is summed out of
   the densities that read it.  Those sites are scored under the model with c
@@ -171,18 +173,23 @@ def site_draws(model, x, gtr, mtr, layout: Layout, nodes: Sequence[Node], k: int
 
     Without discrete guide sites the terms are read off ``gtr``/``mtr``
     themselves.  With them, guide and model are traced again once per joint
-    value of those sites (fresh draws of the continuous latents given it, in
-    the particle plate if the pair was), and each value's terms are weighted
-    by its q probability, exactly.  ``inexact``: sites whose analytic KL would
+    value of those sites, in the particle plate if the pair was: the guide's
+    latents drawn before the first of them keep their values in ``gtr``, the
+    others are drawn afresh given each value, and each value's terms are
+    weighted by its q probability.  ``inexact``: sites whose analytic KL would
     be biased for this guide.
     """
     if not layout.summed_guide:
         return _at_draws(model, x, gtr, mtr, layout, nodes, k, b, inexact)
     plate = k if _in_particles(gtr) else None
     discrete = [n for n in nodes if n.kind == "discrete"]
+    order = list(gtr.nodes)
+    first = min(order.index(n.name) for n in discrete)
+    # what the guide drew before any discrete site cannot depend on one: the sum over values is given it
+    before = {n: gtr.nodes[n]["value"] for n in order[:first] if is_latent(gtr.nodes[n])}
     total, analytic, reads = [None] * len(nodes), [True] * len(nodes), [None] * len(nodes)
     for levels in itertools.product(*(range(n.levels) for n in discrete)):
-        g, m = _pair_at_levels(model, x, {n.name: i for n, i in zip(discrete, levels)}, plate, layout.nest)
+        g, m = _pair_at_levels(model, x, {n.name: i for n, i in zip(discrete, levels)}, before, plate, layout.nest)
         log_w = sum(per_point(g.nodes[n.name]["fn"].log_prob(g.nodes[n.name]["value"]), layout.nest,
                               layout.data_dim, k, b).double() for n in discrete)
         w = log_w.exp()
@@ -196,29 +203,35 @@ def site_draws(model, x, gtr, mtr, layout: Layout, nodes: Sequence[Node], k: int
 
 
 class _AtLevels(Messenger):
-    """Set named discrete sample sites to one of their values (the i-th of ``enumerate_support``) instead of a draw.
+    """Set named discrete sample sites to one of their values (the i-th of ``enumerate_support``) instead of a draw,
+    and other named sites to given values; the sites stay latent (a draw, not an observation).
 
     Entered outside every plate, so it sees the site's distribution expanded
     to all of them and gives the value the shape a draw would have.
     """
 
-    def __init__(self, levels: Dict[str, int]):
+    def __init__(self, levels: Dict[str, int], values: Dict[str, torch.Tensor]):
         super().__init__()
-        self.levels = levels
+        self.levels, self.values = levels, values
 
     def _pyro_sample(self, msg):
-        i = self.levels.get(msg["name"])
-        if i is not None and not msg["is_observed"] and msg["value"] is None:
-            msg["value"] = msg["fn"].enumerate_support(expand=True)[i]
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        name = msg["name"]
+        if name in self.levels:
+            msg["value"] = msg["fn"].enumerate_support(expand=True)[self.levels[name]]
+        elif name in self.values:
+            msg["value"] = self.values[name]
 
 
-def _pair_at_levels(model, x, levels: Dict[str, int], k: Optional[int], nest: int):
-    """(guide trace with its discrete sites at ``levels``, model trace replayed against it), k draws if given."""
+def _pair_at_levels(model, x, levels: Dict[str, int], values: Dict[str, torch.Tensor], k: Optional[int], nest: int):
+    """(guide trace with its discrete sites at ``levels`` and the ``values`` given, model trace replayed against it),
+    k draws if given."""
 
     def plate():
         return particles(k, nest) if k is not None else nullcontext()
 
-    with _AtLevels(levels), plate():
+    with _AtLevels(levels, values), plate():
         gtr = batch.call(poutine.trace(model.guide).get_trace, x)
     with plate():
         mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
