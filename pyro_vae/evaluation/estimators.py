@@ -73,7 +73,7 @@ from ..progress import progress_bar
 from ..serialize import to_plain
 from .nodes import Node, NodeSummary, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
-                           particles, per_point, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+                           particles, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
