@@ -136,6 +136,44 @@ def _format_classes(c) -> str:
     return "\n".join(lines)
 
 
+# how each node's term was taken (evaluation/nodes.py), as the per-node table says it, by (kind, method)
+_NODE_METHODS = {
+    ("observed", "monte_carlo"): "Monte Carlo E_q[log p]",
+    ("observed", "point_mass"): "log p at the code (point-mass guide)",
+    ("latent", "analytic"): "analytic KL",
+    ("latent", "monte_carlo"): "Monte Carlo KL",
+    ("latent", "point_mass"): "point mass: -log p at the code",
+    ("discrete", "exact_sum"): "KL, exact sum over its values",
+}
+
+
+def _format_nodes(m: dict) -> Optional[str]:
+    """The ELBO node by node, for a model with more than one latent or observed site; None for one of each."""
+    nodes = m.get("nodes") or []
+    summed = sorted({c for n in nodes for c in n.get("summed_over") or []})
+    latent = sum(n["kind"] != "observed" for n in nodes) + len(summed)
+    if latent < 2 and sum(n["kind"] == "observed" for n in nodes) < 2:
+        return None
+    width = max(len("node"), *(len(n["name"]) for n in nodes)) + 2
+
+    def cell(v, fmt):
+        return "-" if v is None else fmt.format(v)
+
+    lines = ["  per node (ELBO = observed terms - latent terms; a latent's term is its KL):",
+             f"    {'node':<{width}}{'kind':<10}{'term':>12}{'s.e.':>10}{'dims':>7}{'active':>10}   method"]
+    for n in nodes:
+        active = "-" if n.get("active_units") is None else f"{n['active_units']} of {n['dims']}"
+        method = _NODE_METHODS.get((n["kind"], n["method"]), n["method"])
+        if n.get("summed_over"):
+            method += f"; its density sums out {', '.join(n['summed_over'])}"
+        lines.append(f"    {n['name']:<{width}}{n['kind']:<10}{cell(n.get('term'), '{:12.3f}')}"
+                     f"{cell(n.get('se'), '{:10.3f}')}{n['dims']:7d}{active:>10}   {method}")
+    if summed:
+        lines.append(f"    ({', '.join(summed)}: discrete, only in the model: summed out of the densities that read it, "
+                     "no term of its own)")
+    return "\n".join(lines)
+
+
 def _under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
@@ -318,6 +356,9 @@ def _evaluate(args, report: bool) -> int:
         print(json.dumps(metrics, allow_nan=False))
     else:
         print(_format_metrics(metrics))
+        nodes = _format_nodes(metrics)
+        if nodes is not None:
+            print(nodes)
         if classes is not None:
             print(_format_classes(classes))
         if per_point is not None:

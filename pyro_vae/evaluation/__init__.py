@@ -1,5 +1,6 @@
-"""Evaluation: test ELBO and its parts, importance-sampled log p(x) with error bars, active units."""
+"""Evaluation: test ELBO and its parts, node by node; importance-sampled log p(x) with error bars; active units."""
 
 from .estimators import PointwiseEvaluation, evaluate, evaluate_points
+from .nodes import NodeSummary, SiteTerm
 
-__all__ = ["PointwiseEvaluation", "evaluate", "evaluate_points"]
+__all__ = ["PointwiseEvaluation", "evaluate", "evaluate_points", "SiteTerm", "NodeSummary"]

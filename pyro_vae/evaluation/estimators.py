@@ -5,10 +5,15 @@ sample sites, unscaled (no minibatch factor, no beta; ``pyro.factor`` sites
 are not densities and are left out):
 
 - ``elbo = reconstruction - kl``: E_q[log p(x|z)] minus KL(q(z|x) || p(z)),
-  the KL analytic where torch/Pyro knows it for every latent site and it is
-  exact for this guide (``kl_method``; not where a site's prior reads a
-  latent the guide draws given that site, see infer/dependence.py), else
-  Monte Carlo; ``kl_mc`` is the Monte Carlo KL;
+  each the sum of its nodes' terms (``site_terms``, one per sample site, see
+  evaluation/nodes.py), so the nodes split every point's ELBO: a latent's
+  KL is analytic where torch/Pyro knows it and it is exact for this guide
+  (not where a site's prior reads a latent the guide draws given that site,
+  see infer/dependence.py, nor where a model's own discrete site enters its
+  prior), else Monte Carlo; ``kl_method`` is "analytic" when every latent's
+  is (each node's ``method`` says which); a guide's discrete sites are summed
+  over their values exactly, not sampled; ``kl_mc`` is the Monte Carlo KL of
+  the draws log p(x) uses;
 - ``log_likelihood``: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x);
   discrete latent sites (a guide's y, a mixture prior's component c) are
   summed out exactly, p(x, z) = sum_{y,c} p(x, y, c, z) and q(z|x) =
@@ -28,7 +33,10 @@ are not densities and are left out):
   ``active_units_threshold``, with ``posterior_mean_variance`` and
   ``kl_per_dim`` (ordered as ``latent_names``);
 - ``reconstruction_mse``: squared error of the decoder mean at the guide's
-  mean.
+  mean;
+- ``nodes``: each node's term averaged over the points, its s.e. and method,
+  and a continuous latent's active units and KL per dimension (its columns
+  of ``posterior_mean_variance`` and ``kl_per_dim``).
 
 Draws are taken in chunks of (particles x points) under an element
 ``budget``, keeping only running sums per point and the largest few log-weights
@@ -52,7 +60,6 @@ import torch
 import pyro.distributions as dist
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from torch.distributions import kl_divergence
 
 from ..errors import PyroVAEError
 from ..infer.psis import pareto_khat
@@ -63,8 +70,10 @@ from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..data import batch
 from ..progress import progress_bar
+from ..serialize import to_plain
+from .nodes import Node, NodeSummary, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
-                           particles, per_point, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+                           particles, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
@@ -74,7 +83,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 IW_ESS_MIN = 5
 
 __all__ = [
-    "evaluate", "evaluate_points", "PointwiseEvaluation", "importance_summary", "test_elbo",
+    "evaluate", "evaluate_points", "PointwiseEvaluation", "SiteTerm", "NodeSummary", "concat_points",
+    "importance_summary", "test_elbo",
     "plan_chunks", "DEFAULT_IW_SAMPLES", "DEFAULT_BUDGET", "ACTIVE_UNIT_THRESHOLD", "IW_ESS_MIN",
 ]
 
@@ -294,7 +304,7 @@ class _DrawTerms:
     """Per-point terms of k draws z ~ q(z|x)."""
 
     dens: PointDensities  # (k, b) log p(x|z), log p(z), log q(z|x)
-    kl: Optional[torch.Tensor]  # (k, b) analytic KL(q || p); None where some site has none
+    sites: Tuple[SiteDraw, ...]  # (k, b) per node (evaluation/nodes.py): the ELBO's terms, site by site
     kl_dims: Optional[torch.Tensor]  # (k, b, latent dims); None where q or p does not factorize
     kl_dims_analytic: bool
     mean: torch.Tensor  # (k, b, latent dims): E_q[z | x]
@@ -303,16 +313,17 @@ class _DrawTerms:
     log_w: Optional[torch.Tensor] = None
 
 
-def _draw_terms(model, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset()) -> _DrawTerms:
-    """Per-point terms of k draws z ~ q(z|x): (k, b) densities, analytic KLs, per-dim pieces, means.
+def _draw_terms(model, x, k: int, layout: Layout, nodes: List[Node], per_dim: bool, inexact=frozenset()) -> _DrawTerms:
+    """Per-point terms of k draws z ~ q(z|x): (k, b) densities, per-node terms, per-dim pieces, means.
 
     ``inexact``: sites whose analytic KL would be biased for this guide (their KL is Monte Carlo).
     """
     return trace_draws(model, x, k, layout,
-                       lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, per_dim, inexact, model))
+                       lambda gtr, mtr, k: _terms(gtr, mtr, x, k, layout, nodes, per_dim, inexact, model))
 
 
-def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset(), model=None) -> _DrawTerms:
+def _terms(gtr, mtr, x, k: int, layout: Layout, nodes: List[Node], per_dim: bool, inexact=frozenset(),
+           model=None) -> _DrawTerms:
     """The terms of :func:`_draw_terms` read off one trace pair of k draws."""
     b = batch.num_rows(x)
     nest, data_dim = layout.nest, layout.data_dim
@@ -323,67 +334,38 @@ def _terms(gtr, mtr, x, k: int, layout: Layout, per_dim: bool, inexact=frozenset
         log_w = marg.log_joint - marg.log_q
         if layout.summed_model_only:
             # replay drew the model's own discrete sites from their prior, whose density is not in log q: the
-            # ELBO's terms are those of the model with them summed out (what TraceEnum_ELBO maximizes)
+            # Monte Carlo KL is that of the model with them summed out (what TraceEnum_ELBO maximizes)
             dens = marg if not layout.summed_guide else marginal_densities(
                 model, x, gtr, mtr, layout, k, b, dtype=torch.float64, guide_sums=False)
-    kl = 0.0
+    sites = site_draws(model, x, gtr, mtr, layout, nodes, k, b, inexact)
     kl_dims, kl_dims_analytic, means = ([] if per_dim else None), True, []
-    for name in layout.sites + layout.summed_guide:
-        if name in layout.summed_guide:
-            # a guide's discrete site adds its KL at the draw, E_q(y)[log q(y)/p(y)], to the total only:
-            # it has no coordinate in the latent dims
-            try:
-                kl = None if kl is None else kl + per_point(
-                    kl_divergence(gtr.nodes[name]["fn"], mtr.nodes[name]["fn"]), nest, data_dim, k, b)
-            except NotImplementedError:
-                kl = None
-            continue
+    for name in layout.sites:
         site = gtr.nodes[name]
         q, value = site["fn"], site["value"]
         event_dim = len(q.event_shape)
         p = mtr.nodes[name]["fn"]
-        # masks kept: the KL of a masked site is not its base's
-        qb, pb = elementwise_base(q), elementwise_base(p)
-        # per-dimension KL needs q and p to factorize over the site's elements (not a joint
-        # full-covariance q, and not a point mass, whose "KL" is -log p(z))
-        factorized = qb.event_shape == () and pb.event_shape == () and not isinstance(qb, dist.Delta)
-        exact = name not in inexact
-        elem = None
-        if factorized and exact:
-            try:
-                elem = site_matrix(torch.broadcast_to(kl_divergence(qb, pb), value.shape), event_dim, nest, data_dim, k, b)
-            except NotImplementedError:
-                elem = None
-        if kl is not None:
-            if elem is not None:
-                kl = kl + elem.sum(-1)  # one KL evaluation serves the total and the split
-            elif not exact:
-                kl = None
-            else:
-                try:
-                    kl = kl + per_point(kl_divergence(q, p), nest, data_dim, k, b)
-                except NotImplementedError:
-                    kl = None
         if kl_dims is not None:
-            if not factorized:
+            qb, pb = elementwise_base(q), elementwise_base(p)
+            # per-dimension KL needs q and p to factorize over the site's elements (see analytic_kl)
+            if not (qb.event_shape == () and pb.event_shape == () and not isinstance(qb, dist.Delta)):
                 kl_dims = None
-            elif elem is not None:
-                kl_dims.append(elem)
             else:
-                kl_dims_analytic = False
-                mc = qb.log_prob(value) - pb.log_prob(value)
-                kl_dims.append(site_matrix(torch.broadcast_to(mc, value.shape), event_dim, nest, data_dim, k, b))
+                elem, _ = analytic_kl(q, p, value, layout, k, b, exact=name not in inexact)
+                if elem is None:
+                    kl_dims_analytic = False
+                    mc = qb.log_prob(value) - pb.log_prob(value)
+                    elem = site_matrix(torch.broadcast_to(mc, value.shape), event_dim, nest, data_dim, k, b)
+                kl_dims.append(elem)
         m = _dist_mean(q)
         m = torch.broadcast_to(m, value.shape) if m is not None else value
         means.append(site_matrix(m, event_dim, nest, data_dim, k, b))
     if layout.summed_model_only:
-        # p(z) is a mixture over the summed sites: no closed-form KL, in total or per dimension
-        kl, kl_dims = None, None
+        # p(z) is a mixture over the summed sites: no closed-form KL per dimension
+        kl_dims = None
     ref = batch.reference(x)
-    zero = torch.zeros(k, b, dtype=ref.dtype, device=ref.device)
     return _DrawTerms(
         dens=dens,
-        kl=(kl.expand(k, b) if torch.is_tensor(kl) else zero) if kl is not None else None,
+        sites=sites,
         kl_dims=torch.cat(kl_dims, -1) if kl_dims else None,
         kl_dims_analytic=kl_dims_analytic,
         mean=torch.cat(means, -1) if means else torch.zeros(k, b, 0, dtype=ref.dtype, device=ref.device),
@@ -443,7 +425,8 @@ class PointwiseEvaluation:
     when not computed: importance sampling for a point-mass guide or with
     ``iw_samples=None``, the prior estimator with ``prior_samples=0``,
     per-dimension KL for a guide that does not factorize per dimension,
-    reconstruction error when the likelihood has no mean.
+    reconstruction error when the likelihood has no mean.  ``site_terms``
+    splits each point's ``elbo`` by sample site (:class:`SiteTerm`).
     """
 
     elbo: torch.Tensor
@@ -474,6 +457,8 @@ class PointwiseEvaluation:
     iw_khat: Optional[torch.Tensor] = None  # PSIS k-hat of each point's K importance weights
     # discrete latent sites summed out exactly (not among latent_names): log p(x) and its weights are of z alone
     summed_sites: List[str] = field(default_factory=list)
+    # the ELBO node by node (evaluation/nodes.py): observed terms minus latent terms is ``elbo``, point by point
+    site_terms: List[SiteTerm] = field(default_factory=list)
 
     @property
     def num_points(self) -> int:
@@ -488,6 +473,27 @@ class PointwiseEvaluation:
     def active_units(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> torch.Tensor:
         """Boolean mask of the latent dimensions with Cov_x(E_q[z_j]) > threshold."""
         return self.posterior_mean_variance() > threshold
+
+    def nodes(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> List[NodeSummary]:
+        """Each node's term averaged over the points, with its s.e., and a continuous latent's active units."""
+        n = self.num_points
+        variance = self.posterior_mean_variance()
+        out = []
+        for t in self.site_terms:
+            cols = [self.latent_names.index(name) for name in t.latent_names]
+            active = pmv = kl_dims = None
+            if t.kind == "latent":
+                active = int((variance[cols] > threshold).sum())
+                pmv = [_finite(v) for v in variance[cols]]
+                if self.kl_per_dim is not None:
+                    kl_dims = [_finite(v) for v in self.kl_per_dim[:, cols].mean(0)]
+            out.append(NodeSummary(
+                name=t.name, kind=t.kind, method=t.method, term=_finite(t.term.mean()),
+                # MC standard error of a mean over points of independent per-point estimates
+                se=_finite(t.var.sum().sqrt() / n), dims=int(t.dims), active_units=active,
+                posterior_mean_variance=pmv, kl_per_dim=kl_dims, latent_names=list(t.latent_names),
+                summed_over=list(t.summed_over)))
+        return out
 
     def summary(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> Dict[str, object]:
         """The JSON-ready metrics (plain floats/ints/lists; non-finite values become None)."""
@@ -537,6 +543,7 @@ class PointwiseEvaluation:
             "kl_per_dim": None if self.kl_per_dim is None else [_finite(v) for v in self.kl_per_dim.mean(0)],
             "kl_per_dim_analytic": bool(self.kl_per_dim_analytic) if self.kl_per_dim is not None else None,
             "reconstruction_mse": mean(self.reconstruction_mse),
+            "nodes": [to_plain(node) for node in self.nodes(threshold)],
             "num_points": int(n),
             "seconds_evaluate": float(self.seconds),
         }
@@ -668,6 +675,7 @@ def evaluate_points(
     with _eval_mode(model), isolated_rng(seed, device):
         layout = build_layout(model, batch.rows(x, slice(0, min(n, 2))))
         inexact = frozenset(inexact_kl_sites(model, batch.rows(x, slice(0, min(n, 2)))))
+        nodes = node_specs(model, batch.rows(x, slice(0, min(n, 2))), layout)
         iw = bool(iw_samples) and not layout.point_mass
         # a point mass gives the same "draw" every time: one is exact
         k_total = iw_samples if iw else (1 if layout.point_mass else elbo_samples)
@@ -678,37 +686,44 @@ def evaluate_points(
         k_chunk, b_chunk = _plan(n, max(k_total, prior_samples), width, d, layout.broadcasts, budget)
         res = {key: [] for key in ("rec", "kl", "kl_mc", "kl_mc_var", "elbo_var", "ll", "ll_var", "ess", "wmax",
                                    "mean", "kl_dims", "mse", "pll", "pll_var", "pess", "logw", "khat")}
-        analytic = True
+        node_res = [([], []) for _ in nodes]  # per node: its per-point means and variances, chunk by chunk
+        node_analytic = [True] * len(nodes)
+        node_reads = [(False,) * len(layout.summed_model_only) for _ in nodes]
+        observed = [nd.kind == "observed" for nd in nodes]
         per_dim, dims_analytic = d > 0 and not layout.point_mass, True
         heap = _HeapTrimmer()
         bar = progress_bar(n, progress, unit="point", desc="evaluating", leave=False)
         for sl in _chunks(n, b_chunk):
             xb = batch.rows(x, sl)
             nb = batch.num_rows(xb)
-            rec, kl_mc, log_w, kl_an = _Moments(), _Moments(), _Moments(), _Moments()
-            elbo_an = _Moments()  # log p(x|z) - analytic KL, per draw
+            rec, kl_mc, kl_m, elbo_m = _Moments(), _Moments(), _Moments(), _Moments()
+            node_m = [_Moments() for _ in nodes]
             lme = _LogMeanExp(keep_log_weights) if iw else None
             tail = _Tail(k_total) if iw else None
             mean_sum = torch.zeros(nb, d, dtype=torch.float64, device=device)
             dim_sum = torch.zeros_like(mean_sum) if per_dim else None
             for ks in _chunks(k_total, k_chunk):
                 k = ks.stop - ks.start
-                t = _draw_terms(model, xb, k, layout, per_dim, inexact)
+                t = _draw_terms(model, xb, k, layout, nodes, per_dim, inexact)
                 heap.tick()
-                rec.add(t.dens.log_lik)
+                # the reconstruction and the KL are the nodes' terms added up, so the nodes split each point's ELBO
+                zero = torch.zeros(k, nb, dtype=torch.float64, device=device)
+                obs = sum((nd.term for nd, o in zip(t.sites, observed) if o), zero)
+                lat = sum((nd.term for nd, o in zip(t.sites, observed) if not o), zero)
+                rec.add(obs)
+                kl_m.add(lat)
+                elbo_m.add(obs - lat)
+                for i, nd in enumerate(t.sites):
+                    node_m[i].add(nd.term)
+                    node_analytic[i] = node_analytic[i] and nd.analytic
+                    node_reads[i] = tuple(a or r for a, r in zip(node_reads[i], nd.summed_over))
                 kl_mc.add(t.dens.log_q - t.dens.log_prior)
                 w = t.dens.log_lik.double() + t.dens.log_prior.double() - t.dens.log_q.double()
-                log_w.add(w)
                 if t.log_w is not None:
                     w = t.log_w  # the importance weight of z, the discrete sites summed exactly
                 if lme is not None:
                     lme.add(w)
                     tail.add(w)
-                if t.kl is None:
-                    analytic = False
-                else:
-                    kl_an.add(t.kl)
-                    elbo_an.add(t.dens.log_lik.double() - t.kl.double())
                 mean_sum += t.mean.double().sum(0)
                 if per_dim:
                     if t.kl_dims is None:
@@ -717,19 +732,19 @@ def evaluate_points(
                         dims_analytic = dims_analytic and t.kl_dims_analytic
                         dim_sum += t.kl_dims.double().sum(0)
             res["rec"].append(rec.mean())
+            res["kl"].append(kl_m.mean())
             res["kl_mc"].append(kl_mc.mean())
             res["kl_mc_var"].append(kl_mc.var_of_mean())
+            for (means, variances), m in zip(node_res, node_m):
+                means.append(m.mean())
+                # a point-mass guide draws nothing: its terms are exact, with no Monte Carlo error
+                variances.append(torch.zeros_like(m.mean()) if layout.point_mass else m.var_of_mean())
             if layout.point_mass:
-                # a point-mass guide draws nothing: its ELBO is exact, with no Monte Carlo error
-                res["kl"].append(kl_an.mean() if analytic else None)
                 res["elbo_var"].append(torch.zeros(nb, dtype=torch.float64, device=device))
-            elif analytic:
-                res["kl"].append(kl_an.mean())
-                # analytic KL: random only through the draws it is taken at (a guide site that
-                # reads another latent, a discrete one say), so the two terms' variance together
-                res["elbo_var"].append(elbo_an.var_of_mean())
             else:
-                res["elbo_var"].append(log_w.var_of_mean())
+                # an analytic KL is random only through the draws it is taken at (a guide site that reads
+                # another latent, say), so the terms' variance together, per draw
+                res["elbo_var"].append(elbo_m.var_of_mean())
             res["mean"].append(mean_sum / k_total)
             if per_dim:
                 res["kl_dims"].append(dim_sum / k_total)
@@ -765,11 +780,15 @@ def evaluate_points(
             return None
         return torch.cat([p.double().cpu() for p in parts], 0)
 
-    rec_t, kl_mc_t = cat("rec"), cat("kl_mc")
-    kl_t = cat("kl") if analytic else kl_mc_t
+    rec_t, kl_t = cat("rec"), cat("kl")
+    # the total KL is analytic where every latent's is (a discrete guide site's is an exact sum)
+    analytic = all(a or nd.kind == "discrete" for nd, a in zip(nodes, node_analytic) if nd.kind != "observed")
+    site_terms = [_site_term(nd, layout, torch.cat([t.cpu() for t in means]), torch.cat([v.cpu() for v in variances]),
+                             a, reads)
+                  for nd, (means, variances), a, reads in zip(nodes, node_res, node_analytic, node_reads)]
     return PointwiseEvaluation(
         elbo=rec_t - kl_t, reconstruction=rec_t, kl=kl_t, kl_analytic=analytic,
-        kl_mc=kl_mc_t, kl_mc_var=cat("kl_mc_var"), elbo_var=cat("elbo_var"), elbo_samples=int(k_total),
+        kl_mc=cat("kl_mc"), kl_mc_var=cat("kl_mc_var"), elbo_var=cat("elbo_var"), elbo_samples=int(k_total),
         log_likelihood=cat("ll"), log_likelihood_var=cat("ll_var"), iw_ess=cat("ess"), iw_max_weight=cat("wmax"),
         iw_samples=int(iw_samples) if iw else 0,
         log_likelihood_prior=cat("pll"), log_likelihood_prior_var=cat("pll_var"), prior_ess=cat("pess"),
@@ -781,7 +800,29 @@ def evaluate_points(
         log_weights=cat("logw") if keep_log_weights and iw else None,
         iw_khat=cat("khat") if iw else None,
         summed_sites=list(layout.summed),
+        site_terms=site_terms,
     )
+
+
+def _site_term(node: Node, layout: Layout, term: torch.Tensor, var: torch.Tensor, analytic: bool,
+               reads: Tuple[bool, ...]) -> SiteTerm:
+    """A node's per-point results, its method named (see :class:`SiteTerm`)."""
+    if node.kind == "observed":
+        method = "point_mass" if layout.point_mass else "monte_carlo"
+    elif node.kind == "discrete":
+        method = "exact_sum"
+    elif node.point_mass:
+        method = "point_mass"
+    else:
+        method = "analytic" if analytic else "monte_carlo"
+    names = []
+    if node.kind == "latent":
+        i = layout.sites.index(node.name)
+        start = sum(layout.sizes[:i])
+        names = layout.latent_names[start:start + layout.sizes[i]]
+    return SiteTerm(name=node.name, kind=node.kind, method=method, dims=node.dims, term=term.double(),
+                    var=var.double(), latent_names=list(names),
+                    summed_over=[c for c, r in zip(layout.summed_model_only, reads) if r])
 
 
 def concat_points(parts: List[PointwiseEvaluation]) -> PointwiseEvaluation:
@@ -792,6 +833,10 @@ def concat_points(parts: List[PointwiseEvaluation]) -> PointwiseEvaluation:
         values = [getattr(p, f.name) for p in parts]
         if isinstance(values[0], torch.Tensor):
             joined[f.name] = torch.cat(values, 0)
+        elif f.name == "site_terms":  # one list of nodes per block, in the same order
+            joined[f.name] = [dataclasses.replace(node, term=torch.cat([v.term for v in same], 0),
+                                                  var=torch.cat([v.var for v in same], 0))
+                              for node, same in zip(values[0], zip(*values))]
         elif f.name == "seconds":
             joined[f.name] = max(values)
         else:  # settings of the evaluation, the same for every block

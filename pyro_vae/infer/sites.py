@@ -488,9 +488,10 @@ def _broadcasts(model, x, layout: Layout) -> bool:
                     return False
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 return False
+            drawn = layout.sites + layout.summed_guide  # every site the guide draws: log q holds its discrete ones
             try:
-                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in layout.sites})).get_trace, x)
-                log_q = _named_sum(g1, layout.sites, layout, x)
+                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in drawn})).get_trace, x)
+                log_q = _named_sum(g1, drawn, layout, x)
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 continue  # q has no density at a given value (some flows): the model's terms decide
             if not torch.allclose(log_q, dens.log_q[j].double(), rtol=tol, atol=tol):
