@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import List, Optional
 
 EXIT_USER_ERROR = 2
+#: the most rows or columns a class table printed on a terminal has
+MAX_TABLE_SIDE = 20
 
 DEMO_CONFIG = {
     "data": {"source": "digits"},
@@ -99,6 +101,38 @@ def _format_metrics(m: dict) -> str:
         row("KL per latent dim (largest first)", f"{shown}{more}")
     if m.get("reconstruction_mse") is not None:
         row("reconstruction MSE", num("reconstruction_mse", "{:10.4g}") + " (decoder mean at encoder mean)")
+    return "\n".join(lines)
+
+
+def _format_classes(c) -> str:
+    """A ClassMetrics as text: the accuracy, then its table while it fits a terminal (else see --json)."""
+    lines = []
+
+    def row(label, text):
+        lines.append(f"  {label:<38}{text}")
+
+    if c.kind == "classifier":
+        lines.append(f"classes of {c.node} (argmax q({c.node}|data) against {c.num_points} test labels):")
+        row("accuracy", f"{c.accuracy:10.3f} ± {c.accuracy_se:.3f} (binomial s.e.)")
+        what = "confusion matrix (rows: true class, columns: predicted)"
+    else:
+        rule = ("clusters matched to classes one to one, by the Hungarian algorithm" if c.matching == "one-to-one"
+                else "each cluster matched to its majority class: more clusters in use than classes")
+        lines.append(f"clusters of {c.node} against {c.num_points} test labels:")
+        row("clustering accuracy", f"{c.accuracy:10.3f} ({rule})")
+        row("clusters used", f"{c.clusters_used:10d} of {c.num_clusters}")
+        what = "contingency table (rows: true class, columns: cluster)"
+    if c.num_classes > MAX_TABLE_SIDE or c.num_clusters > MAX_TABLE_SIDE:
+        lines.append(f"  {what}: {c.num_classes} x {c.num_clusters}, too large to print (see --json)")
+        return "\n".join(lines)
+    lines.append(f"  {what}:")
+    table = c.table.tolist()
+    names = [c.class_names[i] if c.class_names and i < len(c.class_names) else str(i) for i in range(c.num_classes)]
+    left = max(len(n) for n in names)
+    width = max(3, len(str(max(max(r) for r in table))), len(str(c.num_clusters - 1)))
+    lines.append("    " + " " * left + " " + " ".join(f"{j:>{width}}" for j in range(c.num_clusters)))
+    for name, r in zip(names, table):
+        lines.append(f"    {name:>{left}} " + " ".join(f"{v:>{width}}" for v in r))
     return "\n".join(lines)
 
 
@@ -187,6 +221,8 @@ def cmd_train(args) -> int:
     if _under_torchrun() and os.environ.get("RANK") != "0":
         return 0  # under torchrun rank 0 reports for every process
     print(_format_metrics(run.metrics))
+    if run.classes is not None:
+        print(_format_classes(run.classes))
     print(_timing_line(run, time.perf_counter() - t0))
     print(f"run directory: {out}")
     return 0
@@ -232,8 +268,10 @@ def _evaluate(args, report: bool) -> int:
         lik = getattr(run.model, "likelihood", None)
         if hasattr(lik, "check_support"):
             lik.check_support(x, f"--data ({Path(args.data).name})")
+        labels = names = None
     else:
-        x = load_run_data(run).test
+        dataset = load_run_data(run)
+        x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
     for flag, value in (("--iw-samples", args.iw_samples), ("--prior-samples", args.prior_samples)):
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
@@ -251,6 +289,17 @@ def _evaluate(args, report: bool) -> int:
     metrics = points.summary()
     if not report:  # another rank: rank 0 writes and prints what every rank computed
         return 0
+    from .evaluation.classes import class_metrics
+
+    # a model with classes (a graph's partial label, categorical latent or mixture): their agreement with the labels;
+    # one whose classes cannot be read is noted, so that the evaluation above is still shown
+    try:
+        classes = class_metrics(run.model, x, labels, names)
+    except PyroVAEError as e:
+        _log(f"note: no class metrics: {e}")
+        classes = None
+    if classes is not None:
+        metrics["classes"] = classes.to_json()
     if per_point is not None:
         import csv
         import io
@@ -269,6 +318,8 @@ def _evaluate(args, report: bool) -> int:
         print(json.dumps(metrics, allow_nan=False))
     else:
         print(_format_metrics(metrics))
+        if classes is not None:
+            print(_format_classes(classes))
         if per_point is not None:
             print(f"per-point results: {per_point}")
     return 0
@@ -299,7 +350,8 @@ def cmd_sample(args) -> int:
     if suffix == ".png" and run.image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
     given = _given_values(args.given)
-    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict))
+    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
+                                        or run.config.data.labels is not None)
     if given and not named:
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")

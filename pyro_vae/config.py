@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import keyword
 import math
 import os
 import re
@@ -168,6 +169,12 @@ class DataConfig:
     binarize: Literal["auto", "none", "static", "dynamic"] = "auto"
     drop_nonfinite: bool = False  # drop rows with NaN/Inf instead of failing
     split_seed: int = 0  # seeds the held-out split (independent of train.seed)
+    # a labelled source (digits, fashion-mnist, mnist): the name its labels are passed under, so the
+    # program gets {"x": images, labels: int64 labels}, as model(x, y=None) takes them (None: images only)
+    labels: Optional[str] = None
+    # the share of training rows that keep their label, balanced per class (Kingma et al. 2014's
+    # semi-supervised setting); the others are -1, missing.  Test labels are always all kept.
+    label_fraction: float = 1.0
     # synthetic source: x = tanh(A z + b) W + noise, z ~ N(0, I)
     num_points: int = 2000
     synthetic_dim: int = 16
@@ -222,11 +229,32 @@ def _check_data_keys(d: "DataConfig") -> None:
             f"data.path is given but data.source = {d.source!r}, which does not read it (only "
             f"{' and '.join(_PATH_SOURCES)} read an IDX folder): remove data.path or set data.source"
         )
+    _check_labels(d)
     if d.test is not None and d.test_fraction != _DATA_DEFAULTS["test_fraction"]:
         raise PyroVAEError(
             "data.test_fraction is given together with data.test, which is the held-out data already: "
             "remove one of them"
         )
+
+
+def _check_labels(d: "DataConfig") -> None:
+    """data.labels is a keyword a program can take, for a source that has labels; label_fraction needs it."""
+    if d.labels is None:
+        if d.label_fraction != _DATA_DEFAULTS["label_fraction"]:
+            fix = ("mark the unlabelled rows -1 in the file's label array instead" if d.source == "arrays" else
+                   'set data.labels = "y" (the name the program takes them under)')
+            raise PyroVAEError(f"data.label_fraction = {d.label_fraction} keeps a share of the labels, but "
+                               f"data.labels is not set: {fix}, or remove data.label_fraction")
+        return
+    if not d.labels.isidentifier() or keyword.iskeyword(d.labels):
+        raise PyroVAEError(f"data.labels = {d.labels!r} is not a Python identifier: the program receives the labels "
+                           "as a keyword argument, so name them as the argument (e.g. labels = \"y\")")
+    if d.labels == "x":
+        raise PyroVAEError("data.labels = 'x' is the images' name: name the labels otherwise (e.g. labels = \"y\")")
+    if d.source == "arrays":
+        raise PyroVAEError("data.labels is given but data.source = 'arrays' (files) has no labels of its own: "
+                           "name the label array in data.arrays (e.g. arrays = [\"x\", \"y\"] with an .npz or a "
+                           "CSV that holds it) and remove data.labels")
 
 
 @dataclass(frozen=True)
@@ -415,6 +443,7 @@ _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if
 _RANGES = {
     "data.test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "data.split_seed": (_seed, _SEED),
+    "data.label_fraction": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (the share of training labels kept)"),
     "data.num_points": (lambda v: 2 <= v <= 2**40, lambda v: ">= 2" if v < 2 else "<= 2**40 (use fewer points)"),
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),

@@ -1,9 +1,13 @@
-"""A run's figures: loss curve, reconstructions, samples and the latent space, one PNG each.
+"""A run's figures: loss curve, reconstructions, samples, the latent space and the model's graph, one PNG each.
 
 Matplotlib with the Agg backend (no display needed); every PNG goes through
 the run directory's atomic writer.  Every figure of the library (these and the
 report's) is drawn inside :func:`figure_style`: dark ink on white, images in
 ``gray_r``, one font and one colour cycle, whatever the caller's settings are.
+
+A graph model has no ``encode``/``decode``: its figures (:func:`graph_plots`)
+are drawn from its program, as decoder means of prior draws, and from its
+class metrics (evaluation/classes.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .data import batch
 from .rundir.files import write_atomic
 
 
@@ -192,7 +197,19 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
     return save_figure(fig, path, bbox_inches="tight")
 
 
+@figure_style()
+def graph(model, data, path: Path, title: str = "the model's graph") -> Path:
+    """The model's graph (diagnostics/structure.py) traced on ``data``, drawn as the report draws it."""
+    from .diagnostics.structure import model_structure
+    from .report.figures import draw_structure  # the report's figures import this module: imported here
+
+    return save_figure(draw_structure(model_structure(model, data), title), path, bbox_inches="tight")
+
+
 def run_plots(model, data, history, folder: Path) -> List[Path]:
+    """A built-in model's figures."""
+    from .diagnostics.structure import graph_data
+
     folder.mkdir(parents=True, exist_ok=True)
     x = data.test_x
     return [
@@ -201,4 +218,159 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
         samples(model, data.image_shape, folder / "samples.png"),
         latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png",
                        class_names=data.class_names),
+        graph(model, graph_data(data), folder / "graph.png"),
     ]
+
+
+def program_plots(model, data, history, folder: Path) -> List[Path]:
+    """A program's figures: its curve and its graph (the others need a built-in's encoder and decoder)."""
+    from .diagnostics.structure import graph_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [loss_curve(history, folder / "loss.png"), graph(model, graph_data(data), folder / "graph.png")]
+
+
+# -- graph models: what they generate, and how their classes agree with the labels -------------------------
+
+#: the most classes a class-conditional grid shows (one row each)
+MAX_CLASS_ROWS = 20
+#: the largest table whose cells are written as numbers
+MAX_ANNOTATED_CELLS = 400
+#: the most tick labels a side of a class table has
+MAX_TICKS = 40
+
+
+def conditioning_node(model) -> Optional[str]:
+    """The categorical data node a graph's samples can be drawn per class of: a partial label, else an input label."""
+    g = model.graph
+    for role in ("partial", "input"):
+        for n in g.order:
+            if g.nodes[n].role == role and g.nodes[n].family == "categorical":
+                return n
+    return None
+
+
+def _is_image(data, image_shape) -> bool:
+    return image_shape is not None and image_shape[0] * image_shape[1] == data.dim
+
+
+@figure_style()
+def class_samples(model, data, node: str, image_shape, path: Path, draws: int = 8, seed: int = 0,
+                  class_names: Optional[Sequence[str]] = None) -> Path:
+    """One row per class of ``node``: the mean of p(x | node = class, the latents drawn from their prior).
+
+    ``data``: the run's named data, whose array ``node`` the given classes are shaped like.  Every row draws
+    its latents with the same seed, so a column holds the latents fixed where the program draws them alike.
+    """
+    from .models.sampling import given_rows, prior_predictive
+
+    plt = _plt()
+    k = int(model.graph.nodes[node].dim)
+    shown = min(k, MAX_CLASS_ROWS)
+    width = int(np.prod(image_shape))
+    means = [prior_predictive(model, draws, width, seed, observed=model.obs_site, mean=True,
+                              given=given_rows(data, model.obs_site, {node: c}, draws)).cpu().numpy()
+             for c in range(shown)]
+    h, w = image_shape
+    grid = image_grid(np.concatenate(means, 0), image_shape, ncols=draws)
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * draws + 1.0), max(3.0, 0.45 * shown + 0.8)))
+    ax.imshow(grid, vmin=0, vmax=1)
+    ax.set_xticks([])
+    names = [class_names[c] if class_names is not None and c < len(class_names) else str(c) for c in range(shown)]
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(shown)], names)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_ylabel(node)
+    more = f" (first {shown} of {k} classes)" if shown < k else ""
+    ax.set_title(f"mean of p({model.obs_site} | {node}, latents ~ prior){more}")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@figure_style()
+def prior_samples(model, data, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
+    """Ancestral samples of a graph: every latent drawn from its prior, then the mean of p(x | them).
+
+    A graph with input nodes (always-given arrays) takes them from the test data's rows in turn.
+    """
+    from .infer.sites import cycle_rows
+    from .models.sampling import prior_predictive
+
+    inputs = [name for name in model.graph.order if model.graph.nodes[name].role == "input"]
+    given = {name: cycle_rows(data[name], n) for name in inputs} if inputs else None
+    named = batch.is_named(data)
+    xs = prior_predictive(model, n, int(np.prod(image_shape)), seed, observed=model.obs_site if named else None,
+                          given=given, mean=True).cpu().numpy()
+    title = f"samples: mean of p({model.obs_site} | latents), latents ~ prior"
+    if inputs:
+        title += f"; {', '.join(inputs)} from the test data"
+    return save_image_grid(xs, image_shape, path, ncols=int(math.ceil(math.sqrt(n))), title=title)
+
+
+@figure_style()
+def class_table(metrics, path: Path) -> Path:
+    """A :class:`~pyro_vae.evaluation.classes.ClassMetrics` table as a heatmap with its counts: the confusion
+    matrix of a classifier, or the contingency table of a clustering (its clusters in the order of their classes)."""
+    plt = _plt()
+    table = np.asarray(metrics.table)
+    cols = np.arange(table.shape[1])
+    if metrics.kind == "clustering":
+        matched = np.asarray(metrics.cluster_class)
+        # matched clusters first, in the order of their classes, so that agreement shows as a diagonal
+        cols = np.array(sorted(cols, key=lambda j: (matched[j] < 0, matched[j], j)))
+        table = table[:, cols]
+    rows, ncols = table.shape
+    fig, ax = plt.subplots(figsize=(min(14.0, max(4.0, 0.45 * ncols + 2.0)), min(14.0, max(3.5, 0.45 * rows + 1.5))))
+    im = ax.imshow(table, cmap="Blues", aspect="auto", vmin=0)
+    fig.colorbar(im, ax=ax, label="points")
+    if table.size <= MAX_ANNOTATED_CELLS:
+        top = table.max() if table.size else 0
+        for i in range(rows):
+            for j in range(ncols):
+                ax.text(j, i, str(int(table[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if top and table[i, j] > top / 2 else INK)
+    names = metrics.class_names
+
+    def name(i):
+        return names[i] if names and i < len(names) else str(i)
+
+    # at most MAX_TICKS labels a side: a hundred clusters' numbers would overprint each other
+    ys, xs = range(0, rows, math.ceil(rows / MAX_TICKS)), range(0, ncols, math.ceil(ncols / MAX_TICKS))
+    ax.set_yticks(list(ys), [name(i) for i in ys])
+    ax.set_ylabel("true class")
+    if metrics.kind == "classifier":
+        ax.set_xticks(list(xs), [name(int(cols[j])) for j in xs])
+        ax.set_xlabel(f"predicted {metrics.node} (argmax q)")
+        ax.set_title(f"{metrics.node}: accuracy {metrics.accuracy:.3f} ± {metrics.accuracy_se:.3f} "
+                     f"on {metrics.num_points} points")
+    else:
+        ax.set_xticks(list(xs), [str(int(cols[j])) for j in xs])
+        ax.set_xlabel(f"cluster ({metrics.node})")
+        ax.set_title(f"{metrics.node}: clustering accuracy {metrics.accuracy:.3f} ({metrics.matching} matching), "
+                     f"{metrics.clusters_used} of {metrics.num_clusters} clusters used")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def class_table_file(metrics) -> str:
+    """The file name of a class table: a classifier's confusion matrix, or a clustering's contingency table."""
+    return "confusion.png" if metrics.kind == "classifier" else "contingency.png"
+
+
+def graph_plots(model, data, history, folder: Path, classes=None) -> List[Path]:
+    """A graph model's figures: a program's (:func:`program_plots`); for image data its ancestral samples and,
+    with a partial or input label, its samples per class; the table of ``classes`` (a ClassMetrics) if any."""
+    out = program_plots(model, data, history, folder)
+    if _is_image(data, data.image_shape):
+        out.append(prior_samples(model, data.test, data.image_shape, folder / "samples.png"))
+        node = conditioning_node(model)
+        if node is not None:
+            # the data's class names name its labels: they name the node's classes when its array is the labels
+            labels = data.test_labels
+            same = labels is not None and torch.equal(data.test[node].cpu(), labels.cpu())
+            out.append(class_samples(model, data.test, node, data.image_shape, folder / "class_samples.png",
+                                     class_names=data.class_names if same else None))
+    if classes is not None:
+        out.append(class_table(classes, folder / class_table_file(classes)))
+    return out

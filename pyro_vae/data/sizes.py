@@ -94,6 +94,30 @@ def check_model_size(model_cfg, data_dim: int, memory: Optional[int] = None) -> 
     )
 
 
+#: where a graph model's parameters live -> the node key that sizes them
+_GRAPH_PARTS = {"nets": "net", "encoders": "encoder", "likelihoods": "likelihood", "families": "dim"}
+
+
+def check_graph_size(spec, data_dim: int, image_shape=None, memory: Optional[int] = None) -> None:
+    """As :func:`check_model_size` for a graph: the model is built on torch's meta device (no memory, no
+    random numbers drawn) and its parameters counted, so the count is the compiler's own."""
+    import torch
+
+    from ..models import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec, data_dim, image_shape)
+    params = list(model.named_parameters())
+    count = sum(p.numel() for _, p in params)
+    name = max(params, key=lambda kv: kv[1].numel())[0] if params else "?"
+    part, _, rest = name.partition(".")
+    node = rest.partition(".")[0]
+    where = f"model.nodes.{node}.{_GRAPH_PARTS[part]}" if part in _GRAPH_PARTS else "the data's columns"
+    check_fits(count * BYTES_PER_PARAMETER,
+               f"the model ({count:,} parameters, mostly from {where}) with its gradients and optimizer state",
+               "use smaller sizes", memory)
+
+
 def check_synthetic_size(cfg, memory: Optional[int] = None) -> None:
     """Refuse synthetic sizes whose arrays (latents, hidden layer, data and noise) cannot fit in memory."""
     per_point = cfg.synthetic_latent_dim + 32 + 2 * cfg.synthetic_dim

@@ -4,6 +4,8 @@ Every source returns a :class:`Dataset`: float32 train/test matrices (one row
 per data point), an optional image shape, optional labels, and notes about
 what was changed (casts, dropped rows).  Validation happens here, before any
 model exists, so bad data fails in one line that names the file and the fix.
+With ``data.labels`` a labelled source hands named data instead:
+``{"x": images, NAME: labels}``, a share of the training labels kept.
 
 Training data stays on the training device and is batched by index
 (``x[perm[i:i+B]]``): no per-item ``DataLoader``, no per-batch host copies.
@@ -48,6 +50,7 @@ class Dataset:
     test: torch.Tensor
     name: str = "data"
     image_shape: Optional[Tuple[int, int]] = None
+    # the source's labels, complete (with data.labels, train[NAME] holds the ones training sees)
     train_labels: Optional[torch.Tensor] = None
     test_labels: Optional[torch.Tensor] = None
     binarize: str = "none"  # "dynamic": resample train batches each step
@@ -465,6 +468,54 @@ def _arrays(cfg, discrete: bool):
     return Dataset(tr, te, Path(cfg.train).stem, image_shape, notes=notes + more)
 
 
+# --------------------------------------------------------------------------
+# labels passed to the program
+
+#: the stream that picks the kept labels: seeded by split_seed, as the split is, yet apart from it
+_LABEL_STREAM = 0x1ABE15
+
+
+def kept_labels(labels: torch.Tensor, fraction: float, seed: int) -> Tuple[torch.Tensor, Optional[str]]:
+    """(labels, note): all but a class-balanced share of ``labels`` set to ``batch.MISSING`` (None: all kept).
+
+    Each class keeps round(fraction * n / classes) labels, at least one, at most
+    its rows, as Kingma et al. (2014) keep an equal number of labels per class;
+    which ones is a fixed function of ``seed``.
+    """
+    if fraction >= 1.0:
+        return labels, None
+    y = labels.numpy()
+    classes = np.unique(y)
+    per_class = max(1, int(round(fraction * len(y) / len(classes))))
+    rng = np.random.default_rng([seed, _LABEL_STREAM])
+    keep = np.zeros(len(y), dtype=bool)
+    for c in classes:
+        keep[rng.permutation(np.flatnonzero(y == c))[:per_class]] = True
+    out = labels.clone()
+    out[torch.from_numpy(~keep)] = batch.MISSING
+    small = int(sum(int((y == c).sum()) < per_class for c in classes))
+    fewer = ("" if not small else "; 1 class with fewer rows keeps all of its" if small == 1
+             else f"; {small} classes with fewer rows keep all of theirs")
+    note = (f"data: {int(keep.sum())} of {len(y)} training labels kept ({per_class} per class{fewer}); "
+            f"the others are unlabelled ({batch.MISSING})")
+    return out, note
+
+
+def with_labels(ds: Dataset, data_cfg) -> Dataset:
+    """``ds`` as named data ``{"x": images, data.labels: labels}``, a share of the training labels kept."""
+    name = data_cfg.labels
+    if ds.train_labels is None or ds.test_labels is None or ds.observed is not None:
+        raise PyroVAEError(f"data.labels = {name!r}: data.source = {data_cfg.source!r} has no labels to pass: use a "
+                           f"labelled source ({', '.join(IMAGE_SOURCES)}) or remove data.labels")
+    train_y, note = kept_labels(ds.train_labels.to(torch.int64), data_cfg.label_fraction, data_cfg.split_seed)
+    ds.train = {"x": ds.train, name: train_y}
+    ds.test = {"x": ds.test, name: ds.test_labels.to(torch.int64)}
+    ds.observed = "x"
+    if note is not None:
+        ds.notes.append(note)
+    return ds
+
+
 def resolve_binarize(data_cfg, likelihood: str) -> str:
     """``auto`` means dynamic binarization for image data under a Bernoulli likelihood, else none."""
     if data_cfg.binarize != "auto":
@@ -476,6 +527,8 @@ def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
     discrete = likelihood == "categorical"
     ds = SOURCES[data_cfg.source](data_cfg, discrete)
+    if data_cfg.labels is not None:
+        ds = with_labels(ds, data_cfg)  # before binarizing, which then binarizes the images alone
     mode = resolve_binarize(data_cfg, likelihood)
     if mode != "none":
         if mode == "static" and isinstance(ds.train, MappedRows):

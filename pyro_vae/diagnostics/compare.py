@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .results import Comparison
+from typing import Optional, Sequence, Tuple
+
+from .results import Comparison, NodeComparison
 
 
 def moments(z: np.ndarray):
@@ -45,8 +47,27 @@ def wasserstein_per_dim(zq: np.ndarray, zr: np.ndarray, n_quantiles: int = 200) 
     return np.sqrt(((qq - qr) ** 2).mean(0))
 
 
-def compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> Comparison:
-    """Per point: how far q (draws) is from the reference (exact moments and draws)."""
+def compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws,
+            sites: Optional[Sequence[Tuple[str, int]]] = None) -> Comparison:
+    """Per point: how far q (draws) is from the reference (exact moments and draws).
+
+    ``sites``: (name, size) of each latent site in column order; with two or more, each site's columns are
+    also compared on their own (its marginal: the covariance's diagonal block).
+    """
+    whole = _compare(zq, ref_mean, ref_cov, ref_draws)
+    if sites is None or len(sites) < 2:
+        return whole
+    start = 0
+    for name, size in sites:
+        cols = slice(start, start + size)
+        start += size
+        part = _compare(zq[..., cols], ref_mean[:, cols], ref_cov[:, cols, cols], ref_draws[..., cols])
+        whole.nodes.append(NodeComparison(name, size, part.mean_abs_error, part.std_mean_error, part.sd_ratio,
+                                          part.kl_gauss, part.w2))
+    return whole
+
+
+def _compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> Comparison:
     qm, qc = moments(zq)
     q_sd = np.sqrt(np.clip(np.diagonal(qc, axis1=1, axis2=2), 0, None))
     r_sd = np.sqrt(np.clip(np.diagonal(ref_cov, axis1=1, axis2=2), 1e-300, None))

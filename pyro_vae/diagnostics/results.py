@@ -8,7 +8,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -45,6 +45,8 @@ def _typed(tp, v):
         return tp.from_json(v)
     if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Record):
         return [args[0].from_json(x) for x in v]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # Tuple[X, ...]: a frozen record's sequence
+        return tuple(_typed(args[0], x) for x in v)
     return v
 
 
@@ -147,14 +149,29 @@ class Reference(Record):
 
 
 @dataclass
+class NodeComparison(Record):
+    """The comparison restricted to one latent site's dimensions (a node of a graph), per point."""
+
+    name: str
+    dims: int
+    mean_abs_error: np.ndarray
+    std_mean_error: np.ndarray
+    sd_ratio: np.ndarray
+    kl_gauss: np.ndarray  # between the Gaussian fits of this site's marginals
+    w2: np.ndarray
+
+
+@dataclass
 class Comparison(Record):
-    """How far q is from the reference, per point (averaged over latent dims)."""
+    """How far q is from the reference, per point (averaged over latent dims), and per latent site."""
 
     mean_abs_error: np.ndarray
     std_mean_error: np.ndarray  # |mean error| / reference sd
     sd_ratio: np.ndarray  # geometric mean over dims of sd_q / sd_ref
     kl_gauss: np.ndarray  # KL between Gaussian fits; inf (NaN once saved) for a point mass
     w2: np.ndarray  # 1-D Wasserstein-2 per dim, averaged
+    # the same per latent site, where there are two or more (a hierarchy's z1 and z2): which node q gets wrong
+    nodes: List[NodeComparison] = field(default_factory=list)
 
 
 @dataclass
@@ -232,6 +249,58 @@ class Generated(Record):
     traversal_steps: np.ndarray  # in prior standard deviations
 
 
+#: what a node of a model's graph is (ModelStructure.nodes)
+LATENT = "latent"  # a sampled site with a density (continuous, or discrete with no finite support)
+OBSERVED = "observed"  # observed wherever it is in the program
+PARTLY_OBSERVED = "partly observed"  # observed on some rows (a given label), latent on the others
+ENUMERATED = "enumerated"  # a latent with a finite support, summed out exactly (a mixture's component)
+FACTOR = "factor"  # pyro.factor: a penalty in the joint, no variable
+DETERMINISTIC = "deterministic"  # pyro.deterministic: a function of other sites, no density
+INPUT = "input"  # a named data array no site observes: the program is conditioned on it (a CVAE's label)
+KINDS = (LATENT, OBSERVED, PARTLY_OBSERVED, ENUMERATED, FACTOR, DETERMINISTIC, INPUT)
+
+
+@dataclass(frozen=True)
+class GraphNode(Record):
+    """One node of a model's graph: a sample site of the model (or guide), or a data array it is given."""
+
+    name: str  # the site's name, or the array's for an input
+    kind: str  # one of KINDS
+    distribution: Optional[str]  # the site's distribution without its Independent/expand/mask wrappers; None for an input
+    event_shape: Tuple[int, ...]  # the site's event shape (an input's shape per row)
+    size: int  # numbers per data point (per draw, for a site outside the data plate)
+    plates: Tuple[str, ...]  # the vectorized plates it is in, outermost first
+    discrete: bool  # its values are discrete (an integer input array)
+    categories: Optional[int] = None  # how many values a finite discrete site takes
+    in_model: bool = True
+    in_guide: bool = False
+    array: Optional[str] = None  # the named data array it observes, or is (an input); None for one tensor of data
+
+
+@dataclass(frozen=True)
+class GraphEdge(Record):
+    """``parent`` -> ``child``: the child's distribution reads the parent's value (or array)."""
+
+    parent: str
+    child: str
+
+
+@dataclass(frozen=True)
+class ModelStructure(Record):
+    """A model's graph as its program runs: nodes, the model's edges, the guide's, traced on each pattern of rows."""
+
+    nodes: Tuple[GraphNode, ...]  # inputs in data order, then the model's sites in trace order, then guide-only sites
+    edges: Tuple[GraphEdge, ...]  # of the model p
+    guide_edges: Tuple[GraphEdge, ...]  # of the guide q: what each of its sites reads (data arrays and latents)
+    traced: Tuple[str, ...]  # the row patterns the program was traced on ("every array given", "without y")
+    data_plate: Optional[str] = None  # the plate of the data points (None if no site is in it)
+    note: Optional[str] = None  # what the graph may miss (dependencies that could not be traced)
+    svg: Optional[str] = None  # pyro.render_model's drawing (SVG text) where graphviz is installed
+
+    def node(self, name: str) -> GraphNode:
+        return next(n for n in self.nodes if n.name == name)
+
+
 @dataclass
 class RunDiagnosis(Record):
     """All diagnostics of one run; draws and decoded figures live in files beside the JSON."""
@@ -264,6 +333,7 @@ class RunDiagnosis(Record):
     nuts_data: object = field(default=None, metadata=_FILE)  # ArviZ: NUTS draws when the grid is the reference
     grid: Optional[GridPosterior] = field(default=None, metadata=_FILE)
     generated: Optional[Generated] = field(default=None, metadata=_FILE)
+    structure: Optional[ModelStructure] = None  # the model's graph (None in diagnoses saved before it was kept)
 
     @property
     def coverage(self) -> str:

@@ -1,4 +1,4 @@
-"""Diagnosing subjects end to end: one small stage per result (draws, k-hat, local fit, reference, comparison, SBC, summary, warnings)."""
+"""Diagnosing subjects end to end: one small stage per result (draws, k-hat, local fit, reference, comparison, SBC, graph, summary, warnings)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,16 @@ from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, FORMAT, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
-from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPosterior, KhatSummary, NutsCheck,
-                      QSummary, Reference, RunDiagnosis, RunSummary, SbcResult, WorstPoint)
+from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPosterior, KhatSummary, ModelStructure,
+                      NutsCheck, QSummary, Reference, RunDiagnosis, RunSummary, SbcResult, WorstPoint)
+from .structure import graph_data, model_structure
 from ..serialize import to_plain
 from .generated import generate
 from .draws import _Layout, _few_threads, _is_real, _layout, _site_matrix, draw_prior, draw_q
 from .local import _LocalModel, fit_local
 from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
 from ..data import batch
+from ..data.sources import Dataset
 from ..infer.psis import arviz, pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments
@@ -93,13 +95,16 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     ref = _reference(model, x, layout, subject.point_index, name, zp, precond, settings, progress, log)
     lap("reference")
 
-    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws)
+    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws,
+                                                        list(zip(layout.sites, layout.sizes)))
     contraction = _contraction(ref, qd.summary, prior_var)
 
     sbc = _sbc(model, x, layout, name, settings, log)
     lap("sbc")
     generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log)
     lap("generated")
+    structure = _structure(subject, model, x, name, log)
+    lap("structure")
     seconds = time.perf_counter() - t_start
     summary = _summary(subject.point_index, qd.summary, khat, local, comparison, sbc, contraction,
                        _log_sd_ratio_var(settings.draws, ref.result, layout.dim, b))
@@ -114,7 +119,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         history=to_plain(run.history) if run is not None and run.history else None,
         image_shape=[int(v) for v in shape] if shape else None,
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
-        q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated)
+        q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
+        structure=structure)
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 
@@ -306,6 +312,13 @@ def _generated(model, x, layout: _Layout, q: QSummary, prior_sd, contraction, na
     except Exception as e:
         log(f"[{name}] no 'generated' figures: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         return None
+
+
+def _structure(subject: Subject, model, x, name, log) -> ModelStructure:
+    """The model's graph for the report, traced on a run's training arrays when named (unlabelled rows show
+    what is partly observed), else on the diagnosed points."""
+    log(f"[{name}] the model's graph")
+    return model_structure(model, graph_data(subject.data) if isinstance(subject.data, Dataset) else x)
 
 
 def _chain_stats(data, layout: _Layout):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import pyro.distributions as dist
 from pyro import poutine
 
 from ..data import batch
@@ -21,14 +22,35 @@ from .params import model_params
 from .protocol import _eval_mode, check_protocol, model_device
 
 
-def _draw(model, rows, seed: int) -> torch.Tensor:
+def _draw(model, rows, seed: int, given: Optional[dict] = None, mean: bool = False) -> torch.Tensor:
+    # a given array that is a sample site of its own (a partial label) stays observed at its value:
+    # uncondition alone would draw it from its prior
+    program = poutine.condition(poutine.uncondition(model.model), data=dict(given or {}))
     with isolated_rng(seed, batch.reference(rows).device):
-        tr = batch.call(poutine.trace(poutine.uncondition(model.model)).get_trace, rows)
+        tr = batch.call(poutine.trace(program).get_trace, rows)
     site = tr.nodes.get(model.obs_site)
     if site is None or site["type"] != "sample":
         raise PyroVAEError(f"the model has no sample site {model.obs_site!r} (its obs_site): pyro-vae sample draws "
                            "that site; name the observed site in obs_site")
-    return site["value"].detach()
+    return site_mean(site["fn"], model.obs_site) if mean else site["value"].detach()
+
+
+def site_mean(fn, name: str) -> torch.Tensor:
+    """The mean of a site's distribution; a categorical's over its levels 0..K-1 (torch's own is NaN)."""
+    base = fn
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    if isinstance(base, dist.Categorical):
+        m = base.probs @ torch.arange(base.probs.shape[-1], dtype=base.probs.dtype, device=base.probs.device)
+    else:
+        try:
+            m = fn.mean
+        except NotImplementedError:
+            m = None
+    if m is None or not bool(torch.isfinite(m).all()):
+        raise PyroVAEError(f"the distribution of site {name!r} ({type(fn).__name__}) has no finite mean to show: "
+                           "use draws (pyro-vae sample) instead of means")
+    return m.detach()
 
 
 def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
@@ -64,12 +86,13 @@ def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
 
 @torch.no_grad()
 def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: Optional[str] = None,
-                     given: Optional[dict] = None) -> torch.Tensor:
+                     given: Optional[dict] = None, mean: bool = False) -> torch.Tensor:
     """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters.
 
     Named data: ``observed`` names the observations' array and ``given`` holds
     n rows of the other arrays to condition on (:func:`given_rows`); arrays not
     given are left out, so the program draws them (``y=None``) or says it needs them.
+    ``mean``: the mean of p(x | everything else drawn) instead of a draw of x (a decoder's mean).
     """
     check_protocol(model)
     device = model_device(model)
@@ -78,10 +101,11 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
     with model_params(model), _eval_mode(model):
         for fill in (0.0, 1.0):
             rows = torch.full(shape, fill, device=device)
+            on_device = {k: v.to(device) for k, v in (given or {}).items()}
             if observed is not None:
-                rows = {observed: rows, **{k: v.to(device) for k, v in (given or {}).items()}}
+                rows = {observed: rows, **on_device}
             try:
-                draws.append(_draw(model, rows, seed))
+                draws.append(_draw(model, rows, seed, on_device, mean))
             except PyroVAEError:
                 raise
             except Exception as e:  # the user's program: its own error, in one line

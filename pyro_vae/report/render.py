@@ -29,6 +29,7 @@ RESULTS_FORMAT = "pyro_vae.report/1"
 
 SECTIONS = [
     ("runs", "Runs"),
+    ("structure", "The models' graphs"),
     ("khat", "Is q(z|x) a good posterior? Pareto k-hat per point"),
     ("reference", "Reference posterior"),
     ("comparison", "q(z|x) against the reference"),
@@ -37,7 +38,7 @@ SECTIONS = [
     ("generated", "What the models generate"),
 ]
 TABLE_SECTION = {"runs": "runs", "khat": "khat", "worst": "khat", "reference": "reference", "nuts_check": "reference",
-                 "comparison": "comparison", "sbc": "sbc"}
+                 "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
 
 GLOSSARY = [
     ("PSIS k-hat", "the estimated Pareto tail shape of the importance weights p(x, z) / q(z|x); it says how heavy the "
@@ -91,7 +92,7 @@ def write_report(diagnosis: Diagnosis, out_dir, *, log: Optional[Callable[[str],
     log(f"writing figures to {out / 'figures'}")
     figures = draw_all(Figures(out / "figures"), diagnosis)
     results = diagnosis.to_json() | {"format_report": RESULTS_FORMAT, "tables": to_plain(tables),
-                                     "figures": to_plain(figures)}
+                                     "figures": [f.to_json() for f in figures]}
     paths = {"json": out / "results.json", "html": out / "index.html", "md": out / "report.md"}
     write_text_atomic(paths["json"], json.dumps(results, indent=1) + "\n")
     files = report_files(diagnosis, out)
@@ -144,7 +145,7 @@ ul.files code{overflow-wrap:anywhere}
 .warnings{background:#fff4e5;border:1px solid #f0a040;border-left:6px solid #e07000;padding:.6em 1em;margin:1em 0}
 .warnings li{margin:.3em 0}.ok{background:#eef8ee;border:1px solid #8c8;padding:.5em 1em}
 figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
-figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:60em}
+figure img,figure .svg svg{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:60em}
 code{background:#f5f5f5;padding:0 .2em}
 """
 
@@ -174,9 +175,7 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
                 body.append(_html_table(t, heading=t.title != title))
         for f in figures:
             if f.section == sec:
-                data = base64.b64encode((out / f.file).read_bytes()).decode("ascii")
-                body.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{e(f.title)}\" "
-                            f"data-file=\"{e(f.file)}\"><figcaption><strong>{e(f.title)}.</strong> "
+                body.append(f"<figure>{_html_image(f, out)}<figcaption><strong>{e(f.title)}.</strong> "
                             f"{e(f.caption)}</figcaption></figure>")
         if body:
             parts.append(f"<h2 id=\"{sec}\">{e(title)}</h2>")
@@ -190,6 +189,17 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
     parts.append(f"<h2 id=\"files\">Files</h2><ul class=\"files\">{items}</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _html_image(f: Figure, out: Path) -> str:
+    """The figure's own SVG drawing inline where it has one, else its PNG embedded as base64."""
+    e = html.escape
+    start = f.svg.find("<svg") if f.svg else -1
+    if start >= 0:  # without the XML declaration and DOCTYPE, which may not stand inside an HTML page
+        return (f"<div class=\"svg\" role=\"img\" aria-label=\"{e(f.title)}\" data-file=\"{e(f.file)}\">"
+                f"{f.svg[start:]}</div>")
+    data = base64.b64encode((out / f.file).read_bytes()).decode("ascii")
+    return f"<img src=\"data:image/png;base64,{data}\" alt=\"{e(f.title)}\" data-file=\"{e(f.file)}\">"
 
 
 TEXT_CELL = " class=\"text\""  # left-aligned, may wrap
@@ -245,7 +255,8 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
     return "\n".join(lines)
 
 
-def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison", "sbc")) -> str:
+def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison",
+                                                       "comparison_nodes", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []
     if any(r.summed_sites for r in d.runs):  # the terminal says it only where it changes what z means

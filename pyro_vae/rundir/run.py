@@ -4,8 +4,10 @@
   ``config.toml``    the resolved config (every default and "auto" filled in)
   ``checkpoint.pt``  parameters, optimizer state, RNG states, data order (atomic)
   ``history.csv``    per epoch: train loss, test ELBO, seconds, beta
-  ``metrics.json``   the evaluation of the final model on the test data
-  ``plots/``         loss curve, reconstructions, samples, latent scatter
+  ``metrics.json``   the evaluation of the final model on the test data (and, for a model with classes,
+                     ``"classes"``: evaluation/classes.py)
+  ``plots/``         loss curve, reconstructions, samples, latent scatter, the model's graph; a graph's
+                     samples per class and class table
 
 Everything that can fail on bad input (config, data, support, output folder)
 is checked before the folder is created, so a failed start writes nothing.
@@ -27,13 +29,15 @@ import torch
 
 from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
-from ..data.sizes import check_model_size, inferred_levels
+from ..data.sizes import check_graph_size, check_model_size, inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
+from ..evaluation.classes import ClassMetrics, class_metrics
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.memory import evaluate_with_retry
 from ..models import build_model
+from ..models.graph import GraphModel
 from ..models.program import build_program
 from ..models.protocol import _modules
 from ..training import distributed
@@ -55,6 +59,7 @@ class Run:
     image_shape: Optional[tuple] = None
     start_epoch: int = 0  # epochs already trained when this process started (a resumed run)
     data_dim: Optional[int] = None  # the data's number of columns (None: a run pv.fit wrote, which does not record it)
+    classes: Optional[ClassMetrics] = None  # a trained model with classes: their agreement with the test labels
 
 
 def data_likelihood(model: ModelConfig) -> str:
@@ -87,12 +92,17 @@ def prepare(cfg: Config):
     """Load data, resolve the config and build the model (seeded); writes nothing."""
     data = load_data(cfg.data, data_likelihood(cfg.model))
     if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
-        raise PyroVAEError(f"data.arrays names {', '.join(data.train)} but model.type = "
+        names = ", ".join(data.train)
+        key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None
+                     else ("data.arrays", f"data.arrays names {names}"))
+        raise PyroVAEError(f"{said} but model.type = "
                            f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
-                           "(model.program = \"module:Class\"); remove data.arrays for a built-in model")
+                           f"(model.program = \"module:Class\"); remove {key} for a built-in model")
     cfg = resolve_config(cfg, data)
-    if cfg.model.program is None and not cfg.model.nodes:
-        check_model_size(cfg.model, data.dim)  # before torch allocates it
+    if cfg.model.nodes:
+        check_graph_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
+    elif cfg.model.program is None:
+        check_model_size(cfg.model, data.dim)
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model, spec = build(cfg.model, data.dim, data.image_shape)
     cfg = cfg.replace(model=spec)
@@ -106,7 +116,8 @@ def prepare(cfg: Config):
 #: the files a run directory holds, all written by this library (plots/ holds PLOT_FILES)
 RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
 PLOTS_DIR = "plots"
-PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png")
+PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "graph.png",
+              "class_samples.png", "confusion.png", "contingency.png")
 SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
 
 
@@ -273,6 +284,9 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
         metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=progress)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
+        classes = _class_metrics(model, data, log) if group.is_main else None
+        if classes is not None:
+            metrics["classes"] = classes.to_json()
         figures = None
         if out is not None and group.is_main:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -280,13 +294,26 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 from ..plots import run_plots
 
                 figures = run_plots(model, data, history, out / PLOTS_DIR)
-            elif plots:  # a model of your own: its curve (the other figures need a built-in's encoder and decoder)
-                from ..plots import loss_curve
+            elif plots and isinstance(model, GraphModel):
+                from ..plots import graph_plots
 
-                (out / PLOTS_DIR).mkdir(exist_ok=True)
-                figures = [loss_curve(history, out / PLOTS_DIR / "loss.png")]
+                figures = graph_plots(model, data, history, out / PLOTS_DIR, classes)
+            elif plots:  # a model of your own: its curve and graph (the others need a built-in's encoder and decoder)
+                from ..plots import program_plots
+
+                figures = program_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
-               data_dim=data.dim)
+               data_dim=data.dim, classes=classes)
+
+
+def _class_metrics(model, data: Dataset, log) -> Optional[ClassMetrics]:
+    """The model's class metrics on the test data, or None; a model whose classes cannot be read is noted, not
+    failed, since its training has already succeeded."""
+    try:
+        return class_metrics(model, data.test, data.test_labels, data.class_names)
+    except PyroVAEError as e:
+        log(f"note: no class metrics: {e}")
+        return None
 
 
 def make_folder(out: Path) -> None:

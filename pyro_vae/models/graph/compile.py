@@ -143,9 +143,15 @@ class GraphModel(PyroModule):
                 raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
                                    f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
                                    "set model.guide_structure = \"mean-field\" or remove classifier_weight")
-        # the main likelihood: what the trainer checks the data's support against
-        self.likelihood = self.likelihoods[self.obs_site]
         self._arange_cache = {}
+
+    @property
+    def likelihood(self):
+        """The main observed node's likelihood: what the trainer checks the data's support against.
+
+        A property, not a second attribute: a module registered under two names would have its parameters
+        found under one name only, and a step capture would freeze the other path's copy."""
+        return self.likelihoods[self.obs_site]
 
     def _observed_width(self, name: str, node) -> int:
         if name == self.obs_site:
@@ -216,9 +222,10 @@ class GraphModel(PyroModule):
                     d = family.conditional(self.nets[name](parents)) if node.parents else family.prior(shape)
                 obs = data.get(name) if node.role == "partial" else None
                 value = pyro.sample(name, d, obs=obs)
-                if obs is not None and node.classifier_weight:
+                if obs is not None and node.classifier_weight and all(n in feats for n in self.encoders[name].names):
                     # Kingma et al.'s auxiliary term: the classifier learns from the labelled rows too.  A factor,
-                    # not a density: evaluation leaves it out, so the reported ELBO stays the model's
+                    # not a density: evaluation leaves it out, so the reported ELBO stays the model's.  Only where
+                    # the data it reads are given (a prior draw with a given label has no x to classify)
                     q = family.guide(self.encoders[name](feats))
                     pyro.factor(name + CLASSIFIER, node.classifier_weight * q.log_prob(obs))
                 feats[name] = family.features(value)
