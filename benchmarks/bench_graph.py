@@ -159,11 +159,11 @@ def check_same_loss(ours, hand, x: torch.Tensor, data_size: int) -> float:
     """The two losses at the same initial weights, as full-data estimates averaged over draws (they must agree)."""
     torch.manual_seed(0)
     with torch.no_grad():
-        a = sum(float(hand.loss(x, data_size / x.shape[0])) for _ in range(20)) / 20
+        a = sum(float(hand.loss(x, data_size / x.shape[0])) for _ in range(100)) / 100
     t = pv.Trainer(ours, pv.TrainConfig(elbo="meanfield"), progress=False)
     t.setup(x, data_size)
     with torch.no_grad():
-        b = sum(float(t.loss(x)) for _ in range(20)) / 20
+        b = sum(float(t.loss(x)) for _ in range(100)) / 100
     return a / b
 
 
@@ -174,7 +174,7 @@ def make_runners(name: str, batch_size: int, data_size: int, x_check: torch.Tens
         if variant.startswith("torch"):
             hand = (HandHierarchical if name == "hierarchical" else HandConvVAE)(ours)
             if variant == "torch":
-                notes.append(f"loss of the hand-written loop / ours at the same weights (20-draw means): "
+                notes.append(f"loss of the hand-written loop / ours at the same weights (100-draw means): "
                              f"{check_same_loss(our_model(name)[0], hand, x_check, data_size):.4f}")
             runners[variant] = HandRunner(hand, "cpu", batch_size, data_size,
                                           adam="fused" if variant == "torch_fused" else "default")

@@ -3,7 +3,6 @@ Fashion-MNIST ones train from the CLI (one epoch, on the digits, so that the tes
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -17,19 +16,10 @@ from pyro_vae.models.graph import GraphModel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GRAPH_EXAMPLES = ["graph_hierarchical", "graph_conditional", "graph_semisupervised", "graph_mixture_prior"]
-# data.labels / data.label_fraction name the source's labels: the labelled examples need them
-LABELLED = {"graph_conditional", "graph_semisupervised", "graph_mixture_prior"}
-HAS_LABELS = "labels" in {f.name for f in dataclasses.fields(pv.DataConfig)}
 SHAPES = {"digits": (64, (8, 8)), "fashion-mnist": (784, (28, 28))}
 
 
-def _params(names):
-    return [pytest.param(n, marks=pytest.mark.skipif(n in LABELLED and not HAS_LABELS,
-                                                      reason="data.labels is not a config key in this checkout"))
-            for n in names]
-
-
-@pytest.mark.parametrize("name", _params(GRAPH_EXAMPLES + ["vae_conv_fashion_mnist"]))
+@pytest.mark.parametrize("name", GRAPH_EXAMPLES + ["vae_conv_fashion_mnist"])
 def test_example_parses_builds_and_names_its_command(name):
     path = EXAMPLES / f"{name}.toml"
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
@@ -77,3 +67,24 @@ def test_fashion_mnist_example_trains_from_the_cli_on_the_digits(name, tmp_path,
     else:
         assert metrics["latent_dims"] == 16 and metrics["kl_method"] == "analytic"
     assert CaptureWarning not in kinds  # the step of either model is captured (train.capture = "auto")
+
+
+@pytest.mark.parametrize("name,kind", [("graph_semisupervised", "classifier"), ("graph_mixture_prior", "clustering"),
+                                       ("graph_conditional", None)])
+def test_labelled_example_trains_and_reports_its_classes(name, kind, tmp_path, capsys):
+    out = tmp_path / name
+    code = cli_main(["train", str(EXAMPLES / f"{name}.toml"), "--set", "train.epochs=1", "--out", str(out),
+                     "--quiet", "--iw-samples", "5", "--no-plots"])
+    assert code == 0, capsys.readouterr().err
+    classes = pv.load_run(out).metrics.get("classes")
+    if kind is None:  # a conditional model infers no class: nothing to score
+        assert classes is None
+        # the header's command: draws given a label
+        assert cli_main(["sample", str(out), "-n", "8", "--given", "y=3"]) == 0, capsys.readouterr().err
+        assert (out / "samples-seed0.png").stat().st_size > 0
+        return
+    assert classes["kind"] == kind and classes["num_points"] == 180 and 0.0 <= classes["accuracy"] <= 1.0
+    if kind == "clustering":
+        assert classes["clusters_used"] <= 10
+    else:
+        assert classes["accuracy_se"] > 0
