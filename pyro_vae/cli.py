@@ -247,7 +247,7 @@ def cmd_evaluate(args) -> int:
 def _evaluate(args, report: bool) -> int:
     from .data.sources import as_matrix, read_array
     from .evaluation.estimators import evaluate_points
-    from .rundir.run import load_run, load_run_data
+    from .rundir.run import density_data, load_run, load_run_data
     from .errors import PyroVAEError
 
     per_point = Path(args.per_point) if args.per_point else None
@@ -282,7 +282,7 @@ def _evaluate(args, report: bool) -> int:
 
     # out of device memory: halve the chunk budget and retry (evaluation/memory.py)
     points = with_halving_budget(
-        lambda budget: evaluate_points(run.model, x, iw_samples=args.iw_samples, seed=args.seed,
+        lambda budget: evaluate_points(run.model, density_data(run.model, x), iw_samples=args.iw_samples, seed=args.seed,
                                        prior_samples=args.prior_samples, budget=budget,
                                        progress=None),  # a bar on a terminal
         args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)

@@ -22,7 +22,8 @@ from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig
 from pyro_vae.errors import CaptureWarning
 from pyro_vae.training import capture
 from pyro_vae.training.capture import why_not_capturable
-from pyro_vae.config import ModelConfig, NetConfig
+from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
+from pyro_vae.data import batch
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models import build_model
 from pyro_vae.errors import NonFiniteError
@@ -30,7 +31,7 @@ from pyro_vae.training._torch_private import fused_adam_step
 from pyro_vae.training.optim import make_adam
 from pyro_vae.training.trainer import Trainer
 
-from test_conformance import D, LEVELS, _data_for  # the conformance suite's data in each likelihood's support
+from test_conformance import D, LEVELS, _data_for, graph_spec  # the conformance suite's data and graph
 
 
 def data_for(likelihood: str, n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -47,12 +48,12 @@ def spec(**kw) -> ModelConfig:
 
 def train(model_spec: ModelConfig, x, capture: str, **train_kw):
     torch.manual_seed(0)
-    model = build_model(model_spec, x.shape[1])
+    model = build_model(model_spec, batch.observed(x, "x" if batch.is_named(x) else None).shape[1])
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=1, capture=capture, **train_kw)
     trainer = Trainer(model, cfg, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CaptureWarning)  # a built-in model must be captured
-        trainer.fit(x[:56])  # 3 full batches and a short one: two recordings
+        trainer.fit(batch.rows(x, slice(0, 56)))  # 3 full batches and a short one: two recordings
     return trainer
 
 
@@ -69,12 +70,20 @@ def recorded(trainer: Trainer) -> int:
     return len(trainer.captured_shapes)
 
 
-MATRIX = [(t, lik, g) for t in MODELS.names() for lik in LIKELIHOODS.names() for g in GUIDES.names()]
+#: every model type x likelihood x guide; a graph's guide is its structure
+MATRIX = [(t, lik, g) for t in MODELS.names() for lik in LIKELIHOODS.names()
+          for g in (("structured", "mean-field") if t == "graph" else GUIDES.names())]
+
+
+def _spec(model_type, likelihood, guide) -> ModelConfig:
+    if model_type == "graph":
+        return graph_spec(likelihood, guide)
+    return spec(type=model_type, likelihood=likelihood, guide=guide)
 
 
 @pytest.mark.parametrize("model_type,likelihood,guide", MATRIX, ids=["-".join(c) for c in MATRIX])
 def test_captured_training_equals_eager_training(model_type, likelihood, guide):
-    s = spec(type=model_type, likelihood=likelihood, guide=guide)
+    s = _spec(model_type, likelihood, guide)
     x = data_for(likelihood)
     a, b = train(s, x, "auto"), train(s, x, "off")
     assert recorded(a) == 2 and recorded(b) == 0  # the full batches' shape and the short one's
@@ -94,6 +103,18 @@ VARIANTS = {
     "iwae-5": (dict(likelihood="bernoulli"), dict(elbo="iwae", num_particles=5)),
     "meanfield-3-particles": (dict(likelihood="normal"), dict(num_particles=3)),
 }
+
+
+def test_a_conditional_graph_on_named_data_is_captured_and_trains_as_eagerly():
+    """A CVAE's batches are named arrays (x and its label y): each array is an input of the recording."""
+    net = NetConfig((8,))
+    s = ModelConfig(nodes={"y": NodeConfig(role="input", family="categorical", dim=3),
+                           "z": NodeConfig(dim=2, parents=("y",), net=net, encoder=net),
+                           "x": NodeConfig(role="observed", likelihood="normal", parents=("z", "y"), net=net)})
+    x = {"x": data_for("normal"), "y": torch.arange(64) % 3}
+    a, b = train(s, x, "auto"), train(s, x, "off")
+    assert recorded(a) == 2 and recorded(b) == 0
+    assert_same_training(a, b)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

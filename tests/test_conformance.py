@@ -69,14 +69,18 @@ class Case:
         return self.build()
 
 
-def _graph_case(likelihood: str, structure: str) -> Case:
+def graph_spec(likelihood: str, structure: str = "structured") -> ModelConfig:
     """A two-layer hierarchy z2 -> z1 -> x declared as a graph (the graph type's guide is its structure)."""
     net = NetConfig((8,))
-    spec = ModelConfig(guide_structure=structure, nodes={
+    return ModelConfig(guide_structure=structure, nodes={
         "z2": NodeConfig(dim=2, encoder=net),
         "z1": NodeConfig(dim=2, parents=("z2",), net=net, encoder=net),
         "x": NodeConfig(role="observed", likelihood=likelihood, parents=("z1",), net=net,
                         levels=LEVELS if likelihood == "categorical" else None)})
+
+
+def _graph_case(likelihood: str, structure: str) -> Case:
+    spec = graph_spec(likelihood, structure)
     return Case(f"graph-{likelihood}-{structure}", lambda: build_model(spec, D), _data_for(likelihood),
                 integer_data=likelihood in ("bernoulli", "categorical"))
 

@@ -275,14 +275,15 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 check_output_folder(out, replace=overwrite)
                 _remove_run_files(out)
             write_text_atomic(out / "config.toml", cfg.to_toml())
-        history = trainer.fit(data.train, data.test, binarize=data.binarize)
+        held_out = density_data(model, data.test)
+        history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in _modules(model):
             m.eval()
         n = batch.num_rows(data.test)
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
         log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
         # on out-of-memory the evaluation retries in smaller chunks (evaluation/memory.py)
-        metrics = evaluate_with_retry(model, data.test, iw_samples=k, seed=cfg.train.seed, log=log, progress=progress)
+        metrics = evaluate_with_retry(model, held_out, iw_samples=k, seed=cfg.train.seed, log=log, progress=progress)
         metrics["seconds_train"] = sum(h["seconds"] for h in history)
         classes = _class_metrics(model, data, log) if group.is_main else None
         if classes is not None:
@@ -304,6 +305,11 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 figures = program_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
                data_dim=data.dim, classes=classes)
+
+
+def density_data(model, data):
+    """The held-out arrays log p(x) is computed on: a graph leaves out its partial nodes' labels (summed)."""
+    return model.density_data(data) if hasattr(model, "density_data") else data
 
 
 def _class_metrics(model, data: Dataset, log) -> Optional[ClassMetrics]:

@@ -16,7 +16,7 @@ operations and random draws, without Pyro or autograd around them (Pyro's
 Guards.  A recording is only as good as the assumption that the program does
 not depend on tensor values through Python.  So a capture is
 (1) keyed by everything the program may branch on that the trainer knows: the
-batch's shape, dtype and device, beta, the model's training flag, the data
+batch's shape, dtype and device (each array's and its name, for named data), beta, the model's training flag, the data
 size; (2) made only with Pyro validation off (validation reads tensor values);
 (3) checked once when made: the replay and an eager step on a *different*
 batch (the rows rotated) must give the same loss and gradients from the same
@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from . import _torch_private
+from ..data import batch
 from ..infer.rng import forked_rng
 from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
@@ -64,8 +65,10 @@ class _LossOf(nn.Module):
 class CapturedStep:
     """The recorded loss-and-gradients of one key; ``__call__(x)`` -> (loss, bad, grads)."""
 
-    def __init__(self, trainer, x: torch.Tensor, beta: float):
+    def __init__(self, trainer, x, beta: float):
         self.trainer = trainer
+        # named data (a CVAE's x and y) enter as one graph input per array, in the batch's own order
+        self.names = list(x) if batch.is_named(x) else None
         self.wrapper = _LossOf(trainer)
         # beta (the KL weight, which warm-up changes every step) is an input, not a constant
         self.beta_input = beta != 1.0
@@ -83,7 +86,8 @@ class CapturedStep:
         inputs = [p.detach().requires_grad_(True) for p in trainer.params]
         # recording runs the step (and TorchScript's tracer runs it again): their random
         # draws must not be the run's, and validation, which reads values, is off
-        with forked_rng(x.device), pyro.validation_enabled(False):
+        device = batch.reference(x).device
+        with forked_rng(device), pyro.validation_enabled(False):
             graph = _torch_private.record(self._flat_joint(n_params), [*inputs, *self._inputs(x, beta)])
             # the FX graph replays each op through Python; TorchScript's interpreter does not
             self.run = _torch_private.script(graph, [*trainer.params, *self._inputs(x, beta)])
@@ -91,17 +95,20 @@ class CapturedStep:
     def _inputs(self, x, beta) -> List[torch.Tensor]:
         """The graph's inputs after the parameters: buffers, the batch, and beta where it varies."""
         out = [owner._buffers[attr] for owner, attr in self.buffer_slots]
-        out.append(x)
+        out += batch.tensors(x)
         if self.beta_input:
-            out.append(torch.tensor(float(beta), device=x.device))
+            out.append(torch.tensor(float(beta), device=batch.reference(x).device))
         return out
 
     def _flat_joint(self, n_params: int):
         n_buffers = len(self.buffer_slots)
 
+        n_data = 1 if self.names is None else len(self.names)
+
         def joint(*flat):
             params, buffers = flat[:n_params], flat[n_params:n_params + n_buffers]
-            x = flat[n_params + n_buffers]
+            arrays = flat[n_params + n_buffers:n_params + n_buffers + n_data]
+            x = arrays[0] if self.names is None else dict(zip(self.names, arrays))
             beta = flat[-1] if self.beta_input else 1.0
             return self._joint(params, buffers, x, beta)
 
@@ -139,11 +146,12 @@ def agree(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL * (1 + scale), equal_nan=True))
 
 
-def verify(trainer, captured: CapturedStep, x: torch.Tensor, beta: float) -> Optional[str]:
+def verify(trainer, captured: CapturedStep, x, beta: float) -> Optional[str]:
     """Replay vs an eager step on the rows rotated, from one random state; None when they agree."""
-    probe = x.roll(1, dims=0) if x.shape[0] > 1 else x
-    with forked_rng(x.device), pyro.validation_enabled(False):
-        with forked_rng(x.device):  # the replay below starts from the state the eager step saw
+    probe = batch.apply(x, lambda t: t.roll(1, dims=0)) if batch.num_rows(x) > 1 else x
+    device = batch.reference(x).device
+    with forked_rng(device), pyro.validation_enabled(False):
+        with forked_rng(device):  # the replay below starts from the state the eager step saw
             eager_loss, eager_grads = _eager_loss_and_grads(trainer, probe, beta)
         loss, _, grads = captured(probe, beta)
     if not agree(eager_loss, loss):
@@ -208,8 +216,11 @@ class Captures:
         return self.trainer.config.capture
 
     def key(self, x, beta):
+        """What the program may branch on: each array's name, shape, dtype and device (the first: the batch
+        shape), beta == 1, the training flag and the data size."""
         t = self.trainer
-        return (tuple(x.shape), x.dtype, x.device, beta == 1.0, bool(t.model.training), t.data_size)
+        arrays = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in (x.items() if batch.is_named(x) else [(None, x)]))
+        return (arrays[0][1], arrays, beta == 1.0, bool(t.model.training), t.data_size)
 
     def usable(self) -> bool:
         """Whether this step may be replayed at all (cheap; the trainer asks before :meth:`get`)."""
@@ -248,7 +259,7 @@ class Captures:
         except Exception as e:  # anything the recorder cannot follow: eager is always correct
             step, problem = None, f"it could not be recorded ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         if problem is not None:
-            warnings.warn(f"step capture is off for {type(t.model).__name__} (batch {tuple(x.shape)}): {problem}; "
+            warnings.warn(f"step capture is off for {type(t.model).__name__} (batch {key[0]}): {problem}; "
                           "training runs eagerly (set train.capture = 'off' to silence this)", CaptureWarning,
                           stacklevel=3)
             step = None

@@ -99,8 +99,7 @@ class CapturedEngine:
         self.captures, self.fallback, self.device = captures, fallback, device
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> StepResult:
-        if batch.is_named(x) or not self.captures.usable():
-            # a recording has one tensor input: named data (several arrays, labels present or not) runs eagerly
+        if not self.captures.usable():
             return self.fallback.step(x, beta)
         if is_validation_enabled():
             # the trainer's first step: Pyro's checks run on this batch (a forward pass on

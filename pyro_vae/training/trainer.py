@@ -253,7 +253,7 @@ class Trainer:
 
         The recording draws nothing from the training random streams.
         """
-        return self._captures.get(x, beta) if self._captures.usable() and not batch.is_named(x) else None
+        return self._captures.get(x, beta) if self._captures.usable() else None
 
     def _on_nonfinite(self, x, result):
         st = self.state

@@ -288,6 +288,18 @@ class GraphModel(PyroModule):
                 raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
                                    f"but the node's dim is {node.dim}: fix its dim or the data")
 
+    def density_data(self, data):
+        """The arrays a held-out log p(x) and ELBO are computed on: ``data`` less the partial nodes' labels, so
+        that those are summed out (log p(x), the model's density of the observations, not log p(x, y)); the
+        labels measure the classifier instead (evaluation/classes.py)."""
+        if not batch.is_named(data):
+            return data
+        partial = [n for n in data if n in self.graph.nodes and self.graph.nodes[n].role == "partial"]
+        if not partial:
+            return data
+        kept = {k: v for k, v in data.items() if k not in partial}
+        return kept if len(kept) > 1 or self.obs_site not in kept else kept[self.obs_site]
+
     @property
     def class_node(self) -> Optional[str]:
         """The node whose classes the run reports: a partial label, else a categorical latent or mixture, else an

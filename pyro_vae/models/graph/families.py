@@ -124,9 +124,11 @@ class Categorical(Family):
             self.prior_logits = nn.Parameter(torch.zeros(self.dim))
         else:
             self.register_buffer("prior_logits", torch.zeros(self.dim))
+        self.register_buffer("classes", torch.arange(self.dim), persistent=False)
 
     def features(self, value):
-        return F.one_hot(value.long(), self.dim).to(self.prior_logits.dtype)
+        # one-hot by comparison: F.one_hot checks the values' range on the host, which a step capture cannot record
+        return (value.long().unsqueeze(-1) == self.classes).to(self.prior_logits.dtype)
 
     def prior(self, shape):
         return dist.Categorical(logits=self.prior_logits.expand(tuple(shape) + (self.dim,)))
