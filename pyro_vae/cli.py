@@ -568,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(
         prog="pyro-vae",
-        description="Declare, train, evaluate and sample latent-variable models (VAEs and autoencoders) with Pyro's SVI.",
+        description="Declare, train, evaluate and sample latent-variable models with Pyro's SVI: VAEs and "
+                    "autoencoders, graphs of latent nodes ([model.nodes]: hierarchies, conditional and "
+                    "semi-supervised models, mixture priors, conv nets), or Pyro programs of your own.",
         epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'.",
     )
     p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
@@ -584,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a TOML config",
                        description="Train a model described by a TOML config (see the README for every key). "
+                       "Its [model] section is the one-latent VAE, a graph of named nodes ([model.nodes.NAME] "
+                       "tables: see examples/graph_*.toml) or a program of your own (model.program). "
                        "Without CONFIG the defaults are used: a VAE on the 8x8 digits.")
     t.add_argument("config", nargs="?", help="TOML config file")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -266,7 +266,7 @@ class GraphModel(PyroModule):
         for name in needed:
             node, value = g.nodes[name], arrays[name]
             if node.role == "observed":
-                if value.dim() != 2 or value.shape[1] != self.widths[name]:
+                if len(value.shape) != 2 or value.shape[1] != self.widths[name]:  # a memory map has a shape too
                     raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
                                        f"but the node takes rows of {self.widths[name]} values: fix its dim or the data")
                 continue
