@@ -489,8 +489,10 @@ def _broadcasts(model, x, layout: Layout) -> bool:
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 return False
             try:
-                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in layout.sites})).get_trace, x)
-                log_q = _named_sum(g1, layout.sites, layout, x)
+                # the guide's discrete sites too: q(z | x, y) at the draw's y, not at a fresh one
+                given = layout.sites + layout.summed_guide
+                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in given})).get_trace, x)
+                log_q = _named_sum(g1, given, layout, x)
             except (PyroVAEError, KeyError, *_TRACE_ERRORS):
                 continue  # q has no density at a given value (some flows): the model's terms decide
             if not torch.allclose(log_q, dens.log_q[j].double(), rtol=tol, atol=tol):
