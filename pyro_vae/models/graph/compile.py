@@ -128,10 +128,7 @@ class GraphModel(PyroModule):
                                                          pixel_major=getattr(lik, "discrete", False)), node.parents)
                 else:
                     self.nets[name] = NodeNet(inputs, lik.out_features, node.net, None, None, what)
-            elif node.role in ("latent", "partial") and node.parents:
-                if node.net.type == "conv":
-                    raise PyroVAEError(f"{what}: type = \"conv\" is for the image's decoder (an observed node) and the "
-                                       "guide's encoders: use type = \"mlp\" for a latent's conditional network")
+            elif node.role in ("latent", "partial") and node.parents:  # (a conv net here fails in spec.py)
                 self.nets[name] = NodeNet(inputs, self.families[name].out_features, node.net, None, None, what)
         data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
         for name in g.guide_order:
@@ -143,9 +140,15 @@ class GraphModel(PyroModule):
                 raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
                                    f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
                                    "set model.guide_structure = \"mean-field\" or remove classifier_weight")
-        # the main likelihood: what the trainer checks the data's support against
-        self.likelihood = self.likelihoods[self.obs_site]
         self._arange_cache = {}
+
+    @property
+    def likelihood(self):
+        """The main likelihood: what the trainer checks the data's support against.  A property, not a second
+        registration of the module: an alias would list its parameters under two names, and step capture's
+        functional_call, swapping the one name it knows, left the other holding its recording's copy, so a
+        learned observation scale silently stopped training."""
+        return self.likelihoods[self.obs_site]
 
     def _observed_width(self, name: str, node) -> int:
         if name == self.obs_site:
