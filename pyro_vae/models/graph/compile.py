@@ -128,10 +128,7 @@ class GraphModel(PyroModule):
                                                          pixel_major=getattr(lik, "discrete", False)), node.parents)
                 else:
                     self.nets[name] = NodeNet(inputs, lik.out_features, node.net, None, None, what)
-            elif node.role in ("latent", "partial") and node.parents:
-                if node.net.type == "conv":
-                    raise PyroVAEError(f"{what}: type = \"conv\" is for the image's decoder (an observed node) and the "
-                                       "guide's encoders: use type = \"mlp\" for a latent's conditional network")
+            elif node.role in ("latent", "partial") and node.parents:  # (a conv net here fails in spec.py)
                 self.nets[name] = NodeNet(inputs, self.families[name].out_features, node.net, None, None, what)
         data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
         for name in g.guide_order:

@@ -88,7 +88,7 @@ def _check_node(name: str, node, names) -> None:
                     "list the latents it depends on in parents")
     if node.role in ("latent", "partial", "input") and node.dim is None:
         what = {"categorical": "the number of classes", "bernoulli": "the number of bits"}.get(node.family, "its size")
-        _fail(name, f"needs dim ({what})")
+        _fail(name, f"needs dim ({what}): set dim = N in [model.nodes.{name}]")
     if node.dim is not None and not 1 <= node.dim <= 1 << 24:
         _fail(name, f"dim must be a size >= 1 (got {node.dim})")
     if node.family == "categorical" and node.role != "observed" and node.dim < 2:
@@ -97,7 +97,9 @@ def _check_node(name: str, node, names) -> None:
         _fail(name, f"a bernoulli node's 2**dim values are summed exactly: dim must be <= {MAX_BITS} (got {node.dim})")
     if node.family == "mixture":
         if node.components is None or node.components < 2:
-            _fail(name, "a mixture prior needs components >= 2 (the number of Gaussian components)")
+            got = "" if node.components is None else f" (got {node.components})"
+            _fail(name, f"a mixture prior needs components >= 2, the number of its Gaussian components{got}: "
+                        "set components = K")
         if node.parents:
             _fail(name, "a mixture prior is a root's prior: remove its parents (or use family = \"normal\")")
     elif node.components is not None:
@@ -113,6 +115,10 @@ def _check_node(name: str, node, names) -> None:
         _fail(name, f"scale must be a positive number, \"learned\" or \"amortized\" (got {node.scale})")
     if node.role in ("latent", "partial") and isinstance(node.scale, str) and node.scale == "learned_isotropic":
         _fail(name, "a latent's scale is \"amortized\", \"learned\" or a number")
+    if node.role in ("latent", "partial") and node.net.type == "conv":
+        # checked here, before any data is read: a latent's conditional network reads its parents' values, never an image
+        _fail(name, "net.type = \"conv\" is for the image's decoder (an observed node) and the guide's encoders: "
+                    "use type = \"mlp\" for a latent's conditional network")
     for net in ("net", "encoder"):
         cfg = getattr(node, net)
         if any(h < 1 for h in cfg.hidden) or any(c < 1 for c in cfg.channels):
