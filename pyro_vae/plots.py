@@ -198,6 +198,16 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
 
 
 @figure_style()
+def _drawn(figure, *args) -> List[Path]:
+    """[the figure's file], or [] where the program cannot be traced on these rows: a drawing never stops a run."""
+    from .errors import PyroVAEError
+
+    try:
+        return [figure(*args)]
+    except PyroVAEError:
+        return []
+
+
 def graph(model, data, path: Path, title: str = "the model's graph") -> Path:
     """The model's graph (diagnostics/structure.py) traced on ``data``, drawn as the report draws it."""
     from .diagnostics.structure import model_structure
@@ -218,7 +228,7 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
         samples(model, data.image_shape, folder / "samples.png"),
         latent_scatter(model, x[:2000], None if data.test_labels is None else data.test_labels[:2000], folder / "latent.png",
                        class_names=data.class_names),
-        graph(model, graph_data(data), folder / "graph.png"),
+        *_drawn(graph, model, graph_data(data), folder / "graph.png"),
     ]
 
 
@@ -227,7 +237,7 @@ def program_plots(model, data, history, folder: Path) -> List[Path]:
     from .diagnostics.structure import graph_data
 
     folder.mkdir(parents=True, exist_ok=True)
-    return [loss_curve(history, folder / "loss.png"), graph(model, graph_data(data), folder / "graph.png")]
+    return [loss_curve(history, folder / "loss.png"), *_drawn(graph, model, graph_data(data), folder / "graph.png")]
 
 
 # -- graph models: what they generate, and how their classes agree with the labels -------------------------

@@ -540,8 +540,8 @@ def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, m
     state = {}
     real_build, real_step = run_mod.build_model, Trainer.step
 
-    def build(spec, dim):
-        m = real_build(spec, dim)
+    def build(spec, dim, image_shape=None):
+        m = real_build(spec, dim, image_shape)
         m.decoder = Poison(m.decoder, on=lambda: state.get("step") == 9)
         return m
 
@@ -1031,8 +1031,8 @@ def test_evaluation_that_never_fits_gives_up_in_one_line():
 def test_out_of_memory_in_the_cli_evaluation_after_training_is_retried(work, capsys, monkeypatch):
     real_build = run_mod.build_model
 
-    def build(spec, dim):
-        m = real_build(spec, dim)
+    def build(spec, dim, image_shape=None):
+        m = real_build(spec, dim, image_shape)
         m.decoder = OOMAbove(m.decoder, limit=100)  # training batches (16 rows) fit; the IW chunks do not
         return m
 
@@ -1064,8 +1064,8 @@ def test_out_of_memory_in_pyro_vae_evaluate_is_retried(trained_run, capsys, monk
 def test_out_of_memory_in_training_names_batch_size_and_device_memory(work, capsys, monkeypatch):
     real_build = run_mod.build_model
 
-    def build(spec, dim):
-        m = real_build(spec, dim)
+    def build(spec, dim, image_shape=None):
+        m = real_build(spec, dim, image_shape)
         m.decoder = OOMAbove(m.decoder, limit=8, only_no_grad=False)  # a batch of 16 does not fit
         return m
 

@@ -314,11 +314,16 @@ def _generated(model, x, layout: _Layout, q: QSummary, prior_sd, contraction, na
         return None
 
 
-def _structure(subject: Subject, model, x, name, log) -> ModelStructure:
+def _structure(subject: Subject, model, x, name, log) -> Optional[ModelStructure]:
     """The model's graph for the report, traced on a run's training arrays when named (unlabelled rows show
-    what is partly observed), else on the diagnosed points."""
+    what is partly observed), else on the diagnosed points; None (and a note) for a program it cannot trace
+    on those rows: a drawing never stops a diagnosis."""
     log(f"[{name}] the model's graph")
-    return model_structure(model, graph_data(subject.data) if isinstance(subject.data, Dataset) else x)
+    try:
+        return model_structure(model, graph_data(subject.data) if isinstance(subject.data, Dataset) else x)
+    except PyroVAEError as e:
+        log(f"[{name}] note: no graph drawn: {e}")
+        return None
 
 
 def _chain_stats(data, layout: _Layout):
