@@ -25,6 +25,13 @@ MIN_SCALE = 1e-4
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) = 1
 
 
+def gaussian_guide(out: torch.Tensor, dim: int) -> dist.Distribution:
+    """q = N(loc, diag softplus(raw)^2) from a network's 2 * dim outputs: every continuous family's guide law
+    (a Laplace or mixture prior's too, as the built-in VAE's)."""
+    loc, raw = out.split(dim, dim=-1)
+    return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+
+
 class Family(nn.Module):
     """One node's law.  ``dim``: its size (classes, bits); holds the node's free prior/scale parameters."""
 
@@ -97,9 +104,7 @@ class _LocScale(Family):
         return 2 * self.dim
 
     def guide(self, out):
-        # q is Gaussian for every continuous family (a Laplace prior too, as the built-in VAE's)
-        loc, raw = out.split(self.dim, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+        return gaussian_guide(out, self.dim)
 
 
 @FAMILIES.register("normal")
@@ -198,25 +203,20 @@ class Mixture(Family):
         return dist.Categorical(logits=self.logits.expand(tuple(shape) + (self.components,)))
 
     def given_component(self, c):
+        """N(mu_c, diag s_c^2) at the component(s) ``c`` (enumerated: one law per value)."""
         return dist.Normal(self.loc[c], F.softplus(self.raw_scale[c]) + MIN_SCALE).to_event(1)
-
-    def marginal(self, shape) -> dist.Distribution:
-        """sum_c p(c) N(z; mu_c, s_c): the prior with its component summed (for sampling and posteriors)."""
-        comp = dist.Normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp).expand(tuple(shape))
 
     def component_posterior(self, z: torch.Tensor) -> torch.Tensor:
         """p(c | z) for each row of z: (rows, components)."""
-        comp = dist.Normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE).to_event(1)
-        return (comp.log_prob(z.unsqueeze(-2)) + self.logits.log_softmax(-1)).softmax(-1)
+        every = self.given_component(torch.arange(self.components, device=self.loc.device))
+        return (every.log_prob(z.unsqueeze(-2)) + self.logits.log_softmax(-1)).softmax(-1)
 
     @property
     def guide_features(self):
         return 2 * self.dim
 
     def guide(self, out):
-        loc, raw = out.split(self.dim, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+        return gaussian_guide(out, self.dim)
 
 
 @FAMILIES.register("real")
