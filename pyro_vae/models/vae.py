@@ -20,6 +20,7 @@ from pyro.nn import PyroModule
 from .corruption import CORRUPTIONS
 from .likelihoods import LIKELIHOODS
 from .nets import encoder_network
+from .plate import DataPlate
 from ..registry import Registry
 from . import MODELS
 from .autoencoders import build_contractive, build_decoder, check_degenerate
@@ -118,20 +119,11 @@ class VAE(PyroModule):
         self.corruption = CORRUPTIONS[spec.corruption](spec.corruption_level)
         self.contractive = build_contractive(spec, self.encoder)
         check_degenerate(spec)
-        self._arange_cache = {}
+        self._data_plate = DataPlate()
 
     # -- the Pyro program -------------------------------------------------
     def _plate(self, x, data_size):
-        n = x.shape[-2]
-        if data_size is None or data_size == n:
-            return pyro.plate("data", n, dim=-1)
-        # Hand the plate the batch's own positions: with ``subsample_size`` it
-        # would draw a fresh randperm of the whole data set on every step.
-        key = (n, x.device)
-        idx = self._arange_cache.get(key)
-        if idx is None:
-            idx = self._arange_cache[key] = torch.arange(n, device=x.device)
-        return pyro.plate("data", size=data_size, subsample=idx, dim=-1)
+        return self._data_plate(x.shape[-2], x.device, data_size)
 
     def model(self, x, data_size=None):
         with self._plate(x, data_size):

@@ -25,7 +25,8 @@ from pyro.nn import PyroModule
 from ...data import batch
 from ...errors import PyroVAEError
 from ..likelihoods import LIKELIHOODS
-from ..nets import ConvDecoder, ConvEncoder, check_image, mlp
+from ..nets import ConvEncoder, check_image, decoder_network, mlp
+from ..plate import DataPlate
 from .families import FAMILIES
 from .spec import Graph, build_graph
 
@@ -117,15 +118,10 @@ class GraphModel(PyroModule):
             inputs = [(p, self.widths[p]) for p in node.parents]
             if node.role == "observed":
                 lik = self.likelihoods[name]
-                if node.net.type == "conv":
-                    if name != image:
-                        check_image(self.image_shape if name == self.obs_site else None, what)
-                        raise PyroVAEError(f"{what}: type = \"conv\" decodes an image, but the data's rows have "
-                                           f"{self.widths[name]} values and its images are {self.image_shape}: use type = \"mlp\"")
-                    maps = lik.out_features // self.widths[name]
-                    self.nets[name] = Joined(ConvDecoder(sum(s for _, s in inputs), node.net.hidden, self.image_shape,
-                                                         node.net.channels, maps, node.net.activation,
-                                                         pixel_major=getattr(lik, "discrete", False)), node.parents)
+                if node.net.type == "conv":  # only the main observed node is the source's image
+                    shape = self.image_shape if name == self.obs_site else None
+                    self.nets[name] = Joined(decoder_network(sum(s for _, s in inputs), lik, node.net, shape, what),
+                                             node.parents)
                 else:
                     self.nets[name] = NodeNet(inputs, lik.out_features, node.net, None, None, what)
             elif node.role in ("latent", "partial") and node.parents:  # (a conv net here fails in spec.py)
@@ -140,7 +136,7 @@ class GraphModel(PyroModule):
                 raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
                                    f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
                                    "set model.guide_structure = \"mean-field\" or remove classifier_weight")
-        self._arange_cache = {}
+        self._data_plate = DataPlate()
 
     @property
     def likelihood(self):
@@ -167,15 +163,7 @@ class GraphModel(PyroModule):
         return {self.obs_site: args[0], **data} if args else dict(data)
 
     def _plate(self, data, data_size):
-        n = batch.num_rows(data)
-        if data_size is None or data_size == n:
-            return pyro.plate("data", n, dim=-1)
-        ref = batch.reference(data)
-        key = (n, ref.device)
-        idx = self._arange_cache.get(key)
-        if idx is None:
-            idx = self._arange_cache[key] = torch.arange(n, device=ref.device)
-        return pyro.plate("data", size=data_size, subsample=idx, dim=-1)
+        return self._data_plate(batch.num_rows(data), batch.reference(data).device, data_size)
 
     def _feature(self, name: str, value: torch.Tensor) -> torch.Tensor:
         if name in self.likelihoods:

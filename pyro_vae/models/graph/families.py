@@ -25,13 +25,6 @@ MIN_SCALE = 1e-4
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) = 1
 
 
-def gaussian_guide(out: torch.Tensor, dim: int) -> dist.Distribution:
-    """q = N(loc, diag softplus(raw)^2) from a network's 2 * dim outputs: every continuous family's guide law
-    (a Laplace or mixture prior's too, as the built-in VAE's)."""
-    loc, raw = out.split(dim, dim=-1)
-    return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
-
-
 class Family(nn.Module):
     """One node's law.  ``dim``: its size (classes, bits); holds the node's free prior/scale parameters."""
 
@@ -68,7 +61,20 @@ class Family(nn.Module):
         return self.conditional(out)
 
 
-class _LocScale(Family):
+class _GaussianGuide(Family):
+    """A continuous node's guide law: q = N(loc, diag softplus(raw)^2) from 2 * dim network outputs (a Laplace
+    or mixture prior's too, as the built-in VAE's)."""
+
+    @property
+    def guide_features(self):
+        return 2 * self.dim
+
+    def guide(self, out):
+        loc, raw = out.split(self.dim, dim=-1)
+        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+
+
+class _LocScale(_GaussianGuide):
     law = None
 
     def __init__(self, node):
@@ -99,12 +105,6 @@ class _LocScale(Family):
         scale = F.softplus(self.raw_scale) + MIN_SCALE if self.scale_mode == "learned" else self.fixed_scale
         return self.law(out, scale.expand(out.shape)).to_event(1)
 
-    @property
-    def guide_features(self):
-        return 2 * self.dim
-
-    def guide(self, out):
-        return gaussian_guide(out, self.dim)
 
 
 @FAMILIES.register("normal")
@@ -180,7 +180,7 @@ class Bernoulli(Family):
 
 
 @FAMILIES.register("mixture")
-class Mixture(Family):
+class Mixture(_GaussianGuide):
     """A Gaussian-mixture prior: a component c ~ Cat(w) (enumerated in the model), then z ~ N(mu_c, diag s_c^2).
 
     The means and scales are learned; ``prior = "learned"`` learns the weights as well ("fixed": uniform).
@@ -211,12 +211,6 @@ class Mixture(Family):
         every = self.given_component(torch.arange(self.components, device=self.loc.device))
         return (every.log_prob(z.unsqueeze(-2)) + self.logits.log_softmax(-1)).softmax(-1)
 
-    @property
-    def guide_features(self):
-        return 2 * self.dim
-
-    def guide(self, out):
-        return gaussian_guide(out, self.dim)
 
 
 @FAMILIES.register("real")
