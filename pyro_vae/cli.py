@@ -174,6 +174,22 @@ def _format_nodes(m: dict) -> Optional[str]:
     return "\n".join(lines)
 
 
+def _run_code(args) -> dict:
+    """What the user allows a run folder's program to be built from (rundir/trust.py)."""
+    return {"program_path": args.program_path, "trust_code": args.trust_run_code}
+
+
+def _add_run_code_options(c) -> None:
+    c.add_argument("--program-path", metavar="DIR", default=None,
+                   help="for a run of a program of your own (model.program): import the program from DIR. By default "
+                   "it is imported only from the installed packages, or from the folder the run records if you "
+                   "trained from that very file on this machine; never from the run folder or the current directory")
+    c.add_argument("--trust-run-code", action="store_true",
+                   help="build the program the run names even if you did not train it here (from the folder it "
+                   "records, or the run folder itself) or its source changed since training: only for runs you trust, "
+                   "since this runs their code")
+
+
 def _under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
@@ -240,7 +256,7 @@ def cmd_train(args) -> int:
             from .errors import PyroVAEError
 
             raise PyroVAEError(f"--resume {run_dir}: no run there (no config.toml): check the path")
-        cfg = load_config(run_dir / "config.toml", tuple(args.set))
+        cfg = load_config(run_dir / "config.toml", tuple(args.set), run=True)
         out = run_dir
     else:
         if args.config:
@@ -254,8 +270,11 @@ def cmd_train(args) -> int:
             raise _usage("under torchrun, name the run directory with --out RUN_DIR (the same on every process)")
         out = Path(args.out) if args.out else _default_out(stem)
     t0 = time.perf_counter()
+    if not args.resume and (args.program_path or args.trust_run_code):
+        raise _usage("--program-path and --trust-run-code are for --resume RUN_DIR (a config you train names its "
+                     "program with model.program and model.program_dir)")
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
-                iw_samples=args.iw_samples, plots=not args.no_plots, log=_log)
+                iw_samples=args.iw_samples, plots=not args.no_plots, log=_log, **_run_code(args))
     if _under_torchrun() and os.environ.get("RANK") != "0":
         return 0  # under torchrun rank 0 reports for every process
     print(_format_metrics(run.metrics))
@@ -295,7 +314,7 @@ def _evaluate(args, report: bool) -> int:
             raise PyroVAEError(f"--per-point {per_point}: use a .csv file name")
         if not per_point.parent.exists():
             raise PyroVAEError(f"--per-point {per_point}: folder {str(per_point.parent)!r} does not exist")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, **_run_code(args))
     if args.data:
         x = as_matrix(read_array(args.data, "--data"), f"--data ({Path(args.data).name})")
         dim = getattr(run.model, "data_dim", None)
@@ -378,7 +397,7 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise PyroVAEError(f"-n must be >= 1 (got {args.n})")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, **_run_code(args))
     default = f"samples-seed{args.seed}.{'png' if run.image_shape else 'npy'}"
     out = Path(args.out) if args.out else Path(args.run_dir) / default
     suffix = out.suffix.lower()
@@ -483,7 +502,7 @@ def cmd_diagnose(args) -> int:
 
     settings = DiagnoseSettings(**_given_settings(args)).check()
     out = _diagnose_out(args.out, args.run_dirs)
-    subjects = subjects_from_runs(args.run_dirs, settings.points)
+    subjects = subjects_from_runs(args.run_dirs, settings.points, **_run_code(args))
     check_reference_possible(subjects, settings)  # fail before anything is written
     _make_out(out)
     result = diagnose(subjects, settings, progress=False if args.quiet else None,
@@ -518,7 +537,7 @@ def cmd_report(args) -> int:
         if saved is not None:
             log(f"the diagnostics in {out} are for other runs or settings: computing them again")
         settings = DiagnoseSettings(**given).check()
-        subjects = subjects_from_runs(args.run_dirs, settings.points)
+        subjects = subjects_from_runs(args.run_dirs, settings.points, **_run_code(args))
         check_reference_possible(subjects, settings)
         _make_out(out)
         result = diagnose(subjects, settings, progress=False if args.quiet else None, log=log)
@@ -549,6 +568,7 @@ def _add_diagnose_options(c) -> None:
                    help="simulation-based calibration simulations; 0 skips it (default: 200)")
     c.add_argument("--seed", type=_seed, default=None, help="seed of the diagnostics' own random stream (default: 0)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    _add_run_code_options(c)
 
 
 def _add_diagnose_parsers(sub) -> None:
@@ -641,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "test points, then 2 million draws in all, at least 100 a point)")
     t.add_argument("--no-plots", action="store_true", help="skip writing plots/")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_code_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test ELBO, its parts and importance-sampled log p(x) of a run",
@@ -660,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lower it to use less memory (default: 4194304)")
     e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys)")
+    _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained model's prior and decoder",
@@ -674,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "
                    "(default: RUN_DIR/samples-seedSEED.png, or .npy for data that are not images)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    _add_run_code_options(s)
     s.set_defaults(func=cmd_sample)
     _add_diagnose_parsers(sub)
     return p

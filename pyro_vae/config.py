@@ -293,6 +293,10 @@ class ModelConfig:
     args: Dict[str, Any] = field(default_factory=dict)
     # the folder the program is imported from, before the current directory (default: the TOML file's)
     program_dir: Optional[str] = None
+    # what a run trained from, recorded by pyro_vae when it builds the program: the module's file and the sha256
+    # of its source; commands on the run refuse a source that changed since (rundir/trust.py)
+    program_file: Optional[str] = None
+    program_sha256: Optional[str] = None
     # -- a latent-variable graph instead of the one-latent form (models/graph/); implies type = "graph" --
     nodes: Dict[str, NodeConfig] = field(default_factory=dict)
     # the guide: "structured" (bottom-up, each latent from the data and the latents sampled before it that
@@ -331,14 +335,14 @@ class ModelConfig:
 
 
 #: the keys a model program uses; every other model key configures the built-in models only
-PROGRAM_KEYS = ("program", "args", "program_dir")
+PROGRAM_KEYS = ("program", "args", "program_dir", "program_file", "program_sha256")
 _PROGRAM_FORMAT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def _check_program_keys(m: "ModelConfig") -> None:
     """A program and the built-in model keys contradict each other: one line naming both, instead of one ignored."""
     if m.program is None:
-        for key in ("args", "program_dir"):
+        for key in PROGRAM_KEYS[1:]:
             if getattr(m, key):
                 raise PyroVAEError(f"model.{key} is given without model.program: it belongs to a model of your own "
                                    f"(model.program = \"module:Class\"); add model.program or remove model.{key}")
@@ -607,19 +611,23 @@ class Config:
         return dump_toml(self.to_dict())
 
 
-def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] = None) -> Config:
+def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] = None, *,
+                     program_dir_default: bool = True) -> Config:
     """Validate a nested mapping (as read from TOML) into a :class:`Config`.
 
     Relative data paths are resolved against ``base_dir`` (the TOML file's
-    folder) so a config means the same thing from any working directory.
+    folder) so a config means the same thing from any working directory; so is
+    a program's folder, which is ``base_dir`` itself when the config names none
+    (unless ``program_dir_default`` is False: a run's config.toml, whose
+    program was not found in a folder when it names none).
     """
     if not isinstance(values, Mapping):
         raise PyroVAEError(f"a config must be a table of sections, got {type(values).__name__}")
     cfg = _build(Config, values, "")
-    return _resolve_paths(cfg, Path(base_dir) if base_dir is not None else None)
+    return _resolve_paths(cfg, Path(base_dir) if base_dir is not None else None, program_dir_default)
 
 
-def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
+def _resolve_paths(cfg: Config, base: Optional[Path], program_dir_default: bool = True) -> Config:
     updates = {}
     def resolve(value: str) -> str:
         p = Path(value).expanduser()
@@ -633,7 +641,7 @@ def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
             updates[key] = {name: resolve(v) for name, v in value.items()}
         elif value is not None:
             updates[key] = resolve(value)
-    if cfg.model.program is not None and (cfg.model.program_dir is not None or base is not None):
+    if cfg.model.program is not None and (cfg.model.program_dir is not None or (base is not None and program_dir_default)):
         # the program is imported from this folder (then the current directory), wherever the run is loaded from
         folder = Path(cfg.model.program_dir or ".").expanduser()
         if not folder.is_absolute() and base is not None:
@@ -642,8 +650,12 @@ def _resolve_paths(cfg: Config, base: Optional[Path]) -> Config:
     return cfg.replace(data=dataclasses.replace(cfg.data, **updates)) if updates else cfg
 
 
-def load_config(path: os.PathLike, overrides: Tuple[str, ...] = ()) -> Config:
-    """Read a TOML file (plus ``section.key=value`` overrides) into a :class:`Config`."""
+def load_config(path: os.PathLike, overrides: Tuple[str, ...] = (), *, run: bool = False) -> Config:
+    """Read a TOML file (plus ``section.key=value`` overrides) into a :class:`Config`.
+
+    ``run``: the file is a run folder's config.toml, which records the program's folder when it had one (so none
+    means an installed program, not the run folder).
+    """
     from .data.files import read_text
 
     path = Path(path)
@@ -662,7 +674,7 @@ def load_config(path: os.PathLike, overrides: Tuple[str, ...] = ()) -> Config:
             f"{path}: data.train is given but data.source = 'digits', which does not read it: "
             "remove data.source (a data.train file means source 'arrays') or remove data.train"
         )
-    return config_from_dict(values, base_dir=path.parent)
+    return config_from_dict(values, base_dir=path.parent, program_dir_default=not run)
 
 
 def apply_overrides(values: Mapping[str, Any], overrides) -> Dict[str, Any]:

@@ -146,9 +146,10 @@ def test_observations_with_nan_and_missing_observations_are_one_line():
         pv.fit(Recorder(), data, None, pv.TrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False)
 
 
-# a program module that names the conditional VAE of tests/test_external_programs.py (pytest puts tests/ on
-# sys.path), as a user's own module would
-CVAE_PROGRAM = "from test_external_programs import CVAE\n"
+# a program module that defines its model on top of the conditional VAE of tests/test_external_programs.py (pytest
+# puts tests/ on sys.path), as a user's own module would; the class is defined here (a class merely imported into the
+# named module is refused: rundir/trust.py)
+CVAE_PROGRAM = "import test_external_programs\n\n\nclass CVAE(test_external_programs.CVAE):\n    pass\n"
 
 
 def test_a_conditional_program_from_toml_trains_on_named_files_and_samples_a_requested_digit(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """A model of your own as a first-class run: trained from TOML by import path, evaluated, sampled, diagnosed,
 reported and resumed from its run directory; pv.fit's run_dir checked before training and loaded back."""
 
+import hashlib
 import importlib
 import json
 import math
@@ -52,7 +53,7 @@ SOURCE = textwrap.dedent('''
                 pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
 
 
-    class Broken:
+    class Broken(TinyVAE):
         def __init__(self, data_dim, hidden=8):
             raise RuntimeError("needs a GPU")
 
@@ -114,7 +115,9 @@ def test_train_writes_a_full_run_directory_that_records_the_program(run, project
     for name in ("config.toml", "checkpoint.pt", "history.csv", "metrics.json", "plots/loss.png"):
         assert (run / name).is_file(), name
     model = tomllib.loads((run / "config.toml").read_text())["model"]
-    assert model == {"program": f"{MODULE}:TinyVAE", "args": {"hidden": 8}, "program_dir": str(project.resolve())}
+    source = project.resolve() / f"{MODULE}.py"
+    assert model == {"program": f"{MODULE}:TinyVAE", "args": {"hidden": 8}, "program_dir": str(project.resolve()),
+                     "program_file": str(source), "program_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
     loaded = pv.load_run(run)
     assert type(loaded.model).__name__ == "TinyVAE" and loaded.model.data_dim == 6 and loaded.data_dim == 6
     assert len(loaded.history) == 2

@@ -477,15 +477,19 @@ def _folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "run"
 
 
-def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points, device: str = "cpu") -> List[Subject]:
-    """Load runs (``pyro-vae train`` output folders) and pick the first ``points`` test rows of each."""
+def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points, device: str = "cpu", *,
+                       program_path=None, trust_code: bool = False) -> List[Subject]:
+    """Load runs (``pyro-vae train`` output folders) and pick the first ``points`` test rows of each.
+
+    A run's own program is built as :func:`~pyro_vae.rundir.run.load_run` allows (``program_path``, ``trust_code``).
+    """
     from ..rundir.run import data_likelihood, load_run, load_run_data
 
     if not run_dirs:
         raise PyroVAEError("give at least one run directory")
     subjects, names, cache = [], set(), {}
     for d in run_dirs:
-        run = load_run(d, device=device)
+        run = load_run(d, device=device, program_path=program_path, trust_code=trust_code)
         key = json.dumps(run.config.data.__dict__ | {"lik": data_likelihood(run.config.model)}, sort_keys=True, default=str)
         if key not in cache:
             cache[key] = load_run_data(run)

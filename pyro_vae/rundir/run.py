@@ -45,6 +45,7 @@ from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, restore_model
 from .files import TMP_PREFIX, write_text_atomic
 from .lock import LOCK_NAME, RunLock
+from .trust import RunCode, build_args, remember
 
 
 @dataclass
@@ -88,8 +89,11 @@ def check_support(model, data: Dataset) -> None:
     lik.check_support(data.test_x, "the test data")
 
 
-def prepare(cfg: Config):
-    """Load data, resolve the config and build the model (seeded); writes nothing."""
+def prepare(cfg: Config, run_code: Optional[RunCode] = None):
+    """Load data, resolve the config and build the model (seeded); writes nothing.
+
+    ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
+    """
     data = load_data(cfg.data, data_likelihood(cfg.model))
     if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
         names = ", ".join(data.train)
@@ -104,7 +108,7 @@ def prepare(cfg: Config):
     elif cfg.model.program is None:
         check_model_size(cfg.model, data.dim)
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
-    model, spec = build(cfg.model, data.dim, data.image_shape)
+    model, spec = build(cfg.model, data.dim, data.image_shape, run_code)
     cfg = cfg.replace(model=spec)
     if hasattr(model, "check_data"):  # a graph: its data nodes against the data's arrays
         model.check_data(data.train, "the training data")
@@ -152,10 +156,14 @@ def _remove_run_files(out: Path) -> None:
         plots.rmdir()  # empty: _foreign_files found nothing else in it
 
 
-def build(spec: ModelConfig, data_dim: int, image_shape=None):
-    """(the model a config's model section describes, that section as resolved): a built-in, or a program."""
+def build(spec: ModelConfig, data_dim: int, image_shape=None, run_code: Optional[RunCode] = None):
+    """(the model a config's model section describes, that section as resolved): a built-in, or a program.
+
+    ``run_code`` None: a config the user trains, whose program they named by running it; else a run folder's,
+    whose program runs only as the user allows (rundir/trust.py).
+    """
     if spec.program is not None:
-        return build_program(spec, data_dim)
+        return build_program(spec, data_dim, **build_args(spec, run_code))
     return build_model(spec, data_dim, image_shape), spec
 
 
@@ -211,9 +219,13 @@ def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> No
 
 def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool = False,
           progress: Optional[bool] = None, iw_samples: Union[int, str] = "auto", plots: bool = True,
-          overwrite: bool = False, log=None) -> Run:
+          overwrite: bool = False, log=None, program_path: Optional[os.PathLike] = None,
+          trust_code: bool = False) -> Run:
     """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
     ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
+
+    A resumed run's program is built as :func:`load_run` builds it (``program_path``, ``trust_code``); a new run
+    records the program file it trains from, for this user's later commands on the run (rundir/trust.py).
 
     Under torchrun every process calls this: they train data-parallel
     (training/distributed.py) and rank 0 alone writes the folder and logs.
@@ -224,14 +236,15 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     if group.active:
         try:
             return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
-                          overwrite, log if group.is_main else None, group)
+                          overwrite, log if group.is_main else None, group, program_path, trust_code)
         finally:
             if joined:  # on a failure too: a process group left at exit aborts the process
                 distributed.shutdown()
-    return _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group)
+    return _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group, program_path, trust_code)
 
 
-def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group) -> Run:
+def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group, program_path=None,
+           trust_code=False) -> Run:
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
     if iw_samples not in ("auto", None) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
@@ -239,7 +252,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
     try:  # every rank checks; a failure anywhere stops every rank before a file is written
         payload = _resume_payload(out, log) if resume else None
-        cfg, data, model = prepare(config)
+        run_code = RunCode(out, Path(program_path) if program_path else None, trust_code) if resume else None
+        cfg, data, model = prepare(config, run_code)
         if payload is not None:
             _check_resumable(payload, out, cfg, data)
         check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
@@ -275,6 +289,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 check_output_folder(out, replace=overwrite)
                 _remove_run_files(out)
             write_text_atomic(out / "config.toml", cfg.to_toml())
+            remember(cfg.model.program_file, cfg.model.program_sha256)
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in _modules(model):
@@ -357,8 +372,15 @@ _TRAINER_KEYS = ("model", "train_state")
 _RUN_KEYS = ("config", "data_dim")
 
 
-def load_run(run_dir: os.PathLike, device: str = "cpu", model=None) -> Run:
+def load_run(run_dir: os.PathLike, device: str = "cpu", model=None, *, program_path: Optional[os.PathLike] = None,
+             trust_code: bool = False) -> Run:
     """Load a finished (or interrupted) run: the config and the trained model, in eval mode.
+
+    The model is built from ``config.toml``, which must agree with the copy
+    inside ``checkpoint.pt``.  A program of your own (``model.program``) is
+    imported only from the installed packages, from ``program_path``, or from
+    the folder the run records when this user trained from that very file; the
+    run folder's own code runs only with ``trust_code=True`` (rundir/trust.py).
 
     ``model``: the object to load the trained parameters into instead of
     building one from config.toml; needed for a run ``pv.fit(..., run_dir=D)``
@@ -383,15 +405,15 @@ def load_run(run_dir: os.PathLike, device: str = "cpu", model=None) -> Run:
         _eval(model, device)
         return Run(run_dir, None, model, None, _history(payload, path), _read_metrics(run_dir))
     try:
-        cfg = config_from_dict(payload["config"])
         data_dim = int(payload["data_dim"])
-    except (PyroVAEError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise PyroVAEError(f"checkpoint {str(path)!r} holds an unreadable run description ({e}): retrain the run") from None
+    cfg = run_config(run_dir, payload)
     history = _history(payload, path)
-    _check_config_matches(run_dir, cfg)
     shape = tuple(payload["image_shape"]) if payload.get("image_shape") else None
     if model is None:
-        model, _ = build(cfg.model, data_dim, shape)
+        run_code = RunCode(run_dir, Path(program_path) if program_path else None, trust_code)
+        model, _ = build(cfg.model, data_dim, shape, run_code)
     restore_model(model, payload, path)
     _eval(model, device)
     return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape, data_dim=data_dim)
@@ -410,22 +432,30 @@ def _eval(model, device: str) -> None:
         m.to(resolve_device(device)).eval()
 
 
-def _check_config_matches(run_dir: Path, cfg: Config) -> None:
-    """A checkpoint copied in from another run must not be evaluated under this run's config.toml quietly."""
+def run_config(run_dir: Path, payload: dict) -> Config:
+    """The run's config: ``config.toml``, which is authoritative, checked against the copy ``checkpoint.pt`` holds.
+
+    A run whose config.toml is missing or unreadable is refused rather than rebuilt from the checkpoint's copy
+    alone, so that what a run builds is always what its config.toml says.
+    """
     toml = run_dir / "config.toml"
     if not toml.is_file():
-        return
+        raise PyroVAEError(f"{str(run_dir)!r} has checkpoint.pt but no config.toml, which says what the run builds: "
+                           "put back the run's own config.toml")
+    cfg = load_config(toml, run=True)
     try:
-        on_disk = load_config(toml).model
-    except PyroVAEError:
-        return  # an unreadable config.toml: the checkpoint's own copy is the one used
-    if on_disk != cfg.model:
-        a, b = on_disk.__dict__, cfg.model.__dict__
+        saved = config_from_dict(payload["config"]).model
+    except (PyroVAEError, KeyError, TypeError, ValueError) as e:
+        raise PyroVAEError(f"checkpoint {str(run_dir / 'checkpoint.pt')!r} holds an unreadable run description "
+                           f"({str(e)[:160]}): retrain the run") from None
+    if saved != cfg.model:
+        a, b = cfg.model.__dict__, saved.__dict__
         diff = next(k for k in a if a[k] != b[k])
         raise PyroVAEError(
             f"{str(run_dir)!r}: checkpoint.pt was trained with model.{diff} = {b[diff]!r} but config.toml says "
             f"{a[diff]!r}: the two files come from different runs; put back the run's own config.toml or checkpoint"
         )
+    return cfg
 
 
 def _read_metrics(run_dir: Path) -> Optional[dict]:
