@@ -72,7 +72,7 @@ def reconstruction_error(model, x):
 @torch.no_grad()
 def objective(run, x):
     """Test ELBO (normal guide) or the negative penalized MAP loss (delta guide), per point."""
-    if run.config.model.guide != "delta":
+    if run.config.model.nodes["z"].guide != "delta":
         return run.metrics["elbo"], "ELBO"
     # deterministic for a delta guide; Trace_ELBO's loss includes pyro.factor penalties
     loss = Trace_ELBO().loss(run.model.model, run.model.guide, x)
@@ -93,7 +93,7 @@ def train_member(name, epochs, out, log):
     return run, {
         "model": name,
         "what": FAMILY.get(name, name),
-        "latent_dim": cfg.model.latent_dim,
+        "latent_dim": cfg.model.nodes["z"].dim,
         "objective": value,
         "objective_kind": kind,
         "reconstruction_error": reconstruction_error(run.model, x),

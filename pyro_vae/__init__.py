@@ -4,29 +4,32 @@ This module is the public API: every name here is documented and stable.  The
 subpackages hold the implementation (see the README's "Architecture").
 """
 
-from .config import Config, DataConfig, ModelConfig, NetConfig, TrainConfig, config_from_dict, load_config
+from .config import (Config, DataConfig, GraphSpec, ModelConfig, NetConfig, NodeConfig, ProgramSpec, TrainConfig,
+                     config_from_dict, load_config)
 from .data import Dataset, load_data
 from .diagnostics import Diagnosis, DiagnoseSettings, Subject, diagnose, load_diagnosis
 from .errors import CaptureWarning, DegenerateObjectiveWarning, NonFiniteError, PyroVAEError, TrainingInterrupted
 from .evaluation import PointwiseEvaluation, evaluate, evaluate_points
 from .infer import OBJECTIVES
-from .models import MODELS, LatentModel, build_model
+from .models import GraphModel, LatentModel, build_model
+from .models.graph.families import FAMILIES
+from .models.graph.guides import GUIDE_LAWS
 from .models.likelihoods import LIKELIHOODS
-from .models.vae import GUIDES, PRIORS, VAE
 from .report import write_report
-from .rundir import Run, load_run, train
+from .rundir import Run, check_config, load_run, load_run_data, train
 from .training import Trainer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     # configuration
-    "Config", "DataConfig", "ModelConfig", "NetConfig", "TrainConfig", "config_from_dict", "load_config",
+    "Config", "DataConfig", "ModelConfig", "GraphSpec", "ProgramSpec", "NodeConfig", "NetConfig", "TrainConfig",
+    "config_from_dict", "load_config", "check_config",
     # data and models
-    "Dataset", "load_data", "LatentModel", "build_model", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "VAE",
+    "Dataset", "load_data", "LatentModel", "build_model", "GraphModel", "LIKELIHOODS", "FAMILIES", "GUIDE_LAWS",
     "OBJECTIVES",
     # training: a config into a run directory; a model object in Python; the step-level trainer
-    "train", "fit", "Trainer", "Run", "load_run",
+    "train", "fit", "Trainer", "Run", "load_run", "load_run_data",
     # evaluation, diagnostics, reports
     "evaluate", "evaluate_points", "PointwiseEvaluation",
     "diagnose", "DiagnoseSettings", "Subject", "Diagnosis", "load_diagnosis", "write_report",

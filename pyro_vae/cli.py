@@ -212,7 +212,7 @@ def cmd_demo(args) -> int:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={args.epochs}"]))
     out = Path(args.out)
     check_output_folder(out, replace=True)  # before the first line of output: a refusal is the only line
-    _log(f"training the demo VAE ({cfg.model.latent_dim}-d latent, Bernoulli likelihood) on scikit-learn's 8x8 digits -> {out}")
+    _log(f"training the demo VAE ({DEMO_CONFIG['model']['latent_dim']}-d latent, Bernoulli likelihood) on scikit-learn's 8x8 digits -> {out}")
     t0 = time.perf_counter()
     run = train(cfg, out, overwrite=True, progress=None, log=_log)
     print(_format_metrics(run.metrics))
@@ -263,7 +263,8 @@ def cmd_train(args) -> int:
             cfg = load_config(args.config, tuple(args.set))
             stem = Path(args.config).stem
         else:
-            cfg = config_from_dict(apply_overrides(Config().to_dict(), args.set))
+            # the defaults, with an empty [model]: --set model.program or model.nodes may pick its form
+            cfg = config_from_dict(apply_overrides(dict(Config().to_dict(), model={}), args.set))
             stem = "run"
         if not args.out and _under_torchrun():
             # each process would stamp its own default folder name
@@ -391,6 +392,7 @@ def cmd_sample(args) -> int:
 
     from .data.sizes import check_fits
     from .errors import PyroVAEError
+    from .models.build import describe
     from .plots import save_image_grid
     from .rundir.files import write_atomic
     from .rundir.run import load_run
@@ -415,8 +417,8 @@ def cmd_sample(args) -> int:
     if given and not named:
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
-    if hasattr(run.model, "sample") and not given:
-        width = getattr(run.model, "data_dim", 1) + run.config.model.latent_dim
+    if getattr(run.model, "one_latent", None) and not given:
+        width = run.model.data_dim + describe(run.config.model)["latent_dim"]
         check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)

@@ -1,4 +1,4 @@
-"""The autoencoder family (models/autoencoders.py, corruption.py): closed forms, configs, CLI.
+"""The autoencoder family (models/graph/penalties.py, corruption.py): closed forms, configs, CLI.
 
 Closed-form checks fit the library's own model and guide (the loss is Pyro's
 ELBO of ``model.model``/``model.guide``, penalties and corruption included) in
@@ -34,7 +34,7 @@ from pyro_vae.config import ModelConfig, NetConfig, config_from_dict, load_confi
 from pyro_vae.models.corruption import CORRUPTIONS
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.errors import DegenerateObjectiveWarning
-from pyro_vae.models.autoencoders import TiedDecoder, jacobian_sq_norm_autograd, mlp_jacobian_sq_norm
+from pyro_vae.models.graph.penalties import TiedDecoder, jacobian_sq_norm_autograd, mlp_jacobian_sq_norm
 from pyro_vae.models.nets import _ACTIVATIONS, mlp
 from pyro_vae.infer.objectives import scale_sites
 
@@ -114,7 +114,7 @@ def principal_angles(a, b):
 
 
 def encoder_weight(model, rows=None):
-    w = model.encoder.net[0].weight.detach()
+    w = model.encoders["z"].mlp[0].weight.detach()
     return w if rows is None else w[:rows]
 
 
@@ -129,7 +129,7 @@ def test_linear_autoencoder_spans_the_pca_subspace(float64_one_thread):
     k = 2
     model = build(latent_dim=k, guide="delta", scale=0.1, prior_scale=1e4)
     lbfgs(model, neg_elbo(x))
-    decoder = model.decoder[0].weight.detach()  # (d, k)
+    decoder = model.nets["x"].mlp[0].weight.detach()  # (d, k)
     angles = principal_angles(decoder, u[:, :k])
     # float64 L-BFGS reaches the optimum to ~1e-8 rad; a wrong subspace (the nearest competitor
     # swaps in u_3) would be off by pi/2 in one angle
@@ -148,7 +148,7 @@ def test_linear_denoising_autoencoder_end_to_end_map(float64_one_thread):
     model = build(latent_dim=k, guide="delta", scale=0.1, prior_scale=1e4,
                   corruption="gaussian", corruption_level=math.sqrt(nu))
     lbfgs(model, neg_elbo(x.repeat(reps, 1)), seed=7)  # 40,000 fixed noise draws
-    end_to_end = model.decoder[0].weight.detach() @ encoder_weight(model)
+    end_to_end = model.nets["x"].mlp[0].weight.detach() @ encoder_weight(model)
     lam = torch.tensor(LAMS[:k], dtype=torch.float64)
     expected = u[:, :k] @ torch.diag(lam / (lam + nu)) @ u[:, :k].T
     # The sample-average error of the noise moments is ~ sqrt(nu / 40,000) ~ 0.004 per entry
@@ -157,11 +157,11 @@ def test_linear_denoising_autoencoder_end_to_end_map(float64_one_thread):
     assert (end_to_end - expected).abs().max() < 0.02
     assert (end_to_end - u[:, :k] @ u[:, :k].T).abs().max() > 0.08
     # training steps corrupt; evaluation (no gradients, or eval mode) sees the clean x
-    assert not torch.equal(model._encoder_input(x), x)
+    assert not torch.equal(model.encoder_inputs({"x": x})["x"], x)
     with torch.no_grad():
-        assert torch.equal(model._encoder_input(x), x)
+        assert torch.equal(model.encoder_inputs({"x": x})["x"], x)
     model.eval()
-    assert torch.equal(model._encoder_input(x), x)
+    assert torch.equal(model.encoder_inputs({"x": x})["x"], x)
 
 
 def test_tied_linear_contractive_autoencoder(float64_one_thread):
@@ -173,7 +173,7 @@ def test_tied_linear_contractive_autoencoder(float64_one_thread):
     c = gamma / (2 * sigma**2)
     x, u = exact_cov_data()
     model = build(latent_dim=k, guide="delta", scale=sigma, prior_scale=prior_scale, contractive=c, tied=True)
-    assert isinstance(model.decoder, TiedDecoder)
+    assert isinstance(model.nets["x"].net, TiedDecoder)
     lbfgs(model, neg_elbo(x))
     v = encoder_weight(model)
     lam = torch.tensor(LAMS[:k], dtype=torch.float64)
@@ -204,7 +204,7 @@ def test_linear_beta_vae_collapses_exactly_below_beta_sigma2(float64_one_thread,
     x, _ = exact_cov_data(n=n)
     model = build(latent_dim=k, guide="normal", scale=sigma)
     lbfgs(model, neg_elbo(x.repeat(reps, 1), TraceMeanField_ELBO(), beta=beta), seed=3, max_iter=100)
-    w = model.decoder[0].weight.detach()
+    w = model.nets["x"].mlp[0].weight.detach()
     eig = torch.linalg.eigvalsh(w.T @ w).flip(0)
     lam = torch.tensor(LAMS[:k], dtype=torch.float64)
     expected = (lam - beta_sigma2).clamp(min=0)
@@ -214,7 +214,8 @@ def test_linear_beta_vae_collapses_exactly_below_beta_sigma2(float64_one_thread,
     assert ((eig - expected).abs() <= rel_tol * lam).all(), (eig, expected)
     # the collapsed direction: its KL(q(z_j|x) || p(z_j)) is ~0 (an alive one with eigenvalue 0.3 has 0.14)
     with torch.no_grad():
-        loc, scale = model.encoder(x)
+        q = model.families["z"].guide(model.encoders["z"]({"x": x})).base_dist
+        loc, scale = q.loc, q.scale
     kl = (0.5 * (loc**2 + scale**2 - 1) - scale.log()).mean(0)
     assert int((kl > 0.05).sum()) == active, kl
 
@@ -282,7 +283,8 @@ def test_contractive_factor_is_the_penalty_on_the_code(float64_one_thread, guide
     trace = pyro.poutine.trace(model.model).get_trace(x)
     site = trace.nodes["contractive"]
     assert site["is_observed"] and site["infer"].get("is_auxiliary")
-    expected = 0.7 * jacobian_sq_norm_autograd(lambda v: model.encoder.mean(v), x)
+    code = lambda v: model.families["z"].guide_mean(model.encoders["z"].mlp(v))  # noqa: E731
+    expected = 0.7 * jacobian_sq_norm_autograd(code, x)
     assert torch.allclose(site["fn"].log_factor, -expected, rtol=1e-10)
 
 
@@ -291,9 +293,9 @@ def _rescaled_losses(model, x, c):
     loss = neg_elbo(x)
     with torch.no_grad():
         before = (float(loss(model)), model.decode(model.encode(x)).clone())
-        model.encoder.net[-1].weight.mul_(c)
-        model.encoder.net[-1].bias.mul_(c)
-        model.decoder[0].weight.div_(c)
+        model.encoders["z"].mlp[-1].weight.mul_(c)
+        model.encoders["z"].mlp[-1].bias.mul_(c)
+        model.nets["x"].mlp[0].weight.div_(c)
         after = (float(loss(model)), model.decode(model.encode(x)).clone())
     return before, after
 
@@ -319,9 +321,9 @@ def test_untied_contractive_autoencoder_is_degenerate_and_warns(float64_one_thre
         loss = neg_elbo(x)
         base = float(loss(tied))
         for c in (0.5, 2.0):
-            tied.encoder.net[-1].weight.mul_(c)
+            tied.encoders["z"].mlp[-1].weight.mul_(c)
             assert float(loss(tied)) > base
-            tied.encoder.net[-1].weight.div_(c)
+            tied.encoders["z"].mlp[-1].weight.div_(c)
 
 
 def test_degeneracy_warning_only_where_it_applies():
@@ -368,7 +370,7 @@ def test_denoising_corrupts_the_encoder_input_and_scores_the_clean_x(guide):
     model = build(data_dim=5, latent_dim=2, guide=guide, corruption="salt_and_pepper", corruption_level=0.5)
     model.float()
     seen = []
-    model.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    model.encoders["z"].mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     guide_trace = pyro.poutine.trace(model.guide).get_trace(x)
     model_trace = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=guide_trace)).get_trace(x)
     assert not torch.equal(seen[-1], x)  # the encoder saw x~
@@ -378,12 +380,12 @@ def test_denoising_corrupts_the_encoder_input_and_scores_the_clean_x(guide):
 def test_tied_decoder_mirrors_the_encoder():
     model = build(data_dim=5, latent_dim=2, guide="normal", tied=True, encoder=NetConfig((7, 4), "tanh"),
                   decoder=NetConfig((4, 7), "tanh"))
-    dec = model.decoder
+    dec = model.nets["x"].net
     assert isinstance(dec, TiedDecoder)
     # the decoder owns only biases; its weights are the encoder's (the mean's rows of the last layer)
     assert {n for n, _ in dec.named_parameters()} == {"biases.0", "biases.1", "biases.2"}
     z = torch.randn(3, 2, dtype=torch.float64)
-    enc = [m for m in model.encoder.net if isinstance(m, torch.nn.Linear)]
+    enc = [m for m in model.encoders["z"].mlp if isinstance(m, torch.nn.Linear)]
     h = torch.tanh(z @ enc[2].weight[:2] + dec.biases[0])
     h = torch.tanh(h @ enc[1].weight + dec.biases[1])
     assert torch.allclose(dec(z), h @ enc[0].weight + dec.biases[2])
@@ -414,12 +416,13 @@ NEW_KEYS = {
 
 def test_new_keys_default_to_the_plain_vae():
     m = ModelConfig()
-    assert (m.prior_scale, m.sparsity, m.contractive, m.corruption, m.corruption_level, m.tied) == (
+    short = m.short
+    assert (short.prior_scale, short.sparsity, short.contractive, short.corruption, short.corruption_level, short.tied) == (
         1.0, None, 0.0, "none", 0.0, False)
     model = pv.build_model(m, 4)
     assert model.contractive is None and not model.corruption.active
-    assert torch.equal(model.prior.scale, torch.ones(16))
-    assert isinstance(model.decoder, torch.nn.Sequential)  # an untied MLP, as before
+    assert torch.equal(model.families["z"].prior_scale, torch.ones(16))
+    assert isinstance(model.nets["x"].mlp, torch.nn.Sequential)  # an untied MLP, as before
 
 
 def test_new_keys_round_trip_through_toml(tmp_path):
@@ -429,13 +432,13 @@ def test_new_keys_round_trip_through_toml(tmp_path):
     again = load_config(path)
     assert again == cfg
     for key, value in NEW_KEYS.items():
-        assert getattr(again.model, key) == value
+        assert getattr(again.model.short, key) == value
     # and the Python declaration is the same spec
     assert again.model == ModelConfig(**NEW_KEYS)
     model = pv.build_model(again.model, 4)
-    assert torch.allclose(model.prior.scale, torch.full((16,), 0.25))  # Laplace scale = 1 / sparsity
+    assert torch.allclose(model.families["z"].prior_scale, torch.full((16,), 0.25))  # Laplace scale = 1 / sparsity
     assert model.contractive.weight == 0.5 and model.corruption.level == 0.3
-    assert isinstance(model.decoder, TiedDecoder)
+    assert isinstance(model.nets["x"].net, TiedDecoder)
 
 
 BAD = [
@@ -445,13 +448,17 @@ BAD = [
     ({"prior_scale": -1.0}, r"model.prior_scale: must be > 0"),
     ({"contractive": -0.1}, r"model.contractive: must be >= 0"),
     ({"contractive": "lots"}, r"model.contractive: expected a number"),
+    ({"corruption_level": -0.2}, r"model.corruption_level: must be >= 0"),
+    ({"tied": "yes"}, "model.tied: expected true or false"),
+]
+# names and levels a registry knows: checked where the registry lives, when the model is built (before any data is
+# read: tests/test_cli.py), in one line all the same
+BAD_AT_BUILD = [
     ({"corruption": "gausian", "corruption_level": 0.1}, "did you mean 'gaussian'"),
     ({"corruption": "gaussian"}, "'gaussian' needs model.corruption_level > 0"),
     ({"corruption": "masking", "corruption_level": 1.5}, r"'masking' needs model.corruption_level in \(0, 1\)"),
     ({"corruption": "salt_and_pepper", "corruption_level": 1.0}, r"in \(0, 1\)"),
     ({"corruption_level": 0.2}, "set model.corruption = 'gaussian', 'masking' or 'salt_and_pepper'"),
-    ({"corruption_level": -0.2}, r"model.corruption_level: must be >= 0"),
-    ({"tied": "yes"}, "model.tied: expected true or false"),
 ]
 
 
@@ -464,6 +471,16 @@ def test_bad_values_fail_with_one_line_naming_the_fix(values, match):
     if values.get("contractive") != "lots" and values.get("tied") != "yes" and values.get("corruption") != "gausian":
         with pytest.raises(PyroVAEError, match=match):
             ModelConfig(**values)
+
+
+@pytest.mark.parametrize("values, match", BAD_AT_BUILD, ids=[str(v) for v, _ in BAD_AT_BUILD])
+def test_bad_names_and_levels_fail_at_build_with_one_line_naming_the_fix(values, match):
+    spec = config_from_dict({"model": values}).model
+    with pytest.raises(PyroVAEError, match=match) as err:
+        pv.build_model(spec, 4)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PyroVAEError, match=match):
+        pv.build_model(ModelConfig(**values), 4)
 
 
 def test_unknown_corruption_in_python_fails_at_build():
@@ -492,10 +509,11 @@ def test_example_config_trains_from_the_cli(name, tmp_path, capsys):
     run = pv.load_run(out)  # rebuilt from config.toml through build_model
     spec = load_config(EXAMPLES / f"{name}.toml").model
     # a point-mass guide's objective is not a bound on log p(x), and the table says so
-    label = "test objective (not a bound)" if spec.guide == "delta" else "test ELBO"
-    assert label in captured.out and ("test ELBO" in captured.out) == (spec.guide != "delta")
-    assert run.config.model == dataclasses.replace(spec, levels=run.config.model.levels)
-    assert isinstance(run.model.decoder, TiedDecoder) == spec.tied
+    short = spec.short
+    label = "test objective (not a bound)" if short.guide == "delta" else "test ELBO"
+    assert label in captured.out and ("test ELBO" in captured.out) == (short.guide != "delta")
+    assert run.config.model.short == dataclasses.replace(short, levels=run.config.model.short.levels)
+    assert isinstance(getattr(run.model.nets["x"], "net", None), TiedDecoder) == spec.tied
     assert (run.model.contractive is not None) == (spec.contractive > 0)
     assert type(run.model.corruption) is type(CORRUPTIONS[spec.corruption](spec.corruption_level))
     metrics = run.metrics

@@ -18,7 +18,7 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig
+from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig
 from pyro_vae.errors import CaptureWarning
 from pyro_vae.training import capture
 from pyro_vae.training.capture import why_not_capturable
@@ -31,7 +31,7 @@ from pyro_vae.training._torch_private import fused_adam_step
 from pyro_vae.training.optim import make_adam
 from pyro_vae.training.trainer import Trainer
 
-from test_conformance import D, LEVELS, _data_for, graph_spec  # the conformance suite's data and graph
+from test_conformance import D, FORMS, LEVELS, _data_for, graph_spec  # the conformance suite's data and graph
 
 
 def data_for(likelihood: str, n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -70,15 +70,15 @@ def recorded(trainer: Trainer) -> int:
     return len(trainer.captured_shapes)
 
 
-#: every model type x likelihood x guide; a graph's guide is its structure
-MATRIX = [(t, lik, g) for t in MODELS.names() for lik in LIKELIHOODS.names()
-          for g in (("structured", "mean-field") if t == "graph" else GUIDES.names())]
+#: both declared forms x likelihood x guide: the one-latent form's guide law, a graph's guide structure
+MATRIX = [(t, lik, g) for t in FORMS for lik in LIKELIHOODS.names()
+          for g in (("structured", "mean-field") if t == "graph" else GUIDE_LAWS.names())]
 
 
-def _spec(model_type, likelihood, guide) -> ModelConfig:
-    if model_type == "graph":
+def _spec(form, likelihood, guide) -> ModelConfig:
+    if form == "graph":
         return graph_spec(likelihood, guide)
-    return spec(type=model_type, likelihood=likelihood, guide=guide)
+    return spec(likelihood=likelihood, guide=guide)
 
 
 @pytest.mark.parametrize("model_type,likelihood,guide", MATRIX, ids=["-".join(c) for c in MATRIX])
@@ -121,7 +121,7 @@ def test_a_conditional_graph_on_named_data_is_captured_and_trains_as_eagerly():
 def test_captured_training_equals_eager_for_the_family_and_the_objectives(name):
     model_kw, train_kw = VARIANTS[name]
     s = spec(**model_kw)
-    x = data_for(s.likelihood)
+    x = data_for(s.nodes["x"].likelihood)
     a, b = train(s, x, "auto", **train_kw), train(s, x, "off", **train_kw)
     # warm-up changes beta every step: beta is a graph input, so still one recording per shape
     assert recorded(a) == 2
@@ -215,7 +215,7 @@ def test_auto_captures_library_models_only():
             return self.inner(z)
 
     vae2 = build_model(spec(likelihood="normal"), D)
-    vae2.decoder = Wrapped(vae2.decoder)
+    vae2.nets["x"] = Wrapped(vae2.nets["x"])
     t2 = Trainer(vae2, TrainConfig(batch_size=16), progress=False)
     t2.setup(x[:16], len(x))
     assert "Wrapped" in why_not_capturable(t2, "auto") and why_not_capturable(t2, "on") is None
@@ -231,7 +231,7 @@ def test_hooks_and_replaced_methods_added_after_a_recording_switch_back_to_eager
     t.fit(x)
     assert recorded(t) == 1
     calls = []
-    h = vae.decoder[0].weight.register_hook(lambda g: calls.append(1) or g)
+    h = vae.nets["x"].mlp[0].weight.register_hook(lambda g: calls.append(1) or g)
     with pyro.validation_enabled(False):
         t.step(x[:16])
         assert calls == [1] and t.engine_name == "eager"  # autograd ran the hook
@@ -248,7 +248,7 @@ def test_the_first_step_still_runs_pyros_checks_and_the_policy_names_the_site(tm
     t = Trainer(vae, TrainConfig(epochs=1, batch_size=16), run_dir=tmp_path, progress=False)
     t.setup(x[:16], len(x))  # (the set-up's own check would refuse NaN weights before training)
     with torch.no_grad():
-        vae.decoder[-1].bias.fill_(float("nan"))  # NaN logits from the first step on
+        vae.nets["x"].mlp[-1].bias.fill_(float("nan"))  # NaN logits from the first step on
     with pytest.raises(NonFiniteError, match=r"step 1.*model:x \(Bernoulli logits"):
         t.fit(x)
 
@@ -310,7 +310,7 @@ def test_the_direct_fused_adam_call_is_bit_identical_to_optimizer_step(found_inf
                          ids=["bernoulli-meanfield", "normal-delta"])
 def test_with_the_private_torch_apis_switched_off_training_takes_the_public_path(model_kw, monkeypatch):
     s = spec(**model_kw)
-    x = data_for(s.likelihood)
+    x = data_for(s.nodes["x"].likelihood)
     fast = train(s, x, "auto")
     eager = train(s, x, "off")
     monkeypatch.setenv("PYRO_VAE_TORCH_PRIVATE", "0")

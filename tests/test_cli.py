@@ -73,7 +73,7 @@ def test_evaluate_elbo_agrees_with_pyros_own_estimator(small_run, capsys):
     assert main(["evaluate", str(small_run), "--iw-samples", "200", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     run = pv.load_run(small_run)
-    x = load_data(run.config.data, run.config.model.likelihood).test
+    x = pv.load_run_data(run).test
     pyro.set_rng_seed(1)
     elbo = pyro.infer.Trace_ELBO()
     with torch.no_grad():

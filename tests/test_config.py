@@ -23,9 +23,9 @@ def test_full_config_round_trip(tmp_path):
                   "seed": 3, "device": "cpu", "beta": 0.5, "kl_warmup_epochs": 1},
     }
     cfg = pv.config_from_dict(values)
-    assert cfg.model.encoder.hidden == ()
-    assert cfg.model.decoder.hidden == (7, 5)
-    assert cfg.model.scale == 0.25
+    assert cfg.model.short.encoder.hidden == () and cfg.model.nodes["z"].encoder.hidden == ()
+    assert cfg.model.short.decoder.hidden == (7, 5) and cfg.model.nodes["x"].net.hidden == (7, 5)
+    assert cfg.model.short.scale == 0.25 and cfg.model.nodes["x"].scale == 0.25
     p = tmp_path / "c.toml"
     p.write_text(cfg.to_toml())
     again = pv.load_config(p)
@@ -48,8 +48,10 @@ def test_full_config_round_trip(tmp_path):
     ],
 )
 def test_unknown_keys_and_names_suggest_the_fix(values, fragment):
+    # keys and types are the schema's, checked as the config is read; names are the registries', checked with the
+    # model (pv.check_config, which pv.train and the CLI run before reading any data)
     with pytest.raises(pv.PyroVAEError, match=fragment):
-        pv.config_from_dict(values)
+        pv.check_config(pv.config_from_dict(values))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +99,7 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert out["data"]["source"] == "synthetic"
     assert out["train"]["lr"] == pytest.approx(3e-4)
     cfg = pv.config_from_dict(out)
-    assert cfg.model.encoder.hidden == (8, 4)
+    assert cfg.model.short.encoder.hidden == (8, 4)
 
 
 @pytest.mark.parametrize("bad", ["epochs=3", "train.=3", "train.epochs"])
@@ -175,7 +177,7 @@ def test_seeds_and_sizes_have_upper_and_lower_bounds(values, fragment):
 def test_the_largest_seeds_and_sizes_are_accepted():
     cfg = pv.config_from_dict({"train": {"seed": 2**63 - 1, "num_particles": 2**24},
                                "data": {"split_seed": 2**63 - 1}, "model": {"latent_dim": 2**24}})
-    assert cfg.train.seed == 2**63 - 1 and cfg.model.latent_dim == 2**24
+    assert cfg.train.seed == 2**63 - 1 and cfg.model.nodes["z"].dim == 2**24
 
 
 @pytest.mark.parametrize("values, fragment", [

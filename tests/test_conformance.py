@@ -1,7 +1,7 @@
 """The conformance suite: every model the library can train must pass the same checks.
 
 Like scikit-learn's estimator checks, one parametrized suite runs over every registered model
-type (``pyro_vae.MODELS``) crossed with every likelihood and guide, plus a user-written model
+form (the one-latent keys and a graph) crossed with every likelihood and guide, plus a user-written model
 (examples/custom_model.py: plain Pyro with ``pyro.module``/``pyro.param``, not an ``nn.Module``).
 A new registered model type, likelihood or guide joins the suite without editing it.
 
@@ -24,7 +24,7 @@ import torch
 import pyro
 
 import pyro_vae
-from pyro_vae import GUIDES, LIKELIHOODS, MODELS, TrainConfig, evaluate
+from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig, evaluate
 from pyro_vae.rundir.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
 from pyro_vae.data.sources import as_matrix
@@ -85,22 +85,22 @@ def _graph_case(likelihood: str, structure: str) -> Case:
                 integer_data=likelihood in ("bernoulli", "categorical"))
 
 
-#: how each registered model type is built for the suite: a one-latent spec per likelihood and guide,
-#: a graph per likelihood and guide structure
-SPECS = {"graph": lambda lik: [_graph_case(lik, s) for s in ("structured", "mean-field")]}
+#: the declared model's two forms: the one-latent keys (one spec per likelihood and guide law) and a graph (one per
+#: likelihood and guide structure); both compile to the one graph model
+FORMS = ("one-latent", "graph")
 
 
-def _builtin_cases(model_type: str, likelihood: str):
-    if model_type in SPECS:
-        return SPECS[model_type](likelihood)
-    return [_builtin_case(model_type, likelihood, g) for g in GUIDES.names()]
+def _builtin_cases(form: str, likelihood: str):
+    if form == "graph":
+        return [_graph_case(likelihood, s) for s in ("structured", "mean-field")]
+    return [_builtin_case(form, likelihood, g) for g in GUIDE_LAWS.names()]
 
 
-def _builtin_case(model_type: str, likelihood: str, guide: str) -> Case:
-    spec = ModelConfig(type=model_type, likelihood=likelihood, guide=guide, latent_dim=2,
+def _builtin_case(form: str, likelihood: str, guide: str) -> Case:
+    spec = ModelConfig(likelihood=likelihood, guide=guide, latent_dim=2,
                        levels=LEVELS if likelihood == "categorical" else None,
                        encoder=NetConfig((8,)), decoder=NetConfig((8,)))
-    return Case(f"{model_type}-{likelihood}-{guide}", lambda: build_model(spec, D), _data_for(likelihood),
+    return Case(f"{form}-{likelihood}-{guide}", lambda: build_model(spec, D), _data_for(likelihood),
                 integer_data=likelihood in ("bernoulli", "categorical"))
 
 
@@ -141,7 +141,7 @@ def _user_model_class():
 
 
 def _cases():
-    cases = [c for t in MODELS.names() for lik in LIKELIHOODS.names() for c in _builtin_cases(t, lik)]
+    cases = [c for t in FORMS for lik in LIKELIHOODS.names() for c in _builtin_cases(t, lik)]
     user = _user_model_class()
     cases.append(Case("user-" + user.__name__, lambda: user(D, latent_dim=2, hidden=8), _data_for("normal")))
     return cases

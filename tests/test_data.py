@@ -242,16 +242,21 @@ def test_synthetic_sizes_that_cannot_fit_fail_before_allocating():
 
 
 def test_model_size_and_inferred_levels_are_checked_against_memory():
-    from pyro_vae.data.sizes import check_model_size, inferred_levels, model_parameter_count
+    from pyro_vae.data.sizes import inferred_levels
+    from pyro_vae.models import check_size
 
     cfg = pv.ModelConfig(latent_dim=4, encoder=pv.NetConfig(hidden=(8,)), decoder=pv.NetConfig(hidden=(8,)))
-    # encoder 10 -> 8 -> 2*4, decoder 4 -> 8 -> 10: weights and biases
-    assert model_parameter_count(cfg, 10)[0] == (10 * 8 + 8) + (8 * 8 + 8) + (4 * 8 + 8) + (8 * 10 + 10)
-    check_model_size(cfg, 10)
+    # encoder 10 -> 8 -> 2*4, decoder 4 -> 8 -> 10, weights and biases, and the likelihood's learned scale: the
+    # count the error reports is the built model's, counted on the meta device
+    expected = (10 * 8 + 8) + (8 * 8 + 8) + (4 * 8 + 8) + (8 * 10 + 10)
+    assert sum(p.numel() for p in pv.build_model(cfg, 10).parameters()) == expected
+    check_size(cfg, 10)
+    with pytest.raises(pv.PyroVAEError, match=f"the model \\({expected:,} parameters.*more than this machine's"):
+        check_size(cfg, 10, memory=16 * expected - 1)
     huge = pv.ModelConfig(latent_dim=2**24)
-    with pytest.raises(pv.PyroVAEError, match=r"mostly from model.latent_dim = 16777216.*GiB, more than this "
-                                              r"machine's 1 GiB: use smaller sizes"):
-        check_model_size(huge, 784, memory=2**30)
+    with pytest.raises(pv.PyroVAEError, match=r"mostly from model.encoder \(a 33,554,432 x 400 weight\).*GiB, more "
+                                              r"than this machine's 1 GiB: use smaller sizes"):
+        check_size(huge, 784, memory=2**30)
     assert inferred_levels(torch.tensor([[0.0, 3.0]]), torch.tensor([[16.0]])) == 17
     with pytest.raises(pv.PyroVAEError, match="would infer 1e\\+09 \\+ 1 levels.*set model.levels"):
         inferred_levels(torch.tensor([[1e9]]), torch.tensor([[0.0]]))

@@ -39,6 +39,8 @@ from pyro_vae.infer.psis import KHAT_BAD, KHAT_GOOD
 from pyro_vae.diagnostics.arviz_io import group
 from pyro_vae.report.tables import build_tables, fmt
 
+from one_latent import decoder_net, encoder_net, q_loc_scale
+
 D, SIGMA, NARROW = 6, 0.5, 0.25
 POINTS = 6
 FAST = dict(points=POINTS, reference="grid", draws=1000, local_steps=100, local_lr=0.08, sbc_sims=100, seed=0)
@@ -90,10 +92,10 @@ class PPCA:
                                           "encoder": {"hidden": []}, "decoder": {"hidden": []}}})
         model = build_model(cfg.model, D)
         with torch.no_grad():
-            dec = _linear(model.decoder)
+            dec = _linear(decoder_net(model))
             dec.weight.copy_(torch.tensor(self.W))
             dec.bias.copy_(torch.tensor(self.b))
-            enc = _linear(model.encoder)
+            enc = _linear(encoder_net(model))
             a = self.S @ self.W.T / SIGMA**2  # posterior mean = a x - a b
             enc.weight.zero_()
             enc.weight[:2] = torch.tensor(a)
@@ -104,12 +106,12 @@ class PPCA:
                 x0 = torch.tensor(self.x[:1], dtype=torch.float32)
                 raw_target = torch.tensor(self.mf_sd)
                 enc.bias[2:] = torch.log(torch.expm1(raw_target))
-                off = model.encoder(x0)[1][0].double() - raw_target
+                off = q_loc_scale(model, x0)[1][0].double() - raw_target
                 enc.bias[2:] = torch.log(torch.expm1(raw_target - off))
         model.eval()
         x = torch.tensor(self.x, dtype=torch.float32)
         with torch.no_grad():
-            loc, scale = (model.encoder(x), None) if guide == "delta" else model.encoder(x)
+            loc, scale = q_loc_scale(model, x)
         loc = loc.double().numpy()
         assert np.abs(loc - self.post_mean(self.x)).max() < 1e-4
         if scale is not None:
@@ -130,7 +132,7 @@ class NarrowGuide:
         return self.vae.model(x)
 
     def guide(self, x):
-        loc, scale = self.vae.encoder(x)
+        loc, scale = q_loc_scale(self.vae, x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, scale * self.factor).to_event(1))
 
@@ -319,7 +321,7 @@ def test_khat_is_per_point(subjects, ppca):
 
     class OneBadPoint(NarrowGuide):
         def guide(self, x):
-            loc, scale = self.vae.encoder(x)
+            loc, scale = q_loc_scale(self.vae, x)
             f = torch.ones(x.shape[0], 1)
             f[2] = NARROW
             with pyro.plate("data", x.shape[0]):

@@ -27,11 +27,11 @@ def test_example_parses_builds_and_names_its_command(name):
     cfg = pv.load_config(path)
     dim, image = SHAPES[cfg.data.source]
     model = pv.build_model(cfg.model, dim, image_shape=image)
-    if name == "vae_conv_fashion_mnist":
-        assert cfg.model.type == "vae" and not cfg.model.nodes
-        assert cfg.model.encoder.type == "conv" and cfg.model.decoder.type == "conv"
-        return
     assert isinstance(model, GraphModel) and model.obs_site == "x"
+    if name == "vae_conv_fashion_mnist":  # the one-latent form: a graph z -> x whose nets are convolutional
+        assert cfg.model.short is not None and model.one_latent == ("z", "x")
+        assert cfg.model.nodes["z"].encoder.type == "conv" and cfg.model.nodes["x"].net.type == "conv"
+        return
     nodes = model.graph.nodes
     if name == "graph_hierarchical":
         assert model.graph.order == ("z2", "z1", "x") and model.latent_sites == ("z1", "z2")

@@ -1,6 +1,6 @@
 """Bad graph specs ([model.nodes.NAME]) fail in one line that names the node and the fix.
 
-Each case is refused in Python (``config_from_dict``, or ``build_model`` / ``check_data`` where the
+Each case is refused in Python (``check_config``, or ``build_model`` / ``check_data`` where the
 problem needs the data's shape or arrays) and by ``pyro-vae train`` with exit status 2, one
 ``pyro-vae: error:`` line, no traceback and nothing written in --out.
 """
@@ -136,9 +136,9 @@ def test_the_good_spec_builds_trains_and_evaluates():
 @pytest.mark.parametrize("name, edit, stage, words", CASES, ids=IDS)
 def test_bad_spec_is_one_line_from_python(name, edit, stage, words):
     spec = _spec(edit)
-    if stage == "config":
+    if stage == "config":  # before any data is read: the config's schema, then its names and graph
         with pytest.raises(pv.PyroVAEError) as e:
-            config_from_dict(spec)
+            pv.check_config(config_from_dict(spec))
         _one_line(str(e.value), words)
         return
     cfg = config_from_dict(spec)  # the spec alone is fine: the data's shape or arrays are what it contradicts

@@ -118,7 +118,7 @@ def test_named_data_for_a_builtin_model_is_refused_by_the_cli_before_anything_is
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "named arrays are for a program of your own" in err[0]
+    assert len(err) == 1 and "the one-latent model (model.latent_dim, ...) takes one array" in err[0] and "[model.nodes.NAME]" in err[0]
     assert not out.exists()
 
 

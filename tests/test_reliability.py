@@ -447,7 +447,7 @@ def _poisoned(likelihood="bernoulli", d=6, seed=0):
     torch.manual_seed(seed)
     model = build_model(ModelConfig(latent_dim=2, likelihood=likelihood, encoder=NetConfig((8,)),
                                     decoder=NetConfig((8,))), d)
-    model.decoder = Poison(model.decoder)
+    model.nets["x"].mlp = Poison(model.nets["x"].mlp)
     x = (torch.rand(64, d, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
     return model, x
 
@@ -492,7 +492,7 @@ def test_raise_saves_the_last_good_state_and_names_step_batch_and_site(tmp_path)
             good["state"] = _snapshot(t)
         return t.state.step == 5
 
-    model.decoder.on = on
+    model.nets["x"].mlp.on = on
     with pytest.raises(NonFiniteError) as e:
         t.fit(x)
     msg = str(e.value)
@@ -520,7 +520,7 @@ def test_raise_at_the_first_step_saves_a_state_that_resumes_with_the_same_data_o
             in_step[0] = False
 
     t.step = step
-    model.decoder.on = lambda: in_step[0] and t.state.step == 0
+    model.nets["x"].mlp.on = lambda: in_step[0] and t.state.step == 0
     with pytest.raises(NonFiniteError, match=r"at step 1, epoch 1, batch 1 .*model:x \(Bernoulli logits"):
         t.fit(x)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -542,7 +542,7 @@ def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, m
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
-        m.decoder = Poison(m.decoder, on=lambda: state.get("step") == 9)
+        m.nets["x"].mlp = Poison(m.nets["x"].mlp, on=lambda: state.get("step") == 9)
         return m
 
     def step(self, x, beta=1.0):
@@ -559,7 +559,7 @@ def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, m
 def test_skip_leaves_parameters_and_optimizer_bit_identical():
     model, x = _poisoned()
     t = _recorder(model, "skip")
-    model.decoder.on = lambda: t.state.step == 5
+    model.nets["x"].mlp.on = lambda: t.state.step == 5
     t.fit(x)
     bad = [r for r in t.log if r[0] == 6]
     assert len(bad) == 1 and np.isnan(bad[0][3])
@@ -572,7 +572,7 @@ def test_skip_leaves_parameters_and_optimizer_bit_identical():
 def test_rollback_restores_the_state_at_the_start_of_the_epoch():
     model, x = _poisoned()
     t = _recorder(model, "rollback")
-    model.decoder.on = lambda: t.state.step == 6  # the 7th step: epoch 2, batch 3
+    model.nets["x"].mlp.on = lambda: t.state.step == 6  # the 7th step: epoch 2, batch 3
     t.fit(x)
     epoch_start = t.log[3][2]  # after step 4, the last of epoch 1
     before_bad, after_bad = t.log[6][1], t.log[6][2]
@@ -602,7 +602,7 @@ def test_rollback_after_a_mid_epoch_resume_returns_to_the_resumed_state(tmp_path
     t2.setup(x[:16], len(x))
     t2.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True))
     resumed = _snapshot(t2)
-    model2.decoder.on = lambda: t2.state.step == 7  # one good step after the resume, then a bad one
+    model2.nets["x"].mlp.on = lambda: t2.state.step == 7  # one good step after the resume, then a bad one
     t2.fit(x)
     assert t2.log[1][0] == 8 and np.isnan(t2.log[1][3])
     assert not _same(t2.log[1][1], resumed)  # the good step moved the parameters ...
@@ -694,9 +694,9 @@ def test_raise_under_the_captured_step_saves_the_last_good_state_and_names_the_s
 
 def test_nonfinite_gradient_with_a_finite_loss_is_caught_before_the_step():
     model, x = _poisoned()
-    model.decoder.grad = True
+    model.nets["x"].mlp.grad = True
     t = _recorder(model, "raise")
-    model.decoder.on = lambda: t.state.step == 2
+    model.nets["x"].mlp.on = lambda: t.state.step == 2
     with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 3, epoch 1, batch 3"):
         t.fit(x)
     # the failing step never reached the optimizer
@@ -706,7 +706,7 @@ def test_nonfinite_gradient_with_a_finite_loss_is_caught_before_the_step():
 def test_persistent_nonfinite_under_skip_stops_with_the_count():
     model, x = _poisoned()
     t = Trainer(model, TrainConfig(epochs=20, batch_size=16, on_nonfinite="skip"), progress=False)
-    model.decoder.on = lambda: t.state.step >= 2
+    model.nets["x"].mlp.on = lambda: t.state.step >= 2
     with pytest.raises(NonFiniteError, match=rf"{MAX_CONSECUTIVE_NONFINITE + 1} steps in a row"):
         t.fit(x)
 
@@ -999,15 +999,15 @@ def _vae(d=5):
 
 def test_evaluation_out_of_memory_halves_the_chunk_and_retries():
     model, x = _vae(), torch.randn(50, 5)
-    model.decoder = OOMAbove(model.decoder, limit=300)
+    model.nets["x"].mlp = OOMAbove(model.nets["x"].mlp, limit=300)
     notes = []
     got = memory.evaluate_with_retry(model, x, iw_samples=64, budget=2**16, log=notes.append)
     assert len(notes) == 1 and "ran out of memory on cpu in chunks of 65536 elements" in notes[0]
     final_budget = int(notes[0].split()[-1])
     assert final_budget < 2**16 and (2**16 // final_budget) & (2**16 // final_budget - 1) == 0  # halved
     # the result is the evaluation at the budget that fit: nothing is lost or double counted
-    inner = model.decoder.inner
-    model.decoder = inner
+    inner = model.nets["x"].mlp.inner
+    model.nets["x"].mlp = inner
     want = evaluate(model, x, iw_samples=64, budget=final_budget)
     drop = lambda m: {k: v for k, v in m.items() if "seconds" not in k}  # noqa: E731
     assert drop(got) == drop(want)
@@ -1033,7 +1033,7 @@ def test_out_of_memory_in_the_cli_evaluation_after_training_is_retried(work, cap
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
-        m.decoder = OOMAbove(m.decoder, limit=100)  # training batches (16 rows) fit; the IW chunks do not
+        m.nets["x"].mlp = OOMAbove(m.nets["x"].mlp, limit=100)  # training batches (16 rows) fit; the IW chunks do not
         return m
 
     monkeypatch.setattr(run_mod, "build_model", build)
@@ -1066,7 +1066,7 @@ def test_out_of_memory_in_training_names_batch_size_and_device_memory(work, caps
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
-        m.decoder = OOMAbove(m.decoder, limit=8, only_no_grad=False)  # a batch of 16 does not fit
+        m.nets["x"].mlp = OOMAbove(m.nets["x"].mlp, limit=8, only_no_grad=False)  # a batch of 16 does not fit
         return m
 
     monkeypatch.setattr(run_mod, "build_model", build)

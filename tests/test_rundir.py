@@ -389,7 +389,7 @@ def test_a_point_mass_guide_is_not_reported_as_an_elbo(tmp_path, capsys):
 
 def test_a_long_evaluation_shows_progress_and_the_bar_changes_no_number(trained, capsys):
     run = pv.load_run(trained)
-    x = pv.load_data(run.config.data, run.config.model.likelihood).test
+    x = pv.load_run_data(run).test
     capsys.readouterr()
     shown = pv.evaluate(run.model, x, iw_samples=20, progress=True)
     err = capsys.readouterr().err

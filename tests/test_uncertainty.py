@@ -26,6 +26,8 @@ import pyro.distributions as dist
 import pyro_vae as pv
 from pyro_vae.infer.psis import pareto_khat
 
+from one_latent import q_loc_scale
+
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluate import PPCA, ppca  # noqa: E402  (the closed-form oracles, shared)
 import test_diagnostics as two_d  # noqa: E402
@@ -138,7 +140,7 @@ class ScaledGuide:
         return self.vae.model(x)
 
     def guide(self, x):
-        loc, scale = self.vae.encoder(x)
+        loc, scale = q_loc_scale(self.vae, x)
         if self.narrow_above is None:
             scale = self.scale.expand_as(loc)
         else:

@@ -11,7 +11,7 @@ one line that names the key and the fix.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from ..errors import PyroVAEError
 
@@ -42,80 +42,6 @@ def check_fits(nbytes: int, what: str, fix: str, memory: Optional[int] = None) -
         raise PyroVAEError(
             f"{what} needs ~{_gib(nbytes)} GiB, more than this machine's {_gib(memory)} GiB: {fix}"
         )
-
-
-def _mlp_layers(sizes: List[Tuple[int, str]]) -> List[Tuple[int, str]]:
-    """(parameters, the key of the larger side) of each linear layer through ``sizes``."""
-    out = []
-    for (a, ka), (b, kb) in zip(sizes, sizes[1:]):
-        out.append((a * b + b, ka if a >= b else kb))
-    return out
-
-
-def model_parameter_count(model_cfg, data_dim: int) -> Tuple[int, str]:
-    """The number of parameters of a config's encoder and decoder MLPs, and the key that dominates it."""
-    m = model_cfg
-    per_dim = 1
-    if m.likelihood == "categorical":
-        per_dim = int(m.levels or 2)
-    elif m.scale == "amortized":
-        per_dim = 2
-    out_key = "model.levels" if m.likelihood == "categorical" else "data dimension"
-    enc_out = (2 if m.guide == "normal" else 1) * m.latent_dim
-    enc = [(data_dim, "data dimension")] + [(h, f"model.encoder.hidden[{i}]") for i, h in enumerate(m.encoder.hidden)]
-    enc.append((enc_out, "model.latent_dim"))
-    dec = [(m.latent_dim, "model.latent_dim")] + [(h, f"model.decoder.hidden[{i}]") for i, h in enumerate(m.decoder.hidden)]
-    dec.append((data_dim * per_dim, out_key))
-    layers = _mlp_layers(enc)
-    if getattr(m, "tied", False):
-        layers += [(b, key) for b, key in dec[1:]]  # tied decoder: the encoder's weights, its own biases
-    else:
-        layers += _mlp_layers(dec)
-    total = sum(n for n, _ in layers)
-    return total, max(layers, key=lambda t: t[0])[1]
-
-
-def check_model_size(model_cfg, data_dim: int, memory: Optional[int] = None) -> None:
-    """Refuse, in one line, a model whose parameters (with gradients and Adam state) cannot fit in memory.
-
-    Call it after the data are loaded and ``model.levels`` is resolved, before the model is built.
-    """
-    count, key = model_parameter_count(model_cfg, data_dim)
-    value = {"model.latent_dim": model_cfg.latent_dim, "model.levels": model_cfg.levels}.get(key)
-    if key.startswith("model.encoder.hidden") or key.startswith("model.decoder.hidden"):
-        net = model_cfg.encoder if ".encoder." in key else model_cfg.decoder
-        value = net.hidden[int(key.rsplit("[", 1)[1][:-1])]
-    named = f"{key} = {value}" if value is not None else f"the data's {data_dim} columns"
-    check_fits(
-        count * BYTES_PER_PARAMETER,
-        f"the model ({count:,} parameters, mostly from {named}) with its gradients and optimizer state",
-        "use smaller sizes" if value is not None else "use fewer columns or smaller hidden sizes",
-        memory,
-    )
-
-
-#: where a graph model's parameters live -> the node key that sizes them
-_GRAPH_PARTS = {"nets": "net", "encoders": "encoder", "likelihoods": "likelihood", "families": "dim"}
-
-
-def check_graph_size(spec, data_dim: int, image_shape=None, memory: Optional[int] = None) -> None:
-    """As :func:`check_model_size` for a graph: the model is built on torch's meta device (no memory, no
-    random numbers drawn) and its parameters counted, so the count is the compiler's own."""
-    import torch
-
-    from ..models import build_model
-
-    with torch.device("meta"):
-        model = build_model(spec, data_dim, image_shape)
-    params = list(model.named_parameters())
-    count = sum(p.numel() for _, p in params)
-    name = max(params, key=lambda kv: kv[1].numel())[0] if params else "?"
-    part, _, rest = name.partition(".")
-    node = rest.partition(".")[0]
-    where = f"model.nodes.{node}.{_GRAPH_PARTS[part]}" if part in _GRAPH_PARTS else "the data's columns"
-    check_fits(count * BYTES_PER_PARAMETER,
-               f"the model ({count:,} parameters, mostly from {where}) with its gradients and optimizer state",
-               "use smaller sizes", memory)
 
 
 def check_synthetic_size(cfg, memory: Optional[int] = None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from ..models.build import describe
 from ..infer.rng import isolated_rng
 from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
@@ -503,14 +504,11 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
         cfg = run.config
         m = run.metrics or {}
         info = run_fingerprint(d) | {
-            "objective": cfg.train.elbo, "guide": cfg.model.guide, "prior": cfg.model.prior,
-            "likelihood": cfg.model.likelihood, "latent_dim": cfg.model.latent_dim,
+            "objective": cfg.train.elbo, **describe(cfg.model),
             "epochs": len(run.history or []), "data": data.name,
             "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
         }
-        if cfg.model.program is not None:  # a model of your own: the built-in model keys describe nothing
-            info |= {"program": cfg.model.program, "guide": None, "prior": None, "likelihood": None, "latent_dim": None}
         subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects
 

@@ -43,7 +43,7 @@ from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
-from ..errors import MonteCarloKLWarning, PyroVAEError
+from ..errors import MonteCarloKLWarning, PyroVAEError, did_you_mean
 from ..registry import Registry
 from .dependence import describe, inexact_kl_sites
 from .sites import is_density_site, is_latent, plate_dims, trace_pair
@@ -347,6 +347,13 @@ def _enum(num_particles: int = 1, max_plate_nesting=float("inf")):
 
 def make_objective(name: str, num_particles: int = 1, max_plate_nesting=float("inf")):
     return OBJECTIVES[name](num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+
+
+def check_objective_name(name: str) -> None:
+    """``train.elbo`` names a registered objective, or one line with "did you mean" (before any data is read)."""
+    if name not in OBJECTIVES:
+        names = OBJECTIVES.names()
+        raise PyroVAEError(f"train.elbo: unknown name {name!r}: {did_you_mean(name, names)}valid: {', '.join(names)}")
 
 
 class scale_sites(Messenger):

@@ -21,7 +21,8 @@ from ..models.params import restore_params
 from .files import write_atomic
 
 FORMAT = "pyro_vae.checkpoint"
-FORMAT_VERSION = 1
+#: 2: a one-latent model is a graph (its weights under the graph's names); 1 is read through :func:`upgrade`
+FORMAT_VERSION = 2
 
 
 def write_payload(payload: dict, f) -> None:
@@ -132,3 +133,44 @@ def restore_model(model, payload: dict, path) -> None:
     params = payload.get("params") or {}
     restore_params(model, {name[len(PARAM_STORE_PREFIX):]: value for name, value in params.items()
                            if name.startswith(PARAM_STORE_PREFIX)})
+
+
+def _v1_names(model_section: dict):
+    """(old prefix, new prefix) pairs of a format-1 one-latent VAE's weights, as its graph {z, x} names them."""
+    enc = (model_section.get("encoder") or {}).get("type", "mlp")
+    dec = (model_section.get("decoder") or {}).get("type", "mlp")
+    tied = bool(model_section.get("tied", False))
+    pairs = [("prior.loc", "families.z.prior_loc"), ("prior.scale", "families.z.prior_scale"),
+             ("likelihood.", "likelihoods.x.")]
+    pairs += ([("encoder.net.0.", "encoders.z.conv."), ("encoder.net.1.", "encoders.z.mlp.")] if enc == "conv"
+              else [("encoder.net.", "encoders.z.mlp.")])
+    pairs.append(("decoder.", "nets.x.net." if dec == "conv" or tied else "nets.x.mlp."))
+    return pairs
+
+
+def upgrade(payload: dict, model) -> dict:
+    """A format-1 checkpoint of a one-latent model (the VAE class of old) in the graph's names: its weights
+    renamed, and its optimizer state reordered to the graph's parameter order.  Other checkpoints as they are."""
+    config = payload.get("config") or {}
+    section = config.get("model") or {}
+    if payload.get("format_version") != 1 or "nodes" in section or "program" in section or not payload.get("model"):
+        return payload
+    pairs = _v1_names(section)
+
+    def rename(key: str) -> str:
+        for old, new in pairs:
+            if key == old or (old.endswith(".") and key.startswith(old)):
+                return new + key[len(old):]
+        return key
+
+    state = {rename(k): v for k, v in payload["model"].items()}
+    params = [n for n, _ in model.named_parameters()]
+    old_order = [k for k in map(rename, payload["model"]) if k in params]  # a Module's parameters in its order
+    out = dict(payload, model=state, format_version=FORMAT_VERSION)
+    optimizer = payload.get("optimizer")
+    if optimizer and sorted(old_order) == sorted(params):
+        where = {name: i for i, name in enumerate(old_order)}
+        moved = {j: optimizer["state"][where[name]] for j, name in enumerate(params) if where[name] in optimizer["state"]}
+        groups = [dict(g, params=list(range(len(params)))) for g in optimizer["param_groups"]]
+        out["optimizer"] = dict(optimizer, state=moved, param_groups=groups)
+    return out

@@ -27,22 +27,25 @@ from typing import Iterator, Optional, Union
 import pyro
 import torch
 
-from ..config import Config, ModelConfig, config_from_dict, load_config
+from ..config import Config, GraphSpec, ModelSpec, ProgramSpec, config_from_dict, load_config
+from ..config.short import replace_node, spec_to_dict
 from ..data.checks import check_support as check_support_chunked
-from ..data.sizes import check_graph_size, check_model_size, inferred_levels
+from ..data.sizes import inferred_levels
 from ..data.sources import Dataset, load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
 from ..evaluation.classes import ClassMetrics, class_metrics
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.memory import evaluate_with_retry
-from ..models import build_model
+from ..infer.objectives import check_objective_name
+from ..models import build_model, check_size, check_spec
 from ..models.graph import GraphModel
+from ..models.graph.spec import check_objective
 from ..models.program import build_program
 from ..models.protocol import _modules
 from ..training import distributed
 from ..training.trainer import Trainer, check_batch_size, resolve_device
-from .checkpoint import load_checkpoint, restore_model
+from .checkpoint import load_checkpoint, restore_model, upgrade
 from .files import TMP_PREFIX, write_text_atomic
 from .lock import LOCK_NAME, RunLock
 from .trust import RunCode, build_args, remember
@@ -63,18 +66,25 @@ class Run:
     classes: Optional[ClassMetrics] = None  # a trained model with classes: their agreement with the test labels
 
 
-def data_likelihood(model: ModelConfig) -> str:
+def main_observed(model: GraphSpec) -> str:
+    """The graph's main observed node: the first declared (the data's observations)."""
+    return next(name for name, n in model.nodes.items() if n.role == "observed")
+
+
+def data_likelihood(model: ModelSpec) -> str:
     """The likelihood the data are loaded for: a program's is its own business, so its data are taken as they are."""
-    if model.nodes:  # a graph: its first observed node's
-        return next(n.likelihood for n in model.nodes.values() if n.role == "observed")
-    return "normal" if model.program is not None else model.likelihood
+    if isinstance(model, ProgramSpec):
+        return "normal"
+    return model.nodes[main_observed(model)].likelihood
 
 
 def resolve_config(cfg: Config, data: Dataset) -> Config:
     """Fill in what depends on the data: binarization mode and categorical levels."""
     model = cfg.model
-    if model.program is None and model.likelihood == "categorical" and model.levels is None:
-        model = dataclasses.replace(model, levels=inferred_levels(data.train_x, data.test_x))
+    if isinstance(model, GraphSpec):
+        x = main_observed(model)
+        if model.nodes[x].likelihood == "categorical" and model.nodes[x].levels is None:
+            model = replace_node(model, x, levels=inferred_levels(data.train_x, data.test_x))
     d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, data_likelihood(cfg.model)))
     return cfg.replace(data=d, model=model)
 
@@ -89,24 +99,32 @@ def check_support(model, data: Dataset) -> None:
     lik.check_support(data.test_x, "the test data")
 
 
+def check_config(cfg: Config) -> None:
+    """What a config can be checked for before any data is read: every name it uses against the registry that
+    defines it (objectives, likelihoods, families, guide laws, corruptions), and its graph as a whole."""
+    check_objective_name(cfg.train.elbo)
+    check_spec(cfg.model)
+    if isinstance(cfg.model, GraphSpec):
+        check_objective(cfg.model, cfg.train)
+
+
 def prepare(cfg: Config, run_code: Optional[RunCode] = None):
     """Load data, resolve the config and build the model (seeded); writes nothing.
 
     ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
     """
+    check_config(cfg)  # every name and the graph first: a typo costs no data loading
     data = load_data(cfg.data, data_likelihood(cfg.model))
-    if data.observed is not None and cfg.model.program is None and not cfg.model.nodes:
+    if data.observed is not None and isinstance(cfg.model, GraphSpec) and cfg.model.short is not None:
         names = ", ".join(data.train)
         key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None
                      else ("data.arrays", f"data.arrays names {names}"))
-        raise PyroVAEError(f"{said} but model.type = "
-                           f"{cfg.model.type!r} takes one array: named arrays are for a program of your own "
-                           f"(model.program = \"module:Class\"); remove {key} for a built-in model")
+        raise PyroVAEError(f"{said} but the one-latent model (model.latent_dim, ...) takes one array: name the graph's "
+                           f"nodes after the arrays ([model.nodes.NAME]), or use a program of your own "
+                           f"(model.program = \"module:Class\"); or remove {key}")
     cfg = resolve_config(cfg, data)
-    if cfg.model.nodes:
-        check_graph_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
-    elif cfg.model.program is None:
-        check_model_size(cfg.model, data.dim)
+    if isinstance(cfg.model, GraphSpec):
+        check_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model, spec = build(cfg.model, data.dim, data.image_shape, run_code)
     cfg = cfg.replace(model=spec)
@@ -156,13 +174,13 @@ def _remove_run_files(out: Path) -> None:
         plots.rmdir()  # empty: _foreign_files found nothing else in it
 
 
-def build(spec: ModelConfig, data_dim: int, image_shape=None, run_code: Optional[RunCode] = None):
+def build(spec: ModelSpec, data_dim: int, image_shape=None, run_code: Optional[RunCode] = None):
     """(the model a config's model section describes, that section as resolved): a built-in, or a program.
 
     ``run_code`` None: a config the user trains, whose program they named by running it; else a run folder's,
     whose program runs only as the user allows (rundir/trust.py).
     """
-    if spec.program is not None:
+    if isinstance(spec, ProgramSpec):
         return build_program(spec, data_dim, **build_args(spec, run_code))
     return build_model(spec, data_dim, image_shape), spec
 
@@ -278,7 +296,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
     trainer.setup_data(data.train, data.binarize)
     if payload is not None:
-        trainer.load_state_dict(payload, out / "checkpoint.pt")
+        trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
     with contextlib.ExitStack() as held:
         if out is not None and group.is_main:
@@ -289,7 +307,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 check_output_folder(out, replace=overwrite)
                 _remove_run_files(out)
             write_text_atomic(out / "config.toml", cfg.to_toml())
-            remember(cfg.model.program_file, cfg.model.program_sha256)
+            if isinstance(cfg.model, ProgramSpec):
+                remember(cfg.model.program_file, cfg.model.program_sha256)
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in _modules(model):
@@ -306,7 +325,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         figures = None
         if out is not None and group.is_main:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-            if plots and hasattr(model, "encode"):
+            if plots and getattr(model, "one_latent", None):
                 from ..plots import run_plots
 
                 figures = run_plots(model, data, history, out / PLOTS_DIR)
@@ -414,7 +433,7 @@ def load_run(run_dir: os.PathLike, device: str = "cpu", model=None, *, program_p
     if model is None:
         run_code = RunCode(run_dir, Path(program_path) if program_path else None, trust_code)
         model, _ = build(cfg.model, data_dim, shape, run_code)
-    restore_model(model, payload, path)
+    restore_model(model, upgrade(payload, model), path)
     _eval(model, device)
     return Run(run_dir, cfg, model, None, history, _read_metrics(run_dir), image_shape=shape, data_dim=data_dim)
 
@@ -449,13 +468,21 @@ def run_config(run_dir: Path, payload: dict) -> Config:
         raise PyroVAEError(f"checkpoint {str(run_dir / 'checkpoint.pt')!r} holds an unreadable run description "
                            f"({str(e)[:160]}): retrain the run") from None
     if saved != cfg.model:
-        a, b = cfg.model.__dict__, saved.__dict__
-        diff = next(k for k in a if a[k] != b[k])
+        key, said, trained = _first_difference(spec_to_dict(cfg.model), spec_to_dict(saved), "model")
         raise PyroVAEError(
-            f"{str(run_dir)!r}: checkpoint.pt was trained with model.{diff} = {b[diff]!r} but config.toml says "
-            f"{a[diff]!r}: the two files come from different runs; put back the run's own config.toml or checkpoint"
+            f"{str(run_dir)!r}: checkpoint.pt was trained with {key} = {trained!r} but config.toml says "
+            f"{said!r}: the two files come from different runs; put back the run's own config.toml or checkpoint"
         )
     return cfg
+
+
+def _first_difference(a, b, key: str):
+    """(the first key path where two plain values differ, its value in a, in b)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{key}.{k}")
+    return key, a, b
 
 
 def _read_metrics(run_dir: Path) -> Optional[dict]:

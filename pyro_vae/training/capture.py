@@ -42,6 +42,7 @@ from ..data import batch
 from ..infer.rng import forked_rng
 from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
+from ..models.graph.compile import GraphModel
 
 #: how far a replay may differ from Pyro's eager step (float32 sums may associate differently in the two
 #: schedules; structure changes are far larger): the check when recording and the tests use this one rule
@@ -164,8 +165,6 @@ def verify(trainer, captured: CapturedStep, x, beta: float) -> Optional[str]:
 
 def why_not_capturable(trainer, mode: str) -> Optional[str]:
     """Why this trainer's model cannot be captured under ``mode`` (None: it can)."""
-    from ..models import MODELS  # a registered (built-in) model type
-
     model = trainer.model
     if mode == "off":
         return "train.capture = 'off'"
@@ -181,7 +180,7 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
         # the enumeration's dim allocation and contraction are Python state outside a recording's key and check
         return "train.elbo = 'enum' is not captured (its enumeration runs in Python on every step)"
     if mode == "auto":
-        if type(model) not in {MODELS[n] for n in MODELS}:
+        if type(model) is not GraphModel:
             return "train.capture = 'auto' captures the built-in models only (set 'on' to capture this one)"
         foreign = [type(m).__name__ for m in model.modules() if not type(m).__module__.startswith(_LIBRARY)]
         if foreign:

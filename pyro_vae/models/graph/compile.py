@@ -22,17 +22,22 @@ import torch.nn as nn
 import pyro
 from pyro.nn import PyroModule
 
+from ...config.short import key_path
 from ...data import batch
 from ...errors import PyroVAEError
+from ..corruption import CORRUPTIONS
 from ..likelihoods import LIKELIHOODS
 from ..nets import ConvEncoder, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
+from .penalties import ContractivePenalty, TiedDecoder, check_degenerate, check_one_latent_mlp, check_tied_outputs
 from .spec import Graph, build_graph
 
 #: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
 COMPONENT = "_component"
 CLASSIFIER = "_classifier"
+#: the factor site of the contractive penalty
+CONTRACTIVE = "contractive"
 
 
 def broadcast_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -112,13 +117,46 @@ class GraphModel(PyroModule):
             else:
                 self.families[name] = FAMILIES[node.family](node)
                 self.widths[name] = self.families[name].feature_size
+        self.one_latent = _one_latent(g)
+        if spec.tied or spec.contractive:
+            check_one_latent_mlp(spec, *(self.one_latent or (None, None)), lambda n, f: key_path(spec, n, f))
+        # the guide's networks are built (so initialised) before the model's, as the one-latent VAE always was;
+        # they are registered after them (self.nets first), as graph runs' parameters always were
+        self._build_encoders(g, image)
+        self._build_nets(g)
+        self.corruption = CORRUPTIONS[spec.corruption](spec.corruption_level)
+        self.contractive = None
+        if spec.contractive:
+            z = self.one_latent[0]
+            self.contractive = ContractivePenalty(spec.contractive, self.encoders[z].mlp, self.families[z].dim)
+        check_degenerate(spec, self.one_latent[0] if self.one_latent else None)
+        self._data_plate = DataPlate()
+
+    def _build_encoders(self, g: Graph, image: Optional[str]) -> None:
+        data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
+        for name in g.guide_order:
+            node = g.nodes[name]
+            inputs = data_inputs + [(n, self.widths[n]) for n in g.guide_inputs(name)]
+            self.encoders[name] = NodeNet(inputs, self.families[name].guide_features, node.encoder, image,
+                                          self.image_shape, key_path(self.spec, name, "encoder"))
+            if node.classifier_weight and g.guide_inputs(name):
+                raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
+                                   f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
+                                   "set model.guide_structure = \"mean-field\" or remove classifier_weight")
+
+    def _build_nets(self, g: Graph) -> None:
         for name in g.order:
             node = g.nodes[name]
-            what = f"model.nodes.{name}.net"
+            what = key_path(self.spec, name, "net")
             inputs = [(p, self.widths[p]) for p in node.parents]
             if node.role == "observed":
                 lik = self.likelihoods[name]
-                if node.net.type == "conv":  # only the main observed node is the source's image
+                if self.spec.tied:  # the one latent's encoder mirrored (penalties.py)
+                    check_tied_outputs(lik, node, self.widths[name], lambda n, f: key_path(self.spec, n, f))
+                    z = self.one_latent[0]
+                    tied = TiedDecoder(self.encoders[z].mlp, self.families[z].dim, node.net.activation)
+                    self.nets[name] = Joined(tied, node.parents)
+                elif node.net.type == "conv":  # only the main observed node is the source's image
                     shape = self.image_shape if name == self.obs_site else None
                     self.nets[name] = Joined(decoder_network(sum(s for _, s in inputs), lik, node.net, shape, what),
                                              node.parents)
@@ -126,17 +164,6 @@ class GraphModel(PyroModule):
                     self.nets[name] = NodeNet(inputs, lik.out_features, node.net, None, None, what)
             elif node.role in ("latent", "partial") and node.parents:  # (a conv net here fails in spec.py)
                 self.nets[name] = NodeNet(inputs, self.families[name].out_features, node.net, None, None, what)
-        data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
-        for name in g.guide_order:
-            node = g.nodes[name]
-            inputs = data_inputs + [(n, self.widths[n]) for n in g.guide_inputs(name)]
-            self.encoders[name] = NodeNet(inputs, self.families[name].guide_features, node.encoder, image,
-                                          self.image_shape, f"model.nodes.{name}.encoder")
-            if node.classifier_weight and g.guide_inputs(name):
-                raise PyroVAEError(f"model.nodes.{name}.classifier_weight: the classifier q({name}|data) must read the "
-                                   f"data only, but this guide also reads {', '.join(g.guide_inputs(name))}: "
-                                   "set model.guide_structure = \"mean-field\" or remove classifier_weight")
-        self._data_plate = DataPlate()
 
     @property
     def likelihood(self):
@@ -214,11 +241,25 @@ class GraphModel(PyroModule):
                     q = family.guide(self.encoders[name](feats))
                     pyro.factor(name + CLASSIFIER, node.classifier_weight * q.log_prob(obs))
                 feats[name] = family.features(value)
+            if self.contractive is not None:
+                # a penalty, not a density: it enters the joint as a factor, at the clean x
+                pyro.factor(CONTRACTIVE, -self.contractive(feats[self.obs_site]))
+
+    def encoder_inputs(self, data) -> Dict[str, torch.Tensor]:
+        """The data's features as the guide's encoders read them: the observations corrupted in a training step
+        of a denoising model, clean otherwise."""
+        feats = self._data_features(data)
+        # Denoising: corruption belongs to the training objective only, so it is applied in training mode with
+        # gradients on (a training step) and never in evaluation, which runs under torch.no_grad (or after
+        # model.eval()) and must see the clean x
+        if self.corruption.active and self.training and torch.is_grad_enabled() and self.obs_site in feats:
+            feats[self.obs_site] = self.corruption(feats[self.obs_site])
+        return feats
 
     def guide(self, *args, data_size=None, **data):
         data = self._named(args, data)
         g = self.graph
-        feats = self._data_features(data)
+        feats = self.encoder_inputs(data)
         with self._plate(data, data_size):
             for name in g.guide_order:
                 node = g.nodes[name]
@@ -229,6 +270,33 @@ class GraphModel(PyroModule):
                 q = family.guide(self.encoders[name](feats))
                 infer = {"enumerate": "parallel"} if family.discrete else {}
                 feats[name] = family.features(pyro.sample(name, q, infer=infer))
+
+    # -- a one-latent graph (z -> x): encode, decode, sample -----------------
+    def _single(self) -> Tuple[str, str]:
+        if self.one_latent is None:
+            raise PyroVAEError("encode, decode and sample(n) need a graph of one latent and one observed node "
+                               "(z -> x); this graph has others: use its program (pyro-vae sample draws from it)")
+        return self.one_latent
+
+    @torch.no_grad()
+    def encode(self, x):
+        """The mean of q(z | x) (the code of a point-mass guide)."""
+        z, obs = self._single()
+        feats = {obs: self._feature(obs, x)}
+        return self.families[z].guide_mean(self.encoders[z](feats))
+
+    @torch.no_grad()
+    def decode(self, z):
+        """The mean of p(x | z)."""
+        _, obs = self._single()
+        return self.likelihoods[obs].mean(self.nets[obs]({self.one_latent[0]: z}))
+
+    @torch.no_grad()
+    def sample(self, n: int):
+        """Draw ``z ~ p(z)`` and return (z, the mean of p(x | z))."""
+        z, _ = self._single()
+        draws = self.families[z].prior((n,)).sample()
+        return draws, self.decode(draws)
 
     # -- what the library reads off a graph ---------------------------------
     def check_data(self, data, what: str = "the data") -> None:
@@ -316,3 +384,16 @@ class GraphModel(PyroModule):
         if spec.family == "categorical":
             return q.probs
         return family.component_posterior(q.mean)
+
+
+def _one_latent(g: Graph) -> Optional[Tuple[str, str]]:
+    """(latent, observed) for a graph z -> x of one continuous root latent and one observed node, else None."""
+    latent = [n for n in g.order if g.nodes[n].role != "observed"]
+    observed = [n for n in g.order if g.nodes[n].role == "observed"]
+    if len(latent) != 1 or len(observed) != 1:
+        return None
+    z, x = latent[0], observed[0]
+    node = g.nodes[z]
+    if node.role != "latent" or node.family not in ("normal", "laplace") or node.parents or g.nodes[x].parents != (z,):
+        return None
+    return z, x

@@ -17,11 +17,10 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 
 from ...registry import Registry
+from .guides import GUIDE_LAWS, MIN_SCALE
 
 FAMILIES: Registry = Registry("node family")
 
-#: the floor on every scale a network predicts (a scale of 0 sends a density to infinity)
-MIN_SCALE = 1e-4
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) = 1
 
 
@@ -61,20 +60,26 @@ class Family(nn.Module):
         return self.conditional(out)
 
 
-class _GaussianGuide(Family):
-    """A continuous node's guide law: q = N(loc, diag softplus(raw)^2) from 2 * dim network outputs (a Laplace
-    or mixture prior's too, as the built-in VAE's)."""
+class _Continuous(Family):
+    """A continuous node, whose q is the guide law its ``guide`` names (models/graph/guides.py)."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.guide_law = GUIDE_LAWS[node.guide]
 
     @property
     def guide_features(self):
-        return 2 * self.dim
+        return self.guide_law.features(self.dim)
 
     def guide(self, out):
-        loc, raw = out.split(self.dim, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
+        return self.guide_law.law(out, self.dim)
+
+    def guide_mean(self, out):
+        """The mean of q from the encoder's outputs (the code of a point-mass guide)."""
+        return self.guide_law.mean(out, self.dim)
 
 
-class _LocScale(_GaussianGuide):
+class _LocScale(_Continuous):
     law = None
 
     def __init__(self, node):
@@ -180,11 +185,11 @@ class Bernoulli(Family):
 
 
 @FAMILIES.register("mixture")
-class Mixture(_GaussianGuide):
+class Mixture(_Continuous):
     """A Gaussian-mixture prior: a component c ~ Cat(w) (enumerated in the model), then z ~ N(mu_c, diag s_c^2).
 
     The means and scales are learned; ``prior = "learned"`` learns the weights as well ("fixed": uniform).
-    The guide's law is Gaussian, as for a normal node.
+    The guide's law is the node's ``guide``, as for a normal node.
     """
 
     def __init__(self, node):

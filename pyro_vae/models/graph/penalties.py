@@ -1,6 +1,7 @@
-"""The classical autoencoders as options of the built-in VAE (model type ``"vae"``).
+"""The autoencoder family's graph options: the contractive penalty, tied weights, and objectives without a minimizer.
 
-Each member of the family is a spec away, on the same Pyro model and guide:
+Each classical autoencoder is a one-latent graph with a few options
+(the one-latent keys desugar into them, config/short.py):
 
 =====================  ==============================================================
 undercomplete AE       ``guide = "delta"``: the MAP view, loss -log p(x|z) - log p(z) at z = f(x)
@@ -13,9 +14,10 @@ tied weights           ``tied = true``: the decoder is the encoder mirrored, wei
 =====================  ==============================================================
 
 The options compose (a tied, denoising, contractive, sparse autoencoder is a
-valid spec).  This module holds the pieces the VAE builds from those keys: the
-contractive penalty (exact, closed form for the library's MLP encoders), the
-tied decoder, and the check for objectives that have no minimizer.
+valid spec).  This module holds the pieces the graph compiler builds from
+them: the contractive penalty (exact, closed form for the library's MLP
+encoders), the tied decoder, and the check for objectives that have no
+minimizer.
 
 **The rescaling degeneracy.**  Under the delta guide the code's scale is free:
 multiply the encoder's last linear layer by c and the decoder's first linear
@@ -39,10 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import PyroVAEError
-from .nets import _ACTIVATIONS, decoder_network
-from ..errors import DegenerateObjectiveWarning
+from torch.func import jacrev, vmap
 
+from ...errors import DegenerateObjectiveWarning, PyroVAEError
+from ..nets import _ACTIVATIONS
 
 
 # --------------------------------------------------------------------------
@@ -142,8 +144,6 @@ def mlp_jacobian_sq_norm(net: nn.Sequential, x: torch.Tensor, rows: Optional[int
 
 def jacobian_sq_norm_autograd(fn: Callable, x: torch.Tensor) -> torch.Tensor:
     """||d fn(x) / dx||_F^2 per row by ``torch.func.vmap(jacrev(...))``: any differentiable ``fn``."""
-    from torch.func import jacrev, vmap
-
     def one(row):
         return fn(row.unsqueeze(0)).squeeze(0)
 
@@ -154,28 +154,23 @@ class ContractivePenalty:
     """lambda * ||d f(x)/dx||_F^2 per point, f = the encoder's code (its mean for a normal guide).
 
     The derivative is taken with respect to what the encoder sees (for the
-    categorical likelihood, the levels rescaled to [0, 1]).  Not a module: it
-    only reads the encoder's weights, which the encoder owns.
+    categorical likelihood, the levels rescaled to [0, 1]), in closed form from
+    the encoder's MLP.  Not a module: it only reads the encoder's weights, which
+    the encoder owns.
     """
 
-    def __init__(self, weight: float, encoder: nn.Module, rows: int):
+    def __init__(self, weight: float, net: nn.Sequential, rows: int):
+        if _mlp_layers(net) is None:
+            raise TypeError("ContractivePenalty needs an MLP built by pyro_vae.nets.mlp")
         self.weight = float(weight)
         self.rows = int(rows)
-        self._encoder = (encoder,)  # a tuple, so nn.Module does not register it twice
-        net = getattr(encoder, "net", None)
-        # a user-registered guide class with another network falls back to autograd
-        self.closed_form = _mlp_layers(net) is not None
+        self._net = (net,)  # a tuple, so nn.Module does not register it twice
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        encoder = self._encoder[0]
-        if self.closed_form:
-            sq = mlp_jacobian_sq_norm(encoder.net, x, self.rows)
-        else:
-            sq = jacobian_sq_norm_autograd(encoder.mean, x)
-        return self.weight * sq
+        return self.weight * mlp_jacobian_sq_norm(self._net[0], x, self.rows)
 
     def __repr__(self) -> str:
-        return f"ContractivePenalty(weight={self.weight:g}, closed_form={self.closed_form})"
+        return f"ContractivePenalty(weight={self.weight:g})"
 
 
 # --------------------------------------------------------------------------
@@ -209,53 +204,55 @@ class TiedDecoder(nn.Module):
         return h
 
 
-def build_decoder(spec, encoder: nn.Module, likelihood, data_dim: int, image_shape=None) -> nn.Module:
-    """The decoder network: an MLP or transposed-conv net, or (``tied = true``) the encoder mirrored."""
-    if not spec.tied:
-        return decoder_network(spec.latent_dim, likelihood, spec.decoder, image_shape, "model.decoder")
-    enc, dec = tuple(spec.encoder.hidden), tuple(spec.decoder.hidden)
-    if dec != enc[::-1]:
+def check_one_latent_mlp(spec, latent: str, observed: str, key) -> None:
+    """``tied`` and ``contractive`` read the one latent's encoder MLP: one line when the graph has another shape.
+
+    ``key(node, field)`` names a node's key as the user wrote it (config/short.py ``key_path``).
+    """
+    option = "tied" if spec.tied else "contractive"
+    if latent is None:
+        raise PyroVAEError(f"model.{option} needs a graph of one latent and one observed node (z -> x), whose "
+                           f"encoder reads only x: remove model.{option}")
+    enc, dec = spec.nodes[latent].encoder, spec.nodes[observed].net
+    if enc.type == "conv" or (spec.tied and dec.type == "conv"):
+        raise PyroVAEError(f"model.{option} works on MLP networks, but {key(latent, 'encoder') if enc.type == 'conv' else key(observed, 'net')}"
+                           f".type = 'conv': use type = 'mlp' or remove model.{option}")
+    if spec.tied and tuple(dec.hidden) != tuple(enc.hidden)[::-1]:
         raise PyroVAEError(
-            f"model.tied = true needs mirrored networks, but encoder.hidden = {list(enc)} and decoder.hidden = "
-            f"{list(dec)}: set model.decoder.hidden = {list(enc[::-1])} or model.tied = false"
+            f"model.tied = true needs mirrored networks, but {key(latent, 'encoder')}.hidden = {list(enc.hidden)} "
+            f"and {key(observed, 'net')}.hidden = {list(dec.hidden)}: set {key(observed, 'net')}.hidden = "
+            f"{list(enc.hidden[::-1])} or model.tied = false"
         )
+
+
+def check_tied_outputs(likelihood, node, data_dim: int, key) -> None:
+    """A tied decoder has one output per data column: a likelihood that needs more cannot be tied."""
     if likelihood.out_features != data_dim:
         raise PyroVAEError(
-            f"model.tied = true needs one decoder output per data column, but likelihood {spec.likelihood!r}"
-            + (" with scale = 'amortized'" if spec.scale == "amortized" else "")
+            f"model.tied = true needs one decoder output per data column, but likelihood {node.likelihood!r}"
+            + (" with scale = 'amortized'" if node.scale == "amortized" else "")
             + f" needs {likelihood.out_features // data_dim} per column: set model.tied = false"
-            + ("" if spec.likelihood == "categorical" else " or use a fixed or learned scale")
+            + ("" if node.likelihood == "categorical" else " or use a fixed or learned scale")
         )
-    net = getattr(encoder, "net", None)
-    if _mlp_layers(net) is None:
-        raise PyroVAEError(
-            f"model.tied = true needs the encoder to be an MLP, but guide {spec.guide!r} has none: "
-            "set model.tied = false"
-        )
-    return TiedDecoder(net, spec.latent_dim, spec.decoder.activation)
 
 
-def build_contractive(spec, encoder: nn.Module) -> Optional[ContractivePenalty]:
-    return ContractivePenalty(spec.contractive, encoder, spec.latent_dim) if spec.contractive > 0 else None
-
-
-def check_degenerate(spec) -> None:
-    """Warn when the spec's objective has no minimizer (see the module docstring)."""
-    if spec.guide != "delta" or spec.tied:
+def check_degenerate(spec, latent: str) -> None:
+    """Warn when the graph's objective has no minimizer (see the module docstring)."""
+    node = spec.nodes[latent] if latent is not None else None
+    if node is None or node.guide != "delta" or spec.tied:
         return
     penalties = []
     if spec.contractive > 0:
         penalties.append(f"the contractive penalty (model.contractive = {spec.contractive:g})")
-    if spec.prior == "laplace":
+    if node.family == "laplace":
         # (the normal prior's L2 pull on the code has the same flaw, but in a plain autoencoder the prior
         # is not the point of the model; in a sparse one the L1 penalty is)
-        lam = 1.0 / spec.prior_scale if spec.sparsity is None else spec.sparsity
-        penalties.append(f"the L1 penalty of the Laplace prior (lambda = {lam:g})")
+        penalties.append(f"the L1 penalty of the Laplace prior (lambda = {1.0 / node.prior_scale:g})")
     if penalties:
         warnings.warn(
             f"{' and '.join(penalties)} under the delta guide with untied weights has no minimizer: scaling the "
             "code down and the decoder up lowers it forever without changing the reconstruction; "
             "set model.tied = true (with model.decoder.hidden the reverse of model.encoder.hidden)",
             DegenerateObjectiveWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

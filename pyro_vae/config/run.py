@@ -1,0 +1,29 @@
+"""A whole run's config: its data, model and train sections, and their plain (TOML-ready) form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from ..serialize import dump_toml, to_plain
+from .schema import DataConfig, ModelSpec, OneLatent, TrainConfig
+from .short import desugar, spec_to_dict
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: its data, its model (a graph, or a program of your own) and its training."""
+
+    data: DataConfig = DataConfig()
+    model: ModelSpec = field(default_factory=lambda: desugar(OneLatent()))
+    train: TrainConfig = TrainConfig()
+
+    def replace(self, **sections) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"data": to_plain(self.data), "model": spec_to_dict(self.model), "train": to_plain(self.train)}
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
