@@ -267,12 +267,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Under torchrun every rank evaluates its block of the points (training/distributed.py); rank 0 reports."""
+    """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
     if not _under_torchrun():
         return _evaluate(args, report=True)
     import torch
 
-    from .training import distributed
+    from .runtime import distributed
 
     group = distributed.init_from_env("auto")
     try:

@@ -70,6 +70,7 @@ from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..data import batch
 from ..progress import progress_bar
+from ..runtime import distributed
 from ..serialize import to_plain
 from .nodes import Node, NodeSummary, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
 from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
@@ -638,7 +639,7 @@ def evaluate_points(
     ``shard`` (None: whenever a torchrun process group is running; every rank
     must then call this): each rank evaluates its contiguous block of the points
     with seed ``rank_seed(seed, rank)`` and every rank gets all the points'
-    results, in order (training/distributed.py says what that equals).
+    results, in order (runtime/distributed.py says what that equals).
     """
     from ..models.protocol import check_protocol
 
@@ -662,8 +663,6 @@ def evaluate_points(
     x = batch.without(x, absent[0])
     n = batch.num_rows(x)
     if shard is not False:
-        from ..training import distributed
-
         group = distributed.current()
         if group.active and n >= group.world_size:  # fewer points than ranks: each rank does them all
             part = evaluate_points(model, batch.rows(x, distributed.shard(n, group)), iw_samples, elbo_samples,

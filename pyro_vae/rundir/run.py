@@ -40,7 +40,7 @@ from ..models import build_model
 from ..models.graph import GraphModel
 from ..models.program import build_program
 from ..models.protocol import _modules
-from ..training import distributed
+from ..runtime import distributed
 from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, restore_model
 from .files import TMP_PREFIX, write_text_atomic
@@ -216,7 +216,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
 
     Under torchrun every process calls this: they train data-parallel
-    (training/distributed.py) and rank 0 alone writes the folder and logs.
+    (runtime/distributed.py) and rank 0 alone writes the folder and logs.
     """
     joined = not torch.distributed.is_initialized()
     group = distributed.init_from_env(config.train.device)
