@@ -283,7 +283,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate(args, report: bool) -> int:
-    from .data.sources import as_matrix, read_array
+    from .data.arrays import as_matrix, read_array
     from .evaluation.estimators import evaluate_points
     from .rundir.run import density_data, load_run, load_run_data
     from .errors import PyroVAEError

@@ -30,7 +30,8 @@ import torch
 from ..config import Config, ModelConfig, config_from_dict, load_config
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import check_graph_size, check_model_size, inferred_levels
-from ..data.sources import Dataset, load_data, resolve_binarize
+from ..data.arrays import Dataset
+from ..data.sources import load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
 from ..evaluation.classes import ClassMetrics, class_metrics
