@@ -314,7 +314,7 @@ def _evaluate(args, report: bool) -> int:
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    from .evaluation.estimators import DEFAULT_BUDGET
+    from .evaluation.streaming import DEFAULT_BUDGET
     from .models.protocol import model_device
     from .evaluation.memory import with_halving_budget
 
