@@ -36,7 +36,8 @@ def worker(rows: int, batch_size: int, epochs: int) -> None:
 
     from pyro_vae.config import ModelConfig, NetConfig, TrainConfig
     from pyro_vae.models import build_model
-    from pyro_vae.training import Trainer, distributed
+    from pyro_vae.runtime import distributed
+    from pyro_vae.training import Trainer
 
     group = distributed.init_from_env("cpu")
     x = torch.bernoulli(torch.full((rows, 784), 0.3), generator=torch.Generator().manual_seed(0))

@@ -287,12 +287,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Under torchrun every rank evaluates its block of the points (training/distributed.py); rank 0 reports."""
+    """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
     if not _under_torchrun():
         return _evaluate(args, report=True)
     import torch
 
-    from .training import distributed
+    from .runtime import distributed
 
     group = distributed.init_from_env("auto")
     try:
@@ -303,7 +303,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate(args, report: bool) -> int:
-    from .data.sources import as_matrix, read_array
+    from .data.arrays import as_matrix, read_array
     from .evaluation.estimators import evaluate_points
     from .rundir.run import density_data, load_run, load_run_data
     from .errors import PyroVAEError
@@ -334,7 +334,7 @@ def _evaluate(args, report: bool) -> int:
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    from .evaluation.estimators import DEFAULT_BUDGET
+    from .evaluation.streaming import DEFAULT_BUDGET
     from .models.protocol import model_device
     from .evaluation.memory import with_halving_budget
 

@@ -20,7 +20,7 @@ import torch
 
 from pyro_vae import ModelConfig, NetConfig, PyroVAEError, Trainer, TrainConfig, TrainingInterrupted
 from pyro_vae import build_model, evaluate_points
-from pyro_vae.training import distributed
+from pyro_vae.runtime import distributed
 
 DIM = 6
 ROWS = 200  # 200 = 6 batches of 32 and one of 8: the short batch is split too

@@ -27,7 +27,7 @@ import pyro_vae
 from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig, evaluate
 from pyro_vae.rundir.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
-from pyro_vae.data.sources import as_matrix
+from pyro_vae.data.arrays import as_matrix
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import test_elbo as elbo_on_test
 from pyro_vae.models import build_model

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.data.sources import FASHION_MNIST_DIR, read_idx, synthetic_mean, synthetic_truth
+from pyro_vae.data.arrays import read_idx
+from pyro_vae.data.sources import FASHION_MNIST_DIR, synthetic_mean, synthetic_truth
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool):

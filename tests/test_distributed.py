@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyro_vae import evaluate_points
-from pyro_vae.training import distributed
+from pyro_vae.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")

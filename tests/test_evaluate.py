@@ -33,7 +33,9 @@ import pyro.distributions as dist
 from torch.distributions import kl_divergence
 
 import pyro_vae as pv
-from pyro_vae.evaluation.estimators import (ACTIVE_UNIT_THRESHOLD, DEFAULT_BUDGET, evaluate_points, importance_summary, plan_chunks)
+from pyro_vae.evaluation.estimators import evaluate_points
+from pyro_vae.evaluation.results import ACTIVE_UNIT_THRESHOLD
+from pyro_vae.evaluation.streaming import DEFAULT_BUDGET, importance_summary, plan_chunks
 from pyro_vae.infer.objectives import make_objective
 
 from one_latent import decoder, decoder_net, encoder_net, prior, q_loc_scale

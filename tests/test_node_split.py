@@ -28,7 +28,7 @@ import pyro.distributions as dist
 
 import pyro_vae as pv
 from pyro_vae.cli import main
-from pyro_vae.evaluation.estimators import concat_points
+from pyro_vae.evaluation.results import concat_points
 from pyro_vae.infer.sites import build_layout
 
 D64 = torch.float64

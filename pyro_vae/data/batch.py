@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 
 from ..errors import PyroVAEError
+from .checks import describe_nonfinite
 
 Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -166,8 +167,6 @@ def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -
     tables).  In named data a row of -1 (integers) or of NaN (floats) marks a
     missing entry, so such rows are not checked as values.
     """
-    from .checks import describe_nonfinite
-
     if is_named(data):
         try:
             data = {k: torch.as_tensor(v) for k, v in data.items()}

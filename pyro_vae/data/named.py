@@ -10,6 +10,7 @@ matrix, and the held-out split takes the same rows of every array.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from . import batch
+from .arrays import Dataset, read_array
 from .checks import check_dtype, describe_too_large, float32_problems
 
 
@@ -26,8 +29,6 @@ def _names(cfg) -> Tuple[str, ...]:
 
 def _read(spec, names, what: str) -> Dict[str, np.ndarray]:
     """{name: array} from one file (an .npz or a CSV with a header) or one file per name."""
-    from .sources import read_array
-
     if isinstance(spec, dict):
         return {n: read_array(spec[n], f"{what}.{n} ({Path(spec[n]).name})", key=n if spec[n].endswith(".npz") and
                               _npz_has(spec[n], n) else None) for n in names}
@@ -61,8 +62,6 @@ def _read(spec, names, what: str) -> Dict[str, np.ndarray]:
 
 
 def _npz_has(path: str, name: str) -> bool:
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as zf:
             return name + ".npy" in zf.namelist()
@@ -115,11 +114,8 @@ def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool, notes: li
     return out
 
 
-def load_named(cfg):
+def load_named(cfg) -> Dataset:
     """The Dataset of named arrays that ``cfg`` (a DataConfig with data.arrays or one file per name) names."""
-    from . import batch
-    from .sources import Dataset
-
     names = _names(cfg)
     notes: list = []
     name = Path(next(iter(cfg.train.values())) if isinstance(cfg.train, dict) else cfg.train).stem

@@ -32,7 +32,7 @@ from .draws import _Layout, _few_threads, _is_real, _layout, _site_matrix, draw_
 from .local import _LocalModel, fit_local
 from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
 from ..data import batch
-from ..data.sources import Dataset
+from ..data.arrays import Dataset
 from ..infer.psis import arviz, pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments

@@ -28,6 +28,8 @@ import torch
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..models.params import model_params
+from ..models.protocol import _eval_mode, _model_dtype, model_device
 from ..serialize import to_plain
 
 #: rows per class_probabilities call: a test set of any size in bounded memory
@@ -128,9 +130,6 @@ def _truth(data, node: str, labels, class_names) -> Tuple[Optional[torch.Tensor]
 @torch.no_grad()
 def predicted_probabilities(model, data) -> torch.Tensor:
     """(rows, classes) class_probabilities of ``data``, a chunk at a time on the model's device, in eval mode."""
-    from ..models.params import model_params
-    from ..models.protocol import _eval_mode, _model_dtype, model_device
-
     device, dtype = model_device(model), _model_dtype(model, batch.reference(data))
     n = batch.num_rows(data)
     parts = []

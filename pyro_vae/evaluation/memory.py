@@ -1,6 +1,6 @@
 """Out-of-memory handling: retry evaluation in smaller chunks, explain it in training.
 
-Evaluation is chunked by an element ``budget`` (see :mod:`pyro_vae.evaluation.estimators`),
+Evaluation is chunked by an element ``budget`` (see :mod:`pyro_vae.evaluation.streaming`),
 so running out of device memory there is recoverable: halve the budget and
 run the chunk plan again.  Evaluation is a pure function of (model, data,
 seed), so a retry changes nothing but peak memory.
@@ -18,6 +18,9 @@ from typing import Callable, Optional, TypeVar
 import torch
 
 from ..errors import PyroVAEError
+from ..models.protocol import model_device
+from .estimators import evaluate, test_elbo
+from .streaming import DEFAULT_BUDGET
 
 T = TypeVar("T")
 
@@ -67,17 +70,11 @@ def with_halving_budget(fn: Callable[[int], T], budget: int, *, device: Optional
 
 def evaluate_with_retry(model, x, *, budget: Optional[int] = None, log=None, **kwargs):
     """:func:`pyro_vae.evaluation.estimators.evaluate` that halves its chunk budget on out-of-memory."""
-    from .estimators import DEFAULT_BUDGET, evaluate
-    from ..models.protocol import model_device
-
     return with_halving_budget(lambda b: evaluate(model, x, budget=b, **kwargs),
                                budget or DEFAULT_BUDGET, device=model_device(model), log=log)
 
 
 def test_elbo_with_retry(model, x, *, seed: int = 0, budget: Optional[int] = None, log=None) -> float:
-    from .estimators import DEFAULT_BUDGET, test_elbo
-    from ..models.protocol import model_device
-
     return with_halving_budget(lambda b: test_elbo(model, x, seed=seed, budget=b),
                                budget or DEFAULT_BUDGET, device=model_device(model), log=log,
                                what="the test ELBO")

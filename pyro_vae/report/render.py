@@ -21,7 +21,7 @@ from ..errors import PyroVAEError
 from ..rundir.files import write_text_atomic
 from ..serialize import to_plain
 from .figures import Figure, Figures, draw_all
-from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
+from ..evaluation.results import ACTIVE_UNIT_THRESHOLD
 from .tables import CONTRACTED, Table, build_tables, fmt
 
 RESULTS_FORMAT = "pyro_vae.report/1"

@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 
 from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
-from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
+from ..evaluation.results import ACTIVE_UNIT_THRESHOLD
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
 from ..diagnostics.settings import RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
 

@@ -31,7 +31,8 @@ from ..config import Config, GraphSpec, ModelSpec, ProgramSpec, config_from_dict
 from ..config.short import replace_node, spec_to_dict
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import inferred_levels
-from ..data.sources import Dataset, load_data, resolve_binarize
+from ..data.arrays import Dataset
+from ..data.sources import load_data, resolve_binarize
 from ..data import batch
 from ..errors import PyroVAEError
 from ..evaluation.classes import ClassMetrics, class_metrics
@@ -43,7 +44,7 @@ from ..models.graph import GraphModel
 from ..models.graph.spec import check_objective
 from ..models.program import build_program
 from ..models.protocol import _modules
-from ..training import distributed
+from ..runtime import distributed
 from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, restore_model, upgrade
 from .files import TMP_PREFIX, write_text_atomic
@@ -246,7 +247,7 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     records the program file it trains from, for this user's later commands on the run (rundir/trust.py).
 
     Under torchrun every process calls this: they train data-parallel
-    (training/distributed.py) and rank 0 alone writes the folder and logs.
+    (runtime/distributed.py) and rank 0 alone writes the folder and logs.
     """
     joined = not torch.distributed.is_initialized()
     group = distributed.init_from_env(config.train.device)

@@ -18,7 +18,7 @@ from pyro.infer.util import is_validation_enabled
 from . import _torch_private
 from ..data import batch
 from ..infer.rng import forked_rng
-from .distributed import GradientSync
+from ..runtime.distributed import GradientSync
 from .nonfinite import is_invalid_parameter, nonfinite_flag
 from .optim import is_fused, masked_adam_step, update_or_skip
 
@@ -39,7 +39,7 @@ class EagerEngine:
 
     ``masked`` (CUDA): queue the update for the fused kernel to skip on the
     device, rather than reading the loss back before the backward pass.
-    ``sync`` (distributed.py): with several processes, every engine averages
+    ``sync`` (runtime/distributed.py): with several processes, every engine averages
     the gradients across ranks through it before the update-or-skip.
     """
 

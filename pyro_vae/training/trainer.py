@@ -43,7 +43,7 @@ from ..rundir.files import clean_stale_temporaries
 from ..rundir.history import write_history
 from ..progress import progress_bar
 from ..serialize import to_plain
-from . import distributed
+from ..runtime import distributed
 from .capture import Captures
 from .engines import CapturedEngine, EagerEngine, GraphEngine, compile_networks
 from .nonfinite import NonFinitePolicy, nonfinite_sites, site_order
@@ -99,7 +99,7 @@ class Trainer:
         self._captures = Captures(self, self._first_step)  # recorded steps, per batch shape and beta
         self._engine = None  # built by setup
         self._policy: Optional[NonFinitePolicy] = None
-        self._dist = distributed.SINGLE  # the process group, joined by setup (distributed.py)
+        self._dist = distributed.SINGLE  # the process group, joined by setup (runtime/distributed.py)
         self._sync = distributed.GradientSync()
         self._last_engine: Optional[str] = None
         if cuda_graph and self.device.type != "cuda":
@@ -136,7 +136,7 @@ class Trainer:
         # CUDA: the fused kernel skips a non-finite update on the device, so the host reads
         # the flag once, after the step is queued, instead of stalling in the middle of it
         masked = self.device.type == "cuda" and is_fused(self.optimizer)
-        # several processes (torchrun): every engine averages the gradients across them (distributed.py)
+        # several processes (torchrun): every engine averages the gradients across them (runtime/distributed.py)
         self._dist = distributed.current()
         self._sync = distributed.GradientSync(self._dist)
         if wants_graph and self._dist.active:
@@ -304,7 +304,7 @@ class Trainer:
         self.setup_data(train_x, binarize, obs=self._obs)
         if self.state.fresh:
             self.state.seed(cfg.seed)
-            if self._dist.rank:  # the model's draws on rank r > 0: its own stream (distributed.py)
+            if self._dist.rank:  # the model's draws on rank r > 0: its own stream (runtime/distributed.py)
                 torch.manual_seed(distributed.rank_seed(cfg.seed, self._dist.rank))
         if not self._policy.marked:
             self._policy.mark()  # resumed mid-epoch: the restored state is the last good one

@@ -1,0 +1,221 @@
+"""Typed evaluation results: the per-point record of an evaluation, its summary, its nodes and its rows.
+
+:class:`PointwiseEvaluation` keeps every number per data point (CPU float64
+tensors), so blocks of points evaluated apart (by several processes, say)
+join into one (:func:`concat_points`), and the summary, the nodes' table and
+the per-point rows are read off it alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..infer.psis import KHAT_BAD
+from ..serialize import to_plain
+from .nodes import NodeSummary, SiteTerm
+from .streaming import tail_size
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+# below this importance ESS a point's estimate and s.e. rest on a handful of draws
+IW_ESS_MIN = 5
+
+__all__ = ["PointwiseEvaluation", "concat_points", "ACTIVE_UNIT_THRESHOLD", "IW_ESS_MIN"]
+
+
+@dataclass
+class PointwiseEvaluation:
+    """Per-point results of :func:`evaluate_points`: CPU float64 tensors, one entry per data point.
+
+    ``*_var`` entries are the Monte Carlo variance of that point's estimate
+    (NaN where one draw cannot estimate it).  Optional entries are ``None``
+    when not computed: importance sampling for a point-mass guide or with
+    ``iw_samples=None``, the prior estimator with ``prior_samples=0``,
+    per-dimension KL for a guide that does not factorize per dimension,
+    reconstruction error when the likelihood has no mean.  ``site_terms``
+    splits each point's ``elbo`` by sample site (:class:`SiteTerm`).
+    """
+
+    elbo: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    kl_analytic: bool
+    kl_mc: torch.Tensor
+    kl_mc_var: torch.Tensor
+    elbo_var: torch.Tensor
+    elbo_samples: int
+    log_likelihood: Optional[torch.Tensor]
+    log_likelihood_var: Optional[torch.Tensor]
+    iw_ess: Optional[torch.Tensor]
+    iw_max_weight: Optional[torch.Tensor]
+    iw_samples: int
+    log_likelihood_prior: Optional[torch.Tensor]
+    log_likelihood_prior_var: Optional[torch.Tensor]
+    prior_ess: Optional[torch.Tensor]
+    prior_samples: int
+    latent_names: List[str]
+    posterior_mean: torch.Tensor  # (n, latent dims): E_q[z | x]
+    kl_per_dim: Optional[torch.Tensor]  # (n, latent dims)
+    kl_per_dim_analytic: bool
+    reconstruction_mse: Optional[torch.Tensor]
+    point_mass: bool
+    seconds: float
+    log_weights: Optional[torch.Tensor] = None  # (n, K), only with keep_log_weights=True
+    iw_khat: Optional[torch.Tensor] = None  # PSIS k-hat of each point's K importance weights
+    # discrete latent sites summed out exactly (not among latent_names): log p(x) and its weights are of z alone
+    summed_sites: List[str] = field(default_factory=list)
+    # the ELBO node by node (evaluation/nodes.py): observed terms minus latent terms is ``elbo``, point by point
+    site_terms: List[SiteTerm] = field(default_factory=list)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.elbo.shape[0])
+
+    def posterior_mean_variance(self) -> torch.Tensor:
+        """Cov_x(E_q[z_j | x]) per latent dimension (sample variance over the points)."""
+        if self.num_points < 2:
+            return torch.zeros(self.posterior_mean.shape[1], dtype=torch.float64)
+        return self.posterior_mean.var(0, unbiased=True)
+
+    def active_units(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> torch.Tensor:
+        """Boolean mask of the latent dimensions with Cov_x(E_q[z_j]) > threshold."""
+        return self.posterior_mean_variance() > threshold
+
+    def nodes(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> List[NodeSummary]:
+        """Each node's term averaged over the points, with its s.e., and a continuous latent's active units."""
+        n = self.num_points
+        variance = self.posterior_mean_variance()
+        out = []
+        for t in self.site_terms:
+            cols = [self.latent_names.index(name) for name in t.latent_names]
+            active = pmv = kl_dims = None
+            if t.kind == "latent":
+                active = int((variance[cols] > threshold).sum())
+                pmv = [_finite(v) for v in variance[cols]]
+                if self.kl_per_dim is not None:
+                    kl_dims = [_finite(v) for v in self.kl_per_dim[:, cols].mean(0)]
+            out.append(NodeSummary(
+                name=t.name, kind=t.kind, method=t.method, term=_finite(t.term.mean()),
+                # MC standard error of a mean over points of independent per-point estimates
+                se=_finite(t.var.sum().sqrt() / n), dims=int(t.dims), active_units=active,
+                posterior_mean_variance=pmv, kl_per_dim=kl_dims, latent_names=list(t.latent_names),
+                summed_over=list(t.summed_over)))
+        return out
+
+    def summary(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> Dict[str, object]:
+        """The JSON-ready metrics (plain floats/ints/lists; non-finite values become None)."""
+        n = self.num_points
+
+        def mean(t):
+            return None if t is None else _finite(t.mean())
+
+        def se(var):
+            # MC standard error of a mean over points of independent per-point estimates
+            return None if var is None else _finite(var.sum().sqrt() / n)
+
+        def lo(t):
+            return None if t is None else _finite(t.min())
+
+        out = {
+            "elbo": mean(self.elbo),
+            "elbo_se": se(self.elbo_var),
+            "reconstruction": mean(self.reconstruction),
+            "kl": mean(self.kl),
+            "kl_analytic": bool(self.kl_analytic),
+            # a point mass has no entropy term: its "KL" is -log p(z) at the code (MAP), say so
+            "kl_method": "point_mass" if self.point_mass else ("analytic" if self.kl_analytic else "monte_carlo"),
+            "kl_mc": mean(self.kl_mc),
+            "kl_mc_se": se(self.kl_mc_var),
+            "elbo_samples": int(self.elbo_samples),
+            "log_likelihood": mean(self.log_likelihood),
+            "log_likelihood_se": se(self.log_likelihood_var),
+            "iw_samples": int(self.iw_samples),
+            "iw_ess_mean": mean(self.iw_ess),
+            "iw_ess_min": lo(self.iw_ess),
+            "iw_khat_max": None if self.iw_khat is None else _finite(self.iw_khat.max()),
+            "iw_khat_median": None if self.iw_khat is None else _finite(np.median(self.iw_khat.numpy())),
+            "iw_khat_above_0_7": None if self.iw_khat is None else int((self.iw_khat > KHAT_BAD).sum()),
+            "log_likelihood_warning": self.log_likelihood_warning(),
+            "log_likelihood_prior": mean(self.log_likelihood_prior),
+            "log_likelihood_prior_se": se(self.log_likelihood_prior_var),
+            "prior_samples": int(self.prior_samples),
+            "prior_ess_mean": mean(self.prior_ess),
+            "prior_ess_min": lo(self.prior_ess),
+            "latent_dims": len(self.latent_names),
+            "latent_names": list(self.latent_names),
+            "summed_sites": list(self.summed_sites),
+            "active_units": int(self.active_units(threshold).sum()),
+            "active_units_threshold": float(threshold),
+            "posterior_mean_variance": [_finite(v) for v in self.posterior_mean_variance()],
+            "kl_per_dim": None if self.kl_per_dim is None else [_finite(v) for v in self.kl_per_dim.mean(0)],
+            "kl_per_dim_analytic": bool(self.kl_per_dim_analytic) if self.kl_per_dim is not None else None,
+            "reconstruction_mse": mean(self.reconstruction_mse),
+            "nodes": [to_plain(node) for node in self.nodes(threshold)],
+            "num_points": int(n),
+            "seconds_evaluate": float(self.seconds),
+        }
+        return out
+
+    def log_likelihood_warning(self) -> Optional[str]:
+        """Why the importance-sampled log p(x) and its s.e. cannot be trusted, and what to do; None when they can."""
+        if self.iw_khat is None or self.iw_ess is None:
+            return None
+        n, k = self.num_points, self.iw_samples
+        bad = int((self.iw_khat > KHAT_BAD).sum())
+        low = int((self.iw_ess < IW_ESS_MIN).sum())
+        if not bad and not low:
+            return None
+        if tail_size(k) <= 5:  # PSIS fits no tail of 4 draws or fewer: k-hat is infinite
+            return (f"K = {k} importance draws are too few to check the weights' tail (PSIS needs K >= 21): "
+                    "the log p(x) s.e. cannot be trusted; raise iw_samples")
+        why = []
+        if bad:
+            why.append(f"PSIS k-hat > {KHAT_BAD} for {bad} of {n} points (max {float(self.iw_khat.max()):.2f})")
+        if low:
+            why.append(f"importance ESS below {IW_ESS_MIN} for {low} of {n} points")
+        return ("the log p(x) s.e. cannot be trusted: " + " and ".join(why) + ": the weights are heavy-tailed, so "
+                "the estimate is biased low by more than its s.e. there; raise iw_samples (K) or use a guide "
+                "closer to the posterior (wider, or a richer family)")
+
+    def to_rows(self) -> List[dict]:
+        """One dict per data point (for a CSV): the scalar per-point results."""
+        cols = {
+            "elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl, "kl_mc": self.kl_mc,
+            "log_likelihood": self.log_likelihood,
+            "log_likelihood_se": None if self.log_likelihood_var is None else self.log_likelihood_var.sqrt(),
+            "iw_ess": self.iw_ess, "iw_max_weight": self.iw_max_weight, "iw_khat": self.iw_khat,
+            "log_likelihood_prior": self.log_likelihood_prior,
+            "log_likelihood_prior_se": None if self.log_likelihood_prior_var is None else self.log_likelihood_prior_var.sqrt(),
+            "prior_ess": self.prior_ess, "reconstruction_mse": self.reconstruction_mse,
+        }
+        cols = {k: v.tolist() for k, v in cols.items() if v is not None}
+        return [{k: v[i] for k, v in cols.items()} for i in range(self.num_points)]
+
+
+def _finite(v) -> Optional[float]:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def concat_points(parts: List[PointwiseEvaluation]) -> PointwiseEvaluation:
+    """Evaluations of consecutive blocks of points as one (per-point tensors joined; the wall time is the longest)."""
+    first = parts[0]
+    joined = {}
+    for f in dataclasses.fields(first):
+        values = [getattr(p, f.name) for p in parts]
+        if isinstance(values[0], torch.Tensor):
+            joined[f.name] = torch.cat(values, 0)
+        elif f.name == "site_terms":  # one list of nodes per block, in the same order
+            joined[f.name] = [dataclasses.replace(node, term=torch.cat([v.term for v in same], 0),
+                                                  var=torch.cat([v.var for v in same], 0))
+                              for node, same in zip(values[0], zip(*values))]
+        elif f.name == "seconds":
+            joined[f.name] = max(values)
+        else:  # settings of the evaluation, the same for every block
+            joined[f.name] = values[0]
+    return PointwiseEvaluation(**joined)
