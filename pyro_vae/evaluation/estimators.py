@@ -65,7 +65,7 @@ from ..errors import PyroVAEError
 from ..infer.psis import pareto_khat
 from ..infer.psis import KHAT_BAD
 from ..models.params import runs_model
-from ..models.protocol import _eval_mode, _model_dtype, _modules, model_device
+from ..models.protocol import eval_mode, model_device, model_dtype, model_modules
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..data import batch
@@ -92,7 +92,7 @@ __all__ = [
 def _width(model, x) -> int:
     """The widest per-point tensor: the widest Linear layer or the data."""
     w = max(int(t.shape[-1]) if t.dim() > 1 else 1 for t in batch.tensors(x))
-    for top in _modules(model):
+    for top in model_modules(model):
         for m in top.modules():
             if isinstance(m, torch.nn.Linear):
                 w = max(w, m.in_features, m.out_features)
@@ -651,7 +651,7 @@ def evaluate_points(
     t0 = time.perf_counter()
     device = model_device(model)
     x = batch.prepare(x, "evaluation data")
-    x = batch.to(x, device, _model_dtype(model, batch.reference(x)))
+    x = batch.to(x, device, model_dtype(model, batch.reference(x)))
     if not batch.is_named(x) and x.dim() != 2:
         raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
     absent = [g["absent"] for g in batch.groups(x)]
@@ -672,7 +672,7 @@ def evaluate_points(
                                    progress=progress if group.is_main else False, shard=False)
             return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
-    with _eval_mode(model), isolated_rng(seed, device):
+    with eval_mode(model), isolated_rng(seed, device):
         layout = build_layout(model, batch.rows(x, slice(0, min(n, 2))))
         inexact = frozenset(inexact_kl_sites(model, batch.rows(x, slice(0, min(n, 2)))))
         nodes = node_specs(model, batch.rows(x, slice(0, min(n, 2))), layout)

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PyroVAEError
-from .nets import _ACTIVATIONS, decoder_network
+from .nets import ACTIVATIONS, decoder_network
 from ..errors import DegenerateObjectiveWarning
 
 
@@ -196,7 +196,7 @@ class TiedDecoder(nn.Module):
         self._linears = tuple(reversed(linears))
         self.rows = int(rows)
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(lin.in_features)) for lin in self._linears])
-        self.act = _ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, z):
         h = z
