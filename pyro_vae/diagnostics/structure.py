@@ -36,7 +36,8 @@ from torch.overrides import TorchFunctionMode
 from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.rng import forked_rng
-from ..infer.sites import DATA_PLATE, _TRACE_ERRORS, _fails, _first_line, elementwise_base, is_enumerable, is_factor
+from ..infer.probe import TRACE_ERRORS, first_line, program_error
+from ..infer.sites import DATA_PLATE, elementwise_base, is_enumerable, is_factor
 from ..models.params import runs_model
 from ..models.protocol import eval_mode, model_device, model_dtype
 from .results import (DETERMINISTIC, ENUMERATED, FACTOR, INPUT, LATENT, OBSERVED, PARTLY_OBSERVED, GraphEdge,
@@ -214,14 +215,14 @@ def _traces(model, parts) -> _Traces:
         fn = getattr(model, role)
         try:
             getattr(out, role).extend(_trace(fn, p, True) for _, p in parts)
-        except _TRACE_ERRORS as e:
+        except TRACE_ERRORS as e:
             # a program that provenance cannot follow (it unwraps its tensors): its sites without edges
             getattr(out, role).clear()
             try:
                 getattr(out, role).extend(_trace(fn, p, False) for _, p in parts)
-            except _TRACE_ERRORS as plain:
-                raise _fails(model, WHAT, plain) from None
-            why = f"the {role}'s dependencies could not be traced ({_first_line(e)[:200]}): its edges are not shown"
+            except TRACE_ERRORS as plain:
+                raise program_error(model, WHAT, plain) from None
+            why = f"the {role}'s dependencies could not be traced ({first_line(e)[:200]}): its edges are not shown"
             out.note = why if out.note is None else f"{out.note}; {why}"
     return out
 

@@ -72,8 +72,9 @@ from ..data import batch
 from ..progress import progress_bar
 from ..serialize import to_plain
 from .nodes import Node, NodeSummary, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
-from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
-                           particles, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
+from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
+                           point_densities, site_matrix, site_sum)
 
 DEFAULT_IW_SAMPLES = 1000
 # elements of the widest per-chunk tensor (particles x points x widest layer)
