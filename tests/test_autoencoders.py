@@ -35,7 +35,7 @@ from pyro_vae.models.corruption import CORRUPTIONS
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.errors import DegenerateObjectiveWarning
 from pyro_vae.models.graph.penalties import TiedDecoder, jacobian_sq_norm_autograd, mlp_jacobian_sq_norm
-from pyro_vae.models.nets import _ACTIVATIONS, mlp
+from pyro_vae.models.nets import ACTIVATIONS, mlp
 from pyro_vae.infer.objectives import scale_sites
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_sparse_autoencoder_sparsity_grows_with_lambda(float64_one_thread):
 # the contractive penalty: exact, closed form, and the degenerate untied case
 
 
-@pytest.mark.parametrize("activation", sorted(_ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("hidden", [(), (7,), (7, 5), (6, 4, 3)], ids=lambda h: f"hidden{list(h)}")
 def test_closed_form_jacobian_norm_equals_autograd(float64_one_thread, activation, hidden):
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae.infer.sites import build_layout, point_densities, trace_pair
+from pyro_vae.infer.layout import build_layout
+from pyro_vae.infer.sites import point_densities, trace_pair
 
 SIDE = 4
 PIXELS = SIDE * SIDE

@@ -24,7 +24,7 @@ import pyro_vae as pv
 from pyro_vae.config import config_from_dict
 from pyro_vae.models.graph import families
 from pyro_vae.infer.psis import KHAT_BAD
-from pyro_vae.infer.sites import build_layout
+from pyro_vae.infer.layout import build_layout
 from pyro_vae.models import likelihoods
 
 SE = 4.0  # every statistical comparison: within (or beyond) 4 standard errors

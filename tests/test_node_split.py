@@ -29,7 +29,7 @@ import pyro.distributions as dist
 import pyro_vae as pv
 from pyro_vae.cli import main
 from pyro_vae.evaluation.results import concat_points
-from pyro_vae.infer.sites import build_layout
+from pyro_vae.infer.layout import build_layout
 
 D64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)

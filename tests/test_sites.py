@@ -11,8 +11,9 @@ import pyro
 import pyro.distributions as dist
 
 import pyro_vae as pv
-from pyro_vae.infer.sites import (build_layout, is_factor, is_latent, is_observed, is_point_mass, is_subsample,
-                                  latent_matrix, latent_values, point_densities, site_matrix, trace_draws, trace_pair)
+from pyro_vae.infer.layout import build_layout, latent_matrix, latent_values, trace_draws
+from pyro_vae.infer.sites import (is_factor, is_latent, is_observed, is_point_mass, is_subsample, point_densities,
+                                  site_matrix, trace_pair)
 from pyro_vae.evaluation.estimators import evaluate_points
 
 D64 = torch.float64

@@ -8,11 +8,12 @@ import torch
 from pyro import poutine
 
 from ..data import batch
-from ..infer.sites import cycle_rows, latent_matrix, simulated, stack_draws
-from .draws import _Layout, _chunk_size
+from ..infer.layout import Layout, latent_matrix, stack_draws
+from ..infer.sites import cycle_rows, simulated
+from .sizing import chunk_size
 
 @torch.no_grad()
-def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
+def sbc_ranks(model, x, layout: Layout, sims: int, draws: int) -> np.ndarray:
     """Ranks of z* ~ p(z) among ``draws`` draws from q(z | x ~ p(x | z*)): (sims, latent), ints in 0..draws.
 
     The data are simulated by the model itself (``poutine.uncondition`` turns
@@ -25,7 +26,7 @@ def sbc_ranks(model, x, layout: _Layout, sims: int, draws: int) -> np.ndarray:
     x_sim = simulated(model, template, tr)
     z_true = latent_matrix(tr, layout, 1, sims, draw_dim=False)[0]  # (sims, latent)
     ranks = []
-    step = _chunk_size(model, x, draws)
+    step = chunk_size(model, x, draws)
     for i in range(0, sims, step):
         xb = batch.rows(x_sim, slice(i, i + step))
         bb = batch.num_rows(xb)

@@ -8,8 +8,9 @@ from pyro import poutine
 
 from ..data import batch
 from ..infer.rng import isolated_rng
+from ..infer.layout import Layout
 from ..infer.sites import cycle_rows, observed_name
-from .draws import _Layout, draw_prior
+from .draws import draw_prior
 from .results import Generated
 
 SHOW = 12  # diagnosed points reconstructed
@@ -19,7 +20,7 @@ TRAVERSAL_STEPS = np.linspace(-2.5, 2.5, 9)  # in prior standard deviations
 
 
 @torch.no_grad()
-def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: _Layout) -> np.ndarray:
+def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: Layout) -> np.ndarray:
     """Mean of p(x|z) for rows of z: the model's ``decode`` when it has one, else its observed site's mean."""
     zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=batch.reference(x_like).device)
     if hasattr(model, "decode") and len(layout.sites) == 1 and not batch.is_named(x_like):
@@ -34,7 +35,7 @@ def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: _Layout) -> 
     return tr.nodes[model.obs_site]["fn"].mean.reshape(zt.shape[0], -1).cpu().numpy()
 
 
-def generate(model, x: torch.Tensor, layout: _Layout, q_mean: np.ndarray, prior_sd: np.ndarray,
+def generate(model, x: torch.Tensor, layout: Layout, q_mean: np.ndarray, prior_sd: np.ndarray,
              contraction: np.ndarray, seed: int) -> Generated:
     """Decoder means at q's mean, at prior draws, and along each informative latent dim from the first point."""
     n = min(SHOW, batch.num_rows(x))

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from ..infer.rng import isolated_rng
-from ..infer.sites import summing
+from ..infer.layout import Layout
+from ..infer.sites import is_real, summing
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
-from .draws import _Layout, _is_real, _site_tensors, draw_q
+from .draws import draw_q
 from ..data import batch
 
 # after the scheduled steps: averaged blocks of this share of them, at most this many (4x the schedule)
@@ -25,7 +26,7 @@ QUIET_BLOCKS = 2
 POINT_MASS_TOL = 1e-4
 
 
-class _LocalModel:
+class LocalModel:
     """The run's model with another guide (the per-point q), for the trace helpers."""
 
     def __init__(self, model, guide):
@@ -47,7 +48,7 @@ class LocalFit:
     better: np.ndarray  # (points,): the fit beats the amortized q on independent draws
 
 
-def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, settings: DiagnoseSettings,
+def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, settings: DiagnoseSettings,
               family: str = "normal", progress: bool = False, desc: str = "") -> LocalFit:
     """Fit q to each point alone, with the decoder fixed, starting from the amortized q.
 
@@ -75,7 +76,7 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     from pyro.nn.module import PyroParam
     from pyro.infer.autoguide.utils import deep_setattr
 
-    init_vals = _site_tensors(layout, q_mean)
+    init_vals = layout.site_tensors(q_mean)
     init = init_to_value(values=init_vals) if init_vals else init_to_median
     # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
     target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
@@ -87,10 +88,10 @@ def fit_local(model, x, layout: _Layout, q_mean: np.ndarray, q_sd: np.ndarray, s
     device = model_device(model)
     guide.to(device)
     if family == "normal" and not layout.point_mass:
-        scales = _site_tensors(layout, np.maximum(q_sd, 1e-3))
+        scales = layout.site_tensors(np.maximum(q_sd, 1e-3))
         for s in layout.sites:
             # start at the amortized q's scale (real-valued sites: unconstrained = constrained)
-            if scales and _is_real(layout.supports[s]):
+            if scales and is_real(layout.supports[s]):
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint, guide._event_dims[s]))
     params = [p for p in guide.parameters() if p.requires_grad]
     n_part = 1 if family == "delta" else settings.local_particles
@@ -161,7 +162,7 @@ class _Check:
     """A guide's per-draw ELBO on the same check draws every time (its own stream)."""
 
     def __init__(self, model, guide, x, layout, settings, deterministic: bool):
-        self.args = (_LocalModel(model, guide), x, 1 if deterministic else settings.draws, layout)
+        self.args = (LocalModel(model, guide), x, 1 if deterministic else settings.draws, layout)
         self.seed = settings.seed + 3  # neither q's draws nor the ones that score the gap
         self.deterministic = deterministic
         self.points = batch.num_rows(x)

@@ -10,12 +10,13 @@ import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
-from ..infer.sites import enum_site_sum, enumerated_trace, has_density, repeat_points, site_matrix, summing
+from ..infer.layout import Layout, repeat_points
+from ..infer.sites import enum_site_sum, enumerated_trace, has_density, site_matrix, summing
 from .settings import DiagnoseSettings
-from .draws import _Layout, _chunk_size
+from .sizing import chunk_size
 from ..data import batch
 
-def _unconstrained_loc_scale(guide, layout: _Layout, b: int):
+def unconstrained_loc_scale(guide, layout: Layout, b: int):
     """AutoNormal's per-site (loc, scale) in unconstrained space, shaped like the site."""
     out = {}
     for s in layout.sites:
@@ -24,7 +25,7 @@ def _unconstrained_loc_scale(guide, layout: _Layout, b: int):
     return out
 
 
-def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], settings: DiagnoseSettings,
+def nuts_reference(model, x, layout: Layout, precond: Dict[str, tuple], settings: DiagnoseSettings,
                    progress: bool = False, log=None):
     """Posterior draws for every point with NUTS, the decoder fixed.
 
@@ -80,7 +81,7 @@ def nuts_reference(model, x, layout: _Layout, precond: Dict[str, tuple], setting
 
 
 @torch.no_grad()
-def grid_reference(model, x, layout: _Layout, center: np.ndarray, halfwidth: np.ndarray, prior_box: np.ndarray,
+def grid_reference(model, x, layout: Layout, center: np.ndarray, halfwidth: np.ndarray, prior_box: np.ndarray,
                    settings: DiagnoseSettings, num_draws: int = 4000):
     """The exact posterior of a 2-D latent on a grid: log p(x, z) normalized over cells.
 
@@ -140,7 +141,7 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
-def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndarray, g: int) -> np.ndarray:
+def _grid_logp(model, x, layout: Layout, site: str, lo: np.ndarray, hi: np.ndarray, g: int) -> np.ndarray:
     """log p(x_i, z) on a g x g grid over [lo_i, hi_i] per point: (points, g, g), discrete sites summed out."""
     b = batch.num_rows(x)
     device = batch.reference(x).device
@@ -149,7 +150,7 @@ def _grid_logp(model, x, layout: _Layout, site: str, lo: np.ndarray, hi: np.ndar
     cells = np.stack([ii.reshape(-1), jj.reshape(-1)], 1) + 0.5  # (g*g, 2)
     z_all = lo[None, :, :] + cells[:, None, :] * h[None, :, :]  # (g*g, b, 2)
     out = np.empty((g * g, b))
-    step = _chunk_size(model, x, b) if b else 1
+    step = chunk_size(model, x, b) if b else 1
     nest, data_dim = layout.nest, layout.data_dim
     for k0 in range(0, g * g, max(1, step)):
         zc = torch.as_tensor(z_all[k0 : k0 + step], dtype=torch.float32, device=device)

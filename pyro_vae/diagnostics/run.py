@@ -18,7 +18,9 @@ import torch
 
 from ..errors import PyroVAEError
 from ..models.build import describe
+from ..infer.layout import Layout, build_layout
 from ..infer.rng import isolated_rng
+from ..infer.sites import is_real, site_matrix
 from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, FORMAT, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
@@ -28,9 +30,10 @@ from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPos
 from .structure import graph_data, model_structure
 from ..serialize import to_plain
 from .generated import generate
-from .draws import _Layout, _few_threads, _is_real, _layout, _site_matrix, draw_prior, draw_q
-from .local import _LocalModel, fit_local
-from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
+from .draws import draw_prior, draw_q
+from .local import LocalModel, fit_local
+from .reference import grid_reference, nuts_reference, unconstrained_loc_scale
+from .sizing import few_threads
 from ..data import batch
 from ..data.arrays import Dataset
 from ..infer.psis import arviz, pareto_khat
@@ -46,6 +49,8 @@ SD_RATIO_MIN = 0.8
 # the gap is scored on this many times settings.draws fresh draws: forward passes only, cheap next
 # to the fit, and the two ELBOs' draws vary far more than their (paired) difference
 GAP_DRAWS = 4
+# what a layout's errors call the points of a run ("Model fails on the diagnosed points ...")
+DIAGNOSED = "the diagnosed points"
 
 
 def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSettings(), *, progress: Optional[bool] = None,
@@ -72,7 +77,7 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
 
 
 def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnosis:
-    layout = _layout(model, x)
+    layout = build_layout(model, x, DIAGNOSED, continuous=True)
     timings: Dict[str, float] = {}
     t_start = clock = time.perf_counter()
 
@@ -137,7 +142,7 @@ class _QDraws:
     data: object  # ArviZ
 
 
-def _draw_q(model, x, layout: _Layout, point_index, name, settings) -> _QDraws:
+def _draw_q(model, x, layout: Layout, point_index, name, settings) -> _QDraws:
     """Draws from q(z|x), their importance log-weights, moments and ELBO per point."""
     with isolated_rng(settings.seed + 1, batch.reference(x).device):
         zq, log_p, log_q = draw_q(model, x, settings.draws, layout)
@@ -161,12 +166,12 @@ def _khat(log_w: np.ndarray, point_mass: bool) -> KhatSummary:
                        ok=int(((k > KHAT_GOOD) & (k <= KHAT_BAD)).sum()), bad=int((k > KHAT_BAD).sum()))
 
 
-def _prior_draws(model, x, layout: _Layout, settings) -> np.ndarray:
+def _prior_draws(model, x, layout: Layout, settings) -> np.ndarray:
     """Draws z ~ p(z): the contraction of each latent dimension, the grid's extent."""
     return draw_prior(model, x, max(2000, settings.draws), layout)[:, 0].cpu().numpy().astype(np.float64)
 
 
-def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress):
+def _local_fit(model, x, layout: Layout, qd: _QDraws, name, settings, progress):
     """q fitted to each point alone (decoder fixed) and the amortization gap; also the reference's preconditioner.
 
     The local q starts at the moments of q's draws, so those draws cannot
@@ -177,7 +182,7 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
     which makes the gap's standard error that of a paired difference.
     """
     q = qd.summary
-    with torch.enable_grad(), _few_threads(model, x, settings.local_particles):
+    with torch.enable_grad(), few_threads(model, x, settings.local_particles):
         local_normal = fit_local(model, x, layout, q.mean, q.sd, settings, "normal", progress, f"{name}: local q")
         local_gap = local_normal
         if layout.point_mass:
@@ -186,13 +191,13 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
     k_local = 1 if layout.point_mass else GAP_DRAWS * settings.draws
     fresh = settings.seed + 5  # neither q's draws (seed + 1) nor the local fit's check draws (seed + 3)
     with torch.no_grad(), isolated_rng(fresh, batch.reference(x).device):
-        _, lp_l, lq_l = draw_q(_LocalModel(model, local_gap.guide), x, k_local, layout, split="draws")
+        _, lp_l, lq_l = draw_q(LocalModel(model, local_gap.guide), x, k_local, layout, split="draws")
     lw_local = (lp_l - lq_l).cpu().numpy()
     if layout.point_mass:
         lw_q = qd.log_w[:1]  # a point mass draws nothing: its one "draw" is exact
     else:
         with torch.no_grad(), isolated_rng(fresh, batch.reference(x).device):
-            _, lp_q, lq_q = draw_q(_LocalModel(model, model.guide), x, k_local, layout, split="draws")
+            _, lp_q, lq_q = draw_q(LocalModel(model, model.guide), x, k_local, layout, split="draws")
         lw_q = (lp_q - lq_q).cpu().numpy()
     if k_local > 1:
         # the s.e. of the fit's gain over q, kept where q wins: it is how well "no gap" is known
@@ -207,7 +212,7 @@ def _local_fit(model, x, layout: _Layout, qd: _QDraws, name, settings, progress)
     gap = AmortizationGap(family="AutoDelta (MAP)" if layout.point_mass else "AutoNormal (diagonal Gaussian)",
                           elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - elbo_q, gap_se=gap_se,
                           elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better)
-    return gap, _unconstrained_loc_scale(local_normal.guide, layout, b)
+    return gap, unconstrained_loc_scale(local_normal.guide, layout, b)
 
 
 @dataclass
@@ -221,10 +226,10 @@ class _Ref:
     grid: Optional[GridPosterior] = None
 
 
-def _reference(model, x, layout: _Layout, point_index, name, zp, precond, settings, progress, log) -> _Ref:
+def _reference(model, x, layout: Layout, point_index, name, zp, precond, settings, progress, log) -> _Ref:
     """The reference posterior: the exact grid for one real 2-D latent, NUTS (checked against it when both)."""
     b, D = batch.num_rows(x), layout.dim
-    two_d = D == 2 and len(layout.sites) == 1 and _is_real(layout.supports[layout.sites[0]])
+    two_d = D == 2 and len(layout.sites) == 1 and is_real(layout.supports[layout.sites[0]])
     if settings.reference == "grid" and not two_d:
         raise PyroVAEError(f"--reference grid needs one real 2-D latent, but {name} has {D} latent dimensions: "
                            "use --reference nuts")
@@ -234,7 +239,7 @@ def _reference(model, x, layout: _Layout, point_index, name, zp, precond, settin
     if settings.reference == "nuts":
         log(f"[{name}] NUTS reference: {settings.nuts_chains} chains x ({settings.nuts_warmup} warmup + "
             f"{settings.nuts_samples} draws), {b} points, decoder fixed")
-        with torch.enable_grad(), _few_threads(model, x, settings.nuts_chains):
+        with torch.enable_grad(), few_threads(model, x, settings.nuts_chains):
             z_n, diverging, seconds, step_size = nuts_reference(model, x, layout, precond, settings, progress, log)
         z_n = z_n.cpu().numpy()
         data = _idata(layout, z_n, point_index, {"diverging": diverging}, {"source": "NUTS", "run": name})
@@ -260,12 +265,12 @@ def _reference(model, x, layout: _Layout, point_index, name, zp, precond, settin
     return out
 
 
-def _grid(model, x, layout: _Layout, point_index, name, zp, precond, settings, log) -> _Ref:
+def _grid(model, x, layout: Layout, point_index, name, zp, precond, settings, log) -> _Ref:
     log(f"[{name}] exact grid posterior ({settings.grid_size}x{settings.grid_size} cells per point)")
     b, site = batch.num_rows(x), layout.sites[0]
     loc, scale = precond[site]
-    center = _site_matrix(loc.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
-    half = _site_matrix(scale.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
+    center = site_matrix(loc.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
+    half = site_matrix(scale.unsqueeze(0), layout.event_dims[site], layout.nest, layout.data_dim, 1, b)[0]
     box = np.stack([np.quantile(zp, 0.0005, axis=0), np.quantile(zp, 0.9995, axis=0)])
     box = box + np.array([[-1.0], [1.0]]) * 0.1 * (box[1] - box[0])
     t0 = time.perf_counter()
@@ -287,7 +292,7 @@ def _sd(cov: np.ndarray) -> np.ndarray:
     return np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
 
 
-def _sbc(model, x, layout: _Layout, name, settings, log) -> Optional[SbcResult]:
+def _sbc(model, x, layout: Layout, name, settings, log) -> Optional[SbcResult]:
     """Simulation-based calibration; skipped (with the reason) for a model that cannot be simulated."""
     if settings.sbc_sims <= 0:
         return None
@@ -304,7 +309,7 @@ def _sbc(model, x, layout: _Layout, name, settings, log) -> Optional[SbcResult]:
                      flagged=[layout.labels[j] for j in np.nonzero(pv < alpha)[0]])
 
 
-def _generated(model, x, layout: _Layout, q: QSummary, prior_sd, contraction, name, settings, log) -> Optional[Generated]:
+def _generated(model, x, layout: Layout, q: QSummary, prior_sd, contraction, name, settings, log) -> Optional[Generated]:
     """Decoded figures for the report; None for a model whose likelihood has no mean."""
     try:
         return generate(model, x, layout, q.mean, prior_sd, contraction, settings.seed)
@@ -327,7 +332,7 @@ def _structure(subject: Subject, model, x, name, log) -> Optional[ModelStructure
         return None
 
 
-def _chain_stats(data, layout: _Layout):
+def _chain_stats(data, layout: Layout):
     """R-hat, bulk and tail ESS per (point, latent), concatenated over sites (ArviZ)."""
     az = arviz()
     with warnings.catch_warnings():
@@ -339,7 +344,7 @@ def _chain_stats(data, layout: _Layout):
     return cat(r), cat(eb), cat(et)
 
 
-def _idata(layout: _Layout, z: np.ndarray, points, stats: Optional[dict], attrs: dict):
+def _idata(layout: Layout, z: np.ndarray, points, stats: Optional[dict], attrs: dict):
     """(chain, draw, point, latent) -> ArviZ data with one variable per latent site."""
     post, dims, coords = {}, {}, {"point": np.asarray(points, dtype=np.int64)}
     for s, v in layout.split(z).items():
@@ -576,7 +581,7 @@ def check_reference_possible(subjects, settings) -> None:
     for s in subjects:
         x = batch.rows(_subject_data(s, model_device(s.model)), slice(0, 2))
         with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
-            lay = _layout(s.model, x)
+            lay = build_layout(s.model, x, DIAGNOSED, continuous=True)
         if lay.dim != 2 or len(lay.sites) != 1:
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "
                                "dimensions: use --reference nuts (or none)")

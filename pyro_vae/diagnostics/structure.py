@@ -36,9 +36,10 @@ from torch.overrides import TorchFunctionMode
 from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.rng import forked_rng
-from ..infer.sites import DATA_PLATE, _TRACE_ERRORS, _fails, _first_line, elementwise_base, is_enumerable, is_factor
+from ..infer.probe import TRACE_ERRORS, first_line, program_error
+from ..infer.sites import DATA_PLATE, elementwise_base, is_enumerable, is_factor
 from ..models.params import runs_model
-from ..models.protocol import _eval_mode, _model_dtype, model_device
+from ..models.protocol import eval_mode, model_device, model_dtype
 from .results import (DETERMINISTIC, ENUMERATED, FACTOR, INPUT, LATENT, OBSERVED, PARTLY_OBSERVED, GraphEdge,
                       GraphNode, ModelStructure)
 
@@ -190,7 +191,7 @@ def _parts(model, data) -> List[Tuple[str, object]]:
     out = []
     for g in sorted(batch.groups(data), key=lambda g: len(g["absent"])):
         part = batch.prepare(batch.without(batch.rows(data, g["rows"][:ROWS]), g["absent"]), WHAT)
-        out.append((_pattern(data, g["absent"]), batch.to(part, device, _model_dtype(model, batch.reference(part)))))
+        out.append((_pattern(data, g["absent"]), batch.to(part, device, model_dtype(model, batch.reference(part)))))
     return out
 
 
@@ -214,14 +215,14 @@ def _traces(model, parts) -> _Traces:
         fn = getattr(model, role)
         try:
             getattr(out, role).extend(_trace(fn, p, True) for _, p in parts)
-        except _TRACE_ERRORS as e:
+        except TRACE_ERRORS as e:
             # a program that provenance cannot follow (it unwraps its tensors): its sites without edges
             getattr(out, role).clear()
             try:
                 getattr(out, role).extend(_trace(fn, p, False) for _, p in parts)
-            except _TRACE_ERRORS as plain:
-                raise _fails(model, WHAT, plain) from None
-            why = f"the {role}'s dependencies could not be traced ({_first_line(e)[:200]}): its edges are not shown"
+            except TRACE_ERRORS as plain:
+                raise program_error(model, WHAT, plain) from None
+            why = f"the {role}'s dependencies could not be traced ({first_line(e)[:200]}): its edges are not shown"
             out.note = why if out.note is None else f"{out.note}; {why}"
     return out
 
@@ -327,5 +328,5 @@ def model_structure(model, data) -> ModelStructure:
     """
     parts = _parts(model, data)
     arrays = list(dict.fromkeys(k for _, p in parts for k in p)) if batch.is_named(parts[0][1]) else [None]
-    with _eval_mode(model):  # a look at the program: batch-norm statistics stay as they are
+    with eval_mode(model):  # a look at the program: batch-norm statistics stay as they are
         return _graph(_traces(model, parts), arrays, parts, _svg(model, parts))

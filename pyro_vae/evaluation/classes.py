@@ -29,7 +29,7 @@ import torch
 from ..data import batch
 from ..errors import PyroVAEError
 from ..models.params import model_params
-from ..models.protocol import _eval_mode, _model_dtype, model_device
+from ..models.protocol import eval_mode, model_dtype, model_device
 from ..serialize import to_plain
 
 #: rows per class_probabilities call: a test set of any size in bounded memory
@@ -130,10 +130,10 @@ def _truth(data, node: str, labels, class_names) -> Tuple[Optional[torch.Tensor]
 @torch.no_grad()
 def predicted_probabilities(model, data) -> torch.Tensor:
     """(rows, classes) class_probabilities of ``data``, a chunk at a time on the model's device, in eval mode."""
-    device, dtype = model_device(model), _model_dtype(model, batch.reference(data))
+    device, dtype = model_device(model), model_dtype(model, batch.reference(data))
     n = batch.num_rows(data)
     parts = []
-    with model_params(model), _eval_mode(model):
+    with model_params(model), eval_mode(model):
         for start in range(0, n, CHUNK):
             rows = batch.to(batch.rows(data, slice(start, start + CHUNK)), device, dtype)
             parts.append(model.class_probabilities(rows).detach().cpu())

@@ -62,10 +62,11 @@ from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
-from ..infer.sites import (Layout, PointDensities, build_layout, elementwise_base, is_observed, marginal_densities,
-                           particles, point_densities, repeat_points, site_matrix, site_sum, trace_draws)
+from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
+from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
+                           point_densities, site_matrix, site_sum)
 from ..models.params import runs_model
-from ..models.protocol import _eval_mode, _model_dtype, _modules, check_protocol, model_device
+from ..models.protocol import eval_mode, model_dtype, model_modules, check_protocol, model_device
 from ..progress import progress_bar
 from ..runtime import distributed
 from .nodes import Node, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
@@ -83,7 +84,7 @@ __all__ = ["evaluate", "evaluate_points", "test_elbo", "DEFAULT_IW_SAMPLES"]
 def _width(model, x) -> int:
     """The widest per-point tensor: the widest Linear layer or the data."""
     w = max(int(t.shape[-1]) if t.dim() > 1 else 1 for t in batch.tensors(x))
-    for top in _modules(model):
+    for top in model_modules(model):
         for m in top.modules():
             if isinstance(m, torch.nn.Linear):
                 w = max(w, m.in_features, m.out_features)
@@ -286,7 +287,7 @@ def evaluate_points(
                                    progress=progress if group.is_main else False, shard=False)
             return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
-    with _eval_mode(model), isolated_rng(seed, device):
+    with eval_mode(model), isolated_rng(seed, device):
         plan = _plan(model, x, width, iw_samples, elbo_samples, prior_samples, budget)
         totals = _Totals(plan)
         _draw_chunks(model, x, plan, totals, device, reconstruction_error=reconstruction_error,
@@ -308,7 +309,7 @@ def _evaluation_data(model, x, device: torch.device):
     """``x`` checked, on the model's device and dtype; an array missing for every row is left out, one missing
     for only some rows refused."""
     x = batch.prepare(x, "evaluation data")
-    x = batch.to(x, device, _model_dtype(model, batch.reference(x)))
+    x = batch.to(x, device, model_dtype(model, batch.reference(x)))
     if not batch.is_named(x) and x.dim() != 2:
         raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
     absent = [g["absent"] for g in batch.groups(x)]

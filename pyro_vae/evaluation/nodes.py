@@ -46,8 +46,9 @@ from torch.distributions import kl_divergence
 
 from ..data import batch
 from ..infer.rng import forked_rng
-from ..infer.sites import (Layout, _in_particles, elementwise_base, enumerated_trace, is_latent, is_point_mass,
-                           particles, per_point, site_matrix, trace_pair)
+from ..infer.layout import Layout
+from ..infer.sites import (elementwise_base, enumerated_trace, in_particles, is_latent, is_point_mass, particles,
+                           per_point, site_matrix, trace_pair)
 
 __all__ = ["SiteTerm", "NodeSummary", "Node", "node_specs", "SiteDraw", "site_draws", "analytic_kl"]
 
@@ -181,7 +182,7 @@ def site_draws(model, x, gtr, mtr, layout: Layout, nodes: Sequence[Node], k: int
     """
     if not layout.summed_guide:
         return _at_draws(model, x, gtr, mtr, layout, nodes, k, b, inexact)
-    plate = k if _in_particles(gtr) else None
+    plate = k if in_particles(gtr) else None
     discrete = [n for n in nodes if n.kind == "discrete"]
     order = list(gtr.nodes)
     first = min(order.index(n.name) for n in discrete)
@@ -280,7 +281,7 @@ def _model_terms(model, x, mtr, layout: Layout, k: int, b: int):
     if not own:
         return ({n: per_point(mtr.nodes[n]["fn"].log_prob(mtr.nodes[n]["value"]), nest, data_dim, k, b).double()
                  for n in names}, {n: () for n in names})
-    plate = k if _in_particles(mtr) else None
+    plate = k if in_particles(mtr) else None
     etr = enumerated_trace(model.model, x, {n: mtr.nodes[n]["value"] for n in latent}, own, nest, plate)
     width = nest + 1  # the particle plate and the model's plates, right-aligned; enumerated values left of them
     inner = tuple(d for d in range(-nest, 0) if d != data_dim)

@@ -27,7 +27,8 @@ from pyro.infer.inspect import get_dependencies
 
 from ..data import batch
 from .rng import forked_rng
-from .sites import _TRACE_ERRORS, _first_line, is_latent, trace_pair
+from .probe import TRACE_ERRORS, first_line
+from .sites import is_latent, trace_pair
 
 
 def direct_dependencies(fn, data) -> Dict[str, FrozenSet[str]]:
@@ -64,10 +65,10 @@ def inexact_kl_sites(model, data) -> Dict[str, str]:
     try:
         guide_deps = direct_dependencies(model.guide, data)
         model_deps = direct_dependencies(model.model, data)
-    except _TRACE_ERRORS as e:  # a program provenance cannot follow: no analytic KL is known to be exact
+    except TRACE_ERRORS as e:  # a program provenance cannot follow: no analytic KL is known to be exact
         with torch.no_grad(), forked_rng(batch.tensors(data)[0].device):
             gtr, _ = trace_pair(model, data)
-        why = f"the guide's dependencies could not be traced ({_first_line(e)[:200]})"
+        why = f"the guide's dependencies could not be traced ({first_line(e)[:200]})"
         return {name: why for name, site in gtr.nodes.items() if is_latent(site)}
     below = _descendants(guide_deps)
     out = {}

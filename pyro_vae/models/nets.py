@@ -8,7 +8,7 @@ import torch
 
 import torch.nn as nn
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
@@ -26,7 +26,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     Works on inputs with any number of leading batch dimensions, which is what
     lets evaluation vectorize over importance samples.
     """
-    act = _ACTIVATIONS[activation]
+    act = ACTIVATIONS[activation]
     layers = []
     sizes = [in_features, *hidden]
     for a, b in zip(sizes[:-1], sizes[1:]):
@@ -61,7 +61,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_shape, channels: Sequence[int], activation: str = "relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        act = _ACTIVATIONS[activation]
+        act = ACTIVATIONS[activation]
         c1, c2 = channels
         self.net = nn.Sequential(nn.Conv2d(1, c1, 4, stride=2, padding=1), act(),
                                  nn.Conv2d(c1, c2, 4, stride=2, padding=1), act(), nn.Flatten())
@@ -83,7 +83,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], image_shape, channels: Sequence[int], maps: int,
                  activation: str = "relu", pixel_major: bool = False):
         super().__init__()
-        act = _ACTIVATIONS[activation]
+        act = ACTIVATIONS[activation]
         c1, c2 = channels
         self.image_shape, self.maps, self.pixel_major = tuple(image_shape), int(maps), pixel_major
         self.grid = (c2, self.image_shape[0] // 4, self.image_shape[1] // 4)

@@ -32,7 +32,7 @@ def check_protocol(obj) -> None:
         )
 
 
-def _modules(model) -> List[torch.nn.Module]:
+def model_modules(model) -> List[torch.nn.Module]:
     """The model itself if it is a Module, else the Modules it holds as attributes."""
     if isinstance(model, torch.nn.Module):
         return [model]
@@ -41,7 +41,7 @@ def _modules(model) -> List[torch.nn.Module]:
 
 
 def _tensors(model):
-    for m in _modules(model):
+    for m in model_modules(model):
         yield from m.parameters()
         yield from m.buffers()
 
@@ -54,7 +54,7 @@ def model_device(model) -> torch.device:
 
 
 
-def _model_dtype(model, x) -> torch.dtype:
+def model_dtype(model, x) -> torch.dtype:
     """Evaluate in the model's floating dtype (float64 models get float64 data)."""
     for t in _tensors(model):
         if t.is_floating_point():
@@ -65,9 +65,9 @@ def _model_dtype(model, x) -> torch.dtype:
 
 
 @contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     """Every Module in eval mode (dropout off, batch-norm statistics frozen), modes restored after."""
-    saved = [(m, m.training) for top in _modules(model) for m in top.modules()]
+    saved = [(m, m.training) for top in model_modules(model) for m in top.modules()]
     try:
         for m, _ in saved:
             m.training = False

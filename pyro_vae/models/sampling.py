@@ -19,7 +19,7 @@ from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
 from .params import model_params
-from .protocol import _eval_mode, check_protocol, model_device
+from .protocol import check_protocol, eval_mode, model_device
 
 
 def _draw(model, rows, seed: int, given: Optional[dict] = None, mean: bool = False) -> torch.Tensor:
@@ -98,7 +98,7 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
     device = model_device(model)
     shape = (n, data_dim)
     draws = []
-    with model_params(model), _eval_mode(model):
+    with model_params(model), eval_mode(model):
         for fill in (0.0, 1.0):
             rows = torch.full(shape, fill, device=device)
             on_device = {k: v.to(device) for k, v in (given or {}).items()}

@@ -43,7 +43,7 @@ from ..models import build_model, check_size, check_spec
 from ..models.graph import GraphModel
 from ..models.graph.spec import check_objective
 from ..models.program import build_program
-from ..models.protocol import _modules
+from ..models.protocol import model_modules
 from ..runtime import distributed
 from ..training.trainer import Trainer, check_batch_size, resolve_device
 from .checkpoint import load_checkpoint, restore_model, upgrade
@@ -312,7 +312,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                 remember(cfg.model.program_file, cfg.model.program_sha256)
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
-        for m in _modules(model):
+        for m in model_modules(model):
             m.eval()
         n = batch.num_rows(data.test)
         k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
@@ -448,7 +448,7 @@ def _history(payload: dict, path: Path) -> list:
 
 def _eval(model, device: str) -> None:
     """The loaded model on ``device``, in eval mode (a model that is not a Module holds its Modules as attributes)."""
-    for m in _modules(model):
+    for m in model_modules(model):
         m.to(resolve_device(device)).eval()
 
 

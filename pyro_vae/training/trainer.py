@@ -35,7 +35,8 @@ from ..errors import PyroVAEError, TrainingInterrupted
 from ..evaluation.memory import is_oom, test_elbo_with_retry, training_oom_error
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.rng import isolated_rng
-from ..infer.sites import _likely_cause as likely_cause, observed_name
+from ..infer.probe import likely_cause
+from ..infer.sites import observed_name
 from ..models.params import runs_own_model
 from ..models.protocol import check_protocol
 from ..rundir.checkpoint import load_state_dict_checked, save_checkpoint

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
 from ...errors import DegenerateObjectiveWarning, PyroVAEError
-from ..nets import _ACTIVATIONS
+from ..nets import ACTIVATIONS
 
 
 # --------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class TiedDecoder(nn.Module):
         self._linears = tuple(reversed(linears))
         self.rows = int(rows)
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(lin.in_features)) for lin in self._linears])
-        self.act = _ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, z):
         h = z
