@@ -124,6 +124,14 @@ def _node_patches(n: GraphNode, x: float, y: float) -> list:
     return out
 
 
+def _ring_marker():
+    """The legend's sign of a discrete site, a circle with a ring inside, as a path (a text marker would be mathtext,
+    which the house style turns off)."""
+    from matplotlib.path import Path
+
+    return Path.make_compound_path(Path.unit_circle(), Path.circle(radius=0.6))
+
+
 def _arrow(ax, p, q, color, dashed, bend, zorder):
     """An arrow from node to node; a bent one (matplotlib's arc3) leaves and meets the circles where its
     curve does, on the side it bulges to, clear of the labels under the nodes."""
@@ -198,7 +206,8 @@ def draw_structure(s: ModelStructure, title: str):
     handles = [Line2D([], [], ls="none", mec=INK, label=label, **({"markersize": 10} | m)) for _, label, m, shown in marks
                if shown & kinds]
     if any(_ringed(n) for n in s.nodes):
-        handles.append(Line2D([], [], ls="none", marker="$\u25CE$", color=INK, markersize=11, label="discrete"))
+        handles.append(Line2D([], [], ls="none", marker=_ring_marker(), mfc="none", mec=INK, mew=1.0, markersize=10,
+                              label="discrete"))
     handles.append(Line2D([], [], color=INK, lw=1.2, label="model p: reads"))
     if s.guide_edges:
         handles.append(Line2D([], [], color=GUIDE_COLOR, lw=1.2, ls=(0, (4, 2.5)), label="guide q: reads"))

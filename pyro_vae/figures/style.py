@@ -2,7 +2,8 @@
 
 Every figure of the library (a run's and the report's) is drawn inside
 :func:`figure_style`: dark ink on white, images in ``gray_r``, one font and
-one colour cycle, whatever the caller's settings are.
+one colour cycle, text as written (no mathtext), whatever the caller's
+settings are.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ STYLE = {
     "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 10,
     "image.cmap": "gray_r", "image.interpolation": "nearest", "boxplot.medianprops.color": "#ff7f0e",
     "axes.prop_cycle": cycler(color=COLORS),
+    # text is shown as written: names from a program or a file ("a$b$", "x_1") are not TeX, and a "$" pair in
+    # one must neither turn into mathtext nor stop a figure with a parse error
+    "text.parse_math": False,
 }
 
 
