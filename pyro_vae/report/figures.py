@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -24,11 +25,15 @@ class Figure:
     title: str
     caption: str
     section: str
-    svg: Optional[str] = field(default=None, repr=False)  # a drawing the HTML shows instead of the PNG
 
     def to_json(self) -> dict:
-        """What results.json lists (an SVG is in the diagnosis it was drawn from)."""
+        """What results.json lists."""
         return {"file": self.file, "title": self.title, "caption": self.caption, "section": self.section}
+
+
+# what a figure's file name keeps of a run's folder; the folder is read from diagnostics.json, so it may hold
+# "/" or ".." and must not choose where a file is written
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class Figures:
@@ -38,10 +43,27 @@ class Figures:
         self.folder = folder
         self.items: List[Figure] = []
 
-    def save(self, fig, name: str, title: str, caption: str, section: str, svg: Optional[str] = None) -> None:
-        path = self.folder / f"{name}.png"
+    def save(self, fig, name: str, title: str, caption: str, section: str) -> None:
+        """Save ``fig`` as ``<name>.png`` in the folder: other characters than letters, digits and ``_.-`` become
+        ``_``, and a name already taken gets a number, so every figure has its own file inside the folder."""
+        stem = _UNSAFE.sub("_", name)
+        taken = {f.file for f in self.items}
+        path, n = self.folder / f"{stem}.png", 1
+        while f"figures/{path.name}" in taken:
+            n += 1
+            path = self.folder / f"{stem}-{n}.png"
         save_figure(fig, path, bbox_inches="tight")
-        self.items.append(Figure(f"figures/{path.name}", title, caption, section, svg))
+        self.items.append(Figure(f"figures/{path.name}", title, caption, section))
+
+
+def _site(label: str) -> str:
+    """The site of a latent label ``site[j]`` (a site's own name may hold brackets)."""
+    return label.rpartition("[")[0] or label
+
+
+def _dim(label: str) -> int:
+    """The dimension of a latent label ``site[j]`` within its site."""
+    return int(label.rpartition("[")[2].rstrip("]"))
 
 
 def _order_dims(r: RunDiagnosis) -> List[int]:
@@ -177,8 +199,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
                 pick.append(pts_all[j])
         dims = _order_dims(r)[:2]
         labels = r.latent_labels
-        site = labels[dims[0]].split("[")[0]  # ArviZ plots one variable (site) at a time
-        local_dims = [int(labels[j].split("[")[1].rstrip("]")) for j in dims if labels[j].split("[")[0] == site]
+        site = _site(labels[dims[0]])  # ArviZ plots one variable (site) at a time
+        local_dims = [_dim(labels[j]) for j in dims if _site(labels[j]) == site]
         data, names = [r.q_data], ["q(z|x)"]
         if r.reference_data is not None:
             data.append(r.reference_data)
@@ -275,7 +297,7 @@ def _draws(data, latent_labels: List[str]) -> np.ndarray:
     post = data["posterior"] if not hasattr(data, "posterior") else data.posterior
     sites = []
     for lab in latent_labels:
-        s = lab.split("[")[0]
+        s = _site(lab)
         if s not in sites:
             sites.append(s)
     parts = []
@@ -414,7 +436,7 @@ def fig_structure(figs: Figures, diagnosis: Diagnosis) -> None:
             continue
         fig = draw_structure(r.structure, f"{r.name}: the model's graph")
         figs.save(fig, f"graph_{r.folder}", f"{r.name}: the model's graph", structure_caption(r.structure),
-                  "structure", svg=r.structure.svg)
+                  "structure")
 
 
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
