@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .figures.style import save_image_grid
+
 EXIT_USER_ERROR = 2
 #: the most rows or columns a class table printed on a terminal has
 MAX_TABLE_SIDE = 20
@@ -393,7 +395,6 @@ def cmd_sample(args) -> int:
     from .data.sizes import check_fits
     from .errors import PyroVAEError
     from .models.build import describe
-    from .plots import save_image_grid
     from .rundir.files import write_atomic
     from .rundir.run import load_run
 

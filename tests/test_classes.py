@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import pyro_vae as pv
-from pyro_vae import plots
+from pyro_vae.figures.run import graph_plots
 from pyro_vae.cli import main
 from pyro_vae.evaluation.classes import MAJORITY, ONE_TO_ONE, class_metrics
 from pyro_vae.infer.rng import isolated_rng
@@ -187,7 +187,7 @@ def test_conditional_model_draws_one_row_per_class(digits, tmp_path):
     trainer = pv.fit(model, {"x": xtr, "y": ytr}, None, cfg.train)
     data = pv.Dataset({"x": xtr, "y": ytr}, {"x": xte, "y": yte}, image_shape=(8, 8), test_labels=yte, observed="x")
     assert class_metrics(model, data.test, data.test_labels) is None
-    files = plots.graph_plots(model, data, trainer.state.history, tmp_path / "plots")
+    files = graph_plots(model, data, trainer.state.history, tmp_path / "plots")
     assert sorted(p.name for p in files) == ["class_samples.png", "graph.png", "loss.png", "samples.png"]
     assert all(p.read_bytes().startswith(PNG) for p in files)
 

@@ -28,7 +28,7 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main
-from pyro_vae.plots import latent_scatter
+from pyro_vae.figures.run import latent_scatter
 
 # long run names: the widest tables are the ones whose first column is long
 NAMES = ("digits-meanfield-objective-run-one", "digits-trace-objective-run-two")

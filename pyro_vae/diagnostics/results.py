@@ -295,7 +295,8 @@ class ModelStructure(Record):
     traced: Tuple[str, ...]  # the row patterns the program was traced on ("every array given", "without y")
     data_plate: Optional[str] = None  # the plate of the data points (None if no site is in it)
     note: Optional[str] = None  # what the graph may miss (dependencies that could not be traced)
-    svg: Optional[str] = None  # pyro.render_model's drawing (SVG text) where graphviz is installed
+    # Diagnoses saved by earlier versions also hold "svg", graphviz's drawing as markup: from_json drops it (a
+    # report draws the graph from the fields above, and puts no markup read from a file into a page).
 
     def node(self, name: str) -> GraphNode:
         return next(n for n in self.nodes if n.name == name)

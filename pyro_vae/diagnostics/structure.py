@@ -19,9 +19,7 @@ sees them in training: a site observed on some rows and latent on others is
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import shutil
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
@@ -236,7 +234,7 @@ def _merged_kind(kinds: List[str]) -> str:
     return kinds[0]
 
 
-def _graph(traces: _Traces, arrays: List[Optional[str]], parts, svg: Optional[str]) -> ModelStructure:
+def _graph(traces: _Traces, arrays: List[Optional[str]], parts) -> ModelStructure:
     model_sites: Dict[str, List[_Site]] = {}
     for tr in traces.model:
         for s in tr:
@@ -269,7 +267,7 @@ def _graph(traces: _Traces, arrays: List[Optional[str]], parts, svg: Optional[st
     return ModelStructure(
         nodes=tuple(nodes), edges=_edges(model_sites, node_of, known), guide_edges=_edges(guide_sites, node_of, known),
         traced=tuple(what for what, _ in parts), data_plate=DATA_PLATE if DATA_PLATE in plates else None,
-        note=traces.note, svg=svg)
+        note=traces.note)
 
 
 def _node(name: str, seen: List[_Site], in_guide: Optional[List[_Site]], array: Optional[str],
@@ -301,24 +299,6 @@ def _edges(sites: Dict[str, List[_Site]], node_of: Dict[_Array, str], known: Lis
     return tuple(GraphEdge(p, c) for p, c in sorted(pairs, key=lambda e: (order[e[1]], order[e[0]])))
 
 
-def graphviz_available() -> bool:
-    """Whether ``pyro.render_model`` can draw: the ``graphviz`` package and its ``dot`` program."""
-    return importlib.util.find_spec("graphviz") is not None and shutil.which("dot") is not None
-
-
-def _svg(model, parts) -> Optional[str]:
-    """``pyro.render_model``'s drawing of the model over every pattern of rows, as SVG text; None without graphviz."""
-    if not graphviz_available():
-        return None
-    try:
-        with forked_rng(batch.reference(parts[0][1]).device):
-            graph = pyro.render_model(lambda d: batch.call(model.model, d), model_args=[(p,) for _, p in parts],
-                                      render_distributions=True)
-            return graph.pipe(format="svg", encoding="utf-8")
-    except Exception:  # a drawing tool's failure (an old dot, a site name it rejects): the matplotlib figure stands
-        return None
-
-
 @runs_model()
 def model_structure(model, data) -> ModelStructure:
     """The graph of ``model`` (a built-in or any program the library accepts) on ``data``; see the module docstring.
@@ -329,4 +309,4 @@ def model_structure(model, data) -> ModelStructure:
     parts = _parts(model, data)
     arrays = list(dict.fromkeys(k for _, p in parts for k in p)) if batch.is_named(parts[0][1]) else [None]
     with eval_mode(model):  # a look at the program: batch-norm statistics stay as they are
-        return _graph(_traces(model, parts), arrays, parts, _svg(model, parts))
+        return _graph(_traces(model, parts), arrays, parts)

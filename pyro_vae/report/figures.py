@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
 import numpy as np
 
-from ..infer.psis import arviz
-from ..diagnostics.results import (DETERMINISTIC, ENUMERATED, FACTOR, INPUT, LATENT, OBSERVED, PARTLY_OBSERVED, Diagnosis,
-                                   GraphNode, GridPosterior, ModelStructure, RunDiagnosis)
-from ..infer.psis import KHAT_BAD, KHAT_GOOD
-from ..plots import COLORS, INK, _plt, figure_style, image_grid, save_figure
+from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
+from ..figures.graph import draw_structure, structure_caption
+from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
+from ..infer.psis import KHAT_BAD, KHAT_GOOD, arviz
 
 REF_COLOR = "#555555"
 
@@ -25,11 +25,15 @@ class Figure:
     title: str
     caption: str
     section: str
-    svg: Optional[str] = field(default=None, repr=False)  # a drawing the HTML shows instead of the PNG
 
     def to_json(self) -> dict:
-        """What results.json lists (an SVG is in the diagnosis it was drawn from)."""
+        """What results.json lists."""
         return {"file": self.file, "title": self.title, "caption": self.caption, "section": self.section}
+
+
+# what a figure's file name keeps of a run's folder; the folder is read from diagnostics.json, so it may hold
+# "/" or ".." and must not choose where a file is written
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class Figures:
@@ -39,10 +43,27 @@ class Figures:
         self.folder = folder
         self.items: List[Figure] = []
 
-    def save(self, fig, name: str, title: str, caption: str, section: str, svg: Optional[str] = None) -> None:
-        path = self.folder / f"{name}.png"
+    def save(self, fig, name: str, title: str, caption: str, section: str) -> None:
+        """Save ``fig`` as ``<name>.png`` in the folder: other characters than letters, digits and ``_.-`` become
+        ``_``, and a name already taken gets a number, so every figure has its own file inside the folder."""
+        stem = _UNSAFE.sub("_", name)
+        taken = {f.file for f in self.items}
+        path, n = self.folder / f"{stem}.png", 1
+        while f"figures/{path.name}" in taken:
+            n += 1
+            path = self.folder / f"{stem}-{n}.png"
         save_figure(fig, path, bbox_inches="tight")
-        self.items.append(Figure(f"figures/{path.name}", title, caption, section, svg))
+        self.items.append(Figure(f"figures/{path.name}", title, caption, section))
+
+
+def _site(label: str) -> str:
+    """The site of a latent label ``site[j]`` (a site's own name may hold brackets)."""
+    return label.rpartition("[")[0] or label
+
+
+def _dim(label: str) -> int:
+    """The dimension of a latent label ``site[j]`` within its site."""
+    return int(label.rpartition("[")[2].rstrip("]"))
 
 
 def _order_dims(r: RunDiagnosis) -> List[int]:
@@ -60,7 +81,7 @@ def fig_training(figs: Figures, diagnosis: Diagnosis) -> None:
     runs = [r for r in diagnosis.runs if r.history]
     if not runs:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for i, s in enumerate(runs):
         h = s.history
@@ -93,7 +114,7 @@ def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
     runs = [r for r in diagnosis.runs if r.khat.values is not None]
     if not runs:
         return
-    plt = _plt()
+    plt = pyplot()
     b = max(len(r.points) for r in runs)
     fig, ax = plt.subplots(figsize=(max(6.5, 0.32 * b + 2), 4))
     ax.axhspan(-1, KHAT_GOOD, color="#2ca02c", alpha=0.07)
@@ -131,7 +152,7 @@ def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:
     runs = [r for r in diagnosis.runs if r.comparison is not None]
     if not runs:
         return
-    plt = _plt()
+    plt = pyplot()
     panels = [("std_mean_error", "|mean error| / reference sd", False),
               ("sd_ratio", "sd ratio q / reference", True),
               ("w2", "Wasserstein-2 per latent dim", False),
@@ -164,7 +185,7 @@ def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:
 
 def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
     az = arviz()
-    plt = _plt()
+    plt = pyplot()
     runs = [r for r in diagnosis.runs if r.q_data is not None]
     if not runs:
         return
@@ -178,8 +199,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
                 pick.append(pts_all[j])
         dims = _order_dims(r)[:2]
         labels = r.latent_labels
-        site = labels[dims[0]].split("[")[0]  # ArviZ plots one variable (site) at a time
-        local_dims = [int(labels[j].split("[")[1].rstrip("]")) for j in dims if labels[j].split("[")[0] == site]
+        site = _site(labels[dims[0]])  # ArviZ plots one variable (site) at a time
+        local_dims = [_dim(labels[j]) for j in dims if _site(labels[j]) == site]
         data, names = [r.q_data], ["q(z|x)"]
         if r.reference_data is not None:
             data.append(r.reference_data)
@@ -197,7 +218,7 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
 
 
 def fig_pairs(figs: Figures, diagnosis: Diagnosis) -> None:
-    plt = _plt()
+    plt = pyplot()
     for ri, r in enumerate(diagnosis.runs):
         if r.q_data is None:
             continue
@@ -276,7 +297,7 @@ def _draws(data, latent_labels: List[str]) -> np.ndarray:
     post = data["posterior"] if not hasattr(data, "posterior") else data.posterior
     sites = []
     for lab in latent_labels:
-        s = lab.split("[")[0]
+        s = _site(lab)
         if s not in sites:
             sites.append(s)
     parts = []
@@ -290,7 +311,7 @@ def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
     runs = [r for r in diagnosis.runs if r.sbc is not None and r.sbc.ranks is not None]
     if not runs:
         return
-    plt = _plt()
+    plt = pyplot()
     from scipy.stats import binom
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.3), squeeze=False)
@@ -319,16 +340,12 @@ def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
 # -- what the models generate ---------------------------------------------------
 
 
-def _tile(images: np.ndarray, shape, ncols: int) -> np.ndarray:
-    return image_grid(np.asarray(images, dtype=np.float32), shape, ncols)
-
-
 def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     """Reconstructions, prior samples and latent traversals, from what diagnose decoded and saved."""
     runs = [r for r in diagnosis.runs if r.generated is not None]
     if not runs:
         return
-    plt = _plt()
+    plt = pyplot()
     shape = next((tuple(r.image_shape) for r in runs if r.image_shape), None)
     x0 = runs[0].generated.data
     same_points = all(r.generated.data.shape == x0.shape and np.array_equal(r.generated.data, x0) for r in runs)
@@ -341,7 +358,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
             rows = [x0] + recon
             fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * nshow + 1.6, 0.85 * len(rows) + 0.4), squeeze=False)
             for ax, img, label in zip(axes[:, 0], rows, ["data"] + [r.name for r in runs]):
-                ax.imshow(_tile(img, shape, nshow), vmin=0, vmax=1)
+                ax.imshow(image_grid(img, shape, nshow), vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
@@ -366,7 +383,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     for ax, r in zip(axes[0], runs):
         xs = r.generated.samples
         if shape is not None:
-            ax.imshow(_tile(xs, shape, 8), vmin=0, vmax=1)
+            ax.imshow(image_grid(xs, shape, 8), vmin=0, vmax=1)
             ax.axis("off")
         else:
             ax.plot(xs[:8].T, alpha=0.7)
@@ -384,7 +401,7 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
         labels = r.latent_labels
         if shape is not None:
             fig, ax = plt.subplots(figsize=(0.72 * len(steps) + 1.8, 0.75 * len(dims) + 0.9))
-            ax.imshow(_tile(xs, shape, len(steps)), vmin=0, vmax=1)
+            ax.imshow(image_grid(xs, shape, len(steps)), vmin=0, vmax=1)
             h = shape[0] + 1
             ax.set_yticks([i * h + shape[0] / 2 for i in range(len(dims))])
             ax.set_yticklabels([labels[j] for j in dims], fontsize=8)
@@ -411,207 +428,6 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
 
 # -- the model's graph -----------------------------------------------------------
 
-GUIDE_COLOR = COLORS[1]
-SHADE = "#b8b8b8"  # observed: what the data fix
-INPUT_SHADE = "#e2e2e2"
-NODE_R = 0.42  # node radius, in units of the layout's grid
-DX, DY = 1.9, 1.75  # grid spacing across and down
-
-
-def _layers(s: ModelStructure) -> Dict[str, int]:
-    """Each node's row: roots (and inputs) at the top, one row below the lowest parent, observed nodes at the bottom.
-
-    Parents are the model's edges (the guide's, for a site of the guide alone); a parent not placed yet (a
-    program that reads its observed data) is left out, so the rows exist for any program.
-    """
-    names = [n.name for n in s.nodes]
-    parents: Dict[str, List[str]] = {n: [] for n in names}
-    for e in s.edges:
-        parents[e.child].append(e.parent)
-    for n in s.nodes:
-        if not n.in_model:
-            parents[n.name] = [e.parent for e in s.guide_edges if e.child == n.name]
-    observed = {n.name for n in s.nodes if n.kind == OBSERVED}
-    row: Dict[str, int] = {}
-
-    def place(name, skip_observed):
-        ps = [row[p] for p in parents[name] if p in row and not (skip_observed and p in observed)]
-        row[name] = 1 + max(ps) if ps else 0
-
-    for name in names:  # inputs first, then sites in trace order: parents come first
-        if name not in observed:
-            place(name, True)
-    bottom = 1 + max((row[n] for n in row), default=0) if row else 0
-    for name in observed:
-        row[name] = bottom
-    for name in names:  # what reads an observed node (a factor of x) goes below it
-        if name not in observed and any(p in observed for p in parents[name]):
-            place(name, False)
-    return row
-
-
-def _positions(s: ModelStructure) -> Dict[str, Tuple[float, float]]:
-    """Grid positions: rows from _layers; in each row the sites outside the data plate on the left, the plate's
-    nodes ordered by their parents' mean position (fewer crossings) and centred."""
-    row = _layers(s)
-    order = {n.name: i for i, n in enumerate(s.nodes)}
-    parents: Dict[str, List[str]] = {}
-    for e in s.edges:
-        parents.setdefault(e.child, []).append(e.parent)
-    in_plate = {n.name: s.data_plate is not None and s.data_plate in n.plates for n in s.nodes}
-    rows = sorted(set(row.values()))
-    outside = max((sum(1 for n in row if row[n] == r and not in_plate[n]) for r in rows), default=0)
-    inside = max((sum(1 for n in row if row[n] == r and in_plate[n]) for r in rows), default=0)
-    left = outside + (0.6 if outside else 0.0)  # a gap between the globals and the plate
-    pos: Dict[str, Tuple[float, float]] = {}
-    for r in rows:
-        here = [n for n in row if row[n] == r]
-
-        def key(n):
-            xs = [pos[p][0] for p in parents.get(n, ()) if p in pos]
-            return (np.mean(xs) if xs else np.inf, order[n])
-
-        for group, x0, width in (([n for n in here if not in_plate[n]], 0.0, outside),
-                                 ([n for n in here if in_plate[n]], left, inside)):
-            group.sort(key=key if r else order.get)
-            for i, n in enumerate(group):
-                pos[n] = (x0 + (width - len(group)) / 2 + i, -float(r))
-    return {n: (x * DX, y * DY) for n, (x, y) in pos.items()}
-
-
-def _sublabel(n: GraphNode) -> str:
-    """What a node is, under it: its distribution (or "input") and numbers per point; how it is treated."""
-    if n.kind == INPUT:
-        first = "input" + (", integer" if n.discrete else "") + (f", {n.size}" if n.size != 1 else "")
-    elif n.kind == FACTOR:
-        first = "factor"
-    else:
-        first = f"{n.distribution}" + (f"({n.categories})" if n.categories else "") + (f", {n.size}" if n.size != 1 else "")
-    extra = {PARTLY_OBSERVED: "partly observed", ENUMERATED: "summed out", DETERMINISTIC: "deterministic"}.get(n.kind)
-    if n.in_model and not n.in_guide and n.kind in (LATENT, ENUMERATED):
-        extra = (extra + ", " if extra else "") + "model only"
-    if not n.in_model:
-        extra = "guide only"
-    return first + (f"\n{extra}" if extra else "")
-
-
-def _ringed(n: GraphNode) -> bool:
-    """A discrete site gets a ring inside; an observed one only where it takes a few values (a label, not an image)."""
-    return n.kind not in (INPUT, FACTOR) and n.discrete and (n.kind != OBSERVED or n.categories is not None)
-
-
-def _node_patches(n: GraphNode, x: float, y: float) -> list:
-    """The shapes of one node: circles for sites (shaded observed, half-shaded partly observed, a ring inside a
-    discrete one, dotted deterministic), a shaded square for an input, a small black square for a factor."""
-    from matplotlib.patches import Circle, Rectangle, Wedge
-
-    r = NODE_R
-    if n.kind == INPUT:
-        return [Rectangle((x - r, y - r), 2 * r, 2 * r, facecolor=INPUT_SHADE, edgecolor=INK, lw=1.3)]
-    if n.kind == FACTOR:
-        return [Rectangle((x - r / 2, y - r / 2), r, r, facecolor=INK, edgecolor=INK)]
-    out = [Circle((x, y), r, facecolor=SHADE if n.kind == OBSERVED else "white", edgecolor="none")]
-    if n.kind == PARTLY_OBSERVED:
-        out.append(Wedge((x, y), r, 90, 270, facecolor=SHADE, edgecolor="none"))  # the left half: observed rows
-    out.append(Circle((x, y), r, facecolor="none", edgecolor=INK, lw=1.3, ls=":" if n.kind == DETERMINISTIC else "-"))
-    if _ringed(n):
-        out.append(Circle((x, y), 0.8 * r, facecolor="none", edgecolor=INK, lw=0.9))
-    return out
-
-
-def _arrow(ax, p, q, color, dashed, bend, zorder):
-    """An arrow from node to node; a bent one (matplotlib's arc3) leaves and meets the circles where its
-    curve does, on the side it bulges to, clear of the labels under the nodes."""
-    from matplotlib.patches import FancyArrowPatch
-
-    (x1, y1), (x2, y2) = p, q
-    d = np.hypot(x2 - x1, y2 - y1)
-    if d == 0:
-        return
-    u = np.array([x2 - x1, y2 - y1]) / d
-    phi = np.arctan(2 * bend)  # the angle between a quadratic arc's chord and its ends' tangents
-
-    def turned(v, a):
-        return np.array([v[0] * np.cos(a) - v[1] * np.sin(a), v[0] * np.sin(a) + v[1] * np.cos(a)])
-
-    gap = NODE_R * 1.06
-    start, end = np.array(p) + gap * turned(u, -phi), np.array(q) + gap * turned(-u, phi)
-    ax.add_patch(FancyArrowPatch(tuple(start), tuple(end), arrowstyle="-|>", mutation_scale=11, color=color, lw=1.2,
-                                 ls=(0, (4, 2.5)) if dashed else "-", connectionstyle=f"arc3,rad={bend}", zorder=zorder))
-
-
-def draw_structure(s: ModelStructure, title: str):
-    """A figure of a model's graph (matplotlib only): see _layers, _positions and _node_patches for the drawing."""
-    plt = _plt()
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyBboxPatch
-
-    pos = _positions(s)
-    xs = [p[0] for p in pos.values()] or [0.0]
-    ys = [p[1] for p in pos.values()] or [0.0]
-    width, height = max(xs) - min(xs) + 2 * DX, max(ys) - min(ys) + 1.6 * DY
-    fig, ax = plt.subplots(figsize=(max(4.8, 1.25 * width), max(3.0, 1.25 * height + 0.9)))
-    ax.set_aspect("equal")
-    ax.axis("off")
-    plate = [n.name for n in s.nodes if s.data_plate is not None and s.data_plate in n.plates]
-    if plate:
-        px = [pos[n][0] for n in plate]
-        py = [pos[n][1] for n in plate]
-        pad_x, pad_top, pad_bottom = NODE_R + 0.45, NODE_R + 0.3, NODE_R + 0.75  # room for the labels under nodes
-        ax.add_patch(FancyBboxPatch((min(px) - pad_x, min(py) - pad_bottom), max(px) - min(px) + 2 * pad_x,
-                                    max(py) - min(py) + pad_top + pad_bottom, boxstyle="round,pad=0,rounding_size=0.15",
-                                    facecolor="none", edgecolor="#777777", lw=1.1, zorder=0))
-        ax.text(max(px) + pad_x - 0.12, min(py) - pad_bottom + 0.1, s.data_plate, ha="right", va="bottom",
-                fontsize=7.5, color="#555555")
-    # the model's edges straight; the guide's bent, so that q(z|x) against p(x|z) shows as two arrows
-    for e in s.edges:
-        _arrow(ax, pos[e.parent], pos[e.child], INK, False, 0.0, 1)
-    for e in s.guide_edges:  # over the labels: they enter the nodes from below
-        _arrow(ax, pos[e.parent], pos[e.child], GUIDE_COLOR, True, 0.4, 4)
-    for n in s.nodes:
-        x, y = pos[n.name]
-        for patch in _node_patches(n, x, y):
-            patch.set_zorder(2)
-            ax.add_patch(patch)
-        if n.kind != FACTOR:
-            size = 9 if len(n.name) <= 4 else max(5.5, 9 - 0.45 * (len(n.name) - 4))
-            ax.text(x, y, n.name, ha="center", va="center", fontsize=size, zorder=3)
-        # on white, over the edges that leave the node downwards
-        ax.text(x, y - NODE_R - 0.08, (n.name + "\n" if n.kind == FACTOR else "") + _sublabel(n), ha="center",
-                va="top", fontsize=6.5, color="#444444", zorder=3, linespacing=1.1,
-                bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6))
-    ax.set_xlim(min(xs) - DX * 0.9, max(xs) + DX * 0.9)
-    ax.set_ylim(min(ys) - DY * 0.9, max(ys) + DY * 0.5)
-    kinds = {n.kind for n in s.nodes}
-    marks = [(LATENT, "latent", dict(marker="o", mfc="white"), {LATENT, ENUMERATED}),
-             (OBSERVED, "observed", dict(marker="o", mfc=SHADE), {OBSERVED}),
-             (PARTLY_OBSERVED, "partly observed", dict(marker="o", mfc=SHADE, fillstyle="left", mfcalt="white"),
-              {PARTLY_OBSERVED}),
-             (DETERMINISTIC, "deterministic (dotted)", dict(marker="o", mfc="white"), {DETERMINISTIC}),
-             (INPUT, "input (given)", dict(marker="s", mfc=INPUT_SHADE), {INPUT}),
-             (FACTOR, "factor", dict(marker="s", mfc=INK, markersize=6), {FACTOR})]
-    handles = [Line2D([], [], ls="none", mec=INK, label=label, **({"markersize": 10} | m)) for _, label, m, shown in marks
-               if shown & kinds]
-    if any(_ringed(n) for n in s.nodes):
-        handles.append(Line2D([], [], ls="none", marker="$\u25CE$", color=INK, markersize=11, label="discrete"))
-    handles.append(Line2D([], [], color=INK, lw=1.2, label="model p: reads"))
-    if s.guide_edges:
-        handles.append(Line2D([], [], color=GUIDE_COLOR, lw=1.2, ls=(0, (4, 2.5)), label="guide q: reads"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=7,
-              frameon=False)
-    ax.set_title(title, fontsize=10)
-    return fig
-
-
-def structure_caption(s: ModelStructure) -> str:
-    """How to read the graph, and what it was traced on."""
-    text = ("Drawn from the program itself, traced with provenance tracking on a few rows "
-            f"({'; '.join(s.traced)}): an arrow means the child's distribution reads the parent's value, solid in the "
-            "model, dashed in the guide. Circles are sample sites (shaded: observed; half-shaded: observed on some "
-            "rows, latent on the others; a ring inside: discrete), squares data arrays given as inputs; the rounded "
-            "box is the data plate.")
-    return text + (f" Note: {s.note}." if s.note else "")
-
 
 def fig_structure(figs: Figures, diagnosis: Diagnosis) -> None:
     """Each run's model graph (none for a diagnosis saved before graphs were kept)."""
@@ -620,7 +436,7 @@ def fig_structure(figs: Figures, diagnosis: Diagnosis) -> None:
             continue
         fig = draw_structure(r.structure, f"{r.name}: the model's graph")
         figs.save(fig, f"graph_{r.folder}", f"{r.name}: the model's graph", structure_caption(r.structure),
-                  "structure", svg=r.structure.svg)
+                  "structure")
 
 
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:

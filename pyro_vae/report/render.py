@@ -3,8 +3,15 @@
 The tables are built once, as data (:mod:`.tables`): ``results.json`` holds
 them with full-precision numbers, and the HTML and Markdown show the same rows
 formatted to 4 significant digits, so every number a reader sees can be traced
-to the JSON.  Figures are PNGs in ``figures/``; ``index.html`` embeds them as
-base64 so the page is one self-contained file, and ``report.md`` links the files.
+to the JSON.  Figures are PNGs in ``figures/``, drawn at render time from the
+typed results; ``index.html`` embeds them as base64 so the page is one
+self-contained file, and ``report.md`` links the files.
+
+What a report shows comes from files that may come from someone else (a
+diagnosis folder, run names, a program's site names): it is data, never
+markup.  Every value goes into ``index.html`` through ``html.escape`` and into
+``report.md`` through :func:`md_text` (a link's target through
+:func:`md_href`); no text read from a file is put into either page as markup.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
@@ -105,9 +113,16 @@ def report_files(d: Diagnosis, out: Path) -> List[Tuple[str, str]]:
     """(path relative to the report folder, what it holds) for the pages and every saved file beside them."""
     files = [(name, role) for name, role in FILE_ROLES if name in PAGES or (out / name).exists()]
     for r in d.runs:
-        files += [(f"{r.folder}/{name}", role) for name, role in RUN_FILE_ROLES
-                  if (out / r.folder / name).exists()]
+        if _plain_name(r.folder):
+            files += [(f"{r.folder}/{name}", role) for name, role in RUN_FILE_ROLES
+                      if (out / r.folder / name).exists()]
     return files
+
+
+def _plain_name(folder: str) -> bool:
+    """A run's folder as diagnose names it, a folder inside the report's (the name is read from a file: a path
+    such as ``../x`` or ``/x`` is not linked)."""
+    return folder not in ("", ".", "..") and "/" not in folder and "\\" not in folder
 
 
 def _title(d: Diagnosis) -> str:
@@ -145,7 +160,7 @@ ul.files code{overflow-wrap:anywhere}
 .warnings{background:#fff4e5;border:1px solid #f0a040;border-left:6px solid #e07000;padding:.6em 1em;margin:1em 0}
 .warnings li{margin:.3em 0}.ok{background:#eef8ee;border:1px solid #8c8;padding:.5em 1em}
 figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
-figure img,figure .svg svg{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:60em}
+figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:60em}
 code{background:#f5f5f5;padding:0 .2em}
 """
 
@@ -192,12 +207,8 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
 
 
 def _html_image(f: Figure, out: Path) -> str:
-    """The figure's own SVG drawing inline where it has one, else its PNG embedded as base64."""
+    """The figure's PNG, drawn by this report, embedded as base64."""
     e = html.escape
-    start = f.svg.find("<svg") if f.svg else -1
-    if start >= 0:  # without the XML declaration and DOCTYPE, which may not stand inside an HTML page
-        return (f"<div class=\"svg\" role=\"img\" aria-label=\"{e(f.title)}\" data-file=\"{e(f.file)}\">"
-                f"{f.svg[start:]}</div>")
     data = base64.b64encode((out / f.file).read_bytes()).decode("ascii")
     return f"<img src=\"data:image/png;base64,{data}\" alt=\"{e(f.title)}\" data-file=\"{e(f.file)}\">"
 
@@ -224,32 +235,50 @@ def _html_table(t: Table, heading: bool = True) -> str:
             f"<tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div><p class=\"note\">{e(t.note)}</p>")
 
 
+# Markdown's own marks, escaped with a backslash wherever text is shown: emphasis, code, links and images,
+# tables, strikethrough, math ($ on GitHub), attribute lists ({: ...} in kramdown) and headings
+_MD_MARKS = re.compile(r"([\\`*_\[\]{}|~$#])")
+
+
+def md_text(value) -> str:
+    """Text as Markdown shows it literally: on one line, HTML's ``&<>`` as entities (so no tag or entity a
+    viewer would render), and Markdown's own marks escaped."""
+    one_line = " ".join(str(value).split())  # a line break could start a block (a heading, raw HTML)
+    return _MD_MARKS.sub(r"\\\1", html.escape(one_line, quote=False))
+
+
+def md_href(path: str) -> str:
+    """A relative file path as a Markdown link's target: URL-quoted, so it cannot end the link or name a scheme."""
+    return quote(path)
+
+
 def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
                     files: Sequence[Tuple[str, str]] = ()) -> str:
-    """The same report in Markdown, linking the figure files and the files beside it."""
-    lines = [f"# {_title(d)}", "", f"Created {d.created} by pyro_vae. {_settings_line(d)}",
+    """The same report in Markdown, linking the figure files and the files beside it; all text through md_text."""
+    m = md_text
+    lines = [f"# {m(_title(d))}", "", f"Created {m(d.created)} by pyro_vae. {m(_settings_line(d))}",
              "Every number in the tables is in `results.json`.", ""]
     if _sites_line(d):
-        lines += [_sites_line(d), ""]
+        lines += [m(_sites_line(d)), ""]
     if d.warnings:
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in d.warnings] + [""]
+        lines += ["## Warnings", ""] + [f"- **{m(w)}**" for w in d.warnings] + [""]
     else:
         lines += ["No warnings: every check passed.", ""]
     for sec, title in SECTIONS:
         body = []
         for t in tables:
             if TABLE_SECTION.get(t.id) == sec:
-                body += ([f"### {t.title}", ""] if t.title != title else []) + ["| " + " | ".join(t.columns) + " |",
-                         "|" + "|".join("---" for _ in t.columns) + "|"]
-                body += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
-                body += ["", t.note, ""]
+                body += ([f"### {m(t.title)}", ""] if t.title != title else []) + [
+                    "| " + " | ".join(m(c) for c in t.columns) + " |", "|" + "|".join("---" for _ in t.columns) + "|"]
+                body += ["| " + " | ".join(m(fmt(v)) for v in row) + " |" for row in t.rows]
+                body += ["", m(t.note), ""]
         for f in figures:
             if f.section == sec:
-                body += [f"![{f.title}]({f.file})", "", f"*{f.title}.* {f.caption}", ""]
+                body += [f"![{m(f.title)}]({md_href(f.file)})", "", f"*{m(f.title)}.* {m(f.caption)}", ""]
         if body:
-            lines += [f"## {title}", ""] + body
-    lines += ["## How to read this report", ""] + [f"- **{t}**: {d}" for t, d in GLOSSARY] + [""]
-    listed = [f"- [`{f}`]({f}): {role}" for f, role in files if f != "report.md"]
+            lines += [f"## {m(title)}", ""] + body
+    lines += ["## How to read this report", ""] + [f"- **{m(t)}**: {m(text)}" for t, text in GLOSSARY] + [""]
+    listed = [f"- [{m(f)}]({md_href(f)}): {m(role)}" for f, role in files if f != "report.md"]
     if listed:
         lines += ["## Files", ""] + listed + [""]
     return "\n".join(lines)

@@ -326,18 +326,16 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         figures = None
         if out is not None and group.is_main:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            # imported here: diagnostics/results.py imports rundir/files.py, whose package face imports this
+            # module, and the figures import diagnostics; at the top this would be a circle at import time
+            from ..figures import run as run_figures
+
             if plots and getattr(model, "one_latent", None):
-                from ..plots import run_plots
-
-                figures = run_plots(model, data, history, out / PLOTS_DIR)
+                figures = run_figures.run_plots(model, data, history, out / PLOTS_DIR)
             elif plots and isinstance(model, GraphModel):
-                from ..plots import graph_plots
-
-                figures = graph_plots(model, data, history, out / PLOTS_DIR, classes)
+                figures = run_figures.graph_plots(model, data, history, out / PLOTS_DIR, classes)
             elif plots:  # a model of your own: its curve and graph (the others need a built-in's encoder and decoder)
-                from ..plots import program_plots
-
-                figures = program_plots(model, data, history, out / PLOTS_DIR)
+                figures = run_figures.program_plots(model, data, history, out / PLOTS_DIR)
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
                data_dim=data.dim, classes=classes)
 

@@ -1,106 +1,35 @@
 """A run's figures: loss curve, reconstructions, samples, the latent space and the model's graph, one PNG each.
 
-Matplotlib with the Agg backend (no display needed); every PNG goes through
-the run directory's atomic writer.  Every figure of the library (these and the
-report's) is drawn inside :func:`figure_style`: dark ink on white, images in
-``gray_r``, one font and one colour cycle, whatever the caller's settings are.
-
-A graph model has no ``encode``/``decode``: its figures (:func:`graph_plots`)
-are drawn from its program, as decoder means of prior draws, and from its
-class metrics (evaluation/classes.py).
+Each is drawn in the house style (figures/style.py) and written through the
+run directory's atomic writer.  A graph model has no ``encode``/``decode``:
+its figures (:func:`graph_plots`) are drawn from its program, as decoder
+means of prior draws, and from its class metrics (evaluation/classes.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .data import batch
-from .rundir.files import write_atomic
+from ..data import batch
+from ..diagnostics.structure import graph_data, model_structure
+from ..errors import PyroVAEError
+from ..infer.sites import cycle_rows
+from ..models.sampling import given_rows, prior_predictive
+from .graph import draw_structure
+from .style import INK, figure_style, image_grid, pyplot, save_figure, save_image_grid
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-INK = "#222222"
+#: the most classes latent_scatter names in a legend (more get a colour bar)
 MAX_LEGEND_CLASSES = 20
-STYLE = {
-    "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
-    "savefig.edgecolor": "white", "savefig.transparent": False,
-    "text.color": INK, "axes.labelcolor": INK, "axes.titlecolor": INK, "axes.edgecolor": INK,
-    "xtick.color": INK, "ytick.color": INK, "grid.color": "#b0b0b0",
-    "legend.facecolor": "white", "legend.edgecolor": "#cccccc", "legend.framealpha": 0.9,
-    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 10, "axes.titlesize": 10,
-    "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 10,
-    "image.cmap": "gray_r", "image.interpolation": "nearest", "boxplot.medianprops.color": "#ff7f0e",
-}
-
-
-@contextlib.contextmanager
-def figure_style() -> Iterator[None]:
-    """The one style of every figure, from matplotlib's defaults up, so a caller's dark theme cannot leak in.
-
-    Also a decorator (``@figure_style()``); the caller's settings come back on exit.
-    """
-    plt = _plt()
-    from cycler import cycler
-
-    with plt.style.context(STYLE | {"axes.prop_cycle": cycler(color=COLORS)}, after_reset=True):
-        yield
-
-
-def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
-    """Write ``fig`` as a PNG through the run directory's atomic writer, then free it."""
-    try:
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, **savefig_kwargs))
-    finally:
-        _plt().close(fig)
-    return Path(path)
-
-
-def image_grid(images: np.ndarray, shape, ncols: int) -> np.ndarray:
-    """Tile (n, H*W) rows into one (rows*H, ncols*W) array with 1-pixel gaps."""
-    h, w = shape
-    n = images.shape[0]
-    nrows = math.ceil(n / ncols)
-    lo, hi = float(images.min()), float(images.max())
-    span = hi - lo if hi > lo else 1.0
-    # gaps take the background value, which the gray_r colormap shows as white
-    grid = np.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), lo, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].reshape(h, w)
-    return (grid - lo) / span
-
-
-@figure_style()
-def save_image_grid(images: np.ndarray, shape, path: Path, ncols: int = 10, title: Optional[str] = None) -> Path:
-    plt = _plt()
-    grid = image_grid(np.asarray(images, dtype=np.float32), shape, ncols)
-    fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 12), max(3, grid.shape[0] / 12) + (0.4 if title else 0)))
-    ax.imshow(grid, vmin=0, vmax=1)
-    ax.axis("off")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 @figure_style()
 def loss_curve(history: Sequence[dict], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [h["epoch"] for h in history]
     ax.plot(ep, [np.nan if h["train_loss"] is None else -h["train_loss"] for h in history], label="train ELBO (minibatch estimate)")
@@ -123,7 +52,7 @@ def reconstructions(model, x: torch.Tensor, image_shape, path: Path, n: int = 10
     if image_shape is not None:
         both = np.concatenate([x, recon], 0)
         return save_image_grid(both, image_shape, path, ncols=len(x), title="top: data, bottom: reconstruction")
-    plt = _plt()
+    plt = pyplot()
     k = min(4, len(x))
     fig, axes = plt.subplots(k, 1, figsize=(7, 1.6 * k), sharex=True, squeeze=False)
     for i in range(k):
@@ -144,7 +73,7 @@ def samples(model, image_shape, path: Path, n: int = 64, seed: int = 0) -> Path:
     xs = xs.cpu().numpy()
     if image_shape is not None:
         return save_image_grid(xs, image_shape, path, ncols=int(math.ceil(math.sqrt(n))), title="samples: mean of p(x|z), z ~ p(z)")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot(xs[: min(8, n)].T, alpha=0.7)
     ax.set_xlabel("data dimension")
@@ -160,7 +89,7 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
 
     Points are coloured by ``labels``; with ``class_names`` (name of label 0, 1, ...) the legend names the classes.
     """
-    plt = _plt()
+    plt = pyplot()
     z = model.encode(x).cpu().double()
     if z.shape[1] == 1:
         z = torch.cat([z, torch.zeros_like(z)], 1)
@@ -200,8 +129,6 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
 @figure_style()
 def _drawn(figure, *args) -> List[Path]:
     """[the figure's file], or [] where the program cannot be traced on these rows: a drawing never stops a run."""
-    from .errors import PyroVAEError
-
     try:
         return [figure(*args)]
     except PyroVAEError:
@@ -210,16 +137,11 @@ def _drawn(figure, *args) -> List[Path]:
 
 def graph(model, data, path: Path, title: str = "the model's graph") -> Path:
     """The model's graph (diagnostics/structure.py) traced on ``data``, drawn as the report draws it."""
-    from .diagnostics.structure import model_structure
-    from .report.figures import draw_structure  # the report's figures import this module: imported here
-
     return save_figure(draw_structure(model_structure(model, data), title), path, bbox_inches="tight")
 
 
 def run_plots(model, data, history, folder: Path) -> List[Path]:
     """A built-in model's figures."""
-    from .diagnostics.structure import graph_data
-
     folder.mkdir(parents=True, exist_ok=True)
     x = data.test_x
     return [
@@ -234,8 +156,6 @@ def run_plots(model, data, history, folder: Path) -> List[Path]:
 
 def program_plots(model, data, history, folder: Path) -> List[Path]:
     """A program's figures: its curve and its graph (the others need a built-in's encoder and decoder)."""
-    from .diagnostics.structure import graph_data
-
     folder.mkdir(parents=True, exist_ok=True)
     return [loss_curve(history, folder / "loss.png"), *_drawn(graph, model, graph_data(data), folder / "graph.png")]
 
@@ -272,9 +192,7 @@ def class_samples(model, data, node: str, image_shape, path: Path, draws: int = 
     ``data``: the run's named data, whose array ``node`` the given classes are shaped like.  Every row draws
     its latents with the same seed, so a column holds the latents fixed where the program draws them alike.
     """
-    from .models.sampling import given_rows, prior_predictive
-
-    plt = _plt()
+    plt = pyplot()
     k = int(model.graph.nodes[node].dim)
     shown = min(k, MAX_CLASS_ROWS)
     width = int(np.prod(image_shape))
@@ -304,9 +222,6 @@ def prior_samples(model, data, image_shape, path: Path, n: int = 64, seed: int =
 
     A graph with input nodes (always-given arrays) takes them from the test data's rows in turn.
     """
-    from .infer.sites import cycle_rows
-    from .models.sampling import prior_predictive
-
     inputs = [name for name in model.graph.order if model.graph.nodes[name].role == "input"]
     given = {name: cycle_rows(data[name], n) for name in inputs} if inputs else None
     named = batch.is_named(data)
@@ -322,7 +237,7 @@ def prior_samples(model, data, image_shape, path: Path, n: int = 64, seed: int =
 def class_table(metrics, path: Path) -> Path:
     """A :class:`~pyro_vae.evaluation.classes.ClassMetrics` table as a heatmap with its counts: the confusion
     matrix of a classifier, or the contingency table of a clustering (its clusters in the order of their classes)."""
-    plt = _plt()
+    plt = pyplot()
     table = np.asarray(metrics.table)
     cols = np.arange(table.shape[1])
     if metrics.kind == "clustering":

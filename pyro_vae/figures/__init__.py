@@ -1,0 +1,1 @@
+"""Figures: the house style, image grids and the model-graph drawing, under a run's plots and the report."""
