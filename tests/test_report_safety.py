@@ -185,8 +185,8 @@ def test_run_folders_from_the_file_choose_no_path(diagnosed, tmp_path):
     out = _crafted(diagnosis, tmp_path / "crafted")
     raw = json.loads((out / "diagnostics.json").read_text())
     first = raw["runs"][0]
-    # two runs: one folder leaves the report folder, the other is what the first's figure name becomes
-    raw["runs"] = [first | {"folder": "../outside/a b<c>"}, first | {"folder": ".._outside_a_b_c_"}]
+    # two runs under one folder name: their figures must not overwrite each other
+    raw["runs"] = [first | {"folder": ".._outside_a_b_c_"}, first | {"folder": ".._outside_a_b_c_"}]
     (out / "diagnostics.json").write_text(json.dumps(raw))
     before = sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out)
     pv.write_report(pv.load_diagnosis(out), out / "report")
@@ -200,3 +200,47 @@ def test_run_folders_from_the_file_choose_no_path(diagnosed, tmp_path):
     assert_no_markup_in_page(page)
     assert "outside" not in "".join(a.get("href", "") for _, a in _Page(page).tags)  # not linked
     assert_no_markup_in_markdown((out / "report" / "report.md").read_text())
+
+
+@pytest.mark.parametrize("folder", ["../outside", "/etc", "a/b", "..", "", 7])
+def test_a_run_folder_that_leaves_the_report_folder_is_refused_in_one_line(diagnosed, tmp_path, capsys, folder):
+    """load_diagnosis reads each run's draws from the folder diagnostics.json names: only a plain name inside."""
+    run, diagnosis = diagnosed
+    out = _crafted(diagnosis, tmp_path / "crafted")
+    raw = json.loads((out / "diagnostics.json").read_text())
+    raw["runs"][0]["folder"] = folder
+    (out / "diagnostics.json").write_text(json.dumps(raw))
+    with pytest.raises(pv.PyroVAEError, match="not a plain folder name"):
+        pv.load_diagnosis(out)
+    capsys.readouterr()
+    # the command line reuses the saved diagnosis (same run, same settings) and so refuses it the same way
+    assert main(["report", str(run), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a plain folder name" in err and not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "null", '{"format": "pyro_vae.diagnostics/2", "runs": 3}'])
+def test_a_diagnostics_json_of_another_shape_is_one_line(diagnosed, tmp_path, content):
+    _, diagnosis = diagnosed
+    out = tmp_path / "odd"
+    shutil.copytree(diagnosis, out)
+    (out / "diagnostics.json").write_text(content)
+    with pytest.raises(pv.PyroVAEError) as e:
+        pv.load_diagnosis(out)
+    assert "\n" not in str(e.value) and "re-run 'pyro-vae diagnose" in str(e.value)
+
+
+def test_the_terminal_tables_carry_no_control_characters(diagnosed, tmp_path):
+    """A name with an escape sequence or a right-to-left override is printed as its escape, never sent raw."""
+    _, diagnosis = diagnosed
+    out = _crafted(diagnosis, tmp_path / "crafted")
+    raw = json.loads((out / "diagnostics.json").read_text())
+    raw["runs"][0]["name"] = "run\x1b[2J\x1b]0;title\x07\u202egnp.exe"
+    raw["warnings"] = ["warn \x1b[31mred\x1b[0m"]
+    (out / "diagnostics.json").write_text(json.dumps(raw))
+    from pyro_vae.report.render import render_text
+
+    text = render_text(pv.load_diagnosis(out))
+    assert not any(ord(ch) < 32 and ch != "\n" for ch in text) and "\u202e" not in text
+    assert "run\\x1b[2J" in text and "warn \\x1b[31mred" in text
+

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_median, init_to_value
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn.module import PyroParam
 
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout
@@ -69,21 +75,41 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     x steps) nats per point) is why ``better`` says, per point, whether the
     fit beats the amortized q on independent draws.
     """
-    from pyro import poutine
-    from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-    from pyro.infer.autoguide import AutoDelta, AutoNormal
-    from pyro.infer.autoguide.initialization import init_to_median, init_to_value
-    from pyro.nn.module import PyroParam
-    from pyro.infer.autoguide.utils import deep_setattr
+    guide = _local_guide(model, x, layout, q_mean, q_sd, family)
+    steps = settings.local_steps
+    if steps == 0:
+        return LocalFit(guide, 0, False, np.ones(batch.num_rows(x), dtype=bool))
+    n_part = 1 if family == "delta" else settings.local_particles
+    # a program that does not broadcast over a draw dim takes its particles one at a time
+    objective = TraceEnum_ELBO if layout.summed else Trace_ELBO
+    elbo = objective(num_particles=n_part, vectorize_particles=n_part > 1 and layout.broadcasts,
+                     max_plate_nesting=layout.nest)
+    fit_model = summing(model.model, layout.summed) if layout.summed else model.model
+    block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
+    bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
+    fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
+               [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
+    # the step size decays 10x over the scheduled steps, so they settle instead of jittering
+    fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
+    check = _Check(model, guide, x, layout, settings, family == "delta")
+    converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
+    if bar is not None:
+        bar.close()
+    # per point, whether the fit beats the amortized q on draws that neither trained nor will score it:
+    # a fit a little short of an optimum q is at is no evidence of a gap
+    amortized = _Check(model, model.guide, x, layout, settings, family == "delta")
+    better = (check.per_point() - amortized.per_point()).mean(0) > 0
+    return LocalFit(guide, fit.taken, converged, better)
 
+
+def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, family: str):
+    """The per-point guide, its parameters built and started at the amortized q's means (and scales)."""
     init_vals = layout.site_tensors(q_mean)
     init = init_to_value(values=init_vals) if init_vals else init_to_median
     # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
     target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
-    if family == "delta":
-        guide = AutoDelta(target, init_loc_fn=init)
-    else:
-        guide = AutoNormal(target, init_loc_fn=init, init_scale=0.1)
+    guide = AutoDelta(target, init_loc_fn=init) if family == "delta" else AutoNormal(target, init_loc_fn=init,
+                                                                                       init_scale=0.1)
     batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
@@ -92,70 +118,58 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
         for s in layout.sites:
             # start at the amortized q's scale (real-valued sites: unconstrained = constrained)
             if scales and is_real(layout.supports[s]):
-                deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint, guide._event_dims[s]))
-    params = [p for p in guide.parameters() if p.requires_grad]
-    n_part = 1 if family == "delta" else settings.local_particles
-    # a program that does not broadcast over a draw dim takes its particles one at a time
-    objective = TraceEnum_ELBO if layout.summed else Trace_ELBO
-    elbo = objective(num_particles=n_part, vectorize_particles=n_part > 1 and layout.broadcasts,
-                     max_plate_nesting=layout.nest)
-    fit_model = summing(model.model, layout.summed) if layout.summed else model.model
-    opt = torch.optim.Adam(params, lr=settings.local_lr)
-    steps = settings.local_steps
-    if steps == 0:
-        return LocalFit(guide, 0, False, np.ones(batch.num_rows(x), dtype=bool))
-    block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
-    bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
+                deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint,
+                                                        guide._event_dims[s]))
+    return guide
 
-    def run(n, lr_at):
+
+class _Fit:
+    """Adam on a local guide's parameters, and the running sum of its iterates for averaging."""
+
+    def __init__(self, loss, params, lr: float, bar):
+        self.loss, self.params, self.bar = loss, params, bar
+        self.opt = torch.optim.Adam(params, lr=lr)
+        self.total = None  # the sum of the iterates since averaging began
+        self.taken = 0
+
+    def run(self, n: int, lr_at) -> None:
         for t in range(n):
-            for g in opt.param_groups:
+            for g in self.opt.param_groups:
                 g["lr"] = lr_at(t)
-            loss = batch.call(elbo.differentiable_loss, x, fit_model, guide)
-            grads = torch.autograd.grad(loss, params)
-            for p, g in zip(params, grads):
+            grads = torch.autograd.grad(self.loss(), self.params)
+            for p, g in zip(self.params, grads):
                 p.grad = g
-            opt.step()
-            if total is not None:
-                for a, p in zip(total, params):
+            self.opt.step()
+            if self.total is not None:
+                for a, p in zip(self.total, self.params):
                     a += p.detach()
-            if bar is not None:
-                bar.update(1)
+            if self.bar is not None:
+                self.bar.update(1)
+        self.taken += n
 
-    # the step size decays 10x over the scheduled steps, so they settle instead of jittering
-    total = None
-    run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
-    # then the iterates jitter about the optimum with the gradient noise: their running mean
-    # (Polyak-Ruppert averaging) is far closer to it than any one of them
-    lr_end = settings.local_lr * 0.1
-    total = [torch.zeros_like(p) for p in params]
-    current = [p.detach().clone() for p in params]
-    check = _Check(model, guide, x, layout, settings, family == "delta")
-    before, converged, taken, averaged, quiet = check(), False, steps, 0, 0
-    for _ in range(MAX_BLOCKS):
-        with torch.no_grad():
-            for p, c in zip(params, current):
-                p.copy_(c)  # the optimizer goes on from its own iterate, not from the average
-        run(block, lambda t: lr_end)
-        taken += block
-        averaged += block
-        with torch.no_grad():
-            for p, c, a in zip(params, current, total):
-                c.copy_(p)
-                p.copy_(a / averaged)
-        after = check()
-        quiet = quiet + 1 if check.unchanged(before, after) else 0
-        if quiet >= QUIET_BLOCKS:
-            converged = True
-            break
-        before = after
-    if bar is not None:
-        bar.close()
-    # per point, whether the fit beats the amortized q on draws that neither trained nor will score it:
-    # a fit a little short of an optimum q is at is no evidence of a gap
-    amortized = _Check(model, model.guide, x, layout, settings, family == "delta")
-    better = (check.per_point() - amortized.per_point()).mean(0) > 0
-    return LocalFit(guide, taken, converged, better)
+    def averaged_blocks(self, block: int, lr: float, check: "_Check") -> bool:
+        """Blocks at ``lr`` whose iterates are averaged (Polyak-Ruppert: the iterates jitter about the optimum
+        with the gradient noise, and their running mean is far closer to it than any one of them), until
+        ``QUIET_BLOCKS`` in a row leave the averaged guide's ELBO unchanged; whether that happened."""
+        self.total = [torch.zeros_like(p) for p in self.params]
+        current = [p.detach().clone() for p in self.params]
+        before, averaged, quiet = check(), 0, 0
+        for _ in range(MAX_BLOCKS):
+            with torch.no_grad():
+                for p, c in zip(self.params, current):
+                    p.copy_(c)  # the optimizer goes on from its own iterate, not from the average
+            self.run(block, lambda t: lr)
+            averaged += block
+            with torch.no_grad():
+                for p, c, a in zip(self.params, current, self.total):
+                    c.copy_(p)
+                    p.copy_(a / averaged)
+            after = check()
+            quiet = quiet + 1 if check.unchanged(before, after) else 0
+            if quiet >= QUIET_BLOCKS:
+                return True
+            before = after
+        return False
 
 
 class _Check:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -396,6 +397,10 @@ class Diagnosis:
         return path
 
 
+#: what a run's folder in a diagnosis folder may be called (diagnostics/run.py writes such names)
+_PLAIN_FOLDER = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def load_diagnosis(folder) -> Diagnosis:
     """Read back what :meth:`Diagnosis.save` wrote."""
     folder = Path(folder)
@@ -407,10 +412,19 @@ def load_diagnosis(folder) -> Diagnosis:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise PyroVAEError(f"{path} is not valid JSON ({e}): {again}") from None
-    if raw.get("format") != FORMAT:
-        raise PyroVAEError(f"{path} has format {raw.get('format')!r}, this pyro_vae reads {FORMAT!r}: {again}")
-    d = Diagnosis.from_json(raw)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise PyroVAEError(f"{path} has format {found!r}, this pyro_vae reads {FORMAT!r}: {again}")
+    try:
+        d = Diagnosis.from_json(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PyroVAEError(f"{path} is not a diagnosis pyro_vae wrote ({type(e).__name__}: {str(e)[:120]}): "
+                           f"{again}") from None
     for r in d.runs:
+        # the file names the folder of each run's draws: a plain name inside this folder, never a path elsewhere
+        if not isinstance(r.folder, str) or not _PLAIN_FOLDER.fullmatch(r.folder) or r.folder in (".", ".."):
+            raise PyroVAEError(f"{path} names the run folder {r.folder!r}, which is not a plain folder name inside "
+                               f"{str(folder)!r}: the file was not written by pyro_vae; {again}")
         sub = folder / r.folder
         for label, attr in _NETCDF:
             if (sub / f"{label}.nc").exists():

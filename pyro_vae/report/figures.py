@@ -345,40 +345,49 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     runs = [r for r in diagnosis.runs if r.generated is not None]
     if not runs:
         return
-    plt = pyplot()
     shape = next((tuple(r.image_shape) for r in runs if r.image_shape), None)
     x0 = runs[0].generated.data
-    same_points = all(r.generated.data.shape == x0.shape and np.array_equal(r.generated.data, x0) for r in runs)
+    if all(r.generated.data.shape == x0.shape and np.array_equal(r.generated.data, x0) for r in runs):
+        _fig_reconstructions(figs, runs, shape)
+    _fig_samples(figs, runs, shape)
+    for r in runs:
+        _fig_traversal(figs, r, shape)
+
+
+def _fig_reconstructions(figs: Figures, runs, shape) -> None:
+    """The decoder mean at the mean of q(z|x) for the diagnosed points, every run under the data."""
+    plt = pyplot()
+    x0 = runs[0].generated.data
     nshow = x0.shape[0]
+    recon = [r.generated.reconstructions for r in runs]
+    if shape is not None:
+        rows = [x0] + recon
+        fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * nshow + 1.6, 0.85 * len(rows) + 0.4), squeeze=False)
+        for ax, img, label in zip(axes[:, 0], rows, ["data"] + [r.name for r in runs]):
+            ax.imshow(image_grid(img, shape, nshow), vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    else:
+        k = min(3, nshow)
+        fig, axes = plt.subplots(k, 1, figsize=(8, 1.9 * k), sharex=True, squeeze=False)
+        for i in range(k):
+            ax = axes[i, 0]
+            ax.plot(x0[i], "k.-", lw=1, label="data")
+            for ci, (r, rec) in enumerate(zip(runs, recon)):
+                ax.plot(rec[i], ".-", lw=1, color=COLORS[ci % len(COLORS)], label=r.name)
+            ax.set_ylabel(f"test[{runs[0].points[i]}]", fontsize=8)
+        axes[0, 0].legend(fontsize=7, loc="upper right")
+        axes[-1, 0].set_xlabel("data dimension")
+    fig.suptitle("Reconstructions: mean of p(x|z) at the mean of q(z|x)", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "reconstructions", "Reconstructions", "Top row: the diagnosed test points; below, each run's "
+              "decoder mean at the mean of its q(z|x).", "generated")
 
-    # reconstructions: decoder mean at the mean of q(z|x), for the diagnosed points
-    if same_points:
-        recon = [r.generated.reconstructions for r in runs]
-        if shape is not None:
-            rows = [x0] + recon
-            fig, axes = plt.subplots(len(rows), 1, figsize=(0.75 * nshow + 1.6, 0.85 * len(rows) + 0.4), squeeze=False)
-            for ax, img, label in zip(axes[:, 0], rows, ["data"] + [r.name for r in runs]):
-                ax.imshow(image_grid(img, shape, nshow), vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-        else:
-            k = min(3, nshow)
-            fig, axes = plt.subplots(k, 1, figsize=(8, 1.9 * k), sharex=True, squeeze=False)
-            for i in range(k):
-                ax = axes[i, 0]
-                ax.plot(x0[i], "k.-", lw=1, label="data")
-                for ci, (r, rec) in enumerate(zip(runs, recon)):
-                    ax.plot(rec[i], ".-", lw=1, color=COLORS[ci % len(COLORS)], label=r.name)
-                ax.set_ylabel(f"test[{runs[0].points[i]}]", fontsize=8)
-            axes[0, 0].legend(fontsize=7, loc="upper right")
-            axes[-1, 0].set_xlabel("data dimension")
-        fig.suptitle("Reconstructions: mean of p(x|z) at the mean of q(z|x)", fontsize=10)
-        fig.tight_layout()
-        figs.save(fig, "reconstructions", "Reconstructions", "Top row: the diagnosed test points; below, each run's "
-                  "decoder mean at the mean of its q(z|x).", "generated")
 
-    # samples from the prior
+def _fig_samples(figs: Figures, runs, shape) -> None:
+    """Decoder means of draws from the prior, one panel per run."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.6), squeeze=False)
     for ax, r in zip(axes[0], runs):
         xs = r.generated.samples
@@ -394,36 +403,38 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     figs.save(fig, "samples", "Samples from the prior", f"Decoder means of {len(runs[0].generated.samples)} draws "
               "z ~ p(z) per run (the same seed for every run).", "generated")
 
-    # latent traversals
-    for r in runs:
-        g = r.generated
-        dims, steps, xs = [int(j) for j in g.traversal_dims], np.asarray(g.traversal_steps), g.traversal
-        labels = r.latent_labels
-        if shape is not None:
-            fig, ax = plt.subplots(figsize=(0.72 * len(steps) + 1.8, 0.75 * len(dims) + 0.9))
-            ax.imshow(image_grid(xs, shape, len(steps)), vmin=0, vmax=1)
-            h = shape[0] + 1
-            ax.set_yticks([i * h + shape[0] / 2 for i in range(len(dims))])
-            ax.set_yticklabels([labels[j] for j in dims], fontsize=8)
-            w = shape[1] + 1
-            ax.set_xticks([i * w + shape[1] / 2 for i in range(len(steps))])
-            ax.set_xticklabels([f"{t:+.1f}" for t in steps], fontsize=7)
-            ax.set_xlabel("value in prior standard deviations")
-        else:
-            plt_cm = plt.get_cmap("viridis")
-            fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 1.5 * len(dims) + 0.6), sharex=True, squeeze=False)
-            for a, j in enumerate(dims):
-                for ti in range(len(steps)):
-                    axes[a, 0].plot(xs[a * len(steps) + ti], color=plt_cm(ti / (len(steps) - 1)), lw=1)
-                axes[a, 0].set_ylabel(labels[j], fontsize=8)
-            axes[-1, 0].set_xlabel(f"data dimension (colour: {steps[0]:+.1f} to {steps[-1]:+.1f} prior sd)")
-        ax0 = fig.axes[0]
-        ax0.set_title(f"{r.name}: latent traversals from the encoding of test[{r.points[0]}]", fontsize=10)
-        fig.tight_layout()
-        figs.save(fig, f"traversal_{r.folder}", f"{r.name}: latent traversals",
-                  f"Each row moves one latent dimension (most informative first) from {steps[0]:+.1f} to {steps[-1]:+.1f} "
-                  "prior standard deviations, the others held at the mean of q(z|x) for the first diagnosed point.",
-                  "generated")
+
+def _fig_traversal(figs: Figures, r: RunDiagnosis, shape) -> None:
+    """One run's latent traversals: each row moves one latent dimension from the first point's encoding."""
+    plt = pyplot()
+    g = r.generated
+    dims, steps, xs = [int(j) for j in g.traversal_dims], np.asarray(g.traversal_steps), g.traversal
+    labels = r.latent_labels
+    if shape is not None:
+        fig, ax = plt.subplots(figsize=(0.72 * len(steps) + 1.8, 0.75 * len(dims) + 0.9))
+        ax.imshow(image_grid(xs, shape, len(steps)), vmin=0, vmax=1)
+        h = shape[0] + 1
+        ax.set_yticks([i * h + shape[0] / 2 for i in range(len(dims))])
+        ax.set_yticklabels([labels[j] for j in dims], fontsize=8)
+        w = shape[1] + 1
+        ax.set_xticks([i * w + shape[1] / 2 for i in range(len(steps))])
+        ax.set_xticklabels([f"{t:+.1f}" for t in steps], fontsize=7)
+        ax.set_xlabel("value in prior standard deviations")
+    else:
+        plt_cm = plt.get_cmap("viridis")
+        fig, axes = plt.subplots(len(dims), 1, figsize=(7.5, 1.5 * len(dims) + 0.6), sharex=True, squeeze=False)
+        for a, j in enumerate(dims):
+            for ti in range(len(steps)):
+                axes[a, 0].plot(xs[a * len(steps) + ti], color=plt_cm(ti / (len(steps) - 1)), lw=1)
+            axes[a, 0].set_ylabel(labels[j], fontsize=8)
+        axes[-1, 0].set_xlabel(f"data dimension (colour: {steps[0]:+.1f} to {steps[-1]:+.1f} prior sd)")
+    ax0 = fig.axes[0]
+    ax0.set_title(f"{r.name}: latent traversals from the encoding of test[{r.points[0]}]", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, f"traversal_{r.folder}", f"{r.name}: latent traversals",
+              f"Each row moves one latent dimension (most informative first) from {steps[0]:+.1f} to {steps[-1]:+.1f} "
+              "prior standard deviations, the others held at the mean of q(z|x) for the first diagnosed point.",
+              "generated")
 
 
 # -- the model's graph -----------------------------------------------------------

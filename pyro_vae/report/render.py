@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import unicodedata
 import re
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -284,16 +285,23 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
     return "\n".join(lines)
 
 
+def terminal_text(text: str) -> str:
+    """``text`` with every control or format character (an escape sequence a crafted name could carry, a
+    right-to-left override) written as its escape, so that printing a saved name never drives the terminal."""
+    return "".join(ch if unicodedata.category(ch)[0] != "C" else ch.encode("unicode_escape").decode("ascii")
+                   for ch in str(text))
+
+
 def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison",
                                                        "comparison_nodes", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []
     if any(r.summed_sites for r in d.runs):  # the terminal says it only where it changes what z means
-        lines += [_sites_line(d), ""]
+        lines += [terminal_text(_sites_line(d)), ""]
     for t in build_tables(d):
         if t.id not in table_ids or not t.rows:
             continue
-        cells = [t.columns] + [[fmt(v) for v in row] for row in t.rows]
+        cells = [t.columns] + [[terminal_text(fmt(v)) for v in row] for row in t.rows]
         widths = [max(len(str(r[i])) for r in cells) for i in range(len(t.columns))]
         lines.append(t.title)
         for j, r in enumerate(cells):
@@ -303,7 +311,7 @@ def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "
         lines.append("")
     if d.warnings:
         lines.append("warnings:")
-        lines += [f"  - {w}" for w in d.warnings]
+        lines += [f"  - {terminal_text(w)}" for w in d.warnings]
     else:
         lines.append("no warnings")
     return "\n".join(lines)

@@ -71,9 +71,15 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
+    builders = (_runs_table, _khat_table, _worst_table, _reference_tables, _comparison_table, _nodes_table,
+                _sbc_table)
+    return [table for build in builders for table in build(diagnosis)]
+
+
+def _runs_table(diagnosis: Diagnosis) -> List[Table]:
+    """The runs: objective, guide, sizes, and the numbers of their own metrics.json."""
     runs = diagnosis.runs
     tables = []
-
     # evaluate's active units, where the run's metrics recorded them
     units = any(r.info.get("active_units") is not None for r in runs)
     rows = []
@@ -97,7 +103,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         f"variance averaged over the diagnosed points, exceeds {CONTRACTED:g} (posterior variance at least "
         f"{CONTRACTED:.0%} below the prior's); not the same count as evaluate's active units.",
     ))
+    return tables
 
+
+def _khat_table(diagnosis: Diagnosis) -> List[Table]:
+    """PSIS k-hat of q per run: its distribution over the diagnosed points and a verdict."""
+    runs = diagnosis.runs
+    tables = []
     rows = []
     for r in runs:
         k = r.khat
@@ -112,7 +124,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         f"{KHAT_GOOD}-{KHAT_BAD}: usable with care; above {KHAT_BAD}: q misses posterior mass and "
         "importance sampling (and posterior summaries from q) cannot be trusted for that point.",
     ))
+    return tables
 
+
+def _worst_table(diagnosis: Diagnosis) -> List[Table]:
+    """The points with the highest k-hat, run by run."""
+    runs = diagnosis.runs
+    tables = []
     rows = []
     for r in runs:
         for rank, w in enumerate(r.summary.worst, 1):
@@ -123,7 +141,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         rows,
         "Points are rows of the run's test data. The amortization gap is in nats.",
     ))
+    return tables
 
+
+def _reference_tables(diagnosis: Diagnosis) -> List[Table]:
+    """The reference posterior per run, and NUTS against the exact grid where both exist."""
+    runs = diagnosis.runs
+    tables = []
     rows, check_rows = [], []
     for r in runs:
         ref = r.reference
@@ -161,7 +185,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
             "With a 2-D latent both references exist; these columns say how far the sampler is from the "
             "exact answer (Monte Carlo error alone gives about 3 / sqrt(ESS) at most).",
         ))
+    return tables
 
+
+def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
+    """q against the reference: moment errors, Gaussian KL, W2, the ELBOs and the amortization gap."""
+    runs = diagnosis.runs
+    tables = []
     rows = []
     for r in runs:
         s = r.summary
@@ -180,7 +210,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         "ELBOs in nats per point; the per-point q is fitted to each point alone with the decoder fixed, so "
         "the gap is what amortization costs.",
     ))
+    return tables
 
+
+def _nodes_table(diagnosis: Diagnosis) -> List[Table]:
+    """The comparison per latent node, for models with several."""
+    runs = diagnosis.runs
+    tables = []
     rows = [[r.name, node.name, node.dims] + [float(np.nanmean(getattr(node, k))) for k in _NODE_COLUMNS]
             for r in runs if r.comparison is not None for node in r.comparison.nodes]
     if rows:
@@ -193,7 +229,13 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
             "the reference), for models with several: where the guide is wrong, node by node. The per-node KLs "
             "do not add up to the joint one when q or the posterior correlates the nodes.",
         ))
+    return tables
 
+
+def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
+    """Simulation-based calibration per run."""
+    runs = diagnosis.runs
+    tables = []
     rows = []
     for r in runs:
         sbc = r.sbc
