@@ -103,3 +103,19 @@ def test_one_latent_options_on_a_larger_graph_are_one_line(options, words):
         "x": NodeConfig(role="observed", likelihood="normal", parents=("z1",), net=NET)})
     with pytest.raises(pv.PyroVAEError, match=words):
         pv.build_model(spec, D)
+
+
+@pytest.mark.parametrize("example", ["vae_digits", "ae_undercomplete", "graph_hierarchical"])
+def test_runs_of_the_one_latent_the_autoencoder_and_the_graph_examples_load_as_one_class(example, tmp_path):
+    from pathlib import Path
+
+    from pyro_vae.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "examples" / f"{example}.toml"
+    out = tmp_path / example
+    # one quick epoch on the digits (the hierarchy's own data is Fashion-MNIST): the model is what is checked
+    assert main(["train", str(config), "--out", str(out), "--set", "train.epochs=1", "--set", 'data.source="digits"',
+                 "--quiet", "--no-plots", "--iw-samples", "5"]) == 0
+    run = pv.load_run(out)
+    assert type(run.model) is pv.GraphModel
+    assert (run.model.one_latent is not None) == (example != "graph_hierarchical")
