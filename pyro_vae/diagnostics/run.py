@@ -8,7 +8,6 @@ import math
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -32,7 +31,8 @@ from .local import _LocalModel, fit_local
 from .reference import _unconstrained_loc_scale, grid_reference, nuts_reference
 from ..data import batch
 from ..data.sources import Dataset
-from ..infer.psis import arviz, pareto_khat
+from .. import arviz_compat
+from ..infer.psis import pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
@@ -328,12 +328,9 @@ def _structure(subject: Subject, model, x, name, log) -> Optional[ModelStructure
 
 def _chain_stats(data, layout: _Layout):
     """R-hat, bulk and tail ESS per (point, latent), concatenated over sites (ArviZ)."""
-    az = arviz()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = az.rhat(data)
-        eb = az.ess(data, method="bulk")
-        et = az.ess(data, method="tail")
+    r = arviz_compat.rhat(data)
+    eb = arviz_compat.ess(data, method="bulk")
+    et = arviz_compat.ess(data, method="tail")
     cat = lambda ds: np.concatenate([np.asarray(ds[s].values).reshape(ds[s].shape[0], -1) for s in layout.sites], 1)
     return cat(r), cat(eb), cat(et)
 

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..infer.psis import arviz
+from ..arviz_compat import group, plot_forest
 from ..diagnostics.results import (DETERMINISTIC, ENUMERATED, FACTOR, INPUT, LATENT, OBSERVED, PARTLY_OBSERVED, Diagnosis,
                                    GraphNode, GridPosterior, ModelStructure, RunDiagnosis)
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -163,7 +163,6 @@ def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:
 
 
 def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
-    az = arviz()
     plt = _plt()
     runs = [r for r in diagnosis.runs if r.q_data is not None]
     if not runs:
@@ -184,9 +183,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
         if r.reference_data is not None:
             data.append(r.reference_data)
             names.append("reference (" + r.reference.method + ")")
-        az.plot_forest(data, model_names=names, var_names=[site], combined=True, hdi_prob=0.9,
-                       coords={"point": pick, f"{site}_dim": local_dims}, ax=ax, colors=[COLORS[0], REF_COLOR],
-                       textsize=9)  # the style's font size, not ArviZ's scaled one
+        plot_forest(ax, data, names, site, {"point": pick, f"{site}_dim": local_dims}, [COLORS[0], REF_COLOR],
+                    prob=0.9, textsize=9)  # the style's font size, not ArviZ's scaled one
         ax.set_title(f"{r.name}: 90% intervals", fontsize=10)
     fig.tight_layout()
     figs.save(fig, "forest", "Forest plot of posterior summaries",
@@ -273,7 +271,7 @@ def _grid_contours(ax, grid: GridPosterior, j: int) -> None:
 
 def _draws(data, latent_labels: List[str]) -> np.ndarray:
     """ArviZ posterior -> (chains*draws, points, latent) in the order of ``latent_labels``."""
-    post = data["posterior"] if not hasattr(data, "posterior") else data.posterior
+    post = group(data, "posterior")
     sites = []
     for lab in latent_labels:
         s = lab.split("[")[0]
