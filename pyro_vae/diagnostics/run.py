@@ -36,6 +36,7 @@ from ..infer.psis import pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
+from .loo_check import loo_check
 
 # q is overconfident when its sd ratio to the reference is at most OVERCONFIDENT_SD, or below
 # SD_RATIO_MIN by more than 2 of its standard errors (the best diagonal q of a posterior with
@@ -84,6 +85,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     log(f"[{name}] {settings.draws} draws from q(z|x) for {b} points, PSIS k-hat per point")
     qd = _draw_q(model, x, layout, subject.point_index, name, settings)
     khat = _khat(qd.log_w, layout.point_mass)
+    loo = None if layout.point_mass else loo_check(qd.log_w, khat.values)
     zp = _prior_draws(model, x, layout, settings)
     prior_var = zp.var(0, ddof=1)
     lap("q_draws")
@@ -120,7 +122,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         image_shape=[int(v) for v in shape] if shape else None,
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
-        structure=structure)
+        structure=structure, loo_check=loo)
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 
@@ -458,6 +460,12 @@ def _warnings(r: RunDiagnosis) -> List[str]:
         out.append(f"{name}: q is overconfident: its standard deviations are {s.sd_ratio:.2f}x the reference's "
                    f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} points"
                    + (f" ({where})" if pts else "") + ": posterior intervals from q are too short there")
+    if r.loo_check is not None and not r.loo_check.agree:
+        c = r.loo_check
+        z = "" if c.log_px_max_z is None else f", max |log p(x) difference| {c.log_px_max_z:.2g} s.e."
+        out.append(f"{name}: k-hat or importance-sampled log p(x) disagree with ArviZ {c.arviz}'s "
+                   f"loo_approximate_posterior on the same draws (max |k-hat difference| {c.khat_max_abs_diff:.2g}{z}): "
+                   "one of the two computations is wrong")
     if r.sbc is not None and r.sbc.flagged:
         f = r.sbc.flagged
         dims = ", ".join(f[:6]) + (" ..." if len(f) > 6 else "")
@@ -549,7 +557,7 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
     xs = [batch.prepare(s.x, f"the points of run {s.name!r}") for s in subjects]
     if any(not _same_data(x, xs[0]) for x in xs[1:]):
         notes.append("the runs were diagnosed on different data points: compare each run with its own reference only")
-    return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"), arviz=arviz_compat.version())
 
 
 def _subject_data(subject, device):

@@ -8,6 +8,7 @@ from typing import List
 
 import numpy as np
 
+from ..diagnostics.loo_check import KHAT_TOLERANCE as LOO_KHAT_TOLERANCE, LOG_PX_Z
 from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
 from ..evaluation.estimators import ACTIVE_UNIT_THRESHOLD
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -122,6 +123,31 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
         ["run", "rank", "point", "k-hat", "|mean error| / reference sd", "amortization gap"],
         rows,
         "Points are rows of the run's test data. The amortization gap is in nats.",
+    ))
+
+    rows = []
+    for r in runs:
+        c = r.loo_check
+        if c is not None:
+            rows.append([r.name, c.arviz, c.khat_max_abs_diff, c.compared, c.log_px_max_z,
+                         "agree" if c.agree else "DISAGREE"])
+        elif r.point_mass_guide:
+            rows.append([r.name, diagnosis.arviz or None, None, None, None, "n/a (point-mass guide: no weights)"])
+        else:
+            made = f"ArviZ {diagnosis.arviz}" if diagnosis.arviz else "an ArviZ before 1.0"
+            rows.append([r.name, diagnosis.arviz or None, None, None, None,
+                         f"not available: diagnosed with {made}, which has no loo_approximate_posterior (ArviZ >= 1.0)"])
+    tables.append(Table(
+        "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
+        ["run", "ArviZ", "max |k-hat difference|", f"points with k-hat <= {KHAT_BAD}",
+         "max |log p(x) difference| / s.e.", "verdict"],
+        rows,
+        "The same draws given to ArviZ's PSIS-LOO for variational posteriors, each point an observation whose LOO "
+        "ratio is its importance weight p(x, z) / q(z|x): its Pareto k must equal ours (the same fit of the same "
+        f"weights; agreement means within {LOO_KHAT_TOLERANCE:g}), and minus its elpd is a PSIS-smoothed estimate of "
+        "log p(x), which must lie within "
+        f"{LOG_PX_Z:g} standard errors of our importance-sampled log p(x) (compared on points with k-hat <= "
+        f"{KHAT_BAD}, where that standard error can be trusted).",
     ))
 
     rows, check_rows = [], []
