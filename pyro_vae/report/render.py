@@ -244,7 +244,7 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
         body = []
         for t in tables:
             if TABLE_SECTION.get(t.id) == sec:
-                body += ([f"### {t.title}", ""] if t.title != title else []) + ["| " + " | ".join(t.columns) + " |",
+                body += ([f"### {t.title}", ""] if t.title != title else []) + ["| " + " | ".join(c.replace("|", "\\|") for c in t.columns) + " |",
                          "|" + "|".join("---" for _ in t.columns) + "|"]
                 body += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
                 body += ["", t.note, ""]

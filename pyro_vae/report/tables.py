@@ -139,8 +139,8 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
                          f"not available: diagnosed with {made}, which has no loo_approximate_posterior (ArviZ >= 1.0)"])
     tables.append(Table(
         "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
-        ["run", "ArviZ", "max |k-hat difference|", f"points with k-hat <= {KHAT_BAD}",
-         "max |log p(x) difference| / s.e.", "verdict"],
+        ["run", "ArviZ", "largest k-hat difference", f"points with k-hat <= {KHAT_BAD}",
+         "largest log p(x) difference / s.e.", "verdict"],
         rows,
         "The same draws given to ArviZ's PSIS-LOO for variational posteriors, each point an observation whose LOO "
         "ratio is its importance weight p(x, z) / q(z|x): its Pareto k must equal ours (the same fit of the same "
