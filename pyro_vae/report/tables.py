@@ -133,10 +133,11 @@ def build_tables(diagnosis: Diagnosis) -> List[Table]:
                          "agree" if c.agree else "DISAGREE"])
         elif r.point_mass_guide:
             rows.append([r.name, diagnosis.arviz or None, None, None, None, "n/a (point-mass guide: no weights)"])
-        else:
-            made = f"ArviZ {diagnosis.arviz}" if diagnosis.arviz else "an ArviZ before 1.0"
-            rows.append([r.name, diagnosis.arviz or None, None, None, None,
-                         f"not available: diagnosed with {made}, which has no loo_approximate_posterior (ArviZ >= 1.0)"])
+        elif diagnosis.arviz:
+            rows.append([r.name, diagnosis.arviz, None, None, None, f"not available: diagnosed with ArviZ "
+                         f"{diagnosis.arviz}, which has no loo_approximate_posterior (ArviZ >= 1.0)"])
+        else:  # a diagnosis saved before the check existed
+            rows.append([r.name, None, None, None, None, "not available: this diagnosis predates the check"])
     tables.append(Table(
         "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
         ["run", "ArviZ", "largest k-hat difference", f"points with k-hat <= {KHAT_BAD}",
