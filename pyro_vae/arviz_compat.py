@@ -121,24 +121,26 @@ def psis_tail_draws(num_draws: int) -> int:
     return int(np.ceil(min(s / 5.0, 3 * np.sqrt(s))))
 
 
-def _too_few_in_tail(log_ratios: np.ndarray) -> np.ndarray:
-    """Rows with at most 4 draws strictly above PSIS's cutoff (equal weights, or very few draws).
+def _no_tail_to_fit(log_ratios: np.ndarray) -> np.ndarray:
+    """Rows whose M largest draws are all equal, or with at most 4 draws strictly above PSIS's cutoff.
 
-    0.x fits no tail there and returns k-hat = inf with the weights unsmoothed;
-    1.x raises ("All tail values are the same", or too few tail draws). Such rows
-    get 0.x's answer on both.
+    Equal weights (q proportional to the posterior), or very few draws. 0.x
+    fits no tail there and returns k-hat = inf with the weights unsmoothed;
+    1.x raises ("All tail values are the same", or too few tail draws). Such
+    rows get 0.x's answer on both.
     """
     s = log_ratios.shape[-1]
     m = min(psis_tail_draws(s), s - 1)
-    cutoff = np.sort(log_ratios, axis=-1)[..., s - m - 1]
-    return (log_ratios > cutoff[..., None]).sum(-1) <= 4
+    srt = np.sort(log_ratios, axis=-1)
+    cutoff = srt[..., s - m - 1]
+    return ((log_ratios > cutoff[..., None]).sum(-1) <= 4) | (srt[..., -1] == srt[..., s - m])
 
 
 def psislw(log_ratios) -> Tuple[np.ndarray, np.ndarray]:
     """PSIS on each row of ``log_ratios`` (rows x draws; the log importance ratios, r_eff = 1).
 
     Returns the smoothed log-weights, normalized per row, and the Pareto k-hat of
-    each row (inf where the tail has too few distinct draws to fit, as 0.x says).
+    each row (inf where the tail has no spread to fit, as 0.x says).
     """
     lr = np.atleast_2d(np.asarray(log_ratios, dtype=np.float64))
     with _quiet():
@@ -147,7 +149,7 @@ def psislw(log_ratios) -> Tuple[np.ndarray, np.ndarray]:
             return np.asarray(lw, dtype=np.float64), np.atleast_1d(np.asarray(k, dtype=np.float64))
         lw = lr - _logsumexp(lr)[:, None]
         k = np.full(lr.shape[0], np.inf)
-        fit = ~_too_few_in_tail(lr)
+        fit = ~_no_tail_to_fit(lr)
         if fit.any():
             # arviz-stats' psislw takes the log-likelihood: the log-ratios are its negation
             lw[fit], k[fit] = _array_stats().psislw(-lr[fit], r_eff=1.0, axis=-1)
@@ -203,7 +205,7 @@ def loo_approximate_posterior(log_ratios) -> Optional[Tuple[np.ndarray, np.ndarr
         return None
     lr = np.atleast_2d(np.asarray(log_ratios, dtype=np.float64))
     k, elpd = np.full(lr.shape[0], np.nan), np.full(lr.shape[0], np.nan)
-    fit = ~_too_few_in_tail(lr)
+    fit = ~_no_tail_to_fit(lr)
     if fit.any():
         s = lr.shape[1]
         data = _az().from_dict({"log_likelihood": {"neg_log_ratio": -lr[fit].T[None]}}, dims={"neg_log_ratio": ["row"]})
@@ -237,8 +239,9 @@ def plot_forest(ax, datasets: Sequence, model_names: Sequence[str], var_name: st
 
     scale = textsize / rc("xtick.labelsize", 14.0)  # 0.x scales line, marker and title sizes with the text
     lw, ms = mpl.rcParams["lines.linewidth"] * scale, mpl.rcParams["lines.markersize"] * scale
-    # 0.x lays rows out bottom-up: models and selections reversed, the first ones on top
-    names, cols = list(reversed(model_names)), list(reversed(colors))
+    # 0.x lays rows out bottom-up: models and selections reversed, the first ones on top. Only the
+    # first len(datasets) colours (0.x paired them from the end: one model got the second colour)
+    names, cols = list(reversed(model_names)), list(reversed(list(colors)[: len(datasets)]))
     arrays = [group(d, "posterior")[var_name] for d in reversed(list(datasets))]
     dims = [d for d in arrays[0].dims if d not in ("chain", "draw")]
     values = [list(coords[d]) if d in coords else list(arrays[0][d].values) for d in dims]

@@ -235,15 +235,30 @@ def test_loo_approximate_posterior_reads_our_weights():
     assert np.isinf(pareto_khat(rows)[1])
 
 
-def test_a_tail_too_short_to_fit_is_inf_on_both_majors():
-    """Equal weights, or at most 4 draws above the cutoff: 0.x's k-hat = inf and unsmoothed weights (1.x would raise)."""
-    rows = np.full((3, 200), -7.25)
+def test_a_tail_without_spread_is_inf_on_both_majors():
+    """Equal weights, at most 4 draws above the cutoff, or a tail of equal draws above a body one ulp lower
+    (an exact q's weights after rounding): 0.x's k-hat = inf and unsmoothed weights (1.x would raise)."""
+    rows = np.full((4, 200), -7.25)
     rows[1, :3] = -1.0  # three draws above the rest
-    rows[2] = np.linspace(-3, 0, 200)  # a proper tail: fitted
+    rows[2, 60:] = np.nextafter(-7.25, -np.inf)  # 60 equal draws on top, the body one ulp below
+    rows[3] = np.linspace(-3, 0, 200)  # a proper tail: fitted
     lw, k = ac.psislw(rows)
-    assert np.isinf(k[0]) and np.isinf(k[1]) and np.isfinite(k[2])
-    assert np.allclose(lw[:2], rows[:2] - np.log(np.exp(rows[:2]).sum(1, keepdims=True)), atol=1e-12)
+    assert np.all(np.isinf(k[:3])) and np.isfinite(k[3]), k
+    assert np.allclose(lw[:3], rows[:3] - np.log(np.exp(rows[:3]).sum(1, keepdims=True)), atol=1e-12)
     assert np.allclose(np.exp(lw).sum(1), 1.0)
+
+
+def test_forest_takes_one_colour_per_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ac.plot_forest(ax, [_data(_inputs()[0])], ["q"], "z", {"point": [2]}, ["C0", "k"], prob=0.9, textsize=9)
+    colours = {tuple(np.round(c.get_color()[0], 6)) for c in ax.collections}
+    plt.close(fig)
+    assert colours == {tuple(np.round(matplotlib.colors.to_rgba("C0"), 6))}
 
 
 def _record():
