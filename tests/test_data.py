@@ -17,7 +17,8 @@ from pyro_vae.data.sources import FASHION_MNIST_DIR, synthetic_mean, synthetic_t
 def write_idx(path: Path, arr: np.ndarray, gz: bool):
     header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
     raw = header + arr.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(raw)
+    with (gzip.open if gz else open)(path, "wb") as f:  # closed here: Python 3.12 writes gzip's trailer only on close
+        f.write(raw)
 
 
 @pytest.fixture

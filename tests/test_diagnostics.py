@@ -36,7 +36,9 @@ from pyro_vae import (DiagnoseSettings, PyroVAEError, Subject, build_model, conf
                       load_diagnosis, write_report)
 from pyro_vae.cli import main
 from pyro_vae.infer.psis import KHAT_BAD, KHAT_GOOD
+from pyro_vae import arviz_compat
 from pyro_vae.diagnostics.arviz_io import group
+from pyro_vae.diagnostics.loo_check import KHAT_TOLERANCE as LOO_KHAT_TOLERANCE, LOG_PX_Z, is_log_px
 from pyro_vae.report.tables import build_tables, fmt
 
 from one_latent import decoder_net, encoder_net, q_loc_scale
@@ -283,6 +285,43 @@ def test_log_weights_are_the_closed_form_densities(diagnosis, ppca):
     assert np.allclose(ss["log_weight"].values[0], log_prior + log_lik - log_q, atol=2e-3)
 
 
+def _log_px_exact(ppca):
+    """log p(x) of probabilistic PCA in closed form: x ~ N(b, W W^T + s^2 I)."""
+    cov = ppca.W @ ppca.W.T + SIGMA**2 * np.eye(D)
+    r = ppca.x - ppca.b
+    return -0.5 * (D * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1] + (r @ np.linalg.inv(cov) * r).sum(1))
+
+
+def test_importance_sampled_log_px_is_the_closed_form(diagnosis, ppca):
+    """The log p(x) estimate the ArviZ check compares with: log mean w of q's saved draws, at 4 of its s.e."""
+    r = _run(diagnosis, "good")
+    log_w = group(r.q_data, "sample_stats")["log_weight"].values[0]
+    est, se = is_log_px(log_w)
+    assert np.all(np.abs(est - _log_px_exact(ppca)) < 4 * se), (est, _log_px_exact(ppca), se)
+
+
+@pytest.mark.skipif(not arviz_compat.has_loo_approximate_posterior(),
+                    reason="loo_approximate_posterior needs ArviZ >= 1.0 (Python >= 3.12: ci/py312.sh)")
+def test_khat_and_log_px_agree_with_arviz_loo_approximate_posterior(diagnosis, ppca):
+    """On the same draws ArviZ's PSIS-LOO for variational posteriors gives our k-hat (the same fit: to float
+    rounding) and a smoothed log p(x) within LOG_PX_Z s.e. of ours, for the good q and the narrow one alike."""
+    good, narrow = _run(diagnosis, "good").loo_check, _run(diagnosis, "narrow").loo_check
+    assert good.arviz == diagnosis.arviz == arviz_compat.version()
+    for c in (good, narrow):
+        assert c.khat_max_abs_diff <= LOO_KHAT_TOLERANCE and np.all(np.isfinite(c.khat))
+    assert good.compared == POINTS and good.log_px_max_z <= LOG_PX_Z and good.agree
+    assert np.all(np.abs(good.log_px - _log_px_exact(ppca)) < 4 * good.log_px_se)
+    # every narrow point has k-hat > 0.7: its s.e. cannot be trusted, so log p(x) is not compared there
+    assert narrow.compared == 0 and narrow.log_px_max_z is None and narrow.agree
+    assert not any("loo_approximate_posterior" in w for w in diagnosis.warnings)
+
+
+@pytest.mark.skipif(arviz_compat.has_loo_approximate_posterior(), reason="ArviZ >= 1.0 has loo_approximate_posterior")
+def test_without_loo_approximate_posterior_there_is_no_check(diagnosis):
+    assert diagnosis.arviz == arviz_compat.version()
+    assert all(r.loo_check is None for r in diagnosis.runs)
+
+
 def test_draws_are_arviz_data_and_round_trip_through_netcdf(diagnosis, tmp_path):
     r = _run(diagnosis, "good")
     post = group(r.q_data, "posterior")
@@ -487,6 +526,18 @@ def test_report_tables_agree_with_the_closed_form(report, ppca):
                    - ppca.elbo(ppca.x, m, np.tile(NARROW * ppca.mf_sd, (POINTS, 1))))
     assert abs(comp["narrow"][8] - gain) < 4 * comp["narrow"][9]  # amortization gap at its s.e.
     assert comp["good"][8] < 4 * comp["good"][9]  # q is the optimum: a per-point fit cannot gain
+
+
+def test_report_shows_the_arviz_loo_check_or_says_it_was_not_available(report):
+    out, results, page = report
+    rows = {r[0]: r for r in page.tables["loo"]}
+    assert set(rows) == {"good", "narrow"}
+    if arviz_compat.has_loo_approximate_posterior():
+        assert rows["good"][1] == arviz_compat.version() and rows["good"][-1] == "agree"
+    else:
+        for r in rows.values():
+            assert r[-1].startswith(f"not available: diagnosed with ArviZ {arviz_compat.version()}")
+    assert f"with ArviZ {arviz_compat.version()}" in (out / "report.md").read_text()
 
 
 def test_report_warns_about_the_poor_guide(report):

@@ -126,6 +126,23 @@ def test_each_heading_once(reported):
     assert len(md_headings) == len(set(md_headings))
 
 
+def test_markdown_tables_have_as_many_cells_as_columns(reported):
+    """A '|' inside a column name or a cell is escaped, so it does not split it (the headers have '|mean error|')."""
+    runs, out, page, _ = reported
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line)) - 2
+    tables, current = [], []
+    for line in (out / "report.md").read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) >= 5
+    for t in tables:
+        n = cells(t[0])
+        assert all(cells(line) == n for line in t), t
+
+
 def test_files_are_links_to_files_that_exist(reported):
     runs, out, page, _ = reported
     links = page.files()

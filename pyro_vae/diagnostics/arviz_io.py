@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from pathlib import Path
 from typing import Optional
 
-from ..infer.psis import arviz
+from .. import arviz_compat
 from ..rundir.files import write_atomic
 
 
 
 def from_dict(posterior: dict, sample_stats: Optional[dict] = None, coords=None, dims=None, attrs=None):
-    """``az.from_dict`` on ArviZ 0.x (keyword groups) and 1.x (one dict of groups)."""
-    az = arviz()
-    if "posterior" in inspect.signature(az.from_dict).parameters:  # ArviZ 0.x
-        return az.from_dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims, attrs=attrs)
-    groups = {"posterior": posterior}
-    if sample_stats:
-        groups["sample_stats"] = sample_stats
-    return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)  # pragma: no cover - ArviZ 1.x
+    """ArviZ data (0.x InferenceData, 1.x DataTree) from (chain, draw, ...) arrays."""
+    return arviz_compat.from_dict(posterior, sample_stats, coords=coords, dims=dims, attrs=attrs)
 
 
 def group(data, name: str):
-    """A group (xarray Dataset-like) of InferenceData (0.x) or DataTree (1.x); None if absent."""
-    try:
-        return data[name]
-    except (KeyError, AttributeError):
-        return getattr(data, name, None)
+    """A group of ArviZ data as an xarray Dataset; None if absent."""
+    return arviz_compat.group(data, name)
 
 
 #: netCDF variable and dimension names that every backend writes as they are; any other name (a site called
@@ -79,11 +69,11 @@ def write_netcdf(path: Path, data) -> None:
     """Write ArviZ data to ``path`` through the run directory's atomic writer (netCDF takes a file name), names
     that netCDF cannot hold stored under stand-ins that :func:`load_netcdf` maps back."""
     stored = _map_groups(data, _stored_names)
-    write_atomic(path, lambda tmp: stored.to_netcdf(str(tmp)), "netCDF file", to_path=True)
+    write_atomic(path, lambda tmp: arviz_compat.to_netcdf(stored, tmp), "netCDF file", to_path=True)
 
 
 def load_netcdf(path):
-    return _map_groups(arviz().from_netcdf(str(path)), _original_names)
+    return _map_groups(arviz_compat.from_netcdf(path), _original_names)
 
 
 

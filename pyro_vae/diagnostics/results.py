@@ -87,6 +87,25 @@ class KhatSummary(Record):
 
 
 @dataclass
+class LooCheck(Record):
+    """Our k-hat and importance-sampled log p(x) per point against ArviZ's ``loo_approximate_posterior`` on the same draws.
+
+    Only ArviZ >= 1.0 has that function; a diagnosis made with 0.x (or of a
+    point-mass guide, which has no weights) holds None instead.
+    """
+
+    arviz: str  # the ArviZ version that computed ``khat`` and ``log_px_psis``
+    khat: np.ndarray  # (points,) ArviZ's pareto_k
+    khat_max_abs_diff: float  # max over points of |ours - ArviZ's|
+    log_px: np.ndarray  # (points,) ours: log of the mean importance weight
+    log_px_se: np.ndarray  # (points,) its delta-method standard error
+    log_px_psis: np.ndarray  # (points,) ArviZ's: minus elpd_i, a PSIS-smoothed estimate of the same
+    compared: int  # points with k-hat <= KHAT_BAD, where the standard error can be trusted
+    log_px_max_z: Optional[float]  # max over those points of |ours - ArviZ's| / s.e.; None if there are none
+    agree: bool  # k-hat within KHAT_TOLERANCE and log p(x) within LOG_PX_Z s.e. (diagnostics/loo_check.py)
+
+
+@dataclass
 class AmortizationGap(Record):
     """A q fitted to each point alone, its ELBO, and what amortization costs (per point, nats).
 
@@ -336,6 +355,7 @@ class RunDiagnosis(Record):
     grid: Optional[GridPosterior] = field(default=None, metadata=_FILE)
     generated: Optional[Generated] = field(default=None, metadata=_FILE)
     structure: Optional[ModelStructure] = None  # the model's graph (None in diagnoses saved before it was kept)
+    loo_check: Optional[LooCheck] = None  # against ArviZ's loo_approximate_posterior (None before ArviZ 1.0)
 
     @property
     def coverage(self) -> str:
@@ -366,17 +386,19 @@ class Diagnosis:
     runs: List[RunDiagnosis]
     warnings: List[str]
     created: str = ""
+    arviz: str = ""  # the ArviZ version the diagnosis was computed with ("" if not recorded)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "created": self.created, "settings": dataclasses.asdict(self.settings),
-                "runs": [r.to_json() for r in self.runs], "warnings": list(self.warnings)}
+        return {"format": FORMAT, "created": self.created, "arviz": self.arviz,
+                "settings": dataclasses.asdict(self.settings), "runs": [r.to_json() for r in self.runs],
+                "warnings": list(self.warnings)}
 
     @classmethod
     def from_json(cls, raw: dict) -> "Diagnosis":
         known = {f.name for f in dataclasses.fields(DiagnoseSettings)}
         settings = DiagnoseSettings(**{k: v for k, v in raw["settings"].items() if k in known})
         return cls(settings, [RunDiagnosis.from_json(r) for r in raw["runs"]], raw.get("warnings", []),
-                   raw.get("created", ""))
+                   raw.get("created", ""), raw.get("arviz", ""))
 
     def save(self, out_dir) -> Path:
         """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and ``{grid,generated}.npz``."""

@@ -8,7 +8,6 @@ import math
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -36,10 +35,12 @@ from .reference import grid_reference, nuts_reference, unconstrained_loc_scale
 from .sizing import few_threads
 from ..data import batch
 from ..data.arrays import Dataset
-from ..infer.psis import arviz, pareto_khat
+from .. import arviz_compat
+from ..infer.psis import pareto_khat
 from .arviz_io import from_dict
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
+from .loo_check import loo_check
 
 # q is overconfident when its sd ratio to the reference is at most OVERCONFIDENT_SD, or below
 # SD_RATIO_MIN by more than 2 of its standard errors (the best diagonal q of a posterior with
@@ -90,6 +91,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     log(f"[{name}] {settings.draws} draws from q(z|x) for {b} points, PSIS k-hat per point")
     qd = _draw_q(model, x, layout, subject.point_index, name, settings)
     khat = _khat(qd.log_w, layout.point_mass)
+    loo = None if layout.point_mass else loo_check(qd.log_w, khat.values)
     zp = _prior_draws(model, x, layout, settings)
     prior_var = zp.var(0, ddof=1)
     lap("q_draws")
@@ -126,7 +128,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         image_shape=[int(v) for v in shape] if shape else None,
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
-        structure=structure)
+        structure=structure, loo_check=loo)
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 
@@ -334,12 +336,9 @@ def _structure(subject: Subject, model, x, name, log) -> Optional[ModelStructure
 
 def _chain_stats(data, layout: Layout):
     """R-hat, bulk and tail ESS per (point, latent), concatenated over sites (ArviZ)."""
-    az = arviz()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = az.rhat(data)
-        eb = az.ess(data, method="bulk")
-        et = az.ess(data, method="tail")
+    r = arviz_compat.rhat(data)
+    eb = arviz_compat.ess(data, method="bulk")
+    et = arviz_compat.ess(data, method="tail")
     cat = lambda ds: np.concatenate([np.asarray(ds[s].values).reshape(ds[s].shape[0], -1) for s in layout.sites], 1)
     return cat(r), cat(eb), cat(et)
 
@@ -467,6 +466,12 @@ def _warnings(r: RunDiagnosis) -> List[str]:
         out.append(f"{name}: q is overconfident: its standard deviations are {s.sd_ratio:.2f}x the reference's "
                    f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} points"
                    + (f" ({where})" if pts else "") + ": posterior intervals from q are too short there")
+    if r.loo_check is not None and not r.loo_check.agree:
+        c = r.loo_check
+        z = "" if c.log_px_max_z is None else f", max |log p(x) difference| {c.log_px_max_z:.2g} s.e."
+        out.append(f"{name}: k-hat or importance-sampled log p(x) disagree with ArviZ {c.arviz}'s "
+                   f"loo_approximate_posterior on the same draws (max |k-hat difference| {c.khat_max_abs_diff:.2g}{z}): "
+                   "one of the two computations is wrong")
     if r.sbc is not None and r.sbc.flagged:
         f = r.sbc.flagged
         dims = ", ".join(f[:6]) + (" ..." if len(f) > 6 else "")
@@ -559,7 +564,7 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
     xs = [batch.prepare(s.x, f"the points of run {s.name!r}") for s in subjects]
     if any(not _same_data(x, xs[0]) for x in xs[1:]):
         notes.append("the runs were diagnosed on different data points: compare each run with its own reference only")
-    return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"), arviz=arviz_compat.version())
 
 
 def _subject_data(subject, device):

@@ -19,7 +19,7 @@ from typing import Iterator, Tuple
 import numpy as np
 import torch
 
-from ..infer.psis import pareto_khat
+from ..infer.psis import tail_draws, pareto_khat
 
 # elements of the widest per-chunk tensor (particles x points x widest layer)
 DEFAULT_BUDGET = 2**22
@@ -160,10 +160,11 @@ class LogMeanExp:
 def tail_size(num_draws: int) -> int:
     """How many of the largest log-weights PSIS looks at: its M tail draws and the cutoff below them.
 
-    ArviZ's psislw (r_eff = 1) fits the M = ceil(min(K/5, 3 sqrt K)) largest
-    weights above the (M+1)-th largest; nothing else enters k-hat.
+    ArviZ's psislw (r_eff = 1) fits the M largest weights above the (M+1)-th
+    largest (M = tail_draws(K): ceil(min(K/5, 3 sqrt K)) on ArviZ 0.x, one fewer
+    at most on 1.x); nothing else enters k-hat.
     """
-    return min(num_draws, int(math.ceil(min(num_draws / 5.0, 3 * math.sqrt(num_draws)))) + 1)
+    return min(num_draws, tail_draws(num_draws) + 1)
 
 
 class Tail:

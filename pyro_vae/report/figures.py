@@ -9,10 +9,11 @@ from typing import List
 
 import numpy as np
 
+from ..arviz_compat import group, plot_forest
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
 from ..figures.graph import draw_structure, structure_caption
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
-from ..infer.psis import KHAT_BAD, KHAT_GOOD, arviz
+from ..infer.psis import KHAT_BAD, KHAT_GOOD
 
 REF_COLOR = "#555555"
 
@@ -184,7 +185,6 @@ def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:
 
 
 def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
-    az = arviz()
     plt = pyplot()
     runs = [r for r in diagnosis.runs if r.q_data is not None]
     if not runs:
@@ -205,9 +205,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
         if r.reference_data is not None:
             data.append(r.reference_data)
             names.append("reference (" + r.reference.method + ")")
-        az.plot_forest(data, model_names=names, var_names=[site], combined=True, hdi_prob=0.9,
-                       coords={"point": pick, f"{site}_dim": local_dims}, ax=ax, colors=[COLORS[0], REF_COLOR],
-                       textsize=9)  # the style's font size, not ArviZ's scaled one
+        plot_forest(ax, data, names, site, {"point": pick, f"{site}_dim": local_dims}, [COLORS[0], REF_COLOR],
+                    prob=0.9, textsize=9)  # the style's font size, not ArviZ's scaled one
         ax.set_title(f"{r.name}: 90% intervals", fontsize=10)
     fig.tight_layout()
     figs.save(fig, "forest", "Forest plot of posterior summaries",
@@ -294,7 +293,7 @@ def _grid_contours(ax, grid: GridPosterior, j: int) -> None:
 
 def _draws(data, latent_labels: List[str]) -> np.ndarray:
     """ArviZ posterior -> (chains*draws, points, latent) in the order of ``latent_labels``."""
-    post = data["posterior"] if not hasattr(data, "posterior") else data.posterior
+    post = group(data, "posterior")
     sites = []
     for lab in latent_labels:
         s = _site(lab)

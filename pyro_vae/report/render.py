@@ -46,8 +46,8 @@ SECTIONS = [
     ("sbc", "Calibration"),
     ("generated", "What the models generate"),
 ]
-TABLE_SECTION = {"runs": "runs", "khat": "khat", "worst": "khat", "reference": "reference", "nuts_check": "reference",
-                 "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
+TABLE_SECTION = {"runs": "runs", "khat": "khat", "worst": "khat", "loo": "khat", "reference": "reference",
+                 "nuts_check": "reference", "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
 
 GLOSSARY = [
     ("PSIS k-hat", "the estimated Pareto tail shape of the importance weights p(x, z) / q(z|x); it says how heavy the "
@@ -131,6 +131,11 @@ def _title(d: Diagnosis) -> str:
     return "Posterior diagnostics: " + (" vs ".join(names) if len(names) <= 4 else f"{len(names)} runs")
 
 
+def _made_by(d: Diagnosis) -> str:
+    """pyro_vae, and the ArviZ that computed the diagnosis where it was recorded (0.x and 1.x differ in places)."""
+    return f"pyro_vae with ArviZ {d.arviz}" if d.arviz else "pyro_vae"
+
+
 def _settings_line(d: Diagnosis) -> str:
     s = d.settings
     ref = {"nuts": f"NUTS ({s.nuts_chains} chains x {s.nuts_samples} draws after {s.nuts_warmup} warmup; "
@@ -174,7 +179,7 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{e(_title(d))}</title><style>{CSS}</style></head><body>"]
     parts.append(f"<h1>{e(_title(d))}</h1>")
-    parts.append(f"<p class=\"meta\">Created {e(d.created)} by pyro_vae. {e(_settings_line(d))} "
+    parts.append(f"<p class=\"meta\">Created {e(d.created)} by {e(_made_by(d))}. {e(_settings_line(d))} "
                  "Every number in the tables is in <code>results.json</code>; draws are in the netCDF files beside it.</p>")
     if _sites_line(d):
         parts.append(f"<p class=\"meta\" id=\"sites\">{e(_sites_line(d))}</p>")
@@ -257,7 +262,7 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
                     files: Sequence[Tuple[str, str]] = ()) -> str:
     """The same report in Markdown, linking the figure files and the files beside it; all text through md_text."""
     m = md_text
-    lines = [f"# {m(_title(d))}", "", f"Created {m(d.created)} by pyro_vae. {m(_settings_line(d))}",
+    lines = [f"# {m(_title(d))}", "", f"Created {m(d.created)} by {m(_made_by(d))}. {m(_settings_line(d))}",
              "Every number in the tables is in `results.json`.", ""]
     if _sites_line(d):
         lines += [m(_sites_line(d)), ""]
@@ -292,7 +297,7 @@ def terminal_text(text: str) -> str:
                    for ch in str(text))
 
 
-def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "reference", "nuts_check", "comparison",
+def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "loo", "reference", "nuts_check", "comparison",
                                                        "comparison_nodes", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []

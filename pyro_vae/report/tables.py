@@ -8,6 +8,7 @@ from typing import List
 
 import numpy as np
 
+from ..diagnostics.loo_check import KHAT_TOLERANCE as LOO_KHAT_TOLERANCE, LOG_PX_Z
 from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
 from ..evaluation.results import ACTIVE_UNIT_THRESHOLD
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -71,7 +72,7 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
-    builders = (_runs_table, _khat_table, _worst_table, _reference_tables, _comparison_table, _nodes_table,
+    builders = (_runs_table, _khat_table, _worst_table, _loo_table, _reference_tables, _comparison_table, _nodes_table,
                 _sbc_table)
     return [table for build in builders for table in build(diagnosis)]
 
@@ -140,6 +141,38 @@ def _worst_table(diagnosis: Diagnosis) -> List[Table]:
         ["run", "rank", "point", "k-hat", "|mean error| / reference sd", "amortization gap"],
         rows,
         "Points are rows of the run's test data. The amortization gap is in nats.",
+    ))
+    return tables
+
+
+def _loo_table(diagnosis: Diagnosis) -> List[Table]:
+    """Our k-hat and log p(x) against ArviZ 1.x's loo_approximate_posterior on the same draws."""
+    runs = diagnosis.runs
+    tables = []
+    rows = []
+    for r in runs:
+        c = r.loo_check
+        if c is not None:
+            rows.append([r.name, c.arviz, c.khat_max_abs_diff, c.compared, c.log_px_max_z,
+                         "agree" if c.agree else "DISAGREE"])
+        elif r.point_mass_guide:
+            rows.append([r.name, diagnosis.arviz or None, None, None, None, "n/a (point-mass guide: no weights)"])
+        elif diagnosis.arviz:
+            rows.append([r.name, diagnosis.arviz, None, None, None, f"not available: diagnosed with ArviZ "
+                         f"{diagnosis.arviz}, which has no loo_approximate_posterior (ArviZ >= 1.0)"])
+        else:  # a diagnosis saved before the check existed
+            rows.append([r.name, None, None, None, None, "not available: this diagnosis predates the check"])
+    tables.append(Table(
+        "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
+        ["run", "ArviZ", "largest k-hat difference", f"points with k-hat <= {KHAT_BAD}",
+         "largest log p(x) difference / s.e.", "verdict"],
+        rows,
+        "The same draws given to ArviZ's PSIS-LOO for variational posteriors, each point an observation whose LOO "
+        "ratio is its importance weight p(x, z) / q(z|x): its Pareto k must equal ours (the same fit of the same "
+        f"weights; agreement means within {LOO_KHAT_TOLERANCE:g}), and minus its elpd is a PSIS-smoothed estimate of "
+        "log p(x), which must lie within "
+        f"{LOG_PX_Z:g} standard errors of our importance-sampled log p(x) (compared on points with k-hat <= "
+        f"{KHAT_BAD}, where that standard error can be trusted).",
     ))
     return tables
 
