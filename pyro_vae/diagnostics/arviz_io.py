@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..infer.psis import arviz
-from ..rundir.files import write_atomic
+from ..store.files import write_atomic
 
 
 
