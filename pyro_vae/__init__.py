@@ -16,8 +16,8 @@ from .models.graph.families import FAMILIES
 from .models.graph.guides import GUIDE_LAWS
 from .models.likelihoods import LIKELIHOODS
 from .report import write_report
-from .rundir import Run, check_config, load_run, load_run_data, train
-from .training import Trainer, fit
+from .app import Run, check_config, fit, load_run, load_run_data, train
+from .training import Trainer
 
 __version__ = "0.1.0"
 

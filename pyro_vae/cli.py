@@ -9,23 +9,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from .figures.style import save_image_grid
+from . import __version__
+from .app import diagnose_runs, evaluate_run, report_runs, sample_run, train
+from .app.demo import demo
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .errors import PyroVAEError, TrainingInterrupted
+from .report.render import render_text
+from .training.trainer import resolve_device
 
 EXIT_USER_ERROR = 2
 #: the most rows or columns a class table printed on a terminal has
 MAX_TABLE_SIDE = 20
-
-DEMO_CONFIG = {
-    "data": {"source": "digits"},
-    "model": {"latent_dim": 8, "likelihood": "bernoulli", "encoder": {"hidden": [256]}, "decoder": {"hidden": [256]}},
-    "train": {"elbo": "meanfield", "epochs": 80, "batch_size": 64, "lr": 2e-3, "seed": 0},
-}
 
 METRIC_LINES = [
     ("elbo", "test ELBO"),
@@ -177,7 +179,7 @@ def _format_nodes(m: dict) -> Optional[str]:
 
 
 def _run_code(args) -> dict:
-    """What the user allows a run folder's program to be built from (rundir/trust.py)."""
+    """What the user allows a run folder's program to be built from (store/trust.py)."""
     return {"program_path": args.program_path, "trust_code": args.trust_run_code}
 
 
@@ -204,23 +206,12 @@ def _default_out(stem: str) -> Path:
 
 
 def cmd_demo(args) -> int:
-    from .config import config_from_dict
-    from .rundir.run import check_output_folder, train
-
-    cfg = config_from_dict(DEMO_CONFIG)
-    if args.epochs is not None:
-        from .config import apply_overrides
-
-        cfg = config_from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={args.epochs}"]))
-    out = Path(args.out)
-    check_output_folder(out, replace=True)  # before the first line of output: a refusal is the only line
-    _log(f"training the demo VAE ({DEMO_CONFIG['model']['latent_dim']}-d latent, Bernoulli likelihood) on scikit-learn's 8x8 digits -> {out}")
     t0 = time.perf_counter()
-    run = train(cfg, out, overwrite=True, progress=None, log=_log)
+    run = demo(args.out, args.epochs, log=_log)
     print(_format_metrics(run.metrics))
     print(_timing_line(run, time.perf_counter() - t0))
-    print(f"run directory: {out}  (config.toml, checkpoint.pt, history.csv, metrics.json)")
-    print(f"plots: {out / 'plots'}  ({', '.join(p.name for p in run.plots or [])})")
+    print(f"run directory: {run.run_dir}  (config.toml, checkpoint.pt, history.csv, metrics.json)")
+    print(f"plots: {run.run_dir / 'plots'}  ({', '.join(p.name for p in run.plots or [])})")
     return 0
 
 
@@ -238,15 +229,10 @@ def _timing_line(run, wall_seconds: float) -> str:
 
 
 def _device_name(cfg) -> str:
-    from .training.trainer import resolve_device
-
     return str(resolve_device(cfg.train.device))
 
 
 def cmd_train(args) -> int:
-    from .config import Config, config_from_dict, load_config, apply_overrides
-    from .rundir.run import train
-
     if args.resume:
         if args.config:
             raise _usage("give either CONFIG or --resume RUN_DIR, not both (a resumed run uses its own config.toml)")
@@ -255,8 +241,6 @@ def cmd_train(args) -> int:
                          f"(copy the run folder first to keep the original)")
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").exists():
-            from .errors import PyroVAEError
-
             raise PyroVAEError(f"--resume {run_dir}: no run there (no config.toml): check the path")
         cfg = load_config(run_dir / "config.toml", tuple(args.set), run=True)
         out = run_dir
@@ -290,89 +274,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
-    if not _under_torchrun():
-        return _evaluate(args, report=True)
-    import torch
-
-    from .runtime import distributed
-
-    group = distributed.init_from_env("auto")
-    try:
-        return _evaluate(args, report=group.is_main)
-    finally:
-        if torch.distributed.is_initialized():
-            distributed.shutdown()
-
-
-def _evaluate(args, report: bool) -> int:
-    from .data.arrays import as_matrix, read_array
-    from .evaluation.estimators import evaluate_points
-    from .rundir.run import density_data, load_run, load_run_data
-    from .errors import PyroVAEError
-
-    per_point = Path(args.per_point) if args.per_point else None
-    if per_point is not None:
-        # checked before the (long) evaluation, so a typo costs nothing
-        if per_point.suffix.lower() != ".csv":
-            raise PyroVAEError(f"--per-point {per_point}: use a .csv file name")
-        if not per_point.parent.exists():
-            raise PyroVAEError(f"--per-point {per_point}: folder {str(per_point.parent)!r} does not exist")
-    run = load_run(args.run_dir, **_run_code(args))
-    if args.data:
-        x = as_matrix(read_array(args.data, "--data"), f"--data ({Path(args.data).name})")
-        dim = getattr(run.model, "data_dim", None)
-        if dim is not None and x.shape[1] != dim:
-            raise PyroVAEError(
-                f"--data has shape {tuple(x.shape)} but the model expects {dim} columns: use data with {dim} columns"
-            )
-        lik = getattr(run.model, "likelihood", None)
-        if hasattr(lik, "check_support"):
-            lik.check_support(x, f"--data ({Path(args.data).name})")
-        labels = names = None
-    else:
-        dataset = load_run_data(run)
-        x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
-    for flag, value in (("--iw-samples", args.iw_samples), ("--prior-samples", args.prior_samples)):
-        floor = 1 if flag == "--iw-samples" else 0
-        if value is not None and value < floor:
-            raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    from .evaluation.streaming import DEFAULT_BUDGET
-    from .models.protocol import model_device
-    from .evaluation.memory import with_halving_budget
-
-    # out of device memory: halve the chunk budget and retry (evaluation/memory.py)
-    points = with_halving_budget(
-        lambda budget: evaluate_points(run.model, density_data(run.model, x), iw_samples=args.iw_samples, seed=args.seed,
-                                       prior_samples=args.prior_samples, budget=budget,
-                                       progress=None),  # a bar on a terminal
-        args.budget if args.budget is not None else DEFAULT_BUDGET, device=model_device(run.model), log=_log)
-    metrics = points.summary()
-    if not report:  # another rank: rank 0 writes and prints what every rank computed
+    found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
+                         seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, **_run_code(args))
+    if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
-    from .evaluation.classes import class_metrics
-
-    # a model with classes (a graph's partial label, categorical latent or mixture): their agreement with the labels;
-    # one whose classes cannot be read is noted, so that the evaluation above is still shown
-    try:
-        classes = class_metrics(run.model, x, labels, names)
-    except PyroVAEError as e:
-        _log(f"note: no class metrics: {e}")
-        classes = None
-    if classes is not None:
-        metrics["classes"] = classes.to_json()
-    if per_point is not None:
-        import csv
-        import io
-
-        from .rundir.files import write_text_atomic
-
-        rows = points.to_rows()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["index", *rows[0].keys()], lineterminator="\n")
-        w.writeheader()
-        for i, r in enumerate(rows):
-            w.writerow({"index": i, **r})
-        write_text_atomic(per_point, buf.getvalue())
+    metrics = found.metrics()
     if args.json:
         # allow_nan=False: the summary holds None, never NaN/Infinity, so this is strict JSON
         print(json.dumps(metrics, allow_nan=False))
@@ -381,88 +287,17 @@ def _evaluate(args, report: bool) -> int:
         nodes = _format_nodes(metrics)
         if nodes is not None:
             print(nodes)
-        if classes is not None:
-            print(_format_classes(classes))
-        if per_point is not None:
-            print(f"per-point results: {per_point}")
+        if found.classes is not None:
+            print(_format_classes(found.classes))
+        if args.per_point:
+            print(f"per-point results: {Path(args.per_point)}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-    import torch
-
-    from .data.sizes import check_fits
-    from .errors import PyroVAEError
-    from .models.build import describe
-    from .rundir.files import write_atomic
-    from .rundir.run import load_run
-
-    if args.n < 1:
-        raise PyroVAEError(f"-n must be >= 1 (got {args.n})")
-    run = load_run(args.run_dir, **_run_code(args))
-    default = f"samples-seed{args.seed}.{'png' if run.image_shape else 'npy'}"
-    out = Path(args.out) if args.out else Path(args.run_dir) / default
-    suffix = out.suffix.lower()
-    if out.is_dir():
-        raise PyroVAEError(f"--out {out} is a folder: give a file name such as {out / default}")
-    if suffix not in (".png", ".npy"):
-        raise PyroVAEError(f"--out {out}: use a .png (image grid) or .npy (array) file name")
-    if not out.parent.is_dir():
-        raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
-    if suffix == ".png" and run.image_shape is None:
-        raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
-    given = _given_values(args.given)
-    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
-                                        or run.config.data.labels is not None)
-    if given and not named:
-        raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
-                           "on one array: drop --given")
-    if getattr(run.model, "one_latent", None) and not given:
-        width = run.model.data_dim + describe(run.config.model)["latent_dim"]
-        check_fits(4 * args.n * width * 3, f"-n {args.n} samples", "lower -n")  # z, the decoder's output, its mean
-        with torch.random.fork_rng():
-            torch.manual_seed(args.seed)
-            _, xs = run.model.sample(args.n)
-    else:  # a model of your own: draws x ~ p(x) of its program, traced unconditioned
-        from .models.sampling import prior_predictive
-
-        check_fits(4 * args.n * run.data_dim * 4, f"-n {args.n} samples", "lower -n")  # two placeholders, two draws
-        observed, rows = None, None
-        if named:
-            from .data import load_data
-            from .models.sampling import given_rows
-            from .rundir.run import data_likelihood
-
-            data = load_data(run.config.data, data_likelihood(run.config.model))
-            observed, rows = data.observed, given_rows(data.train, data.observed, given, args.n)
-        xs = prior_predictive(run.model, args.n, run.data_dim, seed=args.seed, observed=observed, given=rows)
-    arr = xs.cpu().numpy()
-    if suffix == ".png":
-        save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(args.n))))
-    else:
-        write_atomic(out, lambda f: np.save(f, arr))
+    out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, given=args.given, **_run_code(args))
     print(f"wrote {args.n} samples to {out}")
     return 0
-
-
-def _given_values(items) -> dict:
-    """``--given name=value`` strings as {name: value}; values are TOML literals (3, 0.5, [0, 1])."""
-    import tomllib
-
-    from .errors import PyroVAEError
-
-    out = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip()
-        if not sep or not name.isidentifier():
-            raise PyroVAEError(f"--given {item!r}: expected NAME=VALUE, e.g. --given y=3")
-        try:
-            out[name] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise PyroVAEError(f"--given {item!r}: {raw.strip()!r} is not a number or a list of numbers") from None
-    return out
 
 
 # -- diagnostics and reports -------------------------------------------------------------
@@ -476,76 +311,21 @@ def _given_settings(args) -> dict:
     return {k: getattr(args, k) for k in _DIAGNOSE_OPTIONS if getattr(args, k, None) is not None}
 
 
-def _diagnose_out(out: str, run_dirs) -> Path:
-    """Check --out before any work: a folder (created if missing) that is not one of the runs."""
-    from .errors import PyroVAEError
-
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise PyroVAEError(f"--out {out}: is a file; choose a folder")
-    for d in run_dirs:
-        if path.resolve() == Path(d).resolve():
-            raise PyroVAEError(f"--out {out}: is a run directory; choose another folder for the diagnostics")
-    return path
-
-
-def _make_out(path: Path) -> None:
-    from .errors import PyroVAEError
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PyroVAEError(f"cannot create --out {str(path)!r} ({e.strerror}): choose a writable folder") from None
-
-
 def cmd_diagnose(args) -> int:
-    from .diagnostics.settings import DiagnoseSettings
-    from .diagnostics.run import check_reference_possible, diagnose, subjects_from_runs
-    from .report.render import render_text
-
-    settings = DiagnoseSettings(**_given_settings(args)).check()
-    out = _diagnose_out(args.out, args.run_dirs)
-    subjects = subjects_from_runs(args.run_dirs, settings.points, **_run_code(args))
-    check_reference_possible(subjects, settings)  # fail before anything is written
-    _make_out(out)
-    result = diagnose(subjects, settings, progress=False if args.quiet else None,
-                      log=(lambda m: None) if args.quiet else _log)
-    path = result.save(out)
+    result, path = diagnose_runs(args.run_dirs, args.out, _given_settings(args),
+                                 progress=False if args.quiet else None,
+                                 log=(lambda m: None) if args.quiet else _log, **_run_code(args))
     print(render_text(result))
+    out = Path(args.out)
     print(f"diagnostics: {path}; draws (ArviZ, netCDF): {out}/<run>/q.nc, reference.nc")
     print(f"report: pyro-vae report {' '.join(args.run_dirs)} --out {out}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .diagnostics.settings import DiagnoseSettings
-    from .diagnostics.run import check_reference_possible, diagnose, matches, subjects_from_runs
-    from .diagnostics.results import load_diagnosis
-    from .report.render import render_text, write_report
-
-    given = _given_settings(args)
-    DiagnoseSettings(**given).check()
-    out = _diagnose_out(args.out, args.run_dirs)
-    log = (lambda m: None) if args.quiet else _log
-    saved = None
-    if (out / "diagnostics.json").exists():
-        try:
-            saved = json.loads((out / "diagnostics.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            saved = None
-    if saved is not None and matches(saved, args.run_dirs, given):
-        log(f"using the diagnostics in {out / 'diagnostics.json'} (same runs and settings)")
-        result = load_diagnosis(out)
-    else:
-        if saved is not None:
-            log(f"the diagnostics in {out} are for other runs or settings: computing them again")
-        settings = DiagnoseSettings(**given).check()
-        subjects = subjects_from_runs(args.run_dirs, settings.points, **_run_code(args))
-        check_reference_possible(subjects, settings)
-        _make_out(out)
-        result = diagnose(subjects, settings, progress=False if args.quiet else None, log=log)
-        result.save(out)
-    paths = write_report(result, out, log=log)
+    result, paths = report_runs(args.run_dirs, args.out, _given_settings(args),
+                                progress=False if args.quiet else None,
+                                log=(lambda m: None) if args.quiet else _log, **_run_code(args))
     print(render_text(result))
     print(f"report: {paths['html']} (self-contained), {paths['md']}, {paths['json']}")
     return 0
@@ -628,8 +408,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     p = _Parser(
         prog="pyro-vae",
         description="Declare, train, evaluate and sample latent-variable models with Pyro's SVI: VAEs and "
@@ -712,8 +490,6 @@ def _library_warnings_as_lines():
     Only the formatting changes (``warnings.formatwarning``), so filters and
     ``catch_warnings(record=True)`` see the warnings as before.
     """
-    import warnings
-
     formatted = warnings.formatwarning
 
     def format_line(message, category, filename, lineno, line=None):
@@ -738,8 +514,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    from .errors import PyroVAEError, TrainingInterrupted
-
     # every expected failure ends here as one line; only a bug shows a traceback
     try:
         with _library_warnings_as_lines(), _quiet_pyro():
@@ -769,9 +543,6 @@ def _error(message: str) -> int:
 @contextlib.contextmanager
 def _quiet_pyro():
     """Pyro's chatter that the CLI reports itself: its INFO log lines and its NaN-loss warning."""
-    import logging
-    import warnings
-
     logger = logging.getLogger("pyro")
     level = logger.level
     logger.setLevel(logging.WARNING)

@@ -366,7 +366,7 @@ def test_on_for_a_model_without_a_support_check_says_why_it_stays_eager_and_firs
                 z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
                 pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=x)
 
-    from pyro_vae.training.trainer import fit
+    from pyro_vae.app import fit
 
     with pytest.warns(CaptureWarning, match="validation='first'"):
         t = fit(Plain(), x, config=TrainConfig(epochs=1, batch_size=32, capture="on"), progress=False)

@@ -25,7 +25,7 @@ import pyro
 
 import pyro_vae
 from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig, evaluate
-from pyro_vae.rundir.checkpoint import load_checkpoint
+from pyro_vae.store.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
 from pyro_vae.data.arrays import as_matrix
 from pyro_vae.errors import PyroVAEError

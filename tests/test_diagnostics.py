@@ -585,7 +585,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(ppca, tmp_path_factory):
     """A real (briefly trained) 2-D run directory."""
-    from pyro_vae.rundir.run import train
+    from pyro_vae.app import train
 
     folder = tmp_path_factory.mktemp("runs")
     g = np.random.default_rng(1)
@@ -641,7 +641,7 @@ def test_cli_user_errors_are_one_line(tiny_run, tmp_path, capsys, args, message)
 
 
 def test_cli_grid_reference_on_a_3d_run_fails_before_writing(tiny_run, tmp_path, capsys):
-    from pyro_vae.rundir.run import train
+    from pyro_vae.app import train
 
     cfg = config_from_dict({
         "data": {"train": str(tiny_run.parent / "x.npy")},

@@ -148,7 +148,7 @@ def test_observations_with_nan_and_missing_observations_are_one_line():
 
 # a program module that defines its model on top of the conditional VAE of tests/test_external_programs.py (pytest
 # puts tests/ on sys.path), as a user's own module would; the class is defined here (a class merely imported into the
-# named module is refused: rundir/trust.py)
+# named module is refused: store/trust.py)
 CVAE_PROGRAM = "import test_external_programs\n\n\nclass CVAE(test_external_programs.CVAE):\n    pass\n"
 
 

@@ -25,9 +25,11 @@ import pytest
 import torch
 
 import pyro_vae
-import pyro_vae.rundir.checkpoint as ckpt
+import pyro_vae.app.prepare as prepare_mod
+import pyro_vae.app.pipeline as train_mod
 import pyro_vae.evaluation.memory as memory
-import pyro_vae.rundir.run as run_mod
+import pyro_vae.runtime.memory as runtime_memory
+import pyro_vae.store.checkpoint as ckpt
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, NetConfig, TrainConfig, config_from_dict
 from pyro_vae.errors import PyroVAEError
@@ -538,7 +540,7 @@ def test_raise_at_the_first_step_saves_a_state_that_resumes_with_the_same_data_o
 
 def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, monkeypatch):
     state = {}
-    real_build, real_step = run_mod.build_model, Trainer.step
+    real_build, real_step = prepare_mod.build_model, Trainer.step
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
@@ -549,7 +551,7 @@ def test_raise_from_the_cli_is_one_line_and_keeps_the_checkpoint(work, capsys, m
         state["step"] = self.state.step
         return real_step(self, x, beta)
 
-    monkeypatch.setattr(run_mod, "build_model", build)
+    monkeypatch.setattr(prepare_mod, "build_model", build)
     monkeypatch.setattr(Trainer, "step", step)
     line = user_error(capsys, "train", "--out", work / "out", *TINY, *SYNTH, "--set", "train.epochs=3")
     assert "non-finite" in line and "step 10" in line and "model:x" in line and "checkpoint.pt" in line
@@ -741,7 +743,7 @@ RUN_FLAGS = ["--quiet", "--no-plots", "--iw-samples", "8"]
 #   kill: the N-th checkpoint write stops half way and the process is SIGKILLed
 DRIVER = textwrap.dedent("""
     import io, os, signal, sys
-    import pyro_vae.rundir.checkpoint as C
+    import pyro_vae.store.checkpoint as C
     import pyro_vae.training.trainer as T
     from pyro_vae.cli import main
 
@@ -926,7 +928,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(resume_confi
 
 
 def test_disk_full_while_writing_history_or_metrics_is_one_line(tmp_path, monkeypatch):
-    from pyro_vae.rundir.files import write_text_atomic
+    from pyro_vae.store.files import write_text_atomic
 
     (tmp_path / "history.csv").write_text("old\n")
 
@@ -958,7 +960,7 @@ def _history(seed):
                             "model": {"latent_dim": 2, "likelihood": "normal", "encoder": {"hidden": [8]},
                                       "decoder": {"hidden": [8]}},
                             "train": {"epochs": 2, "batch_size": 16, "seed": seed}})
-    r = run_mod.train(cfg, None, iw_samples=4, plots=False)
+    r = train_mod.train(cfg, None, iw_samples=4, plots=False)
     curve = [(h["train_loss"], h["test_elbo"]) for h in r.history]
     return curve, {k: v.clone() for k, v in r.model.state_dict().items()}, r.metrics["log_likelihood"]
 
@@ -1021,22 +1023,22 @@ def test_evaluation_that_never_fits_gives_up_in_one_line():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(PyroVAEError, match="ran out of memory on cpu even one point and one draw at a time"):
-        memory.with_halving_budget(never_fits, 64, device=torch.device("cpu"))
+        runtime_memory.with_halving_budget(never_fits, 64, device=torch.device("cpu"))
     assert budgets == [64, 32, 16, 8, 4, 2, 1]
     # other errors are not retried
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        memory.with_halving_budget(lambda b: (_ for _ in ()).throw(RuntimeError("shape mismatch")), 64)
+        runtime_memory.with_halving_budget(lambda b: (_ for _ in ()).throw(RuntimeError("shape mismatch")), 64)
 
 
 def test_out_of_memory_in_the_cli_evaluation_after_training_is_retried(work, capsys, monkeypatch):
-    real_build = run_mod.build_model
+    real_build = prepare_mod.build_model
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
         m.nets["x"].mlp = OOMAbove(m.nets["x"].mlp, limit=100)  # training batches (16 rows) fit; the IW chunks do not
         return m
 
-    monkeypatch.setattr(run_mod, "build_model", build)
+    monkeypatch.setattr(prepare_mod, "build_model", build)
     rc, out, err = cli(capsys, "train", "--out", work / "out", *TINY, *SYNTH, "--iw-samples", "64")
     assert rc == 0, err
     assert "note: evaluation ran out of memory on cpu in chunks of" in err
@@ -1062,14 +1064,14 @@ def test_out_of_memory_in_pyro_vae_evaluate_is_retried(trained_run, capsys, monk
 
 
 def test_out_of_memory_in_training_names_batch_size_and_device_memory(work, capsys, monkeypatch):
-    real_build = run_mod.build_model
+    real_build = prepare_mod.build_model
 
     def build(spec, dim, image_shape=None):
         m = real_build(spec, dim, image_shape)
         m.nets["x"].mlp = OOMAbove(m.nets["x"].mlp, limit=8, only_no_grad=False)  # a batch of 16 does not fit
         return m
 
-    monkeypatch.setattr(run_mod, "build_model", build)
+    monkeypatch.setattr(prepare_mod, "build_model", build)
     line = user_error(capsys, "train", "--out", work / "out", *TINY, *SYNTH)
     assert "out of memory while training on cpu with train.batch_size = 16" in line
     assert "GiB" in line and "lower train.batch_size" in line
@@ -1078,7 +1080,7 @@ def test_out_of_memory_in_training_names_batch_size_and_device_memory(work, caps
 def test_cuda_device_memory_is_described(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 70 * 2**30)
-    err = memory.training_oom_error(torch.OutOfMemoryError("CUDA out of memory."), torch.device("cuda", 0), 512, 4)
+    err = runtime_memory.training_oom_error(torch.OutOfMemoryError("CUDA out of memory."), torch.device("cuda", 0), 512, 4)
     msg = str(err)
     assert "cuda:0" in msg and "train.batch_size = 512 x 4 particles" in msg
     assert "80.0 GiB total, 2.0 GiB free, 70.0 GiB held by PyTorch" in msg

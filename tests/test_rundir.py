@@ -94,7 +94,7 @@ def test_train_into_a_folder_with_a_run_needs_resume(trained, tmp_path, capsys):
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from pyro_vae.rundir.lock import RunLock
+    from pyro_vae.store.lock import RunLock
     with RunLock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))
@@ -245,7 +245,7 @@ def test_a_damaged_metrics_json_does_not_break_commands_that_do_not_need_it(trai
 
 @pytest.mark.parametrize("drop", ["config", "data_dim", "model", "train_state"])
 def test_a_hand_made_checkpoint_without_a_key_is_one_line(trained, tmp_path, capsys, drop):
-    from pyro_vae.rundir.checkpoint import load_checkpoint, save_checkpoint
+    from pyro_vae.store.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -337,7 +337,7 @@ def test_a_disk_that_fills_during_plots_ends_in_one_line(small_disk, capsys):
 
 SECOND_CTRL_C = textwrap.dedent("""
     import os, signal, sys
-    import pyro_vae.rundir.checkpoint as C
+    import pyro_vae.store.checkpoint as C
     from pyro_vae.cli import main
 
     calls, real_write = [0], C.write_payload
@@ -368,7 +368,7 @@ def test_a_second_ctrl_c_during_a_checkpoint_write_is_one_line_and_keeps_the_las
 
 
 def test_the_final_evaluation_fits_its_cost_to_the_test_set(tmp_path, capsys):
-    from pyro_vae.rundir.run import default_iw_samples
+    from pyro_vae.app.evaluate import default_iw_samples
 
     args = [a for a in TINY]
     i = args.index("--iw-samples")

@@ -20,7 +20,7 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main
-from pyro_vae.rundir import trust
+from pyro_vae.store import trust
 
 MODULE = "trusted_user_models"
 

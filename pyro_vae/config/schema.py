@@ -176,7 +176,7 @@ class ProgramSpec:
     # the folder the program is imported from, before the current directory (default: the TOML file's)
     program_dir: Optional[str] = None
     # what a run trained from, recorded by pyro_vae when it builds the program: the module's file and the sha256
-    # of its source; commands on the run refuse a source that changed since (rundir/trust.py)
+    # of its source; commands on the run refuse a source that changed since (store/trust.py)
     program_file: Optional[str] = None
     program_sha256: Optional[str] = None
 

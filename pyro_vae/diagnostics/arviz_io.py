@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import arviz_compat
-from ..rundir.files import write_atomic
+from ..store.files import write_atomic
 
 
 

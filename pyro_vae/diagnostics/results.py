@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import PyroVAEError
-from ..rundir.files import write_atomic, write_text_atomic
+from ..store.files import write_atomic, write_text_atomic
 from ..serialize import to_plain
 from .arviz_io import load_netcdf, write_netcdf
 from .settings import DiagnoseSettings, FORMAT

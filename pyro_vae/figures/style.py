@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 from cycler import cycler
 
-from ..rundir.files import write_atomic
+from ..store.files import write_atomic
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 INK = "#222222"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-
 import torch.nn as nn
+
+from ..errors import PyroVAEError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -43,8 +44,6 @@ def _flat(x: torch.Tensor, trailing: int):
 
 def check_image(image_shape, what: str) -> Tuple[int, int]:
     """The (height, width) a conv net at ``what`` works on, or a one-line error saying why there is none."""
-    from ..errors import PyroVAEError
-
     if image_shape is None:
         raise PyroVAEError(f"{what}: type = \"conv\" needs image data, but the data source gives no image shape "
                            "(digits, fashion-mnist and mnist do; rows of a .npy/.csv file do not): use type = \"mlp\"")
@@ -122,7 +121,5 @@ def decoder_network(in_features: int, likelihood, cfg, image_shape=None, what: s
 
 def _not_image(what: str, width: int, image_shape):
     """The one-line error for a conv net on rows that are not the source's images."""
-    from ..errors import PyroVAEError
-
     return PyroVAEError(f"{what}: type = \"conv\" reads {image_shape[0]}x{image_shape[1]} images, but the data's rows "
                         f"have {width} values: use type = \"mlp\"")

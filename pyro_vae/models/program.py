@@ -6,7 +6,7 @@ decides between the first two whether the code may run:
 1. :func:`locate` finds the module's file in the given folders, then the
    installed packages, and hashes it; nothing is imported.
 2. the caller's ``vet(source)`` accepts the source or raises (a run folder's
-   program is vetted by ``rundir/trust.py``; a config the user trains is not);
+   program is vetted by ``store/trust.py``; a config the user trains is not);
 3. the module is imported from exactly that file, and only a latent-variable
    class defined in it (or a function defined in it whose return annotation
    names one) is called.

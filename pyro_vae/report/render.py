@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from ..diagnostics.results import Diagnosis
 from ..errors import PyroVAEError
-from ..rundir.files import write_text_atomic
+from ..store.files import write_text_atomic
 from ..serialize import to_plain
 from .figures import Figure, Figures, draw_all
 from ..evaluation.results import ACTIVE_UNIT_THRESHOLD

@@ -1,5 +1,6 @@
-"""Training: the SVI trainer (explicit state, step engines, non-finite policy, optimizer)."""
+"""Training: the SVI trainer (explicit state, step engines, non-finite policy, optimizer) and the callbacks it reports to."""
 
-from .trainer import Trainer, fit
+from .callbacks import Callbacks
+from .trainer import Trainer
 
-__all__ = ["Trainer", "fit"]
+__all__ = ["Callbacks", "Trainer"]

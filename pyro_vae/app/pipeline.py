@@ -1,0 +1,174 @@
+"""Training a config into a run folder, in order: prepare, check the folder, fit, evaluate, class metrics, plots.
+
+Everything that can fail on bad input (config, data, support, output folder) is checked before the folder
+is created, so a failed start writes nothing.  The folder's files: store/folder.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..config import Config, ProgramSpec
+from ..data import batch
+from ..data.arrays import Dataset
+from ..errors import PyroVAEError
+from ..evaluation.memory import test_elbo_with_retry
+from ..figures import run as run_figures
+from ..models.graph import GraphModel
+from ..models.protocol import model_modules
+from ..runtime import distributed
+from ..store.checkpoint import upgrade
+from ..store.files import write_text_atomic
+from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
+from ..store.lock import RunLock
+from ..store.trust import RunCode, remember
+from ..training.batches import check_batch_size
+from ..training.trainer import Trainer
+from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
+from .prepare import prepare
+from .runs import Run
+
+
+def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool = False,
+          progress: Optional[bool] = None, iw_samples: Union[int, str] = "auto", plots: bool = True,
+          overwrite: bool = False, log=None, program_path: Optional[os.PathLike] = None,
+          trust_code: bool = False) -> Run:
+    """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
+    ``overwrite=True``, a folder whose previous run is replaced (only files this library wrote are removed).
+
+    A resumed run's program is built as :func:`~pyro_vae.app.runs.load_run` builds it (``program_path``,
+    ``trust_code``); a new run records the program file it trains from, for this user's later commands on the
+    run (store/trust.py).
+
+    Under torchrun every process calls this: they train data-parallel
+    (runtime/distributed.py) and rank 0 alone writes the folder and logs.
+    """
+    joined = not torch.distributed.is_initialized()
+    group = distributed.init_from_env(config.train.device)
+    joined = joined and group.active
+    if group.active:
+        try:
+            return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
+                          overwrite, log if group.is_main else None, group, program_path, trust_code)
+        finally:
+            if joined:  # on a failure too: a process group left at exit aborts the process
+                distributed.shutdown()
+    return _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group, program_path, trust_code)
+
+
+def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log, group, program_path=None,
+           trust_code=False) -> Run:
+    log = log or (lambda msg: None)
+    out = Path(out_dir) if out_dir is not None else None
+    if iw_samples not in ("auto", None) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
+        # checked now, not after training, when the final evaluation would reject it
+        raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
+    run_code = RunCode(out, Path(program_path) if program_path else None, trust_code) if resume else None
+    cfg, data, model, payload = _start(config, out, resume, overwrite, run_code, group, log)
+    for note in data.notes:
+        log(f"note: {note}")
+    trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress)
+    trainer.meta = {"config": cfg.to_dict(), "data_dim": data.dim,
+                    "image_shape": list(data.image_shape) if data.image_shape else None}
+    trainer.setup_data(data.train, data.binarize)
+    if payload is not None:
+        trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
+    start_epoch = trainer.state.epoch
+    writes = out is not None and group.is_main
+    with contextlib.ExitStack() as held:
+        if writes:
+            held.enter_context(_claim(out, cfg, resume, overwrite))
+        held_out = density_data(model, data.test)
+        history = trainer.fit(data.train, held_out, binarize=data.binarize)
+        for m in model_modules(model):
+            m.eval()
+        found = _final_evaluation(model, data, iw_samples, cfg.train.seed, progress, group.is_main, log)
+        metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history))
+        figures = None
+        if writes:
+            write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            figures = _plots(model, data, history, out / PLOTS_DIR, found) if plots else None
+    return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
+               data_dim=data.dim, classes=found.classes)
+
+
+def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, run_code: Optional[RunCode], group,
+           log):
+    """(config resolved, data, model, checkpoint to resume or None), every check passed on every rank: a failure
+    anywhere stops every rank before a file is written."""
+    try:
+        payload = resume_payload(out, log) if resume else None
+        cfg, data, model = prepare(config, run_code)
+        if payload is not None:
+            _check_resumable(payload, out, cfg, data)
+        check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
+        distributed.check_batches(cfg.train.batch_size, [len(g["rows"]) for g in batch.groups(data.train)], group)
+        if out is not None and not resume:
+            check_output_folder(out, replace=overwrite)
+        failed = None
+    except PyroVAEError as e:
+        if not group.active:
+            raise
+        cfg = data = model = payload = None
+        failed = e
+    if group.active:
+        distributed.agree(distributed.fingerprint(
+            None if cfg is None else cfg.to_toml(), None if data is None else batch.describe(data.train),
+            None if data is None else batch.describe(data.test), out and out.resolve(), resume,
+            None if payload is None else payload.get("train_state", {}).get("step")), failed)
+    return cfg, data, model, payload
+
+
+def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> None:
+    if isinstance(payload.get("data_dim"), int) and payload["data_dim"] != data.dim:
+        raise PyroVAEError(
+            f"--resume {out}: the checkpoint's model takes {payload['data_dim']} columns but the data now has "
+            f"shape {tuple(data.train_x.shape)}: resume with the data the run was trained on"
+        )
+    done = payload.get("train_state", {}).get("epoch", 0)
+    if cfg.train.epochs < done:
+        raise PyroVAEError(
+            f"--resume {out}: train.epochs = {cfg.train.epochs} but the run has already trained {done} epochs: "
+            f"raise it to train longer (e.g. --set train.epochs={2 * done}), or use pyro-vae evaluate {out}"
+        )
+
+
+@contextlib.contextmanager
+def _claim(out: Path, cfg: Config, resume: bool, overwrite: bool):
+    """The run folder, made and locked while the run trains: a fresh run's folder emptied of a previous run's
+    files, and the resolved config written (a program's source recorded as trained from by this user)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        if not resume:
+            # checked again under the lock: another process may have written here since
+            check_output_folder(out, replace=overwrite)
+            remove_run_files(out)
+        write_text_atomic(out / "config.toml", cfg.to_toml())
+        if isinstance(cfg.model, ProgramSpec):
+            remember(cfg.model.program_file, cfg.model.program_sha256)
+        yield
+
+
+def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, reports: bool, log) -> RunEvaluation:
+    """The trained model on the test data (every rank; the class metrics on the rank that reports)."""
+    n = batch.num_rows(data.test)
+    k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
+    log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
+    return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
+                          class_names=data.class_names, progress=progress, classes=reports, log=log)
+
+
+def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
+    """The run's figures: a one-latent model's, a graph's, or a program's curve and graph (the others need a
+    built-in's encoder and decoder)."""
+    if getattr(model, "one_latent", None):
+        return run_figures.run_plots(model, data, history, folder)
+    if isinstance(model, GraphModel):
+        return run_figures.graph_plots(model, data, history, folder, found.classes)
+    return run_figures.program_plots(model, data, history, folder)

@@ -1,0 +1,101 @@
+"""A run's preparation: its config checked, its data loaded, its model built (seeded, a program only as the user allows); writes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pyro
+
+from ..config import Config, GraphSpec, ModelSpec, ProgramSpec
+from ..config.short import replace_node
+from ..data.arrays import Dataset
+from ..data.checks import check_support as check_support_chunked
+from ..data.sizes import inferred_levels
+from ..data.sources import load_data, resolve_binarize
+from ..errors import PyroVAEError
+from ..infer.objectives import check_objective_name
+from ..models import build_model, check_size, check_spec
+from ..models.graph.spec import check_objective
+from ..models.program import build_program
+from ..store.trust import RunCode, build_args
+
+
+def main_observed(model: GraphSpec) -> str:
+    """The graph's main observed node: the first declared (the data's observations)."""
+    return next(name for name, n in model.nodes.items() if n.role == "observed")
+
+
+def data_likelihood(model: ModelSpec) -> str:
+    """The likelihood the data are loaded for: a program's is its own business, so its data are taken as they are."""
+    if isinstance(model, ProgramSpec):
+        return "normal"
+    return model.nodes[main_observed(model)].likelihood
+
+
+def resolve_config(cfg: Config, data: Dataset) -> Config:
+    """Fill in what depends on the data: binarization mode and categorical levels."""
+    model = cfg.model
+    if isinstance(model, GraphSpec):
+        x = main_observed(model)
+        if model.nodes[x].likelihood == "categorical" and model.nodes[x].levels is None:
+            model = replace_node(model, x, levels=inferred_levels(data.train_x, data.test_x))
+    d = dataclasses.replace(cfg.data, binarize=resolve_binarize(cfg.data, data_likelihood(cfg.model)))
+    return cfg.replace(data=d, model=model)
+
+
+def check_support(model, data: Dataset) -> None:
+    lik = getattr(model, "likelihood", None)
+    if lik is None or not hasattr(lik, "check_support"):
+        return
+    if data.binarize != "dynamic":  # dynamic: batches are binarized as they are drawn
+        # chunk by chunk when the training data is a memory map (data/mapped.py)
+        check_support_chunked(lik, data.train_x, "the training data")
+    lik.check_support(data.test_x, "the test data")
+
+
+def check_config(cfg: Config) -> None:
+    """What a config can be checked for before any data is read: every name it uses against the registry that
+    defines it (objectives, likelihoods, families, guide laws, corruptions), and its graph as a whole."""
+    check_objective_name(cfg.train.elbo)
+    check_spec(cfg.model)
+    if isinstance(cfg.model, GraphSpec):
+        check_objective(cfg.model, cfg.train)
+
+
+def prepare(cfg: Config, run_code: Optional[RunCode] = None):
+    """Load data, resolve the config and build the model (seeded); writes nothing.
+
+    ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
+    """
+    check_config(cfg)  # every name and the graph first: a typo costs no data loading
+    data = load_data(cfg.data, data_likelihood(cfg.model))
+    if data.observed is not None and isinstance(cfg.model, GraphSpec) and cfg.model.short is not None:
+        names = ", ".join(data.train)
+        key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None
+                     else ("data.arrays", f"data.arrays names {names}"))
+        raise PyroVAEError(f"{said} but the one-latent model (model.latent_dim, ...) takes one array: name the graph's "
+                           f"nodes after the arrays ([model.nodes.NAME]), or use a program of your own "
+                           f"(model.program = \"module:Class\"); or remove {key}")
+    cfg = resolve_config(cfg, data)
+    if isinstance(cfg.model, GraphSpec):
+        check_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
+    pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
+    model, spec = build(cfg.model, data.dim, data.image_shape, run_code)
+    cfg = cfg.replace(model=spec)
+    if hasattr(model, "check_data"):  # a graph: its data nodes against the data's arrays
+        model.check_data(data.train, "the training data")
+        model.check_data(data.test, "the test data")
+    check_support(model, data)
+    return cfg, data, model
+
+
+def build(spec: ModelSpec, data_dim: int, image_shape=None, run_code: Optional[RunCode] = None):
+    """(the model a config's model section describes, that section as resolved): a built-in, or a program.
+
+    ``run_code`` None: a config the user trains, whose program they named by running it; else a run folder's,
+    whose program runs only as the user allows (store/trust.py).
+    """
+    if isinstance(spec, ProgramSpec):
+        return build_program(spec, data_dim, **build_args(spec, run_code))
+    return build_model(spec, data_dim, image_shape), spec

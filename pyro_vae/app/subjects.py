@@ -1,0 +1,77 @@
+"""Run folders as diagnosis subjects: loaded, named, fingerprinted, and matched against diagnostics saved for them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..data import batch
+from ..diagnostics.settings import FORMAT, DiagnoseSettings, Subject
+from ..errors import PyroVAEError
+from ..models.build import describe
+from .prepare import data_likelihood
+from .runs import load_run, load_run_data
+
+
+def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points, device: str = "cpu", *,
+                       program_path=None, trust_code: bool = False) -> List[Subject]:
+    """Load runs (``pyro-vae train`` output folders) and pick the first ``points`` test rows of each.
+
+    A run's own program is built as :func:`~pyro_vae.app.runs.load_run` allows (``program_path``, ``trust_code``).
+    """
+    if not run_dirs:
+        raise PyroVAEError("give at least one run directory")
+    subjects, names, cache = [], set(), {}
+    for d in run_dirs:
+        run = load_run(d, device=device, program_path=program_path, trust_code=trust_code)
+        key = json.dumps(run.config.data.__dict__ | {"lik": data_likelihood(run.config.model)}, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = load_run_data(run)
+        data = cache[key]
+        name = Path(d).resolve().name or "run"
+        base, i = name, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.add(name)
+        n = min(points, batch.num_rows(data.test))
+        cfg = run.config
+        m = run.metrics or {}
+        info = run_fingerprint(d) | {
+            "objective": cfg.train.elbo, **describe(cfg.model),
+            "epochs": len(run.history or []), "data": data.name,
+            "test_elbo": m.get("elbo"), "log_likelihood": m.get("log_likelihood"),
+            "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
+        }
+        subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
+    return subjects
+
+
+def run_fingerprint(run_dir) -> dict:
+    """What identifies a trained run: its folder and the hash of its checkpoint."""
+    return {"run_dir": str(Path(run_dir).resolve()), "checkpoint_sha256": _sha256(Path(run_dir) / "checkpoint.pt")}
+
+
+def matches(diagnosis_json: dict, run_dirs: Sequence, given: dict) -> bool:
+    """Whether saved diagnostics are for exactly these runs (same checkpoints, same order) and these settings."""
+    runs = diagnosis_json.get("runs") or []
+    if diagnosis_json.get("format") != FORMAT or len(runs) != len(run_dirs):
+        return False
+    for r, d in zip(runs, run_dirs):
+        fp = run_fingerprint(d)
+        if any(r["info"].get(k) != v for k, v in fp.items()):
+            return False
+    stored = diagnosis_json.get("settings", {})
+    return all(stored.get(k) == v for k, v in given.items())
+
+
+def _sha256(path: Path) -> Optional[str]:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
