@@ -33,7 +33,7 @@ from ..data import batch
 from ..data.arrays import Dataset
 from .. import arviz_compat
 from ..infer.psis import pareto_khat
-from .arviz_io import from_dict
+from .arviz_io import from_dict, stored_name
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
 from .loo_check import loo_check
@@ -335,14 +335,16 @@ def _chain_stats(data, layout: Layout):
     r = arviz_compat.rhat(data)
     eb = arviz_compat.ess(data, method="bulk")
     et = arviz_compat.ess(data, method="tail")
-    cat = lambda ds: np.concatenate([np.asarray(ds[s].values).reshape(ds[s].shape[0], -1) for s in layout.sites], 1)
+    names = [stored_name(s) for s in layout.sites]
+    cat = lambda ds: np.concatenate([np.asarray(ds[s].values).reshape(ds[s].shape[0], -1) for s in names], 1)
     return cat(r), cat(eb), cat(et)
 
 
 def _idata(layout: Layout, z: np.ndarray, points, stats: Optional[dict], attrs: dict):
     """(chain, draw, point, latent) -> ArviZ data with one variable per latent site."""
     post, dims, coords = {}, {}, {"point": np.asarray(points, dtype=np.int64)}
-    for s, v in layout.split(z).items():
+    for site, v in layout.split(z).items():
+        s = stored_name(site)  # a "/" in a site's name is a path to ArviZ 1.x and netCDF
         dname = f"{s}_dim"
         post[s] = np.asarray(v, dtype=np.float64)
         dims[s] = ["point", dname]

@@ -10,6 +10,7 @@ from typing import List
 import numpy as np
 
 from ..arviz_compat import group, plot_forest
+from ..diagnostics.arviz_io import stored_name
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
 from ..figures.graph import draw_structure, structure_caption
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
@@ -205,7 +206,8 @@ def fig_forest(figs: Figures, diagnosis: Diagnosis) -> None:
         if r.reference_data is not None:
             data.append(r.reference_data)
             names.append("reference (" + r.reference.method + ")")
-        plot_forest(ax, data, names, site, {"point": pick, f"{site}_dim": local_dims}, [COLORS[0], REF_COLOR],
+        var = stored_name(site)
+        plot_forest(ax, data, names, var, {"point": pick, f"{var}_dim": local_dims}, [COLORS[0], REF_COLOR],
                     prob=0.9, textsize=9)  # the style's font size, not ArviZ's scaled one
         ax.set_title(f"{r.name}: 90% intervals", fontsize=10)
     fig.tight_layout()
@@ -301,7 +303,7 @@ def _draws(data, latent_labels: List[str]) -> np.ndarray:
             sites.append(s)
     parts = []
     for s in sites:
-        v = np.asarray(post[s].values)
+        v = np.asarray(post[stored_name(s)].values)
         parts.append(v.reshape(v.shape[0] * v.shape[1], v.shape[2], -1))
     return np.concatenate(parts, -1)
 
