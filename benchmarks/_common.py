@@ -95,8 +95,8 @@ class HandVAE(nn.Module):
 
     def copy_from(self, ours) -> "HandVAE":
         """Start from our model's initial weights, so the two differ only in the training code."""
-        self.enc.load_state_dict(ours.encoder.net.state_dict())
-        self.dec.load_state_dict(ours.decoder.state_dict())
+        self.enc.load_state_dict(ours.encoders["z"].mlp.state_dict())  # the one-latent graph z -> x's networks
+        self.dec.load_state_dict(ours.nets["x"].mlp.state_dict())
         return self
 
 
@@ -266,3 +266,13 @@ def test_elbo(encode, decode_logits, x: torch.Tensor, samples: int = 4, seed: in
             rec += -F.binary_cross_entropy_with_logits(decode_logits(z), xb, reduction="sum") / samples
         total += float(rec - kl)
     return total / x.shape[0]
+
+
+def our_encode_decode(model):
+    """(x -> (loc, scale) of q(z|x), z -> the decoder's logits) of our one-latent graph, for :func:`test_elbo`."""
+
+    def encode(x):
+        q = model.families["z"].guide(model.encoders["z"]({"x": model.likelihood.encoder_input(x)})).base_dist
+        return q.loc, q.scale
+
+    return encode, lambda z: model.nets["x"]({"z": z})

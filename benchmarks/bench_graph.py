@@ -135,11 +135,11 @@ class HandConvVAE(nn.Module):
 
     def __init__(self, ours):
         super().__init__()
-        spec = ours.spec
-        c1, c2 = spec.encoder.channels
-        d1, d2 = spec.decoder.channels
-        self.latent = spec.latent_dim
-        (h,), (hd,) = spec.encoder.hidden, spec.decoder.hidden
+        z, x = ours.spec.nodes["z"], ours.spec.nodes["x"]  # the one-latent form's graph z -> x
+        c1, c2 = z.encoder.channels
+        d1, d2 = x.net.channels
+        self.latent = z.dim
+        (h,), (hd,) = z.encoder.hidden, x.net.hidden
         self.enc = nn.Sequential(
             nn.Unflatten(1, (1, 28, 28)),
             nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),
@@ -149,8 +149,8 @@ class HandConvVAE(nn.Module):
             nn.Linear(self.latent, hd), nn.ReLU(), nn.Linear(hd, d2 * 49), nn.ReLU(), nn.Unflatten(1, (d2, 7, 7)),
             nn.ConvTranspose2d(d2, d1, 4, stride=2, padding=1), nn.ReLU(),
             nn.ConvTranspose2d(d1, 1, 4, stride=2, padding=1), nn.Flatten())
-        copy_params(self.enc, ours.encoder)
-        copy_params(self.dec, ours.decoder)
+        copy_params(self.enc, ours.encoders["z"])
+        copy_params(self.dec, ours.nets["x"])
 
     def loss(self, x, scale: float = 1.0):
         loc, sc = loc_scale(self.enc(x), self.latent)

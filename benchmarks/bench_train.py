@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from _common import (HandRunner, HandVAE, OurRunner, alternate, fashion_mnist, machine_line, max_rss_mib, median,
-                     our_model, paired_ratio, table, test_elbo)
+                     our_encode_decode, our_model, paired_ratio, table, test_elbo)
 
 from pyro.infer import TraceMeanField_ELBO  # noqa: E402
 from pyro_vae.training.optim import restore_kernel_choice  # noqa: E402
@@ -196,7 +196,7 @@ def elbo_table(train, test, device, batch_size, epochs, target):
     def evaluate(name):
         if name == "ours":
             ours_model.eval()
-            e = test_elbo(ours_model.encoder, ours_model.decoder, test)
+            e = test_elbo(*our_encode_decode(ours_model), test)
             ours_model.train()
         else:
             e = test_elbo(hand.net.encode, hand.net.dec, test)
