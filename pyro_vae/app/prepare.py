@@ -84,8 +84,9 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
     model, spec = build(cfg.model, data.dim, data.image_shape, run_code)
     cfg = cfg.replace(model=spec)
     if hasattr(model, "check_data"):  # a graph: its data nodes against the data's arrays
-        model.check_data(data.train, "the training data")
-        model.check_data(data.test, "the test data")
+        origins = data.origins or {}
+        model.check_data(data.train, "the training data", origins.get("train"))
+        model.check_data(data.test, "the test data", origins.get("test"))
     check_support(model, data)
     return cfg, data, model
 

@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ class Dataset:
     truth: Optional[dict] = None  # synthetic source: the generating parameters
     class_names: Optional[Tuple[str, ...]] = None  # the name of label 0, 1, ... (plot legends); None: the numbers
     observed: Optional[str] = None  # named arrays: the one holding the observations
+    # named arrays from files: {"train" / "test": (the file's key, e.g. "data.train", each row's row in that file)}
+    origins: Optional[Dict[str, Tuple[str, torch.Tensor]]] = None
 
     @property
     def train_x(self) -> torch.Tensor:

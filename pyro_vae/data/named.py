@@ -91,7 +91,9 @@ def _tensor(arr: np.ndarray, what: str, observations: bool) -> Tuple[torch.Tenso
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C")), bad_rows
 
 
-def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool, notes: list) -> Dict[str, torch.Tensor]:
+def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool,
+             notes: list) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """(the arrays checked, each kept row's row number in the file): rows with NaN/Inf refused or dropped."""
     out, bads = {}, []
     for i, n in enumerate(names):
         out[n], b = _tensor(raw[n], f"{what}.{n}", observations=i == 0)
@@ -101,17 +103,18 @@ def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool, notes: li
         raise PyroVAEError(f"{what}: the arrays have different numbers of rows "
                            f"({', '.join(f'{n}: {r}' for n, r in rows.items())}): give one row per data point in each")
     bad = np.logical_or.reduce(bads)  # a row with NaN/Inf in any array
+    kept = torch.arange(next(iter(rows.values())))
     if bad.any():
         r = int(np.argmax(bad))
         if not drop:
             raise PyroVAEError(f"{what} has NaN/Inf values in {int(bad.sum())} rows (first at row {r}): clean the "
                                "data or set data.drop_nonfinite = true to drop those rows")
         keep = torch.from_numpy(~bad)
-        out = {n: t[keep] for n, t in out.items()}
+        out, kept = {n: t[keep] for n, t in out.items()}, kept[keep]
         notes.append(f"{what}: dropped {int(bad.sum())} rows with NaN/Inf")
         if not bool(keep.any()):
             raise PyroVAEError(f"{what}: every row has NaN/Inf values; nothing is left to train on")
-    return out
+    return out, kept
 
 
 def load_named(cfg) -> Dataset:
@@ -119,9 +122,12 @@ def load_named(cfg) -> Dataset:
     names = _names(cfg)
     notes: list = []
     name = Path(next(iter(cfg.train.values())) if isinstance(cfg.train, dict) else cfg.train).stem
-    train = _checked(_read(cfg.train, names, "data.train"), names, "data.train", cfg.drop_nonfinite, notes)
+    train, train_rows = _checked(_read(cfg.train, names, "data.train"), names, "data.train", cfg.drop_nonfinite, notes)
+    # where each row came from, so that a bad value is named by its row in the file (a split permutes them)
+    origins = {"train": ("data.train", train_rows), "test": ("data.train", train_rows)}
     if cfg.test is not None:
-        test = _checked(_read(cfg.test, names, "data.test"), names, "data.test", cfg.drop_nonfinite, notes)
+        test, test_rows = _checked(_read(cfg.test, names, "data.test"), names, "data.test", cfg.drop_nonfinite, notes)
+        origins["test"] = ("data.test", test_rows)
         for n in names:
             if tuple(test[n].shape[1:]) != tuple(train[n].shape[1:]):
                 raise PyroVAEError(f"data.test.{n} has shape {tuple(test[n].shape)} but data.train.{n} "
@@ -137,4 +143,5 @@ def load_named(cfg) -> Dataset:
             if n_test >= n:
                 raise PyroVAEError(f"data.test_fraction = {cfg.test_fraction} leaves no training rows: lower it")
             train, test = batch.rows(train, perm[n_test:]), batch.rows(train, perm[:n_test])
-    return Dataset(train, test, name, notes=notes, observed=names[0])
+            origins = {"train": ("data.train", train_rows[perm[n_test:]]), "test": ("data.train", train_rows[perm[:n_test]])}
+    return Dataset(train, test, name, notes=notes, observed=names[0], origins=origins)

@@ -300,9 +300,10 @@ class GraphModel(PyroModule):
         return draws, self.decode(draws)
 
     # -- what the library reads off a graph ---------------------------------
-    def check_data(self, data, what: str = "the data") -> None:
-        """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph."""
-        check_graph_data(self.graph, self.widths, self.obs_site, data, what)
+    def check_data(self, data, what: str = "the data", origin=None) -> None:
+        """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph;
+        ``origin``: (the file's key, each row's row in that file), to name a bad row as the file numbers it."""
+        check_graph_data(self.graph, self.widths, self.obs_site, data, what, origin)
 
     def density_data(self, data):
         """The arrays a held-out log p(x) and ELBO are computed on: ``data`` less the partial nodes' labels, so

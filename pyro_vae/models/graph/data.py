@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
+
+import torch
 
 from ...data import batch
 from ...errors import PyroVAEError
 from .spec import Graph
 
 
-def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what: str = "the data") -> None:
+def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what: str = "the data",
+                     origin: Optional[Tuple[str, torch.Tensor]] = None) -> None:
     """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph ``g``
-    (``widths``: each observed node's row width; ``obs_site``: the node a single tensor is)."""
+    (``widths``: each observed node's row width; ``obs_site``: the node a single tensor is).
+
+    ``origin``: (the file's key, each row's row in that file), so that a bad label is named by its row there.
+    """
     named = batch.is_named(data)
     arrays = dict(data) if named else {obs_site: data}
     needed = [n for n in g.order if g.nodes[n].role in ("observed", "input", "partial")]
@@ -34,19 +40,41 @@ def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what
                                    f"but the node takes rows of {widths[name]} values: fix its dim or the data")
             continue
         if node.family in ("categorical", "bernoulli"):
-            k = node.dim if node.family == "categorical" else 2 ** node.dim
-            bad = value.is_floating_point() or value.dim() != 1
-            low = -1 if node.role == "partial" else 0
-            if not bad and value.numel():
-                bad = bool(((value < low) | (value >= k)).any())
-            if bad:
-                missing = " (-1 where a row has none)" if node.role == "partial" else ""
-                raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} must hold one integer class "
-                                   f"0..{k - 1}{missing} per row (got dtype {value.dtype}, shape "
-                                   f"{tuple(value.shape)}): fix the data or the node's dim")
-            if node.role == "input" and value.numel() and bool((value < 0).any()):
-                raise PyroVAEError(f"model.nodes.{name}: an input is always given, but {what}'s {name!r} has "
-                                   "missing (-1) rows: make the node role = \"partial\" or fill them in")
+            _check_classes(name, node, value, what, origin)
         elif value.dim() != 2 or value.shape[1] != node.dim:
             raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
                                f"but the node's dim is {node.dim}: fix its dim or the data")
+
+
+def _check_classes(name: str, node, value, what: str, origin: Optional[Tuple[str, torch.Tensor]]) -> None:
+    """A discrete node's array: one integer class 0..K-1 per row (-1 where a partial label is missing), the first
+    offending row and its value named, as the file numbers its rows where ``origin`` says."""
+    k = node.dim if node.family == "categorical" else 2 ** node.dim
+    low = -1 if node.role == "partial" else 0
+    valid = f"integers in 0..{k - 1}" + (" (or -1 for unlabelled)" if low < 0 else "")
+    if value.dim() != 1:
+        raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, but the node "
+                           f"takes one class per row ({valid}): give a 1-D array of class numbers")
+    if value.is_floating_point():
+        bad = value != value.round()
+    else:
+        bad = (value < low) | (value >= k)
+    if not value.numel() or not bool(bad.any()):
+        if value.is_floating_point():
+            raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} holds {value.dtype} numbers, but the "
+                               f"node's classes are {valid}: store them as integers")
+        return
+    found = bad.nonzero()[:, 0]
+    if origin is None:
+        where, i = what, int(found[0])
+        row = i
+    else:  # the first in the file's order (a held-out split permutes the rows)
+        rows = origin[1][found]
+        where, i = origin[0], int(found[int(rows.argmin())])
+        row = int(rows.min())
+    got = value[i].item()
+    missing = node.role == "input" and got == -1
+    fix = ("an input is always given: fill in its missing (-1) rows, or make the node role = \"partial\"" if missing
+           else "fix the data or the node's dim")
+    raise PyroVAEError(f"model.nodes.{name}: {where}'s array {name!r} row {row} has {got:g}: the labels of "
+                       f"{name!r} must be {valid}: {fix}")
