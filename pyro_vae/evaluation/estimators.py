@@ -70,6 +70,7 @@ from ..models.protocol import eval_mode, model_dtype, model_modules, check_proto
 from ..progress import progress_bar
 from ..runtime import distributed
 from .nodes import Node, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
+from .quantities import Quantities, read_quantities
 from .results import PointwiseEvaluation, concat_points
 from .streaming import DEFAULT_BUDGET, HeapTrimmer, LogMeanExp, Moments, Tail, chunks, plan_draws
 
@@ -333,6 +334,7 @@ class _Plan:
     prior_samples: int  # prior draws per point (0: none)
     k_chunk: int  # particles per chunk
     b_chunk: int  # points per chunk
+    quantities: Quantities  # what the numbers are, in the model's names (log p(x|y), ...)
 
 
 def _plan(model, x, width: int, iw_samples, elbo_samples: int, prior_samples, budget: int) -> _Plan:
@@ -350,7 +352,8 @@ def _plan(model, x, width: int, iw_samples, elbo_samples: int, prior_samples, bu
     # one plan for both passes: the prior pass may need more particles than the guide pass
     k_chunk, b_chunk = plan_draws(n, max(k_total, prior_samples), width, layout.dim, layout.broadcasts, budget)
     return _Plan(layout=layout, nodes=nodes, inexact=inexact, observed=tuple(nd.kind == "observed" for nd in nodes),
-                 iw=iw, k_total=k_total, prior_samples=prior_samples, k_chunk=k_chunk, b_chunk=b_chunk)
+                 iw=iw, k_total=k_total, prior_samples=prior_samples, k_chunk=k_chunk, b_chunk=b_chunk,
+                 quantities=read_quantities(model, head, layout))
 
 
 #: the per-point results kept chunk by chunk of points, joined at the end
@@ -516,6 +519,7 @@ def _result(plan: _Plan, totals: _Totals, iw_samples: Optional[int], *, reconstr
         iw_khat=cat("khat") if iw else None,
         summed_sites=list(layout.summed),
         site_terms=site_terms,
+        quantities=plan.quantities,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 from ..infer.psis import KHAT_BAD
 from ..serialize import to_plain
 from .nodes import NodeSummary, SiteTerm
+from .quantities import Quantities
 from .streaming import tail_size
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -71,6 +72,8 @@ class PointwiseEvaluation:
     summed_sites: List[str] = field(default_factory=list)
     # the ELBO node by node (evaluation/nodes.py): observed terms minus latent terms is ``elbo``, point by point
     site_terms: List[SiteTerm] = field(default_factory=list)
+    # what the numbers are, in the model's names: log p(x|y) for a model conditioned on an input y, ...
+    quantities: Optional[Quantities] = None
 
     @property
     def num_points(self) -> int:
@@ -159,6 +162,9 @@ class PointwiseEvaluation:
             "num_points": int(n),
             "seconds_evaluate": float(self.seconds),
         }
+        if self.quantities is not None:
+            # {key: the quantity it estimates for this model}; the keys themselves keep their names
+            out["quantities"] = self.quantities.to_json()
         return out
 
     def log_likelihood_warning(self) -> Optional[str]:
@@ -166,19 +172,20 @@ class PointwiseEvaluation:
         if self.iw_khat is None or self.iw_ess is None:
             return None
         n, k = self.num_points, self.iw_samples
+        log_p = self.quantities.log_likelihood if self.quantities is not None else "log p(x)"
         bad = int((self.iw_khat > KHAT_BAD).sum())
         low = int((self.iw_ess < IW_ESS_MIN).sum())
         if not bad and not low:
             return None
         if tail_size(k) <= 5:  # PSIS fits no tail of 4 draws or fewer: k-hat is infinite
             return (f"K = {k} importance draws are too few to check the weights' tail (PSIS needs K >= 21): "
-                    "the log p(x) s.e. cannot be trusted; raise iw_samples")
+                    f"the {log_p} s.e. cannot be trusted; raise iw_samples")
         why = []
         if bad:
             why.append(f"PSIS k-hat > {KHAT_BAD} for {bad} of {n} points (max {float(self.iw_khat.max()):.2f})")
         if low:
             why.append(f"importance ESS below {IW_ESS_MIN} for {low} of {n} points")
-        return ("the log p(x) s.e. cannot be trusted: " + " and ".join(why) + ": the weights are heavy-tailed, so "
+        return (f"the {log_p} s.e. cannot be trusted: " + " and ".join(why) + ": the weights are heavy-tailed, so "
                 "the estimate is biased low by more than its s.e. there; raise iw_samples (K) or use a guide "
                 "closer to the posterior (wider, or a richer family)")
 
