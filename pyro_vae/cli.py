@@ -22,6 +22,7 @@ from .app import diagnose_runs, evaluate_run, report_runs, sample_run, train
 from .app.demo import demo
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import PyroVAEError, TrainingInterrupted
+from .evaluation.quantities import ONE_LATENT
 from .report.render import render_text
 from .training.trainer import resolve_device
 
@@ -29,27 +30,28 @@ EXIT_USER_ERROR = 2
 #: the most rows or columns a class table printed on a terminal has
 MAX_TABLE_SIDE = 20
 
-METRIC_LINES = [
-    ("elbo", "test ELBO"),
-    ("reconstruction", "  reconstruction E_q[log p(x|z)]"),
-    ("kl", "  KL(q(z|x) || p(z))"),
-    ("log_likelihood", "log p(x) (importance sampled)"),
-]
-
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _quantities(m: dict) -> dict:
+    """What the metrics estimate, in the model's names (log p(x|y), ...); a metrics.json written before they were
+    recorded is of a model of one latent z and one observed x."""
+    return dict(ONE_LATENT.to_json(), **(m.get("quantities") or {}))
+
+
 def _format_metrics(m: dict) -> str:
     """The metrics as text; tolerant of keys missing from older metrics.json files."""
+    q = _quantities(m)
+    log_p = q["log_likelihood"]
+    width = max(38, len(q["reconstruction"]) + 19, len(q["kl"]) + 4)
 
     def num(key, fmt="{:10.3f}"):
         v = m.get(key)
         return None if v is None else fmt.format(v)
 
     def row(label, text):
-        lines.append(f"  {label:<38}{text}")
+        lines.append(f"  {label:<{width}}{text}")
 
     def se(key):
         v = m.get(key)
@@ -62,21 +64,28 @@ def _format_metrics(m: dict) -> str:
         label = "test objective (not a bound)" if m.get("kl_method") == "point_mass" else "test ELBO"
         row(label, num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per point)" if draws and m.get("elbo_se") else ""))
     if m.get("reconstruction") is not None:
-        row("  reconstruction E_q[log p(x|z)]", num("reconstruction"))
+        row(f"  reconstruction {q['reconstruction']}", num("reconstruction"))
     if m.get("kl") is not None:
         method = m.get("kl_method") or ("analytic" if m.get("kl_analytic") else "monte_carlo")
         note = {"analytic": "analytic", "monte_carlo": "Monte Carlo",
                 "point_mass": "point-mass guide: -log p(z) at the code"}.get(method, method)
         if method == "analytic" and m.get("kl_mc") is not None:
             note += f"; Monte Carlo {m['kl_mc']:.3f}{se('kl_mc_se')}"
-        row("  KL(q(z|x) || p(z))", f"{num('kl')} ({note})")
+        latents = [n for n in m.get("nodes") or [] if n["kind"] != "observed"]
+        alone = latents[0] if len(latents) == 1 and method == "monte_carlo" else None
+        if alone is not None and alone.get("se") is not None:
+            note += f", ± {alone['se']:.3f} MC s.e."
+        row(f"  {q['kl']}", f"{num('kl')} ({note})")
+        why = None if alone is None else _negative_kl(alone["name"], m.get("kl"), alone.get("se"))
+        if why:
+            lines.append(f"    note: {why}")
     if m.get("log_likelihood") is not None:
         text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
         if m.get("iw_ess_mean") is not None:
             text += f", ESS mean {m['iw_ess_mean']:.1f}"
             if m.get("iw_ess_min") is not None:
                 text += f", min {m['iw_ess_min']:.1f}"
-        row("log p(x) (importance sampled)", text + ")")
+        row(f"{log_p} (importance sampled)", text + ")")
         if m.get("iw_khat_above_0_7") is not None:
             k_max, k_med = m.get("iw_khat_max"), m.get("iw_khat_median")
             shown = "" if k_max is None else f"max {k_max:.2f}, median {k_med:.2f}, "
@@ -87,12 +96,12 @@ def _format_metrics(m: dict) -> str:
             # an older metrics.json: the delta-method s.e. comes from the same few dominant weights
             lines.append("    (some points have an ESS below 5: their estimate and s.e. rest on a few draws; raise K)")
     else:
-        row("log p(x) (importance sampled)", "not available (point-mass guide or no importance samples)")
+        row(f"{log_p} (importance sampled)", "not available (point-mass guide or no importance samples)")
     if m.get("log_likelihood_prior") is not None:
         text = num("log_likelihood_prior") + se("log_likelihood_prior_se") + f" (K = {m.get('prior_samples')}"
         if m.get("prior_ess_mean") is not None:
             text += f", ESS mean {m['prior_ess_mean']:.1f}"
-        row("log p(x) (naive, z ~ p(z))", text + "; unreliable when the ESS is small)")
+        row(f"{log_p} (naive, latents ~ prior)", text + "; unreliable when the ESS is small)")
     if m.get("active_units") is not None:
         row("active units", f"{m['active_units']:10d} of {m.get('latent_dims')} "
             f"(Cov_x E_q[z_j] > {m.get('active_units_threshold', 0.01):g})")
@@ -151,6 +160,22 @@ _NODE_METHODS = {
 }
 
 
+def _negative_kl(name: str, term: Optional[float], se: Optional[float]) -> Optional[str]:
+    """Why a Monte Carlo KL estimate came out negative, in one sentence; None when it is not negative."""
+    if term is None or term >= 0:
+        return None
+    what = (f"{name}'s Monte Carlo KL {term:.3f} is negative, but it is an unbiased estimate of a KL, which is >= 0: "
+            "a negative estimate is Monte Carlo noise around a small KL")
+    if not se:
+        return what + "; more draws (--iw-samples) shrink the noise"
+    z = -term / se
+    if z <= 2:
+        return what + f" ({z:.1f} s.e. below 0, within the 2 s.e. noise allows)"
+    return (f"{name}'s Monte Carlo KL {term:.3f} is {z:.1f} s.e. below 0, more than noise explains for an unbiased "
+            "estimate of a KL (>= 0): its s.e. understates the error (heavy-tailed log q - log p draws); "
+            "raise --iw-samples")
+
+
 def _format_nodes(m: dict) -> Optional[str]:
     """The ELBO node by node, for a model with more than one latent or observed site; None for one of each."""
     nodes = m.get("nodes") or []
@@ -175,6 +200,10 @@ def _format_nodes(m: dict) -> Optional[str]:
     if summed:
         lines.append(f"    ({', '.join(summed)}: discrete, only in the model: summed out of the densities that read it, "
                      "no term of its own)")
+    for n in nodes:
+        why = _negative_kl(n["name"], n.get("term"), n.get("se")) if n["method"] == "monte_carlo" and n["kind"] == "latent" else None
+        if why:
+            lines.append(f"    note: {why}")
     return "\n".join(lines)
 
 

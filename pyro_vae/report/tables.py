@@ -83,21 +83,28 @@ def _runs_table(diagnosis: Diagnosis) -> List[Table]:
     tables = []
     # evaluate's active units, where the run's metrics recorded them
     units = any(r.info.get("active_units") is not None for r in runs)
+    # what each run's log-likelihood is: log p(x), or log p(x|y) for a model conditioned on an input y, ...
+    quantity = [r.info.get("log_likelihood_quantity") or "log p(x)" for r in runs]
+    shared = quantity[0] if len(set(quantity)) == 1 else None
     rows = []
-    for r in runs:
+    for r, q in zip(runs, quantity):
         i = r.info
         rows.append([r.name, i.get("objective"), i.get("guide"), len(r.latent_labels)]
                     + ([i.get("active_units")] if units else [])
-                    + [_contracted(r), i.get("epochs"), i.get("test_elbo"), i.get("log_likelihood"),
-                       i.get("log_likelihood_se")])
+                    + [_contracted(r), i.get("epochs"), i.get("test_elbo")] + ([] if shared else [q])
+                    + [i.get("log_likelihood"), i.get("log_likelihood_se")])
+    log_p = shared or "log-likelihood"
     tables.append(Table(
         "runs", "Runs",
         ["run", "objective", "guide", "latent dims"] + (["active units"] if units else [])
-        + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO", "log p(x)", "log p(x) s.e."],
+        + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO"] + ([] if shared else ["of"])
+        + [log_p, f"{log_p} s.e."],
         rows,
-        "Test ELBO and importance-sampled log p(x) per data point in nats, from the run's metrics.json "
-        "(for a point-mass guide, guide = delta, the 'test ELBO' is its objective log p(x, z) at the code: "
-        "not a bound on log p(x)). "
+        f"Test ELBO and importance-sampled {log_p} per data point in nats, from the run's metrics.json "
+        + ("" if shared else "('of' names each run's: log p(x|y) for a model conditioned on an input y, "
+           "log p(x,y) for one scored on its labels too) ")
+        + f"(for a point-mass guide, guide = delta, the 'test ELBO' is its objective log p(x, z) at the code: "
+        f"not a bound on {log_p}). "
         + ("Active units (from the run's evaluation): latent dimensions whose encoder mean varies across the test "
            f"data, Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g}. " if units else "")
         + f"Contracted dims: latent dimensions whose posterior contraction, 1 - posterior variance / prior "
