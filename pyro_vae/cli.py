@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .app import diagnose_runs, evaluate_run, report_runs, sample_run, train
+from .app import diagnose_runs, evaluate_run, report_runs, train
+from .app.sample import write_samples
 from .app.demo import demo
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import PyroVAEError, TrainingInterrupted
@@ -324,8 +325,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, given=args.given, **_run_code(args))
-    print(f"wrote {args.n} samples to {out}")
+    written = write_samples(args.run_dir, args.n, args.out, seed=args.seed, given=args.given, draws=args.draws,
+                            **_run_code(args))
+    print(f"wrote {written.description} to {written.path}")
     return 0
 
 
@@ -494,17 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("sample", help="draw samples from a trained model's prior and decoder",
-                       description="Draw z ~ p(z) and write the decoder means: a .png grid for image data, else a .npy "
-                       "array. A model of your own (model.program) without a sample(n) method gives draws x ~ p(x) "
-                       "of its program instead, traced unconditioned on N rows of the data's shape.")
+    s = sub.add_parser("sample", help="draw samples from a trained model: means of p(x | latents), latents ~ prior",
+                       description="Write N samples of a trained run: a .png grid for image data, else a .npy array. "
+                       "A sample is the mean of the likelihood p(x | latents) with every latent drawn from its prior "
+                       "(for a VAE: the decoder's mean at z ~ p(z)), the same as plots/samples.png; --draws writes "
+                       "draws x ~ p(x) instead (binary images under a Bernoulli likelihood). --given NAME=VALUE holds a "
+                       "label or input at a value; the default file name then says which (samples-y3-seed0.png) and "
+                       "the figure's title what was drawn given what.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     s.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
-                   help="condition on a named array of the run (repeatable): a label or an input, e.g. --given y=3 "
-                        "(an integer for a one-hot array picks its class; a TOML list gives a whole row)")
-    s.add_argument("--out", help="output file: .png (image grid) or .npy (array) "
-                   "(default: RUN_DIR/samples-seedSEED.png, or .npy for data that are not images)")
+                   help="condition on a label or input of the run (repeatable), e.g. --given y=3: a label takes an "
+                        "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
+                        "width, e.g. --given u=[0.5,1.0]")
+    s.add_argument("--draws", action="store_true",
+                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
+    s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
+                   "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
+                   "given y = 3)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     _add_run_code_options(s)
     s.set_defaults(func=cmd_sample)

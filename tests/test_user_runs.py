@@ -137,7 +137,7 @@ def test_evaluate_restores_module_weights_and_param_store_globals(run, capsys):
 
 def test_sample_draws_from_the_prior_predictive(run, tmp_path):
     out = tmp_path / "s.npy"
-    assert main(["sample", str(run), "-n", "2000", "--out", str(out), "--seed", "3"]) == 0
+    assert main(["sample", str(run), "-n", "2000", "--out", str(out), "--seed", "3", "--draws"]) == 0
     x = np.load(out)
     assert x.shape == (2000, 6) and np.isfinite(x).all()
     # x = f(z) + sigma * eps: the sample variance of each column is at least sigma^2 (up to its s.e.);
@@ -146,7 +146,7 @@ def test_sample_draws_from_the_prior_predictive(run, tmp_path):
     var = x.var(0, ddof=1)
     assert (var > sigma2 * (1 - 5 * math.sqrt(2 / 1999))).all()
     again = tmp_path / "again.npy"
-    assert main(["sample", str(run), "-n", "2000", "--out", str(again), "--seed", "3"]) == 0
+    assert main(["sample", str(run), "-n", "2000", "--out", str(again), "--seed", "3", "--draws"]) == 0
     assert np.array_equal(np.load(again), x)
 
 

@@ -1,9 +1,19 @@
-"""Samples from a trained run: z ~ p(z) decoded, or a program's draws x ~ p(x), written as a PNG grid or a .npy array."""
+"""Samples from a trained run: the mean of p(x | latents) with the latents drawn from their prior (or, asked, draws x ~ p(x)), as a PNG grid or a .npy array.
+
+One meaning of "samples" everywhere (this command, ``plots/samples.png``,
+``class_samples.png``): by default each sample is the likelihood's mean given
+latents drawn ancestrally from the prior (a decoder's mean for a VAE), which
+shows what the model has learned without the pixel noise of p(x | z);
+``draws=True`` (``--draws``) writes draws x ~ p(x) instead.  ``--given
+NAME=VALUE`` holds a label or an input at a value (app/given.py); the default
+file name then says which (``samples-y3-seed0.png``) and the figure's title
+says what was drawn given what.
+"""
 
 from __future__ import annotations
 
 import os
-import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,22 +27,76 @@ from ..figures.style import save_image_grid
 from ..models.build import describe
 from ..models.sampling import given_rows, prior_predictive
 from ..store.files import write_atomic
+from .given import check_given, given_slug, given_text, given_values, latent_names, slots
 from .prepare import data_likelihood
 from .runs import load_run
 
+__all__ = ["Samples", "sample_run", "write_samples", "samples_title"]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A sample file written: where, and what it holds in words (the figure's title)."""
+
+    path: Path
+    description: str
+
+
+def samples_title(n: int, observed: str, given: dict, draws: bool) -> str:
+    """What a sample file holds, in words: ``64 samples given y = 3: the mean of p(x | latents, y), latents ~ prior``."""
+    cond = ", ".join(given)
+    if draws:
+        what = f"draws of {observed} ~ p({observed}{' | ' + cond if cond else ''})"
+    else:
+        what = f"the mean of p({observed} | latents{', ' + cond if cond else ''}), latents ~ prior"
+    return f"{n} samples{' given ' + given_text(given) if given else ''}: {what}"
+
 
 def sample_run(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] = None, *, seed: int = 0,
-               given: Sequence[str] = (), program_path: Optional[os.PathLike] = None, trust_code: bool = False) -> Path:
-    """``pyro-vae sample``: ``n`` draws of a run's model into ``out`` (default RUN_DIR/samples-seedSEED.png, or .npy
-    for data that are not images); returns the file written.
+               given: Sequence[str] = (), draws: bool = False, program_path: Optional[os.PathLike] = None,
+               trust_code: bool = False) -> Path:
+    """:func:`write_samples`, returning the file written."""
+    return write_samples(run_dir, n, out, seed=seed, given=given, draws=draws, program_path=program_path,
+                         trust_code=trust_code).path
 
-    ``given``: ``NAME=VALUE`` conditions on the run's named arrays (a label or an input), as on the command line.
+
+def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] = None, *, seed: int = 0,
+                  given: Sequence[str] = (), draws: bool = False, program_path: Optional[os.PathLike] = None,
+                  trust_code: bool = False) -> Samples:
+    """``pyro-vae sample``: ``n`` samples of a run's model into ``out``.
+
+    Each sample is the mean of p(x | latents), the latents drawn from their prior, or with ``draws`` a draw
+    x ~ p(x).  ``given``: ``NAME=VALUE`` holds a label or an input at a value, as on the command line.  The default
+    ``out`` is RUN_DIR/samples-seedSEED.png (.npy for data that are not images), samples-y3-seedSEED.png given y = 3.
+    Every value and the output file are checked before anything is drawn or written.
     """
     if n < 1:
         raise PyroVAEError(f"-n must be >= 1 (got {n})")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
-    default = f"samples-seed{seed}.{'png' if run.image_shape else 'npy'}"
-    out = Path(out) if out else Path(run_dir) / default
+    values = given_values(given)
+    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
+                                        or run.config.data.labels is not None)
+    if values and not named:
+        raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
+                           "on one array: drop --given")
+    data = load_data(run.config.data, data_likelihood(run.config.model)) if named else None
+    if data is not None:
+        check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
+    slug = f"-{given_slug(values)}" if values else ""
+    default = f"samples{slug}-seed{seed}.{'png' if run.image_shape else 'npy'}"
+    out = _checked_out(Path(out) if out else Path(run_dir) / default, default, run.image_shape)
+    xs = _draws(run, n, seed, values, data, draws)
+    arr = xs.cpu().numpy()
+    title = samples_title(n, run.model.obs_site, values, draws)
+    if out.suffix.lower() == ".png":
+        save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(n))), title=title)
+    else:
+        write_atomic(out, lambda f: np.save(f, arr))
+    return Samples(out, title)
+
+
+def _checked_out(out: Path, default: str, image_shape) -> Path:
+    """``--out``: a .png (image data only) or .npy file in a folder that exists."""
     suffix = out.suffix.lower()
     if out.is_dir():
         raise PyroVAEError(f"--out {out} is a folder: give a file name such as {out / default}")
@@ -40,26 +104,15 @@ def sample_run(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] = N
         raise PyroVAEError(f"--out {out}: use a .png (image grid) or .npy (array) file name")
     if not out.parent.is_dir():
         raise PyroVAEError(f"--out {out}: folder {str(out.parent)!r} does not exist")
-    if suffix == ".png" and run.image_shape is None:
+    if suffix == ".png" and image_shape is None:
         raise PyroVAEError(f"--out {out}: this run's data are not images; write a .npy file instead")
-    values = given_values(given)
-    named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
-                                        or run.config.data.labels is not None)
-    if values and not named:
-        raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
-                           "on one array: drop --given")
-    xs = _draws(run, n, seed, values, named)
-    arr = xs.cpu().numpy()
-    if suffix == ".png":
-        save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(n))))
-    else:
-        write_atomic(out, lambda f: np.save(f, arr))
     return out
 
 
-def _draws(run, n: int, seed: int, given: dict, named: bool) -> torch.Tensor:
-    """A one-latent model's decoded prior draws; else draws x ~ p(x) of its program, traced unconditioned."""
-    if getattr(run.model, "one_latent", None) and not given:
+def _draws(run, n: int, seed: int, given: dict, data, draws: bool) -> torch.Tensor:
+    """A one-latent model's decoded prior draws; else its program traced unconditioned on n rows, the given
+    arrays held at their values (means of the observed site, or its draws)."""
+    if getattr(run.model, "one_latent", None) and not given and not draws:
         width = run.model.data_dim + describe(run.config.model)["latent_dim"]
         check_fits(4 * n * width * 3, f"-n {n} samples", "lower -n")  # z, the decoder's output, its mean
         with torch.random.fork_rng():
@@ -68,22 +121,6 @@ def _draws(run, n: int, seed: int, given: dict, named: bool) -> torch.Tensor:
         return xs
     check_fits(4 * n * run.data_dim * 4, f"-n {n} samples", "lower -n")  # two placeholders, two draws
     observed, rows = None, None
-    if named:
-        data = load_data(run.config.data, data_likelihood(run.config.model))
+    if data is not None:
         observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
-    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows)
-
-
-def given_values(items: Sequence[str]) -> dict:
-    """``--given name=value`` strings as {name: value}; values are TOML literals (3, 0.5, [0, 1])."""
-    out = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip()
-        if not sep or not name.isidentifier():
-            raise PyroVAEError(f"--given {item!r}: expected NAME=VALUE, e.g. --given y=3")
-        try:
-            out[name] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise PyroVAEError(f"--given {item!r}: {raw.strip()!r} is not a number or a list of numbers") from None
-    return out
+    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, mean=not draws)

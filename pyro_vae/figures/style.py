@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -90,10 +91,13 @@ def save_image_grid(images: np.ndarray, shape, path: Path, ncols: int = 10, titl
     """Rows of images tiled into one grid (:func:`image_grid`), saved as a PNG with an optional title."""
     plt = pyplot()
     grid = image_grid(images, shape, ncols)
-    fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 12), max(3, grid.shape[0] / 12) + (0.4 if title else 0)))
+    width = max(3, grid.shape[1] / 12)
+    # the title wrapped to the figure's width (about 12 characters an inch at 9 points), not cut off at its edges
+    lines = textwrap.wrap(title, width=int(width * 12)) if title else []
+    fig, ax = plt.subplots(figsize=(width, max(3, grid.shape[0] / 12) + 0.2 * len(lines)))
     ax.imshow(grid, vmin=0, vmax=1)
     ax.axis("off")
-    if title:
-        ax.set_title(title)
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -49,7 +49,7 @@ def site_mean(fn, name: str) -> torch.Tensor:
             m = None
     if m is None or not bool(torch.isfinite(m).all()):
         raise PyroVAEError(f"the distribution of site {name!r} ({type(fn).__name__}) has no finite mean to show: "
-                           "use draws (pyro-vae sample) instead of means")
+                           "use draws instead of means (pyro-vae sample --draws)")
     return m.detach()
 
 
@@ -75,6 +75,8 @@ def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
                 row = torch.nn.functional.one_hot(torch.tensor(value), t.shape[1]).to(t.dtype)
             else:
                 row = torch.as_tensor(value, dtype=t.dtype)
+                if row.dim() == 0 and tuple(t.shape[1:]) == (1,):  # a number for a one-column array
+                    row = row.reshape(1)
         except (TypeError, ValueError, RuntimeError) as e:
             raise PyroVAEError(f"--given {name}={value!r} is not a value for {name!r} ({e})") from None
         if tuple(row.shape) != tuple(t.shape[1:]):
