@@ -4,8 +4,8 @@ This module is the public API: every name here is documented and stable.  The
 subpackages hold the implementation (see the README's "Architecture").
 """
 
-from .config import (Config, DataConfig, GraphSpec, ModelConfig, NetConfig, NodeConfig, ProgramSpec, TrainConfig,
-                     config_from_dict, load_config)
+from .config import (Config, DataConfig, EvalConfig, GraphSpec, ModelConfig, NetConfig, NodeConfig, ProgramSpec,
+                     TrainConfig, config_from_dict, load_config)
 from .data import Dataset, load_data
 from .diagnostics import Diagnosis, DiagnoseSettings, Subject, diagnose, load_diagnosis
 from .errors import CaptureWarning, DegenerateObjectiveWarning, NonFiniteError, PyroVAEError, TrainingInterrupted
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     # configuration
     "Config", "DataConfig", "ModelConfig", "GraphSpec", "ProgramSpec", "NodeConfig", "NetConfig", "TrainConfig",
-    "config_from_dict", "load_config", "check_config",
+    "EvalConfig", "config_from_dict", "load_config", "check_config",
     # data and models
     "Dataset", "load_data", "LatentModel", "build_model", "GraphModel", "LIKELIHOODS", "FAMILIES", "GUIDE_LAWS",
     "OBJECTIVES",

@@ -21,6 +21,7 @@ from . import __version__
 from .app import diagnose_runs, evaluate_run, report_runs, train
 from .app.sample import write_samples
 from .app.demo import demo
+from .app.pipeline import FROM_CONFIG
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import PyroVAEError, TrainingInterrupted
 from .evaluation.quantities import ONE_LATENT
@@ -291,7 +292,8 @@ def cmd_train(args) -> int:
         raise _usage("--program-path and --trust-run-code are for --resume RUN_DIR (a config you train names its "
                      "program with model.program and model.program_dir)")
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
-                iw_samples=args.iw_samples, plots=not args.no_plots, log=_log, **_run_code(args))
+                iw_samples=FROM_CONFIG if args.iw_samples is None else args.iw_samples, plots=not args.no_plots,
+                log=_log, **_run_code(args))
     if _under_torchrun() and os.environ.get("RANK") != "0":
         return 0  # under torchrun rank 0 reports for every process
     print(_format_metrics(run.metrics))
@@ -468,9 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory to create (default: runs/<config name>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or finished run "
                    "(raise train.epochs with --set to train longer)")
-    t.add_argument("--iw-samples", type=_count_or_auto, default="auto", metavar="K",
-                   help="importance samples per point for the final log p(x) (default: auto = 1000 for up to 2000 "
-                   "test points, then 2 million draws in all, at least 100 a point)")
+    t.add_argument("--iw-samples", type=_count_or_auto, default=None, metavar="K",
+                   help="importance samples per point for the final log p(x), recorded in config.toml as "
+                   "evaluate.iw_samples (default: the config's, auto = 1000 for up to 2000 test points, then 2 million "
+                   "draws in all, at least 100 a point; with --resume, the number the run started with)")
     t.add_argument("--no-plots", action="store_true", help="skip writing plots/")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_code_options(t)

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..config import Config, ProgramSpec
+from ..config import Config, EvalConfig, ProgramSpec
 from ..data import batch
 from ..data.arrays import Dataset
 from ..errors import PyroVAEError
@@ -35,8 +35,12 @@ from .prepare import prepare
 from .runs import Run
 
 
+#: ``train(iw_samples=...)`` not given: the config's ``evaluate.iw_samples`` (a resumed run's, the one it started with)
+FROM_CONFIG = "from config"
+
+
 def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool = False,
-          progress: Optional[bool] = None, iw_samples: Union[int, str] = "auto", plots: bool = True,
+          progress: Optional[bool] = None, iw_samples: Union[int, str, None] = FROM_CONFIG, plots: bool = True,
           overwrite: bool = False, log=None, program_path: Optional[os.PathLike] = None,
           trust_code: bool = False) -> Run:
     """Train ``config`` into ``out_dir``: a new folder, an existing run with ``resume=True``, or, with
@@ -45,6 +49,9 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     A resumed run's program is built as :func:`~pyro_vae.app.runs.load_run` builds it (``program_path``,
     ``trust_code``); a new run records the program file it trains from, for this user's later commands on the
     run (store/trust.py).
+
+    ``iw_samples``: importance samples per test point of the final log p(x) ("auto"; None skips it); by default the
+    config's ``evaluate.iw_samples``.  What is used is recorded there (resolved), so a resumed run keeps it.
 
     Under torchrun every process calls this: they train data-parallel
     (runtime/distributed.py) and rank 0 alone writes the folder and logs.
@@ -66,11 +73,14 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
            trust_code=False) -> Run:
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
-    if iw_samples not in ("auto", None) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
+    if iw_samples not in ("auto", None, FROM_CONFIG) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
         # checked now, not after training, when the final evaluation would reject it
         raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
+    if iw_samples != FROM_CONFIG:  # given: it replaces the config's (a resumed run's too), and is recorded
+        config = config.replace(evaluate=EvalConfig("none" if iw_samples is None else iw_samples))
     run_code = RunCode(out, Path(program_path) if program_path else None, trust_code) if resume else None
     cfg, data, model, payload = _start(config, out, resume, overwrite, run_code, group, log)
+    cfg = _resolved_evaluation(cfg, batch.num_rows(data.test))
     for note in data.notes:
         log(f"note: {note}")
     trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress)
@@ -88,7 +98,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in model_modules(model):
             m.eval()
-        found = _final_evaluation(model, data, iw_samples, cfg.train.seed, progress, group.is_main, log)
+        found = _final_evaluation(model, data, cfg.evaluate.iw_samples, cfg.train.seed, progress, group.is_main, log)
         metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history))
         figures = None
         if writes:
@@ -155,10 +165,17 @@ def _claim(out: Path, cfg: Config, resume: bool, overwrite: bool):
         yield
 
 
+def _resolved_evaluation(cfg: Config, num_test: int) -> Config:
+    """``evaluate.iw_samples = "auto"`` as the number it stands for with ``num_test`` test points."""
+    if cfg.evaluate.iw_samples != "auto":
+        return cfg
+    return cfg.replace(evaluate=EvalConfig(default_iw_samples(num_test)))
+
+
 def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, reports: bool, log) -> RunEvaluation:
     """The trained model on the test data (every rank; the class metrics on the rank that reports)."""
     n = batch.num_rows(data.test)
-    k = default_iw_samples(n) if iw_samples == "auto" else iw_samples
+    k = None if iw_samples == "none" else iw_samples
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
                           class_names=data.class_names, progress=progress, classes=reports, log=log)

@@ -1,4 +1,4 @@
-"""A whole run's config: its data, model and train sections, and their plain (TOML-ready) form."""
+"""A whole run's config: its data, model, train and evaluate sections, and their plain (TOML-ready) form."""
 
 from __future__ import annotations
 
@@ -7,23 +7,25 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from ..serialize import dump_toml, to_plain
-from .schema import DataConfig, ModelSpec, OneLatent, TrainConfig
+from .schema import DataConfig, EvalConfig, ModelSpec, OneLatent, TrainConfig
 from .short import desugar, spec_to_dict
 
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run: its data, its model (a graph, or a program of your own) and its training."""
+    """A whole run: its data, its model (a graph, or a program of your own), its training and its final evaluation."""
 
     data: DataConfig = DataConfig()
     model: ModelSpec = field(default_factory=lambda: desugar(OneLatent()))
     train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
 
     def replace(self, **sections) -> "Config":
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"data": to_plain(self.data), "model": spec_to_dict(self.model), "train": to_plain(self.train)}
+        return {"data": to_plain(self.data), "model": spec_to_dict(self.model), "train": to_plain(self.train),
+                "evaluate": to_plain(self.evaluate)}
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())

@@ -253,6 +253,17 @@ class TrainConfig:
         validate_fields(self, "train")
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run's final evaluation estimates log p(x), kept with the run so that ``train --resume`` evaluates the
+    same way: importance samples per test point, "auto" (resolved when the run starts) or "none" (skip it)."""
+
+    iw_samples: Union[int, Literal["auto", "none"]] = "auto"
+
+    def __post_init__(self):
+        validate_fields(self, "evaluate")
+
+
 # -- field checks: types, ranges -------------------------------------------------------------
 
 
@@ -304,6 +315,8 @@ RANGES = {
     "train.kl_warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "train.eval_every": (lambda v: v >= 1, ">= 1"),
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
+    "evaluate.iw_samples": (lambda v: isinstance(v, str) or 1 <= v <= MAX_SIZE,
+                            lambda v: _TOO_BIG if v > MAX_SIZE else '>= 1, "auto" or "none"'),
 }
 
 

@@ -13,13 +13,13 @@ from ..data.files import read_text
 from ..errors import PyroVAEError, did_you_mean
 from ..serialize import dump_toml
 from .run import Config
-from .schema import DataConfig, ProgramSpec, TrainConfig, build
+from .schema import DataConfig, EvalConfig, ProgramSpec, TrainConfig, build
 from .short import model_spec
 
 __all__ = ["config_from_dict", "load_config", "apply_overrides", "dump_toml"]
 
 #: the sections of a config file
-SECTIONS = ("data", "model", "train")
+SECTIONS = ("data", "model", "train", "evaluate")
 
 
 def config_from_dict(values: Mapping[str, Any], base_dir: Optional[os.PathLike] = None, *,
@@ -112,7 +112,7 @@ def apply_overrides(values: Mapping[str, Any], overrides) -> Dict[str, Any]:
 
 
 def _sections(values: Mapping[str, Any]) -> Config:
-    """The three sections, each checked; an unknown section fails with "did you mean"."""
+    """The sections, each checked; an unknown section fails with "did you mean"."""
     for key in values:
         if key not in SECTIONS:
             raise PyroVAEError(f"unknown key {key!r}: {did_you_mean(key, SECTIONS)}valid keys in [top level]: "
@@ -127,6 +127,8 @@ def _sections(values: Mapping[str, Any]) -> Config:
         kwargs["model"] = model_spec(values["model"], "model")
     if "train" in values:
         kwargs["train"] = build(TrainConfig, values["train"], "train")
+    if "evaluate" in values:
+        kwargs["evaluate"] = build(EvalConfig, values["evaluate"], "evaluate")
     return Config(**kwargs)
 
 
