@@ -495,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest tensor per chunk, in elements (particles x points x widest layer); "
                    "lower it to use less memory (default: 4194304)")
     e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys)")
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
+                   "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
+                   "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
     _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 
