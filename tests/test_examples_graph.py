@@ -79,9 +79,9 @@ def test_labelled_example_trains_and_reports_its_classes(name, kind, tmp_path, c
     classes = pv.load_run(out).metrics.get("classes")
     if kind is None:  # a conditional model infers no class: nothing to score
         assert classes is None
-        # the header's command: draws given a label
+        # the header's command: samples given a label, under a name that says which
         assert cli_main(["sample", str(out), "-n", "8", "--given", "y=3"]) == 0, capsys.readouterr().err
-        assert (out / "samples-seed0.png").stat().st_size > 0
+        assert (out / "samples-y3-seed0.png").stat().st_size > 0
         return
     assert classes["kind"] == kind and classes["num_points"] == 180 and 0.0 <= classes["accuracy"] <= 1.0
     if kind == "clustering":
