@@ -203,7 +203,8 @@ def _format_nodes(m: dict) -> Optional[str]:
         lines.append(f"    ({', '.join(summed)}: discrete, only in the model: summed out of the densities that read it, "
                      "no term of its own)")
     for n in nodes:
-        why = _negative_kl(n["name"], n.get("term"), n.get("se")) if n["method"] == "monte_carlo" and n["kind"] == "latent" else None
+        sampled = n["method"] == "monte_carlo" and n["kind"] == "latent"
+        why = _negative_kl(n["name"], n.get("term"), n.get("se")) if sampled else None
         if why:
             lines.append(f"    note: {why}")
     return "\n".join(lines)
@@ -387,6 +388,30 @@ def _add_diagnose_options(c) -> None:
     _add_run_code_options(c)
 
 
+def _add_sample_parser(sub) -> None:
+    s = sub.add_parser("sample", help="draw samples from a trained model: means of p(x | latents), latents ~ prior",
+                       description="Write N samples of a trained run: a .png grid for image data, else a .npy array. "
+                       "A sample is the mean of the likelihood p(x | latents) with every latent drawn from its prior "
+                       "(for a VAE: the decoder's mean at z ~ p(z)), the same as plots/samples.png; --draws writes "
+                       "draws x ~ p(x) instead (binary images under a Bernoulli likelihood). --given NAME=VALUE holds a "
+                       "label or input at a value; the default file name then says which (samples-y3-seed0.png) and "
+                       "the figure's title what was drawn given what.")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
+                   help="condition on a label or input of the run (repeatable), e.g. --given y=3: a label takes an "
+                        "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
+                        "width, e.g. --given u=[0.5,1.0]")
+    s.add_argument("--draws", action="store_true",
+                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
+    s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
+                   "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
+                   "given y = 3)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    _add_run_code_options(s)
+    s.set_defaults(func=cmd_sample)
+
+
 def _add_diagnose_parsers(sub) -> None:
     g = sub.add_parser("diagnose", help="compare each run's q(z|x) with a reference posterior (ArviZ, PSIS k-hat, SBC)",
                        description="For the first N test points of each run, with its decoder fixed: draws from q(z|x) "
@@ -501,27 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("sample", help="draw samples from a trained model: means of p(x | latents), latents ~ prior",
-                       description="Write N samples of a trained run: a .png grid for image data, else a .npy array. "
-                       "A sample is the mean of the likelihood p(x | latents) with every latent drawn from its prior "
-                       "(for a VAE: the decoder's mean at z ~ p(z)), the same as plots/samples.png; --draws writes "
-                       "draws x ~ p(x) instead (binary images under a Bernoulli likelihood). --given NAME=VALUE holds a "
-                       "label or input at a value; the default file name then says which (samples-y3-seed0.png) and "
-                       "the figure's title what was drawn given what.")
-    s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
-                   help="condition on a label or input of the run (repeatable), e.g. --given y=3: a label takes an "
-                        "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
-                        "width, e.g. --given u=[0.5,1.0]")
-    s.add_argument("--draws", action="store_true",
-                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
-    s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
-                   "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
-                   "given y = 3)")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
-    _add_run_code_options(s)
-    s.set_defaults(func=cmd_sample)
+    _add_sample_parser(sub)
     _add_diagnose_parsers(sub)
     return p
 

@@ -73,7 +73,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
            trust_code=False) -> Run:
     log = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else None
-    if iw_samples not in ("auto", None, FROM_CONFIG) and (isinstance(iw_samples, bool) or not isinstance(iw_samples, int) or iw_samples < 1):
+    if iw_samples not in ("auto", None, FROM_CONFIG) and (isinstance(iw_samples, bool)
+                                                           or not isinstance(iw_samples, int) or iw_samples < 1):
         # checked now, not after training, when the final evaluation would reject it
         raise PyroVAEError(f"--iw-samples must be an integer >= 1 or 'auto' (got {iw_samples!r}): pass a positive number of samples")
     if iw_samples != FROM_CONFIG:  # given: it replaces the config's (a resumed run's too), and is recorded

@@ -6,5 +6,5 @@ from .schema import (DataConfig, EvalConfig, GraphSpec, ModelSpec, NetConfig, No
 from .short import ModelConfig, desugar
 from .toml import apply_overrides, config_from_dict, dump_toml, load_config
 
-__all__ = ["Config", "DataConfig", "EvalConfig", "GraphSpec", "ModelConfig", "ModelSpec", "NetConfig", "NodeConfig", "OneLatent",
-           "ProgramSpec", "TrainConfig", "desugar", "apply_overrides", "config_from_dict", "dump_toml", "load_config"]
+__all__ = ["Config", "DataConfig", "EvalConfig", "GraphSpec", "ModelConfig", "ModelSpec", "NetConfig", "NodeConfig",
+           "OneLatent", "ProgramSpec", "TrainConfig", "desugar", "apply_overrides", "config_from_dict", "dump_toml", "load_config"]

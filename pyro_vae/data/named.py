@@ -143,5 +143,6 @@ def load_named(cfg) -> Dataset:
             if n_test >= n:
                 raise PyroVAEError(f"data.test_fraction = {cfg.test_fraction} leaves no training rows: lower it")
             train, test = batch.rows(train, perm[n_test:]), batch.rows(train, perm[:n_test])
-            origins = {"train": ("data.train", train_rows[perm[n_test:]]), "test": ("data.train", train_rows[perm[:n_test]])}
+            origins = {"train": ("data.train", train_rows[perm[n_test:]]),
+                       "test": ("data.train", train_rows[perm[:n_test]])}
     return Dataset(train, test, name, notes=notes, observed=names[0], origins=origins)

@@ -136,7 +136,8 @@ def read_quantities(model, x, layout: Layout) -> Quantities:
     q_sites = [n for n in kl_sites if n in gtr.nodes]
     if any(n not in prior.reads for n in order) or any(n not in guide.reads for n in q_sites):
         return _any_program(observed, inputs, layout)
-    # a density reads the inputs and the sites drawn before it (what a later site seems to give, a shape, is not a parent)
+    # a density reads the inputs and the sites drawn before it: what a later site seems to give (x.new_zeros for
+    # a prior's shape) is not a parent
     parents = {n: renamed(prior.reads[n]) & (set(inputs) | set(order[:i])) for i, n in enumerate(order)}
     data_names = observed + inputs
 
