@@ -327,7 +327,9 @@ class Trainer:
         hooks = Hooks(self.callbacks)
         if self._dist.is_main:
             hooks.fit_started()  # a run folder is made now, not at the first checkpoint after an epoch
+        # without a terminal: a line per epoch, or every 10 s where epochs are shorter (progress.py)
         bar = progress_bar(cfg.epochs * data.num_batches, self.progress, unit="step", leave=True,
+                           lines_at="refresh", what="training",
                            initial=self.state.epoch * data.num_batches + self.state.batch)
         loop = EpochLoop(self, data, bar, policy=self._policy, first_step=self._first_step, group=self._dist,
                          sync=self._sync, signals=self._signals, hooks=hooks,
