@@ -25,6 +25,8 @@ objectives refuse a discrete guide site (they would sample it, where ``enum``
 sums it out exactly) and meanfield/iwae one without a reparameterized sampler;
 meanfield takes the KL by Monte Carlo at the sites where the analytic one would
 be biased (infer/dependence.py); enum reads its plate nesting off the trace.
+``train.elbo = "auto"`` (the default) names no objective of its own: it is one
+of these, chosen per program before training (infer/auto.py).
 """
 
 from __future__ import annotations
