@@ -216,3 +216,17 @@ def test_a_diagnosis_notes_different_points_only_when_a_shared_array_differs():
                         settings, progress=False)
     assert ("the runs were diagnosed on different data points (run 'conditional' against 'vae': the observations "
             "differ in 1 of 4 points (first: point 0)): compare each run with its own reference only") in other.warnings
+
+
+def test_a_graph_with_a_discrete_node_is_accepted_under_the_default_and_summed_exactly():
+    cfg = config_from_dict({"data": {"source": "digits", "binarize": "dynamic"}, "model": {"nodes": {
+        "z": {"family": "mixture", "components": 3, "dim": 2, "encoder": {"hidden": [4]}},
+        "x": {"role": "observed", "likelihood": "bernoulli", "parents": ["z"], "net": {"hidden": [4]}}}}})
+    pv.check_config(cfg)  # the default "auto" sums the component: no "set train.elbo = enum" refusal
+    with pytest.raises(pv.PyroVAEError, match="train.elbo = 'meanfield' cannot sum its mixture component"):
+        pv.check_config(cfg.replace(train=pv.TrainConfig(elbo="meanfield")))
+    said = []
+    trainer = pv.Trainer(pv.build_model(cfg.model, 64, (8, 8)), cfg.train, log=said.append)
+    x, _ = _points(8)
+    trainer.setup(x, 8)
+    assert trainer.config.elbo == "enum" and "'z_component' (discrete, in the model alone)" in said[0], said
