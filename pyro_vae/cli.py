@@ -64,7 +64,11 @@ def _format_metrics(m: dict) -> str:
         draws = m.get("elbo_samples")
         # a point-mass guide has no entropy term: its objective is log p(x, z) at the code, not a bound on log p(x)
         label = "test objective (not a bound)" if m.get("kl_method") == "point_mass" else "test ELBO"
-        row(label, num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per point)" if draws and m.get("elbo_se") else ""))
+        if m.get("elbo_se") is None and m.get("elbo_between_point_se") is not None:
+            # one draw a point has no Monte Carlo s.e.: how far the mean would move with other points, named so
+            row(label, num("elbo") + se("elbo_between_point_se") + " (between-point s.e.)")
+        else:
+            row(label, num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per point)" if draws and m.get("elbo_se") else ""))
     if m.get("reconstruction") is not None:
         row(f"  reconstruction {q['reconstruction']}", num("reconstruction"))
     if m.get("kl") is not None:
@@ -82,8 +86,11 @@ def _format_metrics(m: dict) -> str:
         if why:
             lines.append(f"    note: {why}")
     if m.get("log_likelihood") is not None:
-        text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
-        if m.get("iw_ess_mean") is not None:
+        if m.get("log_likelihood_se") is None and m.get("log_likelihood_between_point_se") is not None:
+            text = num("log_likelihood") + se("log_likelihood_between_point_se") + f" (between-point s.e., K = {m.get('iw_samples')}"
+        else:
+            text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
+        if m.get("iw_ess_mean") is not None and m.get("iw_samples") != 1:  # one draw's ESS is 1, always
             text += f", ESS mean {m['iw_ess_mean']:.1f}"
             if m.get("iw_ess_min") is not None:
                 text += f", min {m['iw_ess_min']:.1f}"
@@ -101,7 +108,7 @@ def _format_metrics(m: dict) -> str:
         row(f"{log_p} (importance sampled)", "not available (point-mass guide or no importance samples)")
     if m.get("log_likelihood_prior") is not None:
         text = num("log_likelihood_prior") + se("log_likelihood_prior_se") + f" (K = {m.get('prior_samples')}"
-        if m.get("prior_ess_mean") is not None:
+        if m.get("prior_ess_mean") is not None and m.get("prior_samples") != 1:
             text += f", ESS mean {m['prior_ess_mean']:.1f}"
         row(f"{log_p} (naive, latents ~ prior)", text + "; unreliable when the ESS is small)")
     if m.get("active_units") is not None:
@@ -247,17 +254,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _timing_line(run, wall_seconds: float) -> str:
-    """What this process trained and how long it took: training alone, and the whole command."""
+def _timing_line(run, wall_seconds: float, plots: bool = True) -> str:
+    """What this process trained and how long it took: training alone, and the whole command (and what it held)."""
     history = run.history or []
     done = history[run.start_epoch:]
     seconds = sum(row["seconds"] for row in done)
     if run.start_epoch:
         what = f"trained epochs {run.start_epoch + 1}-{len(history)} ({len(done)} this time, {len(history)} in all)"
     else:
-        what = f"trained {len(done)} epochs"
+        what = f"trained {len(done)} epoch{'' if len(done) == 1 else 's'}"
+    held = "training, evaluation and plots" if plots else "training and evaluation; --no-plots: no plots written"
     return (f"{what} in {seconds:.1f} s of training on {_device_name(run.config)}; "
-            f"{wall_seconds:.1f} s for the whole command (with evaluation and plots)")
+            f"{wall_seconds:.1f} s for the whole command ({held})")
 
 
 def _device_name(cfg) -> str:
@@ -300,7 +308,7 @@ def cmd_train(args) -> int:
     print(_format_metrics(run.metrics))
     if run.classes is not None:
         print(_format_classes(run.classes))
-    print(_timing_line(run, time.perf_counter() - t0))
+    print(_timing_line(run, time.perf_counter() - t0, plots=not args.no_plots))
     print(f"run directory: {out}")
     return 0
 
@@ -308,7 +316,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
-                         seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, **_run_code(args))
+                         seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log,
+                         progress=False if args.quiet else None, **_run_code(args))
     if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
     metrics = found.metrics()
@@ -500,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate.iw_samples (default: the config's, auto = 1000 for up to 2000 test points, then 2 million "
                    "draws in all, at least 100 a point; with --resume, the number the run started with)")
     t.add_argument("--no-plots", action="store_true", help="skip writing plots/")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true", help="no progress bar (a terminal) or progress lines (a pipe or a "
+                   "log file: one per epoch, at most every 10 s)")
     _add_run_code_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -523,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
                    "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
                    "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -46,7 +46,8 @@ NEW_KEYS = {
     "iw_ess_min", "log_likelihood_prior", "log_likelihood_prior_se", "prior_samples", "prior_ess_mean",
     "prior_ess_min", "latent_dims", "latent_names", "active_units", "active_units_threshold",
     "posterior_mean_variance", "kl_per_dim", "kl_per_dim_analytic", "reconstruction_mse",
-    "iw_khat_max", "iw_khat_median", "iw_khat_above_0_7", "log_likelihood_warning",
+    "iw_khat_max", "iw_khat_median", "iw_khat_above_0_7", "log_likelihood_warning", "iw_khat_note",
+    "elbo_between_point_se", "log_likelihood_between_point_se",
 }
 D64 = torch.float64
 
@@ -692,10 +693,10 @@ def test_cli_text_per_point_csv_and_errors(tiny_run, tmp_path, capsys):
     csv_path = tmp_path / "points.csv"
     assert main(["evaluate", str(tiny_run), "--iw-samples", "10", "--per-point", str(csv_path)]) == 0
     text = capsys.readouterr().out
-    for phrase in ("test ELBO", "log p(x) (importance sampled)", "naive", "active units", "MSE", "analytic",
-                   "PSIS k-hat"):
+    for phrase in ("test ELBO", "log p(x) (importance sampled)", "naive", "active units", "MSE", "analytic"):
         assert phrase in text, phrase
-    # K = 10 leaves PSIS no tail to fit: the s.e. is not vouched for, and the table says what to do
+    # K = 10 leaves PSIS no tail to fit: no k-hat is shown, the s.e. is not vouched for, and the table says what to do
+    assert "PSIS k-hat" not in text
     assert "WARNING: K = 10 importance draws are too few" in text and "raise iw_samples" in text
     rows = list(csv.DictReader(csv_path.open()))
     n = pv.load_run(tiny_run).metrics["num_points"]

@@ -252,6 +252,105 @@ def test_meanfield_training_loss_of_a_mean_field_guide_stays_analytic_and_matche
     assert abs(mean - (-exact)) < 4 * se, (mean, -exact, se)
 
 
+# -- train.elbo = "auto", the default: the analytic KL where it is exact, else Monte Carlo, said once -------------
+
+
+@pytest.mark.parametrize("g, chosen", [(0.6, "trace"), (0.0, "meanfield")], ids=["structured", "mean-field"])
+def test_auto_takes_the_analytic_kl_only_where_exact_says_which_once_and_its_loss_is_the_elbo(g, chosen):
+    x, model = hierarchy_data(), Hierarchy(g)
+    said = []
+    trainer = pv.Trainer(model, pv.TrainConfig(num_particles=1000, device="cpu"), log=said.append)
+    assert trainer.config.elbo == "auto"  # the default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MonteCarloKLWarning)  # auto never mixes the two KLs, so never warns
+        trainer.setup(x, x.shape[0])
+    assert trainer.config.elbo == chosen and trainer.objective_choice.name == chosen
+    assert len(said) == 1 and said[0].startswith("note: train.elbo = 'auto' chose "), said
+    if chosen == "trace":
+        assert "Trace_ELBO" in said[0] and "'z1' (its prior reads 'z2', which the guide draws given 'z1')" in said[0]
+    else:
+        assert "TraceMeanField_ELBO" in said[0] and "'z1', 'z2'" in said[0]
+    mean, se = _loss_mean_and_se(trainer, x, repeats=8)
+    exact = hierarchy_elbo(model, x)
+    assert abs(mean - (-exact)) < 4 * se, (mean, -exact, se)
+
+
+def test_auto_is_said_once_per_run_and_the_checkpoint_names_the_estimator_chosen(tmp_path):
+    said = []
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        pv.fit(Hierarchy(0.6), hierarchy_data(), None, pv.TrainConfig(epochs=3, batch_size=10, device="cpu"),
+               run_dir=tmp_path / "run", progress=False, log=said.append)
+    assert len(said) == 1 and "Trace_ELBO" in said[0], said
+    assert not [w for w in warned if issubclass(w.category, MonteCarloKLWarning)]
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["train_config"]["elbo"] == "trace"  # a resume trains on with what was chosen
+
+
+def test_explicit_meanfield_keeps_its_mixed_kl_and_warns_once_per_run():
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        trainer = pv.fit(Hierarchy(0.6), hierarchy_data(), None,
+                         pv.TrainConfig(elbo="meanfield", epochs=3, batch_size=10, device="cpu"), progress=False)
+    mc = [w for w in warned if issubclass(w.category, MonteCarloKLWarning)]
+    assert len(mc) == 1 and "'z1'" in str(mc[0].message)
+    assert trainer.config.elbo == "meanfield" and trainer.objective_choice is None
+    assert trainer.objective.monte_carlo_sites == {"z1"}  # z2's KL stays analytic
+
+
+def test_auto_sums_a_discrete_latent_exactly():
+    x = mixture_data(n=30)
+    said = []
+    trainer = pv.Trainer(Mixture(), pv.TrainConfig(num_particles=500, device="cpu"), log=said.append)
+    trainer.setup(x, x.shape[0])
+    assert trainer.config.elbo == "enum" and "'c' (discrete in the guide)" in said[0], said
+    mean, se = _loss_mean_and_se(trainer, x, repeats=8)
+    exact = mixture_elbo(trainer.model, x)
+    assert abs(mean - (-exact)) < 4 * se, (mean, -exact, se)
+
+
+class _HeavyPrior(nn.Module):
+    """q(z | x) Normal under a Student-t prior (no KL in closed form), or drawn without reparameterization."""
+
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, reparameterized=True):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.3, -0.2]))
+        self.reparameterized = reparameterized
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.StudentT(4.0, 0.0, 1.0) if self.reparameterized else dist.Normal(0.0, 1.0)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1) * W, S).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            q = dist.Normal(x @ self.w, 0.5)
+            if not self.reparameterized:
+                q.has_rsample = False  # a sampler without reparameterization: score-function gradients
+            pyro.sample("z", q)
+
+
+@pytest.mark.parametrize("reparameterized, why", [
+    (True, "'z' (no closed-form KL of Normal q against StudentT p)"),
+    (False, "'z' (Normal has no reparameterized sampler (score-function gradients))"),
+], ids=["no-closed-form-kl", "score-function"])
+def test_auto_takes_monte_carlo_where_no_analytic_kl_applies(reparameterized, why):
+    said = []
+    trainer = pv.Trainer(_HeavyPrior(reparameterized), pv.TrainConfig(device="cpu"), log=said.append)
+    trainer.setup(hierarchy_data(), 40)
+    assert trainer.config.elbo == "trace" and why in said[0], said
+
+
+def test_auto_is_a_train_elbo_name_and_a_typo_of_it_is_refused_in_one_line():
+    assert pv.TrainConfig().elbo == "auto"
+    with pytest.raises(pv.PyroVAEError, match=r"train.elbo: unknown name 'atuo': did you mean 'auto'\?.*valid: auto, "):
+        pv.check_config(pv.config_from_dict({"train": {"elbo": "atuo"}}))
+
+
 def test_evaluate_of_a_mixture_gives_its_exact_elbo_within_its_standard_error():
     x, model = mixture_data(n=30), Mixture()
     exact = mixture_elbo(model, x) / x.shape[0]

@@ -3,6 +3,7 @@ the same numbers, sample and resume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 import pyro_vae as pv
 from pyro_vae.cli import main
+from pyro_vae.errors import MonteCarloKLWarning
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_v1"
 RUNS = ("vae", "ae", "ae_tied", "graph", "m2")
@@ -46,6 +48,11 @@ def test_an_old_run_loads_samples_and_resumes(old_run, tmp_path):
     out = tmp_path / "s.npy"
     assert main(["sample", str(old_run), "-n", "5", "--out", str(out)]) == 0
     assert np.isfinite(np.load(out)).all()
-    assert main(["train", "--resume", str(old_run), "--set", "train.epochs=3", "--quiet", "--no-plots",
-                 "--iw-samples", "5"]) == 0
+    # the old graph run names elbo = "meanfield" on a structured hierarchy: it trains on with that estimator, whose
+    # KL of z1 is Monte Carlo, and says so once
+    said = pytest.warns(MonteCarloKLWarning, match="'z1'") if old_run.name == "graph" else contextlib.nullcontext()
+    with said:
+        assert main(["train", "--resume", str(old_run), "--set", "train.epochs=3", "--quiet", "--no-plots",
+                     "--iw-samples", "5"]) == 0
     assert len(pv.load_run(old_run).history) == 3
+    assert pv.load_run(old_run).config.train.elbo == pv.load_config(FIXTURES / old_run.name / "config.toml").train.elbo

@@ -82,10 +82,12 @@ def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]
 def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw_samples: int = DEFAULT_IW_SAMPLES,
                  prior_samples: Optional[int] = None, seed: int = 0, budget: Optional[int] = None,
                  per_point: Optional[os.PathLike] = None, log: Callable[[str], None],
-                 program_path: Optional[os.PathLike] = None, trust_code: bool = False) -> Optional[RunEvaluation]:
+                 program_path: Optional[os.PathLike] = None, trust_code: bool = False,
+                 progress: Optional[bool] = None) -> Optional[RunEvaluation]:
     """``pyro-vae evaluate``: a run's model on its test data (or the array file ``data``); nothing in the run changes.
 
-    ``per_point``: a .csv file that gets one row of results per point.  Under torchrun every process calls
+    ``per_point``: a .csv file that gets one row of results per point.  ``progress``: as for training (progress.py:
+    a bar on a terminal, a line every 10 s elsewhere, False for none).  Under torchrun every process calls
     this and evaluates its block of the points (runtime/distributed.py); rank 0 gets the evaluation, the
     others None.
     """
@@ -93,7 +95,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
     group = distributed.init_from_env("auto")
     try:
         found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main, log,
-                              program_path, trust_code)
+                              program_path, trust_code, progress if group.is_main else False)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()
@@ -101,7 +103,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
 
 
 def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, report, log, program_path,
-                  trust_code) -> RunEvaluation:
+                  trust_code, progress=None) -> RunEvaluation:
     """:func:`evaluate_run` in one process; ``report`` False on the ranks of a torchrun job that do not report
     (they compute their share, and skip the class metrics and the file)."""
     per_point = Path(per_point) if per_point else None
@@ -122,7 +124,7 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
     found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
-                           prior_samples=prior_samples, budget=budget, classes=report, log=log)
+                           prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     return found

@@ -7,7 +7,7 @@ computes each epoch: this module, which sits above both, hands evaluation's down
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config import TrainConfig
 from ..evaluation.memory import test_elbo_with_retry
@@ -19,15 +19,17 @@ set_default_test_elbo(test_elbo_with_retry)
 
 
 def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run_dir=None,
-        progress: Optional[bool] = None, binarize: str = "none", validation: str = "auto") -> Trainer:
+        progress: Optional[bool] = None, binarize: str = "none", validation: str = "auto",
+        log: Optional[Callable[[str], None]] = None) -> Trainer:
     """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve).
 
     ``run_dir``: checkpoint.pt and history.csv go there; a previous run in it is replaced (only files this
     library wrote are removed).  ``validation``: as for :class:`Trainer` ("first" vouches for the data of a
-    model whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).
+    model whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).  ``log``
+    gets the line that says which estimator ``train.elbo = "auto"`` chose (also ``trainer.objective_choice``).
     """
     trainer = Trainer(model, config, run_dir=run_dir, test_elbo=test_elbo_with_retry, progress=progress,
-                      validation=validation)
+                      validation=validation, log=log)
     # run_dir is checked and created before any training, not when the first checkpoint is written
     with fit_folder(run_dir) if run_dir is not None else contextlib.nullcontext():
         trainer.fit(train_x, test_x, binarize=binarize)

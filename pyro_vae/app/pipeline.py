@@ -84,10 +84,13 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
     cfg = _resolved_evaluation(cfg, batch.num_rows(data.test))
     for note in data.notes:
         log(f"note: {note}")
-    trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress)
+    trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress, log=log)
+    trainer.setup_data(data.train, data.binarize)
+    # train.elbo = "auto" is chosen now, from the program: the run's config.toml and checkpoint name the choice,
+    # so that a resume, or a later version whose rule differs, trains on with the same estimator
+    cfg = cfg.replace(train=trainer.config)
     trainer.meta = {"config": cfg.to_dict(), "data_dim": data.dim,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
-    trainer.setup_data(data.train, data.binarize)
     if payload is not None:
         trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
     start_epoch = trainer.state.epoch

@@ -234,7 +234,7 @@ class TrainConfig:
     """How to train: the objective (a name in infer/objectives.py's registry), the optimizer, the schedule, the
     checkpoints, and what a non-finite step does (the README's TOML section lists every key)."""
 
-    elbo: str = "meanfield"
+    elbo: str = "auto"  # meanfield where every analytic KL is exact, else trace (enum for discrete latents)
     num_particles: int = 1
     epochs: int = 20
     batch_size: int = 128

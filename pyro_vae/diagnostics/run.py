@@ -37,6 +37,7 @@ from .arviz_io import from_dict, stored_name
 from .compare import compare, moments
 from .calibration import sbc_ranks, sbc_uniformity
 from .loo_check import loo_check
+from .points import data_difference
 
 # q is overconfident when its sd ratio to the reference is at most OVERCONFIDENT_SD, or below
 # SD_RATIO_MIN by more than 2 of its standard errors (the best diagonal q of a posterior with
@@ -495,22 +496,16 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
     check_reference_possible(subjects, settings)
     runs = [diagnose_subject(s, settings, progress=progress, log=log) for s in subjects]
     notes = [w for r in runs for w in r.warnings]
-    xs = [batch.prepare(s.x, f"the points of run {s.name!r}") for s in subjects]
-    if any(not _same_data(x, xs[0]) for x in xs[1:]):
-        notes.append("the runs were diagnosed on different data points: compare each run with its own reference only")
+    differs = data_difference(subjects)
+    if differs is not None:
+        notes.append(f"the runs were diagnosed on different data points ({differs}): compare each run with its own "
+                     "reference only")
     return Diagnosis(settings, runs, notes, created=time.strftime("%Y-%m-%d %H:%M:%S"), arviz=arviz_compat.version())
 
 
 def _subject_data(subject, device):
     """The subject's points (one tensor or named arrays), checked, on the model's device, floats as float32."""
     return batch.prepare(subject.x, f"the points of run {subject.name!r}", device, torch.float32)
-
-
-def _same_data(a, b) -> bool:
-    ta, tb = batch.tensors(a), batch.tensors(b)
-    if batch.is_named(a) != batch.is_named(b) or (batch.is_named(a) and list(a) != list(b)):
-        return False
-    return all(u.shape == v.shape and torch.equal(u.cpu(), v.cpu()) for u, v in zip(ta, tb))
 
 
 def check_reference_possible(subjects, settings) -> None:

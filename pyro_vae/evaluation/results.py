@@ -124,9 +124,14 @@ class PointwiseEvaluation:
         def lo(t):
             return None if t is None else _finite(t.min())
 
+        def between(t):
+            # how much the mean would move with other test points: sd over the points / sqrt(n) (not Monte Carlo)
+            return None if t is None or n < 2 else _finite(t.std(unbiased=True) / math.sqrt(n))
+
         out = {
             "elbo": mean(self.elbo),
             "elbo_se": se(self.elbo_var),
+            "elbo_between_point_se": between(self.elbo),
             "reconstruction": mean(self.reconstruction),
             "kl": mean(self.kl),
             "kl_analytic": bool(self.kl_analytic),
@@ -140,9 +145,8 @@ class PointwiseEvaluation:
             "iw_samples": int(self.iw_samples),
             "iw_ess_mean": mean(self.iw_ess),
             "iw_ess_min": lo(self.iw_ess),
-            "iw_khat_max": None if self.iw_khat is None else _finite(self.iw_khat.max()),
-            "iw_khat_median": None if self.iw_khat is None else _finite(np.median(self.iw_khat.numpy())),
-            "iw_khat_above_0_7": None if self.iw_khat is None else int((self.iw_khat > KHAT_BAD).sum()),
+            "log_likelihood_between_point_se": between(self.log_likelihood),
+            **self.khat_summary(),
             "log_likelihood_warning": self.log_likelihood_warning(),
             "log_likelihood_prior": mean(self.log_likelihood_prior),
             "log_likelihood_prior_se": se(self.log_likelihood_prior_var),
@@ -167,12 +171,32 @@ class PointwiseEvaluation:
             out["quantities"] = self.quantities.to_json()
         return out
 
+    def khat_note(self) -> Optional[str]:
+        """Why the importance weights have no PSIS k-hat (too few draws a point to fit their tail); None when they do."""
+        k = self.iw_samples
+        if self.iw_khat is None or tail_size(k) > 5:
+            return None
+        if k == 1:
+            return "no PSIS k-hat at K = 1: one importance draw a point has no tail to fit"
+        return f"no PSIS k-hat at K = {k}: PSIS needs K >= 21 draws a point to fit the weights' tail"
+
+    def khat_summary(self) -> Dict[str, object]:
+        """The k-hat fields of the summary: None, with ``iw_khat_note`` saying why, where no k-hat exists."""
+        note = self.khat_note()
+        if self.iw_khat is None or note is not None:
+            return {"iw_khat_max": None, "iw_khat_median": None, "iw_khat_above_0_7": None, "iw_khat_note": note}
+        return {"iw_khat_max": _finite(self.iw_khat.max()), "iw_khat_median": _finite(np.median(self.iw_khat.numpy())),
+                "iw_khat_above_0_7": int((self.iw_khat > KHAT_BAD).sum()), "iw_khat_note": None}
+
     def log_likelihood_warning(self) -> Optional[str]:
         """Why the importance-sampled log p(x) and its s.e. cannot be trusted, and what to do; None when they can."""
         if self.iw_khat is None or self.iw_ess is None:
             return None
         n, k = self.num_points, self.iw_samples
         log_p = self.quantities.log_likelihood if self.quantities is not None else "log p(x)"
+        if k == 1:  # log w at one draw: log p(x, z) - log q(z|x), the ELBO's own Monte Carlo estimate
+            return (f"K = 1: the importance-sampled {log_p} is a one-draw estimate of the ELBO, no tighter bound "
+                    f"on {log_p}, and has no Monte Carlo s.e.; raise iw_samples (K) to estimate {log_p}")
         bad = int((self.iw_khat > KHAT_BAD).sum())
         low = int((self.iw_ess < IW_ESS_MIN).sum())
         if not bad and not low:

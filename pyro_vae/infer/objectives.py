@@ -25,6 +25,8 @@ objectives refuse a discrete guide site (they would sample it, where ``enum``
 sums it out exactly) and meanfield/iwae one without a reparameterized sampler;
 meanfield takes the KL by Monte Carlo at the sites where the analytic one would
 be biased (infer/dependence.py); enum reads its plate nesting off the trace.
+``train.elbo = "auto"`` (the default) names no objective of its own: it is one
+of these, chosen per program before training (infer/auto.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pyro.util import check_if_enumerated
 
 from ..errors import MonteCarloKLWarning, PyroVAEError, did_you_mean
 from ..registry import Registry
+from .auto import AUTO
 from .dependence import describe, inexact_kl_sites
 from .sites import is_density_site, is_latent, plate_dims, trace_pair
 
@@ -346,13 +349,17 @@ def _enum(num_particles: int = 1, max_plate_nesting=float("inf")):
 
 
 def make_objective(name: str, num_particles: int = 1, max_plate_nesting=float("inf")):
+    """The objective ``name`` names ("auto" is a choice made per program first: infer/auto.py)."""
+    if name == AUTO:
+        raise PyroVAEError("train.elbo = 'auto' names no objective until it is chosen for a program: "
+                           "pyro_vae.infer.auto.choose_objective(model, examples) chooses it (the trainer does)")
     return OBJECTIVES[name](num_particles=num_particles, max_plate_nesting=max_plate_nesting)
 
 
 def check_objective_name(name: str) -> None:
-    """``train.elbo`` names a registered objective, or one line with "did you mean" (before any data is read)."""
-    if name not in OBJECTIVES:
-        names = OBJECTIVES.names()
+    """``train.elbo`` names a registered objective or "auto", or one line with "did you mean" (before any data is read)."""
+    if name not in OBJECTIVES and name != AUTO:
+        names = [AUTO, *OBJECTIVES.names()]
         raise PyroVAEError(f"train.elbo: unknown name {name!r}: {did_you_mean(name, names)}valid: {', '.join(names)}")
 
 

@@ -18,11 +18,12 @@ before anyone can look.  Here the loss is the objective's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import signal
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from pyro import poutine
@@ -30,6 +31,7 @@ from pyro import poutine
 from ..config import TrainConfig
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.auto import AUTO, ObjectiveChoice, choose_objective
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.probe import likely_cause
 from ..infer.rng import isolated_rng
@@ -62,6 +64,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _first_batch(fn: Callable, device: torch.device, config: TrainConfig):
+    """``fn()`` on a first batch, under a fixed random stream; a failure becomes one line naming the cause seen
+    (infer/sites.py words it as for evaluation)."""
+    try:
+        with isolated_rng(0, device):
+            return fn()
+    except PyroVAEError:
+        raise
+    except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
+        if is_oom(e):
+            raise training_oom_error(e, device, config.batch_size, config.num_particles) from None
+        msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
+        raise PyroVAEError(f"the model fails on its first batch ({msg[:300]}): {likely_cause(e)}") from None
+
+
 class Trainer:
     """Fits a latent-variable model with SVI.
 
@@ -82,13 +99,14 @@ class Trainer:
     checkpoint due, signal received); ``run_dir`` adds the store's run-folder
     storage (checkpoint.pt and history.csv there).  ``test_elbo(model, x, *,
     seed)`` is the per-epoch test ELBO when ``fit`` is given test data; by
-    default the evaluation layer's (callbacks.default_test_elbo).
+    default the evaluation layer's (callbacks.default_test_elbo).  ``log`` gets the one line that says which
+    estimator ``train.elbo = "auto"`` chose (``objective_choice``); ``config`` then names it.
     """
 
     def __init__(self, model, config: TrainConfig = TrainConfig(), *, run_dir: Optional[os.PathLike] = None,
                  callbacks: Sequence[object] = (), test_elbo: Optional[TestElbo] = None,
                  progress: Optional[bool] = None, validation: str = "auto", cuda_graph: bool = False,
-                 compile: bool | str = False):
+                 compile: bool | str = False, log: Optional[Callable[[str], None]] = None):
         if validation not in VALIDATION_MODES:
             raise PyroVAEError(f"validation = {validation!r}: expected one of {', '.join(VALIDATION_MODES)}")
         self.model = model
@@ -98,6 +116,10 @@ class Trainer:
         self.callbacks = [*callbacks, *([FolderStorage(self.run_dir)] if self.run_dir is not None else [])]
         self.test_elbo = test_elbo
         self.progress = progress
+        #: where the trainer's one-line notes go (the estimator train.elbo = "auto" chose); None: nowhere
+        self.log = log or (lambda msg: None)
+        #: what train.elbo = "auto" chose, and why (None: the config named the objective)
+        self.objective_choice: Optional[ObjectiveChoice] = None
         self.device = resolve_device(config.device)
         self.state = TrainState()
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -133,12 +155,18 @@ class Trainer:
             return
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)
+        examples = (x_example, *more_examples)
+        if self.config.elbo == AUTO:  # chosen from the program once, said once (infer/auto.py)
+            choice = _first_batch(lambda: choose_objective(self.model, [head(x, 4) for x in examples]),
+                                  self.device, self.config)
+            self.config, self.objective_choice = dataclasses.replace(self.config, elbo=choice.name), choice
+            self.log(f"note: {choice.line()}")
         cfg = self.config
         self.objective = make_objective(cfg.elbo, cfg.num_particles, getattr(self.model, "max_plate_nesting", float("inf")))
         self._scale_inside = getattr(self.objective, "minibatch_scale_inside", True)
         self._takes_data_size = "data_size" in inspect.signature(self.model.model).parameters
         self.data_size = int(data_size)
-        for x in (x_example, *more_examples):
+        for x in examples:
             self._sanity_check(x)
         self.params, self.param_names = self._collect_params(x_example, *more_examples)
         if not self.params:
@@ -196,17 +224,11 @@ class Trainer:
 
         A failure names the cause seen (infer/sites.py words it as for evaluation).
         """
-        try:
-            with isolated_rng(0, self.device):
-                self.objective.prepare(self.model, head(x, 4))
-                loss = self.loss(head(x, 4))
-        except PyroVAEError:
-            raise
-        except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
-            if is_oom(e):
-                raise training_oom_error(e, self.device, self.config.batch_size, self.config.num_particles) from None
-            msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-            raise PyroVAEError(f"the model fails on its first batch ({msg[:300]}): {likely_cause(e)}") from None
+        def prepared():
+            self.objective.prepare(self.model, head(x, 4))
+            return self.loss(head(x, 4))
+
+        loss = _first_batch(prepared, self.device, self.config)
         if not torch.isfinite(loss):
             raise PyroVAEError(
                 "the loss is not finite before training starts: check the data scale and the likelihood's scale"
@@ -305,7 +327,9 @@ class Trainer:
         hooks = Hooks(self.callbacks)
         if self._dist.is_main:
             hooks.fit_started()  # a run folder is made now, not at the first checkpoint after an epoch
+        # without a terminal: a line per epoch, or every 10 s where epochs are shorter (progress.py)
         bar = progress_bar(cfg.epochs * data.num_batches, self.progress, unit="step", leave=True,
+                           lines_at="refresh", what="training",
                            initial=self.state.epoch * data.num_batches + self.state.batch)
         loop = EpochLoop(self, data, bar, policy=self._policy, first_step=self._first_step, group=self._dist,
                          sync=self._sync, signals=self._signals, hooks=hooks,

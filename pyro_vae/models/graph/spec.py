@@ -200,8 +200,9 @@ def check_graph(spec) -> None:
 
 
 def check_objective(spec, train) -> None:
-    """A discrete node needs an objective that sums it exactly: TraceEnum_ELBO (train.elbo = "enum")."""
-    if train.elbo == "enum":
+    """A discrete node needs an objective that sums it exactly: TraceEnum_ELBO (train.elbo = "enum", or "auto",
+    which chooses it for a discrete node)."""
+    if train.elbo in ("enum", "auto"):
         return
     graph = build_graph(spec)
     if graph.discrete:
