@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train the default VAE on the built-in 8x8 digits and show the results",
                        description="Train the default VAE on scikit-learn's 8x8 digits (no download), print the test "
-                       "metrics and write plots. Takes well under 2 minutes on 2 CPU cores; uses CUDA when present.")
+                       "metrics and write plots. Takes about a minute on 2 CPU cores; uses CUDA when present.")
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo); a previous run there is "
                    "replaced, and a folder holding files pyro_vae did not write is refused, never emptied")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs (default: 80)")
