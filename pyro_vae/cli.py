@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -26,14 +25,23 @@ from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import PyroVAEError, TrainingInterrupted
 from .evaluation.quantities import ONE_LATENT
 from .report.render import render_text
+from .runtime import distributed, failures
+from .runtime.launch import launch
 from .training.trainer import resolve_device
 
 EXIT_USER_ERROR = 2
 #: the most rows or columns a class table printed on a terminal has
 MAX_TABLE_SIDE = 20
 
+def _line(text: str) -> None:
+    """One line on stderr in one write: the ranks of a torchrun job share the stream, and print() writes the
+    text and its newline in two, between which another rank's line can land."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    _line(msg)
 
 
 def _quantities(m: dict) -> dict:
@@ -233,10 +241,6 @@ def _add_run_code_options(c) -> None:
                    "since this runs their code")
 
 
-def _under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
 def _default_out(stem: str) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -258,18 +262,33 @@ def _timing_line(run, wall_seconds: float, plots: bool = True) -> str:
     """What this process trained and how long it took: training alone, and the whole command (and what it held)."""
     history = run.history or []
     done = history[run.start_epoch:]
+    if not done:  # a resumed run whose epochs were all trained (stopped in its final evaluation, or finished)
+        epochs = "its one epoch" if len(history) == 1 else f"all {len(history)} epochs"
+        held = "the final evaluation and plots" if plots else "the final evaluation; --no-plots: no plots written"
+        return f"{epochs} already trained, none this time; {wall_seconds:.1f} s for the whole command ({held})"
     seconds = sum(row["seconds"] for row in done)
-    if run.start_epoch:
-        what = f"trained epochs {run.start_epoch + 1}-{len(history)} ({len(done)} this time, {len(history)} in all)"
-    else:
-        what = f"trained {len(done)} epoch{'' if len(done) == 1 else 's'}"
     held = "training, evaluation and plots" if plots else "training and evaluation; --no-plots: no plots written"
-    return (f"{what} in {seconds:.1f} s of training on {_device_name(run.config)}; "
-            f"{wall_seconds:.1f} s for the whole command ({held})")
+    return (f"{_what_trained(run.start_epoch, run.start_batch, len(history))} in {seconds:.1f} s of training on "
+            f"{_device_name(run.config)}; {wall_seconds:.1f} s for the whole command ({held})")
+
+
+def _what_trained(start_epoch: int, start_batch: int, last: int) -> str:
+    """The epochs this process trained, ``start_epoch`` (and ``start_batch`` of the next) done before it."""
+    if not start_epoch and not start_batch:
+        return f"trained {last} epoch" + ("" if last == 1 else "s")
+    if start_batch:  # resumed inside epoch start_epoch + 1: its first batches were trained before
+        first = start_epoch + 1
+        rest = "" if last == first else f" and epoch {last}" if last == first + 1 else f" and epochs {first + 1}-{last}"
+        return f"trained the rest of epoch {first}{rest} ({last} in all)"
+    if last == start_epoch + 1:
+        return f"trained epoch {last} (1 this time, {last} in all)"
+    return f"trained epochs {start_epoch + 1}-{last} ({last - start_epoch} this time, {last} in all)"
 
 
 def _device_name(cfg) -> str:
-    return str(resolve_device(cfg.train.device))
+    device = str(resolve_device(cfg.train.device))
+    world = distributed.env_world_size()
+    return f"{device} ({world} processes)" if world > 1 else device
 
 
 def cmd_train(args) -> int:
@@ -292,7 +311,7 @@ def cmd_train(args) -> int:
             # the defaults, with an empty [model]: --set model.program or model.nodes may pick its form
             cfg = config_from_dict(apply_overrides(dict(Config().to_dict(), model={}), args.set))
             stem = "run"
-        if not args.out and _under_torchrun():
+        if not args.out and failures.several_processes():
             # each process would stamp its own default folder name
             raise _usage("under torchrun, name the run directory with --out RUN_DIR (the same on every process)")
         out = Path(args.out) if args.out else _default_out(stem)
@@ -300,10 +319,12 @@ def cmd_train(args) -> int:
     if not args.resume and (args.program_path or args.trust_run_code):
         raise _usage("--program-path and --trust-run-code are for --resume RUN_DIR (a config you train names its "
                      "program with model.program and model.program_dir)")
+    if args.nproc_per_node is not None and args.nproc_per_node > 1:
+        return _launch_train(args, cfg, out)
     run = train(cfg, out, resume=bool(args.resume), progress=False if args.quiet else None,
                 iw_samples=FROM_CONFIG if args.iw_samples is None else args.iw_samples, plots=not args.no_plots,
                 log=_log, **_run_code(args))
-    if _under_torchrun() and os.environ.get("RANK") != "0":
+    if failures.several_processes() and distributed.env_rank() != 0:
         return 0  # under torchrun rank 0 reports for every process
     print(_format_metrics(run.metrics))
     if run.classes is not None:
@@ -311,6 +332,23 @@ def cmd_train(args) -> int:
     print(_timing_line(run, time.perf_counter() - t0, plots=not args.no_plots))
     print(f"run directory: {out}")
     return 0
+
+
+def _launch_train(args, cfg, out: Path) -> int:
+    """``train --nproc-per-node N``: the same command in N processes (runtime/launch.py), checked here first."""
+    n = args.nproc_per_node
+    if failures.several_processes():
+        raise _usage("--nproc-per-node starts its own processes, but this one is already one of torchrun's: "
+                     "drop --nproc-per-node, or run pyro-vae without torchrun")
+    distributed.check_batch_size(cfg.train.batch_size, distributed.ProcessGroup(world_size=n))
+    argv = ["train", "--resume", str(out)] if args.resume else ["train", *filter(None, [args.config]), "--out", str(out)]
+    for override in args.set:
+        argv += ["--set", override]
+    argv += ["--iw-samples", str(args.iw_samples)]
+    argv += ["--no-plots"] * args.no_plots + ["--quiet"] * args.quiet + ["--trust-run-code"] * args.trust_run_code
+    if args.program_path:
+        argv += ["--program-path", args.program_path]
+    return launch(n, argv, say=_error)
 
 
 def cmd_evaluate(args) -> int:
@@ -458,6 +496,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _count_or_auto(text: str):
     if text == "auto":
         return text
@@ -471,7 +519,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
 
     def error(self, message):
-        raise SystemExit(_error(f"{message}: see '{self.prog} --help'"))
+        message = f"{message}: see '{self.prog} --help'"
+        raise SystemExit(_error(message, _UsageError(message)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train the default VAE on the built-in 8x8 digits and show the results",
                        description="Train the default VAE on scikit-learn's 8x8 digits (no download), print the test "
-                       "metrics and write plots. Takes well under 2 minutes on 2 CPU cores; uses CUDA when present.")
+                       "metrics and write plots. Takes about a minute on 2 CPU cores; uses CUDA when present.")
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo); a previous run there is "
                    "replaced, and a folder holding files pyro_vae did not write is refused, never emptied")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs (default: 80)")
@@ -511,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true", help="skip writing plots/")
     t.add_argument("--quiet", action="store_true", help="no progress bar (a terminal) or progress lines (a pipe or a "
                    "log file: one per epoch, at most every 10 s)")
+    t.add_argument("--nproc-per-node", type=_positive, default=None, metavar="N",
+                   help="train with N processes on this machine, data-parallel (gloo on the CPU, one GPU each with "
+                   "nccl), as 'torchrun --standalone --nproc-per-node N -m pyro_vae train ...' does; train.batch_size "
+                   "must be divisible by N (default: one process)")
     _add_run_code_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -578,25 +631,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         with _library_warnings_as_lines(), _quiet_pyro():
             return args.func(args)
     except PyroVAEError as e:
-        return _error(str(e))
+        return _error(str(e), e)
     except _UsageError as e:
-        return _error(f"{e}: see 'pyro-vae {args.command} --help'")
+        return _error(f"{e}: see 'pyro-vae {args.command} --help'", e)
     except TrainingInterrupted as e:
         where = f"; state saved to {e.checkpoint} (continue with --resume {e.checkpoint.parent})" if e.checkpoint else ""
-        print(f"pyro-vae: interrupted{where}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
-        return 130
+        return _report(f"pyro-vae: interrupted{where}", e, e.exit_code)
+    except KeyboardInterrupt as e:
+        return _report("pyro-vae: interrupted", e, 130)
     except OSError as e:  # a file the command reads or writes: name it and the OS's reason
         name = f"{e.filename}: " if e.filename else ""
-        return _error(f"{name}{e.strerror or e}: check the path, its permissions and the free disk space")
+        return _error(f"{name}{e.strerror or e}: check the path, its permissions and the free disk space", e)
 
 
-def _error(message: str) -> int:
-    first = " ".join(message.split())  # one line, whatever the message held
-    print(f"pyro-vae: error: {first}", file=sys.stderr)
-    return EXIT_USER_ERROR
+def _error(message: str, error: Optional[BaseException] = None) -> int:
+    """The one error line (exit status 2); ``error``, the exception behind it, lets torchrun's ranks print it once."""
+    # one line, whatever the message held
+    return _report("pyro-vae: error: " + " ".join(message.split()), error, EXIT_USER_ERROR)
+
+
+def _report(line: str, error: Optional[BaseException], exit_status: int) -> int:
+    """Print ``line`` unless another rank of a torchrun job reports this failure (runtime/failures.py);
+    returns ``exit_status``."""
+    if error is None or failures.reports(error):
+        _line(line)
+        if error is not None:
+            failures.write_error_file(line, exit_status)
+    return exit_status
 
 
 @contextlib.contextmanager

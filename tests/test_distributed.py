@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from pyro_vae import evaluate_points
+from pyro_vae import cli, evaluate_points
 from pyro_vae.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,24 +183,116 @@ def test_torchrun_writes_one_run_directory_from_rank_0_that_resumes_on_one_proce
     assert abs(two["log_likelihood"] - one["log_likelihood"]) < 5 * se
 
 
-def test_a_batch_size_the_processes_cannot_split_is_one_line(tmp_path):
+def test_a_batch_size_the_processes_cannot_split_is_one_line_under_torchrun(tmp_path):
     out = tmp_path / "run"
     r = _torchrun("train", str(_config(tmp_path, batch_size=63)), "--out", str(out))
-    # both ranks fail the check; torchrun may stop the slower one before it prints
+    # both ranks fail the check: the first to fail prints it, on a line of its own; the other stays quiet
     lines = _error_lines(r.stderr)
-    assert 1 <= len(lines) <= 2 and all("not divisible by the 2 processes" in l for l in lines), r.stderr[-2000:]
+    glued = [l for l in r.stderr.splitlines() if l.count("pyro-vae: error:") > 1]
+    assert not glued, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].endswith("use a multiple of 2"), r.stderr[-2000:]
+    # torchrun's own summary names the line (the worker wrote torchrun's error file), not "<N/A>"
+    assert "traceback : pyro-vae: error: train.batch_size = 63" in r.stderr, r.stderr[-2000:]
     # torchrun itself prints a traceback of its ChildFailedError; the processes print none
     assert str(ROOT / "pyro_vae") not in r.stderr and not out.exists()
 
 
-def test_mismatched_configs_across_ranks_are_one_line_on_every_rank(tmp_path):
+def test_mismatched_configs_across_ranks_are_one_line_from_rank_0(tmp_path):
     cfg, out = _config(tmp_path), tmp_path / "run"
     results = _spawn(lambda rank: ["-m", "pyro_vae", "train", str(cfg), "--out", str(out), "--quiet",
                                    "--set", f"train.lr={1e-3 * (rank + 1)}"])
-    for code, _, stderr in results:
-        assert code == 2 and len(_error_lines(stderr)) == 1, stderr[-2000:]
-        assert "another config or data than rank 0" in stderr and "Traceback" not in stderr
+    (code0, _, err0), (code1, _, err1) = results
+    assert code0 == code1 == 2 and "Traceback" not in err0 + err1
+    lines = _error_lines(err0)
+    assert len(lines) == 1 and "another config or data than rank 0" in lines[0], err0[-2000:]
+    assert not _error_lines(err1), err1[-2000:]
     assert not out.exists()
+
+
+def _pyro_vae(*args, timeout=120, **env):
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}, cwd=ROOT)
+
+
+def test_nproc_per_node_trains_one_run_on_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    r = _pyro_vae("train", str(_config(tmp_path)), "--out", str(out), "--nproc-per-node", "2", "--iw-samples", "5",
+                  "--no-plots", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("run directory:") == 1 and "on cpu (2 processes)" in r.stdout, r.stdout
+    assert "ChildFailedError" not in r.stderr and "closing signal" not in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.toml", "history.csv", "metrics.json"]
+    assert len(torch.load(out / "checkpoint.pt", weights_only=True)["rng"]["ranks"]) == 2
+
+
+def test_nproc_per_node_reports_bad_data_that_only_the_workers_read_in_one_line(tmp_path):
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    x[7, 2] = float("nan")
+    np.save(tmp_path / "x.npy", x.numpy())
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[data]\ntrain = "x.npy"\n[model]\nlatent_dim = 2\nlikelihood = "normal"\n'
+                   '[train]\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\n')
+    out = tmp_path / "run"
+    r = _pyro_vae("train", str(cfg), "--out", str(out), "--nproc-per-node", "2")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == ["pyro-vae: error: data.train (x.npy) has 1 NaN/Inf values in 1 rows (first at "
+                                     "row 7, column 2): clean the data or set data.drop_nonfinite = true to drop "
+                                     "those rows"], r.stderr[-2000:]
+    assert r.stdout == "" and not out.exists()
+
+
+FLAKY = '''
+import os
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae import PyroVAEError
+
+
+class Flaky(nn.Module):
+    """A VAE whose rank 1 gives up in the middle of training, while rank 0 waits for its gradients."""
+
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, data_dim):
+        super().__init__()
+        self.enc, self.dec, self.calls = nn.Linear(data_dim, 4), nn.Linear(2, data_dim), 0
+
+    def model(self, x):
+        self.calls += 1
+        if os.environ.get("RANK") == "1" and self.calls > 12:
+            raise PyroVAEError("rank 1 gives up here")
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = self.enc(x).split(2, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+'''
+
+
+def test_nproc_per_node_one_rank_failing_in_training_is_its_line_alone(tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    cfg = tmp_path / "flaky.toml"
+    cfg.write_text('[data]\nsource = "synthetic"\nnum_points = 400\nsynthetic_dim = 6\n[model]\n'
+                   'program = "flaky:Flaky"\n[train]\nelbo = "trace"\nepochs = 3\nbatch_size = 32\n'
+                   'device = "cpu"\n')
+    out = tmp_path / "run"
+    r = _pyro_vae("train", str(cfg), "--out", str(out), "--nproc-per-node", "2", "--quiet", "--no-plots",
+                  PYRO_VAE_TRUST_FILE=str(tmp_path / "trusted.json"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    # rank 0's all-reduce breaks when rank 1 leaves; rank 1 claimed the failure first, so rank 0 says nothing
+    lines = _error_lines(r.stderr)  # (Pyro appends the trace's shapes to an error raised inside a model)
+    assert len(lines) == 1 and lines[0].startswith("pyro-vae: error: rank 1 gives up here"), r.stderr[-2000:]
+    assert "another process of the run stopped" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_rank_that_cannot_reach_the_rendezvous_is_one_line(tmp_path):
@@ -231,3 +324,33 @@ def test_sigterm_on_one_rank_stops_both_at_the_same_step_with_a_checkpoint(tmp_p
     assert saved["train_state"]["step"] == int(step0)
     assert len(saved["rng"]["ranks"]) == 2  # every rank's stream, for an exact resume
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_error_line_is_one_write_with_its_newline(monkeypatch):
+    # the ranks share stderr: a line written in two parts lets another rank's line land before its newline
+    writes = []
+
+    class Stream:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    assert cli.main(["train", "--nproc-per-node", "0"]) == 2
+    assert len(writes) == 1 and writes[0].startswith("pyro-vae: error: argument --nproc-per-node: expected a "
+                                                     "positive integer, got 0") and writes[0].endswith("\n"), writes
+
+
+def test_nproc_per_node_checks_what_it_can_before_starting_a_process(tmp_path, capsys, monkeypatch):
+    cfg, out = _config(tmp_path, batch_size=63), tmp_path / "run"
+    assert cli.main(["train", str(cfg), "--out", str(out), "--nproc-per-node", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "train.batch_size = 63 is not divisible by the 2 processes" in err[0], err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's processes
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", str(_config(tmp_path)), "--out", str(out), "--nproc-per-node", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "already one of torchrun's" in err[0], err
+    assert not out.exists()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import pyro_vae as pv
+from pyro_vae import cli as cli_module
+from pyro_vae.app import pipeline
 from pyro_vae.cli import main
 
 TINY = ["--set", "data.source=synthetic", "--set", "data.num_points=80", "--set", "data.synthetic_dim=5",
@@ -221,6 +223,48 @@ def test_resume_prints_what_this_process_trained(trained, tmp_path, capsys):
     history = pv.load_run(run).history
     shown = float(line.split(") in ")[1].split(" s of training")[0])
     assert shown == pytest.approx(sum(h["seconds"] for h in history[1:]), abs=0.051)
+
+
+def test_a_resume_after_a_stop_in_the_final_evaluation_says_every_epoch_was_trained(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+
+    def stopped(*args, **kwargs):  # Ctrl-C in the final evaluation, after the last epoch's checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_final_evaluation", stopped)
+    rc, _, err = cli(capsys, "train", "--out", out, *TINY, "--set", "train.epochs=2")
+    assert rc == 130 and not (out / "metrics.json").exists(), err
+    monkeypatch.undo()
+    rc, text, err = cli(capsys, "train", "--resume", out, "--quiet", "--no-plots", "--iw-samples", "4")
+    assert rc == 0, err
+    assert "note: all 2 epochs already trained; running the final evaluation" in err.splitlines()
+    line = next(l for l in text.splitlines() if "already trained" in l)
+    assert line.startswith("all 2 epochs already trained, none this time; ") and "epochs 3-2" not in text
+    assert (out / "metrics.json").exists() and len(pv.load_run(out).history) == 2
+
+
+@pytest.mark.parametrize("start_epoch, start_batch, last, said", [
+    (0, 0, 1, "trained 1 epoch"),
+    (0, 0, 3, "trained 3 epochs"),
+    (2, 0, 3, "trained epoch 3 (1 this time, 3 in all)"),
+    (1, 0, 3, "trained epochs 2-3 (2 this time, 3 in all)"),
+    (2, 4, 3, "trained the rest of epoch 3 (3 in all)"),
+    (1, 4, 3, "trained the rest of epoch 2 and epoch 3 (3 in all)"),
+    (0, 4, 4, "trained the rest of epoch 1 and epochs 2-4 (4 in all)"),
+])
+def test_the_timing_line_names_the_epochs_this_process_trained(start_epoch, start_batch, last, said):
+    assert cli_module._what_trained(start_epoch, start_batch, last) == said
+
+
+@pytest.mark.parametrize("epoch, batch, epochs, said", [
+    (3, 0, 3, "note: all 3 epochs already trained; running the final evaluation"),
+    (1, 0, 1, "note: its one epoch already trained; running the final evaluation"),
+    (1, 0, 3, "resuming after epoch 1 of 3"),
+    (1, 5, 3, "resuming in epoch 2 of 3, after its batch 5"),
+    (0, 0, 3, "resuming at the start of epoch 1 of 3 (the run stopped before its first step)"),
+])
+def test_a_resume_says_where_it_picks_up(epoch, batch, epochs, said):
+    assert pipeline._resume_note(epoch, batch, epochs) == said
 
 
 def test_a_checkpoint_from_another_run_is_not_evaluated_under_this_config(trained, tmp_path, capsys):

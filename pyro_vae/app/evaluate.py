@@ -19,7 +19,7 @@ from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
 from ..models.protocol import model_device
-from ..runtime import distributed
+from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
 from ..store.files import write_text_atomic
 from .runs import load_run, load_run_data
@@ -92,10 +92,11 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
     others None.
     """
     joined = not torch.distributed.is_initialized()
-    group = distributed.init_from_env("auto")
     try:
-        found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main, log,
-                              program_path, trust_code, progress if group.is_main else False)
+        with failures.claim_on_error():  # before the group closes under the other ranks
+            group = distributed.init_from_env("auto")
+            found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main,
+                                  log, program_path, trust_code, progress if group.is_main else False)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()

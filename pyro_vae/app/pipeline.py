@@ -22,7 +22,7 @@ from ..evaluation.memory import test_elbo_with_retry
 from ..figures import run as run_figures
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
-from ..runtime import distributed
+from ..runtime import distributed, failures
 from ..store.checkpoint import upgrade
 from ..store.files import write_text_atomic
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
@@ -57,12 +57,14 @@ def train(config: Config, out_dir: Optional[os.PathLike] = None, *, resume: bool
     (runtime/distributed.py) and rank 0 alone writes the folder and logs.
     """
     joined = not torch.distributed.is_initialized()
-    group = distributed.init_from_env(config.train.device)
+    with failures.claim_on_error():
+        group = distributed.init_from_env(config.train.device)
     joined = joined and group.active
     if group.active:
         try:
-            return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
-                          overwrite, log if group.is_main else None, group, program_path, trust_code)
+            with failures.claim_on_error():  # before the group closes under the other ranks
+                return _train(config, out_dir, resume, progress if group.is_main else False, iw_samples, plots,
+                              overwrite, log if group.is_main else None, group, program_path, trust_code)
         finally:
             if joined:  # on a failure too: a process group left at exit aborts the process
                 distributed.shutdown()
@@ -93,7 +95,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
     if payload is not None:
         trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
-    start_epoch = trainer.state.epoch
+        log(_resume_note(trainer.state.epoch, trainer.state.batch, cfg.train.epochs))
+    start_epoch, start_batch = trainer.state.epoch, trainer.state.batch
     writes = out is not None and group.is_main
     with contextlib.ExitStack() as held:
         if writes:
@@ -109,7 +112,18 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             figures = _plots(model, data, history, out / PLOTS_DIR, found) if plots else None
     return Run(out, cfg, model, data, history, metrics, figures, data.image_shape, start_epoch=start_epoch,
-               data_dim=data.dim, classes=found.classes)
+               start_batch=start_batch, data_dim=data.dim, classes=found.classes)
+
+
+def _resume_note(epoch: int, batch: int, epochs: int) -> str:
+    """Where a resumed run picks up: ``epoch`` epochs and ``batch`` batches of the next done, of ``epochs``."""
+    if epoch >= epochs:  # stopped in its final evaluation, or finished: nothing left to train
+        return f"note: {'its one epoch' if epochs == 1 else f'all {epochs} epochs'} already trained; running the final evaluation"
+    if batch:
+        return f"resuming in epoch {epoch + 1} of {epochs}, after its batch {batch}"
+    if epoch:
+        return f"resuming after epoch {epoch} of {epochs}"
+    return f"resuming at the start of epoch 1 of {epochs} (the run stopped before its first step)"
 
 
 def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, run_code: Optional[RunCode], group,

@@ -32,6 +32,7 @@ class Run:
     plots: Optional[list] = None
     image_shape: Optional[tuple] = None
     start_epoch: int = 0  # epochs already trained when this process started (a resumed run)
+    start_batch: int = 0  # batches of the next epoch already trained then (a run resumed inside an epoch)
     data_dim: Optional[int] = None  # the data's number of columns (None: a run pv.fit wrote, which does not record it)
     classes: Optional[ClassMetrics] = None  # a trained model with classes: their agreement with the test labels
 

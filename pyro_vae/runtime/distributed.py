@@ -40,7 +40,8 @@ checkpoint is a collective (rank 0 writes, the others wait), so a rank without
 one would leave the others waiting.
 
 A rank that dies or hangs makes the others fail after at most
-``PYRO_VAE_DIST_TIMEOUT`` seconds (default 300) with one line, never a hang.
+``PYRO_VAE_DIST_TIMEOUT`` seconds (default 300), never a hang; which rank
+prints the run's one line is runtime/failures.py's choice.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ from ..errors import PyroVAEError
 #: seconds a collective (and the rendezvous) waits for the other ranks
 TIMEOUT_ENV = "PYRO_VAE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
+
+
+class PeerFailure(PyroVAEError):
+    """Another rank failed the same check first and reports it; this rank's failure only follows from it.
+
+    Its message names that rank's error, for a caller in Python; the CLI prints nothing for it
+    (runtime/failures.py), so a run's failure is one line.
+    """
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,22 @@ def _env_int(name: str, default: Optional[int] = None) -> Optional[int]:
     except ValueError:
         raise PyroVAEError(f"environment variable {name}={value!r} is not an integer: it is set by torchrun; "
                            "start the run with torchrun, or unset it") from None
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun's environment announces (1 without one, or when it is unreadable)."""
+    try:
+        return max(1, _env_int("WORLD_SIZE", 1))
+    except PyroVAEError:
+        return 1  # init_from_env names the bad value
+
+
+def env_rank() -> int:
+    """This process's rank in torchrun's environment (0 without one, or when it is unreadable)."""
+    try:
+        return _env_int("RANK", 0)
+    except PyroVAEError:
+        return 0
 
 
 def timeout() -> datetime.timedelta:
@@ -244,13 +269,13 @@ def agree(fingerprint: str, error: Optional[BaseException] = None, what: str = "
     if failed:
         r, msg = failed[0]
         if error is not None and r == g.rank:
-            raise error
-        raise PyroVAEError(f"rank {r} of {g.world_size} failed its {what}: {msg}")
+            raise error  # the lowest rank that failed reports its own error; the others follow it quietly
+        raise PeerFailure(f"rank {r} of {g.world_size} failed its {what}: {msg}")
     differ = [r for r, (fp, _) in enumerate(everyone) if fp != everyone[0][0]]
     if differ:
-        raise PyroVAEError(f"rank {differ[0]} of {g.world_size} has another config or data than rank 0 "
-                           "(resolved config and data shape differ): give every process the same config, "
-                           "--set overrides and data files")
+        message = (f"rank {differ[0]} of {g.world_size} has another config or data than rank 0 (resolved config "
+                   "and data shape differ): give every process the same config, --set overrides and data files")
+        raise PyroVAEError(message) if g.is_main else PeerFailure(message)
 
 
 def fingerprint(*parts) -> str:
