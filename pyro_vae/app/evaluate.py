@@ -21,6 +21,7 @@ from ..evaluation.streaming import DEFAULT_BUDGET
 from ..models.protocol import model_device
 from ..runtime import distributed
 from ..runtime.memory import with_halving_budget
+from ..runtime.threads import ThreadSetting, check_setting, choose_threads, use_threads
 from ..store.files import write_text_atomic
 from .runs import load_run, load_run_data
 
@@ -82,18 +83,22 @@ def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]
 def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw_samples: int = DEFAULT_IW_SAMPLES,
                  prior_samples: Optional[int] = None, seed: int = 0, budget: Optional[int] = None,
                  per_point: Optional[os.PathLike] = None, log: Callable[[str], None],
-                 program_path: Optional[os.PathLike] = None, trust_code: bool = False) -> Optional[RunEvaluation]:
+                 program_path: Optional[os.PathLike] = None, trust_code: bool = False,
+                 threads: Optional[ThreadSetting] = None) -> Optional[RunEvaluation]:
     """``pyro-vae evaluate``: a run's model on its test data (or the array file ``data``); nothing in the run changes.
 
-    ``per_point``: a .csv file that gets one row of results per point.  Under torchrun every process calls
+    ``per_point``: a .csv file that gets one row of results per point.  ``threads``: torch's thread count while
+    it evaluates ("auto" or a count; None: the run's ``train.threads``).  Under torchrun every process calls
     this and evaluates its block of the points (runtime/distributed.py); rank 0 gets the evaluation, the
     others None.
     """
+    if threads is not None:
+        threads = check_setting(threads, "threads")
     joined = not torch.distributed.is_initialized()
     group = distributed.init_from_env("auto")
     try:
         found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main, log,
-                              program_path, trust_code)
+                              program_path, trust_code, threads)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()
@@ -101,7 +106,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
 
 
 def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, report, log, program_path,
-                  trust_code) -> RunEvaluation:
+                  trust_code, threads=None) -> RunEvaluation:
     """:func:`evaluate_run` in one process; ``report`` False on the ranks of a torchrun job that do not report
     (they compute their share, and skip the class metrics and the file)."""
     per_point = Path(per_point) if per_point else None
@@ -121,11 +126,26 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
-                           prior_samples=prior_samples, budget=budget, classes=report, log=log)
+    choice = _threads(run, threads)
+    if report:
+        log(choice.line())
+    with use_threads(choice):
+        found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
+                               prior_samples=prior_samples, budget=budget, classes=report, log=log)
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     return found
+
+
+def _threads(run, threads: Optional[ThreadSetting]):
+    """The thread count evaluating ``run`` uses: ``threads`` when given, else the run's ``train.threads``.
+
+    Evaluation's work is batched large (draws x points), so under "auto" only the free cores bound the count.
+    """
+    key = "threads"
+    if threads is None:
+        key, threads = "train.threads", run.config.train.threads if run.config is not None else "auto"
+    return choose_threads(threads, work=None, device=model_device(run.model).type, key=key)
 
 
 def _data_file(model, path: os.PathLike):

@@ -23,6 +23,7 @@ from ..figures import run as run_figures
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
 from ..runtime import distributed
+from ..runtime.threads import use_threads
 from ..store.checkpoint import upgrade
 from ..store.files import write_text_atomic
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
@@ -31,6 +32,7 @@ from ..store.trust import RunCode, remember
 from ..training.batches import check_batch_size
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
+from .model_fit import fit_threads
 from .prepare import prepare
 from .runs import Run
 
@@ -81,15 +83,18 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
     writes = out is not None and group.is_main
+    trainer.threads = fit_threads(model, cfg.train, batch.num_rows(data.train))
+    log(trainer.threads.line())
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
+        held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in model_modules(model):
             m.eval()
         found = _final_evaluation(model, data, iw_samples, cfg.train.seed, progress, group.is_main, log)
-        metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history))
+        metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history), **trainer.threads.record())
         figures = None
         if writes:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
