@@ -48,7 +48,7 @@ WORK_PER_THREAD = 16_000_000
 #: a core counts as busy when other processes use this share of it: a thread sharing it stalls every barrier
 BUSY_SHARE = 0.25
 #: how long the cores' use is sampled: long enough to see a neighbour's time slices, short beside a run
-SAMPLE_SECONDS = 0.2
+SAMPLE_SECONDS = 0.1
 #: the environment variables torch reads its default count from, in its order of precedence
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
