@@ -58,9 +58,9 @@ def _diagnosed(run_dirs, out: Path, settings: DiagnoseSettings, progress, log, p
     check_reference_possible(subjects, settings)  # fail before anything is written
     _make_out(out)
     choice = choose_threads(threads, work=None, key="threads")  # the tiny steps: diagnostics/sizing.py
-    log(choice.line())
     with use_threads(choice):
         result = diagnose(subjects, settings, progress=progress, log=log)
+    log(choice.line())  # said once the diagnosis stands: a refusal on the way is the only line
     return result, result.save(out)
 
 

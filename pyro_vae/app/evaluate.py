@@ -127,11 +127,11 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
     choice = _threads(run, threads)
-    if report:
-        log(choice.line())
     with use_threads(choice):
         found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
                                prior_samples=prior_samples, budget=budget, classes=report, log=log)
+    if report:  # said once the evaluation stands: a count it refused is the only line
+        log(choice.line())
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     return found

@@ -84,13 +84,13 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
     start_epoch = trainer.state.epoch
     writes = out is not None and group.is_main
     trainer.threads = fit_threads(model, cfg.train, batch.num_rows(data.train))
-    log(trainer.threads.line())
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
         held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
+        log(trainer.threads.line())  # once training stands: a failure on the way is the only line
         for m in model_modules(model):
             m.eval()
         found = _final_evaluation(model, data, iw_samples, cfg.train.seed, progress, group.is_main, log)
