@@ -57,6 +57,12 @@ def test_the_step_size_bounds_the_count(four_cores):
     assert small.threads == 1 and "small step" in small.reason
 
 
+def test_the_processes_of_one_job_share_the_free_cores(four_cores):
+    idle8 = MachineLoad(cores=8, busy=0.0, load=0.0)
+    assert auto(load=idle8, env={"LOCAL_WORLD_SIZE": "4"}).threads == 2
+    assert auto(load=MachineLoad(cores=2, busy=0.0, load=0.0), env={"LOCAL_WORLD_SIZE": "4"}).threads == 1
+
+
 def test_cuda_runs_keep_torchs_count(four_cores):
     choice = auto(device="cuda")
     assert (choice.threads, choice.source) == (4, "auto") and "cuda" in choice.reason

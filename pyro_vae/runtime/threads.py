@@ -14,8 +14,9 @@ Precedence, first match wins:
 2. the environment, ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``), which torch
    itself read at start-up;
 3. a ``torch.set_num_threads`` call the caller made before ours;
-4. ``"auto"``: one thread for small steps, a busy machine or a GPU run; else
-   as many as the step's work pays for, up to the cores free.
+4. ``"auto"``: one thread for small steps or a busy machine; else as many as
+   the step's work pays for, up to the cores free (shared among the processes
+   of a job on this machine, ``LOCAL_WORLD_SIZE``); a GPU run keeps torch's.
 
 :func:`choose_threads` decides (pure, given a :class:`MachineLoad`), and
 :func:`use_threads` applies a choice for a block and restores the caller's
@@ -44,7 +45,7 @@ __all__ = ["MachineLoad", "ThreadChoice", "ThreadSetting", "WORK_PER_THREAD", "c
 ThreadSetting = Union[int, Literal["auto"]]
 #: multiply-adds per training step that one more thread needs before it pays: below it the parallel regions'
 #: hand-offs cost more than the split saves (calibrated with benchmarks/bench_threads.py --sweep)
-WORK_PER_THREAD = 16_000_000
+WORK_PER_THREAD = 1_000_000
 #: a core counts as busy when other processes use this share of it: a thread sharing it stalls every barrier
 BUSY_SHARE = 0.25
 #: how long the cores' use is sampled: long enough to see a neighbour's time slices, short beside a run
@@ -143,7 +144,8 @@ def choose_threads(setting: ThreadSetting = "auto", *, work: Optional[int], devi
                                        "where more threads only add hand-offs")
     load = machine_load() if load is None else load() if callable(load) else load
     wanted = load.cores if work is None else max(1, work // WORK_PER_THREAD)
-    threads = max(1, min(load.free_cores, wanted))
+    # the processes of one job on this machine (torchrun's workers) share its free cores
+    threads = max(1, min(load.free_cores // (_env_count(env, "LOCAL_WORLD_SIZE") or 1), wanted))
     said = f"load {load.load:.1f}" + ("" if load.measured else ", busy cores read off the load average")
     if load.busy_cores:
         return ThreadChoice(threads, "auto", f"auto: {load.busy_cores} of {load.cores} cores busy, {said}")
