@@ -143,7 +143,8 @@ def compare(args) -> None:
     print("| workload | condition | " + " | ".join(f"{n} (s)" for n in variants) + " | auto chose | load (1 min) |")
     print("|---|---|" + "---|" * (len(variants) + 2))
     for (condition, name), res in results.items():
-        chose = ", ".join(sorted({c.line().removeprefix("threads: ") for c in res["auto"]}))
+        last = res["auto"][-1]
+        chose = f"{', '.join(str(c.threads) for c in res['auto'])} (last: {last.reason})"
         load = loads[condition][0].split("load average ")[1].split(",")[0]
         print(f"| {name} | {condition} | " + " | ".join(f"{res['median'][n]:.2f}" for n in variants)
               + f" | {chose} | {load} |")

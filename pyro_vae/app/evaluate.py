@@ -21,7 +21,7 @@ from ..evaluation.streaming import DEFAULT_BUDGET
 from ..models.protocol import model_device
 from ..runtime import distributed
 from ..runtime.memory import with_halving_budget
-from ..runtime.threads import ThreadSetting, check_setting, choose_threads, use_threads
+from ..runtime.threads import ThreadChoice, ThreadSetting, check_setting, choose_threads, use_threads
 from ..store.files import write_text_atomic
 from .runs import load_run, load_run_data
 
@@ -137,7 +137,7 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     return found
 
 
-def _threads(run, threads: Optional[ThreadSetting]):
+def _threads(run, threads: Optional[ThreadSetting]) -> ThreadChoice:
     """The thread count evaluating ``run`` uses: ``threads`` when given, else the run's ``train.threads``.
 
     Evaluation's work is batched large (draws x points), so under "auto" only the free cores bound the count.
