@@ -181,3 +181,25 @@ def test_pv_fit_honours_the_config_key():
     trainer = pv.fit(model, data.train, None, cfg.train, progress=False)
     assert (trainer.threads.threads, trainer.threads.source) == (1, "config")
     assert torch.get_num_threads() == old
+
+
+def test_a_resume_under_auto_keeps_the_count_the_run_trained_with(tmp_path, capsys, monkeypatch):
+    for name in th.ENV_VARS:  # the environment would win over auto
+        monkeypatch.delenv(name, raising=False)
+    # the count now as auto's own, so that it does not read as the caller's choice either
+    with use_threads(ThreadChoice(torch.get_num_threads(), "auto", "this test")):
+        resume_keeps_the_count(tmp_path / "r", capsys)
+
+
+def resume_keeps_the_count(out, capsys):
+    tiny = ["--quiet", "--no-plots", "--iw-samples", "5", "--set", "model.latent_dim=2",
+            "--set", "model.encoder.hidden=[8]", "--set", "model.decoder.hidden=[8]"]
+    assert main(["train", "--out", str(out), "--threads", "2", "--set", "train.epochs=1", *tiny]) == 0
+    assert "threads: 2 (train.threads = 2)" in capsys.readouterr().err.splitlines()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["threads"] == 2
+    # auto alone would take one thread for this small step; the resume keeps 2 so that it continues bit for bit
+    assert main(["train", "--resume", str(out), "--threads", "auto", "--set", "train.epochs=2", *tiny[:4]]) == 0
+    said = [l for l in capsys.readouterr().err.splitlines() if l.startswith("threads: ")]
+    assert said == ["threads: 2 (auto: 2, the count this run trained with, so that it resumes bit for bit)"]
+    assert json.loads((out / "metrics.json").read_text())["threads"] == 2
+    assert 'threads = "auto"' in (out / "config.toml").read_text()

@@ -23,7 +23,7 @@ from ..figures import run as run_figures
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
 from ..runtime import distributed
-from ..runtime.threads import use_threads
+from ..runtime.threads import ThreadChoice, use_threads
 from ..store.checkpoint import upgrade
 from ..store.files import write_text_atomic
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
@@ -83,7 +83,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
     start_epoch = trainer.state.epoch
     writes = out is not None and group.is_main
-    trainer.threads = fit_threads(model, cfg.train, batch.num_rows(data.train))
+    trainer.threads = _threads(model, cfg, data, payload)
+    trainer.meta["threads"] = trainer.threads.threads  # in every checkpoint: a resume under auto keeps it
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
@@ -128,6 +129,17 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
             None if data is None else batch.describe(data.test), out and out.resolve(), resume,
             None if payload is None else payload.get("train_state", {}).get("step")), failed)
     return cfg, data, model, payload
+
+
+def _threads(model, cfg: Config, data: Dataset, payload: Optional[dict]) -> ThreadChoice:
+    """The run's thread count (runtime/threads.py); a resumed run under auto keeps the count it trained with, since
+    another count can change the float sums of large products and an exact resume is promised."""
+    choice = fit_threads(model, cfg.train, batch.num_rows(data.train))
+    kept = (payload or {}).get("threads")
+    if choice.source == "auto" and isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1:
+        return ThreadChoice(kept, "auto", f"auto: {kept}, the count this run trained with, so that it resumes "
+                                          "bit for bit")
+    return choice
 
 
 def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> None:
