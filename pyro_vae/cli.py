@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -22,11 +23,13 @@ from .app.sample import write_samples
 from .app.demo import demo
 from .app.pipeline import FROM_CONFIG
 from .config import Config, apply_overrides, config_from_dict, load_config
+from .config.schema import THREADS_RULE
 from .errors import PyroVAEError, TrainingInterrupted
 from .evaluation.quantities import ONE_LATENT
 from .report.render import render_text
 from .runtime import distributed, failures
 from .runtime.launch import launch
+from .runtime.threads import parse_setting
 from .training.trainer import resolve_device
 
 EXIT_USER_ERROR = 2
@@ -250,7 +253,7 @@ def _default_out(stem: str) -> Path:
 
 def cmd_demo(args) -> int:
     t0 = time.perf_counter()
-    run = demo(args.out, args.epochs, log=_log)
+    run = demo(args.out, args.epochs, log=_log, threads=args.threads)
     print(_format_metrics(run.metrics))
     print(_timing_line(run, time.perf_counter() - t0))
     print(f"run directory: {run.run_dir}  (config.toml, checkpoint.pt, history.csv, metrics.json)")
@@ -315,6 +318,8 @@ def cmd_train(args) -> int:
             # each process would stamp its own default folder name
             raise _usage("under torchrun, name the run directory with --out RUN_DIR (the same on every process)")
         out = Path(args.out) if args.out else _default_out(stem)
+    if args.threads is not None:  # as --set train.threads=N: config.toml records it
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, threads=args.threads))
     t0 = time.perf_counter()
     if not args.resume and (args.program_path or args.trust_run_code):
         raise _usage("--program-path and --trust-run-code are for --resume RUN_DIR (a config you train names its "
@@ -354,7 +359,7 @@ def _launch_train(args, cfg, out: Path) -> int:
 def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
-                         seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log,
+                         seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, threads=args.threads,
                          progress=False if args.quiet else None, **_run_code(args))
     if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
@@ -395,7 +400,8 @@ def _given_settings(args) -> dict:
 def cmd_diagnose(args) -> int:
     result, path = diagnose_runs(args.run_dirs, args.out, _given_settings(args),
                                  progress=False if args.quiet else None,
-                                 log=(lambda m: None) if args.quiet else _log, **_run_code(args))
+                                 log=(lambda m: None) if args.quiet else _log, threads=args.threads,
+                                 **_run_code(args))
     print(render_text(result))
     out = Path(args.out)
     print(f"diagnostics: {path}; draws (ArviZ, netCDF): {out}/<run>/q.nc, reference.nc")
@@ -406,7 +412,8 @@ def cmd_diagnose(args) -> int:
 def cmd_report(args) -> int:
     result, paths = report_runs(args.run_dirs, args.out, _given_settings(args),
                                 progress=False if args.quiet else None,
-                                log=(lambda m: None) if args.quiet else _log, **_run_code(args))
+                                log=(lambda m: None) if args.quiet else _log, threads=args.threads,
+                                **_run_code(args))
     print(render_text(result))
     print(f"report: {paths['html']} (self-contained), {paths['md']}, {paths['json']}")
     return 0
@@ -432,6 +439,8 @@ def _add_diagnose_options(c) -> None:
                    help="simulation-based calibration simulations; 0 skips it (default: 200)")
     c.add_argument("--seed", type=_seed, default=None, help="seed of the diagnostics' own random stream (default: 0)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    _add_threads_option(c, "auto", "; the local fits' and NUTS's tiny steps take one thread under auto "
+                        "(default: auto)")
     _add_run_code_options(c)
 
 
@@ -515,6 +524,23 @@ def _count_or_auto(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _threads(text: str):
+    value = parse_setting(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be {THREADS_RULE}, got {text!r}")
+    return value
+
+
+_THREADS_HELP = ("torch's intra-op threads: a count, or auto = one thread for small steps or a busy machine, else "
+                 "one per free core as the step's size pays for (OMP_NUM_THREADS or a count set before wins over "
+                 "auto; see the README's performance section)")
+
+
+def _add_threads_option(c, default, more: str = "") -> None:
+    c.add_argument("--threads", type=_threads, default=default, metavar="N|auto",
+                   help=f"{_THREADS_HELP}{more}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
 
@@ -540,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo); a previous run there is "
                    "replaced, and a folder holding files pyro_vae did not write is refused, never emptied")
     d.add_argument("--epochs", type=int, default=None, help="override the number of epochs (default: 80)")
+    _add_threads_option(d, "auto", " (default: auto)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model from a TOML config",
@@ -564,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with N processes on this machine, data-parallel (gloo on the CPU, one GPU each with "
                    "nccl), as 'torchrun --standalone --nproc-per-node N -m pyro_vae train ...' does; train.batch_size "
                    "must be divisible by N (default: one process)")
+    _add_threads_option(t, None, "; the same as --set train.threads=N (default: the config's train.threads, auto)")
     _add_run_code_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -587,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
                    "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
     e.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_threads_option(e, None, " (default: the run's train.threads)")
     _add_run_code_options(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import apply_overrides, config_from_dict
+from ..runtime.threads import ThreadSetting
 from ..store.folder import check_output_folder
 from .runs import Run
 from .pipeline import train
@@ -18,11 +20,13 @@ DEMO_CONFIG = {
 }
 
 
-def demo(out: os.PathLike, epochs: Optional[int] = None, *, log: Callable[[str], None]) -> Run:
-    """``pyro-vae demo``: :data:`DEMO_CONFIG` (``epochs`` of it, when given) trained into ``out``."""
+def demo(out: os.PathLike, epochs: Optional[int] = None, *, log: Callable[[str], None],
+         threads: ThreadSetting = "auto") -> Run:
+    """``pyro-vae demo``: :data:`DEMO_CONFIG` (``epochs`` of it, when given; ``threads`` as train.threads) trained
+    into ``out``."""
     cfg = config_from_dict(DEMO_CONFIG)
-    if epochs is not None:
-        cfg = config_from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={epochs}"]))
+    cfg = config_from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={epochs}"])) if epochs is not None else cfg
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, threads=threads))  # checked as the config is
     out = Path(out)
     check_output_folder(out, replace=True)  # before the first line of output: a refusal is the only line
     log(f"training the demo VAE ({DEMO_CONFIG['model']['latent_dim']}-d latent, Bernoulli likelihood) on "

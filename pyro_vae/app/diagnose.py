@@ -15,23 +15,30 @@ from ..diagnostics.run import check_reference_possible, diagnose
 from ..diagnostics.settings import DiagnoseSettings
 from ..errors import PyroVAEError
 from ..report.render import write_report
+from ..runtime.threads import ThreadSetting, check_setting, choose_threads, use_threads
 from .subjects import matches, subjects_from_runs
 
 
 def diagnose_runs(run_dirs: Sequence, out: os.PathLike, given: dict, *, progress: Optional[bool] = None,
-                  log: Callable[[str], None], program_path=None, trust_code: bool = False) -> Tuple[Diagnosis, Path]:
+                  log: Callable[[str], None], program_path=None, trust_code: bool = False,
+                  threads: ThreadSetting = "auto") -> Tuple[Diagnosis, Path]:
     """``pyro-vae diagnose``: the runs' diagnosis under ``given`` settings (the rest default), saved in ``out``;
-    returns it and its diagnostics.json."""
+    returns it and its diagnostics.json.  ``threads``: torch's thread count while it runs ("auto": the free
+    cores for the batched work, one thread for the local fits' and NUTS's tiny steps)."""
     settings = DiagnoseSettings(**given).check()
+    threads = check_setting(threads, "threads")
     out = diagnose_out(out, run_dirs)
-    return _diagnosed(run_dirs, out, settings, progress, log, program_path, trust_code)
+    return _diagnosed(run_dirs, out, settings, progress, log, program_path, trust_code, threads)
 
 
 def report_runs(run_dirs: Sequence, out: os.PathLike, given: dict, *, progress: Optional[bool] = None,
-                log: Callable[[str], None], program_path=None, trust_code: bool = False) -> Tuple[Diagnosis, Dict[str, Path]]:
+                log: Callable[[str], None], program_path=None, trust_code: bool = False,
+                threads: ThreadSetting = "auto") -> Tuple[Diagnosis, Dict[str, Path]]:
     """``pyro-vae report``: the runs' report in ``out``, from the diagnostics saved there when they are for the same
-    runs and settings, else from a new diagnosis; returns the diagnosis and the report's files."""
+    runs and settings, else from a new diagnosis (``threads`` as for :func:`diagnose_runs`); returns the diagnosis
+    and the report's files."""
     DiagnoseSettings(**given).check()
+    threads = check_setting(threads, "threads")
     out = diagnose_out(out, run_dirs)
     saved = _saved_json(out / "diagnostics.json")
     if saved is not None and matches(saved, run_dirs, given):
@@ -41,15 +48,19 @@ def report_runs(run_dirs: Sequence, out: os.PathLike, given: dict, *, progress: 
         if saved is not None:
             log(f"the diagnostics in {out} are for other runs or settings: computing them again")
         settings = DiagnoseSettings(**given).check()
-        result, _ = _diagnosed(run_dirs, out, settings, progress, log, program_path, trust_code)
+        result, _ = _diagnosed(run_dirs, out, settings, progress, log, program_path, trust_code, threads)
     return result, write_report(result, out, log=log)
 
 
-def _diagnosed(run_dirs, out: Path, settings: DiagnoseSettings, progress, log, program_path, trust_code):
+def _diagnosed(run_dirs, out: Path, settings: DiagnoseSettings, progress, log, program_path, trust_code,
+               threads: ThreadSetting = "auto"):
     subjects = subjects_from_runs(run_dirs, settings.points, program_path=program_path, trust_code=trust_code)
     check_reference_possible(subjects, settings)  # fail before anything is written
     _make_out(out)
-    result = diagnose(subjects, settings, progress=progress, log=log)
+    choice = choose_threads(threads, work=None, key="threads")  # the tiny steps: diagnostics/sizing.py
+    with use_threads(choice):
+        result = diagnose(subjects, settings, progress=progress, log=log)
+    log(choice.line())  # said once the diagnosis stands: a refusal on the way is the only line
     return result, result.save(out)
 
 

@@ -21,6 +21,7 @@ from ..evaluation.streaming import DEFAULT_BUDGET
 from ..models.protocol import model_device
 from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
+from ..runtime.threads import ThreadChoice, ThreadSetting, check_setting, choose_threads, use_threads
 from ..store.files import write_text_atomic
 from .runs import load_run, load_run_data
 
@@ -83,20 +84,23 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
                  prior_samples: Optional[int] = None, seed: int = 0, budget: Optional[int] = None,
                  per_point: Optional[os.PathLike] = None, log: Callable[[str], None],
                  program_path: Optional[os.PathLike] = None, trust_code: bool = False,
-                 progress: Optional[bool] = None) -> Optional[RunEvaluation]:
+                 progress: Optional[bool] = None, threads: Optional[ThreadSetting] = None) -> Optional[RunEvaluation]:
     """``pyro-vae evaluate``: a run's model on its test data (or the array file ``data``); nothing in the run changes.
 
     ``per_point``: a .csv file that gets one row of results per point.  ``progress``: as for training (progress.py:
-    a bar on a terminal, a line every 10 s elsewhere, False for none).  Under torchrun every process calls
+    a bar on a terminal, a line every 10 s elsewhere, False for none).  ``threads``: torch's thread count while
+    it evaluates ("auto" or a count; None: the run's ``train.threads``).  Under torchrun every process calls
     this and evaluates its block of the points (runtime/distributed.py); rank 0 gets the evaluation, the
     others None.
     """
+    if threads is not None:
+        threads = check_setting(threads, "threads")
     joined = not torch.distributed.is_initialized()
     try:
         with failures.claim_on_error():  # before the group closes under the other ranks
             group = distributed.init_from_env("auto")
             found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main,
-                                  log, program_path, trust_code, progress if group.is_main else False)
+                                  log, program_path, trust_code, progress if group.is_main else False, threads)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()
@@ -104,7 +108,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
 
 
 def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, report, log, program_path,
-                  trust_code, progress=None) -> RunEvaluation:
+                  trust_code, progress=None, threads=None) -> RunEvaluation:
     """:func:`evaluate_run` in one process; ``report`` False on the ranks of a torchrun job that do not report
     (they compute their share, and skip the class metrics and the file)."""
     per_point = Path(per_point) if per_point else None
@@ -124,11 +128,26 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
-    found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
-                           prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
+    choice = _threads(run, threads)
+    with use_threads(choice):
+        found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
+                               prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
+    if report:  # said once the evaluation stands: a count it refused is the only line
+        log(choice.line())
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     return found
+
+
+def _threads(run, threads: Optional[ThreadSetting]) -> ThreadChoice:
+    """The thread count evaluating ``run`` uses: ``threads`` when given, else the run's ``train.threads``.
+
+    Evaluation's work is batched large (draws x points), so under "auto" only the free cores bound the count.
+    """
+    key = "threads"
+    if threads is None:
+        key, threads = "train.threads", run.config.train.threads if run.config is not None else "auto"
+    return choose_threads(threads, work=None, device=model_device(run.model).type, key=key)
 
 
 def _data_file(model, path: os.PathLike):

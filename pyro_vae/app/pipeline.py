@@ -23,6 +23,7 @@ from ..figures import run as run_figures
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
 from ..runtime import distributed, failures
+from ..runtime.threads import ThreadChoice, use_threads
 from ..store.checkpoint import upgrade
 from ..store.files import write_text_atomic
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
@@ -31,6 +32,7 @@ from ..store.trust import RunCode, remember
 from ..training.batches import check_batch_size
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
+from .model_fit import fit_threads
 from .prepare import prepare
 from .runs import Run
 
@@ -98,15 +100,19 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         log(_resume_note(trainer.state.epoch, trainer.state.batch, cfg.train.epochs))
     start_epoch, start_batch = trainer.state.epoch, trainer.state.batch
     writes = out is not None and group.is_main
+    trainer.threads = _threads(model, cfg, data, payload)
+    trainer.meta["threads"] = trainer.threads.threads  # in every checkpoint: a resume under auto keeps it
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
+        held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
+        log(trainer.threads.line())  # once training stands: a failure on the way is the only line
         for m in model_modules(model):
             m.eval()
         found = _final_evaluation(model, data, cfg.evaluate.iw_samples, cfg.train.seed, progress, group.is_main, log)
-        metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history))
+        metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history), **trainer.threads.record())
         figures = None
         if writes:
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -151,6 +157,17 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
             None if data is None else batch.describe(data.test), out and out.resolve(), resume,
             None if payload is None else payload.get("train_state", {}).get("step")), failed)
     return cfg, data, model, payload
+
+
+def _threads(model, cfg: Config, data: Dataset, payload: Optional[dict]) -> ThreadChoice:
+    """The run's thread count (runtime/threads.py); a resumed run under auto keeps the count it trained with, since
+    another count can change the float sums of large products and an exact resume is promised."""
+    choice = fit_threads(model, cfg.train, batch.num_rows(data.train))
+    kept = (payload or {}).get("threads")
+    if choice.source == "auto" and isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1:
+        return ThreadChoice(kept, "auto", f"auto: {kept}, the count this run trained with, so that it resumes "
+                                          "bit for bit")
+    return choice
 
 
 def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> None:

@@ -31,6 +31,10 @@ NODE_ROLES = ("latent", "observed", "partial", "input")
 #: the largest size any one dimension may have (a layer width, a latent or data size, a level
 #: count); a larger number is a typo, and torch's own sizes must stay far below 2**63
 MAX_SIZE = 1 << 24
+#: the most intra-op threads a run may ask for: more is a typo (each is an OS thread)
+MAX_THREADS = 1024
+#: what a thread setting must be, as every message about one says it
+THREADS_RULE = f"'auto' or an integer in [1, {MAX_THREADS}] (a thread count such as 1)"
 #: seeds are in [0, 2**63): torch.manual_seed takes [0, 2**64), and derived seeds add small offsets
 SEED_LIMIT = 1 << 63
 
@@ -248,6 +252,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     # record each step's tensor ops once and replay them (training/capture.py): "auto" = built-in models
     capture: Literal["auto", "on", "off"] = "auto"
+    # torch's intra-op threads: "auto" = chosen per run from the step's size and the free cores (runtime/threads.py)
+    threads: Union[int, Literal["auto"]] = "auto"
 
     def __post_init__(self):
         validate_fields(self, "train")
@@ -317,6 +323,7 @@ RANGES = {
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "evaluate.iw_samples": (lambda v: isinstance(v, str) or 1 <= v <= MAX_SIZE,
                             lambda v: _TOO_BIG if v > MAX_SIZE else '>= 1, "auto" or "none"'),
+    "train.threads": (lambda v: v == "auto" or 1 <= v <= MAX_THREADS, THREADS_RULE),
 }
 
 

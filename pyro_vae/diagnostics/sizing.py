@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 
 from ..data import batch
+from ..runtime.threads import fixed_by_user
 from .settings import BUDGET
 
 __all__ = ["chunk_size", "few_threads"]
@@ -31,7 +32,8 @@ def few_threads(model, x: torch.Tensor, copies: int = 1):
     splitting those across threads only adds hand-offs, and on a machine whose
     cores are shared the hand-offs dominate (measured: 7x slower gradients with
     2 threads than with 1 on a busy 2-core box).  Large problems keep every
-    thread; the caller's setting is restored either way.
+    thread; so does a count the user set (runtime/threads.py); the caller's
+    setting is restored either way.
     """
     lik = getattr(model, "likelihood", None)
     width = max(int(getattr(lik, "out_features", 0) or 0), _data_width(x))
@@ -39,6 +41,7 @@ def few_threads(model, x: torch.Tensor, copies: int = 1):
         if isinstance(m, torch.nn.Linear):
             width = max(width, m.in_features, m.out_features)
     small = batch.reference(x).device.type == "cpu" and batch.num_rows(x) * copies * width <= 2**17
+    small = small and not fixed_by_user()
     old = torch.get_num_threads()
     if small:
         torch.set_num_threads(1)

@@ -141,6 +141,8 @@ class Trainer:
             raise PyroVAEError("cuda_graph=True needs train.device = 'cuda' (or 'auto' on a machine with a GPU)")
         #: extra entries saved in every checkpoint (the run's config, data shape, ...)
         self.meta: dict = {}
+        #: the thread count pv.fit / pv.train chose for this trainer's fit (runtime/threads.py); None: torch's own
+        self.threads = None
 
     # -- setup --------------------------------------------------------------
     @runs_own_model
