@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
@@ -87,7 +91,7 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
     bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
-    fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
+    fit = _Fit(lambda: _unflagged_loss(elbo, x, fit_model, guide),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
     # the step size decays 10x over the scheduled steps, so they settle instead of jittering
     fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
@@ -102,14 +106,21 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     return LocalFit(guide, fit.taken, converged, better)
 
 
+def _unflagged_loss(elbo, x, model, guide) -> torch.Tensor:
+    with guide.create_plates.unflagged():
+        return batch.call(elbo.differentiable_loss, x, model, guide)
+
+
 def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, family: str):
     """The per-point guide, its parameters built and started at the amortized q's means (and scales)."""
     init_vals = layout.site_tensors(q_mean)
     init = init_to_value(values=init_vals) if init_vals else init_to_median
     # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
     target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
-    guide = AutoDelta(target, init_loc_fn=init) if family == "delta" else AutoNormal(target, init_loc_fn=init,
-                                                                                       init_scale=0.1)
+    plates = _SizedPlates(batch.num_rows(x))
+    guide = (AutoDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
+             AutoNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
+    plates.guide = guide
     batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
@@ -121,6 +132,38 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint,
                                                         guide._event_dims[s]))
     return guide
+
+
+class _SizedPlates:
+    """An autoguide's ``create_plates``: a size for each plate the program opens without one.
+
+    Pyro's M2 example writes ``pyro.plate("data")``, whose size the tensors
+    decide.  An autoguide re-opens the model's plates at their recorded size,
+    which is then -1, and fails drawing a subsample of -1 elements.  The local
+    guide is fitted to the ``n`` rows it is given, so such a plate has ``n``.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.guide = None  # the autoguide, whose prototype trace records the plates
+
+    def __call__(self, *args, **kwargs):
+        frames = {f.name: f for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
+                  for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)}
+        return [pyro.plate(name, self.n, dim=f.dim) for name, f in frames.items()]
+
+    @contextmanager
+    def unflagged(self):
+        """Pyro's check of model against guide reads a plate sized here as the guide's own (the model's, without
+        a size, records no subsample site): that one warning is off inside, any other plate's stays on."""
+        names = sorted({f.name for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
+                        for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)})
+        with warnings.catch_warnings():
+            if names:
+                alternatives = "|".join(re.escape(repr(n)) for n in names)
+                warnings.filterwarnings("ignore", message=rf"Found plate statements in guide but not model: "
+                                                          rf"\{{(?:(?:{alternatives})(?:, )?)+\}}\Z")
+            yield
 
 
 class _Fit:
