@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import ProgramSpec
 from ..data.sizes import check_fits
 from ..data.sources import load_data
 from ..errors import PyroVAEError
@@ -67,11 +68,14 @@ def _draws(run, n: int, seed: int, given: dict, named: bool) -> torch.Tensor:
             _, xs = run.model.sample(n)
         return xs
     check_fits(4 * n * run.data_dim * 4, f"-n {n} samples", "lower -n")  # two placeholders, two draws
-    observed, rows = None, None
-    if named:
+    observed, rows, template = None, None, None
+    if named or isinstance(getattr(run.config, "model", None), ProgramSpec):
         data = load_data(run.config.data, data_likelihood(run.config.model))
-        observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
-    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows)
+        # real rows to trace on: a count likelihood takes each row's number of trials from them
+        template = data.test_x
+        if named:
+            observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
+    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, template=template)
 
 
 def given_values(items: Sequence[str]) -> dict:
