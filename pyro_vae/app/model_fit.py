@@ -10,7 +10,9 @@ import contextlib
 from typing import Optional
 
 from ..config import TrainConfig
+from ..data import batch
 from ..evaluation.memory import test_elbo_with_retry
+from ..models.pair import as_model
 from ..store.folder import fit_folder
 from ..training.callbacks import set_default_test_elbo
 from ..training.trainer import Trainer
@@ -22,10 +24,23 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
         progress: Optional[bool] = None, binarize: str = "none", validation: str = "auto") -> Trainer:
     """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve).
 
+    ``model``: an object with ``model``, ``guide``, ``latent_sites`` and ``obs_site`` (a built model, or a
+    program of your own), or a ``(model, guide)`` pair of Pyro functions, as ``pyro.infer.SVI`` takes them.
+    A pair's observed site (the one that scores the data) and latents (the guide's continuous sample sites) are
+    read off one trace on the first rows, and its parameters are the ones its functions register with
+    ``pyro.param`` / ``pyro.module`` in Pyro's global param store, as under ``SVI``: a second fit goes on from
+    them.  ``trainer.model`` is the pair as a model object (models/pair.py's ``FunctionPair``), for
+    :func:`~pyro_vae.diagnose` and the rest; :func:`~pyro_vae.evaluate` takes the pair itself too.
+
+    ``train_x`` / ``test_x``: tensors or NumPy arrays of rows, or mappings of named ones (``{"xs": images,
+    "ys": labels}`` for ``model(xs, ys=None)``; for a pair, the first array holds the observations).
+
     ``run_dir``: checkpoint.pt and history.csv go there; a previous run in it is replaced (only files this
     library wrote are removed).  ``validation``: as for :class:`Trainer` ("first" vouches for the data of a
     model whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).
     """
+    train_x, test_x = batch.from_numpy(train_x, "train_x"), batch.from_numpy(test_x, "test_x")
+    model = as_model(model, train_x)
     trainer = Trainer(model, config, run_dir=run_dir, test_elbo=test_elbo_with_retry, progress=progress,
                       validation=validation)
     # run_dir is checked and created before any training, not when the first checkpoint is written
