@@ -442,3 +442,53 @@ def test_every_public_class_function_and_method_has_a_docstring():
 
     doc = _own_doc(pv.TrainConfig)
     assert all(f"``{f.name}``" in doc for f in dataclasses.fields(pv.TrainConfig))
+
+
+# -- the README's own program, as shipped ---------------------------------------------------------------
+
+
+def _readme_blocks(after: str):
+    """The README's fenced blocks (language, text) that follow the paragraph holding ``after``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rest = text[text.index(after):]
+    return re.findall(r"```(\w+)\n(.*?)```", rest, re.S)
+
+
+def test_the_readmes_own_program_ships_in_examples_and_runs_as_the_readme_says(tmp_path, monkeypatch, capsys):
+    import shutil
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "examples" / "own_program"
+    (lang, toml), (shell, commands) = _readme_blocks("This example ships in `examples/own_program/`")[:2]
+    assert (lang, shell) == ("toml", "bash")
+    assert toml == (shipped / "cvae.toml").read_text()  # the README shows the file as it is
+    folder = tmp_path / "own_program"
+    shutil.copytree(shipped, folder, ignore=shutil.ignore_patterns("digits.npz", "runs", "__pycache__"))
+    monkeypatch.chdir(folder)
+    # what each command adds to be brief: fewer epochs and draws, a diagnosis of 3 points
+    brief = {"train": ["--set", "train.epochs=2", "--iw-samples", "5", "--quiet"], "sample": [],
+             "evaluate": ["--iw-samples", "5"], "diagnose": DIAGNOSE_FAST}
+    ran = []
+    for line in commands.strip().splitlines():
+        for command in line.split("#")[0].split("&&"):
+            words = shlex.split(command)
+            if words[0] == "cd":
+                assert Path(words[1]).name == folder.name  # the README's folder is the copy's
+            elif words[0] == "python3":
+                subprocess.run([sys.executable, *words[1:]], check=True, capture_output=True)
+            else:
+                assert words[0] == "pyro-vae", line
+                assert main(words[1:] + brief[words[1]]) == 0, (command, capsys.readouterr().err)
+                ran.append(words[1])
+    assert ran == ["train", "sample", "evaluate", "diagnose"]
+    samples = np.load(folder / "runs" / "cvae" / "samples-seed0.npy")
+    assert samples.shape == (64, 64) and set(np.unique(samples)) <= {0.0, 1.0}
+    assert (folder / "runs" / "cvae-report" / "diagnostics.json").is_file()
+    # the program it ran is the shipped one, with the README's [model.args]
+    config = (folder / "runs" / "cvae" / "config.toml").read_text()
+    assert 'program = "my_models:CVAE"' in config and "hidden = 64" in config
