@@ -148,6 +148,7 @@ def _claim(out: Path, cfg: Config, resume: bool, overwrite: bool):
     files, and the resolved config written (a program's source recorded as trained from by this user)."""
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    unmade = False
     try:
         with RunLock(out):
             if not resume:
@@ -157,16 +158,19 @@ def _claim(out: Path, cfg: Config, resume: bool, overwrite: bool):
             write_text_atomic(out / "config.toml", cfg.to_toml())
             if isinstance(cfg.model, ProgramSpec):
                 remember(cfg.model.program_file, cfg.model.program_sha256)
-            yield
-    except PyroVAEError:
-        # an error before the first checkpoint leaves no run to resume: the files it wrote would only make the
-        # retry refuse the folder ("already holds a run")
-        if not resume and not (out / "checkpoint.pt").exists():
-            remove_run_files(out)
-            if made:
-                with contextlib.suppress(OSError):
-                    out.rmdir()  # only when empty: nothing else was put there meanwhile
-        raise
+            try:
+                yield
+            except PyroVAEError:
+                # an error before the first checkpoint leaves no run to resume: the files this run wrote (under
+                # its lock) would only make the retry refuse the folder ("already holds a run")
+                if not resume and not (out / "checkpoint.pt").exists():
+                    remove_run_files(out)
+                    unmade = made
+                raise
+    finally:
+        if unmade:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: nothing else was put there meanwhile
 
 
 def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, reports: bool, log) -> RunEvaluation:

@@ -63,8 +63,8 @@ def as_model(obj, data):
     if not is_pair(obj):
         return obj
     model, guide = obj
-    if not batch.is_named(data) and not torch.is_tensor(data):
-        raise PyroVAEError(f"the data are a {type(data).__name__}: give a tensor or numpy array of rows, or a mapping "
+    if not batch.is_named(data) and not hasattr(data, "shape"):
+        raise PyroVAEError(f"the data are a {type(data).__name__}: give a tensor or NumPy array of rows, or a mapping "
                            "of named arrays")
     g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # rows with every array present
     few = batch.without(batch.rows(data, g["rows"][:_TRACE_ROWS]), g["absent"])
