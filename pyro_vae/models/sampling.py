@@ -10,7 +10,7 @@ A count likelihood (multinomial, binomial) takes its number of trials from the
 data, as a topic model reads each document's length off its row: such a
 program draws x ~ p(x | each row's total) on rows of real data (placeholders
 of zeros would ask for zero trials), and is refused when it reads more of a
-row than its total (the draws change when each row's columns are shuffled).
+row than its total (the draws change when each row's columns are rotated).
 """
 
 from __future__ import annotations
