@@ -91,12 +91,13 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
     bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
-    fit = _Fit(lambda: _unflagged_loss(elbo, x, fit_model, guide),
+    fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
-    # the step size decays 10x over the scheduled steps, so they settle instead of jittering
-    fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
     check = _Check(model, guide, x, layout, settings, family == "delta")
-    converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
+    with guide.create_plates.unflagged():
+        # the step size decays 10x over the scheduled steps, so they settle instead of jittering
+        fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
+        converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
     if bar is not None:
         bar.close()
     # per point, whether the fit beats the amortized q on draws that neither trained nor will score it:
@@ -104,11 +105,6 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     amortized = _Check(model, model.guide, x, layout, settings, family == "delta")
     better = (check.per_point() - amortized.per_point()).mean(0) > 0
     return LocalFit(guide, fit.taken, converged, better)
-
-
-def _unflagged_loss(elbo, x, model, guide) -> torch.Tensor:
-    with guide.create_plates.unflagged():
-        return batch.call(elbo.differentiable_loss, x, model, guide)
 
 
 def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, family: str):
@@ -147,22 +143,26 @@ class _SizedPlates:
         self.n = n
         self.guide = None  # the autoguide, whose prototype trace records the plates
 
+    def sizeless(self) -> dict:
+        """{name: frame} of the plates the program opens without a size, from the guide's prototype trace."""
+        return {f.name: f for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
+                for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)}
+
     def __call__(self, *args, **kwargs):
-        frames = {f.name: f for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
-                  for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)}
-        return [pyro.plate(name, self.n, dim=f.dim) for name, f in frames.items()]
+        return [pyro.plate(name, self.n, dim=f.dim) for name, f in self.sizeless().items()]
 
     @contextmanager
     def unflagged(self):
         """Pyro's check of model against guide reads a plate sized here as the guide's own (the model's, without
         a size, records no subsample site): that one warning is off inside, any other plate's stays on."""
-        names = sorted({f.name for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
-                        for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)})
+        names = sorted(self.sizeless())
+        if not names:  # every plate has its size: nothing to unflag, the warning filters stay as they are
+            yield
+            return
+        alternatives = "|".join(re.escape(repr(n)) for n in names)
         with warnings.catch_warnings():
-            if names:
-                alternatives = "|".join(re.escape(repr(n)) for n in names)
-                warnings.filterwarnings("ignore", message=rf"Found plate statements in guide but not model: "
-                                                          rf"\{{(?:(?:{alternatives})(?:, )?)+\}}\Z")
+            warnings.filterwarnings("ignore", message=rf"Found plate statements in guide but not model: "
+                                                      rf"\{{(?:(?:{alternatives})(?:, )?)+\}}\Z")
             yield
 
 
