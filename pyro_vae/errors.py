@@ -46,6 +46,7 @@ class TrainingInterrupted(Exception):
 
     @property
     def exit_code(self) -> int:
+        """The process's exit status: 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
         return 128 + self.signum
 
 

@@ -14,6 +14,7 @@ from ..data import batch
 from ..evaluation.memory import test_elbo_with_retry
 from ..models.protocol import model_modules
 from ..runtime.threads import ThreadChoice, choose_threads, step_work, use_threads
+from ..models.pair import as_model
 from ..store.folder import fit_folder
 from ..training.callbacks import set_default_test_elbo
 from ..training.trainer import Trainer, resolve_device
@@ -26,6 +27,17 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
         log: Optional[Callable[[str], None]] = None) -> Trainer:
     """Train ``model`` on ``train_x`` and return the :class:`Trainer` (its ``state.history`` holds the curve).
 
+    ``model``: an object with ``model``, ``guide``, ``latent_sites`` and ``obs_site`` (a built model, or a
+    program of your own), or a ``(model, guide)`` pair of Pyro functions, as ``pyro.infer.SVI`` takes them.
+    A pair's observed site (the one that scores the data) and latents (the guide's continuous sample sites) are
+    read off one trace on the first rows, and its parameters are the ones its functions register with
+    ``pyro.param`` / ``pyro.module`` in Pyro's global param store, as under ``SVI``: a second fit goes on from
+    them.  ``trainer.model`` is the pair as a model object (models/pair.py's ``FunctionPair``), for
+    :func:`~pyro_vae.diagnose` and the rest; :func:`~pyro_vae.evaluate` takes the pair itself too.
+
+    ``train_x`` / ``test_x``: tensors or NumPy arrays of rows, or mappings of named ones (``{"xs": images,
+    "ys": labels}`` for ``model(xs, ys=None)``; for a pair, the first array holds the observations).
+
     ``run_dir``: checkpoint.pt and history.csv go there; a previous run in it is replaced (only files this
     library wrote are removed).  ``validation``: as for :class:`Trainer` ("first" vouches for the data of a
     model whose likelihood cannot check it up front, which also lets ``capture = "on"`` record it).  ``log``
@@ -33,6 +45,8 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
     torch's thread count follows ``config.threads`` while it trains (:func:`fit_threads`; the choice is the
     trainer's ``threads``), and is the caller's again after.
     """
+    train_x, test_x = batch.from_numpy(train_x, "train_x"), batch.from_numpy(test_x, "test_x")
+    model = as_model(model, train_x)
     trainer = Trainer(model, config, run_dir=run_dir, test_elbo=test_elbo_with_retry, progress=progress,
                       validation=validation, log=log)
     # run_dir is checked and created before any training, not when the first checkpoint is written

@@ -19,6 +19,7 @@ from ..data import batch
 from ..data.arrays import Dataset
 from ..errors import PyroVAEError
 from ..evaluation.memory import test_elbo_with_retry
+from ..infer.sites import observed_name
 from ..figures import run as run_figures
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
@@ -29,7 +30,7 @@ from ..store.files import write_text_atomic
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
 from ..store.lock import RunLock
 from ..store.trust import RunCode, remember
-from ..training.batches import check_batch_size
+from ..training.batches import check_arrays, check_batch_size
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
 from .model_fit import fit_threads
@@ -142,6 +143,8 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
         if payload is not None:
             _check_resumable(payload, out, cfg, data)
         check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
+        # the fit's own checks of the arrays, now: found once the folder is made, they would leave it behind
+        check_arrays(model, data.train, density_data(model, data.test), observed_name(model, data.train))
         distributed.check_batches(cfg.train.batch_size, [len(g["rows"]) for g in batch.groups(data.train)], group)
         if out is not None and not resume:
             check_output_folder(out, replace=overwrite)
@@ -188,16 +191,31 @@ def _check_resumable(payload: dict, out: Path, cfg: Config, data: Dataset) -> No
 def _claim(out: Path, cfg: Config, resume: bool, overwrite: bool):
     """The run folder, made and locked while the run trains: a fresh run's folder emptied of a previous run's
     files, and the resolved config written (a program's source recorded as trained from by this user)."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        if not resume:
-            # checked again under the lock: another process may have written here since
-            check_output_folder(out, replace=overwrite)
-            remove_run_files(out)
-        write_text_atomic(out / "config.toml", cfg.to_toml())
-        if isinstance(cfg.model, ProgramSpec):
-            remember(cfg.model.program_file, cfg.model.program_sha256)
-        yield
+    unmade = False
+    try:
+        with RunLock(out):
+            if not resume:
+                # checked again under the lock: another process may have written here since
+                check_output_folder(out, replace=overwrite)
+                remove_run_files(out)
+            write_text_atomic(out / "config.toml", cfg.to_toml())
+            if isinstance(cfg.model, ProgramSpec):
+                remember(cfg.model.program_file, cfg.model.program_sha256)
+            try:
+                yield
+            except PyroVAEError:
+                # an error before the first checkpoint leaves no run to resume: the files this run wrote (under
+                # its lock) would only make the retry refuse the folder ("already holds a run")
+                if not resume and not (out / "checkpoint.pt").exists():
+                    remove_run_files(out)
+                    unmade = made
+                raise
+    finally:
+        if unmade:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: nothing else was put there meanwhile
 
 
 def _resolved_evaluation(cfg: Config, num_test: int) -> Config:

@@ -23,6 +23,8 @@ from .prepare import build, data_likelihood
 
 @dataclass
 class Run:
+    """A trained run: its folder, config, model (in eval mode after loading), data, curve, metrics and plots."""
+
     run_dir: Optional[Path]
     config: Optional[Config]  # None for a run pv.fit wrote from Python (no config.toml)
     model: object

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import ProgramSpec
 from ..data.sizes import check_fits
 from ..data.sources import load_data
 from ..errors import PyroVAEError
@@ -79,13 +80,14 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
     if values and not named:
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
-    data = load_data(run.config.data, data_likelihood(run.config.model)) if named else None
-    if data is not None:
+    program = isinstance(getattr(run.config, "model", None), ProgramSpec)
+    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or program else None
+    if named:
         check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
     slug = f"-{given_slug(values)}" if values else ""
     default = f"samples{slug}-seed{seed}.{'png' if run.image_shape else 'npy'}"
     out = _checked_out(Path(out) if out else Path(run_dir) / default, default, run.image_shape)
-    xs = _draws(run, n, seed, values, data, draws)
+    xs = _draws(run, n, seed, values, data, named, draws)
     arr = xs.cpu().numpy()
     title = samples_title(n, run.model.obs_site, values, draws)
     if out.suffix.lower() == ".png":
@@ -109,7 +111,7 @@ def _checked_out(out: Path, default: str, image_shape) -> Path:
     return out
 
 
-def _draws(run, n: int, seed: int, given: dict, data, draws: bool) -> torch.Tensor:
+def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool) -> torch.Tensor:
     """A one-latent model's decoded prior draws; else its program traced unconditioned on n rows, the given
     arrays held at their values (means of the observed site, or its draws)."""
     if getattr(run.model, "one_latent", None) and not given and not draws:
@@ -120,7 +122,11 @@ def _draws(run, n: int, seed: int, given: dict, data, draws: bool) -> torch.Tens
             _, xs = run.model.sample(n)
         return xs
     check_fits(4 * n * run.data_dim * 4, f"-n {n} samples", "lower -n")  # two placeholders, two draws
-    observed, rows = None, None
+    observed, rows, template = None, None, None
     if data is not None:
-        observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
-    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, mean=not draws)
+        # real rows to trace on: a count likelihood takes each row's number of trials from them
+        template = data.test_x
+        if named:
+            observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
+    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, mean=not draws,
+                            template=template)

@@ -21,11 +21,14 @@ class Config:
     evaluate: EvalConfig = EvalConfig()
 
     def replace(self, **sections) -> "Config":
+        """A copy with the given sections (``data=``, ``model=``, ``train=``) replaced."""
         return dataclasses.replace(self, **sections)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The config as plain values, section by section (what ``config.toml`` holds)."""
         return {"data": to_plain(self.data), "model": spec_to_dict(self.model), "train": to_plain(self.train),
                 "evaluate": to_plain(self.evaluate)}
 
     def to_toml(self) -> str:
+        """The config as TOML text, every default filled in (a run folder's ``config.toml``)."""
         return dump_toml(self.to_dict())

@@ -235,8 +235,29 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: the objective (a name in infer/objectives.py's registry), the optimizer, the schedule, the
-    checkpoints, and what a non-finite step does (the README's TOML section lists every key)."""
+    """How to train: the objective, the optimizer, the schedule, the checkpoints, and what a non-finite step does.
+
+    The ``[train]`` section of a TOML file; every key is checked when the config is made (a wrong type or
+    range is a one-line error naming ``train.KEY``).  The keys:
+
+    - ``elbo``: the objective, a name in ``pv.OBJECTIVES``: ``"trace"`` (Pyro's ``Trace_ELBO``), ``"meanfield"``
+      (``TraceMeanField_ELBO``: analytic KL where that is exact), ``"iwae"`` (the importance-weighted bound,
+      ``RenyiELBO`` with alpha 0) or ``"enum"`` (``TraceEnum_ELBO``: a guide's discrete sites summed out).
+    - ``num_particles``: samples per data point in each step (K, for ``"iwae"``).
+    - ``epochs``: passes over the training data (a resumed run trains up to this many in all).
+    - ``batch_size``: rows per step.
+    - ``lr``: Adam's step size.
+    - ``seed``: seeds parameter initialisation, the data order and the model's draws.
+    - ``device``: ``"auto"`` (CUDA when there is one), ``"cpu"`` or ``"cuda"``.
+    - ``beta``: the weight of the latent sites' terms (the KL weight of a beta-VAE).
+    - ``kl_warmup_epochs``: epochs over which that weight rises linearly from 0 to ``beta`` (0: none).
+    - ``on_nonfinite``: what a NaN/Inf loss or gradient does: ``"raise"`` (save the last good state and stop),
+      ``"skip"`` (drop that batch) or ``"rollback"`` (back to the start of the epoch).
+    - ``eval_every``: epochs between test-ELBO evaluations.
+    - ``checkpoint_every``: epochs between checkpoints.
+    - ``capture``: ``"auto"``, ``"on"`` or ``"off"``: record one step's tensor ops once and replay them
+      (``"auto"``: built-in models).
+    """
 
     elbo: str = "auto"  # meanfield where every analytic KL is exact, else trace (enum for discrete latents)
     num_particles: int = 1

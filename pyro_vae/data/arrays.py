@@ -56,14 +56,17 @@ class Dataset:
 
     @property
     def test_x(self) -> torch.Tensor:
+        """The test observations (the whole test data unless it is named arrays)."""
         return self.test[self.observed] if self.observed is not None else self.test
 
     @property
     def dim(self) -> int:
+        """The observations' number of columns."""
         return self.train_x.shape[1]
 
     @property
     def is_image(self) -> bool:
+        """Whether the rows are images (``image_shape`` is known)."""
         return self.image_shape is not None
 
 

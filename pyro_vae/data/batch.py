@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import PyroVAEError
@@ -36,6 +37,26 @@ def call(fn: Callable, data: Data, *args, **kwargs):
     if is_named(data):
         return fn(*args, **data, **kwargs)
     return fn(*args, data, **kwargs)
+
+
+def from_numpy(data, what: str = "the data"):
+    """NumPy arrays (one, or a mapping of them) as tensors; anything else as it is.
+
+    Floating arrays come in torch's default dtype (float32: NumPy's float64 is only NumPy's default, and a
+    program's networks are float32), integer labels stay integers.  An array of objects or strings is a
+    one-line error naming ``what``.
+    """
+    def convert(v, label):
+        if not isinstance(v, np.ndarray):
+            return v
+        if v.dtype.kind not in "biuf":
+            raise PyroVAEError(f"{label} is a NumPy array of {v.dtype} values, not numbers: give numeric arrays")
+        v = np.ascontiguousarray(v)
+        t = torch.from_numpy(v if v.flags.writeable else v.copy())  # torch warns on read-only memory
+        return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+    if is_named(data):
+        return {k: convert(v, f"{what}[{k!r}]") for k, v in data.items()}
+    return convert(data, what)
 
 
 def tensors(data: Data) -> List[torch.Tensor]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
@@ -89,10 +93,11 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
     fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
-    # the step size decays 10x over the scheduled steps, so they settle instead of jittering
-    fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
     check = _Check(model, guide, x, layout, settings, family == "delta")
-    converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
+    with guide.create_plates.unflagged():
+        # the step size decays 10x over the scheduled steps, so they settle instead of jittering
+        fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
+        converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
     if bar is not None:
         bar.close()
     # per point, whether the fit beats the amortized q on draws that neither trained nor will score it:
@@ -108,8 +113,10 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
     init = init_to_value(values=init_vals) if init_vals else init_to_median
     # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
     target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
-    guide = AutoDelta(target, init_loc_fn=init) if family == "delta" else AutoNormal(target, init_loc_fn=init,
-                                                                                       init_scale=0.1)
+    plates = _SizedPlates(batch.num_rows(x))
+    guide = (AutoDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
+             AutoNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
+    plates.guide = guide
     batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
@@ -121,6 +128,42 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint,
                                                         guide._event_dims[s]))
     return guide
+
+
+class _SizedPlates:
+    """An autoguide's ``create_plates``: a size for each plate the program opens without one.
+
+    Pyro's M2 example writes ``pyro.plate("data")``, whose size the tensors
+    decide.  An autoguide re-opens the model's plates at their recorded size,
+    which is then -1, and fails drawing a subsample of -1 elements.  The local
+    guide is fitted to the ``n`` rows it is given, so such a plate has ``n``.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.guide = None  # the autoguide, whose prototype trace records the plates
+
+    def sizeless(self) -> dict:
+        """{name: frame} of the plates the program opens without a size, from the guide's prototype trace."""
+        return {f.name: f for site in self.guide.prototype_trace.nodes.values() if site["type"] == "sample"
+                for f in site["cond_indep_stack"] if f.vectorized and (f.size is None or f.size < 0)}
+
+    def __call__(self, *args, **kwargs):
+        return [pyro.plate(name, self.n, dim=f.dim) for name, f in self.sizeless().items()]
+
+    @contextmanager
+    def unflagged(self):
+        """Pyro's check of model against guide reads a plate sized here as the guide's own (the model's, without
+        a size, records no subsample site): that one warning is off inside, any other plate's stays on."""
+        names = sorted(self.sizeless())
+        if not names:  # every plate has its size: nothing to unflag, the warning filters stay as they are
+            yield
+            return
+        alternatives = "|".join(re.escape(repr(n)) for n in names)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=rf"Found plate statements in guide but not model: "
+                                                      rf"\{{(?:(?:{alternatives})(?:, )?)+\}}\Z")
+            yield
 
 
 class _Fit:

@@ -389,12 +389,14 @@ class Diagnosis:
     arviz: str = ""  # the ArviZ version the diagnosis was computed with ("" if not recorded)
 
     def to_json(self) -> dict:
+        """The diagnosis as JSON-ready values (what ``diagnostics.json`` holds)."""
         return {"format": FORMAT, "created": self.created, "arviz": self.arviz,
                 "settings": dataclasses.asdict(self.settings), "runs": [r.to_json() for r in self.runs],
                 "warnings": list(self.warnings)}
 
     @classmethod
     def from_json(cls, raw: dict) -> "Diagnosis":
+        """A diagnosis read back from :meth:`to_json`'s values."""
         known = {f.name for f in dataclasses.fields(DiagnoseSettings)}
         settings = DiagnoseSettings(**{k: v for k, v in raw["settings"].items() if k in known})
         return cls(settings, [RunDiagnosis.from_json(r) for r in raw["runs"]], raw.get("warnings", []),

@@ -41,6 +41,7 @@ class DiagnoseSettings:
     seed: int = 0
 
     def check(self) -> "DiagnoseSettings":
+        """The settings themselves, once every count and rate is in range (else a one-line error naming the flag)."""
         if self.reference not in REFERENCES:
             raise PyroVAEError(f"reference {self.reference!r} is not valid: use one of {', '.join(REFERENCES)}")
         # (lowest, highest): the highest keeps a typo from asking for days of work or more memory than exists

@@ -65,6 +65,7 @@ from ..infer.rng import isolated_rng
 from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
 from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
                            point_densities, site_matrix, site_sum)
+from ..models.pair import takes_pairs
 from ..models.params import runs_model
 from ..models.protocol import eval_mode, model_dtype, model_modules, check_protocol, model_device
 from ..progress import progress_bar
@@ -240,6 +241,7 @@ def _check_count(name: str, value, allow_none: bool) -> None:
         raise PyroVAEError(f"{name} = {value} is more than {MAX_SAMPLES:,} draws a point: pass a smaller count")
 
 
+@takes_pairs
 @runs_model()
 @torch.no_grad()
 def evaluate_points(
@@ -257,6 +259,9 @@ def evaluate_points(
     shard: Optional[bool] = None,
 ) -> PointwiseEvaluation:
     """Evaluate ``model`` on the rows of ``x``, keeping every per-point result.
+
+    ``model``: a model object, or a (model, guide) pair of Pyro functions as :func:`~pyro_vae.fit` takes it;
+    ``x``: tensors or NumPy arrays (one, or a mapping of named ones).
 
     ``iw_samples`` (K) draws from the guide per point give the importance
     sampled log p(x) and the ELBO; with ``iw_samples=None`` (or a point-mass

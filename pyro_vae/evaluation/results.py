@@ -77,6 +77,7 @@ class PointwiseEvaluation:
 
     @property
     def num_points(self) -> int:
+        """How many points were evaluated."""
         return int(self.elbo.shape[0])
 
     def posterior_mean_variance(self) -> torch.Tensor:

@@ -31,6 +31,8 @@ from torch.distributions import biject_to, constraints, transform_to
 from ..data import batch
 from ..data.batch import call
 from ..errors import PyroVAEError
+from .modules import eval_mode
+from .probe import first_line, likely_cause
 from .rng import forked_rng
 
 PARTICLE_PLATE = "_particles"
@@ -268,27 +270,36 @@ def point_densities(gtr, mtr, layout: Plates, k: int, b: int, dtype: Optional[to
 
 @torch.no_grad()
 def array_sites(model, data) -> Dict[str, str]:
-    """{array name: sample site} for the named arrays the model observes, found by identity in one trace on one row.
+    """{array name: sample site} for the named arrays the model observes, found by identity in one trace on two rows.
 
     Pyro's M2 example observes site "x" with its argument ``xs``, so names
     alone cannot say which array a site scores.  Arrays that are only inputs
-    to networks (a conditional VAE's label) map to nothing.
+    to networks (a conditional VAE's label) map to nothing.  The program runs
+    in eval mode (a batch norm takes one row then, and its statistics stay as
+    they are); a program that fails even so is reported with its own error
+    when the observations cannot be found by name.
     """
     if not batch.is_named(data):
         return {}
-    g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # a row with every array present
-    one = batch.without(batch.rows(data, g["rows"][:1]), g["absent"])
+    g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # rows with every array present
+    few = batch.without(batch.rows(data, g["rows"][:2]), g["absent"])
     try:
-        with forked_rng(batch.reference(one).device), pyro.validation_enabled(False):
-            tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, one)
-    except Exception:  # the model's own failure is reported where it is run in earnest
-        return {k: k for k in data if k == model.obs_site}
+        with forked_rng(batch.reference(few).device), pyro.validation_enabled(False), eval_mode(model):
+            tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, few)
+    except PyroVAEError:
+        raise
+    except Exception as e:
+        if model.obs_site in data:  # found by name: the failure is reported where the program runs in earnest
+            return {model.obs_site: model.obs_site}
+        raise PyroVAEError(f"{type(model).__name__}'s model fails on the first rows of the data ({type(e).__name__}: "
+                           f"{first_line(e)[:300]}), so the array its site {model.obs_site!r} observes cannot be "
+                           f"found: {likely_cause(e)}") from None
     out = {}
     for site_name, site in tr.nodes.items():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
         v = site["value"]
-        for name, t in one.items():
+        for name, t in few.items():
             if v is t or (torch.is_tensor(v) and v.shape == t.shape and v.data_ptr() == t.data_ptr()):
                 out[name] = site_name
     return out

@@ -133,7 +133,18 @@ def _publish(state: dict) -> None:
 
 @contextlib.contextmanager
 def model_params(model):
-    """Run ``model``'s program inside its own parameter scope (re-entrant; see the module docstring)."""
+    """Run ``model``'s program inside its own parameter scope (re-entrant; see the module docstring).
+
+    A model marked ``global_params`` (a (model, guide) pair of functions, models/pair.py) runs on Pyro's global
+    store itself, as under ``SVI``; checkpoint values still reach its parameters as the program makes them.
+    """
+    if getattr(model, "global_params", False):
+        scope = scope_of(model)
+        _apply_pending(scope)
+        with _Restore(scope) if scope.pending else contextlib.nullcontext():
+            yield
+        _apply_pending(scope)
+        return
     if _ACTIVE and (_ACTIVE[-1] is model or _known(model) is None):
         # the same model again, or an object met first inside a scope (a diagnosis's wrapper of the
         # model's program with another guide): it runs on the parameters already in the store

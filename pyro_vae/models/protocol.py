@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, List, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from ..errors import PyroVAEError
+# where the library looks at a program (infer/) finds its modules the same way: the names stay importable here
+from ..infer.modules import eval_mode, model_modules  # noqa: F401
 
 
 @runtime_checkable
@@ -17,27 +18,22 @@ class LatentModel(Protocol):
     latent_sites: Sequence[str]
     obs_site: str
 
-    def model(self, x, *args: Any, **kwargs: Any) -> Any: ...
+    def model(self, x, *args: Any, **kwargs: Any) -> Any:
+        """The generative program p(x, z): the observations at ``obs_site``, inside ``pyro.plate("data")``."""
 
-    def guide(self, x, *args: Any, **kwargs: Any) -> Any: ...
+    def guide(self, x, *args: Any, **kwargs: Any) -> Any:
+        """The variational program q(z | x): a sample site for each of ``latent_sites``, in the same plate."""
 
 
 
 def check_protocol(obj) -> None:
+    """Refuse, in one line, an object that lacks what :class:`LatentModel` asks for."""
     missing = [a for a in ("model", "guide", "latent_sites", "obs_site") if not hasattr(obj, a)]
     if missing:
         raise PyroVAEError(
             f"{type(obj).__name__} is not a latent-variable model: it lacks {', '.join(missing)}; "
             "give it model(x), guide(x), latent_sites and obs_site (see examples/custom_model.py)"
         )
-
-
-def model_modules(model) -> List[torch.nn.Module]:
-    """The model itself if it is a Module, else the Modules it holds as attributes."""
-    if isinstance(model, torch.nn.Module):
-        return [model]
-    return [v for v in vars(model).values() if isinstance(v, torch.nn.Module)] if hasattr(model, "__dict__") else []
-
 
 
 def _tensors(model):
@@ -61,18 +57,3 @@ def model_dtype(model, x) -> torch.dtype:
             return t.dtype
     x = torch.as_tensor(x)
     return x.dtype if x.is_floating_point() else torch.float32
-
-
-
-@contextmanager
-def eval_mode(model):
-    """Every Module in eval mode (dropout off, batch-norm statistics frozen), modes restored after."""
-    saved = [(m, m.training) for top in model_modules(model) for m in top.modules()]
-    try:
-        for m, _ in saved:
-            m.training = False
-        yield
-    finally:
-        for m, mode in saved:
-            m.training = mode
-

@@ -5,6 +5,12 @@ so tracing ``poutine.uncondition(model)`` on n placeholder rows draws n
 samples x ~ p(x).  A program that reads the values of ``x`` (a conditional
 model) would draw from something else; it is traced on two different
 placeholders with the same random numbers, and refused when they disagree.
+
+A count likelihood (multinomial, binomial) takes its number of trials from the
+data, as a topic model reads each document's length off its row: such a
+program draws x ~ p(x | each row's total) on rows of real data (placeholders
+of zeros would ask for zero trials), and is refused when it reads more of a
+row than its total (the draws change when each row's columns are rotated).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from .params import model_params
 from .protocol import check_protocol, eval_mode, model_device
 
 
-def _draw(model, rows, seed: int, given: Optional[dict] = None, mean: bool = False) -> torch.Tensor:
+def _trace_obs(model, rows, seed: int, given: Optional[dict] = None) -> dict:
+    """The observed site of one trace of the model unconditioned on ``rows``."""
     # a given array that is a sample site of its own (a partial label) stays observed at its value:
     # uncondition alone would draw it from its prior
     program = poutine.condition(poutine.uncondition(model.model), data=dict(given or {}))
@@ -32,7 +39,19 @@ def _draw(model, rows, seed: int, given: Optional[dict] = None, mean: bool = Fal
     if site is None or site["type"] != "sample":
         raise PyroVAEError(f"the model has no sample site {model.obs_site!r} (its obs_site): pyro-vae sample draws "
                            "that site; name the observed site in obs_site")
-    return site_mean(site["fn"], model.obs_site) if mean else site["value"].detach()
+    return site
+
+
+def _value(site: dict, mean: bool) -> torch.Tensor:
+    return site_mean(site["fn"], site["name"]) if mean else site["value"].detach()
+
+
+def counts_trials(fn) -> bool:
+    """Whether a distribution counts successes in a number of trials it is given (its support ends there)."""
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)):
+        fn = fn.base_dist
+    return isinstance(fn, (torch.distributions.Multinomial, torch.distributions.Binomial, dist.BetaBinomial,
+                           dist.DirichletMultinomial))
 
 
 def site_mean(fn, name: str) -> torch.Tensor:
@@ -88,40 +107,54 @@ def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
 
 @torch.no_grad()
 def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: Optional[str] = None,
-                     given: Optional[dict] = None, mean: bool = False) -> torch.Tensor:
+                     given: Optional[dict] = None, mean: bool = False,
+                     template: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters.
 
     Named data: ``observed`` names the observations' array and ``given`` holds
     n rows of the other arrays to condition on (:func:`given_rows`); arrays not
     given are left out, so the program draws them (``y=None``) or says it needs them.
     ``mean``: the mean of p(x | everything else drawn) instead of a draw of x (a decoder's mean).
+    ``template``: rows of real observations (the test set's first, say), taken in turn: a count likelihood
+    draws with their totals (see the module docstring); without them it cannot be sampled.
     """
     check_protocol(model)
     device = model_device(model)
     shape = (n, data_dim)
-    draws = []
+    on_device = {k: v.to(device) for k, v in (given or {}).items()}
+
+    def trace(x: torch.Tensor) -> dict:
+        try:
+            return _trace_obs(model, x if observed is None else {observed: x, **on_device}, seed, on_device)
+        except PyroVAEError:
+            raise
+        except Exception as e:  # the user's program: its own error, in one line
+            msg = " ".join(str(e).split())[:200] or type(e).__name__
+            if isinstance(e, TypeError) and "required" in msg and observed is not None:
+                raise PyroVAEError(f"the program cannot draw without an input it requires ({msg}): "
+                                   "pass it with --given NAME=VALUE") from None
+            raise PyroVAEError(f"the model cannot be sampled from its prior by tracing model(x) unconditioned on "
+                               f"{n} rows ({type(e).__name__}: {msg}): give the model a sample(n) method") from None
+
     with model_params(model), eval_mode(model):
-        for fill in (0.0, 1.0):
-            rows = torch.full(shape, fill, device=device)
-            on_device = {k: v.to(device) for k, v in (given or {}).items()}
-            if observed is not None:
-                rows = {observed: rows, **on_device}
-            try:
-                draws.append(_draw(model, rows, seed, on_device, mean))
-            except PyroVAEError:
-                raise
-            except Exception as e:  # the user's program: its own error, in one line
-                msg = " ".join(str(e).split())[:200] or type(e).__name__
-                if isinstance(e, TypeError) and "required" in msg and observed is not None:
-                    raise PyroVAEError(f"the program cannot draw without an input it requires ({msg}): "
-                                       "pass it with --given NAME=VALUE") from None
-                raise PyroVAEError(f"the model cannot be sampled from its prior by tracing model(x) unconditioned on "
-                                   f"{n} rows ({type(e).__name__}: {msg}): give the model a sample(n) method") from None
-    a, b = draws
+        rows = None if template is None else _cycled(template, n).to(device, torch.float32)
+        site = None if rows is None else trace(rows)
+        if site is not None and counts_trials(site["fn"]):
+            # the same totals, other values: a program that reads only each row's total draws the same
+            a, b = _value(site, mean), _value(trace(rows.roll(1, dims=-1)), mean)
+            reads = "the values of x, not only each row's total count"
+        else:
+            a, b = (_value(trace(torch.full(shape, fill, device=device)), mean) for fill in (0.0, 1.0))
+            reads = "the values of x, not only its number of rows"
     if a.shape != shape:
         raise PyroVAEError(f"model(x) unconditioned on {n} rows draws {model.obs_site!r} with shape {tuple(a.shape)}, "
                            f"not {shape}: give the model a sample(n) method")
     if not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)):
-        raise PyroVAEError("model(x) reads the values of x, not only its number of rows, so tracing it unconditioned "
-                           "does not draw from p(x): give the model a sample(n) method")
+        raise PyroVAEError(f"model(x) reads {reads}, so tracing it unconditioned does not draw from p(x): give "
+                           "the model a sample(n) method")
     return a
+
+
+def _cycled(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows: ``rows`` in turn (row j is row j mod their number)."""
+    return rows[torch.arange(n) % rows.shape[0]]

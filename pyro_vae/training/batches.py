@@ -31,20 +31,12 @@ class FitData:
         self.model, self.device, self.batch_size, self.binarize = model, device, batch_size, binarize
         self.train = to_device(model, train_x, "training data", device)
         self.obs = observed_name(model, self.train)  # None for one tensor
-        check_width(model, self.train, self.obs, "training data")
         self.test = to_device(model, test_x, "test data", device) if test_x is not None else None
-        if self.test is not None:
-            check_width(model, self.test, self.obs, "test data")
+        check_arrays(model, self.train, self.test, self.obs)
         self.n = batch.num_rows(self.train)
         self.groups = batch.groups(self.train)
-        if any(self.obs in g["absent"] for g in self.groups):
-            raise PyroVAEError(f"training data[{self.obs!r}] holds the observations but has missing rows (-1 or "
-                               "NaN throughout): drop those rows; only labels and inputs may be missing")
         check_batch_size(self.n, batch_size)
         distributed.check_batches(batch_size, [len(g["rows"]) for g in self.groups])
-        if self.test is not None and len(batch.groups(self.test)) > 1:
-            raise PyroVAEError("the test data has arrays that are missing (-1 or NaN) in some rows only: give the test "
-                               "set whole (every label), or leave the partly missing array out of it")
         self.mapped = isinstance(self.train, MappedRows)
         self.num_batches = sum(math.ceil(len(g["rows"]) / batch_size) for g in self.groups)
 
@@ -68,6 +60,21 @@ class FitData:
         if self.binarize == "dynamic":
             x = batch.replace(x, self.obs, torch.bernoulli(batch.observed(x, self.obs)))
         return x
+
+
+def check_arrays(model, train, test, obs: Optional[str]) -> None:
+    """The arrays of a fit's data against the model and each other, wherever the data lie (a caller that makes a
+    run folder checks them before it does): the observations' width, present in every training row, and a test
+    set whole."""
+    check_width(model, train, obs, "training data")
+    if test is not None:
+        check_width(model, test, obs, "test data")
+    if any(obs in g["absent"] for g in batch.groups(train)):
+        raise PyroVAEError(f"training data[{obs!r}] holds the observations but has missing rows (-1 or "
+                           "NaN throughout): drop those rows; only labels and inputs may be missing")
+    if test is not None and len(batch.groups(test)) > 1:
+        raise PyroVAEError("the test data has arrays that are missing (-1 or NaN) in some rows only: give the test "
+                           "set whole (every label), or leave the partly missing array out of it")
 
 
 def check_width(model, x, obs: Optional[str], what: str) -> None:

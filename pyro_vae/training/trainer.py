@@ -240,6 +240,7 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------
     def beta_at(self, epoch_progress: float) -> float:
+        """The KL weight at ``epoch_progress`` epochs into training (linear warm-up to ``beta``)."""
         cfg = self.config
         if cfg.kl_warmup_epochs <= 0:
             return cfg.beta
@@ -354,6 +355,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The checkpoint payload: parameters, the optimizer's state, the training state and the config."""
         return trainer_payload(self.model, self.params, self.param_names, self.optimizer, self.state, self.config)
 
     @runs_own_model

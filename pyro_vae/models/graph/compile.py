@@ -211,6 +211,7 @@ class GraphModel(PyroModule):
 
     # -- the Pyro program ---------------------------------------------------
     def model(self, *args, data_size=None, **data):
+        """p(x, z): the nodes drawn in ancestral order inside the data plate (``data_size``: the full data's rows)."""
         data = self._named(args, data)
         g = self.graph
         feats = self._data_features(data)
@@ -258,6 +259,7 @@ class GraphModel(PyroModule):
         return feats
 
     def guide(self, *args, data_size=None, **data):
+        """q(z | x): the latents drawn nearest the data first, each from its amortized guide law."""
         data = self._named(args, data)
         g = self.graph
         feats = self.encoder_inputs(data)
