@@ -98,7 +98,6 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
                     "image_shape": list(data.image_shape) if data.image_shape else None}
     if payload is not None:
         trainer.load_state_dict(upgrade(payload, model), out / "checkpoint.pt")
-        log(_resume_note(trainer.state.epoch, trainer.state.batch, cfg.train.epochs))
     start_epoch, start_batch = trainer.state.epoch, trainer.state.batch
     writes = out is not None and group.is_main
     trainer.threads = _threads(model, cfg, data, payload)
@@ -106,6 +105,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
+        if payload is not None:  # said once the folder is ours: a refusal (a run in use) is the only line
+            log(_resume_note(start_epoch, start_batch, cfg.train.epochs))
         held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
