@@ -6,7 +6,7 @@ from typing import Dict
 
 from ...data import batch
 from ...errors import PyroVAEError
-from .spec import Graph
+from .spec import Graph, check_summable
 
 
 def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what: str = "the data") -> None:
@@ -44,6 +44,10 @@ def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what
                 raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} must hold one integer class "
                                    f"0..{k - 1}{missing} per row (got dtype {value.dtype}, shape "
                                    f"{tuple(value.shape)}): fix the data or the node's dim")
+            if node.role == "partial" and not bad and value.numel() and bool((value < 0).any()):
+                every = bool((value < 0).all())
+                check_summable(g, name, f"{what}'s {name!r} is -1 (missing) on "
+                                        f"{'every row' if every else 'some rows'}, where {name} is summed out")
             if node.role == "input" and value.numel() and bool((value < 0).any()):
                 raise PyroVAEError(f"model.nodes.{name}: an input is always given, but {what}'s {name!r} has "
                                    "missing (-1) rows: make the node role = \"partial\" or fill them in")

@@ -62,6 +62,20 @@ class Graph:
         before = self.guide_order[: self.guide_order.index(name)]
         return [n for n in before if n in self.blanket(name)]
 
+    def guide_reads(self, name: str) -> List[str]:
+        """The latent nodes q(name | ...) depends on, directly or through the latents it reads."""
+        if name not in self.guide_order:
+            return []
+        out = []
+        for n in self.guide_inputs(name):
+            out += [n] + self.guide_reads(n)
+        return list(dict.fromkeys(out))
+
+    def summed_inside(self, name: str) -> Optional[str]:
+        """A parent of the discrete node ``name`` that the guide draws given ``name`` (None if none): the model's
+        law p(name | parent) would read the very value it is summed over, which TraceEnum_ELBO cannot enumerate."""
+        return next((p for p in self.nodes[name].parents if name in self.guide_reads(p)), None)
+
     def data_nodes(self) -> List[str]:
         """The nodes whose values come from the data (the guide's inputs): observed, partial and input."""
         return [n for n in self.order if self.nodes[n].role in ("observed", "input")]
@@ -257,7 +271,20 @@ def build_graph(spec) -> Graph:
     inferred = [n for n in order if nodes[n].role in ("latent", "partial")]
     # nearest the data first; among equals discrete first (M2's q(y|x) then q(z|x,y)), then as declared
     guide_order = tuple(sorted(inferred, key=lambda n: (depth[n], nodes[n].family not in DISCRETE, names.index(n))))
-    return Graph(nodes, order, guide_order, spec.guide_structure == "structured")
+    graph = Graph(nodes, order, guide_order, spec.guide_structure == "structured")
+    for n in guide_order:
+        if nodes[n].role == "latent" and nodes[n].family in DISCRETE:
+            check_summable(graph, n)
+    return graph
+
+
+def check_summable(graph: Graph, name: str, why: str = "it is a latent, summed out on every row") -> None:
+    """One line when the discrete node ``name`` (summed out: ``why``) has a parent the guide draws given it."""
+    parent = graph.summed_inside(name)
+    if parent is not None:
+        _fail(name, f"{why}, but its parent {parent} is drawn by the guide given {name} (q({parent} | ..., {name})), "
+                    f"so p({name} | {parent}) would read the value {name} is summed over, which TraceEnum_ELBO cannot "
+                    f"enumerate: set model.guide_structure = \"mean-field\" or remove {parent} from its parents")
 
 
 def check_graph(spec) -> None:
