@@ -29,6 +29,7 @@ from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, res
 from ..store.lock import RunLock
 from ..store.trust import RunCode, remember
 from ..training.batches import check_batch_size
+from ..training.signals import interrupting
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
 from .prepare import prepare
@@ -88,6 +89,9 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
         for m in model_modules(model):
             m.eval()
+        # the trained state is saved: a signal from here on stops at once, the lock released as the stack unwinds
+        saved = out / "checkpoint.pt" if writes and (out / "checkpoint.pt").exists() else None
+        held.enter_context(interrupting(saved))
         found = _final_evaluation(model, data, iw_samples, cfg.train.seed, progress, group.is_main, log)
         metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history))
         figures = None
