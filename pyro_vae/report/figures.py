@@ -145,8 +145,8 @@ def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
     ax.set_ylabel("PSIS k-hat")
     ax.set_ylim(min(-0.1, min(allk, default=0.0) - 0.05), max(1.1, max(allk, default=1.0) + 0.1))
     if missing:
-        ax.text(0.99, 0.02, f"{missing} point(s) without a finite k-hat: too few draws for PSIS's tail fit (raise --draws)",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
+        note = f"{missing} point(s) without a finite k-hat: too few draws for PSIS's tail fit (raise --draws)"
+        ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
     ax.set_xlim(-0.7, b - 0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Is q(z|x) a good importance proposal? k-hat per point (lower is better)")

@@ -115,7 +115,8 @@ def _clash(name: str, generated: Mapping[str, str], data: bool) -> Optional[str]
         return (f"it is an attribute of PyTorch's modules (nn.{owner}.{name}), which store each node's networks "
                 "by name")
     if name in PROGRAM_ARGUMENTS and data:
-        return f"it is an argument of the compiled program, which takes a data node's array by name (model(..., {name}=...))"
+        return (f"it is an argument of the compiled program, which takes a data node's array by name "
+                f"(model(..., {name}=...))")
     return None
 
 
