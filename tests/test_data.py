@@ -257,7 +257,7 @@ def test_model_size_and_inferred_levels_are_checked_against_memory():
         check_size(cfg, 10, memory=16 * expected - 1)
     huge = pv.ModelConfig(latent_dim=2**24)
     with pytest.raises(pv.PyroVAEError, match=r"mostly from model.encoder \(a 33,554,432 x 400 weight\).*GiB, more "
-                                              r"than this machine's 1 GiB: use smaller sizes"):
+                                              r"than this machine's 1 GiB available: use smaller sizes"):
         check_size(huge, 784, memory=2**30)
     assert inferred_levels(torch.tensor([[0.0, 3.0]]), torch.tensor([[16.0]])) == 17
     with pytest.raises(pv.PyroVAEError, match="would infer 1e\\+09 \\+ 1 levels.*set model.levels"):

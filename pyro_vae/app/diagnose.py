@@ -16,6 +16,7 @@ from ..diagnostics.settings import DiagnoseSettings
 from ..errors import PyroVAEError
 from ..report.render import write_report
 from ..runtime.threads import ThreadSetting, check_setting, choose_threads, use_threads
+from ..store.folder import check_name_lengths
 from .subjects import matches, subjects_from_runs
 
 
@@ -69,9 +70,13 @@ def _saved_json(path: Path) -> Optional[dict]:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    if not isinstance(saved, dict):
+        raise PyroVAEError(f"{str(path)!r} holds a JSON {type(saved).__name__}, not a diagnosis (a table) that "
+                           "pyro-vae diagnose writes: choose another --out, or move that file away")
+    return saved
 
 
 def diagnose_out(out: os.PathLike, run_dirs) -> Path:
@@ -82,6 +87,7 @@ def diagnose_out(out: os.PathLike, run_dirs) -> Path:
     for d in run_dirs:
         if path.resolve() == Path(d).resolve():
             raise PyroVAEError(f"--out {out}: is a run directory; choose another folder for the diagnostics")
+    check_name_lengths(path)
     return path
 
 

@@ -64,7 +64,7 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
     points = with_halving_budget(
         # through the module, so that a test may stand in for it (running out of memory on purpose)
         lambda b: estimators.evaluate_points(model, density_data(model, x), iw_samples=iw_samples, seed=seed,
-                                             prior_samples=prior_samples, budget=b, progress=progress),
+                                             prior_samples=prior_samples, budget=b, progress=progress, log=log),
         budget if budget is not None else DEFAULT_BUDGET, device=model_device(model), log=log)
     found = _class_metrics(model, x, labels, class_names, log) if classes else None
     return RunEvaluation(points, points.summary(), found)

@@ -31,6 +31,7 @@ from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, res
 from ..store.lock import RunLock
 from ..store.trust import RunCode, remember
 from ..training.batches import check_arrays, check_batch_size
+from ..training.signals import interrupting
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
 from .model_fit import fit_threads
@@ -113,6 +114,9 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         log(trainer.threads.line())  # once training stands: a failure on the way is the only line
         for m in model_modules(model):
             m.eval()
+        # the trained state is saved: a signal from here on stops at once, the lock released as the stack unwinds
+        saved = out / "checkpoint.pt" if writes and (out / "checkpoint.pt").exists() else None
+        held.enter_context(interrupting(saved))
         found = _final_evaluation(model, data, cfg.evaluate.iw_samples, cfg.train.seed, progress, group.is_main, log)
         metrics = found.metrics(seconds_train=sum(h["seconds"] for h in history), **trainer.threads.record())
         figures = None

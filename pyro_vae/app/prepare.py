@@ -79,7 +79,8 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
                            f"(model.program = \"module:Class\"); or remove {key}")
     cfg = resolve_config(cfg, data)
     if isinstance(cfg.model, GraphSpec):
-        check_size(cfg.model, data.dim, data.image_shape)  # before torch allocates it
+        # before torch allocates it: the parameters, and a step's activations for a batch as the trainer draws it
+        check_size(cfg.model, data.dim, data.image_shape, batch_size=min(cfg.train.batch_size, len(data.train_x)))
     pyro.set_rng_seed(cfg.train.seed)  # parameter initialisation follows train.seed
     model, spec = build(cfg.model, data.dim, data.image_shape, run_code)
     cfg = cfg.replace(model=spec)

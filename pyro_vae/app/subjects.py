@@ -58,14 +58,16 @@ def run_fingerprint(run_dir) -> dict:
 def matches(diagnosis_json: dict, run_dirs: Sequence, given: dict) -> bool:
     """Whether saved diagnostics are for exactly these runs (same checkpoints, same order) and these settings."""
     runs = diagnosis_json.get("runs") or []
-    if diagnosis_json.get("format") != FORMAT or len(runs) != len(run_dirs):
+    if diagnosis_json.get("format") != FORMAT or not isinstance(runs, list) or len(runs) != len(run_dirs):
         return False
     for r, d in zip(runs, run_dirs):
-        fp = run_fingerprint(d)
-        if any(r["info"].get(k) != v for k, v in fp.items()):
+        info = r.get("info") if isinstance(r, dict) else None
+        if not isinstance(info, dict):  # a file edited or written by someone else: not ours to reuse
+            return False
+        if any(info.get(k) != v for k, v in run_fingerprint(d).items()):
             return False
     stored = diagnosis_json.get("settings", {})
-    return all(stored.get(k) == v for k, v in given.items())
+    return isinstance(stored, dict) and all(stored.get(k) == v for k, v in given.items())
 
 
 def _sha256(path: Path) -> Optional[str]:

@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
+from ..data.sizes import too_large
 from ..data.sources import SOURCES
 from ..errors import PyroVAEError, did_you_mean
 
@@ -310,10 +311,17 @@ def _bounded(floor: int):
     return lambda v: _TOO_BIG if v > MAX_SIZE else f">= {floor}"
 
 
+def _model_size(floor: int):
+    """A model size: at least ``floor``; above it, only what cannot be allocated at all is refused here (the
+    model's memory is counted when it is built, models/build.py check_size)."""
+    return (lambda v: v is None or (floor <= v and too_large(v) is None),
+            lambda v: f">= {floor}" if v < floor else too_large(v))
+
+
 _SIZE = _bounded(1)
 _SEED = "in [0, 2**63) (a seed: use a non-negative integer such as 0)"
-_HIDDEN = (lambda v: all(_size(h) for h in v),
-           lambda v: "a list of positive sizes" if min(v) < 1 else f"a list of sizes each {_TOO_BIG}")
+_HIDDEN = (lambda v: all(1 <= h and too_large(h) is None for h in v),
+           lambda v: "a list of positive sizes" if min(v) < 1 else f"a list of sizes each {too_large(max(v))}")
 
 # Range checks: key path -> (predicate, what it must be).
 RANGES = {
@@ -324,8 +332,8 @@ RANGES = {
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
-    "model.latent_dim": (_size, _SIZE),
-    "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
+    "model.latent_dim": _model_size(1),
+    "model.levels": _model_size(2),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
     "model.prior_scale": (lambda v: v > 0, "> 0"),
     "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),
@@ -395,7 +403,14 @@ def _coerce_union(value, tp, key: str):
             return _coerce(value, arg, key)
         except PyroVAEError:
             continue
-    raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise PyroVAEError(f"{key}: expected {_type_name(tp)}, got {value!r}{_integer_hint(value, args)}")
+
+
+def _integer_hint(value, types) -> str:
+    """Why a whole number written as 1e8 is not an integer: TOML (and --set) read it as a float."""
+    if int in types and isinstance(value, float) and value.is_integer() and float not in types:
+        return f" (a number written with a decimal point or an exponent is a float: write {int(value)})"
+    return ""
 
 
 def _coerce_scalar(value, tp, key: str):
@@ -405,7 +420,7 @@ def _coerce_scalar(value, tp, key: str):
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise PyroVAEError(f"{key}: expected an integer, got {value!r}")
+            raise PyroVAEError(f"{key}: expected an integer, got {value!r}{_integer_hint(value, (int,))}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

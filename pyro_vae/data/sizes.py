@@ -22,6 +22,11 @@ BYTES_PER_PARAMETER = 16
 MAX_INFERRED_LEVELS = 1 << 16
 
 
+#: the largest size a model key may name (a latent, a layer, a level or component count): one float32 vector
+#: of a larger one alone is 4 TiB, and torch's sizes (products of these) must stay below 2**63
+MODEL_SIZE_LIMIT = 1 << 40
+
+
 def physical_memory_bytes() -> Optional[int]:
     """This machine's RAM in bytes (None where the OS does not say)."""
     try:
@@ -30,18 +35,42 @@ def physical_memory_bytes() -> Optional[int]:
         return None
 
 
-def _gib(n: float) -> str:
+def available_memory_bytes() -> Optional[int]:
+    """The RAM a new allocation can have now: Linux's MemAvailable, else the free pages, else all of it."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return physical_memory_bytes()
+
+
+def gib(n: float) -> str:
+    """``n`` bytes in GiB, as the size messages write them."""
     g = n / 2**30
     return f"{g:.3g}" if g < 1000 else f"{g:,.0f}"
 
 
 def check_fits(nbytes: int, what: str, fix: str, memory: Optional[int] = None) -> None:
-    """Raise one line if ``nbytes`` (``what`` needs them) exceed this machine's memory."""
-    memory = physical_memory_bytes() if memory is None else memory
+    """Raise one line if ``nbytes`` (``what`` needs them) exceed the memory this machine has available."""
+    memory = available_memory_bytes() if memory is None else memory
     if memory is not None and nbytes > memory:
         raise PyroVAEError(
-            f"{what} needs ~{_gib(nbytes)} GiB, more than this machine's {_gib(memory)} GiB: {fix}"
+            f"{what} needs ~{gib(nbytes)} GiB, more than this machine's {gib(memory)} GiB available: {fix}"
         )
+
+
+def too_large(size: int) -> Optional[str]:
+    """Why a model size cannot be allocated at all (None if it may fit): the words after "must be"."""
+    if size <= MODEL_SIZE_LIMIT:
+        return None
+    return (f"<= 2**40: a size of {size:,} cannot fit in memory (one float32 vector of it alone is "
+            f"{gib(4 * size)} GiB; this machine has {gib(physical_memory_bytes() or 0)} GiB): use a smaller one")
 
 
 def check_synthetic_size(cfg, memory: Optional[int] = None) -> None:

@@ -116,6 +116,10 @@ def _idx_source(name: str, default_dir: Optional[str], class_names: Optional[Tup
                     f"IDX files in {str(folder)!r}: {len(arrays[f'{part}-images'])} {part} images but "
                     f"{len(arrays[f'{part}-labels'])} labels: re-install or re-download them"
                 )
+        sizes = {part: "x".join(map(str, arrays[f"{part}-images"].shape[1:])) for part in ("train", "t10k")}
+        if sizes["train"] != sizes["t10k"]:
+            raise PyroVAEError(f"IDX files in {str(folder)!r}: the train images are {sizes['train']} but the test "
+                               f"(t10k) images {sizes['t10k']}: give test images of the train images' size")
         scale = 1.0 if discrete else 255.0
         tr = torch.from_numpy(arrays["train-images"].reshape(len(arrays["train-images"]), -1).astype(np.float32) / scale)
         te = torch.from_numpy(arrays["t10k-images"].reshape(len(arrays["t10k-images"]), -1).astype(np.float32) / scale)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 import pyro.distributions as dist
@@ -73,7 +73,7 @@ from ..runtime import distributed
 from .nodes import Node, SiteDraw, SiteTerm, analytic_kl, node_specs, site_draws
 from .quantities import Quantities, read_quantities
 from .results import PointwiseEvaluation, concat_points
-from .streaming import DEFAULT_BUDGET, HeapTrimmer, LogMeanExp, Moments, Tail, chunks, plan_draws
+from .streaming import DEFAULT_BUDGET, HeapTrimmer, LogMeanExp, Moments, Pace, Tail, chunks, plan_draws
 
 DEFAULT_IW_SAMPLES = 1000
 
@@ -257,6 +257,7 @@ def evaluate_points(
     keep_log_weights: bool = False,
     progress: Optional[bool] = False,
     shard: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> PointwiseEvaluation:
     """Evaluate ``model`` on the rows of ``x``, keeping every per-point result.
 
@@ -270,7 +271,8 @@ def evaluate_points(
     the prior per point give the naive estimator (``None``: as many as
     ``iw_samples``; ``0``: skip it).  ``keep_log_weights`` also returns the
     (n, K) importance log-weights (8 n K bytes).  ``progress`` shows a bar
-    over the points on stderr (None: on a terminal).  Parameters, optimizer state and the caller's
+    over the draws on stderr (None: on a terminal); ``log`` gets a long evaluation's estimated duration after
+    its first chunk, and its progress where no bar shows.  Parameters, optimizer state and the caller's
     RNG streams are left untouched.
 
     ``shard`` (None: whenever a torchrun process group is running; every rank
@@ -290,14 +292,15 @@ def evaluate_points(
             part = evaluate_points(model, batch.rows(x, distributed.shard(n, group)), iw_samples, elbo_samples,
                                    distributed.rank_seed(seed, group.rank), budget, prior_samples=prior_samples,
                                    reconstruction_error=reconstruction_error, keep_log_weights=keep_log_weights,
-                                   progress=progress if group.is_main else False, shard=False)
+                                   progress=progress if group.is_main else False, shard=False,
+                                   log=log if group.is_main else None)
             return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
     with eval_mode(model), isolated_rng(seed, device):
         plan = _plan(model, x, width, iw_samples, elbo_samples, prior_samples, budget)
         totals = _Totals(plan)
         _draw_chunks(model, x, plan, totals, device, reconstruction_error=reconstruction_error,
-                     keep_log_weights=keep_log_weights, progress=progress)
+                     keep_log_weights=keep_log_weights, progress=progress, log=log)
     return _result(plan, totals, iw_samples, reconstruction_error=reconstruction_error,
                    keep_log_weights=keep_log_weights, t0=t0)
 
@@ -460,11 +463,15 @@ class _ChunkDraws:
 
 
 def _draw_chunks(model, x, plan: _Plan, totals: _Totals, device: torch.device, *, reconstruction_error: bool,
-                 keep_log_weights: bool, progress: Optional[bool]) -> None:
+                 keep_log_weights: bool, progress: Optional[bool], log: Optional[Callable[[str], None]]) -> None:
     """Each chunk of points in turn: its guide draws, its reconstruction error and its prior draws, into ``totals``."""
     n = batch.num_rows(x)
     heap = HeapTrimmer()
-    bar = progress_bar(n, progress, unit="point", desc="evaluating", leave=False)
+    # counted in draws, not points: with a large K one point is many chunks, and the bar moves with each
+    total = n * (plan.k_total + plan.prior_samples)
+    bar = progress_bar(total, progress, unit="draw", unit_scale=True, desc="evaluating", leave=False)
+    prior = f" and {plan.prior_samples:,} prior draws" if plan.prior_samples else ""
+    pace = Pace(total, f"evaluating {n:,} points ({plan.k_total:,} guide draws{prior} each)", log, bar)
     for sl in chunks(n, plan.b_chunk):
         xb = batch.rows(x, sl)
         nb = batch.num_rows(xb)
@@ -473,27 +480,28 @@ def _draw_chunks(model, x, plan: _Plan, totals: _Totals, device: torch.device, *
             k = ks.stop - ks.start
             draws.add(_draw_terms(model, xb, k, plan.layout, plan.nodes, totals.per_dim, plan.inexact), k, plan, totals)
             heap.tick()
+            pace.add(nb * k)
         draws.finish(plan, totals, keep_log_weights)
         if reconstruction_error:
             totals.parts["mse"].append(_reconstruction_error(model, xb, plan.layout))
         if plan.prior_samples:
-            est, var, ess = _prior_estimate(model, xb, plan, heap)
+            est, var, ess = _prior_estimate(model, xb, plan, heap, pace)
             totals.parts["pll"].append(est)
             totals.parts["pll_var"].append(var)
             totals.parts["pess"].append(ess)
-        if bar is not None:
-            bar.update(nb)
     heap.release()
     if bar is not None:
         bar.close()
 
 
-def _prior_estimate(model, xb, plan: _Plan, heap: HeapTrimmer) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _prior_estimate(model, xb, plan: _Plan, heap: HeapTrimmer,
+                    pace: Pace) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per point of ``xb``, from its prior draws: log mean p(x|z), the variance of that estimate, and the ESS."""
     acc = LogMeanExp()
     for ks in chunks(plan.prior_samples, plan.k_chunk):
         acc.add(_prior_log_lik(model, xb, ks.stop - ks.start, plan.layout))
         heap.tick()
+        pace.add(batch.num_rows(xb) * (ks.stop - ks.start))
     est, var, ess, _ = acc.result()
     return est, var, ess
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
-from typing import Iterator, Tuple
+import time
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,8 +25,64 @@ from ..infer.psis import tail_draws, pareto_khat
 # elements of the widest per-chunk tensor (particles x points x widest layer)
 DEFAULT_BUDGET = 2**22
 
-__all__ = ["DEFAULT_BUDGET", "plan_chunks", "plan_draws", "chunks", "HeapTrimmer", "Moments", "LogMeanExp",
+__all__ = ["DEFAULT_BUDGET", "Pace", "plan_chunks", "plan_draws", "chunks", "HeapTrimmer", "Moments", "LogMeanExp",
            "tail_size", "Tail", "importance_summary"]
+
+
+# -- pace: how long an evaluation will take, and how far it is ---------------------------------------
+
+#: an evaluation estimated to take longer than this (seconds) says so up front, and reports as it goes
+LONG_EVALUATION_S = 30.0
+#: the least time between two progress lines (seconds)
+PROGRESS_EVERY_S = 30.0
+#: a first chunk slower than this (seconds) gives the estimate on its own
+FIRST_CHUNK_S = 10.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Pace:
+    """An evaluation's draws counted as they are made: a long one's estimated duration (one line through ``log``),
+    then, where no progress bar shows it, a line every :data:`PROGRESS_EVERY_S`.
+
+    The estimate is read off the chunks after the first (which also pays for tracing and allocation), unless the
+    first alone took longer than :data:`FIRST_CHUNK_S`: then it is all there is, and the caller hears at once.
+    """
+
+    def __init__(self, total: int, what: str, log: Optional[Callable[[str], None]], bar=None):
+        self.total, self.what, self.log, self.bar = max(int(total), 1), what, log, bar
+        self.done, self.t0, self.told, self.long = 0, time.perf_counter(), False, False
+        self.first = self.last = None  # (draws, time) after the first chunk; the time of the last line
+
+    def add(self, draws: int) -> None:
+        self.done += int(draws)
+        if self.bar is not None:
+            self.bar.update(int(draws))
+        if self.log is None or self.done >= self.total:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (self.done, now)
+            if now - self.t0 < FIRST_CHUNK_S:
+                return
+            rate = self.done / (now - self.t0)
+        else:
+            rate = (self.done - self.first[0]) / max(now - self.first[1], 1e-9)
+        left = (self.total - self.done) / rate
+        if not self.told:
+            self.told, self.last = True, now
+            self.long = now - self.t0 + left > LONG_EVALUATION_S
+            if self.long:
+                self.log(f"{self.what}: about {_duration(now - self.t0 + left)} in all ({self.total:,} draws)")
+        elif self.long and self.bar is None and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.log(f"{self.what}: {100 * self.done / self.total:.0f}% done, about {_duration(left)} left")
 
 
 # -- chunk plans ------------------------------------------------------------------------------------

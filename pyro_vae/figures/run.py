@@ -128,16 +128,29 @@ def latent_scatter(model, x: torch.Tensor, labels: Optional[torch.Tensor], path:
 
 @figure_style()
 def _drawn(figure, *args) -> List[Path]:
-    """[the figure's file], or [] where the program cannot be traced on these rows: a drawing never stops a run."""
+    """[the figure's file], or [] where the program cannot be traced on these rows: a drawing never stops a run.
+
+    Only the tracing is forgiven: a file that cannot be written (a full disk) stops the run in one line, as
+    every other figure's does, instead of going missing without a word."""
     try:
         return [figure(*args)]
+    except FigureWriteError:
+        raise
     except PyroVAEError:
         return []
 
 
+class FigureWriteError(PyroVAEError):
+    """A figure drawn but not written (the writer's one line): never forgiven as a program that cannot be traced."""
+
+
 def graph(model, data, path: Path, title: str = "the model's graph") -> Path:
     """The model's graph (diagnostics/structure.py) traced on ``data``, drawn as the report draws it."""
-    return save_figure(draw_structure(model_structure(model, data), title), path, bbox_inches="tight")
+    fig = draw_structure(model_structure(model, data), title)
+    try:
+        return save_figure(fig, path, bbox_inches="tight")
+    except PyroVAEError as e:
+        raise FigureWriteError(str(e)) from None
 
 
 def run_plots(model, data, history, folder: Path) -> List[Path]:

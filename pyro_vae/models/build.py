@@ -10,14 +10,17 @@ count is the compiler's own.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from ..config.schema import GraphSpec, ProgramSpec
 from ..config.short import LATENT, key_path
 from ..data.sizes import BYTES_PER_PARAMETER, check_fits
 from ..errors import PyroVAEError, did_you_mean
+from ..infer.probe import first_line
 from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
@@ -75,23 +78,79 @@ def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
 
 #: where a graph model's parameters live -> the node's key that sizes them
 _PARTS = {"nets": "net", "encoders": "encoder", "likelihoods": "likelihood", "families": "dim"}
+#: bytes a training step keeps per activation value: the float32 value (kept for the backward pass) and its gradient
+BYTES_PER_ACTIVATION = 8
 
 
-def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optional[int] = None) -> None:
-    """Refuse, in one line, a model whose parameters (with gradients and Adam state) cannot fit in memory."""
-    with torch.device("meta"):
-        model = build_model(spec, data_dim, image_shape)
+def _part_key(spec: GraphSpec, part: str, node: str) -> str:
+    """The key that sizes a node's parameters in ``part`` (a mixture's means and scales: its components)."""
+    if part == "families" and spec.nodes[node].family == "mixture":
+        return "components"
+    return _PARTS[part]
+
+
+def _enumerated(node) -> int:
+    """How many values a node takes at once in a step: a discrete latent or label is enumerated, else 1."""
+    if node.role in ("latent", "partial") and node.family == "categorical":
+        return int(node.dim)
+    if node.role in ("latent", "partial") and node.family == "bernoulli":
+        return 2 ** int(node.dim)
+    return 1
+
+
+def _step_values(model: GraphModel, spec: GraphSpec, batch_size: int) -> Tuple[int, str]:
+    """A lower bound of the activation values one training step holds, and the key behind most of them.
+
+    Each network's layer outputs for a batch, times the values of the discrete nodes it reads (which
+    TraceEnum_ELBO enumerates), and each mixture's means and scales gathered per component and row.
+    """
+    g = model.graph
+    parts = [(0, "the data's columns")]
+    for kind, nets, inputs in (("net", model.nets, lambda n: g.nodes[n].parents),
+                               ("encoder", model.encoders, g.guide_inputs)):
+        for name, net in nets.items():
+            width = sum(m.out_features for m in net.modules() if isinstance(m, nn.Linear))
+            times = math.prod(_enumerated(g.nodes[p]) for p in inputs(name))
+            parts.append((batch_size * width * times, key_path(spec, name, kind)))
+    for name, node in g.nodes.items():
+        if node.role == "latent" and node.family == "mixture":
+            parts.append((2 * batch_size * int(node.components) * int(node.dim), key_path(spec, name, "components")))
+    return sum(n for n, _ in parts), max(parts)[1]
+
+
+def _on_meta(spec: GraphSpec, data_dim: int, image_shape) -> GraphModel:
+    """The model built on torch's meta device: its shapes, and no memory."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, data_dim, image_shape)
+    except (RuntimeError, OverflowError) as e:  # a product of sizes beyond torch's int64 shapes
+        raise PyroVAEError(f"the model's sizes cannot fit in memory: torch cannot even describe its tensors "
+                           f"({first_line(e)[:120]}): use smaller sizes") from None
+
+
+def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optional[int] = None,
+               batch_size: Optional[int] = None) -> None:
+    """Refuse, in one line, a model whose parameters (with gradients and Adam state) and, given ``batch_size``,
+    a training step's activations cannot fit in the memory this machine has available."""
+    model = _on_meta(spec, data_dim, image_shape)
     params = list(model.named_parameters())
     count = sum(p.numel() for _, p in params)
     name, largest = max(params, key=lambda kv: kv[1].numel()) if params else ("?", None)
     part, _, rest = name.partition(".")
     node = rest.partition(".")[0]
-    where = key_path(spec, node, _PARTS[part]) if part in _PARTS and node in spec.nodes else "the data's columns"
+    where = key_path(spec, node, _part_key(spec, part, node)) if part in _PARTS and node in spec.nodes \
+        else "the data's columns"
     if largest is not None and largest.dim() == 2:
         where += f" (a {largest.shape[0]:,} x {largest.shape[1]:,} weight)"
-    check_fits(count * BYTES_PER_PARAMETER,
-               f"the model ({count:,} parameters, mostly from {where}) with its gradients and optimizer state",
-               "use smaller sizes", memory)
+    what = f"the model ({count:,} parameters, mostly from {where}) with its gradients and optimizer state"
+    nbytes = count * BYTES_PER_PARAMETER
+    fix = "use smaller sizes"
+    if batch_size is not None:
+        values, most = _step_values(model, spec, batch_size)
+        nbytes += values * BYTES_PER_ACTIVATION
+        what += f", and a training step's {values:,} activations (a batch of {batch_size:,} rows, mostly from {most}),"
+        fix += " or a smaller train.batch_size"
+    check_fits(nbytes, what, fix, memory)
 
 
 def describe(spec) -> dict:

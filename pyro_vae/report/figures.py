@@ -125,13 +125,15 @@ def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
     ax.axhline(KHAT_GOOD, color="#ff7f0e", lw=1, ls="--")
     ax.axhline(KHAT_BAD, color="#d62728", lw=1, ls="--")
     n = len(runs)
-    allk = []
+    allk, missing = [], 0
     for i, r in enumerate(runs):
         k = np.asarray(r.khat.values, dtype=float)
-        allk += list(k)
+        # PSIS gives no k-hat (NaN) where a point has too few draws for its tail fit: drawn as a count, not a dot
+        missing += int((~np.isfinite(k)).sum())
+        allk += list(k[np.isfinite(k)])
         xs = np.arange(len(k)) + (i - (n - 1) / 2) * min(0.25, 0.8 / n)
         ax.scatter(xs, k, s=28, color=COLORS[i % len(COLORS)], label=r.name, zorder=3)
-        for j in np.argsort(-k)[:3]:
+        for j in np.argsort(-np.nan_to_num(k, nan=-np.inf))[:3]:
             if k[j] > KHAT_BAD:
                 ax.annotate(f"test[{r.points[j]}]", (xs[j], k[j]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=COLORS[i % len(COLORS)])
@@ -141,7 +143,10 @@ def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
         ax.set_xticklabels([str(p) for p in pts], fontsize=7)
     ax.set_xlabel("point (row of the test data)")
     ax.set_ylabel("PSIS k-hat")
-    ax.set_ylim(min(-0.1, min(allk) - 0.05), max(1.1, max(allk) + 0.1))
+    ax.set_ylim(min(-0.1, min(allk, default=0.0) - 0.05), max(1.1, max(allk, default=1.0) + 0.1))
+    if missing:
+        note = f"{missing} point(s) without a finite k-hat: too few draws for PSIS's tail fit (raise --draws)"
+        ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
     ax.set_xlim(-0.7, b - 0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Is q(z|x) a good importance proposal? k-hat per point (lower is better)")

@@ -65,6 +65,27 @@ def remove_run_files(out: Path) -> None:
         plots.rmdir()  # empty: foreign_files found nothing else in it
 
 
+def nearest_existing(out: Path) -> Path:
+    """``out`` itself if it exists, else its nearest existing parent folder."""
+    return out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+
+
+def check_name_lengths(out: Path) -> None:
+    """Fail before any folder is made when a name in ``out`` below its nearest existing folder is longer than
+    the file system allows: the folders above it would be made before the long one failed."""
+    existing = nearest_existing(out)
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    for part in out.parts[len(existing.parts) if out.is_absolute() == existing.is_absolute() else 0:]:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            short = part if len(part) <= 40 else part[:37] + "..."
+            raise PyroVAEError(f"--out: the name {short!r} is {size} bytes long, more than the file system allows "
+                               f"({name_max}): choose a shorter --out")
+
+
 def check_output_folder(out: Path, replace: bool) -> None:
     """Fail before any work unless ``out`` can become (or be replaced by) a run directory."""
     if out.exists() and not out.is_dir():
@@ -79,7 +100,8 @@ def check_output_folder(out: Path, replace: bool) -> None:
             raise PyroVAEError(
                 f"output folder {str(out)!r} already holds a run: choose another --out, or continue it with --resume {out}"
             )
-    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    probe_dir = nearest_existing(out)
+    check_name_lengths(out)
     try:
         with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-test-"):
             pass

@@ -376,6 +376,7 @@ class Trainer:
         payload = self.state_dict() | self.meta
         if self._dist.active:
             payload["rng"]["ranks"] = distributed.all_gather_objects(torch.get_rng_state())
-        saved = hooks.checkpoint_due(payload) if self._dist.is_main else None
+        with self._signals.writing():
+            saved = hooks.checkpoint_due(payload) if self._dist.is_main else None
         # rank 0's answer, gathered once it has saved: the other ranks wait here for it
         return distributed.all_gather_objects(saved)[0]

@@ -32,13 +32,8 @@ from ..plate import DataPlate
 from .families import FAMILIES
 from .penalties import ContractivePenalty, TiedDecoder, check_degenerate, check_one_latent_mlp, check_tied_outputs
 from .data import check_graph_data
-from .spec import Graph, build_graph
+from .spec import CLASSIFIER, COMPONENT, CONTRACTIVE, Graph, build_graph
 
-#: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
-COMPONENT = "_component"
-CLASSIFIER = "_classifier"
-#: the factor site of the contractive penalty
-CONTRACTIVE = "contractive"
 
 
 def broadcast_cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:

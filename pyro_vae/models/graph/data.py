@@ -8,7 +8,7 @@ import torch
 
 from ...data import batch
 from ...errors import PyroVAEError
-from .spec import Graph
+from .spec import Graph, check_summable
 
 
 def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what: str = "the data",
@@ -41,6 +41,10 @@ def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what
             continue
         if node.family in ("categorical", "bernoulli"):
             _check_classes(name, node, value, what, origin)
+            if node.role == "partial" and value.numel() and bool((value < 0).any()):
+                every = bool((value < 0).all())
+                check_summable(g, name, f"{what}'s {name!r} is -1 (missing) on "
+                                        f"{'every row' if every else 'some rows'}, where {name} is summed out")
         elif value.dim() != 2 or value.shape[1] != node.dim:
             raise PyroVAEError(f"model.nodes.{name}: {what}'s array {name!r} has shape {tuple(value.shape)}, "
                                f"but the node's dim is {node.dim}: fix its dim or the data")

@@ -8,9 +8,13 @@ orders off :class:`Graph` and never re-derives them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
+import torch.nn as nn
+
+from ...data.sizes import too_large
 from ...errors import PyroVAEError, did_you_mean
+from ..plate import PLATE
 
 #: the most bits a bernoulli node may have: its 2**dim values are enumerated exactly
 MAX_BITS = 12
@@ -22,6 +26,13 @@ ROLE_FAMILIES = {
     "observed": ("normal", "categorical", "bernoulli"),  # family is unused by observed nodes: they take a likelihood
 }
 DISCRETE = ("categorical", "bernoulli")
+#: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
+COMPONENT = "_component"
+CLASSIFIER = "_classifier"
+#: the factor site of the contractive penalty
+CONTRACTIVE = "contractive"
+#: the compiled program's own keyword arguments, which a data node's array would be passed beside
+PROGRAM_ARGUMENTS = ("self", "data_size")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,20 @@ class Graph:
         before = self.guide_order[: self.guide_order.index(name)]
         return [n for n in before if n in self.blanket(name)]
 
+    def guide_reads(self, name: str) -> List[str]:
+        """The latent nodes q(name | ...) depends on, directly or through the latents it reads."""
+        if name not in self.guide_order:
+            return []
+        out = []
+        for n in self.guide_inputs(name):
+            out += [n] + self.guide_reads(n)
+        return list(dict.fromkeys(out))
+
+    def summed_inside(self, name: str) -> Optional[str]:
+        """A parent of the discrete node ``name`` that the guide draws given ``name`` (None if none): the model's
+        law p(name | parent) would read the very value it is summed over, which TraceEnum_ELBO cannot enumerate."""
+        return next((p for p in self.nodes[name].parents if name in self.guide_reads(p)), None)
+
     def data_nodes(self) -> List[str]:
         """The nodes whose values come from the data (the guide's inputs): observed, partial and input."""
         return [n for n in self.order if self.nodes[n].role in ("observed", "input")]
@@ -66,10 +91,57 @@ def _fail(name: str, what: str) -> None:
     raise PyroVAEError(f"model.nodes.{name}: {what}")
 
 
-def _check_node(name: str, node, names) -> None:
+def generated_sites(spec) -> Dict[str, str]:
+    """The sites the compiled program adds beside its nodes' own, each with what adds it."""
+    sites = {PLATE: "the data plate (pyro.plate(\"data\")) every node sits in"}
+    for name, node in spec.nodes.items():
+        if node.family == "mixture" and node.role == "latent":
+            sites[name + COMPONENT] = f"the component site of the mixture node {name!r}"
+        if node.role == "partial" and node.classifier_weight:
+            sites[name + CLASSIFIER] = f"the classifier term of the partial node {name!r}"
+    if spec.contractive:
+        sites[CONTRACTIVE] = "the contractive penalty's factor site (model.contractive)"
+    return sites
+
+
+def _clash(name: str, generated: Mapping[str, str], data: bool) -> Optional[str]:
+    """What a node's name clashes with, or None: a generated site, or a name the networks cannot be stored under."""
+    if name in generated:
+        return f"{generated[name]} has that name"
+    if name.startswith("_"):
+        return "a name starting with _ is private to PyTorch's modules, which store each node's networks by name"
+    if hasattr(nn.ModuleDict(), name):
+        owner = "Module" if hasattr(nn.Module(), name) else "ModuleDict"
+        return (f"it is an attribute of PyTorch's modules (nn.{owner}.{name}), which store each node's networks "
+                "by name")
+    if name in PROGRAM_ARGUMENTS and data:
+        return (f"it is an argument of the compiled program, which takes a data node's array by name "
+                f"(model(..., {name}=...))")
+    return None
+
+
+def _rename(name: str, taken) -> str:
+    """A suggested name for a node whose name clashes: one that clashes with nothing declared."""
+    stem = name.strip("_") or "node"
+    for candidate in (f"{stem}_node", f"node_{stem}", f"{stem}_node2"):
+        if candidate not in taken and not hasattr(nn.ModuleDict(), candidate):
+            return candidate
+    return f"{stem}_{len(taken)}_node"
+
+
+def _check_name(name: str, node, generated: Mapping[str, str], names) -> None:
     if not name.isidentifier():
         _fail(name, f"{name!r} is not a Python identifier: a data node's name is the program's keyword argument "
                     "and its data array's name, so use letters, digits and _")
+    data = node.role in ("observed", "input", "partial")
+    clash = _clash(name, generated, data)
+    if clash is not None:
+        array = " (and its data array)" if data else ""
+        _fail(name, f"the node name {name!r} clashes with the compiled program: {clash}: rename the node{array}, "
+                    f"e.g. to {_rename(name, list(names) + list(generated))!r}")
+
+
+def _check_node(name: str, node, names) -> None:
     families = ROLE_FAMILIES[node.role]
     if node.role != "observed" and node.family not in families:
         _fail(name, f"family {node.family!r} is not one a {node.role} node can have: use one of {', '.join(families)}")
@@ -89,8 +161,12 @@ def _check_node(name: str, node, names) -> None:
     if node.role in ("latent", "partial", "input") and node.dim is None:
         what = {"categorical": "the number of classes", "bernoulli": "the number of bits"}.get(node.family, "its size")
         _fail(name, f"needs dim ({what}): set dim = N in [model.nodes.{name}]")
-    if node.dim is not None and not 1 <= node.dim <= 1 << 24:
-        _fail(name, f"dim must be a size >= 1 (got {node.dim})")
+    for key in ("dim", "components", "levels"):
+        size = getattr(node, key)
+        if size is not None and size >= 1 and too_large(size):
+            _fail(name, f"{key} must be {too_large(size)}")
+    if node.dim is not None and node.dim < 1:
+        _fail(name, f"dim must be >= 1 (got {node.dim})")
     if node.family == "categorical" and node.role != "observed" and node.dim < 2:
         _fail(name, f"a categorical node needs dim >= 2 classes (got {node.dim})")
     if node.family == "bernoulli" and node.role != "observed" and node.dim > MAX_BITS:
@@ -123,6 +199,8 @@ def _check_node(name: str, node, names) -> None:
         cfg = getattr(node, net)
         if any(h < 1 for h in cfg.hidden) or any(c < 1 for c in cfg.channels):
             _fail(name, f"{net}: layer sizes must be >= 1")
+        if too_large(max(cfg.hidden + cfg.channels, default=1)):
+            _fail(name, f"{net}: layer sizes must be each {too_large(max(cfg.hidden + cfg.channels))}")
         if cfg.type == "conv" and len(cfg.channels) != 2:
             _fail(name, f"{net}.channels: a conv net has two stride-2 layers: give two channel counts")
 
@@ -171,7 +249,9 @@ def build_graph(spec) -> Graph:
     """The checked :class:`Graph` of a model section with ``nodes``."""
     nodes = dict(spec.nodes)
     names = list(nodes)
+    generated = generated_sites(spec)
     for name, node in nodes.items():
+        _check_name(name, node, generated, names)
         _check_node(name, node, names)
     if not any(n.role == "observed" for n in nodes.values()):
         raise PyroVAEError("model.nodes: no node is observed: give the data's node role = \"observed\" and a likelihood")
@@ -192,7 +272,20 @@ def build_graph(spec) -> Graph:
     inferred = [n for n in order if nodes[n].role in ("latent", "partial")]
     # nearest the data first; among equals discrete first (M2's q(y|x) then q(z|x,y)), then as declared
     guide_order = tuple(sorted(inferred, key=lambda n: (depth[n], nodes[n].family not in DISCRETE, names.index(n))))
-    return Graph(nodes, order, guide_order, spec.guide_structure == "structured")
+    graph = Graph(nodes, order, guide_order, spec.guide_structure == "structured")
+    for n in guide_order:
+        if nodes[n].role == "latent" and nodes[n].family in DISCRETE:
+            check_summable(graph, n)
+    return graph
+
+
+def check_summable(graph: Graph, name: str, why: str = "it is a latent, summed out on every row") -> None:
+    """One line when the discrete node ``name`` (summed out: ``why``) has a parent the guide draws given it."""
+    parent = graph.summed_inside(name)
+    if parent is not None:
+        _fail(name, f"{why}, but its parent {parent} is drawn by the guide given {name} (q({parent} | ..., {name})), "
+                    f"so p({name} | {parent}) would read the value {name} is summed over, which TraceEnum_ELBO cannot "
+                    f"enumerate: set model.guide_structure = \"mean-field\" or remove {parent} from its parents")
 
 
 def check_graph(spec) -> None:
