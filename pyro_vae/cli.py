@@ -122,19 +122,27 @@ def _format_metrics(m: dict) -> str:
         if m.get("prior_ess_mean") is not None and m.get("prior_samples") != 1:
             text += f", ESS mean {m['prior_ess_mean']:.1f}"
         row(f"{log_p} (naive, latents ~ prior)", text + "; unreliable when the ESS is small)")
+    for label, text in _latent_rows(m):
+        row(label, text)
+    return "\n".join(lines)
+
+
+def _latent_rows(m: dict) -> List[tuple]:
+    """The rows on the latent code of a one-latent model: active units, KL per dimension, reconstruction MSE."""
+    out = []
     if m.get("active_units") is not None:
-        row("active units", f"{m['active_units']:10d} of {m.get('latent_dims')} "
-            f"(Cov_x E_q[z_j] > {m.get('active_units_threshold', 0.01):g})")
+        out.append(("active units", f"{m['active_units']:10d} of {m.get('latent_dims')} "
+                    f"(Cov_x E_q[z_j] > {m.get('active_units_threshold', 0.01):g})"))
     kl_dims = m.get("kl_per_dim")
     names = m.get("latent_names") or [f"z[{i}]" for i in range(len(kl_dims or []))]
     if kl_dims:
         pairs = sorted(zip(names, kl_dims), key=lambda p: -(p[1] or 0.0))
         shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:8] if v is not None)
         more = f", ... ({len(pairs) - 8} more)" if len(pairs) > 8 else ""
-        row("KL per latent dim (largest first)", f"{shown}{more}")
+        out.append(("KL per latent dim (largest first)", f"{shown}{more}"))
     if m.get("reconstruction_mse") is not None:
-        row("reconstruction MSE", num("reconstruction_mse", "{:10.4g}") + " (decoder mean at encoder mean)")
-    return "\n".join(lines)
+        out.append(("reconstruction MSE", f"{m['reconstruction_mse']:10.4g} (decoder mean at encoder mean)"))
+    return out
 
 
 def _format_classes(c) -> str:

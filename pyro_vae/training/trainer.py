@@ -82,8 +82,7 @@ def _first_batch(fn: Callable, device: torch.device, config: TrainConfig):
 class Trainer:
     """Fits a latent-variable model with SVI.
 
-    ``model`` is anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and
-    ``obs_site``; the constructor only stores its arguments.
+    ``model`` is anything with ``model(x)``, ``guide(x)``, ``latent_sites`` and ``obs_site``; the constructor only stores its arguments.
 
     Performance switches: ``config.capture`` (capture.py) — ``"auto"`` records
     a built-in model's step once per batch shape and replays it (``"on"``: user
@@ -99,8 +98,8 @@ class Trainer:
     checkpoint due, signal received); ``run_dir`` adds the store's run-folder
     storage (checkpoint.pt and history.csv there).  ``test_elbo(model, x, *,
     seed)`` is the per-epoch test ELBO when ``fit`` is given test data; by
-    default the evaluation layer's (callbacks.default_test_elbo).  ``log`` gets the one line that says which
-    estimator ``train.elbo = "auto"`` chose (``objective_choice``); ``config`` then names it.
+    default the evaluation layer's (callbacks.default_test_elbo).  ``log`` gets the one line that says which estimator
+    ``train.elbo = "auto"`` chose (``objective_choice``); ``config`` then names it.
     """
 
     def __init__(self, model, config: TrainConfig = TrainConfig(), *, run_dir: Optional[os.PathLike] = None,
@@ -127,9 +126,7 @@ class Trainer:
         self.param_names: List[str] = []
         self._signals = StopSignals()
         self._site_order = {}  # sample-site names of guide and model, in trace order
-        self.validation = validation
-        self.cuda_graph = cuda_graph
-        self.compile = compile
+        self.validation, self.cuda_graph, self.compile = validation, cuda_graph, compile
         self._first_step = FirstStepValidation(model, validation)
         self._captures = Captures(self, self._first_step)  # recorded steps, per batch shape and beta
         self._engine = None  # built by setup
