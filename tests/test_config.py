@@ -163,7 +163,7 @@ def test_python_numbers_are_normalized_like_toml():
     ({"data": {"split_seed": -5}}, r"data.split_seed: must be in \[0, 2\*\*63\).*non-negative integer"),
     ({"model": {"latent_dim": 2**41}}, r"model.latent_dim: must be <= 2\*\*40: .* cannot fit in memory .*use a smaller one"),
     ({"model": {"decoder": {"hidden": [2**41]}}}, r"model.decoder.hidden: must be a list of sizes each <= 2\*\*40: "),
-    ({"model": {"levels": 2**41}}, r"model.levels: must be <= 2\*\*40"),
+    ({"model": {"levels": 2**41}}, r"model.levels: must be <= 16777216"),
     ({"data": {"synthetic_dim": 10**12}}, r"data.synthetic_dim: must be <= 16777216"),
     ({"data": {"num_points": 10**15}}, r"data.num_points: must be <= 2\*\*40"),
     ({"train": {"batch_size": 2**40}}, r"train.batch_size: must be < 2\*\*31"),

@@ -213,9 +213,9 @@ def test_cli_trains_a_program_on_a_tenth_of_the_digits_labels(tmp_path, capsys):
     assert loaded.config.data.labels == "y" and loaded.config.data.label_fraction == 0.1
     assert np.isfinite(loaded.metrics["log_likelihood"])
     # a digit asked for by its label
-    assert main(["sample", str(run), "-n", "3", "--given", "y=3", "--out", str(tmp_path / "s.npy")]) == 0
+    assert main(["sample", str(run), "-n", "3", "--given", "y=3", "--draws", "--out", str(tmp_path / "s.npy")]) == 0
     s = np.load(tmp_path / "s.npy")
-    assert s.shape == (3, 64) and set(np.unique(s)) <= {0.0, 1.0}
+    assert s.shape == (3, 64) and set(np.unique(s)) <= {0.0, 1.0}  # draws of a Bernoulli
 
 
 def test_cli_refuses_labels_for_a_builtin_model_before_anything_is_written(tmp_path, capsys):

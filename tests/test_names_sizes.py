@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import pyro_vae as pv
+from pyro_vae.data import sizes
 import pyro_vae.figures.style as style
 from pyro_vae.cli import main
 from pyro_vae.config import config_from_dict
@@ -125,7 +126,7 @@ def test_a_float_size_says_it_must_be_an_integer():
         config_from_dict(spec)
 
 
-def test_a_huge_dim_is_refused_for_memory_not_as_below_one():
+def test_a_huge_dim_is_refused_for_memory_not_as_below_one(monkeypatch):
     spec = _spec("z")
     spec["model"]["nodes"]["z"]["dim"] = 10**15  # past any machine: refused before anything is built
     with pytest.raises(pv.PyroVAEError, match=r"model.nodes.z: dim must be <= 2\*\*40: .* cannot fit in memory") as e:
@@ -133,7 +134,9 @@ def test_a_huge_dim_is_refused_for_memory_not_as_below_one():
     assert ">= 1" not in str(e.value)
     spec["model"]["nodes"]["z"]["dim"] = 10**9  # may be counted: the count says why it does not fit
     cfg = config_from_dict(spec)
-    pv.check_config(cfg)
+    monkeypatch.setattr(sizes, "available_memory_bytes", lambda: 2**30)
+    with pytest.raises(pv.PyroVAEError, match=r"mostly from model.nodes.z.encoder .*GiB, more than this machine's 1 GiB"):
+        pv.check_config(cfg)  # before any data is read: even on one data column its parameters cannot fit
     with pytest.raises(pv.PyroVAEError, match=r"mostly from model.nodes.z.encoder .*GiB, more than this "
                                               r"machine's 1 GiB available"):
         check_size(cfg.model, 64, (8, 8), memory=2**30, batch_size=100)

@@ -90,7 +90,9 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
     cfg = _resolved_evaluation(cfg, batch.num_rows(data.test))
     for note in data.notes:
         log(f"note: {note}")
-    trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress, log=log)
+    notes: list = []  # the estimator train.elbo = "auto" chose: said once training stands, as the thread count
+    trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress,
+                      log=notes.append)
     trainer.setup_data(data.train, data.binarize)
     # train.elbo = "auto" is chosen now, from the program: the run's config.toml and checkpoint name the choice,
     # so that a resume, or a later version whose rule differs, trains on with the same estimator
@@ -111,7 +113,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
         held_out = density_data(model, data.test)
         history = trainer.fit(data.train, held_out, binarize=data.binarize)
-        log(trainer.threads.line())  # once training stands: a failure on the way is the only line
+        for note in [*notes, trainer.threads.line()]:  # once training stands: a failure on the way is the only line
+            log(note)
         for m in model_modules(model):
             m.eval()
         # the trained state is saved: a signal from here on stops at once, the lock released as the stack unwinds

@@ -15,7 +15,7 @@ from ..data.sizes import inferred_levels
 from ..data.sources import load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.objectives import check_objective_name
-from ..models import build_model, check_size, check_spec
+from ..models import build_model, check_size, check_size_before_data, check_spec
 from ..models.graph.spec import check_objective
 from ..models.program import build_program
 from ..store.trust import RunCode, build_args
@@ -61,6 +61,7 @@ def check_config(cfg: Config) -> None:
     check_spec(cfg.model)
     if isinstance(cfg.model, GraphSpec):
         check_objective(cfg.model, cfg.train)
+        check_size_before_data(cfg.model)
 
 
 def prepare(cfg: Config, run_code: Optional[RunCode] = None):

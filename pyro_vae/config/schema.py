@@ -241,7 +241,8 @@ class TrainConfig:
     The ``[train]`` section of a TOML file; every key is checked when the config is made (a wrong type or
     range is a one-line error naming ``train.KEY``).  The keys:
 
-    - ``elbo``: the objective, a name in ``pv.OBJECTIVES``: ``"trace"`` (Pyro's ``Trace_ELBO``), ``"meanfield"``
+    - ``elbo``: the objective, a name in ``pv.OBJECTIVES``: ``"auto"`` (chosen from the program once: analytic KL
+      where it is exact, Monte Carlo elsewhere, enumeration for a discrete latent), ``"trace"`` (Pyro's ``Trace_ELBO``), ``"meanfield"``
       (``TraceMeanField_ELBO``: analytic KL where that is exact), ``"iwae"`` (the importance-weighted bound,
       ``RenyiELBO`` with alpha 0) or ``"enum"`` (``TraceEnum_ELBO``: a guide's discrete sites summed out).
     - ``num_particles``: samples per data point in each step (K, for ``"iwae"``).
@@ -258,6 +259,8 @@ class TrainConfig:
     - ``checkpoint_every``: epochs between checkpoints.
     - ``capture``: ``"auto"``, ``"on"`` or ``"off"``: record one step's tensor ops once and replay them
       (``"auto"``: built-in models).
+    - ``threads``: torch's intra-op threads while the run trains and evaluates: ``"auto"`` (one a core that is free,
+      one for a small step or a busy machine; ``OMP_NUM_THREADS`` set by you wins) or a count.
     """
 
     elbo: str = "auto"  # meanfield where every analytic KL is exact, else trace (enum for discrete latents)
@@ -333,7 +336,8 @@ RANGES = {
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
     "model.latent_dim": _model_size(1),
-    "model.levels": _model_size(2),
+    # levels is read only by a categorical likelihood: a huge one elsewhere would pass every memory check unused
+    "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
     "model.prior_scale": (lambda v: v > 0, "> 0"),
     "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),

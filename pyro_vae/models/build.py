@@ -153,6 +153,14 @@ def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optiona
     check_fits(nbytes, what, fix, memory)
 
 
+def check_size_before_data(spec: GraphSpec) -> None:
+    """:func:`check_size` before the data is read, on one data column: a model whose parameters cannot fit even
+    then is refused before any data is loaded (conv nets need the images' shape, and wait for the data)."""
+    if any(net.type == "conv" for node in spec.nodes.values() for net in (node.net, node.encoder)):
+        return
+    check_size(spec, 1)
+
+
 def describe(spec) -> dict:
     """What a report's runs table says of a model: its guide, prior, likelihood and latent size (None where a
     program's own business)."""

@@ -116,7 +116,7 @@ class Trainer:
         self.test_elbo = test_elbo
         self.progress = progress
         #: where the trainer's one-line notes go (the estimator train.elbo = "auto" chose); None: nowhere
-        self.log = log or (lambda msg: None)
+        self.say = log or (lambda msg: None)
         #: what train.elbo = "auto" chose, and why (None: the config named the objective)
         self.objective_choice: Optional[ObjectiveChoice] = None
         self.device = resolve_device(config.device)
@@ -159,7 +159,7 @@ class Trainer:
             choice = _first_batch(lambda: choose_objective(self.model, [head(x, 4) for x in examples]),
                                   self.device, self.config)
             self.config, self.objective_choice = dataclasses.replace(self.config, elbo=choice.name), choice
-            self.log(f"note: {choice.line()}")
+            self.say(f"note: {choice.line()}")
         cfg = self.config
         self.objective = make_objective(cfg.elbo, cfg.num_particles, getattr(self.model, "max_plate_nesting", float("inf")))
         self._scale_inside = getattr(self.objective, "minibatch_scale_inside", True)
