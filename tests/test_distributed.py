@@ -19,6 +19,9 @@ from pyro_vae.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
+# every test here starts two or three Python processes (about 2.5 s of CPU each to import torch and Pyro): CI runs
+# them with the slow tests, the README's quick test command leaves them out
+pytestmark = pytest.mark.slow
 # seconds after which a process counts as hung: a loaded 2-core machine takes minutes to start and run these
 HANG = 600
 
