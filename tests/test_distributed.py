@@ -20,6 +20,11 @@ from pyro_vae.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
+# every test here starts two or three Python processes (about 2.5 s of CPU each to import torch and Pyro): CI runs
+# them with the slow tests, the README's quick test command leaves them out
+pytestmark = pytest.mark.slow
+# seconds after which a process counts as hung: a loaded 2-core machine takes minutes to start and run these
+HANG = 600
 
 
 def _worker_module():
@@ -42,7 +47,7 @@ def _env(rank: int, world: int, port: int, **extra) -> dict:
     return env
 
 
-def _spawn(args, world: int = 2, envs=None, timeout: float = 60, **extra):
+def _spawn(args, world: int = 2, envs=None, timeout: float = HANG, **extra):
     """Start ``world`` processes with torchrun's environment; returns their CompletedProcess-like results."""
     port = _free_port()
     procs = []
@@ -146,7 +151,7 @@ device = "cpu"
     return cfg
 
 
-def _torchrun(*args, timeout=90, **env):
+def _torchrun(*args, timeout=HANG, **env):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(_free_port()), "-m", "pyro_vae", *args],
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
@@ -163,7 +168,7 @@ def test_torchrun_writes_one_run_directory_from_rank_0_that_resumes_on_one_proce
     r1 = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(out), "--set", "train.epochs=2",
                          "--iw-samples", "5", "--no-plots", "--quiet"],
                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+                        capture_output=True, text=True, timeout=HANG, cwd=ROOT)
     assert r1.returncode == 0, r1.stderr[-2000:]
     rows = (out / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,")
@@ -176,7 +181,7 @@ def test_torchrun_writes_one_run_directory_from_rank_0_that_resumes_on_one_proce
     two = json.loads(lines[0])
     r3 = subprocess.run([sys.executable, "-m", "pyro_vae", "evaluate", str(out), "--iw-samples", "50", "--json"],
                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+                        capture_output=True, text=True, timeout=HANG, cwd=ROOT)
     one = json.loads(r3.stdout)
     assert two["num_points"] == one["num_points"]
     se = math.hypot(two["log_likelihood_se"], one["log_likelihood_se"])
@@ -300,7 +305,7 @@ def test_a_rank_that_cannot_reach_the_rendezvous_is_one_line(tmp_path):
     cfg = _config(tmp_path)
     env = _env(1, 2, _free_port(), PYRO_VAE_DIST_TIMEOUT="3")
     r = subprocess.run([sys.executable, "-m", "pyro_vae", "train", str(cfg), "--out", str(tmp_path / "run")],
-                       env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+                       env=env, capture_output=True, text=True, timeout=HANG, cwd=ROOT)
     lines = _error_lines(r.stderr)
     assert r.returncode == 2 and len(lines) == 1 and "cannot join the process group" in lines[0], r.stderr[-2000:]
 
