@@ -25,7 +25,7 @@ from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.guides import GUIDE_LAWS
-from .graph.spec import DISCRETE, check_graph
+from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
 #: the families the one-latent form's ``prior`` names
@@ -155,10 +155,16 @@ def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optiona
 
 def check_size_before_data(spec: GraphSpec) -> None:
     """:func:`check_size` before the data is read, on one data column: a model whose parameters cannot fit even
-    then is refused before any data is loaded (conv nets need the images' shape, and wait for the data)."""
-    if any(net.type == "conv" for node in spec.nodes.values() for net in (node.net, node.encoder)):
+    then is refused before any data is loaded (conv nets need the images' shape, and a categorical likelihood
+    without levels the data's largest value: those wait for the data)."""
+    nodes = spec.nodes.values()
+    if any(net.type == "conv" for node in nodes for net in (node.net, node.encoder)) or any(
+            node.role == "observed" and node.likelihood == "categorical" and node.levels is None for node in nodes):
         return
-    check_size(spec, 1)
+    # the data's node at its declared width, else one column: a lower bound on what the data will ask
+    g = build_graph(spec)
+    obs = next(n for n in g.order if g.nodes[n].role == "observed")
+    check_size(spec, int(g.nodes[obs].dim or 1))
 
 
 def describe(spec) -> dict:
