@@ -131,6 +131,8 @@ def _no_tail_to_fit(log_ratios: np.ndarray) -> np.ndarray:
     """
     s = log_ratios.shape[-1]
     m = min(psis_tail_draws(s), s - 1)
+    if m < 1:  # 1.x fits floor(S/5) draws: fewer than 5 draws a row leave it none
+        return np.ones(log_ratios.shape[:-1], dtype=bool)
     srt = np.sort(log_ratios, axis=-1)
     cutoff = srt[..., s - m - 1]
     return ((log_ratios > cutoff[..., None]).sum(-1) <= 4) | (srt[..., -1] == srt[..., s - m])
@@ -143,6 +145,8 @@ def psislw(log_ratios) -> Tuple[np.ndarray, np.ndarray]:
     each row (inf where the tail has no spread to fit, as 0.x says).
     """
     lr = np.atleast_2d(np.asarray(log_ratios, dtype=np.float64))
+    if lr.shape[-1] < 5:  # no tail on either major (0.x's answer from 2 to 4 draws; it cannot index one draw)
+        return lr - _logsumexp(lr)[:, None], np.full(lr.shape[0], np.inf)
     with _quiet():
         if not is_v1():
             lw, k = _az().psislw(lr, reff=1.0)

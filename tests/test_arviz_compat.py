@@ -274,3 +274,13 @@ def _record():
 
 if __name__ == "__main__" and "--record" in sys.argv:
     _record()
+
+
+@pytest.mark.parametrize("draws", [1, 2, 4])
+def test_fewer_than_five_draws_have_no_tail_on_both_majors(draws):
+    """1.x fits floor(S/5) draws, none below 5; 0.x fits one at S = 2..4: either way no spread to fit, so k-hat
+    is inf and the weights are the normalized ratios (1.x indexed past the row before)."""
+    rows = np.log(np.arange(1.0, 1.0 + 3 * draws).reshape(3, draws))
+    lw, k = ac.psislw(rows)
+    assert np.all(np.isinf(k)), k
+    assert np.allclose(lw, rows - np.log(np.exp(rows).sum(1, keepdims=True)), atol=1e-12)
