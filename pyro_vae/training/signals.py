@@ -30,10 +30,8 @@ class StopSignals:
     def installed(self) -> Iterator[None]:
         """Handlers for :data:`STOP_SIGNALS` while the fit runs (the main thread only: Python allows no other),
         the previous ones restored after it."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.signum = None
+        if _on_main_thread():
+            self.signum = None
 
         def handler(signum, frame):
             if self.signum is not None:  # a second signal: stop now, or once the checkpoint being written is whole
@@ -43,12 +41,8 @@ class StopSignals:
                 raise KeyboardInterrupt
             self.signum = signum
 
-        old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        try:
+        with _handling(handler):
             yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -69,13 +63,24 @@ def interrupting(checkpoint: Optional[Path] = None) -> Iterator[None]:
     """SIGINT/SIGTERM during work that saves nothing (a run's final evaluation, its plots): stop at once with
     :class:`TrainingInterrupted`, so the caller's ``with`` blocks (the run folder's lock) unwind; ``checkpoint``
     is where the trained state already is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum, frame):
         raise TrainingInterrupted(signum, checkpoint)
 
+    with _handling(handler):
+        yield
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _handling(handler) -> Iterator[None]:
+    """``handler`` for :data:`STOP_SIGNALS` while the block runs, the previous ones restored after it (on the main
+    thread only: Python installs signal handlers nowhere else)."""
+    if not _on_main_thread():
+        yield
+        return
     old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
