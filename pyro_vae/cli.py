@@ -359,7 +359,7 @@ def _launch_train(args, cfg, out: Path) -> int:
         argv += ["--set", override]
     if args.iw_samples is not None:  # else each worker takes the config's (a resumed run's: the one it started with)
         argv += ["--iw-samples", str(args.iw_samples)]
-    if getattr(args, "threads", None) is not None:
+    if args.threads is not None:
         argv += ["--threads", str(args.threads)]
     argv += ["--no-plots"] * args.no_plots + ["--quiet"] * args.quiet + ["--trust-run-code"] * args.trust_run_code
     if args.program_path:
