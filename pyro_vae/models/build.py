@@ -17,19 +17,20 @@ import torch
 import torch.nn as nn
 
 from ..config.schema import GraphSpec, ProgramSpec
-from ..config.short import LATENT, key_path
+from ..config.short import LATENT, SHORT_ROOT_PRIORS, key_path
 from ..data.sizes import BYTES_PER_PARAMETER, check_fits
 from ..errors import PyroVAEError, did_you_mean
 from ..infer.probe import first_line
 from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
+from .graph.flowkeys import check_flow_keys, check_pseudo_inputs
 from .graph.guides import GUIDE_LAWS
 from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
 #: the families the one-latent form's ``prior`` names
-SHORT_PRIORS = ("normal", "laplace")
+SHORT_PRIORS = ("normal", "laplace", *SHORT_ROOT_PRIORS)
 
 
 def _known(name: str, names, key: str) -> None:
@@ -62,6 +63,13 @@ def check_spec(spec) -> None:
         return
     check_names(spec)
     check_graph(spec)
+    check_flow_keys(build_graph(spec), lambda node, field: key_path(spec, node, field))
+
+
+def check_against_data(spec, train_rows: int) -> None:
+    """What a declared model can only check once the data is read: a VampPrior's pseudo-inputs."""
+    if isinstance(spec, GraphSpec):
+        check_pseudo_inputs(build_graph(spec), lambda node, field: key_path(spec, node, field), train_rows)
 
 
 def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
