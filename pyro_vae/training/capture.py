@@ -191,8 +191,9 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
     return None
 
 
-# classes whose forward is a fixed sequence of tensor operations
-_LIBRARY = ("pyro_vae.", "torch.nn.", "pyro.nn.")
+# classes whose forward is a fixed sequence of tensor operations (Pyro's transforms: a flow guide's or prior's;
+# the recording's check still compares a replay with an eager step and warns where they differ)
+_LIBRARY = ("pyro_vae.", "torch.nn.", "pyro.nn.", "pyro.distributions.transforms.")
 
 
 class Captures:

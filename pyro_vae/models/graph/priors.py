@@ -46,7 +46,7 @@ class FlowPrior(nn.Module):
         return dist.TransformedDistribution(base, [t.inv for t in self.transforms])
 
 
-class _SameBatchMixture(dist.MixtureSameFamily):
+class PseudoInputMixture(dist.MixtureSameFamily):
     """Pyro's ``MixtureSameFamily``, its argument broadcast to every component before the components score it:
     a flow guide's transforms read a context per component and take inputs of that batch shape, not (..., 1)."""
 
@@ -77,4 +77,4 @@ class VampPrior(nn.Module):
         """p(z) of the batch ``shape``: the components are the family's guide law at the encoder's outputs."""
         components = family.guide(encoder(self.features()))  # batch (K,), event (dim,)
         mixing = dist.Categorical(logits=self.logits)
-        return _SameBatchMixture(mixing, components).expand(tuple(shape))
+        return PseudoInputMixture(mixing, components).expand(tuple(shape))
