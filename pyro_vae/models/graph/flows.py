@@ -112,6 +112,11 @@ class IAFLaw(FlowLaw):
 class SplineLaw(FlowLaw):
     """A conditional neural-spline flow: monotone rational-quadratic splines, autoregressive in z."""
 
+    #: read by step capture (training/capture.py): Pyro's spline selects the values inside its interval by a
+    #: boolean mask, so the shapes of a step depend on the draws and a recording cannot stand for later steps
+    capture_problem = ("the spline guide's transforms index the draws inside the spline's interval by a mask, "
+                       "whose size changes from step to step, so a recorded step cannot be replayed")
+
     @staticmethod
     def transform(dim, context, hidden):
         return conditional_spline_autoregressive(dim, context, hidden_dims=hidden)
