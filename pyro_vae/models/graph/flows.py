@@ -62,6 +62,20 @@ def quiet_made(build):
         return build()
 
 
+class BroadcastFlow(dist.TransformedDistribution):
+    """Pyro's ``TransformedDistribution`` that broadcasts a value to its batch shape before scoring it.
+
+    The conditional transforms read one context per batch element and take inputs of exactly that batch shape,
+    while Pyro scores a value against a law of a larger batch (an enumerated parent's values left of the
+    plate, a VampPrior's components) by broadcasting.  A value of the full shape (q's own draw) is scored as
+    it is, so the transforms' cache still serves it."""
+
+    def log_prob(self, value):
+        event = len(self.event_shape)
+        shape = torch.broadcast_shapes(value.shape[: value.dim() - event], self.batch_shape) + self.event_shape
+        return super().log_prob(value if value.shape == shape else value.expand(shape))
+
+
 class FlowLaw(nn.Module):
     """q = T_K o ... o T_1 (N(loc, diag scale^2)) with every T_k conditioned on the encoder's context h."""
 
@@ -90,7 +104,8 @@ class FlowLaw(nn.Module):
     def law(self, out: torch.Tensor, dim: int) -> dist.Distribution:
         loc, scale, context = self._parts(out, dim)
         base = dist.Normal(loc, scale).to_event(1)
-        return dist.ConditionalTransformedDistribution(base, list(self.transforms)).condition(context)
+        q = dist.ConditionalTransformedDistribution(base, list(self.transforms)).condition(context)
+        return BroadcastFlow(q.base_dist, q.transforms)
 
     def mean(self, out: torch.Tensor, dim: int) -> torch.Tensor:
         loc, _, context = self._parts(out, dim)
