@@ -81,7 +81,8 @@ class NodeConfig:
     components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
-    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian) or "delta" (a point mass)
+    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
+    # "iaf" or "spline" (flows: the Gaussian then conditional autoregressive transforms, models/graph/flows.py)
     guide: str = "normal"
     # -- flows (models/graph/flows.py, priors.py) --
     # the number of transforms of a flow guide ("iaf", "spline") and of a flow prior (None: 2)
