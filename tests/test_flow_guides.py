@@ -63,6 +63,26 @@ def test_a_flows_density_of_its_own_draw_equals_the_exact_inverses(guide):
     assert not torch.allclose(cached, q.base_dist.log_prob(z), atol=1e-3)
 
 
+def _grid_mass(law) -> torch.Tensor:
+    """The integral of a 2-D law's density over [-8, 8]^2 by the midpoint rule, one per batch element."""
+    g = torch.linspace(-8, 8, 161)
+    z = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 1, 2)
+    with torch.no_grad():
+        lp = law.log_prob(z.expand(-1, *law.batch_shape, 2))
+    return lp.exp().sum(0) * (g[1] - g[0]) ** 2
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_q_and_each_prior_integrates_to_one(family):
+    """An independent check of every density these families put together (the flow's change of variables on
+    values it did not draw, the mixture over pseudo-inputs): the mass on a grid is 1, to the grid's error."""
+    torch.manual_seed(0)
+    model = build_model(_small(**FAMILIES[family]), D)
+    with torch.no_grad():
+        for law in (model.families["z"].guide(model.encoders["z"]({"x": _data(3)})), model.root_prior("z", (3,))):
+            assert torch.allclose(_grid_mass(law), torch.ones(3), atol=2e-3)
+
+
 def test_a_flow_guides_mean_is_the_flow_at_the_base_mean():
     torch.manual_seed(0)
     model = build_model(_small(guide="iaf"), D)
@@ -257,7 +277,8 @@ def test_a_vamp_prior_under_a_mean_field_graph_with_a_class():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", ["iaf", "vamp", "flow"])  # the spline's weights are heavy-tailed after one
+# epoch (k-hat > 0.7, which evaluation says): IS is then biased low; its density is checked on the grid above
 def test_importance_sampled_log_px_agrees_with_prior_sampling_and_diagnose_runs(family, tmp_path):
     """IS log p(x) reads q's and p's densities; the naive estimate (z ~ p, the decoder's likelihood) neither.
     Agreement within their standard errors (2-D latent, many draws) checks both densities' normalization."""
