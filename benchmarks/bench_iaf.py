@@ -3,8 +3,8 @@
 Model: the one of examples/guide_iaf.toml: 8x8 digits (64 pixels, dynamically
 binarized in ours, a fixed binarization in the reference), a 64-256-8 MLP VAE
 with a Bernoulli likelihood, and q(z|x) the encoder's diagonal Gaussian followed
-by K = 2 conditional affine autoregressive transforms (Kingma et al. 2016's
-gated form, hidden [64], a context of 16 from the encoder); batch 64, Adam.
+by K = 4 conditional affine autoregressive transforms (Kingma et al. 2016's
+gated form, hidden [128], a context of 16 from the encoder); batch 64, Adam.
 
 The hand-written reference is a plain PyTorch loop: z0 = loc + scale * eps,
 each transform's (mean, logit) from the same masked networks (the very modules,
@@ -40,7 +40,7 @@ from pyro_vae.models import build_model  # noqa: E402
 from pyro_vae.models.graph.guides import MIN_SCALE  # noqa: E402
 from pyro_vae.training.trainer import Trainer  # noqa: E402
 
-LATENT, HIDDEN, FLOWS, FLOW_HIDDEN, BATCH = 8, 256, 2, 64, 64
+LATENT, HIDDEN, FLOWS, FLOW_HIDDEN, BATCH = 8, 256, 4, 128, 64
 
 
 def spec() -> ModelConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,17 @@ def test_train_resume_load_and_sample_each_family(family, tmp_path, capsys):
     assert main(["sample", str(halves), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.isfinite(np.load(tmp_path / "s.npy")).all()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("name, key, value", [("guide_iaf", "guide", "iaf"), ("prior_vamp", "prior", "vamp"),
+                                             ("prior_flow", "prior", "flow")])
+def test_the_examples_parse_build_and_name_their_command(name, key, value):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.toml"
+    assert f"pyro-vae train examples/{name}.toml" in path.read_text()
+    cfg = pv.load_config(path)
+    assert cfg.data.source == "digits" and getattr(cfg.model.nodes["z"], key) == value
+    model = build_model(cfg.model, 64, image_shape=(8, 8))
+    assert model.families["z"].dim == 8
 
 
 @pytest.mark.parametrize("sets, message", [
