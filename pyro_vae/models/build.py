@@ -175,6 +175,11 @@ def check_size_before_data(spec: GraphSpec) -> None:
     check_size(spec, int(g.nodes[obs].dim or 1))
 
 
+def _prior_name(node) -> str:
+    """A latent's prior as a table shows it: its family, and a learned root prior's kind ("normal, vamp")."""
+    return f"{node.family}, {node.prior}" if node.prior in ("vamp", "flow") else node.family
+
+
 def describe(spec) -> dict:
     """What a report's runs table says of a model: its guide, prior, likelihood and latent size (None where a
     program's own business)."""
@@ -184,9 +189,9 @@ def describe(spec) -> dict:
     observed = next(node for node in spec.nodes.values() if node.role == "observed")
     if len(latents) == 1:
         (node,) = latents.values()
-        guide, prior = node.guide, node.family
+        guide, prior = node.guide, _prior_name(node)
     else:
         guide = spec.guide_structure
-        prior = ", ".join(f"{n}: {node.family}" for n, node in latents.items())
+        prior = ", ".join(f"{n}: {_prior_name(node)}" for n, node in latents.items())
     return {"guide": guide, "prior": prior, "likelihood": observed.likelihood,
             "latent_dim": sum(int(node.dim) for node in latents.values())}
