@@ -62,7 +62,7 @@ def quiet_made(build):
         return build()
 
 
-class BroadcastFlow(dist.TransformedDistribution):
+class ConditionedFlow(dist.TransformedDistribution):
     """Pyro's ``TransformedDistribution`` that broadcasts a value to its batch shape before scoring it.
 
     The conditional transforms read one context per batch element and take inputs of exactly that batch shape,
@@ -105,7 +105,7 @@ class FlowLaw(nn.Module):
         loc, scale, context = self._parts(out, dim)
         base = dist.Normal(loc, scale).to_event(1)
         q = dist.ConditionalTransformedDistribution(base, list(self.transforms)).condition(context)
-        return BroadcastFlow(q.base_dist, q.transforms)
+        return ConditionedFlow(q.base_dist, q.transforms)
 
     def mean(self, out: torch.Tensor, dim: int) -> torch.Tensor:
         loc, _, context = self._parts(out, dim)

@@ -46,17 +46,6 @@ class FlowPrior(nn.Module):
         return dist.TransformedDistribution(base, [t.inv for t in self.transforms])
 
 
-class PseudoInputMixture(dist.MixtureSameFamily):
-    """Pyro's ``MixtureSameFamily``, its argument broadcast to every component before the components score it:
-    a flow guide's transforms read a context per component and take inputs of that batch shape, not (..., 1)."""
-
-    def _pad(self, x):
-        x = super()._pad(x)
-        event = self.event_shape
-        batch = torch.broadcast_shapes(x.shape[: x.dim() - len(event)], self.component_distribution.batch_shape)
-        return x.expand(batch + event)
-
-
 class VampPrior(nn.Module):
     """p(z) = 1/K sum_k q(z | u_k): a mixture of the node's guide at K learned pseudo-inputs.
 
@@ -77,4 +66,4 @@ class VampPrior(nn.Module):
         """p(z) of the batch ``shape``: the components are the family's guide law at the encoder's outputs."""
         components = family.guide(encoder(self.features()))  # batch (K,), event (dim,)
         mixing = dist.Categorical(logits=self.logits)
-        return PseudoInputMixture(mixing, components).expand(tuple(shape))
+        return dist.MixtureSameFamily(mixing, components).expand(tuple(shape))
