@@ -79,8 +79,10 @@ class NodeConfig:
     components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
-    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian) or "delta" (a point mass)
+    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
+    # "lowrank" (N(loc, D + V V^T), V of ``rank`` columns) or "fullrank" (N(loc, L L^T), L an amortized Cholesky)
     guide: str = "normal"
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V, 1 <= rank < dim
     # partial discrete nodes: Kingma et al.'s auxiliary weight alpha on log q(y | x) of the labelled rows
     classifier_weight: float = 0.0
 
@@ -97,7 +99,8 @@ class OneLatent:
     # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
-    guide: str = "normal"  # normal | delta (a point mass: an autoencoder)
+    guide: str = "normal"  # normal | delta (a point mass: an autoencoder) | lowrank | fullrank
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V in q's covariance D + V V^T
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
     # -- the autoencoder family (models/graph/penalties.py); the defaults change nothing --
@@ -340,6 +343,7 @@ RANGES = {
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
     "model.prior_scale": (lambda v: v > 0, "> 0"),
+    "model.rank": (lambda v: v >= 1, ">= 1 (the columns of V in D + V V^T)"),
     "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),
     "model.contractive": (lambda v: v >= 0, ">= 0"),
     "model.corruption_level": (lambda v: v >= 0, ">= 0"),

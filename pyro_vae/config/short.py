@@ -25,6 +25,7 @@ SHORT_KEYS = {
     (LATENT, "dim"): "model.latent_dim",
     (LATENT, "family"): "model.prior",
     (LATENT, "guide"): "model.guide",
+    (LATENT, "rank"): "model.rank",
     (LATENT, "encoder"): "model.encoder",
     (LATENT, "prior_scale"): "model.prior_scale",
     (OBSERVED, "likelihood"): "model.likelihood",
@@ -43,7 +44,7 @@ def desugar(one: OneLatent) -> GraphSpec:
     # model.sparsity = lambda is the Laplace prior's rate: -log p(z) = lambda |z|_1 + const
     prior_scale = one.prior_scale if one.sparsity is None else 1.0 / one.sparsity
     z = NodeConfig(role="latent", family=one.prior, dim=one.latent_dim, prior_scale=prior_scale,
-                   encoder=one.encoder, guide=one.guide)
+                   encoder=one.encoder, guide=one.guide, rank=one.rank)
     x = NodeConfig(role="observed", likelihood=one.likelihood, scale=one.scale, levels=one.levels,
                    parents=(LATENT,), net=one.decoder)
     return GraphSpec(nodes={LATENT: z, OBSERVED: x}, corruption=one.corruption,

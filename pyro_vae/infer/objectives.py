@@ -47,7 +47,7 @@ from pyro.util import check_if_enumerated
 
 from ..errors import MonteCarloKLWarning, PyroVAEError, did_you_mean
 from ..registry import Registry
-from .auto import AUTO
+from .auto import AUTO, no_closed_form
 from .dependence import describe, inexact_kl_sites
 from .sites import is_density_site, is_latent, plate_dims, trace_pair
 
@@ -234,13 +234,22 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
         super().prepare(model, data)
         self._checked_dependence = True
         inexact = {s: why for s, why in inexact_kl_sites(model, data).items() if s not in self.monte_carlo_sites}
+        with torch.no_grad():
+            # a q with no closed-form KL against its prior (a correlated Gaussian against a diagonal one): the
+            # estimator below falls back to Monte Carlo at every step; it is said here, once for the run
+            unknown = {s: why for s, why in no_closed_form(*trace_pair(model, data)).items()
+                       if s not in self.monte_carlo_sites and s not in inexact}
         # accumulated: each row group of named data (labelled, unlabelled) is a program of its own
-        self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact)
+        self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact) | frozenset(unknown)
         if inexact:
             warnings.warn(
                 f"train.elbo = 'meanfield': the analytic KL would be biased for {describe(inexact)}: that KL is "
                 "Monte Carlo (log q - log p at the guide's draw), the other sites' stay analytic",
                 MonteCarloKLWarning, stacklevel=3)
+        if unknown:
+            warnings.warn(
+                f"train.elbo = 'meanfield': {describe(unknown)}: that KL is Monte Carlo (log q - log p at the "
+                "guide's draw), the other sites' stay analytic", MonteCarloKLWarning, stacklevel=3)
 
     def _get_trace(self, model, guide, args, kwargs):
         if not self._checked_dependence:

@@ -24,7 +24,7 @@ from ..infer.probe import first_line
 from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
-from .graph.guides import GUIDE_LAWS
+from .graph.guides import GUIDE_LAWS, rank_problem
 from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
@@ -50,6 +50,9 @@ def check_names(spec: GraphSpec) -> None:
         if node.guide != "normal" and (node.role != "latent" or node.family in DISCRETE):
             raise PyroVAEError(f"{key_path(spec, name, 'guide')} = {node.guide!r}: a guide law is for a continuous "
                                f"latent, but this node is {node.role} {node.family!r}: remove it")
+        problem = rank_problem(node.guide, node.rank, node.dim)
+        if problem:
+            raise PyroVAEError(f"{key_path(spec, name, 'rank')}: {problem}")
     _known(spec.corruption, CORRUPTIONS.names(), "model.corruption")
     problem = CORRUPTIONS[spec.corruption].check_level(spec.corruption_level)
     if problem:

@@ -65,7 +65,7 @@ class _Continuous(Family):
 
     def __init__(self, node):
         super().__init__(node)
-        self.guide_law = GUIDE_LAWS[node.guide]
+        self.guide_law = GUIDE_LAWS[node.guide].for_node(node)
 
     @property
     def guide_features(self):
