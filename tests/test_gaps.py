@@ -1,0 +1,154 @@
+"""The inference gap split against probabilistic PCA, whose posterior is a correlated Gaussian in closed form.
+
+z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I) at fixed, hand-set weights: p(x) = N(b, W W^T + s^2 I), the posterior
+has precision Lambda = I + W^T W / s^2, so the fullrank family holds it (approximation gap 0) and the best
+diagonal Gaussian misses it by KL = 1/2 (sum_i log Lambda_ii - log det Lambda) per point, whatever x is.  The
+encoder is set off the posterior on purpose (its mean shrunk, its scale wrong): the amortization gap is then
+positive.  Tolerances: the gaps get 2 of the standard errors the split reports (the totals over the points);
+log p(x), a Monte Carlo estimate checked per point as well, gets 4 (as tests/test_diagnostics.py's do).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import pyro
+
+from pyro_vae import DiagnoseSettings, PyroVAEError, build_model, config_from_dict
+from pyro_vae.diagnostics.gaps import inference_gaps, log_px_estimate
+from pyro_vae.models.params import model_params, scratch_params
+
+from one_latent import decoder_net, encoder_net
+
+D, SIGMA, POINTS = 5, 0.5, 8
+SETTINGS = dict(draws=2000, local_steps=300, local_lr=0.05, local_particles=64, seed=0)
+
+
+def _linear(module) -> torch.nn.Linear:
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 1
+    return layers[0]
+
+
+class PPCA:
+    """pPCA's weights, data and closed forms: a posterior correlation of about 0.6."""
+
+    def __init__(self, seed=0):
+        g = np.random.default_rng(seed)
+        u, _ = np.linalg.qr(g.normal(size=(D, 2)))
+        angle = np.deg2rad(40)
+        self.W = np.stack([1.5 * u[:, 0], 1.5 * (np.cos(angle) * u[:, 0] + np.sin(angle) * u[:, 1])], 1)
+        self.b = g.normal(size=D)
+        self.L = np.eye(2) + self.W.T @ self.W / SIGMA ** 2
+        self.S = np.linalg.inv(self.L)
+        self.rho = self.S[0, 1] / math.sqrt(self.S[0, 0] * self.S[1, 1])
+        z = g.normal(size=(POINTS, 2))
+        self.x = z @ self.W.T + self.b + SIGMA * g.normal(size=(POINTS, D))
+
+    def diagonal_gap(self) -> float:
+        """KL of the best diagonal Gaussian to the posterior: 1/2 (sum log Lambda_ii - log det Lambda)."""
+        return 0.5 * (np.log(np.diag(self.L)).sum() - np.linalg.slogdet(self.L)[1])
+
+    def log_px(self) -> np.ndarray:
+        cov = self.W @ self.W.T + SIGMA ** 2 * np.eye(D)
+        r = self.x - self.b
+        return -0.5 * (D * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1]
+                       + np.einsum("ij,jk,ik->i", r, np.linalg.inv(cov), r))
+
+    def build(self, guide: str):
+        cfg = config_from_dict({"model": {"latent_dim": 2, "likelihood": "normal", "scale": SIGMA, "guide": guide,
+                                          "encoder": {"hidden": []}, "decoder": {"hidden": []}}})
+        pyro.set_rng_seed(0)
+        model = build_model(cfg.model, D)
+        with torch.no_grad():
+            dec = _linear(decoder_net(model))
+            dec.weight.copy_(torch.tensor(self.W))
+            dec.bias.copy_(torch.tensor(self.b))
+            enc = _linear(encoder_net(model))
+            a = 0.7 * self.S @ self.W.T / SIGMA ** 2  # the posterior mean's map, shrunk: an encoder off the mark
+            enc.weight.zero_()
+            enc.bias.zero_()
+            enc.weight[:2] = torch.tensor(a)
+            enc.bias[:2] = torch.tensor(-a @ self.b)
+        return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ppca():
+    p = PPCA()
+    assert 0.5 < abs(p.rho) < 0.7 and p.diagonal_gap() > 0.1
+    return p
+
+
+def _gaps(model, x, **changes):
+    with model_params(model), scratch_params():
+        return inference_gaps(model, x, list(range(len(x))), DiagnoseSettings(**dict(SETTINGS, **changes)))
+
+
+@pytest.fixture(scope="module")
+def diagonal(ppca):
+    return _gaps(ppca.build("normal"), torch.tensor(ppca.x, dtype=torch.float32))
+
+
+@pytest.mark.slow
+def test_log_px_is_the_exact_marginal(ppca, diagonal):
+    exact = ppca.log_px()
+    z = (diagonal.log_px - exact) / diagonal.log_px_se
+    assert np.all(np.abs(z) < 4), z
+    assert abs(diagonal.total_log_px - exact.mean()) < 4 * diagonal.total_log_px_se
+
+
+@pytest.mark.slow
+def test_the_diagonal_approximation_gap_is_the_closed_form(ppca, diagonal):
+    own = diagonal.own
+    assert own.family == "normal"
+    assert abs(own.total_approximation - ppca.diagonal_gap()) < 2 * own.total_approximation_se, (
+        own.total_approximation, ppca.diagonal_gap(), own.total_approximation_se)
+    # the encoder was set off the posterior: what it misses within its family is clearly positive
+    assert own.total_amortization > 10 * own.total_amortization_se
+    # the parts add up, per point
+    assert np.allclose(diagonal.inference, own.approximation + own.amortization)
+
+
+@pytest.mark.slow
+def test_the_fullrank_family_holds_the_posterior(ppca, diagonal):
+    full = diagonal.richer[0]
+    assert full.family == "fullrank"
+    assert abs(full.total_approximation) < 2 * full.total_approximation_se, (full.total_approximation,
+                                                                             full.total_approximation_se)
+    assert diagonal.log_px_proposal == "fullrank"
+
+
+@pytest.mark.slow
+def test_a_fullrank_guide_has_no_approximation_gap(ppca):
+    # its fit starts further off (the encoder's Cholesky is untrained): twice the steps reach the same floor
+    gaps = _gaps(ppca.build("fullrank"), torch.tensor(ppca.x, dtype=torch.float32), local_steps=600)
+    assert gaps.own.family == "fullrank" and not gaps.richer  # fullrank is its own richer family
+    assert abs(gaps.own.total_approximation) < 2 * gaps.own.total_approximation_se
+    assert abs(gaps.total_log_px - ppca.log_px().mean()) < 4 * gaps.total_log_px_se
+
+
+def test_log_px_estimate_of_exact_weights_is_exact():
+    lw = np.full((50, 3), -2.5)
+    est, se, _ = log_px_estimate(lw)
+    assert np.allclose(est, -2.5) and np.allclose(se, 0)
+
+
+def test_a_point_mass_guide_has_no_gaps_to_split(ppca):
+    model = ppca.build("delta")
+    with pytest.raises(PyroVAEError, match="point mass"):
+        _gaps(model, torch.tensor(ppca.x[:2], dtype=torch.float32), local_steps=1)
+
+
+def test_the_split_adds_up_on_a_quick_fit(ppca):
+    """The plumbing, in a few steps: inference = approximation + amortization for each family, point by point."""
+    gaps = _gaps(ppca.build("normal"), torch.tensor(ppca.x[:3], dtype=torch.float32),
+                 draws=50, local_steps=4, local_particles=2)
+    assert [s.family for s in gaps.splits()] == ["normal", "fullrank"]
+    for s in gaps.splits():
+        assert np.allclose(gaps.inference, s.approximation + s.amortization)
+        assert s.elbo.shape == (3,) and np.all(s.amortization >= 0)  # q* is never worse than the encoder's q
+    assert gaps.points == [0, 1, 2] and np.all(np.isfinite(gaps.log_px_se))
