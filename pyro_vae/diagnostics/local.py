@@ -105,7 +105,8 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
                      max_plate_nesting=layout.nest)
     fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
-    bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
+    # progress None: a bar on a terminal, a line now and then elsewhere (progress.py)
+    bar = progress_bar(steps + MAX_BLOCKS * block, None if progress is None else bool(progress), desc=desc, leave=False)
     fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
     check = _Check(model, guide, x, layout, settings, family == "delta")
