@@ -10,6 +10,7 @@ log p(x), a Monte Carlo estimate checked per point as well, gets 4 (as tests/tes
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import pyro
 
 from pyro_vae import DiagnoseSettings, PyroVAEError, build_model, config_from_dict
+from pyro_vae.cli import main
 from pyro_vae.diagnostics.gaps import inference_gaps, log_px_estimate
 from pyro_vae.models.params import model_params, scratch_params
 
@@ -152,3 +154,58 @@ def test_the_split_adds_up_on_a_quick_fit(ppca):
         assert np.allclose(gaps.inference, s.approximation + s.amortization)
         assert s.elbo.shape == (3,) and np.all(s.amortization >= 0)  # q* is never worse than the encoder's q
     assert gaps.points == [0, 1, 2] and np.all(np.isfinite(gaps.log_px_se))
+
+
+# ---------------------------------------------------------------------------
+# evaluate --gaps
+
+
+@pytest.fixture(scope="module")
+def lowrank_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gap_runs") / "lowrank"
+    code = main(["train", "--quiet", "--no-plots", "--out", str(out), "--iw-samples", "20",
+                 "--set", "train.epochs=1", "--set", "model.latent_dim=3", "--set", "model.guide=\"lowrank\"",
+                 "--set", "model.rank=1", "--set", "model.encoder.hidden=[16]", "--set", "model.decoder.hidden=[16]"])
+    assert code == 0
+    return out
+
+
+def test_evaluate_gaps_json(lowrank_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(lowrank_run), "--iw-samples", "20", "--gaps", "--gap-points", "3",
+                 "--gap-steps", "3", "--gap-draws", "30", "--json", "--quiet"]) == 0
+    gaps = json.loads(capsys.readouterr().out)["gaps"]
+    assert gaps["points"] == [0, 1, 2] and gaps["own"]["family"] == "lowrank"
+    assert [s["family"] for s in gaps["richer"]] == ["fullrank"]
+    total = gaps["own"]["total_approximation"] + gaps["own"]["total_amortization"]
+    assert math.isclose(total, gaps["total_inference"], rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_evaluate_gaps_text(lowrank_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(lowrank_run), "--iw-samples", "20", "--gaps", "--gap-points", "2",
+                 "--gap-steps", "2", "--gap-draws", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "inference gap split on 2 points" in out and "lowrank (own)" in out and "fullrank" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gap-points", "0"], "--gap-points must be >= 1"),
+    (["--gap-draws", "5"], "--gap-draws must be >= 20"),
+])
+def test_evaluate_gaps_bad_flags_are_one_line(lowrank_run, capsys, args, words):
+    capsys.readouterr()
+    assert main(["evaluate", str(lowrank_run), "--gaps", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and err.count("\n") == 0 and err.startswith("pyro-vae: error:")
+
+
+def test_evaluate_gaps_of_a_point_mass_is_one_line_before_any_work(tmp_path, capsys):
+    out = tmp_path / "ae"
+    assert main(["train", "--quiet", "--no-plots", "--out", str(out), "--iw-samples", "5", "--set", "train.epochs=1",
+                 "--set", "model.guide=\"delta\"", "--set", "model.latent_dim=2",
+                 "--set", "model.encoder.hidden=[8]", "--set", "model.decoder.hidden=[8]"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--gaps"]) == 2
+    captured = capsys.readouterr()
+    assert "point mass" in captured.err and captured.err.count("\n") == 1 and captured.out == ""
