@@ -405,7 +405,7 @@ def cmd_sample(args) -> int:
 # -- diagnostics and reports -------------------------------------------------------------
 
 _DIAGNOSE_OPTIONS = ("points", "reference", "draws", "nuts_warmup", "nuts_samples", "nuts_chains", "local_steps",
-                     "sbc_sims", "seed")
+                     "sbc_sims", "seed", "gaps")
 
 
 def _given_settings(args) -> dict:
@@ -453,6 +453,10 @@ def _add_diagnose_options(c) -> None:
                    help="Adam steps fitting q to each point alone, for the amortization gap (default: 300)")
     c.add_argument("--sbc-sims", type=int, default=None, metavar="N",
                    help="simulation-based calibration simulations; 0 skips it (default: 200)")
+    c.add_argument("--gaps", action="store_true", default=None,
+                   help="also split each run's inference gap log p(x) - ELBO(q) into the approximation gap (its "
+                   "family's) and the amortization gap (its encoder's), with q* of the guide's own family and of "
+                   "fullrank fitted to each point alone (--local-steps each); a declared model with a density guide")
     c.add_argument("--seed", type=_seed, default=None, help="seed of the diagnostics' own random stream (default: 0)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     _add_threads_option(c, "auto", "; the local fits' and NUTS's tiny steps take one thread under auto "

@@ -209,3 +209,41 @@ def test_evaluate_gaps_of_a_point_mass_is_one_line_before_any_work(tmp_path, cap
     assert main(["evaluate", str(out), "--gaps"]) == 2
     captured = capsys.readouterr()
     assert "point mass" in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+
+
+# ---------------------------------------------------------------------------
+# diagnose --gaps and the side-by-side report
+
+
+@pytest.fixture(scope="module")
+def gap_report(tmp_path_factory, lowrank_run):
+    root = tmp_path_factory.mktemp("gap_report")
+    full = root / "fullrank"
+    assert main(["train", "--quiet", "--no-plots", "--out", str(full), "--iw-samples", "20",
+                 "--set", "train.epochs=1", "--set", "model.latent_dim=3", "--set", "model.guide=\"fullrank\"",
+                 "--set", "model.encoder.hidden=[16]", "--set", "model.decoder.hidden=[16]"]) == 0
+    out = root / "report"
+    assert main(["report", str(lowrank_run), str(full), "--out", str(out), "--gaps", "--points", "2",
+                 "--local-steps", "2", "--draws", "20", "--reference", "none", "--sbc-sims", "0", "--quiet"]) == 0
+    return out
+
+
+def test_report_shows_the_runs_side_by_side(gap_report):
+    from pyro_vae import load_diagnosis
+    page = (gap_report / "index.html").read_text()
+    assert 'id="table-side_by_side"' in page and 'data-file="gaps.png"' in page.replace("figures/", "")
+    diagnosis = load_diagnosis(gap_report)  # the split survives diagnostics.json
+    families = [[s.family for s in r.gaps.splits()] for r in diagnosis.runs]
+    assert families == [["lowrank", "fullrank"], ["fullrank"]]
+    results = json.loads((gap_report / "results.json").read_text())
+    table = next(t for t in results["tables"] if t["id"] == "side_by_side")
+    assert len(table["rows"]) == 2 and all(row[4] is not None for row in table["rows"])  # log p(x) of each run
+
+
+def test_a_run_without_the_split_leaves_its_columns_empty(gap_report, tmp_path):
+    from pyro_vae import load_diagnosis
+    from pyro_vae.report.tables import build_tables
+    diagnosis = load_diagnosis(gap_report)
+    diagnosis.runs[1].gaps = None
+    table = next(t for t in build_tables(diagnosis) if t.id == "side_by_side")
+    assert table.rows[1][4:12] == [None] * 8 and table.rows[0][4] is not None
