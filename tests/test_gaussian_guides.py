@@ -83,14 +83,14 @@ def test_fullrank_next_to_an_enumerated_class():
 
 @pytest.mark.parametrize("options, words", [
     (dict(guide="lowrank", rank=3), "model.rank: rank = 3 is not below the latent's dim = 3"),
-    (dict(guide="lowrank"), "needs rank"),
+    (dict(guide="lowrank", latent_dim=1), "model.rank: rank = 1 is not below the latent's dim = 1"),
     (dict(guide="lowrank", rank=0), "model.rank: must be >= 1"),
     (dict(guide="delta", rank=1), "read by guide = \"lowrank\" only"),
     (dict(guide="fullrank", rank=1), "remove rank"),
 ])
 def test_rank_errors_are_one_line(options, words):
     with pytest.raises(PyroVAEError, match=None) as e:
-        pv.build_model(ModelConfig(latent_dim=LATENT, encoder=NET, decoder=NET, **options), D)
+        pv.build_model(ModelConfig(**dict(dict(latent_dim=LATENT, encoder=NET, decoder=NET), **options)), D)
     assert words in str(e.value) and "\n" not in str(e.value)
 
 

@@ -82,7 +82,7 @@ class NodeConfig:
     # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
     # "lowrank" (N(loc, D + V V^T), V of ``rank`` columns) or "fullrank" (N(loc, L L^T), L an amortized Cholesky)
     guide: str = "normal"
-    rank: Optional[int] = None  # guide = "lowrank": the columns of V, 1 <= rank < dim
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V, 1 <= rank < dim (None: 1)
     # partial discrete nodes: Kingma et al.'s auxiliary weight alpha on log q(y | x) of the labelled rows
     classifier_weight: float = 0.0
 
@@ -100,7 +100,7 @@ class OneLatent:
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
     guide: str = "normal"  # normal | delta (a point mass: an autoencoder) | lowrank | fullrank
-    rank: Optional[int] = None  # guide = "lowrank": the columns of V in q's covariance D + V V^T
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V in q's covariance D + V V^T (None: 1)
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
     # -- the autoencoder family (models/graph/penalties.py); the defaults change nothing --

@@ -10,6 +10,7 @@ family nearest the encoder's q).  One fitting loop serves all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -205,11 +206,11 @@ class LawGuide(torch.nn.Module):
 
 
 def law_for(name: str, node):
-    """The registered guide law ``name`` bound to ``node``'s settings (a node without a rank gets rank 1)."""
-    from_registry = GUIDE_LAWS[name]
-    if name == "lowrank" and node.rank is None:
-        return from_registry(1)
-    return from_registry.for_node(node)
+    """The registered guide law ``name`` bound to ``node``'s settings (a rank the node gives another law is not
+    this law's: lowrank then takes its default)."""
+    if node.guide != name and node.rank is not None:
+        node = dataclasses.replace(node, rank=None)
+    return GUIDE_LAWS[name].for_node(node)
 
 
 def check_law_fit(model, layout: Layout) -> None:

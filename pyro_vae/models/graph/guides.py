@@ -129,6 +129,9 @@ class FullRankLaw(GuideLaw):
         return torch.cat([loc, raw_scale(scale), loc.new_zeros(loc.shape[:-1] + (dim * (dim - 1) // 2,))], -1)
 
 
+#: the rank of a low-rank q whose node gives none
+DEFAULT_RANK = 1
+
 #: the factor V's entries a low-rank q starts from in a local fit: at V = 0 the gradient in V is 0 too
 LOWRANK_START = 1e-2
 
@@ -144,7 +147,7 @@ class LowRankLaw(GuideLaw):
 
     @classmethod
     def for_node(cls, node):
-        return cls(node.rank)
+        return cls(DEFAULT_RANK if node.rank is None else node.rank)
 
     def features(self, dim):
         return dim * (2 + self.rank)
@@ -169,8 +172,7 @@ class LowRankLaw(GuideLaw):
 def rank_problem(guide: str, rank, dim) -> str:
     """Why ``rank`` does not fit a node whose guide law is ``guide`` and size ``dim`` ("" when it fits)."""
     if guide == "lowrank":
-        if rank is None:
-            return "guide = \"lowrank\" needs rank = r (the number of columns of V in D + V V^T): add it"
+        rank = DEFAULT_RANK if rank is None else rank
         if rank < 1:
             return f"rank = {rank}: must be >= 1"
         if dim is not None and rank >= dim:
