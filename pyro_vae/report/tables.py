@@ -122,8 +122,9 @@ def seconds_per_epoch(r: RunDiagnosis):
 
 
 def _side_by_side_table(diagnosis: Diagnosis) -> List[Table]:
-    """The runs side by side on the diagnosed points: ELBO, log p(x), the inference gap and its two parts, k-hat,
-    seconds per epoch; the gap columns stay empty for a run diagnosed without ``--gaps``."""
+    """The runs side by side on the diagnosed points: ELBO, log p(x), the inference gap and its two parts, seconds
+    per epoch (k-hat has its own table next); the gap columns stay empty for a run diagnosed without ``--gaps``.
+    At most 14 columns with one richer family: a page 1400 px wide shows it whole, a narrower one scrolls it."""
     runs = diagnosis.runs
     richer = sorted({s.family for r in runs if r.gaps is not None for s in r.gaps.richer})
     rows = []
@@ -139,7 +140,6 @@ def _side_by_side_table(diagnosis: Diagnosis) -> List[Table]:
         for family in richer:
             split = next((s for s in (g.splits() if g is not None else []) if s.family == family), None)
             row += [None, None] if split is None else [split.total_approximation, split.total_approximation_se]
-        row += [r.khat.median, r.khat.max]
         rows.append(row)
     if not any(r.gaps is not None for r in runs):
         note_gaps = "The gap columns are filled by 'pyro-vae diagnose --gaps' (or 'report --gaps'). "
@@ -149,14 +149,15 @@ def _side_by_side_table(diagnosis: Diagnosis) -> List[Table]:
         "side_by_side", "The runs side by side",
         ["run", "guide", "seconds per epoch", "ELBO of q", "log p(x)", "log p(x) s.e.", "inference gap", "s.e.",
          "approximation gap", "s.e.", "amortization gap", "s.e."]
-        + [c for f in richer for c in (f"approximation gap, {f} q*", "s.e.")] + ["median k-hat", "max k-hat"],
+        + [c for f in richer for c in (f"approximation gap, {f} q*", "s.e.")],
         rows,
         "Nats per point, means over the diagnosed points. ELBO of q: the encoder's q(z|x), on its own draws. "
         "log p(x): importance-sampled from the best per-point q* found (s.e. by the delta method). Inference gap = "
         "log p(x) - ELBO(q) = approximation gap (log p(x) - ELBO(q*), q* the guide's own family fitted to each point "
         "alone: what the family cannot express) + amortization gap (ELBO(q*) - ELBO(q): what the encoder misses "
         "within its family) (Cremer et al. 2018); a richer family's q* (fullrank) says what a better family would "
-        "buy. Seconds per epoch: the median of the run's history.csv. " + note_gaps,
+        "buy. Seconds per epoch: the median of the run's history.csv. The k-hat of each run's q follows, point by "
+        "point. " + note_gaps,
     )]
 
 
