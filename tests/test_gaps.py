@@ -247,3 +247,15 @@ def test_a_run_without_the_split_leaves_its_columns_empty(gap_report, tmp_path):
     diagnosis.runs[1].gaps = None
     table = next(t for t in build_tables(diagnosis) if t.id == "side_by_side")
     assert table.rows[1][4:12] == [None] * 8 and table.rows[0][4] is not None
+
+
+def test_a_structured_guide_is_one_line():
+    from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
+    net = NetConfig((4,))
+    spec = ModelConfig(nodes={"z1": NodeConfig(dim=2, encoder=net), "z2": NodeConfig(dim=2, parents=("z1",),
+                                                                                      encoder=net, net=net),
+                              "x": NodeConfig(role="observed", likelihood="normal", scale=1.0, parents=("z2",),
+                                              net=net)})
+    model = build_model(spec, D).eval()
+    with pytest.raises(PyroVAEError, match="also reads z2.*mean-field"):
+        _gaps(model, torch.zeros(2, D), local_steps=1)

@@ -227,8 +227,8 @@ def check_law_fit(model, layout: Layout) -> None:
                                "prior's component, is fine)")
         if g.guide_inputs(name):
             raise PyroVAEError(f"q({name} | ...) also reads {', '.join(g.guide_inputs(name))}: a per-point q of a "
-                               "structured guide is not one law's output; set model.guide_structure = "
-                               "\"mean-field\" to split its gaps")
+                               "structured guide is not one law's output; the gaps of a model trained with "
+                               "model.guide_structure = \"mean-field\" can be split")
     if layout.summed_guide:
         raise PyroVAEError(f"the guide samples discrete sites ({', '.join(layout.summed_guide)}): the gaps are "
                            "split for continuous latents only")

@@ -45,7 +45,8 @@ def gaps_text(gaps: dict) -> str:
              f"    {'q* family':<14}{'ELBO(q*)':>12}{'approximation gap':>22}{'amortization gap':>22}"]
     for r in gap_rows(gaps):
         name = r["family"] + (" (own)" if r["own"] else "")
-        note = "" if r["converged"] else "   (fit not converged: its gaps lean amortized)"
+        # a fit stopped short leaves q* below its family's best: the approximation gap reads high, amortization low
+        note = "" if r["converged"] else "   (fit not converged: approximation gap overstated, amortization understated)"
         lines.append(f"    {name:<14}{r['elbo']:>12.3f}{pm(r['approximation'], r['approximation_se']):>22}"
                      f"{pm(r['amortization'], r['amortization_se']):>22}{note}")
     khat = gaps.get("log_px_khat") or []
