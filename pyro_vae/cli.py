@@ -21,12 +21,14 @@ from . import __version__
 from .app import diagnose_runs, evaluate_run, report_runs, train
 from .app.sample import write_samples
 from .app.demo import demo
+from .app.evaluate import GapOptions
 from .app.pipeline import FROM_CONFIG
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .config.schema import THREADS_RULE
 from .errors import PyroVAEError, TrainingInterrupted
 from .evaluation.quantities import ONE_LATENT
 from .report.render import render_text
+from .report.gaps import gaps_text
 from .runtime import distributed, failures
 from .runtime.launch import launch
 from .runtime.threads import parse_setting
@@ -369,9 +371,10 @@ def _launch_train(args, cfg, out: Path) -> int:
 
 def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
+    gaps = GapOptions(args.gap_points, args.gap_steps, args.gap_draws) if args.gaps else None
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
                          seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, threads=args.threads,
-                         progress=False if args.quiet else None, **_run_code(args))
+                         progress=False if args.quiet else None, gaps=gaps, **_run_code(args))
     if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
     metrics = found.metrics()
@@ -385,6 +388,8 @@ def cmd_evaluate(args) -> int:
             print(nodes)
         if found.classes is not None:
             print(_format_classes(found.classes))
+        if "gaps" in metrics:
+            print(gaps_text(metrics["gaps"]))
         if args.per_point:
             print(f"per-point results: {Path(args.per_point)}")
     return 0
@@ -400,7 +405,7 @@ def cmd_sample(args) -> int:
 # -- diagnostics and reports -------------------------------------------------------------
 
 _DIAGNOSE_OPTIONS = ("points", "reference", "draws", "nuts_warmup", "nuts_samples", "nuts_chains", "local_steps",
-                     "sbc_sims", "seed")
+                     "sbc_sims", "seed", "gaps")
 
 
 def _given_settings(args) -> dict:
@@ -448,6 +453,10 @@ def _add_diagnose_options(c) -> None:
                    help="Adam steps fitting q to each point alone, for the amortization gap (default: 300)")
     c.add_argument("--sbc-sims", type=int, default=None, metavar="N",
                    help="simulation-based calibration simulations; 0 skips it (default: 200)")
+    c.add_argument("--gaps", action="store_true", default=None,
+                   help="also split each run's inference gap log p(x) - ELBO(q) into the approximation gap (its "
+                   "family's) and the amortization gap (its encoder's), with q* of the guide's own family and of "
+                   "fullrank fitted to each point alone (--local-steps each); a declared model with a density guide")
     c.add_argument("--seed", type=_seed, default=None, help="seed of the diagnostics' own random stream (default: 0)")
     c.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     _add_threads_option(c, "auto", "; the local fits' and NUTS's tiny steps take one thread under auto "
@@ -625,6 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
                    "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
                    "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
+    e.add_argument("--gaps", action="store_true",
+                   help="also split the inference gap log p(x) - ELBO(q) of the first --gap-points test points into "
+                   "the approximation gap (what q's family cannot express) and the amortization gap (what the "
+                   "encoder misses within it), Cremer et al. 2018: q* is q's family fitted to each point alone, "
+                   "warm-started at the encoder's output; also with q* from the richer fullrank family (key 'gaps' "
+                   "of the JSON; slow: a local fit per family)")
+    e.add_argument("--gap-points", type=int, default=16, metavar="N", help="points the gaps are split on (default: 16)")
+    e.add_argument("--gap-steps", type=int, default=300, metavar="N",
+                   help="Adam steps of each local fit before its averaged blocks (default: 300)")
+    e.add_argument("--gap-draws", type=int, default=1000, metavar="K",
+                   help="draws per point behind each ELBO and log p(x) of the split (default: 1000)")
     e.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     _add_threads_option(e, None, " (default: the run's train.threads)")
     _add_run_code_options(e)

@@ -11,7 +11,12 @@ from typing import Callable, Optional
 
 import torch
 
+from ..data import batch
 from ..data.arrays import as_matrix, read_array
+from ..diagnostics.gaps import RICHER, check_gaps_possible, inference_gaps
+from ..diagnostics.results import InferenceGaps
+from ..diagnostics.settings import DiagnoseSettings
+from ..models.params import model_params, scratch_params
 from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
@@ -34,13 +39,59 @@ class RunEvaluation:
     points: PointwiseEvaluation
     summary: dict
     classes: Optional[ClassMetrics] = None
+    gaps: Optional[InferenceGaps] = None  # ``evaluate --gaps``: the inference gap split on the first points
 
     def metrics(self, **extra) -> dict:
-        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics."""
+        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics
+        and the gap split."""
         metrics = dict(self.summary, **extra)
         if self.classes is not None:
             metrics["classes"] = self.classes.to_json()
+        if self.gaps is not None:
+            metrics["gaps"] = self.gaps.to_json()
         return metrics
+
+
+@dataclass(frozen=True)
+class GapOptions:
+    """``evaluate --gaps``: on how many of the first points, and how hard each local fit tries."""
+
+    points: int = 16
+    steps: int = 300
+    draws: int = 1000
+    richer: tuple = RICHER
+
+    def settings(self, seed: int) -> DiagnoseSettings:
+        """The local fits' settings (one code path with diagnose's), checked: one line naming a bad flag."""
+        for flag, value, low in (("--gap-points", self.points, 1), ("--gap-steps", self.steps, 0),
+                                 ("--gap-draws", self.draws, 20)):
+            if value < low:
+                raise PyroVAEError(f"{flag} must be >= {low} (got {value})")
+        return DiagnoseSettings(points=self.points, local_steps=self.steps, draws=self.draws, seed=seed).check()
+
+
+def split_gaps(model, x, options: GapOptions, seed: int, progress, log) -> InferenceGaps:
+    """The inference gap split of ``model`` on the first ``options.points`` rows of ``x`` (held-out arrays)."""
+    x = density_data(model, x)
+    n = min(options.points, batch.num_rows(x))
+    rows = batch.prepare(batch.rows(x, slice(0, n)), "the gap split's points", model_device(model), torch.float32)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with model_params(model), scratch_params():
+            return inference_gaps(model, rows, list(range(n)), options.settings(seed), richer=options.richer,
+                                  progress=progress, name="gaps", log=log)
+    finally:
+        model.train(was_training)
+
+
+def check_gaps(model, x) -> None:
+    """Before any work: one line unless ``model``'s inference gap can be split (a density guide, a declared graph)."""
+    x = density_data(model, x)
+    rows = batch.prepare(batch.rows(x, slice(0, min(2, batch.num_rows(x)))), "the gap split's points",
+                         model_device(model), torch.float32)
+    with model_params(model), scratch_params():
+        check_gaps_possible(model, rows)
 
 
 def density_data(model, data):
@@ -84,12 +135,14 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
                  prior_samples: Optional[int] = None, seed: int = 0, budget: Optional[int] = None,
                  per_point: Optional[os.PathLike] = None, log: Callable[[str], None],
                  program_path: Optional[os.PathLike] = None, trust_code: bool = False,
-                 progress: Optional[bool] = None, threads: Optional[ThreadSetting] = None) -> Optional[RunEvaluation]:
+                 progress: Optional[bool] = None, threads: Optional[ThreadSetting] = None,
+                 gaps: Optional[GapOptions] = None) -> Optional[RunEvaluation]:
     """``pyro-vae evaluate``: a run's model on its test data (or the array file ``data``); nothing in the run changes.
 
     ``per_point``: a .csv file that gets one row of results per point.  ``progress``: as for training (progress.py:
     a bar on a terminal, a line every 10 s elsewhere, False for none).  ``threads``: torch's thread count while
-    it evaluates ("auto" or a count; None: the run's ``train.threads``).  Under torchrun every process calls
+    it evaluates ("auto" or a count; None: the run's ``train.threads``).  ``gaps``: also split the inference
+    gap on the first test points (diagnostics/gaps.py; in the process that reports).  Under torchrun every process calls
     this and evaluates its block of the points (runtime/distributed.py); rank 0 gets the evaluation, the
     others None.
     """
@@ -100,7 +153,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
         with failures.claim_on_error():  # before the group closes under the other ranks
             group = distributed.init_from_env("auto")
             found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main,
-                                  log, program_path, trust_code, progress if group.is_main else False, threads)
+                                  log, program_path, trust_code, progress if group.is_main else False, threads, gaps)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()
@@ -108,7 +161,7 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
 
 
 def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, report, log, program_path,
-                  trust_code, progress=None, threads=None) -> RunEvaluation:
+                  trust_code, progress=None, threads=None, gaps=None) -> RunEvaluation:
     """:func:`evaluate_run` in one process; ``report`` False on the ranks of a torchrun job that do not report
     (they compute their share, and skip the class metrics and the file)."""
     per_point = Path(per_point) if per_point else None
@@ -128,10 +181,15 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
             raise PyroVAEError(f"{flag} must be >= {floor} (got {value}): pass {flag} with a count of at least {floor}")
+    if gaps is not None:
+        gaps.settings(seed)
+        check_gaps(run.model, x)
     choice = _threads(run, threads)
     with use_threads(choice):
         found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
                                prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
+        if gaps is not None and report:
+            found.gaps = split_gaps(run.model, x, gaps, seed, progress, log)
     if report:  # said once the evaluation stands: a count it refused is the only line
         log(choice.line())
     if report and per_point is not None:

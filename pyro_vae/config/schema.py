@@ -82,8 +82,10 @@ class NodeConfig:
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
     # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
+    # "lowrank" (N(loc, D + V V^T), V of ``rank`` columns), "fullrank" (N(loc, L L^T), L an amortized Cholesky),
     # "iaf" or "spline" (flows: the Gaussian then conditional autoregressive transforms, models/graph/flows.py)
     guide: str = "normal"
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V, 1 <= rank < dim (None: 1)
     # -- flows (models/graph/flows.py, priors.py) --
     # the number of transforms of a flow guide ("iaf", "spline") and of a flow prior (None: 2)
     flows: Optional[int] = None
@@ -107,7 +109,8 @@ class OneLatent:
     # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
-    guide: str = "normal"  # normal | delta (a point mass: an autoencoder) | iaf | spline (flows)
+    guide: str = "normal"  # normal | delta (a point mass: an autoencoder) | lowrank | fullrank | iaf | spline (flows)
+    rank: Optional[int] = None  # guide = "lowrank": the columns of V in q's covariance D + V V^T (None: 1)
     flows: Optional[int] = None  # iaf / spline guide, flow prior: the number of transforms (None: 2)
     flow_hidden: Optional[Tuple[int, ...]] = None  # each transform's hidden sizes (None: 10 * latent_dim)
     pseudo_inputs: Optional[int] = None  # prior = "vamp": the number of learned pseudo-inputs (None: 50)
@@ -353,6 +356,7 @@ RANGES = {
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
     "model.scale": (lambda v: isinstance(v, str) or v > 0, 'a positive number, "learned", "learned_isotropic" or "amortized"'),
     "model.prior_scale": (lambda v: v > 0, "> 0"),
+    "model.rank": (lambda v: v >= 1, ">= 1 (the columns of V in D + V V^T)"),
     "model.sparsity": (lambda v: v > 0, "> 0 (the Laplace prior's rate lambda)"),
     "model.contractive": (lambda v: v >= 0, ">= 0"),
     "model.corruption_level": (lambda v: v >= 0, ">= 0"),

@@ -28,6 +28,7 @@ SHORT_KEYS = {
     (LATENT, "dim"): "model.latent_dim",
     (LATENT, "family"): "model.prior",
     (LATENT, "guide"): "model.guide",
+    (LATENT, "rank"): "model.rank",
     (LATENT, "encoder"): "model.encoder",
     (LATENT, "prior_scale"): "model.prior_scale",
     (LATENT, "prior"): "model.prior",
@@ -53,7 +54,7 @@ def desugar(one: OneLatent) -> GraphSpec:
     family, prior = ("normal", one.prior) if one.prior in SHORT_ROOT_PRIORS else (one.prior, "fixed")
     z = NodeConfig(role="latent", family=family, dim=one.latent_dim, prior_scale=prior_scale, prior=prior,
                    encoder=one.encoder, guide=one.guide, flows=one.flows, flow_hidden=one.flow_hidden,
-                   pseudo_inputs=one.pseudo_inputs)
+                   pseudo_inputs=one.pseudo_inputs, rank=one.rank)
     x = NodeConfig(role="observed", likelihood=one.likelihood, scale=one.scale, levels=one.levels,
                    parents=(LATENT,), net=one.decoder)
     return GraphSpec(nodes={LATENT: z, OBSERVED: x}, corruption=one.corruption,

@@ -1,12 +1,22 @@
-"""Per-point variational fits: the amortization gap's local q, fitted until its ELBO stops changing."""
+"""Per-point variational fits: the amortization gap's local q, fitted until its ELBO stops changing.
+
+The local q is an autoguide (``family="normal"``: AutoNormal, ``"delta"``:
+AutoDelta), or, for a declared graph, a member of a guide law's own family
+(``family="law"``): the per-point encoder OUTPUT vector ``out`` of each latent
+node, freed from the encoder and optimized, warm-started at the encoder's
+output (or, for another law than the node's, at the member of that law's
+family nearest the encoder's q).  One fitting loop serves all of them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Dict, Optional
 
 import numpy as np
 import pyro
@@ -17,7 +27,9 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroParam
+from pyro.poutine.messenger import Messenger
 
+from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout
 from ..infer.sites import is_real, summing
@@ -25,6 +37,7 @@ from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
 from .draws import draw_q
+from ..models.graph.guides import GUIDE_LAWS
 from ..data import batch
 
 # after the scheduled steps: averaged blocks of this share of them, at most this many (4x the schedule)
@@ -59,12 +72,14 @@ class LocalFit:
 
 
 def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, settings: DiagnoseSettings,
-              family: str = "normal", progress: bool = False, desc: str = "") -> LocalFit:
+              family: str = "normal", progress: bool = False, desc: str = "", law: Optional[str] = None) -> LocalFit:
     """Fit q to each point alone, with the decoder fixed, starting from the amortized q.
 
     ``family="normal"``: AutoNormal (diagonal Gaussian, the normal encoder's
-    family); ``"delta"``: AutoDelta (MAP).  The model's parameters are not
-    touched: gradients are taken with respect to the local guide's only.
+    family); ``"delta"``: AutoDelta (MAP); ``"law"``: each latent node's
+    guide-law output ``out`` per point (:class:`LawGuide`), of the node's own
+    law or, given ``law``, of that registered law.  The model's parameters are
+    not touched: gradients are taken with respect to the local guide's only.
 
     ``local_steps`` Adam steps with a step size decaying 10x, then blocks of
     a quarter as many at the final step size whose iterates are averaged,
@@ -79,7 +94,8 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     x steps) nats per point) is why ``better`` says, per point, whether the
     fit beats the amortized q on independent draws.
     """
-    guide = _local_guide(model, x, layout, q_mean, q_sd, family)
+    guide = (LawGuide(model, x, layout, law) if family == "law" else
+             _local_guide(model, x, layout, q_mean, q_sd, family))
     steps = settings.local_steps
     if steps == 0:
         return LocalFit(guide, 0, False, np.ones(batch.num_rows(x), dtype=bool))
@@ -90,11 +106,12 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
                      max_plate_nesting=layout.nest)
     fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
-    bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
+    # progress None: a bar on a terminal, a line now and then elsewhere (progress.py)
+    bar = progress_bar(steps + MAX_BLOCKS * block, None if progress is None else bool(progress), desc=desc, leave=False)
     fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
     check = _Check(model, guide, x, layout, settings, family == "delta")
-    with guide.create_plates.unflagged():
+    with guide.create_plates.unflagged() if family != "law" else nullcontext():
         # the step size decays 10x over the scheduled steps, so they settle instead of jittering
         fit.run(steps, lambda t: settings.local_lr * 0.1 ** (t / steps))
         converged = fit.averaged_blocks(block, settings.local_lr * 0.1, check)
@@ -128,6 +145,93 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint,
                                                         guide._event_dims[s]))
     return guide
+
+
+class _Outputs(Messenger):
+    """Each latent node's q drawn from its law at the free per-point ``out`` instead of the encoder's output."""
+
+    def __init__(self, guide: "LawGuide"):
+        super().__init__()
+        self.guide = guide
+
+    def _pyro_sample(self, msg):
+        g = self.guide
+        if msg["name"] in g.laws and not msg["is_observed"]:
+            q = g.laws[msg["name"]].law(g.outs[msg["name"]], g.dims[msg["name"]])
+            msg["fn"] = q.expand(msg["fn"].batch_shape)  # the plates the run's guide opened, particles included
+
+
+class LawGuide(torch.nn.Module):
+    """A declared graph's own guide with each latent node's encoder output replaced by a free per-point ``out``.
+
+    The guide runs as trained (its plates, its order, its sites); only the law
+    each latent site draws from changes, to ``law(out)`` of the node's guide law
+    (or ``law``, a registered law name: a richer family, such as "fullrank").
+    ``out`` starts at the encoder's output for the node's own law, else at
+    ``warm_start`` of the encoder's q's mean and standard deviation.
+    """
+
+    def __init__(self, model, x, layout: Layout, law: Optional[str] = None):
+        super().__init__()
+        check_law_fit(model, layout)
+        # the run's model is used, not owned: as a submodule its parameters would join the fit's
+        object.__setattr__(self, "model", model)
+        self.laws: Dict[str, object] = {}
+        self.dims: Dict[str, int] = {}
+        self.outs = torch.nn.ParameterDict()
+        feats = model.encoder_inputs(dict(x) if batch.is_named(x) else {model.obs_site: x})
+        with torch.no_grad():
+            for name in model.latent_sites:
+                family, node = model.families[name], model.graph.nodes[name]
+                own = family.guide_law
+                chosen = own if law is None or law == node.guide else law_for(law, node)
+                out = model.encoders[name](feats)
+                if chosen is not own:
+                    q = family.guide(out)
+                    out = chosen.warm_start(q.mean, q.variance.sqrt())
+                self.laws[name], self.dims[name] = chosen, family.dim
+                self.outs[name] = torch.nn.Parameter(out.detach().clone())
+        self.start = {n: p.detach().clone() for n, p in self.outs.items()}
+
+    @torch.no_grad()
+    def restart(self, where: np.ndarray) -> None:
+        """``out`` back at its starting value on the points ``where`` is true."""
+        for n, out in self.outs.items():
+            keep = torch.as_tensor(where, device=out.device).reshape((-1,) + (1,) * (out.dim() - 1))
+            out.copy_(torch.where(keep, self.start[n], out))
+
+    def forward(self, *args, **kwargs):
+        with _Outputs(self):
+            return self.model.guide(*args, **kwargs)
+
+
+def law_for(name: str, node):
+    """The registered guide law ``name`` bound to ``node``'s settings (a rank the node gives another law is not
+    this law's: lowrank then takes its default)."""
+    if node.guide != name and node.rank is not None:
+        node = dataclasses.replace(node, rank=None)
+    return GUIDE_LAWS[name].for_node(node)
+
+
+def check_law_fit(model, layout: Layout) -> None:
+    """One line unless every latent of ``model`` is a declared continuous node whose q reads the data alone."""
+    if not (hasattr(model, "families") and hasattr(model, "encoders") and hasattr(model, "graph")):
+        raise PyroVAEError(f"a local fit of the guide law's outputs needs a declared model ([model] keys or "
+                           f"[model.nodes.NAME] tables), but this run's model is {type(model).__name__}, a program: "
+                           "its guide has no law to free")
+    g = model.graph
+    for name in model.latent_sites:
+        if model.families[name].discrete:
+            raise PyroVAEError(f"node {name!r} is discrete: the gaps are split for continuous latents only "
+                               "(a graph whose discrete nodes are summed in the model alone, such as a mixture "
+                               "prior's component, is fine)")
+        if g.guide_inputs(name):
+            raise PyroVAEError(f"q({name} | ...) also reads {', '.join(g.guide_inputs(name))}: a per-point q of a "
+                               "structured guide is not one law's output; the gaps of a model trained with "
+                               "model.guide_structure = \"mean-field\" can be split")
+    if layout.summed_guide:
+        raise PyroVAEError(f"the guide samples discrete sites ({', '.join(layout.summed_guide)}): the gaps are "
+                           "split for continuous latents only")
 
 
 class _SizedPlates:

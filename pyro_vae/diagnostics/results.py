@@ -127,6 +127,64 @@ class AmortizationGap(Record):
 
 
 @dataclass
+class GapSplit(Record):
+    """The inference gap split by one family's per-point q* (Cremer et al. 2018), per point and in total (nats).
+
+    approximation = log p(x) - ELBO(q*): what the family cannot express;
+    amortization = ELBO(q*) - ELBO(q_encoder): what the encoder misses within
+    it.  q* is the family's member fitted to each point alone, warm-started at
+    the encoder's output; where it does not beat the encoder's q on independent
+    draws, q* is the encoder's q (amortization 0 there).  Totals are means over
+    the points, their s.e. from the per-point ones (independent points).
+    """
+
+    family: str  # the guide law q* is a member of ("normal", "lowrank", "fullrank", ...)
+    elbo: np.ndarray  # (points,) ELBO(q*)
+    elbo_se: np.ndarray
+    approximation: np.ndarray
+    approximation_se: np.ndarray
+    amortization: np.ndarray
+    amortization_se: np.ndarray  # paired draws (common random numbers) of q* and the encoder's q
+    total_approximation: float
+    total_approximation_se: float
+    total_amortization: float
+    total_amortization_se: float
+    steps: int = 0  # Adam steps of the local fit
+    converged: bool = False
+    local_better: Optional[np.ndarray] = None  # (points,) the fit beat the encoder's q on independent draws
+
+
+@dataclass
+class InferenceGaps(Record):
+    """log p(x) - ELBO(q_encoder) per point and in total, and its split by the guide's own family and richer ones.
+
+    log p(x) is importance-sampled from the best q* found (the highest ELBO), on
+    draws of its own, with its delta-method s.e. and PSIS k-hat per point."""
+
+    points: List[int]  # the data rows (test rows) split
+    draws: int  # draws per point behind each ELBO and log p(x)
+    log_px: np.ndarray
+    log_px_se: np.ndarray
+    log_px_khat: np.ndarray
+    log_px_proposal: str  # the family of the q* that proposed log p(x)'s draws
+    elbo_q: np.ndarray  # ELBO(q_encoder)
+    elbo_q_se: np.ndarray
+    inference: np.ndarray
+    inference_se: np.ndarray
+    total_log_px: float
+    total_log_px_se: float
+    total_elbo_q: float
+    total_elbo_q_se: float
+    total_inference: float
+    total_inference_se: float
+    own: GapSplit  # q* of the guide's own family
+    richer: List[GapSplit] = field(default_factory=list)  # q* of richer families (fullrank, ...)
+
+    def splits(self) -> List[GapSplit]:
+        return [self.own] + list(self.richer)
+
+
+@dataclass
 class NutsCheck(Record):
     """NUTS chains: mixing statistics per (point, latent dim) and, beside an exact grid, its errors against it."""
 
@@ -356,6 +414,7 @@ class RunDiagnosis(Record):
     generated: Optional[Generated] = field(default=None, metadata=_FILE)
     structure: Optional[ModelStructure] = None  # the model's graph (None in diagnoses saved before it was kept)
     loo_check: Optional[LooCheck] = None  # against ArviZ's loo_approximate_posterior (None before ArviZ 1.0)
+    gaps: Optional[InferenceGaps] = None  # the inference gap split (None: a model it does not apply to, or older)
 
     @property
     def coverage(self) -> str:

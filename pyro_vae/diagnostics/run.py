@@ -27,6 +27,7 @@ from ..serialize import to_plain
 from .generated import generate
 from .draws import draw_prior, draw_q
 from .local import LocalModel, fit_local
+from .gaps import inference_gaps
 from .reference import grid_reference, nuts_reference, unconstrained_loc_scale
 from .sizing import few_threads
 from ..data import batch
@@ -97,6 +98,9 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     local, precond = _local_fit(model, x, layout, qd, name, settings, progress)
     lap("local_fit")
 
+    gaps = _gaps(model, x, subject.point_index, name, settings, progress, log)
+    lap("gaps")
+
     ref = _reference(model, x, layout, subject.point_index, name, zp, precond, settings, progress, log)
     lap("reference")
 
@@ -125,7 +129,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         image_shape=[int(v) for v in shape] if shape else None,
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
-        structure=structure, loo_check=loo)
+        structure=structure, loo_check=loo, gaps=gaps)
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 
@@ -212,6 +216,18 @@ def _local_fit(model, x, layout: Layout, qd: _QDraws, name, settings, progress):
                           elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - elbo_q, gap_se=gap_se,
                           elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better)
     return gap, unconstrained_loc_scale(local_normal.guide, layout, b)
+
+
+def _gaps(model, x, point_index, name, settings, progress, log):
+    """The inference gap split (``settings.gaps``), or None, said, for a model it does not apply to."""
+    if not settings.gaps:
+        return None
+    log(f"[{name}] the inference gap split: log p(x) - ELBO(q) into approximation and amortization gaps")
+    try:
+        return inference_gaps(model, x, point_index, settings, progress=progress, name=name, log=log)
+    except PyroVAEError as e:
+        log(f"[{name}] note: no gap split: {e}")
+        return None
 
 
 @dataclass

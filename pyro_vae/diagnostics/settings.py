@@ -39,6 +39,8 @@ class DiagnoseSettings:
     sbc_sims: int = 200  # 0 skips simulation-based calibration
     sbc_draws: int = 99
     seed: int = 0
+    # the inference gap split (diagnostics/gaps.py): two more local fits per run, the guide's family and fullrank
+    gaps: bool = False
 
     def check(self) -> "DiagnoseSettings":
         """The settings themselves, once every count and rate is in range (else a one-line error naming the flag)."""
@@ -55,6 +57,8 @@ class DiagnoseSettings:
                 raise PyroVAEError(f"{flag} must be an integer >= {low} (got {v!r})")
             if v > high:
                 raise PyroVAEError(f"{flag} must be at most {high:,} (got {v}): pass a smaller value")
+        if not isinstance(self.gaps, bool):
+            raise PyroVAEError(f"gaps must be true or false (got {self.gaps!r})")
         if not self.local_lr > 0:
             raise PyroVAEError(f"local_lr must be > 0 (got {self.local_lr!r})")
         return self

@@ -25,7 +25,7 @@ from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.flowkeys import check_flow_keys, check_pseudo_inputs
-from .graph.guides import GUIDE_LAWS
+from .graph.guides import GUIDE_LAWS, rank_problem
 from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
@@ -51,6 +51,9 @@ def check_names(spec: GraphSpec) -> None:
         if node.guide != "normal" and (node.role != "latent" or node.family in DISCRETE):
             raise PyroVAEError(f"{key_path(spec, name, 'guide')} = {node.guide!r}: a guide law is for a continuous "
                                f"latent, but this node is {node.role} {node.family!r}: remove it")
+        problem = rank_problem(node.guide, node.rank, node.dim)
+        if problem:
+            raise PyroVAEError(f"{key_path(spec, name, 'rank')}: {problem}")
     _known(spec.corruption, CORRUPTIONS.names(), "model.corruption")
     problem = CORRUPTIONS[spec.corruption].check_level(spec.corruption_level)
     if problem:

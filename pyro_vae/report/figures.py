@@ -456,9 +456,42 @@ def fig_structure(figs: Figures, diagnosis: Diagnosis) -> None:
                   "structure")
 
 
+def fig_gaps(figs: Figures, diagnosis: Diagnosis) -> None:
+    """Each run's inference gap as its two parts, stacked, with 2 s.e. bars; a richer family's approximation gap
+    beside them."""
+    runs = [r for r in diagnosis.runs if r.gaps is not None]
+    if not runs:
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(runs) + 2.5) + 2.6, 3.8))
+    xs = np.arange(len(runs))
+    approx = np.array([r.gaps.own.total_approximation for r in runs])
+    amort = np.array([r.gaps.own.total_amortization for r in runs])
+    ax.bar(xs - 0.18, approx, 0.36, color=COLORS[0], label="approximation gap (q's family)")
+    ax.bar(xs - 0.18, amort, 0.36, bottom=approx, color=COLORS[1], label="amortization gap (the encoder)")
+    ax.errorbar(xs - 0.18, approx + amort, yerr=[2 * r.gaps.total_inference_se for r in runs], fmt="none",
+                ecolor="k", capsize=3, lw=1)
+    richer = [(i, s) for i, r in enumerate(runs) for s in r.gaps.richer[:1]]
+    if richer:
+        ax.bar([i + 0.18 for i, _ in richer], [s.total_approximation for _, s in richer], 0.36, color=COLORS[2],
+               label=f"approximation gap of {richer[0][1].family} q*")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r.name for r in runs], fontsize=8)
+    ax.set_ylabel("nats per point")
+    # beside the bars, not over them: a tall stack reaches any corner inside the axes
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Why is the ELBO loose? The inference gap log p(x) - ELBO(q), split", fontsize=10)
+    fig.tight_layout()
+    figs.save(fig, "gaps", "The inference gap and its parts",
+              "Per run, the inference gap (the stacked bar, with 2 s.e.) as the approximation gap of q's own family "
+              "plus the amortization gap of its encoder; beside it, the approximation gap of a richer family's "
+              "per-point q*: how much of the gap a better family would close.", "side_by_side")
+
+
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
     """Every figure the saved results allow, in the report's order."""
     with figure_style():
-        for fig in (fig_training, fig_structure, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
+        for fig in (fig_training, fig_structure, fig_gaps, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
             fig(figs, diagnosis)
     return figs.items

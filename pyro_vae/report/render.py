@@ -38,6 +38,7 @@ RESULTS_FORMAT = "pyro_vae.report/1"
 
 SECTIONS = [
     ("runs", "Runs"),
+    ("side_by_side", "The runs side by side: the inference gap and its parts"),
     ("structure", "The models' graphs"),
     ("khat", "Is q(z|x) a good posterior? Pareto k-hat per point"),
     ("reference", "Reference posterior"),
@@ -46,7 +47,7 @@ SECTIONS = [
     ("sbc", "Calibration"),
     ("generated", "What the models generate"),
 ]
-TABLE_SECTION = {"runs": "runs", "khat": "khat", "worst": "khat", "loo": "khat", "reference": "reference",
+TABLE_SECTION = {"runs": "runs", "side_by_side": "side_by_side", "khat": "khat", "worst": "khat", "loo": "khat", "reference": "reference",
                  "nuts_check": "reference", "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
 
 GLOSSARY = [
@@ -58,6 +59,9 @@ GLOSSARY = [
      "draws, per point and latent dimension (ArviZ rank-normalized versions)."),
     ("amortization gap", "ELBO of a q fitted to one point alone minus ELBO of the amortized q(z|x): what sharing one "
      "encoder across all points costs."),
+    ("inference gap", "log p(x) - ELBO(q): how loose the encoder's bound is; the approximation gap (log p(x) - "
+     "ELBO(q*), q* the best member of q's family for that point alone) is what the family cannot express, the "
+     "amortization gap (ELBO(q*) - ELBO(q)) what the encoder fails to find within it (Cremer, Li & Duvenaud 2018)."),
     ("SBC", "simulation-based calibration: simulate z* ~ p(z), x ~ p(x|z*) and rank z* among draws from q(z|x)."),
     ("active units", f"latent dimensions whose encoder mean E_q[z_j|x] varies across the test data: "
      f"Cov_x(E_q[z_j|x]) > {ACTIVE_UNIT_THRESHOLD:g} (Burda et al. 2016). What train and evaluate print, from "
@@ -297,7 +301,7 @@ def terminal_text(text: str) -> str:
                    for ch in str(text))
 
 
-def render_text(d: Diagnosis, table_ids: Sequence[str] = ("khat", "loo", "reference", "nuts_check", "comparison",
+def render_text(d: Diagnosis, table_ids: Sequence[str] = ("side_by_side", "khat", "loo", "reference", "nuts_check", "comparison",
                                                        "comparison_nodes", "sbc")) -> str:
     """The main tables and the warnings as plain text, for the terminal."""
     lines = []

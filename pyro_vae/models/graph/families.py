@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 
 from ...registry import Registry
-from .flows import law_for
 from .guides import GUIDE_LAWS, MIN_SCALE
 from .priors import FlowPrior
 
@@ -67,9 +66,9 @@ class _Continuous(Family):
 
     def __init__(self, node):
         super().__init__(node)
-        # a static law (guides.py) is used as it is; a flow law holds the node's transforms, so it is a module
-        # built for this node and registered here (its parameters train and are checkpointed with the family's)
-        self.guide_law = law_for(GUIDE_LAWS[node.guide], node)
+        # a law with settings or learned parts of its own (lowrank's rank, a flow's transforms) is bound to the
+        # node here; a flow law is a module, registered here so that its parameters train and are checkpointed
+        self.guide_law = GUIDE_LAWS[node.guide].for_node(node)
 
     @property
     def guide_features(self):

@@ -10,7 +10,7 @@ transforms instead (``conditional_spline_autoregressive``).  q is Pyro's
 Pyro's own change of variables.
 
 A flow law holds learned modules, so unlike the static laws of guides.py it
-is an ``nn.Module`` built once per node (``law_class(node)``) and owned by the
+is an ``nn.Module`` built once per node (``for_node(node)``) and owned by the
 node's family (families.py ``_Continuous``); its interface is the same
 three calls, ``features(dim)``, ``law(out, dim)``, ``mean(out, dim)``.
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 from pyro.distributions.transforms import conditional_affine_autoregressive, conditional_spline_autoregressive
 
-from .guides import GUIDE_LAWS, MIN_SCALE
+from .guides import GUIDE_LAWS, MIN_SCALE, raw_scale
 
 #: transforms of a flow guide or prior when ``flows`` is not given
 DEFAULT_FLOWS = 2
@@ -94,8 +94,17 @@ class FlowLaw(nn.Module):
     def transform(dim: int, context: int, hidden: List[int]):
         raise NotImplementedError
 
+    @classmethod
+    def for_node(cls, node) -> "FlowLaw":
+        """The law built for ``node``: its own transforms, registered in the node's family."""
+        return cls(node)
+
     def features(self, dim: int) -> int:
         return 2 * dim + self.context
+
+    def warm_start(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``out`` whose base Gaussian is N(loc, diag scale^2), at the context 0 (the transforms stay as trained)."""
+        return torch.cat([loc, raw_scale(scale), loc.new_zeros(loc.shape[:-1] + (self.context,))], -1)
 
     def _parts(self, out: torch.Tensor, dim: int):
         loc, raw, context = out.split([dim, dim, self.context], dim=-1)
@@ -135,8 +144,3 @@ class SplineLaw(FlowLaw):
     @staticmethod
     def transform(dim, context, hidden):
         return conditional_spline_autoregressive(dim, context, hidden_dims=hidden)
-
-
-def law_for(law, node):
-    """The guide law a node's family uses: a flow law (a module) built for the node, a static law as it is."""
-    return law(node) if isinstance(law, type) and issubclass(law, nn.Module) else law
