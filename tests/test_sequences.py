@@ -19,6 +19,7 @@ from pyro import poutine
 
 import pyro_vae as pv
 from pyro_vae.config import config_from_dict
+from pyro_vae.diagnostics.kalman import LinearGaussian, kalman_smoother
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models.graph.sequence import SequenceModel, reverse_within
 
@@ -176,3 +177,59 @@ def test_sequence_model_trains_and_resumes(tmp_path):
     cfg["train"]["epochs"] = 2
     resumed = pv.train(config_from_dict(cfg), tmp_path / "b", resume=True)
     assert run.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
+
+
+# -- the Kalman filter and smoother against a dense Gaussian ------------------------------------------------------
+
+
+def _random_params(k=2, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def spd(m):
+        a = torch.randn(m, m, generator=g, dtype=torch.float64)
+        return a @ a.T / m + 0.2 * torch.eye(m, dtype=torch.float64)
+    return LinearGaussian(A=0.5 * torch.randn(k, k, generator=g, dtype=torch.float64),
+                          b=torch.randn(k, generator=g, dtype=torch.float64), Q=spd(k),
+                          C=torch.randn(d, k, generator=g, dtype=torch.float64),
+                          d=torch.randn(d, generator=g, dtype=torch.float64), R=spd(d),
+                          m1=torch.randn(k, generator=g, dtype=torch.float64), P1=spd(k))
+
+
+def _dense(p: LinearGaussian, x: torch.Tensor):
+    """log p(x), E[z | x] and sd[z | x] of one (T, D) sequence from the joint Gaussian of (z_1..z_T, x_1..x_T),
+    built from the model's definition (the mean and covariance of every z_t, z_s pair) and conditioned densely."""
+    steps, d = x.shape
+    k = p.A.shape[0]
+    means, covs = [p.m1], [p.P1]
+    for _ in range(1, steps):
+        means.append(p.A @ means[-1] + p.b)
+        covs.append(p.A @ covs[-1] @ p.A.T + p.Q)
+    cz = torch.zeros(steps * k, steps * k, dtype=torch.float64)
+    for t in range(steps):
+        for s in range(t, steps):  # Cov(z_s, z_t) = A^(s-t) Cov(z_t)
+            block = torch.linalg.matrix_power(p.A, s - t) @ covs[t]
+            cz[s * k:(s + 1) * k, t * k:(t + 1) * k] = block
+            cz[t * k:(t + 1) * k, s * k:(s + 1) * k] = block.T
+    mz = torch.cat(means)
+    big_c = torch.block_diag(*([p.C] * steps))
+    mx = big_c @ mz + p.d.repeat(steps)
+    cx = big_c @ cz @ big_c.T + torch.block_diag(*([p.R] * steps))
+    loglik = torch.distributions.MultivariateNormal(mx, cx).log_prob(x.reshape(-1))
+    cross = cz @ big_c.T
+    post_mean = mz + cross @ torch.linalg.solve(cx, x.reshape(-1) - mx)
+    post_cov = cz - cross @ torch.linalg.solve(cx, cross.T)
+    return loglik, post_mean.reshape(steps, k), post_cov.diagonal().sqrt().reshape(steps, k)
+
+
+def test_kalman_matches_a_dense_gaussian_and_ignores_padding():
+    p = _random_params()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64) * 2
+    lengths = torch.tensor([6, 4, 1])
+    padded = torch.cat([x, torch.full_like(x, 7.0)], dim=1)
+    for data in (x, padded):
+        res = kalman_smoother(p, data, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            ll, mean, sd = _dense(p, x[i, :n])
+            assert abs(float(res.log_likelihood[i] - ll)) < 1e-8
+            assert torch.allclose(res.means[i, :n], mean, atol=1e-8)
+            assert torch.allclose(res.sds[i, :n], sd, atol=1e-8)
