@@ -34,6 +34,11 @@ def data_likelihood(model: ModelSpec) -> str:
     return model.nodes[main_observed(model)].likelihood
 
 
+def load_config_data(cfg: Config) -> Dataset:
+    """The data a config names, loaded for its model: the likelihood's, and as sequences for a model over time."""
+    return load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
+
+
 def resolve_config(cfg: Config, data: Dataset) -> Config:
     """Fill in what depends on the data: binarization mode and categorical levels."""
     model = cfg.model
@@ -71,7 +76,7 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
     ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
     """
     check_config(cfg)  # every name and the graph first: a typo costs no data loading
-    data = load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
+    data = load_config_data(cfg)
     if data.observed is not None and isinstance(cfg.model, GraphSpec) and cfg.model.short is not None:
         names = ", ".join(data.train)
         key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None

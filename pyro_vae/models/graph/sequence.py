@@ -196,17 +196,19 @@ class BackwardRNN(nn.Module):
 
 
 class Combiner(nn.Module):
-    """q(z_t | z_{t-1}, h_t)'s location and scale: an MLP of (z_{t-1}, h_t) plus a linear map of z_{t-1} (in a
-    linear-Gaussian chain the exact posterior's mean is linear in z_{t-1}; the map lets q reach it)."""
+    """q(z_t | z_{t-1}, h_t)'s location and scale: an MLP of (z_{t-1}, h_t) plus a linear map of both (in a
+    linear-Gaussian chain the exact posterior's mean is linear in z_{t-1} and in the backward filter's state;
+    the map lets q reach it without the MLP having to learn a linear function)."""
 
     def __init__(self, z_dim: int, h_dim: int, cfg):
         super().__init__()
         self.z_dim = z_dim
         self.net = mlp(z_dim + h_dim, cfg.hidden, 2 * z_dim, cfg.activation)
-        self.skip = nn.Linear(z_dim, 2 * z_dim, bias=False)
+        self.skip = nn.Linear(z_dim + h_dim, 2 * z_dim, bias=False)
 
     def forward(self, z_prev: torch.Tensor, h: torch.Tensor):
-        out = self.net(broadcast_cat([z_prev, h])) + self.skip(z_prev)
+        both = broadcast_cat([z_prev, h])
+        out = self.net(both) + self.skip(both)
         loc, raw = out.split(self.z_dim, dim=-1)
         return loc, F.softplus(raw) + MIN_SCALE
 
