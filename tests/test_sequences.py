@@ -289,3 +289,17 @@ def test_guide_means_within_a_tenth_of_a_smoother_sd(trained_chain):
     # coordinates (E_q by 1000 draws: its own error is about 0.03 sd)
     per_step = torch.stack([dev[:, t][real[:, t]].mean() for t in range(STEPS)])
     assert bool((per_step < 0.1).all()), per_step
+
+
+def test_a_test_file_of_other_length_is_padded_to_one_T(tmp_path):
+    rng = np.random.default_rng(0)
+    train = tmp_path / "train.npz"
+    test = tmp_path / "test.npz"
+    np.savez(train, x=rng.normal(size=(6, 5, 2)), lengths=np.array([5, 4, 3, 2, 5, 5]))
+    np.savez(test, x=rng.normal(size=(3, 8, 2)))
+    cfg = _train_cfg(str(train), tmp_path)
+    cfg["data"] = {"train": str(train), "test": str(test)}
+    data = pv.load_data(config_from_dict(cfg).data, "normal", ("x",))
+    assert data.train["x"].shape == (6, 8, 2) and data.test["x"].shape == (3, 8, 2)
+    assert data.train["lengths"].tolist() == [5, 4, 3, 2, 5, 5] and data.test["lengths"].tolist() == [8, 8, 8]
+    assert float(data.train["x"][:, 5:].abs().sum()) == 0.0
