@@ -20,7 +20,8 @@ def main(run_dir: str, iw_samples: int = 1000) -> None:
     if params is None:
         sys.exit("the run's chain is not linear-Gaussian (transition.type = \"linear\", a normal likelihood of a "
                  "linear map, net.hidden = [])")
-    test = load_run_data(run).test
+    data = load_run_data(run)
+    test = data.test
     exact = kalman_smoother(params, test["x"], test["lengths"])
     ev = pv.evaluate_points(run.model, test, iw_samples=iw_samples, seed=0, prior_samples=0)
     n, steps = test["x"].shape[:2]
@@ -31,6 +32,10 @@ def main(run_dir: str, iw_samples: int = 1000) -> None:
     kalman = float(exact.log_likelihood.mean())
     print(f"{n} test sequences of up to {steps} steps, nats per sequence:")
     print(f"  Kalman log p(x) at the run's parameters  {kalman:.3f}")
+    if data.truth is not None:  # the synthetic_sequences source: its generating parameters
+        truth = float(kalman_smoother(LinearGaussian.from_dict(data.truth), test["x"], test["lengths"])
+                      .log_likelihood.mean())
+        print(f"  Kalman log p(x) at the true parameters   {truth:.3f}")
     print(f"  test ELBO                                {float(ev.elbo.mean()):.3f}  "
           f"({100 * (kalman - float(ev.elbo.mean())) / abs(kalman):.2f}% below)")
     print(f"  IS log p(x), K = {iw_samples}                  {float(ev.log_likelihood.mean()):.3f}  "

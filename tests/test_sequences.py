@@ -12,6 +12,8 @@ the synthetic sequence sources, and the Kalman filter / RTS smoother (diagnostic
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,11 @@ def _spec(transition="linear", structure="structured", x_dim=3, likelihood="norm
         nodes["x"]["parents"] = ["z", "u"]
     cfg = config_from_dict({"model": {"guide_structure": structure, "nodes": nodes}, "train": {"seed": 0}})
     return cfg.model
+
+
+def _spec_with(**extra):
+    nodes = {"z": {"dim": 2, "over": "time"}, "x": {"role": "observed", "over": "time", "parents": ["z"]}, **extra}
+    return config_from_dict({"model": {"nodes": nodes}}).model
 
 
 def _model(**kw):
@@ -162,8 +169,13 @@ def test_graph_over_time_refuses_what_it_cannot_compile():
     import dataclasses
     nodes["w"] = dataclasses.replace(nodes["z"], over=None, transition=type(nodes["z"].transition)())
     nodes["x"] = dataclasses.replace(nodes["x"], parents=("z", "w"))
+    with pytest.raises(PyroVAEError, match="model.nodes.w: rnn is for a latent chain"):
+        pv.build_model(dataclasses.replace(bad, nodes=nodes), 3)
+    nodes["w"] = dataclasses.replace(nodes["w"], rnn=type(nodes["z"].rnn)())
     with pytest.raises(PyroVAEError, match="model.nodes.w: a graph with a time axis takes nodes over time only"):
         pv.build_model(dataclasses.replace(bad, nodes=nodes), 3)
+    with pytest.raises(PyroVAEError, match="'lengths' is the array of each sequence's length"):
+        pv.build_model(_spec_with(lengths={"role": "input", "over": "time", "family": "real", "dim": 1}), 3)
 
 
 @pytest.mark.slow

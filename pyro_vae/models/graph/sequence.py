@@ -77,8 +77,18 @@ def _fail(name: str, what: str) -> None:
     raise PyroVAEError(f"model.nodes.{name}: {what}")
 
 
+def check_time_keys(spec) -> None:
+    """A graph without a time axis has no use for a chain's keys: one line instead of ignoring them."""
+    for name, node in spec.nodes.items():
+        if node.over != TIME and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
+            key = "transition" if node.transition != type(node.transition)() else "rnn"
+            _fail(name, f"{key} is for a latent chain (over = \"time\"): set over = \"time\" or remove {key}")
+
+
 def check_sequence_graph(spec) -> Graph:
     """The graph of a model with a time axis, checked: one latent chain, observed and input nodes over time."""
+    if LENGTHS in spec.nodes:
+        _fail(LENGTHS, f"{LENGTHS!r} is the array of each sequence's length: rename the node")
     g = build_graph(spec)
     chains = [n for n in g.order if g.nodes[n].role == "latent" and g.nodes[n].over == TIME]
     for name in g.order:
@@ -88,8 +98,6 @@ def check_sequence_graph(spec) -> Graph:
                         "yet): set over = \"time\" on it, or remove it")
         if node.role == "partial":
             _fail(name, "a partial node over time is not supported: make it role = \"input\" (a control) or remove it")
-        if name == LENGTHS:
-            _fail(name, f"{LENGTHS!r} is the array of each sequence's length: rename the node")
         if node.role != "latent" and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
             _fail(name, "transition and rnn belong to a latent chain: remove them from this node")
     if len(chains) != 1:
