@@ -157,10 +157,14 @@ def test_synthetic_sources_have_their_shapes():
     assert set(roll.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_a_sequence_source_needs_a_model_over_time():
-    cfg = config_from_dict({"data": {"source": "synthetic_sequences", "num_points": 20}}).data
-    with pytest.raises(PyroVAEError, match="holds sequences"):
-        pv.load_data(cfg, "normal")
+def test_a_sequence_source_needs_a_model_over_time(tmp_path):
+    cfg = config_from_dict({"data": {"source": "synthetic_sequences", "num_points": 20}})
+    with pytest.raises(PyroVAEError, match="holds sequences .* no node of the model is over time"):
+        pv.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg = config_from_dict({"data": {"source": "digits"}, "model": {"nodes": _spec().nodes}})
+    with pytest.raises(PyroVAEError, match="the model is over time .* holds no sequences"):
+        pv.train(cfg, tmp_path / "run")
 
 
 def test_graph_over_time_refuses_what_it_cannot_compile():

@@ -12,7 +12,7 @@ from ..config.short import replace_node
 from ..data.arrays import Dataset
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import inferred_levels
-from ..data.sources import load_data, resolve_binarize
+from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.objectives import check_objective_name
 from ..models import build_model, check_size, check_size_before_data, check_spec
@@ -68,6 +68,10 @@ def check_config(cfg: Config) -> None:
     if isinstance(cfg.model, GraphSpec):
         check_objective(cfg.model, cfg.train)
         check_size_before_data(cfg.model)
+        if cfg.data.source in SEQUENCE_SOURCES and not is_sequence(cfg.model):
+            raise PyroVAEError(f"data.source = {cfg.data.source!r} holds sequences (N, T, D), but no node of the "
+                               "model is over time: declare the graph's nodes with over = \"time\" (see "
+                               "examples/sequence_linear_gaussian.toml)")
 
 
 def prepare(cfg: Config, run_code: Optional[RunCode] = None):
