@@ -178,6 +178,14 @@ def test_graph_over_time_refuses_what_it_cannot_compile():
     nodes["w"] = dataclasses.replace(nodes["w"], rnn=type(nodes["z"].rnn)())
     with pytest.raises(PyroVAEError, match="model.nodes.w: a graph with a time axis takes nodes over time only"):
         pv.build_model(dataclasses.replace(bad, nodes=nodes), 3)
+    with pytest.raises(PyroVAEError, match="model.nodes.u: an input over time is a real vector per step"):
+        spec = _spec_with(u={"role": "input", "over": "time", "family": "categorical", "dim": 3})
+        pv.build_model(dataclasses.replace(spec, nodes={**spec.nodes, "x": dataclasses.replace(
+            spec.nodes["x"], parents=("z", "u"))}), 3)
+    with pytest.raises(PyroVAEError, match="exactly one latent chain .* has 2 \\(z, w\\)"):
+        spec = _spec_with(w={"dim": 2, "over": "time"})
+        pv.build_model(dataclasses.replace(spec, nodes={**spec.nodes, "x": dataclasses.replace(
+            spec.nodes["x"], parents=("z", "w"))}), 3)
     with pytest.raises(PyroVAEError, match="'lengths' is the array of each sequence's length"):
         pv.build_model(_spec_with(lengths={"role": "input", "over": "time", "family": "real", "dim": 1}), 3)
 

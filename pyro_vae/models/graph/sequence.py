@@ -98,6 +98,9 @@ def check_sequence_graph(spec) -> Graph:
                         "yet): set over = \"time\" on it, or remove it")
         if node.role == "partial":
             _fail(name, "a partial node over time is not supported: make it role = \"input\" (a control) or remove it")
+        if node.role == "input" and node.family != "real":
+            _fail(name, f"an input over time is a real vector per step (family = \"real\"), not {node.family!r}: "
+                        "give classes one-hot, as dim real values a step")
         if node.role != "latent" and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
             _fail(name, "transition and rnn belong to a latent chain: remove them from this node")
     if len(chains) != 1:
