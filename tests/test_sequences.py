@@ -27,9 +27,9 @@ from pyro_vae.errors import PyroVAEError
 from pyro_vae.models.graph.sequence import reverse_within
 
 
-def _spec(transition="linear", structure="structured", x_dim=3, likelihood="normal", inputs=0):
+def _spec(transition="linear", structure="structured", x_dim=3, likelihood="normal", inputs=0, rnn="gru"):
     nodes = {"z": {"dim": 2, "over": "time", "transition": {"type": transition, "hidden": [8]},
-                   "rnn": {"hidden": 8}, "encoder": {"hidden": [8]}},
+                   "rnn": {"type": rnn, "hidden": 8}, "encoder": {"hidden": [8]}},
              "x": {"role": "observed", "over": "time", "likelihood": likelihood, "parents": ["z"],
                    "net": {"hidden": []}}}
     if inputs:
@@ -59,7 +59,7 @@ def test_reverse_within_keeps_padding_and_is_its_own_inverse():
     assert torch.equal(reverse_within(r, lengths), x)
 
 
-@pytest.mark.parametrize("kw", [{}, {"transition": "gated", "structure": "mean-field", "inputs": 1}])
+@pytest.mark.parametrize("kw", [{}, {"transition": "gated", "structure": "mean-field", "inputs": 1, "rnn": "lstm"}])
 def test_padding_to_2T_changes_no_number(kw):
     model = _model(**kw)
     g = torch.Generator().manual_seed(1)
