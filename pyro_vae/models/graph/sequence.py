@@ -114,6 +114,9 @@ def check_sequence_graph(spec) -> Graph:
         _fail(z, f"a chain's steps are Gaussian: family = \"normal\" (got {node.family!r})")
     if node.guide != "normal":
         _fail(z, f"a chain's guide law is \"normal\" (got {node.guide!r})")
+    if node.prior != "fixed":
+        _fail(z, f"a chain starts from a learned z_0 through its transition, so prior = {node.prior!r} has nothing to "
+                 "set: remove prior")
     for p in node.parents:
         if g.nodes[p].role != "input":
             _fail(z, f"a chain's parents are its controls (input nodes over time); {p} is {g.nodes[p].role}")
