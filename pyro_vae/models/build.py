@@ -26,7 +26,8 @@ from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.flowkeys import check_flow_keys, check_pseudo_inputs
 from .graph.guides import GUIDE_LAWS, rank_problem
-from .graph.spec import DISCRETE, build_graph, check_graph
+from .graph.sequence import SequenceModel, check_sequence_graph, check_time_keys, is_sequence
+from .graph.spec import DISCRETE, build_graph
 from .likelihoods import LIKELIHOODS
 
 #: the families the one-latent form's ``prior`` names
@@ -65,8 +66,10 @@ def check_spec(spec) -> None:
     if isinstance(spec, ProgramSpec):
         return
     check_names(spec)
-    check_graph(spec)
-    check_flow_keys(build_graph(spec), lambda node, field: key_path(spec, node, field))
+    check_time_keys(spec)
+    # the graph as a whole (over time: and what a chain needs)
+    graph = check_sequence_graph(spec) if is_sequence(spec) else build_graph(spec)
+    check_flow_keys(graph, lambda node, field: key_path(spec, node, field))
 
 
 def check_against_data(spec, train_rows: int) -> None:
@@ -84,6 +87,8 @@ def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
         raise PyroVAEError(f"build_model builds declared models; {type(spec).__name__} is not one (a program of your "
                            "own is built from its import path: pv.train, or models/program.py)")
     check_spec(spec)
+    if is_sequence(spec):
+        return SequenceModel(spec, data_dim)
     return GraphModel(spec, data_dim, image_shape)
 
 
@@ -157,7 +162,8 @@ def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optiona
     nbytes = count * BYTES_PER_PARAMETER
     fix = "use smaller sizes"
     if batch_size is not None:
-        values, most = _step_values(model, spec, batch_size)
+        values, most = (model.step_values(batch_size) if isinstance(model, SequenceModel) else
+                        _step_values(model, spec, batch_size))
         nbytes += values * BYTES_PER_ACTIVATION
         what += f", and a training step's {values:,} activations (a batch of {batch_size:,} rows, mostly from {most}),"
         fix += " or a smaller train.batch_size"
