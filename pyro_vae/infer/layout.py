@@ -28,7 +28,7 @@ from ..data import batch
 from ..errors import PyroVAEError
 from .probe import BROADCAST_FIX, TRACE_ERRORS, first_line, program_error
 from .rng import forked_rng
-from .sites import (DATA_PLATE, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
+from .sites import (DATA_PLATE, data_plate, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
                     per_point, plate_dims, point_densities, site_matrix, trace_pair)
 
 __all__ = ["Layout", "build_layout", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
@@ -57,6 +57,7 @@ class Layout:
     # discrete sites summed out exactly (see marginal_densities): the guide's, in guide order, then the model's own
     summed: List[str] = field(default_factory=list)
     summed_guide: List[str] = field(default_factory=list)  # those of them the guide samples
+    plate: str = DATA_PLATE  # the data plate's name (sites.data_plate)
 
     @property
     def summed_model_only(self) -> List[str]:
@@ -119,9 +120,10 @@ def build_layout(model, x, data: str = "the evaluation data", continuous: bool =
     nest, data_dim = plate_dims(model, (gtr, mtr))
     sites, summed, summed_guide = _latent_sites(model, gtr, mtr)
     b = batch.num_rows(x)
-    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed, summed=summed, summed_guide=summed_guide)
+    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed, summed=summed, summed_guide=summed_guide,
+                    plate=data_plate((gtr, mtr)))
     for s in summed:
-        _check_summed(s, gtr, mtr)
+        _check_summed(s, gtr, mtr, layout.plate)
     for s in sites:
         _add_site(layout, s, gtr, mtr, b)
     _check_densities(model, x, gtr, mtr, layout, data)
@@ -155,9 +157,9 @@ def _latent_sites(model, gtr, mtr):
 def _add_site(layout: Layout, s: str, gtr, mtr, b: int) -> None:
     """Latent site ``s`` of the guide, checked against the model, appended to the layout."""
     gsite = gtr.nodes[s]
-    if not any(f.name == DATA_PLATE for f in gsite["cond_indep_stack"]):
+    if not any(f.name == layout.plate for f in gsite["cond_indep_stack"]):
         raise PyroVAEError(
-            f"latent site {s!r} is outside pyro.plate('data'): per-point evaluation needs local latents; "
+            f"latent site {s!r} is outside pyro.plate({layout.plate!r}): per-point evaluation needs local latents; "
             "make a global quantity a pyro.param, or move the site into the data plate"
         )
     if s not in mtr.nodes:
@@ -192,7 +194,7 @@ def _check_densities(model, x, gtr, mtr, layout: Layout, data: str) -> None:
                 "stacked in dims left of the plates, so " + BROADCAST_FIX) from None
 
 
-def _check_summed(name: str, gtr, mtr) -> None:
+def _check_summed(name: str, gtr, mtr, plate: str = DATA_PLATE) -> None:
     """A summed site is one value per data point: inside pyro.plate('data') and no other plate, in model and guide."""
     node = mtr.nodes.get(name)
     if node is None:
@@ -205,13 +207,13 @@ def _check_summed(name: str, gtr, mtr) -> None:
         if name not in tr.nodes:
             continue
         plates = [f.name for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized]
-        if DATA_PLATE not in plates:
+        if plate not in plates:
             raise PyroVAEError(
                 f"discrete site {name!r} is outside pyro.plate('data'): summing it out per data point needs one value "
                 "per point; move it into the data plate (a global discrete choice cannot be evaluated per point)")
-        if set(plates) != {DATA_PLATE}:
+        if set(plates) != {plate}:
             raise PyroVAEError(
-                f"discrete site {name!r} is inside plate(s) {', '.join(p for p in plates if p != DATA_PLATE)} nested "
+                f"discrete site {name!r} is inside plate(s) {', '.join(p for p in plates if p != plate)} nested "
                 "in 'data': only one discrete value per data point can be summed out here; make it one site per "
                 "point (OneHotCategorical over the combined values) or a continuous latent")
 

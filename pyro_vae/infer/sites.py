@@ -40,8 +40,9 @@ DATA_PLATE = "data"
 
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
-    "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Plates",
-    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites", "observed_name",
+    "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "data_plate", "plate_dims", "Plates",
+    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites", "view_sites",
+    "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
     "enumerated_trace", "enum_site_sum", "marginal_densities",
 ]
@@ -172,9 +173,31 @@ def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional
     return gtr, mtr
 
 
+def data_plate(traces) -> Optional[str]:
+    """The data plate's name: "data", else the one outermost plate every observed site sits in (Pyro's DMM calls
+    its plate "z_minibatch"); None if there is none."""
+    common = None
+    dims: Dict[str, int] = {}
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] != "sample":
+                continue
+            names = {f.name for f in site["cond_indep_stack"] if f.dim is not None}
+            if DATA_PLATE in names:
+                return DATA_PLATE
+            dims.update({f.name: f.dim for f in site["cond_indep_stack"] if f.dim is not None})
+            if is_observed(site):
+                common = names if common is None else common & names
+    if not common:
+        return None
+    return min(common, key=lambda n: dims[n])  # the outermost: the plate over data points, not one nested in it
+
+
 def plate_dims(model, traces) -> tuple:
-    """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
+    """(max plate nesting, dim of the data plate) read off traces of the model and the guide."""
     nest, data_dim = 0, None
+    traces = list(traces)
+    name = data_plate(traces)
     for tr in traces:
         for site in tr.nodes.values():
             if site["type"] != "sample":
@@ -182,7 +205,7 @@ def plate_dims(model, traces) -> tuple:
             for f in site["cond_indep_stack"]:
                 if f.dim is not None:
                     nest = max(nest, -f.dim)
-                if f.name == DATA_PLATE:
+                if f.name == name:
                     data_dim = f.dim
     if data_dim is None:
         raise PyroVAEError(
@@ -302,6 +325,31 @@ def array_sites(model, data) -> Dict[str, str]:
         for name, t in few.items():
             if v is t or (torch.is_tensor(v) and v.shape == t.shape and v.data_ptr() == t.data_ptr()):
                 out[name] = site_name
+            elif _is_view_of(v, t):
+                out.setdefault(name, site_name)  # one of several sites that observe a part each (a step of a sequence)
+    return out
+
+
+def _is_view_of(v, t) -> bool:
+    """``v`` is a part of ``t`` (a slice: the DMM observes ``mini_batch[:, t - 1, :]`` at its step t's site)."""
+    return (torch.is_tensor(v) and torch.is_tensor(t) and v.numel() < t.numel() and v.numel() > 0
+            and v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr())
+
+
+def view_sites(model, data) -> Dict[str, List[str]]:
+    """{array name: its observed sites, in trace order} for arrays a model observes a part at a time, by view."""
+    if not batch.is_named(data):
+        return {}
+    g = min(batch.groups(data), key=lambda g: len(g["absent"]))
+    few = batch.without(batch.rows(data, g["rows"][:2]), g["absent"])
+    with forked_rng(batch.reference(few).device), pyro.validation_enabled(False), eval_mode(model):
+        tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, few)
+    out: Dict[str, List[str]] = {}
+    for site_name, site in tr.nodes.items():
+        if site["type"] == "sample" and site["is_observed"]:
+            for name, t in few.items():
+                if _is_view_of(site["value"], t):
+                    out.setdefault(name, []).append(site_name)
     return out
 
 
