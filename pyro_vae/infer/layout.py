@@ -28,10 +28,10 @@ from ..data import batch
 from ..errors import PyroVAEError
 from .probe import BROADCAST_FIX, TRACE_ERRORS, first_line, program_error
 from .rng import forked_rng
-from .sites import (DATA_PLATE, data_plate, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
+from .sites import (DATA_PLATE, data_plate, site_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
                     per_point, plate_dims, point_densities, site_matrix, trace_pair)
 
-__all__ = ["Layout", "build_layout", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
+__all__ = ["Layout", "build_layout", "masked_coordinates", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
            "latent_matrix"]
 
 
@@ -356,3 +356,30 @@ def latent_matrix(tr, layout: Layout, k: int, b: int, draw_dim: bool = True) -> 
     lat = latent_values(tr, layout, k, b, draw_dim)
     return torch.cat([lat[s] for s in layout.sites], -1)
 
+
+
+@torch.no_grad()
+def masked_coordinates(model, x, layout: Layout) -> Optional[np.ndarray]:
+    """(points, layout.dim) bool: True where the model masks a latent coordinate out (``.mask()`` or
+    ``poutine.mask``: a padded step of a shorter sequence), so that no density of the model or guide reads it;
+    None when none is masked.  Diagnostics leave such coordinates out: their posterior is no distribution."""
+    b = batch.num_rows(x)
+    with forked_rng(batch.reference(x).device):
+        _, mtr = trace_pair(model, x)
+    blocks, any_masked = [], False
+    for s in layout.sites:
+        node = mtr.nodes[s]
+        value = node["value"]
+        m = site_mask(node["fn"])
+        keep = torch.ones(value.shape, dtype=torch.bool, device=value.device)
+        if m is not None:
+            keep = keep & m.reshape(m.shape + (1,) * (value.dim() - m.dim())).expand(value.shape)
+        if node.get("mask") is not None:  # poutine.mask: a mask of the site's batch shape
+            pm = torch.as_tensor(node["mask"], dtype=torch.bool, device=value.device)
+            keep = keep & pm.reshape(pm.shape + (1,) * (value.dim() - pm.dim())).expand(value.shape)
+        event_dim = len(node["fn"].event_shape)
+        blocks.append(site_matrix(keep.unsqueeze(0).to(torch.float64), event_dim, layout.nest, layout.data_dim, 1, b)[0])
+        any_masked = any_masked or not bool(keep.all())
+    if not any_masked:
+        return None
+    return (torch.cat(blocks, -1) < 0.5).cpu().numpy()

@@ -40,7 +40,7 @@ DATA_PLATE = "data"
 
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
-    "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "data_plate", "plate_dims", "Plates",
+    "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair", "data_plate", "plate_dims", "Plates",
     "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites", "view_sites",
     "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
@@ -213,6 +213,34 @@ def plate_dims(model, traces) -> tuple:
             "put the observations (and the local latents) in a plate named 'data'"
         )
     return nest, data_dim
+
+
+def site_mask(fn) -> Optional[torch.Tensor]:
+    """The elementwise mask a site's distribution carries (``.mask(m)`` under ``.to_event``), as a bool tensor of
+    its elements' shape; None when nothing is masked."""
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            m = fn._mask
+            if isinstance(m, bool):
+                return None if m else torch.zeros(fn.batch_shape, dtype=torch.bool)
+            return m.expand(fn.batch_shape)
+        if isinstance(fn, (dist.Independent, torch.distributions.Independent, dist.ExpandedDistribution)):
+            fn = fn.base_dist
+            continue
+        return None
+
+
+def masked_like(fn, mask: torch.Tensor):
+    """``fn`` (a guide's law of a site) with the model's elementwise ``mask`` (:func:`site_mask`): its log density
+    counts the model's unmasked elements only, as the model's does."""
+    events = 0
+    base = fn
+    while isinstance(base, (dist.Independent, torch.distributions.Independent)):
+        events += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    if not isinstance(base, dist.TorchDistributionMixin):
+        return fn
+    return base.mask(mask).to_event(events) if events else base.mask(mask)
 
 
 # -- alignment: site tensors -> per-point matrices -----------------------------------------------
