@@ -16,6 +16,7 @@ from ..data.sources import load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.objectives import check_objective_name
 from ..models import build_model, check_size, check_size_before_data, check_spec
+from ..models.graph.sequence import is_sequence, sequence_arrays
 from ..models.graph.spec import check_objective
 from ..models.program import build_program
 from ..store.trust import RunCode, build_args
@@ -70,7 +71,7 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
     ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
     """
     check_config(cfg)  # every name and the graph first: a typo costs no data loading
-    data = load_data(cfg.data, data_likelihood(cfg.model))
+    data = load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
     if data.observed is not None and isinstance(cfg.model, GraphSpec) and cfg.model.short is not None:
         names = ", ".join(data.train)
         key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None

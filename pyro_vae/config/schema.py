@@ -54,6 +54,26 @@ class NetConfig:
 
 
 @dataclass(frozen=True)
+class TransitionConfig:
+    """A chain's transition p(z_t | z_{t-1}, u_t) (models/graph/sequence.py): the deep Markov model's "gated"
+    network (a gate between a linear map and an MLP's proposal, ``hidden`` wide, its scale from the proposal) or
+    "linear" (z_t = A z_{t-1} + B u_t + b plus Gaussian noise of a learned diagonal scale)."""
+
+    type: Literal["gated", "linear"] = "gated"
+    hidden: Tuple[int, ...] = (32,)
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """A chain's guide reads the sequence backward, x_{t:T} (and u_{t:T}) into h_t, with this recurrent network."""
+
+    type: Literal["gru", "lstm"] = "gru"
+    hidden: int = 32
+    layers: int = 1
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """One node of a latent-variable graph (``[model.nodes.NAME]``); models/graph/spec.py checks the graph."""
 
@@ -83,6 +103,12 @@ class NodeConfig:
     guide: str = "normal"
     # partial discrete nodes: Kingma et al.'s auxiliary weight alpha on log q(y | x) of the labelled rows
     classifier_weight: float = 0.0
+    # "time": the node has a value per time step of a sequence (models/graph/sequence.py): a latent is a Markov
+    # chain z_t | z_{t-1} (its ``transition``), an observed node is emitted per step from its parents' values at
+    # that step, an input is a control u_t; None: one value per data point
+    over: Optional[Literal["time"]] = None
+    transition: TransitionConfig = TransitionConfig()  # a latent over time: p(z_t | z_{t-1}, u_t)
+    rnn: RNNConfig = RNNConfig()  # a latent over time: the guide's backward RNN over the sequence
 
 
 @dataclass(frozen=True)
@@ -163,7 +189,7 @@ class GraphSpec:
                                "examples/graph_hierarchical.toml), or use the one-latent keys (model.latent_dim, ...)")
         for name, node in self.nodes.items():
             validate_fields(node, f"model.nodes.{name}")
-            for net in ("net", "encoder"):
+            for net in ("net", "encoder", "transition", "rnn"):
                 validate_fields(getattr(node, net), f"model.nodes.{name}.{net}")
 
 
@@ -221,9 +247,17 @@ class DataConfig:
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+    # synthetic sequence sources (synthetic_sequences, synthetic_pendulum, synthetic_chorales): the steps T of
+    # each sequence, and the shortest length drawn (None: every sequence has all T steps; else lengths are
+    # uniform in [min_length, T] and the steps beyond are padding, masked out)
+    sequence_length: int = 50
+    min_length: Optional[int] = None
 
     def __post_init__(self):
         validate_fields(self, "data")
+        if self.min_length is not None and self.min_length > self.sequence_length:
+            raise PyroVAEError(f"data.min_length = {self.min_length} is above data.sequence_length = "
+                               f"{self.sequence_length}: lower it (lengths are drawn in [min_length, sequence_length])")
         if self.source not in SOURCES:
             names = SOURCES.names()
             raise PyroVAEError(f"data.source: unknown name {self.source!r}: {did_you_mean(self.source, names)}"
@@ -335,6 +369,8 @@ RANGES = {
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
+    "data.sequence_length": (lambda v: 1 <= v <= 100000, lambda v: ">= 1" if v < 1 else "<= 100000 (use shorter sequences)"),
+    "data.min_length": (lambda v: 1 <= v <= 100000, lambda v: ">= 1" if v < 1 else "<= 100000"),
     "model.latent_dim": _model_size(1),
     # levels is read only by a categorical likelihood: a huge one elsewhere would pass every memory check unused
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),

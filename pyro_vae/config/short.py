@@ -114,4 +114,8 @@ def spec_to_dict(spec: ModelSpec) -> Dict[str, Any]:
         return to_plain(spec.short)
     values = to_plain(spec)
     del values["short"]
+    for node in values["nodes"].values():
+        if node.get("over") is None:  # the time axis's keys: only a node over time records them
+            for key in ("over", "transition", "rnn"):
+                node.pop(key, None)
     return values

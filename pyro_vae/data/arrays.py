@@ -61,8 +61,8 @@ class Dataset:
 
     @property
     def dim(self) -> int:
-        """The observations' number of columns."""
-        return self.train_x.shape[1]
+        """The observations' number of columns (of values per step, for sequences)."""
+        return self.train_x.shape[-1]
 
     @property
     def is_image(self) -> bool:

@@ -29,7 +29,9 @@ from .checks import in_unit_interval
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
+from .sequences import load_sequences
 from .sizes import check_synthetic_size
+from .synthetic_sequences import chorales, linear_gaussian, pendulum
 from ..registry import Registry
 
 SOURCES: Registry = Registry("data source")
@@ -193,6 +195,13 @@ def _arrays(cfg, discrete: bool):
     return Dataset(tr, te, Path(cfg.train).stem, image_shape, notes=notes + more)
 
 
+SOURCES.register("synthetic_sequences")(linear_gaussian)
+SOURCES.register("synthetic_pendulum")(pendulum)
+SOURCES.register("synthetic_chorales")(chorales)
+#: the sources of sequences (N, T, D): a model over time reads them, and only it
+SEQUENCE_SOURCES = ("synthetic_sequences", "synthetic_pendulum", "synthetic_chorales")
+
+
 # --------------------------------------------------------------------------
 # labels passed to the program
 
@@ -248,10 +257,26 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
     return "dynamic" if likelihood == "bernoulli" and data_cfg.source in IMAGE_SOURCES else "none"
 
 
-def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
-    """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
+def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None) -> Dataset:
+    """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names.
+
+    ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
+    files are then read as (N, T, D) sequences with their lengths (data/sequences.py)."""
     discrete = likelihood == "categorical"
-    ds = SOURCES[data_cfg.source](data_cfg, discrete)
+    if sequence is None and data_cfg.source in SEQUENCE_SOURCES:
+        raise PyroVAEError(f"data.source = {data_cfg.source!r} holds sequences (N, T, D), but no node of the "
+                           "model is over time: declare the graph's nodes with over = \"time\" (see "
+                           "examples/sequence_linear_gaussian.toml)")
+    if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
+        raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
+                           f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "
+                           "arrays (data.train = \"file.npz\" with (N, T, D) arrays)")
+    if sequence is not None and data_cfg.source == "arrays":
+        if data_cfg.train is None:
+            raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npz\" (.npy or .npz)")
+        ds = load_sequences(data_cfg, sequence)
+    else:
+        ds = SOURCES[data_cfg.source](data_cfg, discrete)
     if data_cfg.labels is not None:
         ds = with_labels(ds, data_cfg)  # before binarizing, which then binarizes the images alone
     mode = resolve_binarize(data_cfg, likelihood)

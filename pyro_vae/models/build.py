@@ -25,6 +25,7 @@ from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.guides import GUIDE_LAWS
+from .graph.sequence import SequenceModel, check_sequence_graph, is_sequence
 from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
@@ -62,6 +63,8 @@ def check_spec(spec) -> None:
         return
     check_names(spec)
     check_graph(spec)
+    if is_sequence(spec):
+        check_sequence_graph(spec)
 
 
 def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
@@ -73,6 +76,8 @@ def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
         raise PyroVAEError(f"build_model builds declared models; {type(spec).__name__} is not one (a program of your "
                            "own is built from its import path: pv.train, or models/program.py)")
     check_spec(spec)
+    if is_sequence(spec):
+        return SequenceModel(spec, data_dim)
     return GraphModel(spec, data_dim, image_shape)
 
 
@@ -146,7 +151,8 @@ def check_size(spec: GraphSpec, data_dim: int, image_shape=None, memory: Optiona
     nbytes = count * BYTES_PER_PARAMETER
     fix = "use smaller sizes"
     if batch_size is not None:
-        values, most = _step_values(model, spec, batch_size)
+        values, most = (model.step_values(batch_size) if isinstance(model, SequenceModel) else
+                        _step_values(model, spec, batch_size))
         nbytes += values * BYTES_PER_ACTIVATION
         what += f", and a training step's {values:,} activations (a batch of {batch_size:,} rows, mostly from {most}),"
         fix += " or a smaller train.batch_size"
