@@ -142,7 +142,10 @@ class _ModelMasks(Messenger):
 
     def _pyro_sample(self, msg):
         proto = getattr(self.guide, "prototype_trace", None)
-        node = proto.nodes.get(msg["name"]) if proto is not None else None
+        name = msg["name"]
+        if proto is not None and name not in proto.nodes and name.endswith("_unconstrained"):
+            name = name[: -len("_unconstrained")]  # AutoNormal draws a site there, then moves it to the support
+        node = proto.nodes.get(name) if proto is not None else None
         if node is None or msg["is_observed"]:
             return
         mask = site_mask(node["fn"])

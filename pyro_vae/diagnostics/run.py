@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
-from ..infer.layout import Layout, build_layout
+from ..infer.layout import Layout, build_layout, masked_coordinates
 from ..infer.rng import isolated_rng
 from ..infer.sites import is_real, site_matrix
 from ..models.params import model_params, scratch_params
@@ -509,15 +509,26 @@ def _subject_data(subject, device):
 
 
 def check_reference_possible(subjects, settings) -> None:
-    """Fail before any work: a grid reference needs a 2-D latent in every run."""
-    if settings.reference != "grid":
+    """Fail before any work: a grid reference needs a 2-D latent in every run; NUTS and SBC need every latent
+    coordinate of the diagnosed points to have a density (none masked out, as a padded step of a sequence is)."""
+    sampled = settings.reference == "nuts" or settings.sbc_sims > 0
+    if settings.reference != "grid" and not sampled:
         return
     for s in subjects:
-        x = batch.rows(_subject_data(s, model_device(s.model)), slice(0, 2))
+        x = _subject_data(s, model_device(s.model))
+        few = batch.rows(x, slice(0, 2))
         with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
-            lay = build_layout(s.model, x, DIAGNOSED, continuous=True)
-        if lay.dim != 2 or len(lay.sites) != 1:
+            lay = build_layout(s.model, few, DIAGNOSED, continuous=True)
+            masked = masked_coordinates(s.model, x, build_layout(s.model, x, DIAGNOSED, continuous=True)) \
+                if sampled else None
+        if settings.reference == "grid" and (lay.dim != 2 or len(lay.sites) != 1):
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "
                                "dimensions: use --reference nuts (or none)")
-
-
+        if masked is not None:
+            points = int(masked.any(1).sum())
+            what = " and ".join(w for w, on in (("NUTS", settings.reference == "nuts"),
+                                                ("SBC", settings.sbc_sims > 0)) if on)
+            raise PyroVAEError(f"run {s.name!r}: the model masks out latent coordinates of {points} of the "
+                               f"{masked.shape[0]} diagnosed points (padded steps of shorter sequences), which no "
+                               f"density reads, so {what} would sample them from nothing: pass --reference none "
+                               "--sbc-sims 0 (q's draws, the k-hat and the amortization gap leave them out)")

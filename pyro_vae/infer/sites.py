@@ -216,14 +216,16 @@ def plate_dims(model, traces) -> tuple:
 
 
 def site_mask(fn) -> Optional[torch.Tensor]:
-    """The elementwise mask a site's distribution carries (``.mask(m)`` under ``.to_event``), as a bool tensor of
-    its elements' shape; None when nothing is masked."""
+    """The mask a site's distribution carries (``.mask(m)``, under or over ``.to_event``) as a bool tensor of the
+    site's value shape (True: counted); None when nothing is masked."""
     while True:
         if isinstance(fn, dist.MaskedDistribution):
             m = fn._mask
+            events = len(fn.event_shape)
+            full = tuple(fn.batch_shape) + tuple(fn.event_shape)
             if isinstance(m, bool):
-                return None if m else torch.zeros(fn.batch_shape, dtype=torch.bool)
-            return m.expand(fn.batch_shape)
+                return None if m else torch.zeros(full, dtype=torch.bool)
+            return m.expand(fn.batch_shape).reshape(tuple(fn.batch_shape) + (1,) * events).expand(full)
         if isinstance(fn, (dist.Independent, torch.distributions.Independent, dist.ExpandedDistribution)):
             fn = fn.base_dist
             continue
@@ -231,15 +233,20 @@ def site_mask(fn) -> Optional[torch.Tensor]:
 
 
 def masked_like(fn, mask: torch.Tensor):
-    """``fn`` (a guide's law of a site) with the model's elementwise ``mask`` (:func:`site_mask`): its log density
-    counts the model's unmasked elements only, as the model's does."""
+    """``fn`` (a guide's law of a site, maybe with draws in dims on the left) with the model's ``mask`` of the
+    site's value shape (:func:`site_mask`): its log density counts what the model's counts (a whole event where
+    any of its elements is)."""
     events = 0
     base = fn
     while isinstance(base, (dist.Independent, torch.distributions.Independent)):
         events += base.reinterpreted_batch_ndims
         base = base.base_dist
-    if not isinstance(base, dist.TorchDistributionMixin):
+    if not hasattr(base, "mask"):  # a torch distribution without Pyro's methods
         return fn
+    own = len(base.event_shape)
+    if own:
+        mask = mask.reshape(tuple(mask.shape[: mask.dim() - own]) + (-1,)).any(-1)
+    mask = mask.expand(torch.broadcast_shapes(mask.shape, base.batch_shape))
     return base.mask(mask).to_event(events) if events else base.mask(mask)
 
 
