@@ -131,14 +131,15 @@ def test_padding_changes_no_amortization_gap():
 
 @pytest.mark.slow
 def test_dmm_as_written_trains_evaluates_and_diagnoses_from_the_command_line(tmp_path):
-    DATA.main(["--train", "40", "--test", "8", "--out", str(tmp_path)])  # the stand-in, 88 notes
+    DATA.main(["--train", "20", "--test", "4", "--out", str(tmp_path)])  # the stand-in, 88 notes
     module = "dmm_cli_" + tmp_path.name.replace("-", "_")
     (tmp_path / f"{module}.py").write_text((EXAMPLE / "dmm.py").read_text())
     toml = (EXAMPLE / "dmm.toml").read_text().replace('"dmm:DMM"', f'"{module}:DMM"')
     (tmp_path / "dmm.toml").write_text(toml)
     run, diag = tmp_path / "run", tmp_path / "diag"
     assert main(["train", str(tmp_path / "dmm.toml"), "--out", str(run), "--quiet", "--iw-samples", "20",
-                 "--set", "train.epochs=1"]) == 0
+                 "--set", "train.epochs=1"] + [a for k in ("z_dim", "emission_dim", "transition_dim", "rnn_dim")
+                                               for a in ("--set", f"model.args.{k}=4")]) == 0
     assert main(["evaluate", str(run), "--quiet", "--iw-samples", "20"]) == 0
     assert main(["diagnose", str(run), "--out", str(diag), "--points", "2", "--draws", "20", "--reference", "none",
                  "--sbc-sims", "0", "--local-steps", "10", "--quiet"]) == 0

@@ -91,9 +91,10 @@ def main(argv=None) -> None:
     else:
         parts = {"train": stand_in(args.train, seed=0), "test": stand_in(args.test, seed=1)}
     args.out.mkdir(parents=True, exist_ok=True)
+    steps = max(len(s) for seqs in parts.values() for s in seqs)  # one T for both files: their arrays line up
     for split, seqs in parts.items():
         out = args.out / f"chorales_{split}.npz"
-        arrays = dmm_arrays(seqs)
+        arrays = dmm_arrays(seqs, pad_to=steps)
         np.savez(out, **arrays)
         lengths = arrays["mini_batch_seq_lengths"]
         print(f"wrote {out}: {len(seqs)} sequences of {lengths.min()}..{lengths.max()} steps, "
