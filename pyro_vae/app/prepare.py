@@ -12,7 +12,7 @@ from ..config.short import replace_node
 from ..data.arrays import Dataset
 from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import inferred_levels
-from ..data.sources import load_data, resolve_binarize
+from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.objectives import check_objective_name
 from ..models import build_model, check_size, check_size_before_data, check_spec
@@ -32,6 +32,11 @@ def data_likelihood(model: ModelSpec) -> str:
     if isinstance(model, ProgramSpec):
         return "normal"
     return model.nodes[main_observed(model)].likelihood
+
+
+def load_config_data(cfg: Config) -> Dataset:
+    """The data a config names, loaded for its model: the likelihood's, and as sequences for a model over time."""
+    return load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
 
 
 def resolve_config(cfg: Config, data: Dataset) -> Config:
@@ -63,6 +68,10 @@ def check_config(cfg: Config) -> None:
     if isinstance(cfg.model, GraphSpec):
         check_objective(cfg.model, cfg.train)
         check_size_before_data(cfg.model)
+        if cfg.data.source in SEQUENCE_SOURCES and not is_sequence(cfg.model):
+            raise PyroVAEError(f"data.source = {cfg.data.source!r} holds sequences (N, T, D), but no node of the "
+                               "model is over time: declare the graph's nodes with over = \"time\" (see "
+                               "examples/sequence_linear_gaussian.toml)")
 
 
 def prepare(cfg: Config, run_code: Optional[RunCode] = None):
@@ -71,7 +80,7 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
     ``run_code``: the config is a run folder's (resumed), whose program is built only as ``run_code`` allows.
     """
     check_config(cfg)  # every name and the graph first: a typo costs no data loading
-    data = load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
+    data = load_config_data(cfg)
     if data.observed is not None and isinstance(cfg.model, GraphSpec) and cfg.model.short is not None:
         names = ", ".join(data.train)
         key, said = (("data.labels", f"data.labels = {cfg.data.labels!r} passes {names}") if cfg.data.labels is not None

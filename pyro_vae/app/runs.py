@@ -10,7 +10,6 @@ from typing import Optional
 from ..config import Config, config_from_dict, load_config
 from ..config.short import spec_to_dict
 from ..data.arrays import Dataset
-from ..data.sources import load_data
 from ..errors import PyroVAEError
 from ..evaluation.classes import ClassMetrics
 from ..models.protocol import model_modules
@@ -18,7 +17,7 @@ from ..store.checkpoint import load_checkpoint, restore_model, upgrade
 from ..store.folder import read_metrics
 from ..store.trust import RunCode
 from ..training.trainer import resolve_device
-from .prepare import build, data_likelihood
+from .prepare import build, load_config_data
 
 
 @dataclass
@@ -143,4 +142,4 @@ def load_run_data(run: Run) -> Dataset:
     if run.config is None:
         raise PyroVAEError(f"{str(run.run_dir)!r} was written by pv.fit from Python and does not record its data: "
                            "pass the data yourself")
-    return load_data(run.config.data, data_likelihood(run.config.model))
+    return load_config_data(run.config)

@@ -22,14 +22,13 @@ import torch
 
 from ..config import ProgramSpec
 from ..data.sizes import check_fits
-from ..data.sources import load_data
 from ..errors import PyroVAEError
 from ..figures.style import save_image_grid
 from ..models.build import describe
 from ..models.sampling import given_rows, prior_predictive
 from ..store.files import write_atomic
 from .given import check_given, given_slug, given_text, given_values, latent_names, slots
-from .prepare import data_likelihood
+from .prepare import load_config_data
 from .runs import load_run
 
 __all__ = ["Samples", "sample_run", "write_samples", "samples_title"]
@@ -81,7 +80,7 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
     program = isinstance(getattr(run.config, "model", None), ProgramSpec)
-    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or program else None
+    data = load_config_data(run.config) if named or program else None
     if named:
         check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
     slug = f"-{given_slug(values)}" if values else ""

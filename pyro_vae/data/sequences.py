@@ -172,6 +172,16 @@ def _sequences(raw: Dict[str, np.ndarray], names: Sequence[str], what: str, drop
     return out
 
 
+def pad_steps(data: Dict[str, torch.Tensor], names: Sequence[str], steps: int) -> Dict[str, torch.Tensor]:
+    """The arrays over time ``names`` padded with zeros to ``steps`` steps (their lengths unchanged)."""
+    out = dict(data)
+    for n in names:
+        v = data[n]
+        if v.shape[1] < steps:
+            out[n] = torch.cat([v, v.new_zeros((v.shape[0], steps - v.shape[1]) + tuple(v.shape[2:]))], dim=1)
+    return out
+
+
 def split_sequences(data: Dict[str, torch.Tensor], fraction: float, seed: int, notes: list):
     """(train, test): a held-out share of the sequences, the same rows of every array, seeded."""
     n = batch.num_rows(data)
@@ -202,6 +212,10 @@ def load_sequences(cfg, names: Sequence[str]) -> Dataset:
             if test[n].shape[2] != train[n].shape[2]:
                 raise PyroVAEError(f"data.test.{n} has {test[n].shape[2]} values per step but data.train.{n} "
                                    f"{train[n].shape[2]}: they must match")
+        # one T for both (the padding is masked out): the chain's step sites are then the same in training and
+        # in its test evaluations, so that a KL weight scales the same sites
+        steps = max(train[names[0]].shape[1], test[names[0]].shape[1])
+        train, test = pad_steps(train, names, steps), pad_steps(test, names, steps)
     else:
         train, test = split_sequences(train, cfg.test_fraction, cfg.split_seed, notes)
     stem = Path(next(iter(cfg.train.values())) if isinstance(cfg.train, Mapping) else cfg.train).stem

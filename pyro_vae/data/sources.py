@@ -261,12 +261,9 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names.
 
     ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
-    files are then read as (N, T, D) sequences with their lengths (data/sequences.py)."""
+    files are then read as (N, T, D) sequences with their lengths (data/sequences.py).  A sequence source
+    (``SEQUENCE_SOURCES``) always gives {"x": (N, T, D), "lengths": (N,)}."""
     discrete = likelihood == "categorical"
-    if sequence is None and data_cfg.source in SEQUENCE_SOURCES:
-        raise PyroVAEError(f"data.source = {data_cfg.source!r} holds sequences (N, T, D), but no node of the "
-                           "model is over time: declare the graph's nodes with over = \"time\" (see "
-                           "examples/sequence_linear_gaussian.toml)")
     if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
         raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "

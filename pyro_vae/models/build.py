@@ -25,7 +25,7 @@ from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.guides import GUIDE_LAWS
-from .graph.sequence import SequenceModel, check_sequence_graph, is_sequence
+from .graph.sequence import SequenceModel, check_sequence_graph, check_time_keys, is_sequence
 from .graph.spec import DISCRETE, build_graph, check_graph
 from .likelihoods import LIKELIHOODS
 
@@ -62,9 +62,11 @@ def check_spec(spec) -> None:
     if isinstance(spec, ProgramSpec):
         return
     check_names(spec)
-    check_graph(spec)
+    check_time_keys(spec)
     if is_sequence(spec):
-        check_sequence_graph(spec)
+        check_sequence_graph(spec)  # the graph as a whole, and what a chain needs
+    else:
+        check_graph(spec)
 
 
 def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:

@@ -77,8 +77,18 @@ def _fail(name: str, what: str) -> None:
     raise PyroVAEError(f"model.nodes.{name}: {what}")
 
 
+def check_time_keys(spec) -> None:
+    """A graph without a time axis has no use for a chain's keys: one line instead of ignoring them."""
+    for name, node in spec.nodes.items():
+        if node.over != TIME and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
+            key = "transition" if node.transition != type(node.transition)() else "rnn"
+            _fail(name, f"{key} is for a latent chain (over = \"time\"): set over = \"time\" or remove {key}")
+
+
 def check_sequence_graph(spec) -> Graph:
     """The graph of a model with a time axis, checked: one latent chain, observed and input nodes over time."""
+    if LENGTHS in spec.nodes:
+        _fail(LENGTHS, f"{LENGTHS!r} is the array of each sequence's length: rename the node")
     g = build_graph(spec)
     chains = [n for n in g.order if g.nodes[n].role == "latent" and g.nodes[n].over == TIME]
     for name in g.order:
@@ -88,8 +98,6 @@ def check_sequence_graph(spec) -> Graph:
                         "yet): set over = \"time\" on it, or remove it")
         if node.role == "partial":
             _fail(name, "a partial node over time is not supported: make it role = \"input\" (a control) or remove it")
-        if name == LENGTHS:
-            _fail(name, f"{LENGTHS!r} is the array of each sequence's length: rename the node")
         if node.role != "latent" and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
             _fail(name, "transition and rnn belong to a latent chain: remove them from this node")
     if len(chains) != 1:
@@ -196,17 +204,19 @@ class BackwardRNN(nn.Module):
 
 
 class Combiner(nn.Module):
-    """q(z_t | z_{t-1}, h_t)'s location and scale: an MLP of (z_{t-1}, h_t) plus a linear map of z_{t-1} (in a
-    linear-Gaussian chain the exact posterior's mean is linear in z_{t-1}; the map lets q reach it)."""
+    """q(z_t | z_{t-1}, h_t)'s location and scale: an MLP of (z_{t-1}, h_t) plus a linear map of both (in a
+    linear-Gaussian chain the exact posterior's mean is linear in z_{t-1} and in the backward filter's state;
+    the map lets q reach it without the MLP having to learn a linear function)."""
 
     def __init__(self, z_dim: int, h_dim: int, cfg):
         super().__init__()
         self.z_dim = z_dim
         self.net = mlp(z_dim + h_dim, cfg.hidden, 2 * z_dim, cfg.activation)
-        self.skip = nn.Linear(z_dim, 2 * z_dim, bias=False)
+        self.skip = nn.Linear(z_dim + h_dim, 2 * z_dim, bias=False)
 
     def forward(self, z_prev: torch.Tensor, h: torch.Tensor):
-        out = self.net(broadcast_cat([z_prev, h])) + self.skip(z_prev)
+        both = broadcast_cat([z_prev, h])
+        out = self.net(both) + self.skip(both)
         loc, raw = out.split(self.z_dim, dim=-1)
         return loc, F.softplus(raw) + MIN_SCALE
 
