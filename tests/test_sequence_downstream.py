@@ -73,6 +73,7 @@ def test_named_sequence_arrays_keep_their_shape(tmp_path):
     assert ds.train["mini_batch_seq_lengths"].dtype == torch.int64
 
 
+@pytest.mark.slow
 def test_padding_changes_no_evaluation():
     """The same sequences padded to T and to 2T: the masked steps add nothing to log p(x) or the ELBO, so the
     estimates agree within their Monte Carlo standard errors (the draws differ: the padded steps draw too)."""
@@ -146,3 +147,89 @@ def test_dmm_as_written_trains_evaluates_and_diagnoses_from_the_command_line(tmp
     d = pv.load_diagnosis(diag)
     assert (d.runs[0].local.elbo < 0).all() and math.isfinite(float(d.runs[0].local.gap.mean()))
     assert main(["report", str(run), "--out", str(diag), "--quiet"]) == 0
+
+
+# -- whole sequences: the per-step profile, names, sampling and forecasts -----------------------------------------
+
+from pyro_vae.app.sequences import chain_model, forecast  # noqa: E402
+from pyro_vae.config import config_from_dict  # noqa: E402
+from pyro_vae.evaluation.steps import collapse_names, collapse_terms  # noqa: E402
+
+
+def test_step_runs_are_named_first_to_last():
+    assert collapse_names(["z_1", "z_2", "z_3", "z_4", "y", "w_1", "w_2"]) == ["z_1..z_4", "y", "w_1", "w_2"]
+    assert collapse_terms([f"log p(obs_x_{t}|mask,z_{t})" for t in (1, 2, 3)] + ["log p(y)"]) == \
+        ["sum_t=1..3 log p(obs_x_t|mask,z_t)", "log p(y)"]
+    assert collapse_terms(["log p(a_1|z_2)", "log p(a_2|z_3)", "log p(a_3|z_4)"]) == \
+        ["log p(a_1|z_2)", "log p(a_2|z_3)", "log p(a_3|z_4)"]  # two step numbers in a term: not one step
+
+
+def test_the_per_step_profile_counts_the_sequences_that_reach_each_step():
+    seqs = _sequences(6, seed=6)
+    a = _arrays(seqs, pad_to=8)
+    ev = pv.evaluate_points(_model(), a, iw_samples=30, seed=0, prior_samples=0, reconstruction_error=False)
+    prof = ev.summary()["steps"]
+    lengths = np.array([len(s) for s in seqs])
+    assert prof["steps"] == list(range(1, 9))
+    assert prof["sequences"] == [int((lengths >= t).sum()) for t in range(1, 9)]
+    assert prof["kinds"] == {"z": "latent", "obs_x": "observed"}
+    for stem in ("z", "obs_x"):
+        assert all((v is None) == (n == 0) for v, n in zip(prof["terms"][stem], prof["sequences"]))
+    # E log p of 0/1 notes is negative at every reached step
+    assert all(v < 0 for v in prof["terms"]["obs_x"] if v is not None)
+
+
+def _chain_model():
+    nodes = {"z": {"dim": 2, "over": "time", "transition": {"type": "linear"}, "rnn": {"hidden": 8},
+                   "encoder": {"hidden": [8]}},
+             "x": {"role": "observed", "over": "time", "likelihood": "normal", "parents": ["z"], "net": {"hidden": []}}}
+    torch.manual_seed(0)
+    return pv.build_model(config_from_dict({"model": {"nodes": nodes}}).model, 3)
+
+
+def test_a_forecast_runs_the_chains_own_transition_after_the_prefix():
+    """The forecast's latents step by the model's linear-Gaussian law (A, b, Q as the Kalman module reads them):
+    the mean of z_{s+1} - (A z_s + b) over n draws is N(0, Q / n) noise; x_t is C z_t + d."""
+    model = _chain_model()
+    model.steps = 5
+    lg = model.linear_gaussian()
+    prefix = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    n = 400
+    fitted, ahead, z = forecast(model, prefix, n, steps=6, seed=1)
+    assert fitted.shape == (2, n, 5, 3) and ahead.shape == (2, n, 6, 3) and z.shape == (2, n, 6, 2)
+    zt = torch.as_tensor(z, dtype=torch.float32)
+    resid = zt[:, :, 1:] - (zt[:, :, :-1] @ lg["A"].T + lg["b"])
+    sd = torch.sqrt(torch.diagonal(lg["Q"]) / n)
+    assert bool((resid.mean(1).abs() < 4 * sd).all())
+    torch.testing.assert_close(torch.as_tensor(ahead), zt @ lg["C"].T + lg["d"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sample_steps_and_given_prefix_write_sequences_and_forecasts(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seqs.npz", x=rng.normal(size=(16, 6, 2)).astype(np.float32), lengths=rng.integers(2, 7, 16))
+    cfg = {"data": {"train": str(tmp_path / "seqs.npz"), "test_fraction": 0.25},
+           "model": {"nodes": {"z": {"dim": 2, "over": "time", "rnn": {"hidden": 4}, "encoder": {"hidden": [4]},
+                                     "transition": {"hidden": [4]}},
+                               "x": {"role": "observed", "over": "time", "likelihood": "normal", "parents": ["z"],
+                                     "net": {"hidden": [4]}}}},
+           "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"iw_samples": 5}}
+    pv.train(config_from_dict(cfg), tmp_path / "run")
+    assert main(["sample", str(tmp_path / "run"), "-n", "5", "--steps", "9"]) == 0
+    d = np.load(tmp_path / "run" / "sequences-seed0.npz")
+    assert d["x"].shape == (5, 9, 2) and d["z"].shape == (5, 9, 2)
+    assert (tmp_path / "run" / "sequences-seed0.png").stat().st_size > 0
+    np.save(tmp_path / "prefix.npy", rng.normal(size=(4, 2)).astype(np.float32))
+    assert main(["sample", str(tmp_path / "run"), "-n", "7", "--steps", "3", "--given-prefix",
+                 str(tmp_path / "prefix.npy")]) == 0
+    f = np.load(tmp_path / "run" / "forecast-seed0.npz")
+    assert f["forecast"].shape == (1, 7, 3, 2) and f["fitted"].shape == (1, 7, 4, 2)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, rng.normal(size=(4, 3)))
+    assert main(["sample", str(tmp_path / "run"), "--given-prefix", str(bad)]) == 2  # 3 values a step, not 2
+    assert not (tmp_path / "run" / "forecast-seed1.npz").exists()
+
+
+def test_steps_on_a_model_without_time_is_refused_in_one_line():
+    with pytest.raises(pv.PyroVAEError, match="--steps draws sequences from a declared model over time"):
+        chain_model(object(), "--steps")

@@ -31,7 +31,7 @@ from ..models.graph.sequence import step_site
 from ..store.files import write_atomic
 from .runs import load_run
 
-__all__ = ["SequenceSamples", "write_sequences", "forecast"]
+__all__ = ["SequenceSamples", "write_sequences", "forecast", "chain_model"]
 
 #: steps beyond which a sample asks for more than anyone plots (and a typo costs hours)
 MAX_STEPS = 100_000
@@ -46,7 +46,7 @@ class SequenceSamples:
     description: str
 
 
-def _chain(model, flag: str):
+def chain_model(model, flag: str):
     if not hasattr(model, "sample_sequences") or not hasattr(model, "transition"):
         raise PyroVAEError(f"{flag} draws sequences from a declared model over time (a node with over = \"time\"), "
                            f"but this run's model is {type(model).__name__}: drop {flag}")
@@ -123,7 +123,7 @@ def write_sequences(run_dir: os.PathLike, n: int = 16, steps: int = 50, out: Opt
     _check_steps(steps)
     flag = "--given-prefix" if given_prefix is not None else "--steps"
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
-    model = _chain(run.model, flag)
+    model = chain_model(run.model, flag)
     width = int(model.obs_dim)
     prefix = _prefix(given_prefix, width) if given_prefix is not None else None
     rows = n * (1 if prefix is None else prefix.shape[0])
