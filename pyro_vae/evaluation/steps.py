@@ -109,9 +109,10 @@ def khat_length_note(khat, lengths: Sequence[int]) -> Optional[str]:
     bad = float((k[ok][long] > 0.7).double().mean())
     if r <= 0.3 and bad == 0:
         return None
-    return (f"PSIS k-hat per sequence against its length: Spearman r = {r:.2f}; {bad:.0%} of the longer half has "
-            "k-hat > 0.7. IS over T steps multiplies T ratios, so its weights grow heavier-tailed with T: trust "
-            "log p(x) of long sequences less (raise iw_samples, or read the ELBO)")
+    trend = ("grows with the length" if r > 0.3 else "shows no clear trend with the length")
+    return (f"PSIS k-hat per sequence {trend} (Spearman r = {r:.2f}); {bad:.0%} of the longer half of the "
+            "sequences has k-hat > 0.7. IS over T steps multiplies T weight ratios, whose tails grow heavier with T: "
+            "trust log p(x) of long sequences less (raise iw_samples, or read the ELBO)")
 
 
 def step_profile(site_terms) -> Optional[StepProfile]:
