@@ -233,3 +233,29 @@ def test_sample_steps_and_given_prefix_write_sequences_and_forecasts(tmp_path):
 def test_steps_on_a_model_without_time_is_refused_in_one_line():
     with pytest.raises(pv.PyroVAEError, match="--steps draws sequences from a declared model over time"):
         chain_model(object(), "--steps")
+
+
+@pytest.mark.slow
+def test_a_linear_chain_is_diagnosed_against_its_kalman_smoother():
+    """Ragged sequences of a linear-Gaussian chain: the reference is the Kalman smoother (no NUTS, no refusal of the
+    padded steps), and the same sequences padded to T and to 2T compare alike: padded steps are left out."""
+    model = _chain_model()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    lengths = np.array([5, 3, 4, 2])
+    out = []
+    for pad in (5, 10):
+        xp = np.zeros((4, pad, 3), dtype=np.float32)
+        xp[:, :5] = x
+        for i, n in enumerate(lengths):
+            xp[i, n:] = 0.0
+        data = {"x": torch.as_tensor(xp), "lengths": torch.as_tensor(lengths)}
+        d = pv.diagnose([pv.Subject("lg", model, data, list(range(4)))],
+                        pv.DiagnoseSettings(points=4, draws=400, sbc_sims=0, local_steps=0))
+        r = d.runs[0]
+        assert r.reference.method == "kalman"
+        out.append(r.comparison)
+    a, b = out
+    # the same posterior and the same q on the real steps; only q's draws differ (400 a point)
+    assert np.all(np.abs(a.std_mean_error - b.std_mean_error) < 0.15)
+    assert np.all(np.abs(np.log(a.sd_ratio / b.sd_ratio)) < 0.1)
