@@ -215,6 +215,7 @@ def test_sample_steps_and_given_prefix_write_sequences_and_forecasts(tmp_path):
                                      "net": {"hidden": [4]}}}},
            "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"iw_samples": 5}}
     pv.train(config_from_dict(cfg), tmp_path / "run")
+    assert main(["sample", str(tmp_path / "run"), "-n", "5"]) == 2  # a chain's samples are sequences: --steps
     assert main(["sample", str(tmp_path / "run"), "-n", "5", "--steps", "9"]) == 0
     d = np.load(tmp_path / "run" / "sequences-seed0.npz")
     assert d["x"].shape == (5, 9, 2) and d["z"].shape == (5, 9, 2)
