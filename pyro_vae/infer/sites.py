@@ -41,7 +41,7 @@ DATA_PLATE = "data"
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
     "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair", "data_plate", "plate_dims", "Plates",
-    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites", "view_sites",
+    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites",
     "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
     "enumerated_trace", "enum_site_sum", "marginal_densities",
@@ -369,23 +369,6 @@ def _is_view_of(v, t) -> bool:
     """``v`` is a part of ``t`` (a slice: the DMM observes ``mini_batch[:, t - 1, :]`` at its step t's site)."""
     return (torch.is_tensor(v) and torch.is_tensor(t) and v.numel() < t.numel() and v.numel() > 0
             and v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr())
-
-
-def view_sites(model, data) -> Dict[str, List[str]]:
-    """{array name: its observed sites, in trace order} for arrays a model observes a part at a time, by view."""
-    if not batch.is_named(data):
-        return {}
-    g = min(batch.groups(data), key=lambda g: len(g["absent"]))
-    few = batch.without(batch.rows(data, g["rows"][:2]), g["absent"])
-    with forked_rng(batch.reference(few).device), pyro.validation_enabled(False), eval_mode(model):
-        tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, few)
-    out: Dict[str, List[str]] = {}
-    for site_name, site in tr.nodes.items():
-        if site["type"] == "sample" and site["is_observed"]:
-            for name, t in few.items():
-                if _is_view_of(site["value"], t):
-                    out.setdefault(name, []).append(site_name)
-    return out
 
 
 def observed_name(model, data, sites: Optional[Dict[str, str]] = None) -> Optional[str]:
