@@ -40,9 +40,9 @@ DATA_PLATE = "data"
 
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
-    "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair", "data_plate", "plate_dims", "Plates",
-    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites",
-    "observed_name",
+    "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair",
+    "data_plate", "plate_dims", "Plates", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities",
+    "array_sites", "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
     "enumerated_trace", "enum_site_sum", "marginal_densities",
 ]
