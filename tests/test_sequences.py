@@ -13,6 +13,7 @@ the synthetic sequence sources, and the Kalman filter / RTS smoother (diagnostic
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,12 +25,12 @@ from pyro_vae.config import config_from_dict
 from pyro_vae.config.schema import TrainConfig
 from pyro_vae.diagnostics.kalman import LinearGaussian, kalman_smoother
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.models.graph.sequence import reverse_within
+from pyro_vae.models.graph.sequence import SequenceModel, reverse_within
 
 
-def _spec(transition="linear", structure="structured", x_dim=3, likelihood="normal", inputs=0):
+def _spec(transition="linear", structure="structured", x_dim=3, likelihood="normal", inputs=0, rnn="gru"):
     nodes = {"z": {"dim": 2, "over": "time", "transition": {"type": transition, "hidden": [8]},
-                   "rnn": {"hidden": 8}, "encoder": {"hidden": [8]}},
+                   "rnn": {"type": rnn, "hidden": 8}, "encoder": {"hidden": [8]}},
              "x": {"role": "observed", "over": "time", "likelihood": likelihood, "parents": ["z"],
                    "net": {"hidden": []}}}
     if inputs:
@@ -59,7 +60,7 @@ def test_reverse_within_keeps_padding_and_is_its_own_inverse():
     assert torch.equal(reverse_within(r, lengths), x)
 
 
-@pytest.mark.parametrize("kw", [{}, {"transition": "gated", "structure": "mean-field", "inputs": 1}])
+@pytest.mark.parametrize("kw", [{}, {"transition": "gated", "structure": "mean-field", "inputs": 1, "rnn": "lstm"}])
 def test_padding_to_2T_changes_no_number(kw):
     model = _model(**kw)
     g = torch.Generator().manual_seed(1)
@@ -178,6 +179,14 @@ def test_graph_over_time_refuses_what_it_cannot_compile():
     nodes["w"] = dataclasses.replace(nodes["w"], rnn=type(nodes["z"].rnn)())
     with pytest.raises(PyroVAEError, match="model.nodes.w: a graph with a time axis takes nodes over time only"):
         pv.build_model(dataclasses.replace(bad, nodes=nodes), 3)
+    with pytest.raises(PyroVAEError, match="model.nodes.u: an input over time is a real vector per step"):
+        spec = _spec_with(u={"role": "input", "over": "time", "family": "categorical", "dim": 3})
+        pv.build_model(dataclasses.replace(spec, nodes={**spec.nodes, "x": dataclasses.replace(
+            spec.nodes["x"], parents=("z", "u"))}), 3)
+    with pytest.raises(PyroVAEError, match="exactly one latent chain .* has 2 \\(z, w\\)"):
+        spec = _spec_with(w={"dim": 2, "over": "time"})
+        pv.build_model(dataclasses.replace(spec, nodes={**spec.nodes, "x": dataclasses.replace(
+            spec.nodes["x"], parents=("z", "w"))}), 3)
     with pytest.raises(PyroVAEError, match="'lengths' is the array of each sequence's length"):
         pv.build_model(_spec_with(lengths={"role": "input", "over": "time", "family": "real", "dim": 1}), 3)
 
@@ -319,3 +328,20 @@ def test_a_test_file_of_other_length_is_padded_to_one_T(tmp_path):
     assert data.train["x"].shape == (6, 8, 2) and data.test["x"].shape == (3, 8, 2)
     assert data.train["lengths"].tolist() == [5, 4, 3, 2, 5, 5] and data.test["lengths"].tolist() == [8, 8, 8]
     assert float(data.train["x"][:, 5:].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("name, width", [("sequence_linear_gaussian", 3), ("sequence_dmm", 88),
+                                         ("sequence_pendulum", 2)])
+def test_sequence_examples_parse_build_and_name_their_command(name, width):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.toml"
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(f"pyro-vae train examples/{name}.toml" in line for line in header)
+    assert any("pyro-vae train --resume" in line for line in header)
+    cfg = pv.load_config(path)
+    model = pv.build_model(cfg.model, width)
+    assert isinstance(model, SequenceModel) and model.obs_site == "x" and model.chain == "z"
+    small = dataclasses.replace(cfg.data, num_points=10, sequence_length=cfg.data.min_length or 5)
+    ds = pv.load_data(small, "normal", ("x",))
+    model.check_data(ds.train)
+    assert ds.train["x"].shape[-1] == width
+    assert (LinearGaussian.from_model(model) is None) == (name != "sequence_linear_gaussian")

@@ -15,7 +15,7 @@ from ..data.sizes import inferred_levels
 from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.objectives import check_objective_name
-from ..models import build_model, check_size, check_size_before_data, check_spec
+from ..models import build_model, check_against_data, check_size, check_size_before_data, check_spec
 from ..models.graph.sequence import is_sequence, sequence_arrays
 from ..models.graph.spec import check_objective
 from ..models.program import build_program
@@ -89,6 +89,7 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
                            f"nodes after the arrays ([model.nodes.NAME]), or use a program of your own "
                            f"(model.program = \"module:Class\"); or remove {key}")
     cfg = resolve_config(cfg, data)
+    check_against_data(cfg.model, len(data.train_x))
     if isinstance(cfg.model, GraphSpec):
         # before torch allocates it: the parameters, and a step's activations for a batch as the trainer draws it
         check_size(cfg.model, data.dim, data.image_shape, batch_size=min(cfg.train.batch_size, len(data.train_x)))

@@ -93,14 +93,24 @@ class NodeConfig:
     # (from the parents, the default) or "learned" (one free scale per dimension) or a fixed number
     scale: Optional[Scale] = None
     levels: Optional[int] = None  # observed categorical likelihood: number of levels
-    # roots: the prior p(node) is fixed ("fixed": N(0, prior_scale^2), uniform classes) or learned
-    prior: Literal["fixed", "learned"] = "fixed"
+    # roots: the prior p(node) is fixed ("fixed": N(0, prior_scale^2), uniform classes) or learned; continuous
+    # roots also "vamp" (a mixture of the node's guide at pseudo_inputs learned inputs, Tomczak & Welling 2018)
+    # or "flow" (flows autoregressive transforms of the fixed prior, models/graph/priors.py)
+    prior: Literal["fixed", "learned", "vamp", "flow"] = "fixed"
     prior_scale: float = 1.0
     components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
-    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian) or "delta" (a point mass)
+    # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
+    # "iaf" or "spline" (flows: the Gaussian then conditional autoregressive transforms, models/graph/flows.py)
     guide: str = "normal"
+    # -- flows (models/graph/flows.py, priors.py) --
+    # the number of transforms of a flow guide ("iaf", "spline") and of a flow prior (None: 2)
+    flows: Optional[int] = None
+    # the hidden sizes of each transform's autoregressive network, each >= dim (None: Pyro's default, 10 * dim)
+    flow_hidden: Optional[Tuple[int, ...]] = None
+    # prior = "vamp": the number of learned pseudo-inputs (None: 50; at most the training rows)
+    pseudo_inputs: Optional[int] = None
     # partial discrete nodes: Kingma et al.'s auxiliary weight alpha on log q(y | x) of the labelled rows
     classifier_weight: float = 0.0
     # "time": the node has a value per time step of a sequence (models/graph/sequence.py): a latent is a Markov
@@ -117,13 +127,16 @@ class OneLatent:
     {z: root latent, x: observed, parents [z]} (config/short.py)."""
 
     latent_dim: int = 16
-    prior: str = "normal"  # normal | laplace: the latent's family
+    prior: str = "normal"  # normal | laplace: the latent's family; vamp | flow: a normal latent with that prior
     likelihood: str = "bernoulli"
     # normal / laplace likelihood scale: a positive number, "learned" (per data
     # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
-    guide: str = "normal"  # normal | delta (a point mass: an autoencoder)
+    guide: str = "normal"  # normal | delta (a point mass: an autoencoder) | iaf | spline (flows)
+    flows: Optional[int] = None  # iaf / spline guide, flow prior: the number of transforms (None: 2)
+    flow_hidden: Optional[Tuple[int, ...]] = None  # each transform's hidden sizes (None: 10 * latent_dim)
+    pseudo_inputs: Optional[int] = None  # prior = "vamp": the number of learned pseudo-inputs (None: 50)
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
     # -- the autoencoder family (models/graph/penalties.py); the defaults change nothing --
@@ -380,6 +393,9 @@ RANGES = {
     "model.contractive": (lambda v: v >= 0, ">= 0"),
     "model.corruption_level": (lambda v: v >= 0, ">= 0"),
     "model.encoder.hidden": _HIDDEN,
+    "model.flows": (lambda v: v is None or 1 <= v <= MAX_SIZE, _bounded(1)),
+    "model.flow_hidden": (lambda v: v is None or _HIDDEN[0](v), lambda v: _HIDDEN[1](v)),
+    "model.pseudo_inputs": (lambda v: v is None or 1 <= v <= MAX_SIZE, _bounded(1)),
     "model.decoder.hidden": _HIDDEN,
     "train.num_particles": (_size, _SIZE),
     "train.epochs": (lambda v: v >= 1, ">= 1"),

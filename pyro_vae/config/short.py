@@ -20,6 +20,9 @@ from .schema import GraphSpec, ModelSpec, NodeConfig, OneLatent, ProgramSpec, bu
 #: the nodes of a one-latent graph
 LATENT, OBSERVED = "z", "x"
 
+#: the one-latent ``prior`` values that name a root prior of a normal latent rather than its family
+SHORT_ROOT_PRIORS = ("vamp", "flow")
+
 #: (node, field) of the one-latent graph -> the one-latent key it came from
 SHORT_KEYS = {
     (LATENT, "dim"): "model.latent_dim",
@@ -27,6 +30,10 @@ SHORT_KEYS = {
     (LATENT, "guide"): "model.guide",
     (LATENT, "encoder"): "model.encoder",
     (LATENT, "prior_scale"): "model.prior_scale",
+    (LATENT, "prior"): "model.prior",
+    (LATENT, "flows"): "model.flows",
+    (LATENT, "flow_hidden"): "model.flow_hidden",
+    (LATENT, "pseudo_inputs"): "model.pseudo_inputs",
     (OBSERVED, "likelihood"): "model.likelihood",
     (OBSERVED, "scale"): "model.scale",
     (OBSERVED, "levels"): "model.levels",
@@ -42,8 +49,11 @@ def desugar(one: OneLatent) -> GraphSpec:
     """The graph the one-latent form means: z ~ p(z), x ~ p(x | z), q(z | x)."""
     # model.sparsity = lambda is the Laplace prior's rate: -log p(z) = lambda |z|_1 + const
     prior_scale = one.prior_scale if one.sparsity is None else 1.0 / one.sparsity
-    z = NodeConfig(role="latent", family=one.prior, dim=one.latent_dim, prior_scale=prior_scale,
-                   encoder=one.encoder, guide=one.guide)
+    # model.prior = "vamp" / "flow" is a normal latent with that root prior
+    family, prior = ("normal", one.prior) if one.prior in SHORT_ROOT_PRIORS else (one.prior, "fixed")
+    z = NodeConfig(role="latent", family=family, dim=one.latent_dim, prior_scale=prior_scale, prior=prior,
+                   encoder=one.encoder, guide=one.guide, flows=one.flows, flow_hidden=one.flow_hidden,
+                   pseudo_inputs=one.pseudo_inputs)
     x = NodeConfig(role="observed", likelihood=one.likelihood, scale=one.scale, levels=one.levels,
                    parents=(LATENT,), net=one.decoder)
     return GraphSpec(nodes={LATENT: z, OBSERVED: x}, corruption=one.corruption,

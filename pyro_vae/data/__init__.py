@@ -1,4 +1,4 @@
-"""Data: sources (digits, IDX images, arrays, synthetic), checks, and memory-mapped rows."""
+"""Data: sources (digits, IDX images, arrays, synthetic, sequences), checks, and memory-mapped rows."""
 
 from .arrays import Dataset
 from .sources import load_data

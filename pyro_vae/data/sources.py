@@ -1,4 +1,4 @@
-"""Data sources (digits, Fashion-MNIST/MNIST IDX files, arrays, synthetic) and load_data, which checks what they load.
+"""Data sources (digits, Fashion-MNIST/MNIST IDX files, arrays, synthetic, sequences) and load_data, which checks what they load.
 
 Every source returns a :class:`~pyro_vae.data.arrays.Dataset`: float32 train/test
 matrices (one row per data point), an optional image shape, optional labels,

@@ -49,7 +49,7 @@ def _family(fn) -> str:
     return type(elementwise_base(fn, through_masks=True)).__name__
 
 
-def _no_closed_form(gtr, mtr) -> Dict[str, str]:
+def no_closed_form(gtr, mtr) -> Dict[str, str]:
     """Latent site -> why its KL(q || p) has no closed form here (no formula registered for the two families)."""
     out = {}
     for name, g in gtr.nodes.items():
@@ -90,7 +90,7 @@ def choose_objective(model, examples: Sequence) -> ObjectiveChoice:
         latents += [n for n, s in gtr.nodes.items() if is_latent(s) and n not in latents]
         discrete |= _discrete(gtr, mtr)
         monte_carlo |= _not_reparameterized(gtr)
-        monte_carlo |= {s: why for s, why in _no_closed_form(gtr, mtr).items() if s not in monte_carlo}
+        monte_carlo |= {s: why for s, why in no_closed_form(gtr, mtr).items() if s not in monte_carlo}
         if not discrete and not monte_carlo:
             monte_carlo |= inexact_kl_sites(model, data)
     if discrete:

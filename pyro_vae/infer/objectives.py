@@ -47,7 +47,9 @@ from pyro.util import check_if_enumerated
 
 from ..errors import MonteCarloKLWarning, PyroVAEError, did_you_mean
 from ..registry import Registry
-from .auto import AUTO
+from ..data import batch
+from .auto import AUTO, no_closed_form
+from .rng import forked_rng
 from .dependence import describe, inexact_kl_sites
 from .sites import is_density_site, is_latent, plate_dims, trace_pair
 
@@ -233,6 +235,16 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
         """Also find the sites whose analytic KL would be biased (infer/dependence.py), and say so once."""
         super().prepare(model, data)
         self._checked_dependence = True
+        # where no KL formula exists for the two families (a flow guide, a VampPrior or flow prior) the term is
+        # Monte Carlo anyway (below): said here, once per run, not at every step
+        with torch.no_grad(), forked_rng(batch.tensors(data)[0].device):  # the training stream stays where it was
+            gtr, mtr = trace_pair(model, data)
+        by_mc = {s: why for s, why in no_closed_form(gtr, mtr).items() if s not in self.monte_carlo_sites}
+        self.monte_carlo_sites = self.monte_carlo_sites | frozenset(by_mc)
+        if by_mc:
+            warnings.warn(
+                f"train.elbo = 'meanfield': {describe(by_mc)}: that KL is Monte Carlo (log q - log p at the "
+                "guide's draw), the other sites' stay analytic", MonteCarloKLWarning, stacklevel=3)
         inexact = {s: why for s, why in inexact_kl_sites(model, data).items() if s not in self.monte_carlo_sites}
         # accumulated: each row group of named data (labelled, unlabelled) is a program of its own
         self.monte_carlo_sites = self.monte_carlo_sites | frozenset(inexact)

@@ -7,8 +7,8 @@ scales a minibatch to an unbiased full-data ELBO; for models without it the
 trainer applies the same N/B factor with ``poutine.scale``.
 """
 
-from .build import build_model, check_size, check_size_before_data, check_spec
+from .build import build_model, check_against_data, check_size, check_size_before_data, check_spec
 from .graph.compile import GraphModel
 from .protocol import LatentModel, check_protocol
 
-__all__ = ["GraphModel", "LatentModel", "build_model", "check_protocol", "check_size", "check_size_before_data", "check_spec"]
+__all__ = ["GraphModel", "LatentModel", "build_model", "check_against_data", "check_protocol", "check_size", "check_size_before_data", "check_spec"]

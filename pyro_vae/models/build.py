@@ -17,20 +17,21 @@ import torch
 import torch.nn as nn
 
 from ..config.schema import GraphSpec, ProgramSpec
-from ..config.short import LATENT, key_path
+from ..config.short import LATENT, SHORT_ROOT_PRIORS, key_path
 from ..data.sizes import BYTES_PER_PARAMETER, check_fits
 from ..errors import PyroVAEError, did_you_mean
 from ..infer.probe import first_line
 from .corruption import CORRUPTIONS
 from .graph.compile import GraphModel
 from .graph.families import FAMILIES
+from .graph.flowkeys import check_flow_keys, check_pseudo_inputs
 from .graph.guides import GUIDE_LAWS
 from .graph.sequence import SequenceModel, check_sequence_graph, check_time_keys, is_sequence
-from .graph.spec import DISCRETE, build_graph, check_graph
+from .graph.spec import DISCRETE, build_graph
 from .likelihoods import LIKELIHOODS
 
 #: the families the one-latent form's ``prior`` names
-SHORT_PRIORS = ("normal", "laplace")
+SHORT_PRIORS = ("normal", "laplace", *SHORT_ROOT_PRIORS)
 
 
 def _known(name: str, names, key: str) -> None:
@@ -63,10 +64,15 @@ def check_spec(spec) -> None:
         return
     check_names(spec)
     check_time_keys(spec)
-    if is_sequence(spec):
-        check_sequence_graph(spec)  # the graph as a whole, and what a chain needs
-    else:
-        check_graph(spec)
+    # the graph as a whole (over time: and what a chain needs)
+    graph = check_sequence_graph(spec) if is_sequence(spec) else build_graph(spec)
+    check_flow_keys(graph, lambda node, field: key_path(spec, node, field))
+
+
+def check_against_data(spec, train_rows: int) -> None:
+    """What a declared model can only check once the data is read: a VampPrior's pseudo-inputs."""
+    if isinstance(spec, GraphSpec):
+        check_pseudo_inputs(build_graph(spec), lambda node, field: key_path(spec, node, field), train_rows)
 
 
 def build_model(spec: GraphSpec, data_dim: int, image_shape=None) -> GraphModel:
@@ -175,6 +181,11 @@ def check_size_before_data(spec: GraphSpec) -> None:
     check_size(spec, int(g.nodes[obs].dim or 1))
 
 
+def _prior_name(node) -> str:
+    """A latent's prior as a table shows it: its family, and a learned root prior's kind ("normal, vamp")."""
+    return f"{node.family}, {node.prior}" if node.prior in ("vamp", "flow") else node.family
+
+
 def describe(spec) -> dict:
     """What a report's runs table says of a model: its guide, prior, likelihood and latent size (None where a
     program's own business)."""
@@ -184,9 +195,9 @@ def describe(spec) -> dict:
     observed = next(node for node in spec.nodes.values() if node.role == "observed")
     if len(latents) == 1:
         (node,) = latents.values()
-        guide, prior = node.guide, node.family
+        guide, prior = node.guide, _prior_name(node)
     else:
         guide = spec.guide_structure
-        prior = ", ".join(f"{n}: {node.family}" for n, node in latents.items())
+        prior = ", ".join(f"{n}: {_prior_name(node)}" for n, node in latents.items())
     return {"guide": guide, "prior": prior, "likelihood": observed.likelihood,
             "latent_dim": sum(int(node.dim) for node in latents.values())}

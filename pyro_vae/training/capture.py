@@ -176,6 +176,9 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
         return "the model keeps parameters in Pyro's param store (pyro.param), which a recording would freeze"
     if trainer.compile:
         return "compile=True compiles the networks instead"
+    declined = declined_by_module(model)
+    if declined is not None:
+        return declined
     if trainer.config.elbo == "enum":
         # the enumeration's dim allocation and contraction are Python state outside a recording's key and check
         return "train.elbo = 'enum' is not captured (its enumeration runs in Python on every step)"
@@ -191,8 +194,17 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
     return None
 
 
-# classes whose forward is a fixed sequence of tensor operations
-_LIBRARY = ("pyro_vae.", "torch.nn.", "pyro.nn.")
+def declined_by_module(model) -> Optional[str]:
+    """Why a module of the model says its step cannot be recorded (``capture_problem``, e.g. a spline flow's
+    data-dependent masks), else None.  Said by a CaptureWarning even under "auto": the model is a built-in one."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next((m.capture_problem for m in model.modules() if getattr(m, "capture_problem", None)), None)
+
+
+# classes whose forward is a fixed sequence of tensor operations (Pyro's transforms: a flow guide's or prior's;
+# the recording's check still compares a replay with an eager step and warns where they differ)
+_LIBRARY = ("pyro_vae.", "torch.nn.", "pyro.nn.", "pyro.distributions.transforms.")
 
 
 class Captures:
@@ -248,8 +260,9 @@ class Captures:
         t = self.trainer
         self.reason = why_not_capturable(t, self.mode)
         if self.reason is not None:
-            if self.mode == "on":
-                warnings.warn(f"train.capture = 'on', but {self.reason}: training runs eagerly", CaptureWarning,
+            declined = declined_by_module(t.model)
+            if self.mode == "on" or (declined is not None and self.reason == declined):
+                warnings.warn(f"train.capture = {self.mode!r}, but {self.reason}: training runs eagerly", CaptureWarning,
                               stacklevel=3)
             return None
         try:

@@ -30,6 +30,7 @@ from ..likelihoods import LIKELIHOODS
 from ..nets import ConvEncoder, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
+from .priors import DEFAULT_PSEUDO_INPUTS, VampPrior
 from .penalties import ContractivePenalty, TiedDecoder, check_degenerate, check_one_latent_mlp, check_tied_outputs
 from .data import check_graph_data
 from .spec import CLASSIFIER, COMPONENT, CONTRACTIVE, Graph, build_graph
@@ -120,6 +121,11 @@ class GraphModel(PyroModule):
         # they are registered after them (self.nets first), as graph runs' parameters always were
         self._build_encoders(g, image)
         self._build_nets(g)
+        # VampPriors read their node's encoder, so the graph holds them (built last: no other draw moves)
+        self.vamp = nn.ModuleDict({
+            name: VampPrior([(n, self.widths[n]) for n in self.encoders[name].names],
+                            g.nodes[name].pseudo_inputs or DEFAULT_PSEUDO_INPUTS)
+            for name in g.order if g.nodes[name].prior == "vamp" and g.nodes[name].role == "latent"})
         self.corruption = CORRUPTIONS[spec.corruption](spec.corruption_level)
         self.contractive = None
         if spec.contractive:
@@ -228,7 +234,7 @@ class GraphModel(PyroModule):
                     c = pyro.sample(name + COMPONENT, family.component(shape), infer={"enumerate": "parallel"})
                     d = family.given_component(c)
                 else:
-                    d = family.conditional(self.nets[name](parents)) if node.parents else family.prior(shape)
+                    d = family.conditional(self.nets[name](parents)) if node.parents else self.root_prior(name, shape)
                 obs = data.get(name) if node.role == "partial" else None
                 value = pyro.sample(name, d, obs=obs)
                 if obs is not None and node.classifier_weight and all(n in feats for n in self.encoders[name].names):
@@ -241,6 +247,12 @@ class GraphModel(PyroModule):
             if self.contractive is not None:
                 # a penalty, not a density: it enters the joint as a factor, at the clean x
                 pyro.factor(CONTRACTIVE, -self.contractive(feats[self.obs_site]))
+
+    def root_prior(self, name: str, shape) -> "pyro.distributions.Distribution":
+        """p(name) of a root latent for a batch of ``shape``: its family's prior, or its VampPrior."""
+        if name in self.vamp:
+            return self.vamp[name].law(self.families[name], self.encoders[name], shape)
+        return self.families[name].prior(shape)
 
     def encoder_inputs(self, data) -> Dict[str, torch.Tensor]:
         """The data's features as the guide's encoders read them: the observations corrupted in a training step
@@ -293,7 +305,7 @@ class GraphModel(PyroModule):
     def sample(self, n: int):
         """Draw ``z ~ p(z)`` and return (z, the mean of p(x | z))."""
         z, _ = self._single()
-        draws = self.families[z].prior((n,)).sample()
+        draws = self.root_prior(z, (n,)).sample()
         return draws, self.decode(draws)
 
     # -- what the library reads off a graph ---------------------------------
@@ -341,10 +353,10 @@ class GraphModel(PyroModule):
                                "need those draws; use model.guide_structure = \"mean-field\"")
         feats = self._data_features(data)
         family = self.families[name]
-        q = family.guide(self.encoders[name](feats))
+        out = self.encoders[name](feats)
         if spec.family == "categorical":
-            return q.probs
-        return family.component_posterior(q.mean)
+            return family.guide(out).probs
+        return family.component_posterior(family.guide_mean(out))
 
 
 def _one_latent(g: Graph) -> Optional[Tuple[str, str]]:

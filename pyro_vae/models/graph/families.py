@@ -17,7 +17,9 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 
 from ...registry import Registry
+from .flows import law_for
 from .guides import GUIDE_LAWS, MIN_SCALE
+from .priors import FlowPrior
 
 FAMILIES: Registry = Registry("node family")
 
@@ -65,7 +67,9 @@ class _Continuous(Family):
 
     def __init__(self, node):
         super().__init__(node)
-        self.guide_law = GUIDE_LAWS[node.guide]
+        # a static law (guides.py) is used as it is; a flow law holds the node's transforms, so it is a module
+        # built for this node and registered here (its parameters train and are checkpointed with the family's)
+        self.guide_law = law_for(GUIDE_LAWS[node.guide], node)
 
     @property
     def guide_features(self):
@@ -94,10 +98,13 @@ class _LocScale(_Continuous):
             self.raw_scale = nn.Parameter(torch.full((self.dim,), _SOFTPLUS_ONE))
         elif node.parents and not isinstance(self.scale_mode, str):
             self.register_buffer("fixed_scale", torch.full((self.dim,), float(self.scale_mode)))
+        # prior = "flow": transforms of the fixed prior (priors.py); "vamp" is the graph's, as it reads an encoder
+        self.prior_flow = FlowPrior(node) if node.prior == "flow" and not node.parents else None
 
     def prior(self, shape):
         scale = F.softplus(self.raw_prior_scale) + MIN_SCALE if hasattr(self, "raw_prior_scale") else self.prior_scale
-        return self.law(self.prior_loc, scale).expand(tuple(shape) + (self.dim,)).to_event(1)
+        base = self.law(self.prior_loc, scale).expand(tuple(shape) + (self.dim,)).to_event(1)
+        return base if self.prior_flow is None else self.prior_flow.law(base)
 
     @property
     def out_features(self):

@@ -4,6 +4,9 @@ A law says how many numbers it reads from the node's encoder
 (``features(dim)``), the distribution they define (``law(out, dim)``) and that
 distribution's mean (what ``encode`` reports).  Every continuous family
 (normal, laplace, mixture) takes any law; a new law is one registry entry.
+A law with learned parts of its own (the flows of flows.py) is an
+``nn.Module`` class with the same three methods, built once per node by the
+node's family; the static laws here are used as they are.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ def check_sequence_graph(spec) -> Graph:
                         "yet): set over = \"time\" on it, or remove it")
         if node.role == "partial":
             _fail(name, "a partial node over time is not supported: make it role = \"input\" (a control) or remove it")
+        if node.role == "input" and node.family != "real":
+            _fail(name, f"an input over time is a real vector per step (family = \"real\"), not {node.family!r}: "
+                        "give classes one-hot, as dim real values a step")
         if node.role != "latent" and (node.transition != type(node.transition)() or node.rnn != type(node.rnn)()):
             _fail(name, "transition and rnn belong to a latent chain: remove them from this node")
     if len(chains) != 1:
@@ -111,6 +114,9 @@ def check_sequence_graph(spec) -> Graph:
         _fail(z, f"a chain's steps are Gaussian: family = \"normal\" (got {node.family!r})")
     if node.guide != "normal":
         _fail(z, f"a chain's guide law is \"normal\" (got {node.guide!r})")
+    if node.prior != "fixed":
+        _fail(z, f"a chain starts from a learned z_0 through its transition, so prior = {node.prior!r} has nothing to "
+                 "set: remove prior")
     for p in node.parents:
         if g.nodes[p].role != "input":
             _fail(z, f"a chain's parents are its controls (input nodes over time); {p} is {g.nodes[p].role}")
