@@ -116,13 +116,13 @@ def khat_length_note(khat, lengths: Sequence[int]) -> Optional[str]:
 
 
 def step_profile(site_terms) -> Optional[StepProfile]:
-    """The profile of an evaluation's ``site_terms`` (evaluation/nodes.py), None without a stem of 2+ steps."""
+    """The profile of an evaluation's ``site_terms`` (evaluation/nodes.py), None without a stem of 3+ steps."""
     groups: Dict[str, Dict[int, object]] = {}
     for t in site_terms:
         key = step_of(t.name)
         if key is not None and t.kind in ("observed", "latent"):
             groups.setdefault(key[0], {})[key[1]] = t
-    groups = {s: g for s, g in groups.items() if len(g) >= 2}
+    groups = {s: g for s, g in groups.items() if len(g) >= MIN_RUN}  # two numbered layers are not a sequence
     if not groups:
         return None
     last = max(max(g) for g in groups.values())
