@@ -20,6 +20,7 @@ from typing import List, Optional
 from . import __version__
 from .app import diagnose_runs, evaluate_run, report_runs, train
 from .app.sample import write_samples
+from .app.sequences import write_sequences
 from .app.demo import demo
 from .app.evaluate import GapOptions
 from .app.pipeline import FROM_CONFIG
@@ -206,9 +207,40 @@ def _negative_kl(name: str, term: Optional[float], se: Optional[float]) -> Optio
             "raise --iw-samples")
 
 
+#: at most this many steps are listed by the per-step table (the first and the last half of them each)
+MAX_STEP_ROWS = 24
+
+
+def _format_steps(m: dict) -> Optional[str]:
+    """The ELBO's terms per time step, averaged over the sequences that reach each step; None without a chain."""
+    prof = m.get("steps")
+    if not prof:
+        return None
+    stems = list(prof["terms"])
+    heads = [("E log p(" if prof["kinds"][s] == "observed" else "KL(") + s + "_t" + (")" if prof["kinds"][s] == "observed"
+             else ")") for s in stems]
+    width = max(12, *(len(h) + 2 for h in heads))
+    lines = ["  per time step (means over the sequences that reach the step; padded steps count for nothing):",
+             f"    {'t':>5}{'sequences':>11}" + "".join(f"{h:>{width}}" for h in heads)]
+    rows = list(range(len(prof["steps"])))
+    if len(rows) > MAX_STEP_ROWS:
+        rows = rows[: MAX_STEP_ROWS // 2] + [None] + rows[-MAX_STEP_ROWS // 2:]
+    for i in rows:
+        if i is None:
+            lines.append(f"    {'...':>5}")
+            continue
+        cells = "".join(f"{'-':>{width}}" if prof["terms"][s][i] is None else f"{prof['terms'][s][i]:>{width}.3f}"
+                        for s in stems)
+        lines.append(f"    {prof['steps'][i]:>5}{prof['sequences'][i]:>11}{cells}")
+    if m.get("iw_khat_length_note"):
+        lines.append(f"    note: {m['iw_khat_length_note']}")
+    return "\n".join(lines)
+
+
 def _format_nodes(m: dict) -> Optional[str]:
-    """The ELBO node by node, for a model with more than one latent or observed site; None for one of each."""
-    nodes = m.get("nodes") or []
+    """The ELBO node by node, for a model with more than one latent or observed site; None for one of each.
+    Sites named per step (z_1 .. z_T) are the per-step table's (``_format_steps``): one row sums each run."""
+    nodes = _steps_folded(m.get("nodes") or [], m.get("steps"))
     summed = sorted({c for n in nodes for c in n.get("summed_over") or []})
     latent = sum(n["kind"] != "observed" for n in nodes) + len(summed)
     if latent < 2 and sum(n["kind"] == "observed" for n in nodes) < 2:
@@ -236,6 +268,30 @@ def _format_nodes(m: dict) -> Optional[str]:
         if why:
             lines.append(f"    note: {why}")
     return "\n".join(lines)
+
+
+def _steps_folded(nodes: list, prof) -> list:
+    """The nodes with each stem of the per-step profile summed into one row named stem_1..stem_T."""
+    if not prof:
+        return nodes
+    out, folded = [], {}
+    for n in nodes:
+        stem, _, step = n["name"].rpartition("_")
+        if stem in prof["terms"] and step.isdigit():
+            f = folded.get(stem)
+            if f is None:
+                f = folded[stem] = dict(n, name=f"{stem}_{step}", term=0.0, se=0.0, dims=0, active_units=None,
+                                        last=step)
+                out.append(f)
+            f["term"] = None if f["term"] is None or n.get("term") is None else f["term"] + n["term"]
+            f["se"] = None  # the steps' terms share their draws: their s.e.s do not add up in quadrature
+            f["dims"] += n["dims"]
+            f["last"] = step
+        else:
+            out.append(n)
+    for stem, f in folded.items():
+        f["name"] = f"{f['name']}..{stem}_{f.pop('last')}"
+    return out
 
 
 def _run_code(args) -> dict:
@@ -386,6 +442,9 @@ def cmd_evaluate(args) -> int:
         nodes = _format_nodes(metrics)
         if nodes is not None:
             print(nodes)
+        steps = _format_steps(metrics)
+        if steps is not None:
+            print(steps)
         if found.classes is not None:
             print(_format_classes(found.classes))
         if "gaps" in metrics:
@@ -396,6 +455,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    if args.steps is not None or args.given_prefix is not None:
+        if args.given or args.draws:
+            raise PyroVAEError(f"{'--given' if args.given else '--draws'} is for samples of one step; with --steps "
+                               "or --given-prefix drop it")
+        n = 16 if args.n is None else args.n
+        steps = 50 if args.steps is None else args.steps
+        seq = write_sequences(args.run_dir, n, steps, args.out, seed=args.seed, given_prefix=args.given_prefix,
+                              **_run_code(args))
+        print(f"wrote {seq.description} to {seq.path} (figure: {seq.figure})")
+        return 0
+    args.n = 64 if args.n is None else args.n
     written = write_samples(args.run_dir, args.n, args.out, seed=args.seed, given=args.given, draws=args.draws,
                             **_run_code(args))
     print(f"wrote {written.description} to {written.path}")
@@ -473,7 +543,15 @@ def _add_sample_parser(sub) -> None:
                        "label or input at a value; the default file name then says which (samples-y3-seed0.png) and "
                        "the figure's title what was drawn given what.")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("-n", type=int, default=None, help="number of samples (default: 64; 16 sequences with --steps)")
+    s.add_argument("--steps", type=int, default=None, metavar="T",
+                   help="for a model over time: draw whole sequences of T steps from the chain's prior, written as "
+                        "an .npz (x: means of p(x_t | z_t), z) with a figure of their traces (default with "
+                        "--given-prefix: 50)")
+    s.add_argument("--given-prefix", default=None, metavar="FILE",
+                   help="for a model over time: a .npy/.npz/.csv of observed steps, (T0, D) or (m, T0, D); the guide "
+                        "reads them, then the chain runs on for --steps more: N forecast draws per sequence (.npz "
+                        "and a figure with the observed prefix and the forecast's 90%% band)")
     s.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
                    help="condition on a label or input of the run (repeatable), e.g. --given y=3: a label takes an "
                         "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
@@ -482,7 +560,8 @@ def _add_sample_parser(sub) -> None:
                    help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
                    "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
-                   "given y = 3)")
+                   "given y = 3); with --steps an .npz (default RUN_DIR/sequences-seedSEED.npz, or "
+                   "forecast-seedSEED.npz given a prefix)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     _add_run_code_options(s)
     s.set_defaults(func=cmd_sample)

@@ -247,6 +247,8 @@ def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
     built-in's encoder and decoder)."""
     if getattr(model, "one_latent", None):
         return run_figures.run_plots(model, data, history, folder)
+    if hasattr(model, "sample_sequences") and hasattr(model, "chain"):  # a declared model over time
+        return run_figures.sequence_plots(model, data, history, folder, found.metrics())
     if isinstance(model, GraphModel):
         return run_figures.graph_plots(model, data, history, folder, found.classes)
     return run_figures.program_plots(model, data, history, folder)

@@ -73,6 +73,9 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
     if n < 1:
         raise PyroVAEError(f"-n must be >= 1 (got {n})")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
+    if hasattr(run.model, "sample_sequences"):  # a declared chain: its samples are sequences (app/sequences.py)
+        raise PyroVAEError("this run's model is over time: draw whole sequences with --steps T, or forecast after an "
+                           "observed prefix with --given-prefix FILE")
     values = given_values(given)
     named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
                                         or run.config.data.labels is not None)

@@ -70,15 +70,15 @@ def _npz_has(path: str, name: str) -> bool:
 
 
 def _tensor(arr: np.ndarray, what: str, observations: bool) -> Tuple[torch.Tensor, np.ndarray]:
-    """(tensor, rows with NaN/Inf) of one named array: the observations as a float32 matrix, others as they are."""
+    """(tensor, rows with NaN/Inf) of one named array, in its own shape (the observations' 1-D array as a column)."""
     arr = np.asarray(arr)
     check_dtype(arr.dtype, what)
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise PyroVAEError(f"{what} is empty (shape {arr.shape}): give one row per data point")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.float32)
-    if observations:
-        arr = arr.reshape(arr.shape[0], -1) if arr.ndim != 1 else arr[:, None]
+    if observations and arr.ndim == 1:
+        arr = arr[:, None]  # one value per point: a column (every array keeps its own shape, sequences (N, T, D) too)
     if arr.dtype.kind in "iu":
         return torch.from_numpy(np.ascontiguousarray(arr.astype(np.int64))), np.zeros(arr.shape[0], dtype=bool)
     flat = arr.reshape(arr.shape[0], -1)

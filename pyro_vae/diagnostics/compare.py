@@ -79,3 +79,15 @@ def _compare(zq: np.ndarray, ref_mean, ref_cov, ref_draws) -> Comparison:
                       kl_gauss=gaussian_kl(qm, qc, ref_mean, ref_cov), w2=wasserstein_per_dim(zq, ref_draws).mean(1))
 
 
+
+
+def compare_kept(zq: np.ndarray, ref_mean, ref_cov, ref_draws, keep: np.ndarray) -> Comparison:
+    """:func:`compare` per point on its ``keep`` columns only (points, latent: False where the model masks a
+    coordinate out, a padded step), no per-site parts; the Gaussian KL over the kept block."""
+    parts = []
+    for i in range(zq.shape[1]):
+        cols = np.flatnonzero(keep[i])
+        parts.append(_compare(zq[:, i : i + 1][..., cols], ref_mean[i : i + 1][:, cols],
+                              ref_cov[i : i + 1][:, cols][:, :, cols], ref_draws[:, i : i + 1][..., cols]))
+    return Comparison(*(np.concatenate([getattr(p, f) for p in parts])
+                        for f in ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2")))

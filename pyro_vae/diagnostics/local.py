@@ -32,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout
-from ..infer.sites import is_real, summing
+from ..infer.sites import is_real, masked_like, site_mask, summing
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
@@ -131,8 +131,8 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
     # the local q covers the continuous sites: the summed ones are hidden from the guide's prototype
     target = poutine.block(model.model, hide=layout.summed) if layout.summed else model.model
     plates = _SizedPlates(batch.num_rows(x))
-    guide = (AutoDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
-             AutoNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
+    guide = (_MaskedDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
+             _MaskedNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
     plates.guide = guide
     batch.call(guide, x)  # builds the prototype and the parameters
     device = model_device(model)
@@ -145,6 +145,40 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
                 deep_setattr(guide.scales, s, PyroParam(scales[s].to(device), guide.scale_constraint,
                                                         guide._event_dims[s]))
     return guide
+
+
+class _ModelMasks(Messenger):
+    """An autoguide's sites masked where the model masks them (a padded step of a shorter sequence): Pyro's
+    autoguides draw every element of a site, so without the model's mask their log q would count elements the
+    model's log p leaves out, and the fit would widen them without end for a positive ELBO."""
+
+    def __init__(self, guide):
+        super().__init__()
+        self.guide = guide
+
+    def _pyro_sample(self, msg):
+        proto = getattr(self.guide, "prototype_trace", None)
+        name = msg["name"]
+        if proto is not None and name not in proto.nodes and name.endswith("_unconstrained"):
+            name = name[: -len("_unconstrained")]  # AutoNormal draws a site there, then moves it to the support
+        node = proto.nodes.get(name) if proto is not None else None
+        if node is None or msg["is_observed"]:
+            return
+        mask = site_mask(node["fn"])
+        if mask is not None:
+            msg["fn"] = masked_like(msg["fn"], mask)
+
+
+class _MaskedNormal(AutoNormal):
+    def forward(self, *args, **kwargs):
+        with _ModelMasks(self):
+            return super().forward(*args, **kwargs)
+
+
+class _MaskedDelta(AutoDelta):
+    def forward(self, *args, **kwargs):
+        with _ModelMasks(self):
+            return super().forward(*args, **kwargs)
 
 
 class _Outputs(Messenger):

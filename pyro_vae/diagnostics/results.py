@@ -210,7 +210,7 @@ class NutsCheck(Record):
 class Reference(Record):
     """The reference posterior with the decoder fixed: how it was computed and its moments."""
 
-    method: str  # nuts | grid | none
+    method: str  # nuts | grid | kalman (a linear-Gaussian chain's exact smoother) | none
     draws: Optional[int] = None  # per chain
     chains: Optional[int] = None
     seconds: Optional[float] = None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
-from ..infer.layout import Layout, build_layout
+from ..infer.layout import Layout, build_layout, masked_coordinates
 from ..infer.rng import isolated_rng
 from ..infer.sites import is_real, site_matrix
 from ..models.params import model_params, scratch_params
@@ -35,7 +35,9 @@ from ..data.arrays import Dataset
 from .. import arviz_compat
 from ..infer.psis import pareto_khat
 from .arviz_io import from_dict, stored_name
-from .compare import compare, moments
+from .compare import compare, compare_kept, moments
+from .kalman import LinearGaussian, kalman_smoother
+from ..models.graph.sequence import step_site
 from .calibration import sbc_ranks, sbc_uniformity
 from .loo_check import loo_check
 from .points import data_difference
@@ -104,8 +106,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     ref = _reference(model, x, layout, subject.point_index, name, zp, precond, settings, progress, log)
     lap("reference")
 
-    comparison = None if ref.draws is None else compare(qd.z, ref.mean, ref.cov, ref.draws,
-                                                        list(zip(layout.sites, layout.sizes)))
+    comparison = _comparison(model, x, layout, qd, ref)
     contraction = _contraction(ref, qd.summary, prior_var)
 
     sbc = _sbc(model, x, layout, name, settings, log)
@@ -249,6 +250,9 @@ def _reference(model, x, layout: Layout, point_index, name, zp, precond, setting
         raise PyroVAEError(f"--reference grid needs one real 2-D latent, but {name} has {D} latent dimensions: "
                            "use --reference nuts")
     out = _Ref(Reference(method=settings.reference))
+    params = LinearGaussian.from_model(model) if settings.reference == "nuts" else None
+    if params is not None and layout.sites == [step_site(model.chain, t) for t in range(1, len(layout.sites) + 1)]:
+        return _kalman(model, x, layout, point_index, name, params, settings, log)
     if settings.reference in ("nuts", "grid") and two_d:
         out = _grid(model, x, layout, point_index, name, zp, precond, settings, log)
     if settings.reference == "nuts":
@@ -278,6 +282,46 @@ def _reference(model, x, layout: Layout, point_index, name, zp, precond, setting
             out.result.nuts = check
             out.nuts_data = data
     return out
+
+
+def _kalman(model, x, layout: Layout, point_index, name, params, settings, log) -> _Ref:
+    """The exact posterior of a linear-Gaussian chain, the Kalman (RTS) smoother's: its per-step means and
+    covariances, with draws from those marginals for the per-dimension W2.  The joint over steps is not kept, so
+    the Gaussian KL is left out (NaN); a padded step is no part of any comparison (see _comparison)."""
+    log(f"[{name}] exact reference: the Kalman smoother of the linear-Gaussian chain")
+    t0 = time.perf_counter()
+    obs = x[model.obs_site] if batch.is_named(x) else x
+    lengths = x.get("lengths") if batch.is_named(x) else None
+    ks = kalman_smoother(params, obs, lengths)
+    b, steps, k = ks.means.shape
+    mean = ks.means.reshape(b, steps * k).numpy()
+    cov = np.zeros((b, steps * k, steps * k))
+    for t in range(steps):
+        cov[:, t * k:(t + 1) * k, t * k:(t + 1) * k] = ks.covariances[:, t].numpy()
+    g = torch.Generator().manual_seed(settings.seed + 5)
+    eps = torch.randn(settings.draws, b, steps, k, 1, generator=g, dtype=torch.float64)
+    chol = torch.linalg.cholesky(ks.covariances + 1e-12 * torch.eye(k, dtype=torch.float64))
+    draws = (ks.means.unsqueeze(0) + (chol.unsqueeze(0) @ eps).squeeze(-1)).reshape(settings.draws, b, steps * k)
+    draws = draws.numpy()
+    ref = Reference(method="kalman", draws=settings.draws, seconds=time.perf_counter() - t0, mean=mean, sd=_sd(cov))
+    data = _idata(layout, draws[None], point_index, None, {"source": "Kalman smoother", "run": name})
+    return _Ref(ref, mean, cov, draws, data)
+
+
+def _comparison(model, x, layout: Layout, qd, ref: _Ref) -> Optional[Comparison]:
+    """q against the reference; a point's coordinates the model masks out (padded steps) left out of it."""
+    if ref.draws is None:
+        return None
+    masked = masked_coordinates(model, x, layout)
+    if masked is None:
+        comparison = compare(qd.z, ref.mean, ref.cov, ref.draws, list(zip(layout.sites, layout.sizes)))
+    else:
+        comparison = compare_kept(qd.z, ref.mean, ref.cov, ref.draws, ~masked)
+    if ref.result.method == "kalman":
+        comparison.kl_gauss = np.full_like(comparison.kl_gauss, np.nan)  # the joint over steps is not kept
+        for node in comparison.nodes:
+            node.kl_gauss = np.full_like(node.kl_gauss, np.nan)
+    return comparison
 
 
 def _grid(model, x, layout: Layout, point_index, name, zp, precond, settings, log) -> _Ref:
@@ -525,15 +569,27 @@ def _subject_data(subject, device):
 
 
 def check_reference_possible(subjects, settings) -> None:
-    """Fail before any work: a grid reference needs a 2-D latent in every run."""
-    if settings.reference != "grid":
+    """Fail before any work: a grid reference needs a 2-D latent in every run; NUTS and SBC need every latent
+    coordinate of the diagnosed points to have a density (none masked out, as a padded step of a sequence is)."""
+    sampled = settings.reference == "nuts" or settings.sbc_sims > 0  # NUTS: unless a chain's Kalman smoother
+    if settings.reference != "grid" and not sampled:
         return
     for s in subjects:
-        x = batch.rows(_subject_data(s, model_device(s.model)), slice(0, 2))
+        x = _subject_data(s, model_device(s.model))
+        few = batch.rows(x, slice(0, 2))
         with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
-            lay = build_layout(s.model, x, DIAGNOSED, continuous=True)
-        if lay.dim != 2 or len(lay.sites) != 1:
+            lay = build_layout(s.model, few, DIAGNOSED, continuous=True)
+            masked = masked_coordinates(s.model, x, build_layout(s.model, x, DIAGNOSED, continuous=True)) \
+                if sampled else None
+        if settings.reference == "grid" and (lay.dim != 2 or len(lay.sites) != 1):
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "
                                "dimensions: use --reference nuts (or none)")
-
-
+        nuts = settings.reference == "nuts" and LinearGaussian.from_model(s.model) is None
+        if masked is not None and (nuts or settings.sbc_sims > 0):
+            points = int(masked.any(1).sum())
+            what = " and ".join(w for w, on in (("NUTS", nuts),
+                                                ("SBC", settings.sbc_sims > 0)) if on)
+            raise PyroVAEError(f"run {s.name!r}: the model masks out latent coordinates of {points} of the "
+                               f"{masked.shape[0]} diagnosed points (padded steps of shorter sequences), which no "
+                               f"density reads, so {what} would sample them from nothing: pass --reference none "
+                               "--sbc-sims 0 (q's draws, the k-hat and the amortization gap leave them out)")

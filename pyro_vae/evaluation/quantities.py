@@ -34,6 +34,7 @@ from ..infer.layout import Layout
 from ..infer.probe import TRACE_ERRORS
 from ..infer.rng import forked_rng
 from ..infer.sites import is_latent, is_observed
+from .steps import collapse_names, collapse_terms
 
 __all__ = ["Quantities", "read_quantities", "ONE_LATENT"]
 
@@ -104,7 +105,7 @@ def _traced(model, data, obs_site: str):
 
 
 def _names(items: Sequence[str]) -> str:
-    return ",".join(items)
+    return ",".join(collapse_names(list(items)))
 
 
 def _density(site: str, given: Sequence[str]) -> str:
@@ -151,7 +152,7 @@ def read_quantities(model, x, layout: Layout) -> Quantities:
     zs = _names(kl_sites)
     return Quantities(
         log_likelihood=f"log {_density(_names(observed), given)}",
-        reconstruction=f"E_q[{' + '.join(recon)}]",
+        reconstruction=f"E_q[{' + '.join(collapse_terms(recon))}]",
         kl=f"KL(q({zs}{'|' + _names(q_given) if q_given else ''}) || {_density(zs, p_given)})",
         observed=tuple(observed), inputs=tuple(given))
 

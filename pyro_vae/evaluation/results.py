@@ -21,6 +21,7 @@ from ..serialize import to_plain
 from .nodes import NodeSummary, SiteTerm
 from .quantities import Quantities
 from .streaming import tail_size
+from .steps import khat_length_note, step_profile
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # below this importance ESS a point's estimate and s.e. rest on a handful of draws
@@ -164,6 +165,7 @@ class PointwiseEvaluation:
             "kl_per_dim_analytic": bool(self.kl_per_dim_analytic) if self.kl_per_dim is not None else None,
             "reconstruction_mse": mean(self.reconstruction_mse),
             "nodes": [to_plain(node) for node in self.nodes(threshold)],
+            **self.steps_summary(),
             "num_points": int(n),
             "seconds_evaluate": float(self.seconds),
         }
@@ -171,6 +173,16 @@ class PointwiseEvaluation:
             # {key: the quantity it estimates for this model}; the keys themselves keep their names
             out["quantities"] = self.quantities.to_json()
         return out
+
+    def steps_summary(self) -> Dict[str, object]:
+        """For sites named per time step: the per-step profile of the ELBO's terms and whether k-hat grows with T."""
+        profile = step_profile(self.site_terms)
+        if profile is None:
+            return {}
+        note = None
+        if self.iw_khat is not None and self.khat_note() is None:
+            note = khat_length_note(self.iw_khat, profile.lengths)
+        return {"steps": profile.to_dict(), "iw_khat_length_note": note}
 
     def khat_note(self) -> Optional[str]:
         """Why the importance weights have no PSIS k-hat (too few draws a point to fit their tail); None when they do."""

@@ -14,12 +14,14 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+from pyro import poutine
 
 from ..data import batch
 from ..diagnostics.structure import graph_data, model_structure
 from ..errors import PyroVAEError
 from ..infer.sites import cycle_rows
 from ..models.sampling import given_rows, prior_predictive
+from . import sequences
 from .graph import draw_structure
 from .style import INK, figure_style, image_grid, pyplot, save_figure, save_image_grid
 
@@ -311,4 +313,36 @@ def graph_plots(model, data, history, folder: Path, classes=None) -> List[Path]:
                                      class_names=data.class_names if same else None))
     if classes is not None:
         out.append(class_table(classes, folder / class_table_file(classes)))
+    return out
+
+
+# -- models over time ---------------------------------------------------------------------------------------------
+
+#: q's draws per sequence behind the fit figure's bands
+FIT_DRAWS = 64
+
+
+@torch.no_grad()
+def sequence_plots(model, data, history, folder: Path, metrics: Optional[dict] = None) -> List[Path]:
+    """A chain's figures: a program's (:func:`program_plots`), the per-step profile of the ELBO's terms, and a few
+    test sequences observed against reconstructed, with q's latent trajectories."""
+    out = program_plots(model, data, history, folder)
+    if metrics and metrics.get("steps"):
+        out.append(sequences.save_step_profile(metrics["steps"], folder / "steps.png"))
+    test = data.test
+    m = min(3, int(next(iter(test.values())).shape[0]))
+    rows = {k: v[:m] for k, v in test.items()}
+    rep = {k: v.repeat_interleave(FIT_DRAWS, 0) for k, v in rows.items()}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tr = poutine.trace(model.guide).get_trace(**rep)
+    steps = int(rows[model.obs_site].shape[1])
+    z = torch.stack([tr.nodes[f"{model.chain}_{t}"]["value"] for t in range(1, steps + 1)], -2)
+    feats = {model.chain: z, **{u: rep[u] for u in getattr(model, "inputs", ())}}
+    recon = model.likelihood.mean(model.emitters[model.obs_site](feats))
+    lengths = rows.get("lengths")
+    lengths = np.full(m, steps) if lengths is None else lengths.cpu().numpy()
+    shape = lambda t: t.reshape(m, FIT_DRAWS, *t.shape[1:]).transpose(0, 1).cpu().numpy()  # noqa: E731
+    out.append(sequences.save_sequence_fit(rows[model.obs_site].cpu().numpy(), lengths, shape(recon), shape(z),
+                                           folder / "sequence_fit.png"))
     return out

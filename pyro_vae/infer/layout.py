@@ -28,10 +28,10 @@ from ..data import batch
 from ..errors import PyroVAEError
 from .probe import BROADCAST_FIX, TRACE_ERRORS, first_line, program_error
 from .rng import forked_rng
-from .sites import (DATA_PLATE, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
+from .sites import (DATA_PLATE, data_plate, site_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
                     per_point, plate_dims, point_densities, site_matrix, trace_pair)
 
-__all__ = ["Layout", "build_layout", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
+__all__ = ["Layout", "build_layout", "masked_coordinates", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
            "latent_matrix"]
 
 
@@ -57,6 +57,7 @@ class Layout:
     # discrete sites summed out exactly (see marginal_densities): the guide's, in guide order, then the model's own
     summed: List[str] = field(default_factory=list)
     summed_guide: List[str] = field(default_factory=list)  # those of them the guide samples
+    plate: str = DATA_PLATE  # the data plate's name (sites.data_plate)
 
     @property
     def summed_model_only(self) -> List[str]:
@@ -119,9 +120,10 @@ def build_layout(model, x, data: str = "the evaluation data", continuous: bool =
     nest, data_dim = plate_dims(model, (gtr, mtr))
     sites, summed, summed_guide = _latent_sites(model, gtr, mtr)
     b = batch.num_rows(x)
-    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed, summed=summed, summed_guide=summed_guide)
+    layout = Layout(nest, data_dim, sites, [], [], {}, {}, {}, False, observed, summed=summed, summed_guide=summed_guide,
+                    plate=data_plate((gtr, mtr)))
     for s in summed:
-        _check_summed(s, gtr, mtr)
+        _check_summed(s, gtr, mtr, layout.plate)
     for s in sites:
         _add_site(layout, s, gtr, mtr, b)
     _check_densities(model, x, gtr, mtr, layout, data)
@@ -155,9 +157,9 @@ def _latent_sites(model, gtr, mtr):
 def _add_site(layout: Layout, s: str, gtr, mtr, b: int) -> None:
     """Latent site ``s`` of the guide, checked against the model, appended to the layout."""
     gsite = gtr.nodes[s]
-    if not any(f.name == DATA_PLATE for f in gsite["cond_indep_stack"]):
+    if not any(f.name == layout.plate for f in gsite["cond_indep_stack"]):
         raise PyroVAEError(
-            f"latent site {s!r} is outside pyro.plate('data'): per-point evaluation needs local latents; "
+            f"latent site {s!r} is outside pyro.plate({layout.plate!r}): per-point evaluation needs local latents; "
             "make a global quantity a pyro.param, or move the site into the data plate"
         )
     if s not in mtr.nodes:
@@ -192,7 +194,7 @@ def _check_densities(model, x, gtr, mtr, layout: Layout, data: str) -> None:
                 "stacked in dims left of the plates, so " + BROADCAST_FIX) from None
 
 
-def _check_summed(name: str, gtr, mtr) -> None:
+def _check_summed(name: str, gtr, mtr, plate: str = DATA_PLATE) -> None:
     """A summed site is one value per data point: inside pyro.plate('data') and no other plate, in model and guide."""
     node = mtr.nodes.get(name)
     if node is None:
@@ -205,13 +207,13 @@ def _check_summed(name: str, gtr, mtr) -> None:
         if name not in tr.nodes:
             continue
         plates = [f.name for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized]
-        if DATA_PLATE not in plates:
+        if plate not in plates:
             raise PyroVAEError(
                 f"discrete site {name!r} is outside pyro.plate('data'): summing it out per data point needs one value "
                 "per point; move it into the data plate (a global discrete choice cannot be evaluated per point)")
-        if set(plates) != {DATA_PLATE}:
+        if set(plates) != {plate}:
             raise PyroVAEError(
-                f"discrete site {name!r} is inside plate(s) {', '.join(p for p in plates if p != DATA_PLATE)} nested "
+                f"discrete site {name!r} is inside plate(s) {', '.join(p for p in plates if p != plate)} nested "
                 "in 'data': only one discrete value per data point can be summed out here; make it one site per "
                 "point (OneHotCategorical over the combined values) or a continuous latent")
 
@@ -354,3 +356,30 @@ def latent_matrix(tr, layout: Layout, k: int, b: int, draw_dim: bool = True) -> 
     lat = latent_values(tr, layout, k, b, draw_dim)
     return torch.cat([lat[s] for s in layout.sites], -1)
 
+
+
+@torch.no_grad()
+def masked_coordinates(model, x, layout: Layout) -> Optional[np.ndarray]:
+    """(points, layout.dim) bool: True where the model masks a latent coordinate out (``.mask()`` or
+    ``poutine.mask``: a padded step of a shorter sequence), so that no density of the model or guide reads it;
+    None when none is masked.  Diagnostics leave such coordinates out: their posterior is no distribution."""
+    b = batch.num_rows(x)
+    with forked_rng(batch.reference(x).device):
+        _, mtr = trace_pair(model, x)
+    blocks, any_masked = [], False
+    for s in layout.sites:
+        node = mtr.nodes[s]
+        value = node["value"]
+        m = site_mask(node["fn"])
+        keep = torch.ones(value.shape, dtype=torch.bool, device=value.device)
+        if m is not None:
+            keep = keep & m.reshape(m.shape + (1,) * (value.dim() - m.dim())).expand(value.shape)
+        if node.get("mask") is not None:  # poutine.mask: a mask of the site's batch shape
+            pm = torch.as_tensor(node["mask"], dtype=torch.bool, device=value.device)
+            keep = keep & pm.reshape(pm.shape + (1,) * (value.dim() - pm.dim())).expand(value.shape)
+        event_dim = len(node["fn"].event_shape)
+        blocks.append(site_matrix(keep.unsqueeze(0).to(torch.float64), event_dim, layout.nest, layout.data_dim, 1, b)[0])
+        any_masked = any_masked or not bool(keep.all())
+    if not any_masked:
+        return None
+    return (torch.cat(blocks, -1) < 0.5).cpu().numpy()

@@ -40,8 +40,9 @@ DATA_PLATE = "data"
 
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
-    "has_density", "is_point_mass", "elementwise_base", "particles", "trace_pair", "plate_dims", "Plates",
-    "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities", "array_sites", "observed_name",
+    "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair",
+    "data_plate", "plate_dims", "Plates", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities",
+    "array_sites", "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
     "enumerated_trace", "enum_site_sum", "marginal_densities",
 ]
@@ -172,9 +173,31 @@ def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional
     return gtr, mtr
 
 
+def data_plate(traces) -> Optional[str]:
+    """The data plate's name: "data", else the one outermost plate every observed site sits in (Pyro's DMM calls
+    its plate "z_minibatch"); None if there is none."""
+    common = None
+    dims: Dict[str, int] = {}
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] != "sample":
+                continue
+            names = {f.name for f in site["cond_indep_stack"] if f.dim is not None}
+            if DATA_PLATE in names:
+                return DATA_PLATE
+            dims.update({f.name: f.dim for f in site["cond_indep_stack"] if f.dim is not None})
+            if is_observed(site):
+                common = names if common is None else common & names
+    if not common:
+        return None
+    return min(common, key=lambda n: dims[n])  # the outermost: the plate over data points, not one nested in it
+
+
 def plate_dims(model, traces) -> tuple:
-    """(max plate nesting, dim of the "data" plate) read off traces of the model and the guide."""
+    """(max plate nesting, dim of the data plate) read off traces of the model and the guide."""
     nest, data_dim = 0, None
+    traces = list(traces)
+    name = data_plate(traces)
     for tr in traces:
         for site in tr.nodes.values():
             if site["type"] != "sample":
@@ -182,7 +205,7 @@ def plate_dims(model, traces) -> tuple:
             for f in site["cond_indep_stack"]:
                 if f.dim is not None:
                     nest = max(nest, -f.dim)
-                if f.name == DATA_PLATE:
+                if f.name == name:
                     data_dim = f.dim
     if data_dim is None:
         raise PyroVAEError(
@@ -190,6 +213,41 @@ def plate_dims(model, traces) -> tuple:
             "put the observations (and the local latents) in a plate named 'data'"
         )
     return nest, data_dim
+
+
+def site_mask(fn) -> Optional[torch.Tensor]:
+    """The mask a site's distribution carries (``.mask(m)``, under or over ``.to_event``) as a bool tensor of the
+    site's value shape (True: counted); None when nothing is masked."""
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            m = fn._mask
+            events = len(fn.event_shape)
+            full = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            if isinstance(m, bool):
+                return None if m else torch.zeros(full, dtype=torch.bool)
+            return m.expand(fn.batch_shape).reshape(tuple(fn.batch_shape) + (1,) * events).expand(full)
+        if isinstance(fn, (dist.Independent, torch.distributions.Independent, dist.ExpandedDistribution)):
+            fn = fn.base_dist
+            continue
+        return None
+
+
+def masked_like(fn, mask: torch.Tensor):
+    """``fn`` (a guide's law of a site, maybe with draws in dims on the left) with the model's ``mask`` of the
+    site's value shape (:func:`site_mask`): its log density counts what the model's counts (a whole event where
+    any of its elements is)."""
+    events = 0
+    base = fn
+    while isinstance(base, (dist.Independent, torch.distributions.Independent)):
+        events += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    if not hasattr(base, "mask"):  # a torch distribution without Pyro's methods
+        return fn
+    own = len(base.event_shape)
+    if own:
+        mask = mask.reshape(tuple(mask.shape[: mask.dim() - own]) + (-1,)).any(-1)
+    mask = mask.expand(torch.broadcast_shapes(mask.shape, base.batch_shape))
+    return base.mask(mask).to_event(events) if events else base.mask(mask)
 
 
 # -- alignment: site tensors -> per-point matrices -----------------------------------------------
@@ -302,7 +360,15 @@ def array_sites(model, data) -> Dict[str, str]:
         for name, t in few.items():
             if v is t or (torch.is_tensor(v) and v.shape == t.shape and v.data_ptr() == t.data_ptr()):
                 out[name] = site_name
+            elif _is_view_of(v, t):
+                out.setdefault(name, site_name)  # one of several sites that observe a part each (a step of a sequence)
     return out
+
+
+def _is_view_of(v, t) -> bool:
+    """``v`` is a part of ``t`` (a slice: the DMM observes ``mini_batch[:, t - 1, :]`` at its step t's site)."""
+    return (torch.is_tensor(v) and torch.is_tensor(t) and v.numel() < t.numel() and v.numel() > 0
+            and v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr())
 
 
 def observed_name(model, data, sites: Optional[Dict[str, str]] = None) -> Optional[str]:

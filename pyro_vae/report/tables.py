@@ -244,6 +244,8 @@ def _reference_tables(diagnosis: Diagnosis) -> List[Table]:
         if ref.method == "grid":
             rows.append([r.name, f"exact grid ({ref.cells} cells)", None, ref.draws, None, None, None, None,
                          None, ref.seconds])
+        elif ref.method == "kalman":
+            rows.append([r.name, "exact: Kalman smoother", None, ref.draws, None, None, None, None, None, ref.seconds])
         else:
             n = ref.nuts
             rows.append([r.name, "NUTS", ref.chains, ref.draws, n.rhat_max, _rhat_count(n),
