@@ -91,7 +91,7 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     fit_model = summing(model.model, layout.summed) if layout.summed else model.model
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
     bar = progress_bar(steps + MAX_BLOCKS * block, bool(progress), desc=desc, leave=False)
-    fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
+    fit = _Fit(lambda: elbo.differentiable_loss(fit_model, guide, **x),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
     check = _Check(model, guide, x, layout, settings, family == "delta")
     with guide.create_plates.unflagged():
@@ -117,7 +117,7 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
     guide = (AutoDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
              AutoNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
     plates.guide = guide
-    batch.call(guide, x)  # builds the prototype and the parameters
+    guide(**x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
     if family == "normal" and not layout.point_mass:

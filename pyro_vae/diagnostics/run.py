@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout
 from ..infer.rng import isolated_rng
 from ..infer.sites import is_real, site_matrix
@@ -504,8 +505,10 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
 
 
 def _subject_data(subject, device):
-    """The subject's points (one tensor or named arrays), checked, on the model's device, floats as float32."""
-    return batch.prepare(subject.x, f"the points of run {subject.name!r}", device, torch.float32)
+    """The subject's points as named arrays (one tensor named as its model takes it), checked, on the model's
+    device, floats as float32."""
+    what = f"the points of run {subject.name!r}"
+    return batch.prepare(named_data(subject.model, subject.x, what), what, device, torch.float32)
 
 
 def check_reference_possible(subjects, settings) -> None:

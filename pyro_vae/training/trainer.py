@@ -32,8 +32,9 @@ from ..config import TrainConfig
 from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.auto import AUTO, ObjectiveChoice, choose_objective
+from ..infer.data_name import named_data
 from ..infer.objectives import make_objective, scale_sites
-from ..infer.probe import likely_cause
+from ..infer.probe import first_line, likely_cause
 from ..infer.rng import isolated_rng
 from ..infer.sites import observed_name
 from ..models.params import runs_own_model
@@ -75,8 +76,9 @@ def _first_batch(fn: Callable, device: torch.device, config: TrainConfig):
     except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
         if is_oom(e):
             raise training_oom_error(e, device, config.batch_size, config.num_particles) from None
-        msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-        raise PyroVAEError(f"the model fails on its first batch ({msg[:300]}): {likely_cause(e)}") from None
+        # the program's own exception by name, without the trace-shape table Pyro appends
+        raise PyroVAEError(f"the model fails on its first batch ({type(e).__name__}: {first_line(e)[:300]}): "
+                           f"{likely_cause(e)}") from None
 
 
 class Trainer:
@@ -141,6 +143,11 @@ class Trainer:
         #: the thread count pv.fit / pv.train chose for this trainer's fit (runtime/threads.py); None: torch's own
         self.threads = None
 
+    def _named(self, x, what: str = "the data"):
+        """A batch or a data set as named arrays: one tensor a caller hands in named as the model takes its data
+        (infer/data_name.py); the trainer's own batches are named already."""
+        return named_data(self.model, x, what)
+
     # -- setup --------------------------------------------------------------
     @runs_own_model
     def setup(self, x_example: torch.Tensor, data_size: int, more_examples=()) -> None:
@@ -154,7 +161,7 @@ class Trainer:
             return
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)
-        examples = (x_example, *more_examples)
+        examples = tuple(self._named(x) for x in (x_example, *more_examples))
         if self.config.elbo == AUTO:  # chosen from the program once, said once (infer/auto.py)
             choice = _first_batch(lambda: choose_objective(self.model, [head(x, 4) for x in examples]),
                                   self.device, self.config)
@@ -167,7 +174,7 @@ class Trainer:
         self.data_size = int(data_size)
         for x in examples:
             self._sanity_check(x)
-        self.params, self.param_names = self._collect_params(x_example, *more_examples)
+        self.params, self.param_names = self._collect_params(*examples)
         if not self.params:
             raise PyroVAEError(f"{type(self.model).__name__} has no trainable parameters")
         wants_graph = bool(self.cuda_graph) and self.device.type == "cuda"
@@ -196,6 +203,7 @@ class Trainer:
 
         ``obs``: the observations' array of named data, when the caller has found it (sites.observed_name).
         """
+        train_x = self._named(train_x)
         groups = batch.groups(train_x)
         obs = observed_name(self.model, train_x) if obs is None else obs
         examples = [batch.to(example_batch(train_x, binarize, obs=obs, group=g), self.device)
@@ -246,6 +254,7 @@ class Trainer:
     @runs_own_model
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
+        x = self._named(x)
         b = batch.num_rows(x)
         kwargs = {}
         outer = 1.0
@@ -259,12 +268,13 @@ class Trainer:
         # (a tensor beta: a step recorded with the KL weight as an input, capture.py)
         scaled = torch.is_tensor(beta) or beta != 1.0
         with scale_sites(self.model.latent_sites, beta) if scaled else contextlib.nullcontext():
-            loss = batch.call(self.objective.differentiable_loss, x, self.model.model, self.model.guide, **kwargs)
+            loss = self.objective.differentiable_loss(self.model.model, self.model.guide, **x, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
     @runs_own_model
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached; NaN if not applied)."""
+        x = self._named(x)
         result = self._engine.step(x, beta)
         self._last_engine = result.engine
         if not result.finite:
@@ -288,7 +298,7 @@ class Trainer:
 
         The recording draws nothing from the training random streams.
         """
-        return self._captures.get(x, beta) if self._captures.usable() else None
+        return self._captures.get(self._named(x), beta) if self._captures.usable() else None
 
     def _on_nonfinite(self, x, result):
         st = self.state
@@ -303,7 +313,7 @@ class Trainer:
     @runs_own_model
     def nonfinite_sites(self, x) -> List[str]:
         """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
-        return nonfinite_sites(self.model, x, self._site_order)
+        return nonfinite_sites(self.model, self._named(x), self._site_order)
 
     # -- epochs -----------------------------------------------------------------
     @runs_own_model
@@ -312,7 +322,8 @@ class Trainer:
         cfg = self.config
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)  # before the data's arrays are matched to its sites
-        data = FitData(self.model, self.device, cfg.batch_size, train_x, test_x, binarize)
+        data = FitData(self.model, self.device, cfg.batch_size, self._named(train_x, "the training data"),
+                       self._named(test_x, "the test data"), binarize)
         if self._first_step.skips and self.validation == "auto":
             # Pyro stops checking the data's support once validation is off, so
             # check it here, once (app.prepare did it too; this covers direct use)
