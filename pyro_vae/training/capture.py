@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from . import _torch_private
 from ..data import batch
+from ..infer.data_name import named_data
 from ..infer.rng import forked_rng
 from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
@@ -126,7 +127,8 @@ class CapturedStep:
         return (loss.detach(), bad, *present)
 
     def __call__(self, x: torch.Tensor, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, List[Optional[torch.Tensor]]]:
-        """(loss, bad, one gradient or None per parameter) for batch ``x``."""
+        """(loss, bad, one gradient or None per parameter) for batch ``x`` (named arrays, or the one tensor)."""
+        x = named_data(self.trainer.model, x)
         out = _torch_private.replay(self.run, [*self.trainer.params, *self._inputs(x, beta)])
         present = iter(out[2:])
         return out[0], out[1], [next(present) if has else None for has in self.present]
