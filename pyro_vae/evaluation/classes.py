@@ -141,7 +141,7 @@ def predicted_probabilities(model, data) -> torch.Tensor:
 
 
 def class_metrics(model, data, labels=None, class_names: Optional[Sequence[str]] = None) -> Optional[ClassMetrics]:
-    """The class metrics of ``model`` on ``data`` (a tensor or named arrays); None when there is nothing to score.
+    """The class metrics of ``model`` on ``data`` (named arrays); None when there is nothing to score.
 
     The truth is the data's own array of the class node (a partial label's),
     else ``labels``: the true class of each row (a Dataset's ``test_labels``,
