@@ -15,6 +15,7 @@ from ..data import batch
 from ..data.checks import all_finite, check_support as check_support_chunked, describe_nonfinite
 from ..data.mapped import MappedRows
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.rng import isolated_rng
 from ..infer.sites import observed_name
 from ..runtime import distributed
@@ -23,12 +24,13 @@ from ..runtime import distributed
 class FitData:
     """The training (and test) data of one :meth:`Trainer.fit`, checked before any step.
 
-    ``train_x`` / ``test_x``: named arrays; ``obs`` names the observations' array; ``groups`` are the row
+    ``train_x`` / ``test_x``: named arrays (one tensor: named as the model takes its data); ``obs`` names the observations' array; ``groups`` are the row
     groups of arrays missing in some rows (one group otherwise), which batches never mix.
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, train_x, test_x=None, binarize: str = "none"):
         self.model, self.device, self.batch_size, self.binarize = model, device, batch_size, binarize
+        train_x, test_x = named_data(model, train_x, "training data"), named_data(model, test_x, "test data")
         self.train = to_device(model, train_x, "training data", device)
         self.obs = observed_name(model, self.train)
         self.test = to_device(model, test_x, "test data", device) if test_x is not None else None

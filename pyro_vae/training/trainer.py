@@ -143,11 +143,6 @@ class Trainer:
         #: the thread count pv.fit / pv.train chose for this trainer's fit (runtime/threads.py); None: torch's own
         self.threads = None
 
-    def _named(self, x, what: str = "the data"):
-        """A batch or a data set as named arrays: one tensor a caller hands in named as the model takes its data
-        (infer/data_name.py); the trainer's own batches are named already."""
-        return named_data(self.model, x, what)
-
     # -- setup --------------------------------------------------------------
     @runs_own_model
     def setup(self, x_example: torch.Tensor, data_size: int, more_examples=()) -> None:
@@ -161,7 +156,7 @@ class Trainer:
             return
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)
-        examples = tuple(self._named(x) for x in (x_example, *more_examples))
+        examples = tuple(named_data(self.model, x) for x in (x_example, *more_examples))
         if self.config.elbo == AUTO:  # chosen from the program once, said once (infer/auto.py)
             choice = _first_batch(lambda: choose_objective(self.model, [head(x, 4) for x in examples]),
                                   self.device, self.config)
@@ -203,7 +198,7 @@ class Trainer:
 
         ``obs``: the observations' array of named data, when the caller has found it (sites.observed_name).
         """
-        train_x = self._named(train_x)
+        train_x = named_data(self.model, train_x, "the training data")
         groups = batch.groups(train_x)
         obs = observed_name(self.model, train_x) if obs is None else obs
         examples = [batch.to(example_batch(train_x, binarize, obs=obs, group=g), self.device)
@@ -254,7 +249,7 @@ class Trainer:
     @runs_own_model
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
-        x = self._named(x)
+        x = named_data(self.model, x)
         b = batch.num_rows(x)
         kwargs = {}
         outer = 1.0
@@ -274,8 +269,7 @@ class Trainer:
     @runs_own_model
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached; NaN if not applied)."""
-        x = self._named(x)
-        result = self._engine.step(x, beta)
+        result = self._engine.step(named_data(self.model, x), beta)
         self._last_engine = result.engine
         if not result.finite:
             return self._on_nonfinite(x, result)
@@ -298,7 +292,7 @@ class Trainer:
 
         The recording draws nothing from the training random streams.
         """
-        return self._captures.get(self._named(x), beta) if self._captures.usable() else None
+        return self._captures.get(named_data(self.model, x), beta) if self._captures.usable() else None
 
     def _on_nonfinite(self, x, result):
         st = self.state
@@ -313,7 +307,7 @@ class Trainer:
     @runs_own_model
     def nonfinite_sites(self, x) -> List[str]:
         """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
-        return nonfinite_sites(self.model, self._named(x), self._site_order)
+        return nonfinite_sites(self.model, named_data(self.model, x), self._site_order)
 
     # -- epochs -----------------------------------------------------------------
     @runs_own_model
@@ -322,8 +316,7 @@ class Trainer:
         cfg = self.config
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)  # before the data's arrays are matched to its sites
-        data = FitData(self.model, self.device, cfg.batch_size, self._named(train_x, "the training data"),
-                       self._named(test_x, "the test data"), binarize)
+        data = FitData(self.model, self.device, cfg.batch_size, train_x, test_x, binarize)
         if self._first_step.skips and self.validation == "auto":
             # Pyro stops checking the data's support once validation is off, so
             # check it here, once (app.prepare did it too; this covers direct use)
