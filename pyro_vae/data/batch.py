@@ -111,9 +111,12 @@ def missing_mask(t: torch.Tensor) -> Optional[torch.Tensor]:
 def groups(data: Data) -> List[Dict[str, object]]:
     """Row groups with one pattern of missing names: [{"rows": LongTensor, "absent": (names,)}, ...].
 
-    One group holding every row when nothing is missing.
+    One group holding every row when nothing is missing, or when there is one array: the observations, which are
+    never missing (their NaN is the finiteness check's; the array may be a memory map, not read here).
     """
     n = num_rows(data)
+    if len(data) == 1:
+        return [{"rows": torch.arange(n), "absent": ()}]
     masks = {k: m for k, v in data.items() if (m := missing_mask(v)) is not None}
     if not masks:
         return [{"rows": torch.arange(n), "absent": ()}]

@@ -20,7 +20,7 @@ def sbc_ranks(model, x, layout: Layout, sims: int, draws: int) -> np.ndarray:
     the observed site into a sampled one), so this works for any model whose
     prior and likelihood can be sampled.
     """
-    # simulation i keeps the conditioning inputs of point i mod b (one tensor: only the shape matters)
+    # simulation i keeps the conditioning inputs of point i mod b (one array: only the shape matters)
     template = cycle_rows(x, sims)
     tr = poutine.trace(poutine.uncondition(model.model)).get_trace(**template)
     x_sim = simulated(model, template, tr)

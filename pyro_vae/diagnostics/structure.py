@@ -48,7 +48,7 @@ ROWS = 2
 
 @dataclass(frozen=True)
 class _Array:
-    """The provenance tag of a data array (``name`` None: the data is one tensor)."""
+    """The provenance tag of a data array (``name`` None: the data is one array, the observations)."""
 
     name: Optional[str]
 
@@ -302,7 +302,7 @@ def _edges(sites: Dict[str, List[_Site]], node_of: Dict[_Array, str], known: Lis
 def model_structure(model, data) -> ModelStructure:
     """The graph of ``model`` (a built-in or any program the library accepts) on ``data``; see the module docstring.
 
-    ``data`` is one tensor or named arrays, as the model is trained on; a
+    ``data`` is named arrays (or the one tensor), as the model is trained on; a
     couple of rows of each pattern of missing arrays are traced.
     """
     parts = _parts(model, data)

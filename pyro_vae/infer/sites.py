@@ -278,7 +278,7 @@ def array_sites(model, data) -> Dict[str, str]:
     they are); a program that fails even so is reported with its own error
     when the observations cannot be found by name.
     """
-    if len(data) == 1:  # one array: the observations (what one tensor always was)
+    if len(data) == 1:  # one array: the observations
         return {next(iter(data)): model.obs_site}
     g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # rows with every array present
     few = batch.without(batch.rows(data, g["rows"][:2]), g["absent"])

@@ -24,8 +24,9 @@ from ..runtime import distributed
 class FitData:
     """The training (and test) data of one :meth:`Trainer.fit`, checked before any step.
 
-    ``train_x`` / ``test_x``: named arrays (one tensor: named as the model takes its data); ``obs`` names the observations' array; ``groups`` are the row
-    groups of arrays missing in some rows (one group otherwise), which batches never mix.
+    ``train_x`` / ``test_x``: named arrays (one tensor: named as the model takes its data); ``obs`` names the
+    observations' array; ``groups`` are the row groups of arrays missing in some rows (one group otherwise),
+    which batches never mix.
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, train_x, test_x=None, binarize: str = "none"):
