@@ -44,7 +44,7 @@ def _array_difference(name: str, a: torch.Tensor, b: torch.Tensor) -> Optional[s
 
 def _difference(first: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor]) -> List[str]:
     """What differs between two runs' points, array by array over the arrays both read."""
-    n, m = (batch.num_rows(next(iter(arrays.values()))) for arrays in (first, other))
+    n, m = (batch.num_rows(arrays) for arrays in (first, other))
     if n != m:
         return [f"{m} points against {n}"]
     found = (_array_difference(name, first[name], other[name]) for name in first if name in other)

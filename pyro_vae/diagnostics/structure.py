@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import pyro
 import torch
@@ -195,7 +195,7 @@ def _parts(model, data) -> List[Tuple[str, object]]:
 def graph_data(dataset):
     """The rows a run's graph is traced on: its training arrays when they are named (their unlabelled rows show
     which sites are partly observed), else its test data (training data may be a memory map)."""
-    return dataset.train if dataset.observed is not None else dataset.test
+    return dataset.train if isinstance(dataset.train, Mapping) else dataset.test  # a source's one array: a matrix
 
 
 @dataclass
