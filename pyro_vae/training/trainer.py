@@ -99,7 +99,7 @@ class Trainer:
     hooks of :class:`~pyro_vae.training.callbacks.Callbacks` (epoch ended,
     checkpoint due, signal received); ``run_dir`` adds the store's run-folder
     storage (checkpoint.pt and history.csv there).  ``test_elbo(model, x, *,
-    seed)`` is the per-epoch test ELBO when ``fit`` is given test data; by
+    seed)`` is the per-epoch test ELBO when ``fit`` is given test data (``x``: named arrays); by
     default the evaluation layer's (callbacks.default_test_elbo).  ``log`` gets the one line that says which estimator
     ``train.elbo = "auto"`` chose (``objective_choice``); ``config`` then names it.
     """
