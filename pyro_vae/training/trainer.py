@@ -34,7 +34,7 @@ from ..errors import PyroVAEError
 from ..infer.auto import AUTO, ObjectiveChoice, choose_objective
 from ..infer.data_name import named_data
 from ..infer.objectives import make_objective, scale_sites
-from ..infer.probe import first_line, likely_cause
+from ..infer.probe import likely_cause
 from ..infer.rng import isolated_rng
 from ..infer.sites import observed_name
 from ..models.params import runs_own_model
@@ -76,8 +76,9 @@ def _first_batch(fn: Callable, device: torch.device, config: TrainConfig):
     except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
         if is_oom(e):
             raise training_oom_error(e, device, config.batch_size, config.num_particles) from None
-        # the program's own exception by name, without the trace-shape table Pyro appends
-        raise PyroVAEError(f"the model fails on its first batch ({type(e).__name__}: {first_line(e)[:300]}): "
+        # the program's own exception by name, its lines joined, without the trace-shape table Pyro appends
+        msg = " ".join(l.strip() for l in str(e).split("Trace Shapes:")[0].splitlines() if l.strip())
+        raise PyroVAEError(f"the model fails on its first batch ({type(e).__name__}: {msg[:300]}): "
                            f"{likely_cause(e)}") from None
 
 
