@@ -12,6 +12,7 @@ from pyro.infer import SVI, Trace_ELBO
 import pyro_vae as pv
 from pyro_vae.infer.layout import build_layout
 from pyro_vae.infer.sites import point_densities, trace_pair
+from pyro_vae.infer.data_name import named_data
 
 SIDE = 4
 PIXELS = SIDE * SIDE
@@ -151,11 +152,12 @@ def _close(a, b, name):
 
 def test_the_probe_tells_broadcasting_programs_from_the_others(net3):
     net, x = net3
-    assert build_layout(Broadcasting(net), x).broadcasts
-    assert not build_layout(IVAELike(net), x).broadcasts
+    named = {"x": x}  # the programs' data parameter
+    assert build_layout(Broadcasting(net), named).broadcasts
+    assert not build_layout(IVAELike(net), named).broadcasts
     # runs with a draw dim, silently wrong there: the probe compares each draw with a plain trace
-    assert not build_layout(FirstRows(net), x).broadcasts
-    assert build_layout(pv.build_model(pv.ModelConfig(latent_dim=3), PIXELS), (x > 0).float()).broadcasts
+    assert not build_layout(FirstRows(net), named).broadcasts
+    assert build_layout(pv.build_model(pv.ModelConfig(latent_dim=3), PIXELS), {"x": (x > 0).float()}).broadcasts
 
 
 @pytest.mark.parametrize("program", [IVAELike, FirstRows])
@@ -184,9 +186,9 @@ def test_broadcasting_programs_keep_the_vectorized_draws(net3):
     r = pv.evaluate_points(m, x, iw_samples=k, seed=11, keep_log_weights=True, prior_samples=0)
     with torch.no_grad():
         torch.manual_seed(11)
-        trace_pair(m, x[:2])  # the layout's plain trace
-        gtr, mtr = trace_pair(m, x, k, 1)
-        layout = build_layout(m, x[:2])
+        trace_pair(m, named_data(m, x[:2]))  # the layout's plain trace
+        gtr, mtr = trace_pair(m, named_data(m, x), k, 1)
+        layout = build_layout(m, named_data(m, x[:2]))
         d = point_densities(gtr, mtr, layout, k, 5)
     w = d.log_lik.double() + d.log_prior.double() - d.log_q.double()
     assert torch.equal(r.log_weights, w.T)

@@ -80,8 +80,8 @@ def test_a_signal_is_heard_before_the_checkpoint_it_makes_due():
 def test_an_injected_test_elbo_is_the_one_used_and_no_storage_means_no_checkpoint():
     calls = []
 
-    def test_elbo(model, x, *, seed):
-        calls.append((x.shape, seed))
+    def test_elbo(model, x, *, seed):  # x: the test data as named arrays, as inside the library
+        calls.append((x["x"].shape, seed))
         return -1.5
 
     class EpochsOnly(Callbacks):  # takes no checkpoints: the trainer builds no payload

@@ -48,7 +48,8 @@ def spec(**kw) -> ModelConfig:
 
 def train(model_spec: ModelConfig, x, capture: str, **train_kw):
     torch.manual_seed(0)
-    model = build_model(model_spec, batch.observed(x, "x" if batch.is_named(x) else None).shape[1])
+    x = batch.named(x, "x")  # one tensor, or named arrays whose observations are "x"
+    model = build_model(model_spec, x["x"].shape[1])
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=1, capture=capture, **train_kw)
     trainer = Trainer(model, cfg, progress=False)
     with warnings.catch_warnings():

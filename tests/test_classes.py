@@ -114,11 +114,11 @@ class _Clusters:
         self.clusters, self.k = torch.as_tensor(clusters), k
 
     def class_probabilities(self, data):
-        return torch.nn.functional.one_hot(self.clusters[data[:, 0].long()], self.k).double()
+        return torch.nn.functional.one_hot(self.clusters[data["x"][:, 0].long()], self.k).double()
 
 
 def _rows(n):
-    return torch.arange(n, dtype=torch.float32)[:, None]  # column 0: the row's index, so the fake reads its cluster
+    return {"x": torch.arange(n, dtype=torch.float32)[:, None]}  # column 0: the row's index, so the fake reads its cluster
 
 
 def test_clusters_matched_one_to_one_recover_a_permutation():

@@ -26,6 +26,7 @@ from pyro_vae.models.graph import families
 from pyro_vae.infer.psis import KHAT_BAD
 from pyro_vae.infer.layout import build_layout
 from pyro_vae.models import likelihoods
+from pyro_vae.infer.data_name import named_data
 
 SE = 4.0  # every statistical comparison: within (or beyond) 4 standard errors
 
@@ -297,7 +298,7 @@ def test_discrete_node_summed_exactly_matches_a_sum_over_its_values_and_quadratu
     model, x = _fit_discrete(kind)
     # the graph broadcasts over a leading draw dim, its guide's discrete site included: all K draws in one trace
     # (the probe once compared q(z | x, y) at a fresh y, and fell back to one draw at a time: right but ~40x slower)
-    assert build_layout(model, x[:2]).broadcasts
+    assert build_layout(model, named_data(model, x[:2])).broadcasts
     r = pv.evaluate_points(model, x, iw_samples=2000)
     assert r.summed_sites == summed and r.latent_names == ["z"]
     exact = _exact_discrete(kind, model, x)

@@ -30,6 +30,7 @@ import pyro_vae as pv
 from pyro_vae.cli import main
 from pyro_vae.evaluation.results import concat_points
 from pyro_vae.infer.layout import build_layout
+from pyro_vae.infer.data_name import named_data
 
 D64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)
@@ -199,7 +200,7 @@ class M2Like:
 def test_a_discrete_guide_site_is_summed_exactly_over_its_values():
     m, x = M2Like(), _x(10, 2, seed=3)
     # the program broadcasts over draws, q(y|x) included: its 300 draws a point are one trace
-    assert build_layout(m, x).broadcasts
+    assert build_layout(m, named_data(m, x)).broadcasts
     r = pv.evaluate_points(m, x, iw_samples=300, prior_samples=0, seed=0)
     xn = x.numpy()
     logits = xn @ m.A.numpy() + m.a.numpy()

@@ -621,9 +621,9 @@ class DataPoison(Recorder):
     bad_steps = ()
 
     def step(self, x, beta=1.0):
-        if self.state.step + 1 in self.bad_steps:
-            x = x.clone()
-            x[0, 0] = float("nan")
+        if self.state.step + 1 in self.bad_steps:  # the trainer's batches are named arrays
+            x = {k: v.clone() for k, v in x.items()}
+            x["x"][0, 0] = float("nan")
         loss = super().step(x, beta)
         self.engines.append(self.engine_name)
         return loss

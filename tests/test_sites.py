@@ -15,6 +15,7 @@ from pyro_vae.infer.layout import build_layout, latent_matrix, latent_values, tr
 from pyro_vae.infer.sites import (is_factor, is_latent, is_observed, is_point_mass, is_subsample, point_densities,
                                   site_matrix, trace_pair)
 from pyro_vae.evaluation.estimators import evaluate_points
+from pyro_vae.infer.data_name import named_data
 
 D64 = torch.float64
 
@@ -58,10 +59,10 @@ def _data(n=6, seed=1):
 
 def test_per_point_densities_match_closed_forms_of_a_conjugate_model():
     m, x = Conjugate(), _data()
-    layout = build_layout(m, x)
+    layout = build_layout(m, named_data(m, x))
     k = 7
     pyro.set_rng_seed(0)
-    gtr, mtr = trace_pair(m, x, k, layout.nest)
+    gtr, mtr = trace_pair(m, named_data(m, x), k, layout.nest)
     z = latent_values(gtr, layout, k, x.shape[0])["z"]  # (k, b, 2)
     assert z.shape == (k, 6, 2)
     d = point_densities(gtr, mtr, layout, k, x.shape[0])
@@ -100,7 +101,7 @@ class TwoSites:
 
 def test_layout_orders_sizes_and_labels_every_latent_site():
     m, x = TwoSites(), _data(5)[:, :3]
-    layout = build_layout(m, x)
+    layout = build_layout(m, named_data(m, x))
     assert layout.nest == 2 and layout.data_dim == -2
     assert layout.sites == ["w", "z"]  # latent_sites order, not guide order
     assert layout.sizes == [3, 2] and layout.dim == 5
@@ -110,7 +111,7 @@ def test_layout_orders_sizes_and_labels_every_latent_site():
     assert layout.supports["w"] is dist.Gamma.support and layout.observed == ["x"]
     assert not layout.point_mass
     pyro.set_rng_seed(0)
-    gtr, _ = trace_pair(m, x)
+    gtr, _ = trace_pair(m, named_data(m, x))
     z = latent_matrix(gtr, layout, 1, 5, draw_dim=False)[0]
     w_val, z_val = gtr.nodes["w"]["value"], gtr.nodes["z"]["value"]
     torch.testing.assert_close(z, torch.cat([w_val, z_val[:, 0]], -1))
@@ -164,8 +165,8 @@ def test_any_point_mass_latent_means_no_proposal_density():
     assert is_point_mass(dist.Delta(torch.zeros(3, 2)).to_event(1).mask(torch.ones(3, dtype=torch.bool)))
     assert not is_point_mass(dist.Normal(torch.zeros(3), 1.0).expand([4, 3]).to_event(1))
     x = _data()
-    assert build_layout(Mixed(), x).point_mass
-    assert not build_layout(Conjugate(), x).point_mass
+    assert build_layout(Mixed(), named_data(Mixed(), x)).point_mass
+    assert not build_layout(Conjugate(), named_data(Conjugate(), x)).point_mass
     r = evaluate_points(Mixed(), x, iw_samples=20, prior_samples=0, seed=0)
     assert r.point_mass and r.log_likelihood is None and r.iw_samples == 0
     assert r.latent_names == ["z[0]", "z[1]", "u"]
@@ -231,13 +232,13 @@ def _guideless_model(self, x):
 ])
 def test_each_bad_program_gets_its_one_line_error(bad, message):
     with pytest.raises(pv.PyroVAEError, match=message) as e:
-        build_layout(bad(), _data())
+        build_layout(bad(), named_data(bad(), _data()))
     assert "\n" not in str(e.value)
 
 
 def test_a_model_that_fails_on_the_data_names_the_data():
     with pytest.raises(pv.PyroVAEError, match="fails on the diagnosed points") as e:
-        build_layout(Conjugate(), _data()[:, :3], data="the diagnosed points")
+        build_layout(Conjugate(), named_data(Conjugate(), _data()[:, :3]), data="the diagnosed points")
     assert "check that the data have the columns" in str(e.value)
     # the evaluator reports it the same way, naming its own data
     with pytest.raises(pv.PyroVAEError, match="fails on the evaluation data"):
@@ -258,11 +259,11 @@ def _one_at_a_time(layout):
 
 def test_draws_traced_one_at_a_time_stack_into_per_draw_matrices_that_match_closed_forms():
     m, x = Conjugate(), _data()
-    layout = build_layout(m, x)
+    layout = build_layout(m, named_data(m, x))
     assert layout.broadcasts
     k, b = 5, x.shape[0]
     pyro.set_rng_seed(0)
-    z, d = trace_draws(m, x, k, _one_at_a_time(layout),
+    z, d = trace_draws(m, named_data(m, x), k, _one_at_a_time(layout),
                        lambda g, t, k: (latent_values(g, layout, k, b)["z"], point_densities(g, t, layout, k, b)))
     assert z.shape == (k, b, 2) and d.log_lik.shape == (k, b)
     assert (z[1:] != z[:1]).all()  # k independent draws, not one draw repeated
@@ -273,12 +274,12 @@ def test_draws_traced_one_at_a_time_stack_into_per_draw_matrices_that_match_clos
 
 def test_draws_traced_one_at_a_time_keep_their_order_with_nested_plates():
     m, x = TwoSites(), _data(5)[:, :3]
-    layout = build_layout(m, x)
+    layout = build_layout(m, named_data(m, x))
     k = 4
     pyro.set_rng_seed(1)
-    got = trace_draws(m, x, k, _one_at_a_time(layout), lambda g, t, k: latent_matrix(g, layout, k, 5))
+    got = trace_draws(m, named_data(m, x), k, _one_at_a_time(layout), lambda g, t, k: latent_matrix(g, layout, k, 5))
     pyro.set_rng_seed(1)
-    plain = [latent_matrix(trace_pair(m, x)[0], layout, 1, 5, draw_dim=False) for _ in range(k)]
+    plain = [latent_matrix(trace_pair(m, named_data(m, x))[0], layout, 1, 5, draw_dim=False) for _ in range(k)]
     assert torch.equal(got, torch.cat(plain, 0)) and got.shape == (k, 5, 5)
 
 
@@ -298,6 +299,6 @@ def _bernoulli_model(self, x):
 ])
 def test_a_first_trace_that_fails_names_the_cause_it_saw(model, cause):
     with pytest.raises(pv.PyroVAEError, match="fails on the evaluation data with one draw per point") as e:
-        build_layout(_bad(model), _data())
+        build_layout(_bad(model), named_data(_bad(model), _data()))
     assert "\n" not in str(e.value)
     assert re.search(cause, str(e.value))

@@ -132,7 +132,7 @@ def test_use_threads_sets_the_count_for_the_block_and_restores_it():
 
 def test_tiny_diagnostic_steps_keep_a_count_the_user_set():
     model = torch.nn.Linear(4, 4)
-    x = torch.zeros(8, 4)
+    x = {"x": torch.zeros(8, 4)}  # diagnostics' points: named arrays
     with use_threads(ThreadChoice(2, "auto", "test")):
         with few_threads(model, x):
             assert torch.get_num_threads() == 1

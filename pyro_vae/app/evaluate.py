@@ -23,6 +23,7 @@ from ..evaluation.classes import ClassMetrics, class_metrics
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
+from ..infer.data_name import named_data
 from ..models.protocol import model_device
 from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
@@ -112,6 +113,7 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
 
     Under torchrun every rank calls this (the estimates are sharded); ``classes`` only on the rank that reports.
     """
+    x = named_data(model, x)
     points = with_halving_budget(
         # through the module, so that a test may stand in for it (running out of memory on purpose)
         lambda b: estimators.evaluate_points(model, density_data(model, x), iw_samples=iw_samples, seed=seed,

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from ..config import TrainConfig
 from ..data import batch
 from ..evaluation.memory import test_elbo_with_retry
+from ..infer.data_name import named_data
 from ..models.protocol import model_modules
 from ..runtime.threads import ThreadChoice, choose_threads, step_work, use_threads
 from ..models.pair import as_model
@@ -45,7 +46,7 @@ def fit(model, train_x, test_x=None, config: TrainConfig = TrainConfig(), *, run
     torch's thread count follows ``config.threads`` while it trains (:func:`fit_threads`; the choice is the
     trainer's ``threads``), and is the caller's again after.
     """
-    train_x, test_x = batch.from_numpy(train_x, "train_x"), batch.from_numpy(test_x, "test_x")
+    train_x, test_x = named_data(model, train_x, "train_x"), named_data(model, test_x, "test_x")
     model = as_model(model, train_x)
     trainer = Trainer(model, config, run_dir=run_dir, test_elbo=test_elbo_with_retry, progress=progress,
                       validation=validation, log=log)

@@ -35,7 +35,7 @@ from ..training.signals import interrupting
 from ..training.trainer import Trainer
 from .evaluate import RunEvaluation, default_iw_samples, density_data, evaluate_model
 from .model_fit import fit_threads
-from .prepare import prepare
+from .prepare import named_splits, prepare
 from .runs import Run
 
 
@@ -87,13 +87,14 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         config = config.replace(evaluate=EvalConfig("none" if iw_samples is None else iw_samples))
     run_code = RunCode(out, Path(program_path) if program_path else None, trust_code) if resume else None
     cfg, data, model, payload = _start(config, out, resume, overwrite, run_code, group, log)
-    cfg = _resolved_evaluation(cfg, batch.num_rows(data.test))
+    train_data, test_data = named_splits(model, data)
+    cfg = _resolved_evaluation(cfg, batch.num_rows(test_data))
     for note in data.notes:
         log(f"note: {note}")
     notes: list = []  # the estimator train.elbo = "auto" chose: said once training stands, as the thread count
     trainer = Trainer(model, cfg.train, run_dir=out, test_elbo=test_elbo_with_retry, progress=progress,
                       log=notes.append)
-    trainer.setup_data(data.train, data.binarize)
+    trainer.setup_data(train_data, data.binarize)
     # train.elbo = "auto" is chosen now, from the program: the run's config.toml and checkpoint name the choice,
     # so that a resume, or a later version whose rule differs, trains on with the same estimator
     cfg = cfg.replace(train=trainer.config)
@@ -111,8 +112,8 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
         if payload is not None:  # said once the folder is ours: a refusal (a run in use) is the only line
             log(_resume_note(start_epoch, start_batch, cfg.train.epochs))
         held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
-        held_out = density_data(model, data.test)
-        history = trainer.fit(data.train, held_out, binarize=data.binarize)
+        held_out = density_data(model, test_data)
+        history = trainer.fit(train_data, held_out, binarize=data.binarize)
         for note in [*notes, trainer.threads.line()]:  # once training stands: a failure on the way is the only line
             log(note)
         for m in model_modules(model):
@@ -150,10 +151,11 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
         cfg, data, model = prepare(config, run_code)
         if payload is not None:
             _check_resumable(payload, out, cfg, data)
-        check_batch_size(batch.num_rows(data.train), cfg.train.batch_size)
+        train, test = named_splits(model, data)
+        check_batch_size(batch.num_rows(train), cfg.train.batch_size)
         # the fit's own checks of the arrays, now: found once the folder is made, they would leave it behind
-        check_arrays(model, data.train, density_data(model, data.test), observed_name(model, data.train))
-        distributed.check_batches(cfg.train.batch_size, [len(g["rows"]) for g in batch.groups(data.train)], group)
+        check_arrays(model, train, density_data(model, test), observed_name(model, train))
+        distributed.check_batches(cfg.train.batch_size, [len(g["rows"]) for g in batch.groups(train)], group)
         if out is not None and not resume:
             check_output_folder(out, replace=overwrite)
         failed = None
@@ -164,8 +166,8 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
         failed = e
     if group.active:
         distributed.agree(distributed.fingerprint(
-            None if cfg is None else cfg.to_toml(), None if data is None else batch.describe(data.train),
-            None if data is None else batch.describe(data.test), out and out.resolve(), resume,
+            None if cfg is None else cfg.to_toml(), None if data is None else batch.describe(train),
+            None if data is None else batch.describe(test), out and out.resolve(), resume,
             None if payload is None else payload.get("train_state", {}).get("step")), failed)
     return cfg, data, model, payload
 
@@ -173,7 +175,7 @@ def _start(config: Config, out: Optional[Path], resume: bool, overwrite: bool, r
 def _threads(model, cfg: Config, data: Dataset, payload: Optional[dict]) -> ThreadChoice:
     """The run's thread count (runtime/threads.py); a resumed run under auto keeps the count it trained with, since
     another count can change the float sums of large products and an exact resume is promised."""
-    choice = fit_threads(model, cfg.train, batch.num_rows(data.train))
+    choice = fit_threads(model, cfg.train, len(data.train_x))
     kept = (payload or {}).get("threads")
     if choice.source == "auto" and isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1:
         return ThreadChoice(kept, "auto", f"auto: {kept}, the count this run trained with, so that it resumes "
@@ -235,7 +237,7 @@ def _resolved_evaluation(cfg: Config, num_test: int) -> Config:
 
 def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, reports: bool, log) -> RunEvaluation:
     """The trained model on the test data (every rank; the class metrics on the rank that reports)."""
-    n = batch.num_rows(data.test)
+    n = len(data.test_x)
     k = None if iw_samples == "none" else iw_samples
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,

@@ -14,6 +14,7 @@ from ..data.checks import check_support as check_support_chunked
 from ..data.sizes import inferred_levels
 from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.objectives import check_objective_name
 from ..models import build_model, check_against_data, check_size, check_size_before_data, check_spec
 from ..models.graph.sequence import is_sequence, sequence_arrays
@@ -102,6 +103,12 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
         model.check_data(data.test, "the test data", origins.get("test"))
     check_support(model, data)
     return cfg, data, model
+
+
+def named_splits(model, data: Dataset):
+    """(train, test) of ``data`` as named arrays for ``model``: a source's one array named as the model takes its
+    data (infer/data_name.py), named arrays as they are."""
+    return named_data(model, data.train, "the training data"), named_data(model, data.test, "the test data")
 
 
 def build(spec: ModelSpec, data_dim: int, image_shape=None, run_code: Optional[RunCode] = None):

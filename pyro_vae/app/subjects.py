@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 from ..data import batch
 from ..diagnostics.settings import FORMAT, DiagnoseSettings, Subject
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..models.build import describe
 from .prepare import data_likelihood
 from .runs import load_run, load_run_data
@@ -35,7 +36,8 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
         while name in names:
             name, i = f"{base}-{i}", i + 1
         names.add(name)
-        n = min(points, batch.num_rows(data.test))
+        test = named_data(run.model, data.test, "the test data")
+        n = min(points, batch.num_rows(test))
         cfg = run.config
         m = run.metrics or {}
         info = run_fingerprint(d) | {
@@ -46,7 +48,7 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             # what log_likelihood is for this model (log p(x|y) for one conditioned on an input y); older runs: log p(x)
             "log_likelihood_quantity": (m.get("quantities") or {}).get("log_likelihood", "log p(x)"),
         }
-        subjects.append(Subject(name, run.model, batch.rows(data.test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
+        subjects.append(Subject(name, run.model, batch.rows(test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects
 
 

@@ -59,6 +59,10 @@ class Dataset:
         """The test observations (the whole test data unless it is named arrays)."""
         return self.test[self.observed] if self.observed is not None else self.test
 
+    def set_observations(self, split: str, value: torch.Tensor) -> None:
+        """Replace the observations of ``split`` ("train" or "test") by ``value`` (its other arrays stay)."""
+        setattr(self, split, value if self.observed is None else {**getattr(self, split), self.observed: value})
+
     @property
     def dim(self) -> int:
         """The observations' number of columns (of values per step, for sequences)."""

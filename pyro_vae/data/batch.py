@@ -1,9 +1,11 @@
-"""Named data: one tensor, or a mapping of named tensors that share their rows; the one place a program is called on it.
+"""Named data: a mapping of named tensors that share their rows, the one form data takes inside the library.
 
-A program written as ``model(x)`` gets one tensor, positionally.  A program
-written as Pyro's examples write conditional and semi-supervised models,
-``model(x, y=None)``, gets a mapping, by keyword: ``{"x": images, "y": labels}``
-calls ``model(x=images, y=labels)``.  Row i of every tensor is data point i.
+A program written as ``model(x)`` and one written as Pyro's examples write
+conditional and semi-supervised models, ``model(x, y=None)``, are called
+alike, by keyword: ``{"x": images, "y": labels}`` calls
+``model(x=images, y=labels)``.  One tensor a user hands in is named once, where
+it enters (``infer/data_name.py``: the model's first data parameter), and is
+``{"x": tensor}`` from then on.  Row i of every tensor is data point i.
 
 A name may be missing for some rows (unlabelled rows of a semi-supervised
 set): an integer array marks them with -1 (scikit-learn's convention for
@@ -14,7 +16,7 @@ its default (``y=None``), exactly as Pyro's M2 example feeds its two loaders.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,45 +24,37 @@ import torch
 from ..errors import PyroVAEError
 from .checks import describe_nonfinite
 
-Data = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Data = Dict[str, torch.Tensor]
 
 #: the value that marks a missing entry of an integer array
 MISSING = -1
 
 
-def is_named(data) -> bool:
-    return isinstance(data, Mapping)
+def named(data, name: str, what: str = "the data") -> Data:
+    """The data as a mapping of named arrays: a mapping as it is (NumPy arrays as tensors), one array (a tensor,
+    a NumPy array, a memory map) as ``{name: array}``.
 
-
-def call(fn: Callable, data: Data, *args, **kwargs):
-    """``fn(*args, x)`` for one tensor, ``fn(*args, **data)`` for named data (``args`` first: an ELBO's model, guide)."""
-    if is_named(data):
-        return fn(*args, **data, **kwargs)
-    return fn(*args, data, **kwargs)
-
-
-def from_numpy(data, what: str = "the data"):
-    """NumPy arrays (one, or a mapping of them) as tensors; anything else as it is.
-
-    Floating arrays come in torch's default dtype (float32: NumPy's float64 is only NumPy's default, and a
-    program's networks are float32), integer labels stay integers.  An array of objects or strings is a
-    one-line error naming ``what``.
+    The one place where one array becomes named data: every entry point calls it once, with the name the model
+    takes its data by (``infer/data_name.py``).  Floating NumPy arrays come in torch's default dtype (float32:
+    NumPy's float64 is only NumPy's default, and a program's networks are float32), integer labels stay
+    integers.  An array of objects or strings is a one-line error naming ``what``.
     """
-    def convert(v, label):
+    def convert(v, key):
         if not isinstance(v, np.ndarray):
             return v
         if v.dtype.kind not in "biuf":
+            label = what if key is None else f"{what}[{key!r}]"
             raise PyroVAEError(f"{label} is a NumPy array of {v.dtype} values, not numbers: give numeric arrays")
         v = np.ascontiguousarray(v)
         t = torch.from_numpy(v if v.flags.writeable else v.copy())  # torch warns on read-only memory
         return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
-    if is_named(data):
-        return {k: convert(v, f"{what}[{k!r}]") for k, v in data.items()}
-    return convert(data, what)
+    if isinstance(data, Mapping):
+        return {k: convert(v, k) for k, v in data.items()}
+    return {name: convert(data, None)}
 
 
 def tensors(data: Data) -> List[torch.Tensor]:
-    return list(data.values()) if is_named(data) else [data]
+    return list(data.values())
 
 
 def num_rows(data: Data) -> int:
@@ -69,15 +63,11 @@ def num_rows(data: Data) -> int:
 
 def rows(data: Data, index) -> Data:
     """The same rows of every tensor (an index tensor, a slice or an int range)."""
-    if is_named(data):
-        return {k: v[index] for k, v in data.items()}
-    return data[index]
+    return {k: v[index] for k, v in data.items()}
 
 
 def apply(data: Data, fn: Callable[[torch.Tensor], torch.Tensor]) -> Data:
-    if is_named(data):
-        return {k: fn(v) for k, v in data.items()}
-    return fn(data)
+    return {k: fn(v) for k, v in data.items()}
 
 
 def to(data: Data, device=None, dtype: Optional[torch.dtype] = None) -> Data:
@@ -95,23 +85,16 @@ def repeat_rows(data: Data, k: int) -> Data:
     return apply(data, lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
 
 
-def observed(data: Data, name: Optional[str]) -> torch.Tensor:
-    """The tensor of the observations, the array ``name`` (the whole data when it is one tensor).
-
-    ``sites.observed_name`` finds the name for a model.
-    """
-    if not is_named(data):
-        return data
+def observed(data: Data, name: str) -> torch.Tensor:
+    """The tensor of the observations, the array ``name`` (``infer/sites.py``'s ``observed_name`` finds it)."""
     if name not in data:
         raise PyroVAEError(f"the data has no array named {name!r} (it has {', '.join(data)}): "
                            f"name the observations {name!r}, as the model's obs_site does")
     return data[name]
 
 
-def replace(data: Data, name: Optional[str], value: torch.Tensor) -> Data:
-    """The data with the array ``name`` (the tensor itself for one tensor) replaced by ``value``."""
-    if not is_named(data):
-        return value
+def replace(data: Data, name: str, value: torch.Tensor) -> Data:
+    """The data with the array ``name`` replaced by ``value``."""
     return {**data, name: value}
 
 
@@ -128,10 +111,11 @@ def missing_mask(t: torch.Tensor) -> Optional[torch.Tensor]:
 def groups(data: Data) -> List[Dict[str, object]]:
     """Row groups with one pattern of missing names: [{"rows": LongTensor, "absent": (names,)}, ...].
 
-    One group holding every row when nothing is missing.
+    One group holding every row when nothing is missing, or when there is one array: the observations, which are
+    never missing (their NaN is the finiteness check's; the array may be a memory map, not read here).
     """
     n = num_rows(data)
-    if not is_named(data):
+    if len(data) == 1:
         return [{"rows": torch.arange(n), "absent": ()}]
     masks = {k: m for k, v in data.items() if (m := missing_mask(v)) is not None}
     if not masks:
@@ -148,15 +132,15 @@ def groups(data: Data) -> List[Dict[str, object]]:
 
 
 def without(data: Data, absent: Sequence[str]) -> Data:
-    if not absent or not is_named(data):
+    if not absent:
         return data
     return {k: v for k, v in data.items() if k not in absent}
 
 
 def check_rows(data: Data, what: str) -> Data:
     """Named data as a dict of tensors with one row count (a one-line error otherwise)."""
-    if not is_named(data):
-        return data
+    if not isinstance(data, Mapping):
+        raise PyroVAEError(f"{what} is a {type(data).__name__}, not named arrays: give a mapping of arrays")
     if not data:
         raise PyroVAEError(f"{what} is an empty mapping: give at least the observations")
     out = {}
@@ -176,36 +160,31 @@ def check_rows(data: Data, what: str) -> Data:
 
 
 def describe(data: Data) -> str:
-    if not is_named(data):
-        return f"shape {tuple(data.shape)}"
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items())
 
 
 def prepare(data, what: str, device=None, dtype: Optional[torch.dtype] = None) -> Data:
-    """Checked named data (or one tensor) on ``device``, floats in ``dtype``; NaN/Inf is a one-line error.
+    """Checked named data on ``device``, floats in ``dtype``; NaN/Inf is a one-line error.
 
     Integer arrays keep their dtype (labels index embeddings and one-hot
     tables).  In named data a row of -1 (integers) or of NaN (floats) marks a
     missing entry, so such rows are not checked as values.
     """
-    if is_named(data):
-        try:
-            data = {k: torch.as_tensor(v) for k, v in data.items()}
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise PyroVAEError(f"{what} is not numeric ({e}): give a mapping of numeric arrays") from None
-        data = check_rows(data, what)
-    else:
-        try:
-            data = torch.as_tensor(data)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise PyroVAEError(f"{what} is not a numeric array ({e}): pass a (points, columns) matrix") from None
+    if not isinstance(data, Mapping):
+        raise PyroVAEError(f"{what} is a {type(data).__name__}, not named arrays: give a mapping of arrays")
+    try:
+        data = {k: torch.as_tensor(v) for k, v in data.items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PyroVAEError(f"{what} is not numeric ({e}): give numeric arrays") from None
+    data = check_rows(data, what)
     data = to(data, device, dtype)
-    for name, t in (data.items() if is_named(data) else [(None, data)]):
-        label = what if name is None else f"{what}[{name!r}]"
+    single = len(data) == 1  # one array: the data as the user handed it, named as they know it
+    for name, t in data.items():
+        label = what if single else f"{what}[{name!r}]"
         if t.shape[0] == 0:
             raise PyroVAEError(f"{label} is empty: give a non-empty (points, columns) matrix")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            m = missing_mask(t) if name is not None else None
+            m = missing_mask(t) if not single else None
             rest = t[~m] if m is not None else t
             if not bool(torch.isfinite(rest).all()):
                 raise PyroVAEError(f"{label} has {describe_nonfinite(rest)}: clean the data or drop those rows "

@@ -291,9 +291,9 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
         g = torch.Generator().manual_seed(data_cfg.split_seed + 1)
         # the test set is always binarized once, with a fixed seed, so test
         # metrics of different runs are computed on the very same bits
-        ds.test = batch.replace(ds.test, ds.observed, torch.bernoulli(ds.test_x, generator=g))
+        ds.set_observations("test", torch.bernoulli(ds.test_x, generator=g))
         if mode == "static":
-            ds.train = batch.replace(ds.train, ds.observed, torch.bernoulli(ds.train_x, generator=g))
+            ds.set_observations("train", torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
     return ds
 

@@ -20,9 +20,9 @@ def sbc_ranks(model, x, layout: Layout, sims: int, draws: int) -> np.ndarray:
     the observed site into a sampled one), so this works for any model whose
     prior and likelihood can be sampled.
     """
-    # simulation i keeps the conditioning inputs of point i mod b (one tensor: only the shape matters)
+    # simulation i keeps the conditioning inputs of point i mod b (one array: only the shape matters)
     template = cycle_rows(x, sims)
-    tr = batch.call(poutine.trace(poutine.uncondition(model.model)).get_trace, template)
+    tr = poutine.trace(poutine.uncondition(model.model)).get_trace(**template)
     x_sim = simulated(model, template, tr)
     z_true = latent_matrix(tr, layout, 1, sims, draw_dim=False)[0]  # (sims, latent)
     ranks = []
@@ -30,7 +30,7 @@ def sbc_ranks(model, x, layout: Layout, sims: int, draws: int) -> np.ndarray:
     for i in range(0, sims, step):
         xb = batch.rows(x_sim, slice(i, i + step))
         bb = batch.num_rows(xb)
-        zq = stack_draws(lambda j: (batch.call(poutine.trace(model.guide).get_trace, xb),),
+        zq = stack_draws(lambda j: (poutine.trace(model.guide).get_trace(**xb),),
                          lambda gtr, k: latent_matrix(gtr, layout, k, bb), draws, layout.nest, layout.broadcasts)
         ranks.append((zq < z_true[i : i + bb].double()).sum(0))
     return torch.cat(ranks, 0).cpu().numpy().astype(np.int64)

@@ -55,7 +55,7 @@ def draw_prior(model, x: torch.Tensor, num_draws: int, layout: Layout) -> torch.
     if not layout.broadcasts:
         # every draw is of the same point: the draws are that point repeated in the data plate
         xs = cycle_rows(batch.rows(x, slice(0, 1)), num_draws)
-        return latent_matrix(batch.call(poutine.trace(prior).get_trace, xs), layout, 1, num_draws)[0].unsqueeze(1)
+        return latent_matrix(poutine.trace(prior).get_trace(**xs), layout, 1, num_draws)[0].unsqueeze(1)
     with particles(num_draws, layout.nest):
-        tr = batch.call(poutine.trace(prior).get_trace, batch.rows(x, slice(0, 1)))
+        tr = poutine.trace(prior).get_trace(**batch.rows(x, slice(0, 1)))
     return latent_matrix(tr, layout, num_draws, 1)

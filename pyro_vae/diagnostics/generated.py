@@ -23,7 +23,7 @@ TRAVERSAL_STEPS = np.linspace(-2.5, 2.5, 9)  # in prior standard deviations
 def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: Layout) -> np.ndarray:
     """Mean of p(x|z) for rows of z: the model's ``decode`` when it has one, else its observed site's mean."""
     zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=batch.reference(x_like).device)
-    if hasattr(model, "decode") and len(layout.sites) == 1 and not batch.is_named(x_like):
+    if hasattr(model, "decode") and len(layout.sites) == 1 and len(x_like) == 1:  # no input beside the observations
         return model.decode(zt).cpu().numpy()
     data, i = {}, 0
     for s, d in zip(layout.sites, layout.sizes):
@@ -31,7 +31,7 @@ def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: Layout) -> n
         i += d
     # row j decodes with the inputs of row j of x_like (cycled): each point's own label, say
     xl = cycle_rows(x_like, zt.shape[0])
-    tr = batch.call(poutine.trace(poutine.condition(model.model, data=data)).get_trace, xl)
+    tr = poutine.trace(poutine.condition(model.model, data=data)).get_trace(**xl)
     return tr.nodes[model.obs_site]["fn"].mean.reshape(zt.shape[0], -1).cpu().numpy()
 
 

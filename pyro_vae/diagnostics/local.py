@@ -108,7 +108,7 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     block = max(1, int(math.ceil(BLOCK_SHARE * steps)))
     # progress None: a bar on a terminal, a line now and then elsewhere (progress.py)
     bar = progress_bar(steps + MAX_BLOCKS * block, None if progress is None else bool(progress), desc=desc, leave=False)
-    fit = _Fit(lambda: batch.call(elbo.differentiable_loss, x, fit_model, guide),
+    fit = _Fit(lambda: elbo.differentiable_loss(fit_model, guide, **x),
                [p for p in guide.parameters() if p.requires_grad], settings.local_lr, bar)
     check = _Check(model, guide, x, layout, settings, family == "delta")
     with guide.create_plates.unflagged() if family != "law" else nullcontext():
@@ -134,7 +134,7 @@ def _local_guide(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray,
     guide = (_MaskedDelta(target, init_loc_fn=init, create_plates=plates) if family == "delta" else
              _MaskedNormal(target, init_loc_fn=init, init_scale=0.1, create_plates=plates))
     plates.guide = guide
-    batch.call(guide, x)  # builds the prototype and the parameters
+    guide(**x)  # builds the prototype and the parameters
     device = model_device(model)
     guide.to(device)
     if family == "normal" and not layout.point_mass:
@@ -213,7 +213,7 @@ class LawGuide(torch.nn.Module):
         self.laws: Dict[str, object] = {}
         self.dims: Dict[str, int] = {}
         self.outs = torch.nn.ParameterDict()
-        feats = model.encoder_inputs(dict(x) if batch.is_named(x) else {model.obs_site: x})
+        feats = model.encoder_inputs(dict(x))
         with torch.no_grad():
             for name in model.latent_sites:
                 family, node = model.families[name], model.graph.nodes[name]

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..data import batch
+from ..infer.data_name import named_data
 from ..infer.sites import observed_name
 from .settings import Subject
 
@@ -23,9 +24,8 @@ OBSERVATIONS = "the observations"
 
 def arrays_by_role(subject: Subject) -> Dict[str, torch.Tensor]:
     """The subject's points as named CPU arrays, its observations under :data:`OBSERVATIONS`."""
-    x = batch.prepare(subject.x, f"the points of run {subject.name!r}")
-    if not batch.is_named(x):
-        return {OBSERVATIONS: x.cpu()}
+    what = f"the points of run {subject.name!r}"
+    x = batch.prepare(named_data(subject.model, subject.x, what), what)
     obs = observed_name(subject.model, x)
     return {(OBSERVATIONS if name == obs else name): t.cpu() for name, t in x.items()}
 
@@ -44,7 +44,7 @@ def _array_difference(name: str, a: torch.Tensor, b: torch.Tensor) -> Optional[s
 
 def _difference(first: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor]) -> List[str]:
     """What differs between two runs' points, array by array over the arrays both read."""
-    n, m = (batch.num_rows(next(iter(arrays.values()))) for arrays in (first, other))
+    n, m = (batch.num_rows(arrays) for arrays in (first, other))
     if n != m:
         return [f"{m} points against {n}"]
     found = (_array_difference(name, first[name], other[name]) for name in first if name in other)

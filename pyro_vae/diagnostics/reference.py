@@ -61,7 +61,7 @@ def nuts_reference(model, x, layout: Layout, precond: Dict[str, tuple], settings
     mc = MCMC(kernel, num_samples=settings.nuts_samples, warmup_steps=settings.nuts_warmup, num_chains=1,
               initial_params=init, disable_progbar=not progress)
     t0 = time.perf_counter()
-    batch.call(mc.run, x_rep)
+    mc.run(**x_rep)
     seconds = time.perf_counter() - t0
     samples = mc.get_samples()
     n = settings.nuts_samples

@@ -352,7 +352,7 @@ class GraphNode(Record):
     categories: Optional[int] = None  # how many values a finite discrete site takes
     in_model: bool = True
     in_guide: bool = False
-    array: Optional[str] = None  # the named data array it observes, or is (an input); None for one tensor of data
+    array: Optional[str] = None  # the named data array it observes, or is (an input); None for one array of data
 
 
 @dataclass(frozen=True)

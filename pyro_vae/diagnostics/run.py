@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout, masked_coordinates
 from ..infer.rng import isolated_rng
 from ..infer.sites import is_real, site_matrix
@@ -290,8 +291,8 @@ def _kalman(model, x, layout: Layout, point_index, name, params, settings, log) 
     the Gaussian KL is left out (NaN); a padded step is no part of any comparison (see _comparison)."""
     log(f"[{name}] exact reference: the Kalman smoother of the linear-Gaussian chain")
     t0 = time.perf_counter()
-    obs = x[model.obs_site] if batch.is_named(x) else x
-    lengths = x.get("lengths") if batch.is_named(x) else None
+    obs = x[model.obs_site]
+    lengths = x.get("lengths")
     ks = kalman_smoother(params, obs, lengths)
     b, steps, k = ks.means.shape
     mean = ks.means.reshape(b, steps * k).numpy()
@@ -564,8 +565,10 @@ def diagnose(subjects: Sequence[Subject], settings: DiagnoseSettings = DiagnoseS
 
 
 def _subject_data(subject, device):
-    """The subject's points (one tensor or named arrays), checked, on the model's device, floats as float32."""
-    return batch.prepare(subject.x, f"the points of run {subject.name!r}", device, torch.float32)
+    """The subject's points as named arrays (one tensor named as its model takes it), checked, on the model's
+    device, floats as float32."""
+    what = f"the points of run {subject.name!r}"
+    return batch.prepare(named_data(subject.model, subject.x, what), what, device, torch.float32)
 
 
 def check_reference_possible(subjects, settings) -> None:

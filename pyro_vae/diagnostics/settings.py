@@ -70,7 +70,7 @@ class Subject:
 
     name: str
     model: object
-    x: object  # (points, data dim) tensor, or named arrays with one row per point (data/batch.py)
+    x: object  # named arrays with one row per point (data/batch.py), or a (points, data dim) tensor
     point_index: List[int]  # row numbers of x in the test data
     run: Optional[object] = None  # a pyro_vae.run.Run, when the subject came from a run directory
     data: Optional[object] = None  # its Dataset

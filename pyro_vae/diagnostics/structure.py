@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import pyro
 import torch
@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.rng import forked_rng
 from ..infer.probe import TRACE_ERRORS, first_line, program_error
 from ..infer.sites import DATA_PLATE, elementwise_base, is_enumerable, is_factor
@@ -47,7 +48,7 @@ ROWS = 2
 
 @dataclass(frozen=True)
 class _Array:
-    """The provenance tag of a data array (``name`` None: the data is one tensor)."""
+    """The provenance tag of a data array (``name`` None: the data is one array, the observations)."""
 
     name: Optional[str]
 
@@ -148,10 +149,8 @@ def _site(site, observes: FrozenSet, tracked: bool) -> _Site:
 
 
 def _tagged(part):
-    """Every data array tagged with its name."""
-    if batch.is_named(part):
-        return {k: ProvenanceTensor(v, frozenset({_Array(k)})) for k, v in part.items()}
-    return ProvenanceTensor(part, frozenset({_Array(None)}))
+    """Every data array tagged with its name (one array, the observations, with None: the data as a whole)."""
+    return {k: ProvenanceTensor(v, frozenset({_Array(k if len(part) > 1 else None)})) for k, v in part.items()}
 
 
 def _trace(fn, part, tracked: bool) -> List[_Site]:
@@ -160,9 +159,9 @@ def _trace(fn, part, tracked: bool) -> List[_Site]:
     with torch.no_grad(), pyro.validation_enabled(False), forked_rng(batch.reference(part).device):
         if tracked:
             with _ShapeOnly(), tag:
-                tr = batch.call(poutine.trace(fn).get_trace, _tagged(part))
+                tr = poutine.trace(fn).get_trace(**_tagged(part))
         else:
-            tr = batch.call(poutine.trace(fn).get_trace, part)
+            tr = poutine.trace(fn).get_trace(**part)
         # densities outside the shape-only rule: it is for the program's code, not for a distribution's log_prob
         return [_site(s, tag.observed_from.get(n, frozenset()), tracked) for n, s in tr.nodes.items()
                 if s["type"] == "sample" and not site_is_subsample(s)]
@@ -172,7 +171,7 @@ WHAT = "the data of the model's graph"
 
 
 def _pattern(data, absent) -> str:
-    if not batch.is_named(data):
+    if len(data) == 1:
         return "the data"
     return "without " + ", ".join(absent) if absent else "every array given"
 
@@ -181,7 +180,7 @@ def _parts(model, data) -> List[Tuple[str, object]]:
     """(what the rows lack, a few of them, checked and on the model's device): one per pattern of missing arrays,
     the fullest first.  Rows are picked before they are moved: the data may be a whole training set."""
     try:
-        data = batch.apply(data, torch.as_tensor)
+        data = batch.apply(named_data(model, data, WHAT), torch.as_tensor)
     except (TypeError, ValueError, RuntimeError) as e:
         raise PyroVAEError(f"{WHAT} is not numeric ({e}): give a tensor, or a mapping of named tensors") from None
     data = batch.check_rows(data, WHAT)
@@ -196,7 +195,7 @@ def _parts(model, data) -> List[Tuple[str, object]]:
 def graph_data(dataset):
     """The rows a run's graph is traced on: its training arrays when they are named (their unlabelled rows show
     which sites are partly observed), else its test data (training data may be a memory map)."""
-    return dataset.train if batch.is_named(dataset.train) else dataset.test
+    return dataset.train if isinstance(dataset.train, Mapping) else dataset.test  # a source's one array: a matrix
 
 
 @dataclass
@@ -303,10 +302,10 @@ def _edges(sites: Dict[str, List[_Site]], node_of: Dict[_Array, str], known: Lis
 def model_structure(model, data) -> ModelStructure:
     """The graph of ``model`` (a built-in or any program the library accepts) on ``data``; see the module docstring.
 
-    ``data`` is one tensor or named arrays, as the model is trained on; a
+    ``data`` is named arrays (or the one tensor), as the model is trained on; a
     couple of rows of each pattern of missing arrays are traced.
     """
     parts = _parts(model, data)
-    arrays = list(dict.fromkeys(k for _, p in parts for k in p)) if batch.is_named(parts[0][1]) else [None]
+    arrays = list(dict.fromkeys(k for _, p in parts for k in p)) if len(parts[0][1]) > 1 else [None]
     with eval_mode(model):  # a look at the program: batch-norm statistics stay as they are
         return _graph(_traces(model, parts), arrays, parts)

@@ -121,7 +121,7 @@ def _truth(data, node: str, labels, class_names) -> Tuple[Optional[torch.Tensor]
     n = batch.num_rows(data)
     given = None if labels is None else _as_labels(labels, n, "the labels")
     names = None if class_names is None else tuple(str(c) for c in class_names)
-    if batch.is_named(data) and node in data:
+    if node in data:
         own = _as_labels(data[node], n, f"the data's array {node!r}")
         return own, names if given is not None and torch.equal(own, given) else None
     return given, names if given is not None else None
@@ -141,7 +141,7 @@ def predicted_probabilities(model, data) -> torch.Tensor:
 
 
 def class_metrics(model, data, labels=None, class_names: Optional[Sequence[str]] = None) -> Optional[ClassMetrics]:
-    """The class metrics of ``model`` on ``data`` (a tensor or named arrays); None when there is nothing to score.
+    """The class metrics of ``model`` on ``data`` (named arrays); None when there is nothing to score.
 
     The truth is the data's own array of the class node (a partial label's),
     else ``labels``: the true class of each row (a Dataset's ``test_labels``,

@@ -188,10 +188,10 @@ def _prior_log_lik(model, x, k: int, layout: Layout) -> torch.Tensor:
     """(k, b) log p(x | z_k) with z_k ~ p(z): the model run on its own, without the guide."""
     b = batch.num_rows(x)
     if not layout.broadcasts:
-        mtr = batch.call(poutine.trace(model.model).get_trace, repeat_points(x, k))
+        mtr = poutine.trace(model.model).get_trace(**repeat_points(x, k))
         return site_sum(mtr, is_observed, layout, 1, k * b, dtype=torch.float64).reshape(k, b)
     with particles(k, layout.nest):
-        mtr = batch.call(poutine.trace(model.model).get_trace, x)
+        mtr = poutine.trace(model.model).get_trace(**x)
     return site_sum(mtr, is_observed, layout, k, b, dtype=torch.float64)
 
 
@@ -214,8 +214,8 @@ def _reconstruction_error(model, x, layout: Layout) -> Optional[torch.Tensor]:
     """Per point, mean over the data dims of (x - E[x | z = E_q[z|x]])^2, or None without a decoder mean."""
     b = batch.num_rows(x)
     with _MeanPath(layout.sites):
-        gtr = batch.call(poutine.trace(model.guide).get_trace, x)
-    mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
+        gtr = poutine.trace(model.guide).get_trace(**x)
+    mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(**x)
     site = mtr.nodes[model.obs_site]
     m = _dist_mean(site["fn"])
     if m is None:
@@ -319,8 +319,9 @@ def _evaluation_data(model, x, device: torch.device):
     for only some rows refused."""
     x = batch.prepare(x, "evaluation data")
     x = batch.to(x, device, model_dtype(model, batch.reference(x)))
-    if not batch.is_named(x) and x.dim() != 2:
-        raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {tuple(x.shape)}")
+    if len(x) == 1 and next(iter(x.values())).dim() != 2:  # one array: the observations, a matrix
+        shape = tuple(next(iter(x.values())).shape)
+        raise PyroVAEError(f"evaluation data must be a non-empty (points, columns) matrix, got shape {shape}")
     absent = [g["absent"] for g in batch.groups(x)]
     if len(absent) > 1:
         names = sorted({n for a in absent for n in a})

@@ -233,9 +233,9 @@ def _pair_at_levels(model, x, levels: Dict[str, int], values: Dict[str, torch.Te
         return particles(k, nest) if k is not None else nullcontext()
 
     with _AtLevels(levels, values), plate():
-        gtr = batch.call(poutine.trace(model.guide).get_trace, x)
+        gtr = poutine.trace(model.guide).get_trace(**x)
     with plate():
-        mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
+        mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(**x)
     return gtr, mtr
 
 

@@ -91,16 +91,15 @@ class _Tagged(Messenger):
 
 def _traced(model, data, obs_site: str):
     """(guide trace, model trace, the guide's messenger, the model's) on ``data``, each array tagged by its name
-    (one tensor: by the observed site's)."""
-    tagged = ({k: ProvenanceTensor(v, frozenset({k})) for k, v in data.items()} if batch.is_named(data)
-              else ProvenanceTensor(data, frozenset({obs_site})))
+    (one array, the observations: by the observed site's, the name the quantities are read in)."""
+    tagged = {k: ProvenanceTensor(v, frozenset({k if len(data) > 1 else obs_site})) for k, v in data.items()}
     guide, prior = _Tagged(), _Tagged()
     with forked_rng(batch.reference(data).device), torch.no_grad(), pyro.validation_enabled(False):
         with guide:
-            gtr = batch.call(poutine.trace(poutine.block(model.guide, hide_types=["param"])).get_trace, tagged)
+            gtr = poutine.trace(poutine.block(model.guide, hide_types=["param"])).get_trace(**tagged)
         with prior:
             replayed = poutine.replay(poutine.block(model.model, hide_types=["param"]), trace=gtr)
-            mtr = batch.call(poutine.trace(replayed).get_trace, tagged)
+            mtr = poutine.trace(replayed).get_trace(**tagged)
     return gtr, mtr, guide, prior
 
 
@@ -115,7 +114,7 @@ def _density(site: str, given: Sequence[str]) -> str:
 def read_quantities(model, x, layout: Layout) -> Quantities:
     """The labels of an evaluation of ``model`` on ``x`` (a couple of rows suffice), read off its program."""
     observed = sorted(layout.observed, key=lambda s: (s != model.obs_site, layout.observed.index(s)))
-    arrays = list(x) if batch.is_named(x) else [model.obs_site]
+    arrays = list(x) if len(x) > 1 else [model.obs_site]
     try:
         gtr, mtr, guide, prior = _traced(model, x, model.obs_site)
     except Exception:  # noqa: BLE001 - a program provenance cannot follow: labels true of any program, never a failure

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from ..data import batch
 from ..diagnostics.structure import graph_data, model_structure
 from ..errors import PyroVAEError
 from ..infer.sites import cycle_rows
@@ -238,9 +237,8 @@ def prior_samples(model, data, image_shape, path: Path, n: int = 64, seed: int =
     A graph with input nodes (always-given arrays) takes them from the test data's rows in turn.
     """
     inputs = [name for name in model.graph.order if model.graph.nodes[name].role == "input"]
-    given = {name: cycle_rows(data[name], n) for name in inputs} if inputs else None
-    named = batch.is_named(data)
-    xs = prior_predictive(model, n, int(np.prod(image_shape)), seed, observed=model.obs_site if named else None,
+    given = cycle_rows({name: data[name] for name in inputs}, n) if inputs else None
+    xs = prior_predictive(model, n, int(np.prod(image_shape)), seed, observed=model.obs_site,
                           given=given, mean=True).cpu().numpy()
     title = f"samples: mean of p({model.obs_site} | latents), latents ~ prior"
     if inputs:

@@ -35,7 +35,7 @@ def direct_dependencies(fn, data) -> Dict[str, FrozenSet[str]]:
     """site -> the earlier sample sites whose values its distribution reads, for ``fn`` called on ``data``."""
     device = batch.tensors(data)[0].device
     with forked_rng(device), pyro.validation_enabled(False):
-        deps = get_dependencies(lambda: batch.call(fn, data), include_deterministic=True)["prior_dependencies"]
+        deps = get_dependencies(lambda: fn(**data), include_deterministic=True)["prior_dependencies"]
     return {site: frozenset(u for u in ups if u != site) for site, ups in deps.items()}
 
 

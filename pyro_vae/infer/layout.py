@@ -252,14 +252,14 @@ def _broadcasts(model, x, layout: Layout) -> bool:
 
         for j, v in enumerate(draws):
             try:
-                m1 = batch.call(poutine.trace(poutine.condition(model.model, data=v)).get_trace, x)
+                m1 = poutine.trace(poutine.condition(model.model, data=v)).get_trace(**x)
                 if not (close(m1, observed, dens.log_lik[j]) and close(m1, latent, dens.log_prior[j])):
                     return False
             except (PyroVAEError, KeyError, *TRACE_ERRORS):
                 return False
             drawn = layout.sites + layout.summed_guide  # every site the guide draws: log q holds its discrete ones
             try:
-                g1 = batch.call(poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in drawn})).get_trace, x)
+                g1 = poutine.trace(poutine.condition(model.guide, data={s: v[s] for s in drawn})).get_trace(**x)
                 log_q = _named_sum(g1, drawn, layout, x)
             except (PyroVAEError, KeyError, *TRACE_ERRORS):
                 continue  # q has no density at a given value (some flows): the model's terms decide

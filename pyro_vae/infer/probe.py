@@ -39,8 +39,8 @@ def likely_cause(e: BaseException) -> str:
     """What to fix, for the failure actually seen on a first trace of model and guide."""
     msg = str(e)
     if isinstance(e, TypeError) and _SIGNATURE.search(msg):
-        return ("model and guide are called with the data as their only argument: give them the signature "
-                "model(self, x) and guide(self, x)")
+        return ("model and guide are called with the data alone, by name (model(x=...), one keyword per named "
+                "array): give them the signature model(self, x) and guide(self, x)")
     if "mat1 and mat2" in msg or "mat2 must be" in msg:
         return "check that the data have the columns the model's layers were built for"
     if "support" in msg and "Expected value argument" in msg:

@@ -29,7 +29,6 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to, constraints, transform_to
 
 from ..data import batch
-from ..data.batch import call
 from ..errors import PyroVAEError
 from .modules import eval_mode
 from .probe import first_line, likely_cause
@@ -168,8 +167,8 @@ def trace_pair(model, x, k: Optional[int] = None, nest: int = 0, guide: Optional
     """
     guide = guide or model.guide
     with _maybe_particles(k, nest):
-        gtr = batch.call(poutine.trace(guide).get_trace, x)
-        mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
+        gtr = poutine.trace(guide).get_trace(**x)
+        mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(**x)
     return gtr, mtr
 
 
@@ -337,13 +336,13 @@ def array_sites(model, data) -> Dict[str, str]:
     they are); a program that fails even so is reported with its own error
     when the observations cannot be found by name.
     """
-    if not batch.is_named(data):
-        return {}
+    if len(data) == 1:  # one array: the observations
+        return {next(iter(data)): model.obs_site}
     g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # rows with every array present
     few = batch.without(batch.rows(data, g["rows"][:2]), g["absent"])
     try:
         with forked_rng(batch.reference(few).device), pyro.validation_enabled(False), eval_mode(model):
-            tr = batch.call(poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace, few)
+            tr = poutine.trace(poutine.block(model.model, hide_types=["param"])).get_trace(**few)
     except PyroVAEError:
         raise
     except Exception as e:
@@ -372,12 +371,12 @@ def _is_view_of(v, t) -> bool:
 
 
 def observed_name(model, data, sites: Optional[Dict[str, str]] = None) -> Optional[str]:
-    """Which named array holds the observations of ``model.obs_site`` (None for one tensor).
+    """Which named array holds the observations of ``model.obs_site`` (the only one, when there is one).
 
     ``sites``: :func:`array_sites` of the data, when the caller has it already.
     """
-    if not batch.is_named(data):
-        return None
+    if len(data) == 1:
+        return next(iter(data))
     if model.obs_site in data:
         return model.obs_site
     for name, site in (array_sites(model, data) if sites is None else sites).items():
@@ -396,8 +395,6 @@ def cycle_rows(data, n: int):
 def simulated(model, template, trace, sites: Optional[Dict[str, str]] = None):
     """The data a model simulated in ``trace`` (run under ``poutine.uncondition`` on ``template``): every array
     a sample site observes takes that site's draw; conditioning inputs stay as given."""
-    if not batch.is_named(template):
-        return trace.nodes[model.obs_site]["value"].detach()
     sites = dict(array_sites(model, template) if sites is None else sites)
     sites.setdefault(observed_name(model, template, sites), model.obs_site)
     out = dict(template)
@@ -430,7 +427,7 @@ def enumerated_trace(fn, x, values: Dict[str, torch.Tensor], names, nest: int, k
     """
     program = poutine.enum(summing(poutine.condition(fn, data=values), names), first_available_dim=-(nest + 2))
     with _maybe_particles(k, nest):
-        return call(poutine.trace(program).get_trace, x)
+        return poutine.trace(program).get_trace(**x)
 
 
 def enum_site_sum(tr, keep, layout: Plates, k: int, b: int, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:

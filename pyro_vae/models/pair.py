@@ -21,6 +21,7 @@ from pyro import poutine
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.probe import TRACE_ERRORS, first_line, likely_cause
 from ..infer.rng import forked_rng
 from ..infer.sites import is_enumerable, is_latent, is_observed
@@ -59,25 +60,27 @@ def is_pair(obj) -> bool:
 
 def as_model(obj, data):
     """``obj`` itself, or the :class:`FunctionPair` of a (model, guide) pair, its sites read off one trace on the
-    first rows of ``data`` (one tensor, or named arrays whose first array holds the observations)."""
+    first rows of ``data`` (named arrays, :func:`~pyro_vae.infer.data_name.named_data`'s, whose first array holds
+    the observations)."""
     if not is_pair(obj):
         return obj
     model, guide = obj
-    if not batch.is_named(data) and not hasattr(data, "shape"):
-        raise PyroVAEError(f"the data are a {type(data).__name__}: give a tensor or NumPy array of rows, or a mapping "
+    first = next(iter(data.values()), None)
+    if not hasattr(first, "shape"):
+        raise PyroVAEError(f"the data are a {type(first).__name__}: give a tensor or NumPy array of rows, or a mapping "
                            "of named arrays")
     g = min(batch.groups(data), key=lambda g: len(g["absent"]))  # rows with every array present
     few = batch.without(batch.rows(data, g["rows"][:_TRACE_ROWS]), g["absent"])
     try:
         with forked_rng(batch.reference(few).device):
-            gtr = batch.call(poutine.trace(guide).get_trace, few)
-            mtr = batch.call(poutine.trace(poutine.replay(model, trace=gtr)).get_trace, few)
+            gtr = poutine.trace(guide).get_trace(**few)
+            mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(**few)
     except PyroVAEError:
         raise
     except TRACE_ERRORS as e:
         raise PyroVAEError(f"the model and guide {_name(model)}, {_name(guide)} fail on the first rows of the data "
                            f"({type(e).__name__}: {first_line(e)[:300]}): {likely_cause(e)}") from None
-    obs = _observed_site(mtr, batch.observed(few, next(iter(few))) if batch.is_named(few) else few)
+    obs = _observed_site(mtr, next(iter(few.values())))
     latents = [name for name, site in gtr.nodes.items()
                if is_latent(site) and not is_enumerable(site) and name in mtr.nodes]
     if not latents:
@@ -107,12 +110,13 @@ def _same(v, t: torch.Tensor) -> bool:
 
 
 def takes_pairs(fn):
-    """Decorate an entry point called as ``fn(model, x, ...)``: NumPy data become tensors, and a (model, guide)
-    pair its :class:`FunctionPair` (read off the data), before ``fn`` sees them."""
+    """Decorate an entry point called as ``fn(model, x, ...)``: the data become named tensors (one array named as
+    the model takes it), and a (model, guide) pair its :class:`FunctionPair` (read off the data), before ``fn``
+    sees them."""
 
     @functools.wraps(fn)
     def wrapped(model, x, *args, **kwargs):
-        x = batch.from_numpy(x)
+        x = named_data(model, x)
         return fn(as_model(model, x), x, *args, **kwargs)
 
     return wrapped

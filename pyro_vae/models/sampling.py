@@ -23,6 +23,7 @@ from pyro import poutine
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.data_name import data_name
 from ..infer.rng import isolated_rng
 from .params import model_params
 from .protocol import check_protocol, eval_mode, model_device
@@ -34,7 +35,7 @@ def _trace_obs(model, rows, seed: int, given: Optional[dict] = None) -> dict:
     # uncondition alone would draw it from its prior
     program = poutine.condition(poutine.uncondition(model.model), data=dict(given or {}))
     with isolated_rng(seed, batch.reference(rows).device):
-        tr = batch.call(poutine.trace(program).get_trace, rows)
+        tr = poutine.trace(program).get_trace(**rows)
     site = tr.nodes.get(model.obs_site)
     if site is None or site["type"] != "sample":
         raise PyroVAEError(f"the model has no sample site {model.obs_site!r} (its obs_site): pyro-vae sample draws "
@@ -111,7 +112,7 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
                      template: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters.
 
-    Named data: ``observed`` names the observations' array and ``given`` holds
+    ``observed`` names the observations' array (None: the name the model takes one array by) and ``given`` holds
     n rows of the other arrays to condition on (:func:`given_rows`); arrays not
     given are left out, so the program draws them (``y=None``) or says it needs them.
     ``mean``: the mean of p(x | everything else drawn) instead of a draw of x (a decoder's mean).
@@ -122,10 +123,11 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
     device = model_device(model)
     shape = (n, data_dim)
     on_device = {k: v.to(device) for k, v in (given or {}).items()}
+    name = observed if observed is not None else data_name(model)
 
     def trace(x: torch.Tensor) -> dict:
         try:
-            return _trace_obs(model, x if observed is None else {observed: x, **on_device}, seed, on_device)
+            return _trace_obs(model, {name: x, **on_device}, seed, on_device)
         except PyroVAEError:
             raise
         except Exception as e:  # the user's program: its own error, in one line

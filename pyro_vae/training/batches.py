@@ -15,6 +15,7 @@ from ..data import batch
 from ..data.checks import all_finite, check_support as check_support_chunked, describe_nonfinite
 from ..data.mapped import MappedRows
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.rng import isolated_rng
 from ..infer.sites import observed_name
 from ..runtime import distributed
@@ -23,21 +24,23 @@ from ..runtime import distributed
 class FitData:
     """The training (and test) data of one :meth:`Trainer.fit`, checked before any step.
 
-    ``obs`` names the observations' array of named data (None for one tensor); ``groups`` are the row groups
-    of named data with missing arrays (one group otherwise), which batches never mix.
+    ``train_x`` / ``test_x``: named arrays (one tensor: named as the model takes its data); ``obs`` names the
+    observations' array; ``groups`` are the row groups of arrays missing in some rows (one group otherwise),
+    which batches never mix.
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, train_x, test_x=None, binarize: str = "none"):
         self.model, self.device, self.batch_size, self.binarize = model, device, batch_size, binarize
+        train_x, test_x = named_data(model, train_x, "training data"), named_data(model, test_x, "test data")
         self.train = to_device(model, train_x, "training data", device)
-        self.obs = observed_name(model, self.train)  # None for one tensor
+        self.obs = observed_name(model, self.train)
         self.test = to_device(model, test_x, "test data", device) if test_x is not None else None
         check_arrays(model, self.train, self.test, self.obs)
         self.n = batch.num_rows(self.train)
         self.groups = batch.groups(self.train)
         check_batch_size(self.n, batch_size)
         distributed.check_batches(batch_size, [len(g["rows"]) for g in self.groups])
-        self.mapped = isinstance(self.train, MappedRows)
+        self.mapped = any(isinstance(v, MappedRows) for v in self.train.values())
         self.num_batches = sum(math.ceil(len(g["rows"]) / batch_size) for g in self.groups)
 
     def check_support(self) -> None:
@@ -56,7 +59,7 @@ class FitData:
         """The batch of rows ``idx`` (without its absent arrays), on the device, binarized as the fit asks."""
         x = batch.without(batch.rows(self.train, idx), absent)
         if self.mapped:
-            x = x.to(self.device, non_blocking=True)
+            x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
         if self.binarize == "dynamic":
             x = batch.replace(x, self.obs, torch.bernoulli(batch.observed(x, self.obs)))
         return x
@@ -78,9 +81,9 @@ def check_arrays(model, train, test, obs: Optional[str]) -> None:
 
 
 def check_width(model, x, obs: Optional[str], what: str) -> None:
-    """Named data: the observations' array has the model's columns (one tensor: :func:`to_device` checks it)."""
+    """Named arrays: the observations' array has the model's columns (one array: :func:`to_device` checks it)."""
     dim = getattr(model, "data_dim", None)
-    if not batch.is_named(x) or dim is None:
+    if len(x) == 1 or dim is None:
         return
     o = batch.observed(x, obs)
     if o.dim() != 2 or o.shape[1] != dim:
@@ -89,9 +92,15 @@ def check_width(model, x, obs: Optional[str], what: str) -> None:
 
 
 def to_device(model, x, what: str, device: torch.device):
-    """``x`` checked (a non-empty finite matrix of the model's width) and on ``device``; a memory map stays put."""
-    if batch.is_named(x):
+    """Named arrays ``x`` checked and on ``device``: one array (the observations) a non-empty finite matrix of the
+    model's width, named as the user handed it in (a memory map stays put); several, by :func:`check_width`."""
+    if len(x) != 1:
         return batch.prepare(x, what, device, torch.float32)  # its width: check_width
+    (name, x), = x.items()
+    return {name: _matrix_to_device(model, x, what, device)}
+
+
+def _matrix_to_device(model, x, what: str, device: torch.device):
     mapped = isinstance(x, MappedRows)
     if not mapped:
         if not isinstance(x, torch.Tensor):

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from . import _torch_private
 from ..data import batch
+from ..infer.data_name import named_data
 from ..infer.rng import forked_rng
 from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
@@ -69,7 +70,7 @@ class CapturedStep:
     def __init__(self, trainer, x, beta: float):
         self.trainer = trainer
         # named data (a CVAE's x and y) enter as one graph input per array, in the batch's own order
-        self.names = list(x) if batch.is_named(x) else None
+        self.names = list(x)
         self.wrapper = _LossOf(trainer)
         # beta (the KL weight, which warm-up changes every step) is an input, not a constant
         self.beta_input = beta != 1.0
@@ -104,12 +105,12 @@ class CapturedStep:
     def _flat_joint(self, n_params: int):
         n_buffers = len(self.buffer_slots)
 
-        n_data = 1 if self.names is None else len(self.names)
+        n_data = len(self.names)
 
         def joint(*flat):
             params, buffers = flat[:n_params], flat[n_params:n_params + n_buffers]
             arrays = flat[n_params + n_buffers:n_params + n_buffers + n_data]
-            x = arrays[0] if self.names is None else dict(zip(self.names, arrays))
+            x = dict(zip(self.names, arrays))
             beta = flat[-1] if self.beta_input else 1.0
             return self._joint(params, buffers, x, beta)
 
@@ -126,7 +127,8 @@ class CapturedStep:
         return (loss.detach(), bad, *present)
 
     def __call__(self, x: torch.Tensor, beta: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, List[Optional[torch.Tensor]]]:
-        """(loss, bad, one gradient or None per parameter) for batch ``x``."""
+        """(loss, bad, one gradient or None per parameter) for batch ``x`` (named arrays, or the one tensor)."""
+        x = named_data(self.trainer.model, x)
         out = _torch_private.replay(self.run, [*self.trainer.params, *self._inputs(x, beta)])
         present = iter(out[2:])
         return out[0], out[1], [next(present) if has else None for has in self.present]
@@ -230,7 +232,7 @@ class Captures:
         """What the program may branch on: each array's name, shape, dtype and device (the first: the batch
         shape), beta == 1, the training flag and the data size."""
         t = self.trainer
-        arrays = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in (x.items() if batch.is_named(x) else [(None, x)]))
+        arrays = tuple((name, tuple(v.shape), v.dtype, v.device) for name, v in x.items())
         return (arrays[0][1], arrays, beta == 1.0, bool(t.model.training), t.data_size)
 
     def usable(self) -> bool:

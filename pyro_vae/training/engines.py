@@ -136,15 +136,15 @@ class GraphEngine:
         self.graphed: Optional[GraphedStep] = None
 
     def _ready(self, x, beta) -> bool:
-        if batch.is_named(x) or not self.first_step.validated or not _torch_private.enabled():
+        if len(x) != 1 or not self.first_step.validated or not _torch_private.enabled():
             return False  # the first step runs with Pyro validation on; the graph needs the masked update
-        if x.shape[0] != self.batch_size or not self.fixed_beta:
+        if batch.num_rows(x) != self.batch_size or not self.fixed_beta:
             return False  # a short last batch, or a beta that changes every step
         eager = self.eager
         if not is_fused(eager.optimizer):
             return False
         if self.graphed is None or not self.graphed.valid(x, beta):
-            self.graphed = GraphedStep(eager.loss, eager.params, eager.optimizer, tuple(x.shape), beta, self.device)
+            self.graphed = GraphedStep(eager.loss, eager.params, eager.optimizer, x, beta, self.device)
         return True
 
     def step(self, x: torch.Tensor, beta: float = 1.0) -> StepResult:
@@ -175,10 +175,11 @@ class GraphedStep:
 
     WARMUP_STEPS = 3  # eager steps on a side stream before capture (autograd and Adam allocate state)
 
-    def __init__(self, loss: LossFn, params, optimizer, batch_shape, beta: float, device):
+    def __init__(self, loss: LossFn, params, optimizer, like, beta: float, device):
         self.loss, self.params, self.optimizer = loss, params, optimizer
         self.beta = beta
-        self.static_x = torch.zeros(batch_shape, device=device)
+        # the batch's one array, at a fixed address the graph reads (``like``: a batch of its name and shape)
+        self.static_x = {name: torch.zeros(tuple(v.shape), device=device) for name, v in like.items()}
         self.graph = None
         self.warm = 0
         self.out = None
@@ -193,8 +194,9 @@ class GraphedStep:
                 out.append(t.data_ptr() if t is not None else 0)
         return tuple(out)
 
-    def valid(self, x: torch.Tensor, beta: float) -> bool:
-        if tuple(x.shape) != tuple(self.static_x.shape) or beta != self.beta:
+    def valid(self, x, beta: float) -> bool:
+        if ({k: tuple(v.shape) for k, v in x.items()} != {k: tuple(v.shape) for k, v in self.static_x.items()}
+                or beta != self.beta):
             return False
         if self.graph is not None and self._current_addresses() != self._addresses:
             self.graph = None  # state tensors were replaced: record the step again
@@ -208,9 +210,10 @@ class GraphedStep:
         masked_adam_step(self.optimizer, bad)
         return loss.detach(), bad
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x):
         """Run one step on ``x``; returns ``(loss, bad)`` device tensors (valid until the next call)."""
-        self.static_x.copy_(x, non_blocking=True)
+        for name, v in x.items():
+            self.static_x[name].copy_(v, non_blocking=True)
         if self.graph is None and self.warm < self.WARMUP_STEPS:
             self._side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._side):

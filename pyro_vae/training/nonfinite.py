@@ -11,7 +11,6 @@ import pyro
 from pyro import poutine
 
 from . import _torch_private
-from ..data import batch
 from ..errors import NonFiniteError
 from ..infer.sites import is_density_site
 
@@ -56,8 +55,8 @@ def site_order(model, x) -> Dict[str, List[str]]:
     """
     try:
         with torch.no_grad():
-            gtr = batch.call(poutine.trace(model.guide).get_trace, x)
-            mtr = batch.call(poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace, x)
+            gtr = poutine.trace(model.guide).get_trace(**x)
+            mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(**x)
         return {label: [n for n, s in tr.nodes.items() if is_density_site(s)]
                 for label, tr in (("guide", gtr), ("model", mtr))}
     except Exception:  # only a diagnostic aid; a model that cannot be traced twice still trains
@@ -74,7 +73,7 @@ def nonfinite_sites(model, x, order: Optional[Dict[str, List[str]]] = None) -> L
         fn = model.guide if label == "guide" else poutine.replay(model.model, trace=gtr)
         handler = poutine.trace(fn)
         try:
-            tr = batch.call(handler.get_trace, x)
+            tr = handler.get_trace(**x)
         except ValueError as e:
             if not is_invalid_parameter(e):
                 return bad + [f"(tracing the {label} failed: {str(e).splitlines()[0][:120]})"]

@@ -32,6 +32,7 @@ from ..config import TrainConfig
 from ..data import batch
 from ..errors import PyroVAEError
 from ..infer.auto import AUTO, ObjectiveChoice, choose_objective
+from ..infer.data_name import named_data
 from ..infer.objectives import make_objective, scale_sites
 from ..infer.probe import likely_cause
 from ..infer.rng import isolated_rng
@@ -75,8 +76,10 @@ def _first_batch(fn: Callable, device: torch.device, config: TrainConfig):
     except (ValueError, RuntimeError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
         if is_oom(e):
             raise training_oom_error(e, device, config.batch_size, config.num_particles) from None
-        msg = " ".join(l.strip() for l in str(e).splitlines() if l.strip()) or type(e).__name__
-        raise PyroVAEError(f"the model fails on its first batch ({msg[:300]}): {likely_cause(e)}") from None
+        # the program's own exception by name, its lines joined, without the trace-shape table Pyro appends
+        msg = " ".join(l.strip() for l in str(e).split("Trace Shapes:")[0].splitlines() if l.strip())
+        raise PyroVAEError(f"the model fails on its first batch ({type(e).__name__}: {msg[:300]}): "
+                           f"{likely_cause(e)}") from None
 
 
 class Trainer:
@@ -97,7 +100,7 @@ class Trainer:
     hooks of :class:`~pyro_vae.training.callbacks.Callbacks` (epoch ended,
     checkpoint due, signal received); ``run_dir`` adds the store's run-folder
     storage (checkpoint.pt and history.csv there).  ``test_elbo(model, x, *,
-    seed)`` is the per-epoch test ELBO when ``fit`` is given test data; by
+    seed)`` is the per-epoch test ELBO when ``fit`` is given test data (``x``: named arrays); by
     default the evaluation layer's (callbacks.default_test_elbo).  ``log`` gets the one line that says which estimator
     ``train.elbo = "auto"`` chose (``objective_choice``); ``config`` then names it.
     """
@@ -154,7 +157,7 @@ class Trainer:
             return
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)
-        examples = (x_example, *more_examples)
+        examples = tuple(named_data(self.model, x) for x in (x_example, *more_examples))
         if self.config.elbo == AUTO:  # chosen from the program once, said once (infer/auto.py)
             choice = _first_batch(lambda: choose_objective(self.model, [head(x, 4) for x in examples]),
                                   self.device, self.config)
@@ -167,7 +170,7 @@ class Trainer:
         self.data_size = int(data_size)
         for x in examples:
             self._sanity_check(x)
-        self.params, self.param_names = self._collect_params(x_example, *more_examples)
+        self.params, self.param_names = self._collect_params(*examples)
         if not self.params:
             raise PyroVAEError(f"{type(self.model).__name__} has no trainable parameters")
         wants_graph = bool(self.cuda_graph) and self.device.type == "cuda"
@@ -196,6 +199,7 @@ class Trainer:
 
         ``obs``: the observations' array of named data, when the caller has found it (sites.observed_name).
         """
+        train_x = named_data(self.model, train_x, "the training data")
         groups = batch.groups(train_x)
         obs = observed_name(self.model, train_x) if obs is None else obs
         examples = [batch.to(example_batch(train_x, binarize, obs=obs, group=g), self.device)
@@ -246,6 +250,7 @@ class Trainer:
     @runs_own_model
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """The minibatch loss (differentiable): an unbiased estimate of the full-data negative ELBO."""
+        x = named_data(self.model, x)
         b = batch.num_rows(x)
         kwargs = {}
         outer = 1.0
@@ -259,13 +264,13 @@ class Trainer:
         # (a tensor beta: a step recorded with the KL weight as an input, capture.py)
         scaled = torch.is_tensor(beta) or beta != 1.0
         with scale_sites(self.model.latent_sites, beta) if scaled else contextlib.nullcontext():
-            loss = batch.call(self.objective.differentiable_loss, x, self.model.model, self.model.guide, **kwargs)
+            loss = self.objective.differentiable_loss(self.model.model, self.model.guide, **x, **kwargs)
         return loss * outer if outer != 1.0 else loss
 
     @runs_own_model
     def step(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         """One SVI step on minibatch ``x``; returns the loss (full-data scale, detached; NaN if not applied)."""
-        result = self._engine.step(x, beta)
+        result = self._engine.step(named_data(self.model, x), beta)
         self._last_engine = result.engine
         if not result.finite:
             return self._on_nonfinite(x, result)
@@ -288,7 +293,7 @@ class Trainer:
 
         The recording draws nothing from the training random streams.
         """
-        return self._captures.get(x, beta) if self._captures.usable() else None
+        return self._captures.get(named_data(self.model, x), beta) if self._captures.usable() else None
 
     def _on_nonfinite(self, x, result):
         st = self.state
@@ -303,7 +308,7 @@ class Trainer:
     @runs_own_model
     def nonfinite_sites(self, x) -> List[str]:
         """Names of sample sites whose value, log-density or distribution arguments are NaN/Inf on ``x``."""
-        return nonfinite_sites(self.model, x, self._site_order)
+        return nonfinite_sites(self.model, named_data(self.model, x), self._site_order)
 
     # -- epochs -----------------------------------------------------------------
     @runs_own_model

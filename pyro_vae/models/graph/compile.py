@@ -187,9 +187,11 @@ class GraphModel(PyroModule):
 
     # -- data ---------------------------------------------------------------
     def _named(self, args, data) -> Dict[str, torch.Tensor]:
+        """The program's data as named arrays: ``model(x)``, as a user may call it, is ``model(**{obs_site: x})``
+        (the library always passes names)."""
         if len(args) > 1:
             raise TypeError(f"GraphModel takes the data as one tensor (its {self.obs_site!r}) or as named arrays")
-        return {self.obs_site: args[0], **data} if args else dict(data)
+        return {self.obs_site: args[0], **data} if args else data
 
     def _plate(self, data, data_size):
         return self._data_plate(batch.num_rows(data), batch.reference(data).device, data_size)
@@ -310,21 +312,16 @@ class GraphModel(PyroModule):
 
     # -- what the library reads off a graph ---------------------------------
     def check_data(self, data, what: str = "the data", origin=None) -> None:
-        """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph;
-        ``origin``: (the file's key, each row's row in that file), to name a bad row as the file numbers it."""
-        check_graph_data(self.graph, self.widths, self.obs_site, data, what, origin)
+        """One line naming the node and the fix when ``data`` (named arrays, or the observations alone) does not
+        fit the graph; ``origin``: (the file's key, each row's row in that file), to name a bad row as the file
+        numbers it."""
+        check_graph_data(self.graph, self.widths, self.obs_site, batch.named(data, self.obs_site, what), what, origin)
 
     def density_data(self, data):
         """The arrays a held-out log p(x) and ELBO are computed on: ``data`` less the partial nodes' labels, so
         that those are summed out (log p(x), the model's density of the observations, not log p(x, y)); the
         labels measure the classifier instead (evaluation/classes.py)."""
-        if not batch.is_named(data):
-            return data
-        partial = [n for n in data if n in self.graph.nodes and self.graph.nodes[n].role == "partial"]
-        if not partial:
-            return data
-        kept = {k: v for k, v in data.items() if k not in partial}
-        return kept if len(kept) > 1 or self.obs_site not in kept else kept[self.obs_site]
+        return {k: v for k, v in data.items() if not (k in self.graph.nodes and self.graph.nodes[k].role == "partial")}
 
     @property
     def class_node(self) -> Optional[str]:
@@ -342,7 +339,7 @@ class GraphModel(PyroModule):
     def class_probabilities(self, data, node: Optional[str] = None) -> torch.Tensor:
         """(rows, classes): q(node | data) of a categorical node whose guide reads the data only, or, for a
         mixture node, its component's posterior p(c | z) at z = E_q[z | data]."""
-        data = self._named((data,), {}) if not batch.is_named(data) else dict(data)
+        data = batch.named(data, self.obs_site)  # the observations alone, as a user may pass them
         data = {k: v for k, v in data.items() if not (k in self.graph.nodes and self.graph.nodes[k].role == "partial")}
         name = node or self.class_node
         spec = self.graph.nodes.get(name)

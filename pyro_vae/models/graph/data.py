@@ -6,20 +6,18 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ...data import batch
 from ...errors import PyroVAEError
 from .spec import Graph, check_summable
 
 
 def check_graph_data(g: Graph, widths: Dict[str, int], obs_site: str, data, what: str = "the data",
                      origin: Optional[Tuple[str, torch.Tensor]] = None) -> None:
-    """One line naming the node and the fix when ``data`` (a tensor or named arrays) does not fit the graph ``g``
-    (``widths``: each observed node's row width; ``obs_site``: the node a single tensor is).
+    """One line naming the node and the fix when ``data`` (named arrays) does not fit the graph ``g``
+    (``widths``: each observed node's row width; ``obs_site``: the main observed node).
 
     ``origin``: (the file's key, each row's row in that file), so that a bad label is named by its row there.
     """
-    named = batch.is_named(data)
-    arrays = dict(data) if named else {obs_site: data}
+    arrays = dict(data)
     needed = [n for n in g.order if g.nodes[n].role in ("observed", "input", "partial")]
     for name in needed:
         if name not in arrays:
