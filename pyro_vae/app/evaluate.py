@@ -179,6 +179,7 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     else:
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
+    x = named_data(run.model, x)
     for flag, value in (("--iw-samples", iw_samples), ("--prior-samples", prior_samples)):
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:

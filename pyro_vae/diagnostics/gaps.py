@@ -26,6 +26,7 @@ import torch
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout
 from ..infer.psis import pareto_khat
 from ..infer.rng import isolated_rng
@@ -86,7 +87,7 @@ def _split(family: str, fit: LocalFit, lw_fit, lw_q, log_px, log_px_se) -> GapSp
 
 def check_gaps_possible(model, x, data: str = "the points") -> Layout:
     """The layout the split reads, or one line saying why this model's gaps cannot be split."""
-    layout = build_layout(model, x, data, continuous=True)
+    layout = build_layout(model, named_data(model, x, data), data, continuous=True)
     if layout.point_mass:
         raise PyroVAEError("the guide is a point mass (delta): it has no density, so it has no ELBO of its own to "
                            "split; the gaps need a guide with a density (normal, lowrank, fullrank)")
@@ -105,6 +106,7 @@ def inference_gaps(model, x, point_index: Sequence[int], settings: DiagnoseSetti
     """
     settings.check()
     log = log or (lambda msg: None)
+    x = named_data(model, x)  # one array, from Python, is named as the model takes it
     layout = check_gaps_possible(model, x)
     own = _law_name(model)
     families = [own] + [f for f in richer if f != own]
