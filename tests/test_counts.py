@@ -70,3 +70,25 @@ def test_multinomial_vae_trains_and_evaluates_on_count_rows():
     r = pv.evaluate_points(model, x[150:], iw_samples=20)
     # a probability of a discrete outcome: log p(x) <= 0 for every row
     assert torch.isfinite(r.log_likelihood).all() and bool((r.log_likelihood <= 0).all())
+
+
+def _counts(n=200, d=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 1, generator=g)
+    w = torch.randn(1, d, generator=g)
+    return torch.poisson(torch.exp(1.0 + z @ w * 0.5), generator=g)
+
+
+@pytest.mark.parametrize("keys", [
+    {"likelihood": "poisson"}, {"likelihood": "zip"},
+    {"likelihood": "negative_binomial", "library": "observed"},
+    {"likelihood": "negative_binomial", "dispersion": "amortized"},
+    {"likelihood": "zinb", "library": "latent"},
+])
+def test_count_vaes_train_and_evaluate(keys):
+    x = _counts()
+    model = pv.GraphModel(pv.ModelConfig(latent_dim=2, encoder={"hidden": [16]}, decoder={"hidden": [16]}, **keys),
+                          data_dim=10)
+    pv.fit(model, x[:150], x[150:], pv.TrainConfig(epochs=2, batch_size=50, seed=0), progress=False)
+    r = pv.evaluate_points(model, x[150:], iw_samples=10)
+    assert torch.isfinite(r.log_likelihood).all() and bool((r.log_likelihood <= 0).all())

@@ -39,6 +39,11 @@ THREADS_RULE = f"'auto' or an integer in [1, {MAX_THREADS}] (a thread count such
 #: seeds are in [0, 2**63): torch.manual_seed takes [0, 2**64), and derived seeds add small offsets
 SEED_LIMIT = 1 << 63
 
+#: a count node's library size: none, the row's own total, or a latent log-library (models/counts.py)
+LIBRARIES = ("none", "observed", "latent")
+#: how a negative binomial's inverse dispersion is shared (models/counts.py)
+DISPERSIONS = ("feature", "feature-label", "amortized")
+
 Scale = Union[float, Literal["learned", "learned_isotropic", "amortized"]]
 
 
@@ -73,6 +78,15 @@ class NodeConfig:
     # (from the parents, the default) or "learned" (one free scale per dimension) or a fixed number
     scale: Optional[Scale] = None
     levels: Optional[int] = None  # observed categorical likelihood: number of levels
+    # observed count likelihoods (poisson, negative_binomial, zinb, zip): scVI's library size.  "none": the
+    # decoder gives each count's log mean; "observed": it gives proportions, scaled by the row's own total;
+    # "latent": scaled by a latent log-library, its prior the training rows' log totals' mean and variance
+    library: Literal[LIBRARIES] = "none"  # type: ignore[valid-type]
+    # negative_binomial / zinb: the inverse dispersion theta, learned per "feature", per feature and category of
+    # an input node ("feature-label", scVI's gene-label), or "amortized" (from the parents, per row)
+    dispersion: Literal[DISPERSIONS] = "feature"  # type: ignore[valid-type]
+    # dispersion = "feature-label": the categorical input node whose category picks theta (None: the only one)
+    dispersion_by: Optional[str] = None
     # roots: the prior p(node) is fixed ("fixed": N(0, prior_scale^2), uniform classes) or learned
     prior: Literal["fixed", "learned"] = "fixed"
     prior_scale: float = 1.0
@@ -97,6 +111,8 @@ class OneLatent:
     # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
+    library: Literal[LIBRARIES] = "none"  # type: ignore[valid-type]  # count likelihoods: as a node's library
+    dispersion: Literal[DISPERSIONS] = "feature"  # type: ignore[valid-type]  # negative_binomial / zinb: theta's
     guide: str = "normal"  # normal | delta (a point mass: an autoencoder)
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
