@@ -232,11 +232,15 @@ class DataConfig:
     # the share of training rows that keep their label, balanced per class (Kingma et al. 2014's
     # semi-supervised setting); the others are -1, missing.  Test labels are always all kept.
     label_fraction: float = 1.0
-    # synthetic source: x = tanh(A z + b) W + noise, z ~ N(0, I)
+    # synthetic sources: x = tanh(A z + b) W + noise, z ~ N(0, I); synthetic_counts: data/synthetic_counts.py
     num_points: int = 2000
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+    # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
+    # (0: negative-binomial counts; > 0: zero-inflated)
+    synthetic_library: float = 1000.0
+    synthetic_dropout: float = 0.0
 
     def __post_init__(self):
         validate_fields(self, "data")
@@ -351,6 +355,8 @@ RANGES = {
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
+    "data.synthetic_library": (lambda v: 1 <= v <= 1e6, "in [1, 1e6] (a row's mean total count)"),
+    "data.synthetic_dropout": (lambda v: 0 <= v <= 0.45, "in [0, 0.45] (each feature's is uniform on [0, 2x])"),
     "model.latent_dim": _model_size(1),
     # levels is read only by a categorical likelihood: a huge one elsewhere would pass every memory check unused
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),
