@@ -123,3 +123,60 @@ def test_poisson_is_log_px_matches_quadrature_on_a_linear_one_dim_model():
     se = r.log_likelihood_var.sqrt()
     assert bool((se > 0).all())
     assert bool(((r.log_likelihood - exact).abs() <= 3 * se + 1e-6).all()), (r.log_likelihood - exact) / se
+
+
+def _nodes(**x_keys):
+    return {"nodes": {"z": {"dim": 2, "encoder": {"hidden": [8]}},
+                      "y": {"role": "input", "family": "categorical", "dim": 3},
+                      "x": {"role": "observed", "parents": ["z"], "net": {"hidden": [8]}, **x_keys}}}
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"likelihood": "poisson", "dispersion": "amortized"}, "model.dispersion is the negative binomial's"),
+    ({"likelihood": "normal", "library": "observed"}, "model.library is for a count likelihood"),
+    ({"likelihood": "multinomial", "library": "latent"}, "the multinomial reads each row's total"),
+    ({"likelihood": "negative_binomial", "dispersion": "feature-label"}, "needs one categorical input node"),
+])
+def test_count_keys_that_do_not_fit_the_likelihood_are_refused(keys, message):
+    with pytest.raises(PyroVAEError, match=message):
+        pv.GraphModel(pv.ModelConfig(latent_dim=2, **keys), data_dim=5)
+
+
+def test_feature_label_dispersion_is_one_theta_per_category_of_the_input_node():
+    spec = pv.ModelConfig(**_nodes(likelihood="negative_binomial", dispersion="feature-label"))
+    model = pv.GraphModel(spec, data_dim=6)
+    assert tuple(model.likelihood.log_theta.shape) == (3, 6)
+    with pytest.raises(PyroVAEError, match="'q' is not a categorical input node"):
+        pv.GraphModel(pv.ModelConfig(**_nodes(likelihood="zinb", dispersion="feature-label", dispersion_by="q")), 6)
+    # the law of a row reads its category's theta: rows of category 2 get exp(log_theta[2])
+    with torch.no_grad():
+        model.likelihood.log_theta.copy_(torch.arange(18.0).reshape(3, 6) / 10)
+    d = model.likelihood.law(torch.zeros(4, 6), torch.ones(4, 6), {"y": torch.tensor([2, 0, 2, 1])})
+    assert torch.allclose(d.base_dist.total_count[0], torch.exp(torch.arange(12.0, 18.0) / 10))
+    assert torch.allclose(d.base_dist.total_count[1], torch.exp(torch.arange(0.0, 6.0) / 10))
+
+
+def test_sample_given_library_draws_rows_of_that_many_counts(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.distributions.Multinomial(int(n), probs=torch.full((6,), 1 / 6)).sample()
+                     for n in torch.randint(5, 30, (120,), generator=g)])
+    np_path = tmp_path / "x.npy"
+    import numpy as np
+    np.save(np_path, x.numpy())
+    (tmp_path / "c.toml").write_text('[data]\ntrain = "x.npy"\n[model]\nlatent_dim = 2\nlikelihood = "multinomial"\n'
+                                     'encoder = {hidden = [8]}\ndecoder = {hidden = [8]}\n[train]\nepochs = 1\n'
+                                     'batch_size = 50\n[evaluate]\niw_samples = "none"\n')
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "c.toml"), "--out", str(run), "--no-plots", "--quiet"]) == 0
+    out = tmp_path / "s.npy"
+    assert main(["sample", str(run), "-n", "7", "--draws", "--given", "library=40", "--out", str(out)]) == 0
+    s = np.load(out)
+    assert s.shape == (7, 6) and (s.sum(1) == 40).all() and (s == np.round(s)).all()
+    # without --given, the draws take the data's own totals, row by row
+    assert main(["sample", str(run), "-n", "7", "--draws", "--out", str(out)]) == 0
+    assert set(np.load(out).sum(1)) <= set(x.sum(1).tolist())
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "2", "--given", "library=-3"]) == 2
+    assert "a whole number in [1," in capsys.readouterr().err

@@ -264,8 +264,13 @@ def build_graph(spec) -> Graph:
                            "as a parent of the observed one")
     order = _ancestral(nodes)
     depth = _depth(nodes, order)
+    # an input node whose category picks a count node's dispersion (dispersion_by, models/counts.py) is read there;
+    # with dispersion = "feature-label" and no dispersion_by, the graph's categorical inputs are candidates
+    read = {v.dispersion_by for v in nodes.values() if v.role == "observed" and v.dispersion_by}
+    if any(v.role == "observed" and v.dispersion == "feature-label" for v in nodes.values()):
+        read |= {n for n, v in nodes.items() if v.role == "input" and v.family == "categorical"}
     for n in order:
-        if nodes[n].role in ("latent", "partial", "input") and n not in depth:
+        if nodes[n].role in ("latent", "partial", "input") and n not in depth and n not in read:
             _fail(n, "no observed node depends on it, so the data says nothing about it: list it among the "
                      "parents of a node on the way to the data, or remove it")
     for n in order:
