@@ -371,6 +371,7 @@ def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
                          seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, threads=args.threads,
+                         per_feature=args.per_feature,
                          progress=False if args.quiet else None, **_run_code(args))
     if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
@@ -387,6 +388,8 @@ def cmd_evaluate(args) -> int:
             print(_format_classes(found.classes))
         if args.per_point:
             print(f"per-point results: {Path(args.per_point)}")
+        if args.per_feature:
+            print(f"per-feature E_q[log p(x_d | z)] with s.e.: {Path(args.per_feature)}")
     return 0
 
 
@@ -622,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest tensor per chunk, in elements (particles x points x widest layer); "
                    "lower it to use less memory (default: 4194304)")
     e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
+    e.add_argument("--per-feature", metavar="FILE.csv",
+                   help="also write each feature's E_q[log p(x_d | z)] over the points, with its s.e. (10 draws of z "
+                        "per point): which features (genes, words, pixels) the model explains worst")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
                    "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
                    "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")

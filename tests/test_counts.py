@@ -180,3 +180,33 @@ def test_sample_given_library_draws_rows_of_that_many_counts(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(run), "-n", "2", "--given", "library=-3"]) == 2
     assert "a whole number in [1," in capsys.readouterr().err
+
+
+def test_per_feature_log_likelihood_matches_its_closed_form_under_a_fixed_gaussian_q():
+    """Poisson, linear decoder, q(z | x) = N(m, s^2) set by hand: E_q[log p(x_d | z)] = x_d (w_d m + b_d)
+    - exp(w_d m + b_d + w_d^2 s^2 / 2) - log x_d!, per feature, averaged over the points."""
+    from pyro_vae.evaluation.features import feature_log_likelihood
+
+    d = 4
+    model = pv.GraphModel(pv.ModelConfig(latent_dim=1, likelihood="poisson", encoder={"hidden": []},
+                                         decoder={"hidden": []}), data_dim=d)
+    w, b = torch.tensor([0.8, -0.5, 0.3, 1.0]), torch.tensor([1.0, 0.5, 2.0, 0.0])
+    dec = next(m for m in model.nets["x"].modules() if isinstance(m, torch.nn.Linear))
+    enc = next(m for m in model.encoders["z"].modules() if isinstance(m, torch.nn.Linear))
+    s = 0.6
+    with torch.no_grad():
+        dec.weight.copy_(w.reshape(d, 1))
+        dec.bias.copy_(b)
+        enc.weight.zero_()
+        enc.bias.copy_(torch.tensor([0.3, math.log(math.expm1(s - 1e-3))]))  # q = N(0.3, 0.6^2) for every x
+    g = torch.Generator().manual_seed(2)
+    x = torch.poisson(torch.exp(torch.randn(12, 1, generator=g) * w + b), generator=g)
+    draws, m = 200, 0.3
+    found = feature_log_likelihood(model, x, draws=draws, seed=1)
+    eta, v = w * m + b, w ** 2 * s ** 2
+    exact = (x * eta - torch.exp(eta + v / 2) - torch.lgamma(x + 1)).mean(0)
+    # the Monte Carlo s.e. of that mean, in closed form: Var[x w z - exp(w z + b)] under q, per point
+    var = x ** 2 * v + torch.exp(2 * eta + v) * torch.expm1(v) - 2 * x * v * torch.exp(eta + v / 2)
+    se = var.sum(0).sqrt() / (x.shape[0] * draws ** 0.5)
+    assert bool(((found.mean.float() - exact).abs() <= 4 * se).all()), (found.mean, exact, se)
+    assert found.points == 12 and bool((found.se > 0).all())
