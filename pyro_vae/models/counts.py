@@ -59,10 +59,10 @@ def check_counts(x: torch.Tensor, name: str, what: str, *, nonzero_rows: bool = 
     if nonzero_rows:
         zero = totals == 0
         if bool(zero.any()):
-            r = int(zero.nonzero()[0])
+            r, n = int(zero.nonzero()[0]), int(zero.sum())
             raise PyroVAEError(f"likelihood {name!r} reads each row's number of trials from its total, but row {r} "
-                               f"of {what} is all zeros (column 0 onward: {int(zero.sum())} such rows): drop rows "
-                               "with no counts")
+                               f"of {what} is all zeros ({n} such row{'s' if n > 1 else ''}): drop rows with no "
+                               "counts")
 
 
 class RowMultinomial(dist.Multinomial):
