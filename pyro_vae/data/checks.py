@@ -132,5 +132,5 @@ def check_integer_rows(x, what: str) -> None:
         if bool(bad.any()):
             r, c = bad.nonzero()[0].tolist()
             raise PyroVAEError(f"{what} has values that are not non-negative integers (first at row {r + start}, "
-                               f"column {c}: {float(block[r, c]):g}), which a count or categorical likelihood needs: "
+                               f"column {c}: {float(block[r, c]):g}), which a count likelihood needs: "
                                "round or fix the data, or use model.likelihood = 'normal'")

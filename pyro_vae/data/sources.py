@@ -38,8 +38,11 @@ SOURCES: Registry = Registry("data source")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
-#: likelihoods of integer data: an image source hands them its raw levels (digits 0..16), not levels scaled to [0, 1]
-INTEGER_LIKELIHOODS = ("categorical", "poisson", "negative_binomial", "zinb", "zip", "multinomial")
+#: count likelihoods: an image source hands them its raw levels (digits 0..16), as it does a categorical one, and a
+#: file's values are checked to be counts before the split (so a bad one is named by the file's row)
+COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "zinb", "zip", "multinomial")
+#: what a source is told of the likelihood: COUNTS (a truthy ``discrete``), True (categorical) or False
+COUNTS = "counts"
 MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when nothing is held out
 
 
@@ -187,12 +190,12 @@ def _arrays(cfg, discrete: bool):
     what = f"data.train ({Path(cfg.train).name})"
     if is_sparse_file(cfg.train):
         # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
-        x = sparse_rows(cfg.train, what, notes, integer=discrete)
+        x = sparse_rows(cfg.train, what, notes, integer=discrete == COUNTS)
         if cfg.test is None:
             tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
             return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
         test_what = f"data.test ({Path(cfg.test).name})"
-        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete).dense(test_what) if is_sparse_file(cfg.test) else
+        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete == COUNTS).dense(test_what) if is_sparse_file(cfg.test) else
               as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
@@ -208,11 +211,11 @@ def _arrays(cfg, discrete: bool):
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
     else:
         x = as_matrix(raw, what, cfg.drop_nonfinite, notes)
-    if discrete:
+    if discrete == COUNTS:
         check_integer_rows(x, what)
     if cfg.test is not None:
         xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
-        if discrete:
+        if discrete == COUNTS:
             check_integer_rows(xt, f"data.test ({Path(cfg.test).name})")
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
@@ -280,7 +283,7 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
 
 def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
-    discrete = likelihood in INTEGER_LIKELIHOODS
+    discrete = COUNTS if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
     ds = SOURCES[data_cfg.source](data_cfg, discrete)
     if data_cfg.labels is not None:
         ds = with_labels(ds, data_cfg)  # before binarizing, which then binarizes the images alone

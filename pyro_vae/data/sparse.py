@@ -129,7 +129,7 @@ def check_integer_values(m, what: str) -> None:
         k = int(np.flatnonzero(bad)[0])
         r, c = _where(m, k)
         raise PyroVAEError(f"{what} has {int(bad.sum())} values that are not non-negative integers (first at row {r}, "
-                           f"column {c}: {values[k]:g}), which a count or categorical likelihood needs: round or fix "
+                           f"column {c}: {values[k]:g}), which a count likelihood needs: round or fix "
                            "the data, or use model.likelihood = 'normal'")
 
 
