@@ -29,7 +29,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_sparse_file(path) -> bool:
-    """Whether ``path`` names a sparse matrix file: a Matrix Market ``.mtx`` (``.mtx.gz``) or a SciPy sparse ``.npz``."""
+    """Whether ``path`` names a sparse matrix file: Matrix Market ``.mtx`` (``.mtx.gz``) or a SciPy sparse ``.npz``."""
     p = Path(str(path))
     name = p.name.lower()
     if name.endswith(".mtx") or name.endswith(".mtx.gz"):

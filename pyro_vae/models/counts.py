@@ -1,4 +1,4 @@
-"""Count observation models p(x | z): Poisson, negative binomial, zero-inflated and multinomial laws over one row of counts.
+"""Count observation models p(x | z): Poisson, negative binomial, zero-inflated and multinomial laws over a row of counts.
 
 Every law is one of Pyro's distributions; nothing here writes a density.  A
 count likelihood reads two things besides the decoder's output: the row it
@@ -10,10 +10,9 @@ library scales them to counts).  ``law(out, x, data)`` is where both come in.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import contextlib
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -24,7 +23,8 @@ from ..errors import PyroVAEError
 from .graph.spec import LIBRARY
 from .likelihoods import LIKELIHOODS, Likelihood
 
-__all__ = ["LIKELIHOODS", "LIBRARY", "LIBRARY_NAME", "given_library", "given_total", "CountLikelihood", "RowMultinomial", "check_counts", "count_options"]
+__all__ = ["LIKELIHOODS", "LIBRARY", "LIBRARY_NAME", "CountLikelihood", "RowMultinomial", "check_counts",
+           "count_options", "given_library", "given_total"]
 
 #: row totals must stay below 2**24, where float32 stops holding every integer: a sum of counts is rounded there
 MAX_ROW_TOTAL = float(1 << 24)
