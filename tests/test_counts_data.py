@@ -103,3 +103,14 @@ def test_a_sparse_matrix_larger_than_the_memory_allowed_trains(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "1048576"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_feature_names_come_from_a_names_file_one_a_column(tmp_path):
+    m = _matrix(cols=4)
+    scipy.io.mmwrite(str(tmp_path / "x.mtx"), m)
+    (tmp_path / "features.tsv").write_text("".join(f"ENSG{i}\tGene{i}\tGene Expression\n" for i in range(4)))
+    ds = load_data(DataConfig(train=str(tmp_path / "x.mtx"), feature_names=str(tmp_path / "features.tsv")), "zinb")
+    assert ds.feature_names == ("Gene0", "Gene1", "Gene2", "Gene3")
+    (tmp_path / "words.txt").write_text("a\nb\nc\n")
+    with pytest.raises(Exception, match=r"names 3 columns but the data has 4"):
+        load_data(DataConfig(train=str(tmp_path / "x.mtx"), feature_names=str(tmp_path / "words.txt")), "zinb")

@@ -149,8 +149,10 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     if report and per_feature is not None:
+        names = None if data else dataset.feature_names
         with use_threads(choice):
-            write_per_feature(feature_log_likelihood(run.model, density_data(run.model, x), seed=seed), per_feature)
+            write_per_feature(feature_log_likelihood(run.model, density_data(run.model, x), seed=seed), per_feature,
+                              names)
     return found
 
 
@@ -179,12 +181,14 @@ def _data_file(model, path: os.PathLike):
     return x
 
 
-def write_per_feature(found: FeatureLogLikelihood, path: Path) -> None:
-    """One CSV row per feature (numbered from 0): its E_q[log p(x_d | z)] and s.e., atomically."""
+def write_per_feature(found: FeatureLogLikelihood, path: Path, names=None) -> None:
+    """One CSV row per feature (numbered from 0, named where data.feature_names names it): its E_q[log p(x_d | z)]
+    and s.e., atomically."""
     buf = io.StringIO()
-    buf.write("feature,log_likelihood,se,points,draws\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["feature", "name", "log_likelihood", "se", "points", "draws"])
     for i, (m, se) in enumerate(zip(found.mean.tolist(), found.se.tolist())):
-        buf.write(f"{i},{m!r},{se!r},{found.points},{found.draws}\n")
+        w.writerow([i, "" if names is None else names[i], repr(m), repr(se), found.points, found.draws])
     write_text_atomic(path, buf.getvalue())
 
 

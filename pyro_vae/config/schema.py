@@ -237,6 +237,8 @@ class DataConfig:
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+    # a text file of the data's column names, one a line (genes, words; a 10x features.tsv: its second column)
+    feature_names: Optional[str] = None
     # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
     # (0: negative-binomial counts; > 0: zero-inflated)
     synthetic_library: float = 1000.0

@@ -30,7 +30,7 @@ from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sizes import check_synthetic_size
-from .sparse import is_sparse_file, sparse_rows
+from .sparse import is_sparse_file, read_feature_names, sparse_rows
 from .synthetic_counts import synthetic_counts
 from ..registry import Registry
 
@@ -306,5 +306,7 @@ def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
         if mode == "static":
             ds.train = batch.replace(ds.train, ds.observed, torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
+    if data_cfg.feature_names is not None:
+        ds.feature_names = read_feature_names(data_cfg.feature_names, ds.dim)
     return ds
 
