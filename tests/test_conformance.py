@@ -28,6 +28,7 @@ from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig, evaluate
 from pyro_vae.store.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
 from pyro_vae.data.arrays import as_matrix
+from pyro_vae.data.sources import COUNT_LIKELIHOODS
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import test_elbo as elbo_on_test
 from pyro_vae.models import build_model
@@ -50,6 +51,10 @@ def _data_for(likelihood: str):
             return torch.rand(n, D, generator=g).clamp(0.02, 0.98)
         if likelihood == "categorical":
             return torch.randint(0, LEVELS, (n, D), generator=g).float()
+        if likelihood in COUNT_LIKELIHOODS:  # counts, no row of zeros (a multinomial refuses one)
+            x = torch.poisson(torch.full((n, D), 2.0), generator=g)
+            x[:, 0] += 1
+            return x
         return torch.randn(n, D, generator=g)
 
     return make
