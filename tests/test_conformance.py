@@ -37,6 +37,9 @@ from pyro_vae.training.trainer import Trainer
 D = 6  # data columns
 N = 64  # rows: 4 minibatches of 16
 LEVELS = 3  # categorical levels
+#: the likelihoods every matrix runs: all but zip and negative_binomial, whose code paths zinb runs (its gate and its
+#: dispersion), so the count laws add a third of what they would to the quick suite's time
+MATRIX_LIKELIHOODS = [lik for lik in LIKELIHOODS.names() if lik not in ("zip", "negative_binomial")]
 
 EXAMPLE = Path(pyro_vae.__file__).resolve().parents[1] / "examples" / "custom_model.py"
 
@@ -146,7 +149,7 @@ def _user_model_class():
 
 
 def _cases():
-    cases = [c for t in FORMS for lik in LIKELIHOODS.names() for c in _builtin_cases(t, lik)]
+    cases = [c for t in FORMS for lik in MATRIX_LIKELIHOODS for c in _builtin_cases(t, lik)]
     user = _user_model_class()
     cases.append(Case("user-" + user.__name__, lambda: user(D, latent_dim=2, hidden=8), _data_for("normal")))
     return cases

@@ -133,9 +133,10 @@ class CountLikelihood(Likelihood):
         super().__init__(data_dim)
         self.library = library
         # the empirical prior of the log library (scVI's): the mean and standard deviation of the training rows'
-        # log totals, set by fit_data before the first step and saved with the parameters; NaN until then
-        self.register_buffer("library_loc", torch.tensor(float("nan")))
-        self.register_buffer("library_scale", torch.tensor(float("nan")))
+        # log totals, set by fit_data before the first step and saved with the parameters; a scale of 0 until then
+        # (not NaN: an unset buffer must equal itself, as "nothing changed" is checked)
+        self.register_buffer("library_loc", torch.tensor(0.0))
+        self.register_buffer("library_scale", torch.tensor(0.0))
         #: ``sample --given library=N``: every row's total count while set (:func:`given_total`)
         self.given_total: Optional[float] = None
 
@@ -177,7 +178,7 @@ class CountLikelihood(Likelihood):
         # read off the buffer once (a checkpoint's load sets it) and then remembered: a recorded step
         # (training/capture.py) cannot read a tensor's value into Python
         if not getattr(self, "_known", False):
-            self._known = bool(torch.isfinite(self.library_loc))
+            self._known = bool(self.library_scale > 0)
         return self._known
 
     def _check_prior(self) -> None:
