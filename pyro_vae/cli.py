@@ -430,6 +430,7 @@ def cmd_evaluate(args) -> int:
     gaps = GapOptions(args.gap_points, args.gap_steps, args.gap_draws) if args.gaps else None
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
                          seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, threads=args.threads,
+                         per_feature=args.per_feature,
                          progress=False if args.quiet else None, gaps=gaps, **_run_code(args))
     if found is None:  # another rank: rank 0 writes and prints what every rank computed
         return 0
@@ -451,6 +452,8 @@ def cmd_evaluate(args) -> int:
             print(gaps_text(metrics["gaps"]))
         if args.per_point:
             print(f"per-point results: {Path(args.per_point)}")
+        if args.per_feature:
+            print(f"per-feature E_q[log p(x_d | z)] with s.e.: {Path(args.per_feature)}")
     return 0
 
 
@@ -710,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest tensor per chunk, in elements (particles x points x widest layer); "
                    "lower it to use less memory (default: 4194304)")
     e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
+    e.add_argument("--per-feature", metavar="FILE.csv",
+                   help="also write each feature's E_q[log p(x_d | z)] over the points, with its s.e. (10 draws of z "
+                        "per point): which features (genes, words, pixels) the model explains worst")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
                    "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
                    "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")

@@ -31,7 +31,8 @@ from pyro_vae.training._torch_private import fused_adam_step
 from pyro_vae.training.optim import make_adam
 from pyro_vae.training.trainer import Trainer
 
-from test_conformance import D, FORMS, LEVELS, _data_for, graph_spec  # the conformance suite's data and graph
+# the conformance suite's data, likelihoods and graph
+from test_conformance import D, FORMS, LEVELS, MATRIX_LIKELIHOODS, _data_for, graph_spec
 
 
 def data_for(likelihood: str, n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -73,7 +74,7 @@ def recorded(trainer: Trainer) -> int:
 
 #: both declared forms x likelihood x guide: the one-latent form's guide law, a graph's guide structure (a law
 #: that declines capture, the spline flow, is tested in tests/test_flow_guides.py: it says so and trains eagerly)
-MATRIX = [(t, lik, g) for t in FORMS for lik in LIKELIHOODS.names()
+MATRIX = [(t, lik, g) for t in FORMS for lik in MATRIX_LIKELIHOODS
           for g in (("structured", "mean-field") if t == "graph" else
                     [n for n in GUIDE_LAWS.names() if not getattr(GUIDE_LAWS[n], "capture_problem", None)
                      and (n in ("normal", "delta") or lik == "bernoulli")])]  # other laws: one likelihood (time)

@@ -28,6 +28,7 @@ from pyro_vae import GUIDE_LAWS, LIKELIHOODS, TrainConfig, evaluate
 from pyro_vae.store.checkpoint import load_checkpoint
 from pyro_vae.config import ModelConfig, NetConfig, NodeConfig
 from pyro_vae.data.arrays import as_matrix
+from pyro_vae.data.sources import COUNT_LIKELIHOODS
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.estimators import test_elbo as elbo_on_test
 from pyro_vae.models import build_model
@@ -36,6 +37,9 @@ from pyro_vae.training.trainer import Trainer
 D = 6  # data columns
 N = 64  # rows: 4 minibatches of 16
 LEVELS = 3  # categorical levels
+#: the likelihoods every matrix runs: all but zip and negative_binomial, whose code paths zinb runs (its gate and its
+#: dispersion), so the count laws add a third of what they would to the quick suite's time
+MATRIX_LIKELIHOODS = [lik for lik in LIKELIHOODS.names() if lik not in ("zip", "negative_binomial")]
 
 EXAMPLE = Path(pyro_vae.__file__).resolve().parents[1] / "examples" / "custom_model.py"
 
@@ -50,6 +54,10 @@ def _data_for(likelihood: str):
             return torch.rand(n, D, generator=g).clamp(0.02, 0.98)
         if likelihood == "categorical":
             return torch.randint(0, LEVELS, (n, D), generator=g).float()
+        if likelihood in COUNT_LIKELIHOODS:  # counts, no row of zeros (a multinomial refuses one)
+            x = torch.poisson(torch.full((n, D), 2.0), generator=g)
+            x[:, 0] += 1
+            return x
         return torch.randn(n, D, generator=g)
 
     return make
@@ -149,7 +157,7 @@ def _user_model_class():
 
 
 def _cases():
-    cases = [c for t in FORMS for lik in LIKELIHOODS.names() for c in _builtin_cases(t, lik)]
+    cases = [c for t in FORMS for lik in MATRIX_LIKELIHOODS for c in _builtin_cases(t, lik)]
     user = _user_model_class()
     cases.append(Case("user-" + user.__name__, lambda: user(D, latent_dim=2, hidden=8), _data_for("normal")))
     return cases

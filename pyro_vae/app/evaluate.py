@@ -21,6 +21,7 @@ from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
+from ..evaluation.features import FeatureLogLikelihood, feature_log_likelihood
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
 from ..infer.data_name import named_data
@@ -136,12 +137,14 @@ def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]
 def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw_samples: int = DEFAULT_IW_SAMPLES,
                  prior_samples: Optional[int] = None, seed: int = 0, budget: Optional[int] = None,
                  per_point: Optional[os.PathLike] = None, log: Callable[[str], None],
+                 per_feature: Optional[os.PathLike] = None,
                  program_path: Optional[os.PathLike] = None, trust_code: bool = False,
                  progress: Optional[bool] = None, threads: Optional[ThreadSetting] = None,
                  gaps: Optional[GapOptions] = None) -> Optional[RunEvaluation]:
     """``pyro-vae evaluate``: a run's model on its test data (or the array file ``data``); nothing in the run changes.
 
-    ``per_point``: a .csv file that gets one row of results per point.  ``progress``: as for training (progress.py:
+    ``per_point``: a .csv file that gets one row of results per point; ``per_feature``: one that gets each feature's
+    E_q[log p(x_d | z)] and its s.e. (evaluation/features.py).  ``progress``: as for training (progress.py:
     a bar on a terminal, a line every 10 s elsewhere, False for none).  ``threads``: torch's thread count while
     it evaluates ("auto" or a count; None: the run's ``train.threads``).  ``gaps``: also split the inference
     gap on the first test points (diagnostics/gaps.py; in the process that reports).  Under torchrun every process calls
@@ -155,24 +158,33 @@ def evaluate_run(run_dir: os.PathLike, *, data: Optional[os.PathLike] = None, iw
         with failures.claim_on_error():  # before the group closes under the other ranks
             group = distributed.init_from_env("auto")
             found = _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, group.is_main,
-                                  log, program_path, trust_code, progress if group.is_main else False, threads, gaps)
+                                  log, program_path, trust_code, progress if group.is_main else False, threads, gaps,
+                                  per_feature)
     finally:
         if joined and torch.distributed.is_initialized():
             distributed.shutdown()
     return found if group.is_main else None
 
 
+def _checked_csv(path, flag: str) -> Optional[Path]:
+    """``--per-point`` / ``--per-feature``: a .csv file in a folder that exists (checked before the evaluation)."""
+    if not path:
+        return None
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise PyroVAEError(f"{flag} {path}: use a .csv file name")
+    if not path.parent.exists():
+        raise PyroVAEError(f"{flag} {path}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_point, report, log, program_path,
-                  trust_code, progress=None, threads=None, gaps=None) -> RunEvaluation:
+                  trust_code, progress=None, threads=None, gaps=None, per_feature=None) -> RunEvaluation:
     """:func:`evaluate_run` in one process; ``report`` False on the ranks of a torchrun job that do not report
     (they compute their share, and skip the class metrics and the file)."""
-    per_point = Path(per_point) if per_point else None
-    if per_point is not None:
-        # checked before the (long) evaluation, so a typo costs nothing
-        if per_point.suffix.lower() != ".csv":
-            raise PyroVAEError(f"--per-point {per_point}: use a .csv file name")
-        if not per_point.parent.exists():
-            raise PyroVAEError(f"--per-point {per_point}: folder {str(per_point.parent)!r} does not exist")
+    # checked before the (long) evaluation, so a typo costs nothing
+    per_point = _checked_csv(per_point, "--per-point")
+    per_feature = _checked_csv(per_feature, "--per-feature")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
     if data:
         x, labels, names = _data_file(run.model, data), None, None
@@ -197,6 +209,11 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         log(choice.line())
     if report and per_point is not None:
         write_per_point(found.points, per_point)
+    if report and per_feature is not None:
+        names = None if data else dataset.feature_names
+        with use_threads(choice):
+            write_per_feature(feature_log_likelihood(run.model, density_data(run.model, x), seed=seed), per_feature,
+                              names)
     return found
 
 
@@ -223,6 +240,17 @@ def _data_file(model, path: os.PathLike):
     if hasattr(lik, "check_support"):
         lik.check_support(x, f"--data ({Path(path).name})")
     return x
+
+
+def write_per_feature(found: FeatureLogLikelihood, path: Path, names=None) -> None:
+    """One CSV row per feature (numbered from 0, named where data.feature_names names it): its E_q[log p(x_d | z)]
+    and s.e., atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["feature", "name", "log_likelihood", "se", "points", "draws"])
+    for i, (m, se) in enumerate(zip(found.mean.tolist(), found.se.tolist())):
+        w.writerow([i, "" if names is None else names[i], repr(m), repr(se), found.points, found.draws])
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_per_point(points: PointwiseEvaluation, path: Path) -> None:

@@ -20,7 +20,8 @@ from ..data.arrays import Dataset
 from ..errors import PyroVAEError
 from ..evaluation.memory import test_elbo_with_retry
 from ..infer.sites import observed_name
-from ..figures import run as run_figures
+from ..figures import counts as count_figures, run as run_figures
+from ..models.counts import CountLikelihood
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
 from ..runtime import distributed, failures
@@ -246,7 +247,9 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
 
 def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
     """The run's figures: a one-latent model's, a graph's, or a program's curve and graph (the others need a
-    built-in's encoder and decoder)."""
+    built-in's encoder and decoder); a count model's (figures/counts.py) are not images."""
+    if isinstance(getattr(model, "likelihood", None), CountLikelihood):
+        return count_figures.count_plots(model, data, history, folder)
     if getattr(model, "one_latent", None):
         return run_figures.run_plots(model, data, history, folder)
     if hasattr(model, "sample_sequences") and hasattr(model, "chain"):  # a declared model over time

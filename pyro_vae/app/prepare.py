@@ -10,7 +10,7 @@ import pyro
 from ..config import Config, GraphSpec, ModelSpec, ProgramSpec
 from ..config.short import replace_node
 from ..data.arrays import Dataset
-from ..data.checks import check_support as check_support_chunked
+from ..data.checks import check_support as check_support_chunked, row_blocks
 from ..data.sizes import inferred_levels
 from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
 from ..errors import PyroVAEError
@@ -102,6 +102,11 @@ def prepare(cfg: Config, run_code: Optional[RunCode] = None):
         model.check_data(data.train, "the training data", origins.get("train"))
         model.check_data(data.test, "the test data", origins.get("test"))
     check_support(model, data)
+    fit_data = getattr(getattr(model, "likelihood", None), "fit_data", None)
+    if fit_data is not None:
+        # a count law's library prior from the training rows (models/counts.py), before anything traces the model
+        # (a resumed run's checkpoint then restores the one it trained with)
+        fit_data(block for _, block in row_blocks(data.train_x))
     return cfg, data, model
 
 

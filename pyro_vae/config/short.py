@@ -38,6 +38,8 @@ SHORT_KEYS = {
     (OBSERVED, "likelihood"): "model.likelihood",
     (OBSERVED, "scale"): "model.scale",
     (OBSERVED, "levels"): "model.levels",
+    (OBSERVED, "library"): "model.library",
+    (OBSERVED, "dispersion"): "model.dispersion",
     (OBSERVED, "net"): "model.decoder",
 }
 
@@ -56,7 +58,7 @@ def desugar(one: OneLatent) -> GraphSpec:
                    encoder=one.encoder, guide=one.guide, flows=one.flows, flow_hidden=one.flow_hidden,
                    pseudo_inputs=one.pseudo_inputs, rank=one.rank)
     x = NodeConfig(role="observed", likelihood=one.likelihood, scale=one.scale, levels=one.levels,
-                   parents=(LATENT,), net=one.decoder)
+                   library=one.library, dispersion=one.dispersion, parents=(LATENT,), net=one.decoder)
     return GraphSpec(nodes={LATENT: z, OBSERVED: x}, corruption=one.corruption,
                      corruption_level=one.corruption_level, contractive=one.contractive, tied=one.tied, short=one)
 

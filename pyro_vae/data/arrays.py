@@ -48,6 +48,7 @@ class Dataset:
     observed: Optional[str] = None  # named arrays: the one holding the observations
     # named arrays from files: {"train" / "test": (the file's key, e.g. "data.train", each row's row in that file)}
     origins: Optional[Dict[str, Tuple[str, torch.Tensor]]] = None
+    feature_names: Optional[Tuple[str, ...]] = None  # data.feature_names: each column's name (a gene, a word)
 
     @property
     def train_x(self) -> torch.Tensor:

@@ -25,12 +25,14 @@ import torch
 from ..errors import PyroVAEError
 from . import batch
 from .arrays import Dataset, as_matrix, load_array, read_array, read_idx
-from .checks import in_unit_interval
+from .checks import check_integer_rows, in_unit_interval
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sequences import load_sequences
 from .sizes import check_synthetic_size
+from .sparse import is_sparse_file, read_feature_names, sparse_rows
+from .synthetic_counts import synthetic_counts
 from .synthetic_sequences import chorales, linear_gaussian, pendulum
 from ..registry import Registry
 
@@ -38,6 +40,11 @@ SOURCES: Registry = Registry("data source")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
+#: count likelihoods: an image source hands them its raw levels (digits 0..16), as it does a categorical one, and a
+#: file's values are checked to be counts before the split (so a bad one is named by the file's row)
+COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "zinb", "zip", "multinomial")
+#: what a source is told of the likelihood: COUNTS (a truthy ``discrete``), True (categorical) or False
+COUNTS = "counts"
 MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when nothing is held out
 
 
@@ -165,6 +172,16 @@ def _synthetic(cfg, discrete: bool):
     return Dataset(tr, te, "synthetic", notes=notes, truth=truth)
 
 
+@SOURCES.register("synthetic_counts")
+def _synthetic_counts(cfg, discrete: bool):
+    """Negative-binomial (or, with data.synthetic_dropout, zero-inflated) counts of a known low-dimensional model
+    (data/synthetic_counts.py; synthetic_counts_truth gives its parameters back)."""
+    check_synthetic_size(cfg)
+    x, truth = synthetic_counts(cfg)
+    tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth)
+
+
 @SOURCES.register("arrays")
 def _arrays(cfg, discrete: bool):
     if cfg.train is None:
@@ -172,11 +189,23 @@ def _arrays(cfg, discrete: bool):
     if cfg.arrays or isinstance(cfg.train, dict):
         return load_named(cfg)
     notes: list = []
+    what = f"data.train ({Path(cfg.train).name})"
+    if is_sparse_file(cfg.train):
+        # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
+        x = sparse_rows(cfg.train, what, notes, integer=discrete == COUNTS)
+        if cfg.test is None:
+            tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
+            return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
+        test_what = f"data.test ({Path(cfg.test).name})"
+        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete == COUNTS).dense(test_what) if is_sparse_file(cfg.test) else
+              as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
+        if xt.shape[1] != x.shape[1]:
+            raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
+        return Dataset(x, xt, Path(cfg.train).stem, notes=notes)
     # only a file too large to load is memory-mapped; anything smaller is read into memory now,
     # so rewriting the file later cannot touch the job
     raw, stamp = load_array(cfg.train, "data.train", map_large=True)
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
-    what = f"data.train ({Path(cfg.train).name})"
     if stamp is not None:
         # larger than the limit: train from the map a batch at a time (data/mapped.py)
         x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
@@ -184,8 +213,12 @@ def _arrays(cfg, discrete: bool):
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
     else:
         x = as_matrix(raw, what, cfg.drop_nonfinite, notes)
+    if discrete == COUNTS:
+        check_integer_rows(x, what)
     if cfg.test is not None:
         xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
+        if discrete == COUNTS:
+            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})")
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
@@ -263,7 +296,7 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
     ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
     files are then read as (N, T, D) sequences with their lengths (data/sequences.py).  A sequence source
     (``SEQUENCE_SOURCES``) always gives {"x": (N, T, D), "lengths": (N,)}."""
-    discrete = likelihood == "categorical"
+    discrete = COUNTS if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
     if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
         raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "
@@ -295,5 +328,7 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
         if mode == "static":
             ds.set_observations("train", torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
+    if data_cfg.feature_names is not None:
+        ds.feature_names = read_feature_names(data_cfg.feature_names, ds.dim)
     return ds
 

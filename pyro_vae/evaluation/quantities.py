@@ -20,6 +20,7 @@ conditioned on every input.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Sequence, Tuple
 
@@ -112,7 +113,26 @@ def _density(site: str, given: Sequence[str]) -> str:
 
 
 def read_quantities(model, x, layout: Layout) -> Quantities:
-    """The labels of an evaluation of ``model`` on ``x`` (a couple of rows suffice), read off its program."""
+    """The labels of an evaluation of ``model`` on ``x`` (a couple of rows suffice), read off its program.
+
+    A count likelihood scaled by each row's own total (``library = "observed"``, models/counts.py, scVI's observed
+    library size) scores x given that total, which is read off x itself: its numbers are log p(x | library), said
+    so, not a density of x alone."""
+    found = _read_quantities(model, x, layout)
+    if getattr(getattr(model, "likelihood", None), "library", None) != "observed":
+        return found
+    x_alone, x_given = f"p({model.obs_site})", f"p({model.obs_site}|"
+
+    def given_library(text: str) -> str:
+        if x_alone in text:
+            return text.replace(x_alone, f"p({model.obs_site}|library)")
+        return text.replace(x_given, f"p({model.obs_site}|library,")
+
+    return dataclasses.replace(found, log_likelihood=given_library(found.log_likelihood),
+                               reconstruction=given_library(found.reconstruction))
+
+
+def _read_quantities(model, x, layout: Layout) -> Quantities:
     observed = sorted(layout.observed, key=lambda s: (s != model.obs_site, layout.observed.index(s)))
     arrays = list(x) if len(x) > 1 else [model.obs_site]
     try:

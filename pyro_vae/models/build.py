@@ -27,8 +27,8 @@ from .graph.families import FAMILIES
 from .graph.flowkeys import check_flow_keys, check_pseudo_inputs
 from .graph.guides import GUIDE_LAWS, rank_problem
 from .graph.sequence import SequenceModel, check_sequence_graph, check_time_keys, is_sequence
-from .graph.spec import DISCRETE, build_graph
-from .likelihoods import LIKELIHOODS
+from .graph.spec import DISCRETE, LIBRARY, build_graph
+from .counts import LIKELIHOODS  # the registry with the count laws in it (counts.py registers them)
 
 #: the families the one-latent form's ``prior`` names
 SHORT_PRIORS = ("normal", "laplace", *SHORT_ROOT_PRIORS)
@@ -126,6 +126,9 @@ def _step_values(model: GraphModel, spec: GraphSpec, batch_size: int) -> Tuple[i
                                ("encoder", model.encoders, g.guide_inputs)):
         for name, net in nets.items():
             width = sum(m.out_features for m in net.modules() if isinstance(m, nn.Linear))
+            if name not in g.nodes:  # a count node's log-library encoder (x_library): it reads the data only
+                parts.append((batch_size * width, key_path(spec, name[: -len(LIBRARY)], kind)))
+                continue
             times = math.prod(_enumerated(g.nodes[p]) for p in inputs(name))
             parts.append((batch_size * width * times, key_path(spec, name, kind)))
     for name, node in g.nodes.items():

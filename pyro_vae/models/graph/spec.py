@@ -29,6 +29,8 @@ DISCRETE = ("categorical", "bernoulli")
 #: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
 COMPONENT = "_component"
 CLASSIFIER = "_classifier"
+#: the site suffix of a count node's latent log-library (models/counts.py, library = "latent")
+LIBRARY = "_library"
 #: the factor site of the contractive penalty
 CONTRACTIVE = "contractive"
 #: the compiled program's own keyword arguments, which a data node's array would be passed beside
@@ -99,6 +101,8 @@ def generated_sites(spec) -> Dict[str, str]:
             sites[name + COMPONENT] = f"the component site of the mixture node {name!r}"
         if node.role == "partial" and node.classifier_weight:
             sites[name + CLASSIFIER] = f"the classifier term of the partial node {name!r}"
+        if node.role == "observed" and node.library == "latent":
+            sites[name + LIBRARY] = f"the latent log-library of the count node {name!r}"
     if spec.contractive:
         sites[CONTRACTIVE] = "the contractive penalty's factor site (model.contractive)"
     return sites
@@ -260,8 +264,13 @@ def build_graph(spec) -> Graph:
                            "as a parent of the observed one")
     order = _ancestral(nodes)
     depth = _depth(nodes, order)
+    # an input node whose category picks a count node's dispersion (dispersion_by, models/counts.py) is read there;
+    # with dispersion = "feature-label" and no dispersion_by, the graph's categorical inputs are candidates
+    read = {v.dispersion_by for v in nodes.values() if v.role == "observed" and v.dispersion_by}
+    if any(v.role == "observed" and v.dispersion == "feature-label" for v in nodes.values()):
+        read |= {n for n, v in nodes.items() if v.role == "input" and v.family == "categorical"}
     for n in order:
-        if nodes[n].role in ("latent", "partial", "input") and n not in depth:
+        if nodes[n].role in ("latent", "partial", "input") and n not in depth and n not in read:
             _fail(n, "no observed node depends on it, so the data says nothing about it: list it among the "
                      "parents of a node on the way to the data, or remove it")
     for n in order:
