@@ -51,6 +51,9 @@ class NetConfig:
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     type: Literal["mlp", "conv"] = "mlp"
     channels: Tuple[int, ...] = (32, 64)
+    # batch normalization (no affine part) of the network's outputs, as ProdLDA's decoder and encoder (Srivastava
+    # & Sutton 2017): in training a row's value depends on its batch, so every evaluation runs in eval mode
+    batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class NodeConfig:
     # partial: a discrete data array observed where given (labels, -1 where missing) and latent elsewhere;
     # input: a data array that is always given and only conditions (covariates, a CVAE's label)
     role: Literal[NODE_ROLES] = "latent"  # type: ignore[valid-type]
-    # latent/partial/input: normal, laplace, categorical, bernoulli, mixture (latent); real (input)
+    # latent/partial/input: normal, laplace, categorical, bernoulli, mixture, logistic_normal (latent); real (input)
     family: str = "normal"
     # size: a latent's dimension; categorical: the number of classes; bernoulli: the number of bits;
     # observed: the data's width (None: read off the data); input: the array's width (categorical: classes)
@@ -77,6 +80,9 @@ class NodeConfig:
     prior: Literal["fixed", "learned"] = "fixed"
     prior_scale: float = 1.0
     components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
+    # logistic_normal: the symmetric Dirichlet concentration alpha whose Laplace approximation (in the softmax
+    # basis) is the node's prior (None: 1.0)
+    concentration: Optional[float] = None
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
     # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian) or "delta" (a point mass)
