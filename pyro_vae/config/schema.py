@@ -227,6 +227,14 @@ class DataConfig:
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+    # synthetic_corpus source (data/corpus.py): documents of an LDA with synthetic_latent_dim topics over
+    # synthetic_dim words: the Dirichlet concentrations of the documents' topics and of the topics' words, and
+    # the mean document length
+    corpus_alpha: float = 0.1
+    corpus_beta: float = 0.05
+    corpus_length: int = 100
+    # word counts: a text file of one word per line, line i naming column i (top words per topic, NPMI)
+    vocabulary: Optional[str] = None
 
     def __post_init__(self):
         validate_fields(self, "data")
@@ -341,6 +349,9 @@ RANGES = {
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
+    "data.corpus_alpha": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
+    "data.corpus_beta": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
+    "data.corpus_length": (lambda v: 1 <= v <= 10**6, "in [1, 10**6] (words per document)"),
     "model.latent_dim": _model_size(1),
     # levels is read only by a categorical likelihood: a huge one elsewhere would pass every memory check unused
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),

@@ -48,6 +48,8 @@ class Dataset:
     observed: Optional[str] = None  # named arrays: the one holding the observations
     # named arrays from files: {"train" / "test": (the file's key, e.g. "data.train", each row's row in that file)}
     origins: Optional[Dict[str, Tuple[str, torch.Tensor]]] = None
+    # word counts: the word of each column (data.vocabulary, or a synthetic corpus's generated words)
+    vocabulary: Optional[Tuple[str, ...]] = None
 
     @property
     def train_x(self) -> torch.Tensor:
