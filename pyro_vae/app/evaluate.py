@@ -12,12 +12,14 @@ from typing import Callable, Optional
 import torch
 
 from ..data.arrays import as_matrix, read_array
+from ..data.corpus import read_vocabulary
 from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
 from ..evaluation.estimators import DEFAULT_IW_SAMPLES
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
+from ..evaluation.topics import TopicMetrics, topic_metrics
 from ..models.protocol import model_device
 from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
@@ -34,12 +36,16 @@ class RunEvaluation:
     points: PointwiseEvaluation
     summary: dict
     classes: Optional[ClassMetrics] = None
+    topics: Optional[TopicMetrics] = None  # a topic model's top words, perplexity and coherence
 
     def metrics(self, **extra) -> dict:
-        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics."""
+        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics and
+        a topic model's topics."""
         metrics = dict(self.summary, **extra)
         if self.classes is not None:
             metrics["classes"] = self.classes.to_json()
+        if self.topics is not None:
+            metrics["topics"] = self.topics.to_json()
         return metrics
 
 
@@ -55,9 +61,11 @@ def default_iw_samples(num_points: int) -> int:
 
 def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=None, class_names=None,
                    prior_samples: Optional[int] = None, budget: Optional[int] = None, progress: Optional[bool] = None,
-                   classes: bool = True, log: Callable[[str], None]) -> RunEvaluation:
+                   classes: bool = True, log: Callable[[str], None], counts=None,
+                   vocabulary=None) -> RunEvaluation:
     """``model`` on the rows of ``x``: every estimate of evaluation/estimators.py on its held-out arrays (the chunk
-    budget halved on out-of-memory), then, with ``classes``, its classes against ``labels``.
+    budget halved on out-of-memory), then, with ``classes``, its classes against ``labels``, and, for a topic
+    model given its word ``counts`` (``x``'s observations), its topics (``vocabulary``: the word of each column).
 
     Under torchrun every rank calls this (the estimates are sharded); ``classes`` only on the rank that reports.
     """
@@ -67,7 +75,11 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
                                              prior_samples=prior_samples, budget=b, progress=progress, log=log),
         budget if budget is not None else DEFAULT_BUDGET, device=model_device(model), log=log)
     found = _class_metrics(model, x, labels, class_names, log) if classes else None
-    return RunEvaluation(points, points.summary(), found)
+    topics = None
+    if classes and counts is not None:
+        topics = topic_metrics(model, counts, vocabulary, log_px=points.log_likelihood,
+                               log_px_var=points.log_likelihood_var)
+    return RunEvaluation(points, points.summary(), found, topics)
 
 
 def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]:
@@ -119,11 +131,16 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         if not per_point.parent.exists():
             raise PyroVAEError(f"--per-point {per_point}: folder {str(per_point.parent)!r} does not exist")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
+    vocabulary = None
     if data:
         x, labels, names = _data_file(run.model, data), None, None
+        counts = x
+        if run.config is not None and run.config.data.vocabulary is not None:
+            vocabulary = read_vocabulary(run.config.data.vocabulary, x.shape[1])
     else:
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
+        counts, vocabulary = dataset.test_x, dataset.vocabulary
     for flag, value in (("--iw-samples", iw_samples), ("--prior-samples", prior_samples)):
         floor = 1 if flag == "--iw-samples" else 0
         if value is not None and value < floor:
@@ -131,7 +148,8 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     choice = _threads(run, threads)
     with use_threads(choice):
         found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
-                               prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
+                               prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log,
+                               counts=counts, vocabulary=vocabulary)
     if report:  # said once the evaluation stands: a count it refused is the only line
         log(choice.line())
     if report and per_point is not None:

@@ -239,7 +239,8 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
     k = None if iw_samples == "none" else iw_samples
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
-                          class_names=data.class_names, progress=progress, classes=reports, log=log)
+                          class_names=data.class_names, progress=progress, classes=reports, log=log,
+                          counts=data.test_x, vocabulary=data.vocabulary)
 
 
 def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):

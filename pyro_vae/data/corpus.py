@@ -84,6 +84,10 @@ def read_vocabulary(path: str, columns: int, what: str = "data.vocabulary") -> T
         if len(word) > MAX_WORD:
             raise PyroVAEError(f"{what} file {path!r}: line {i} is {len(word)} characters long (at most {MAX_WORD}): "
                                "give one word per line")
+        bad = next((c for c in word if not c.isprintable()), None)
+        if bad is not None:
+            raise PyroVAEError(f"{what} file {path!r}: line {i} holds the control character {bad!r}: give one "
+                               "printable word per line")
         if word in seen:
             raise PyroVAEError(f"{what} file {path!r}: line {i} repeats {word!r} (line {seen[word]}): each column "
                                "needs its own word")

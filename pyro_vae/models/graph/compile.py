@@ -27,9 +27,10 @@ from ...data import batch
 from ...errors import PyroVAEError
 from ..corruption import CORRUPTIONS
 from ..likelihoods import LIKELIHOODS
-from ..nets import ConvEncoder, FlatBatchNorm, check_image, decoder_network, mlp
+from ..nets import ConvEncoder, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
+from ..nets import FlatBatchNorm
 from .penalties import ContractivePenalty, TiedDecoder, check_degenerate, check_one_latent_mlp, check_tied_outputs
 from .data import check_graph_data
 from .spec import CLASSIFIER, COMPONENT, CONTRACTIVE, Graph, build_graph
