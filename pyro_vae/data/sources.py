@@ -37,6 +37,8 @@ SOURCES: Registry = Registry("data source")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
+#: likelihoods of integer data: an image source hands them its raw levels (digits 0..16), not levels scaled to [0, 1]
+INTEGER_LIKELIHOODS = ("categorical", "poisson", "negative_binomial", "zinb", "zip", "multinomial")
 MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when nothing is held out
 
 
@@ -260,7 +262,7 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
 
 def load_data(data_cfg, likelihood: str = "normal") -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names."""
-    discrete = likelihood == "categorical"
+    discrete = likelihood in INTEGER_LIKELIHOODS
     ds = SOURCES[data_cfg.source](data_cfg, discrete)
     if data_cfg.vocabulary is not None:
         ds.vocabulary = read_vocabulary(data_cfg.vocabulary, ds.dim)

@@ -26,7 +26,7 @@ from .graph.compile import GraphModel
 from .graph.families import FAMILIES
 from .graph.guides import GUIDE_LAWS
 from .graph.spec import DISCRETE, build_graph, check_graph
-from .likelihoods import LIKELIHOODS
+from .counts import LIKELIHOODS  # the registry with the count laws in it (counts.py registers them)
 
 #: the families the one-latent form's ``prior`` names
 SHORT_PRIORS = ("normal", "laplace")

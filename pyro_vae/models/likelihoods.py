@@ -10,7 +10,7 @@ clear error instead of a Pyro validation traceback minutes into a run.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,12 @@ class Likelihood(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def law(self, out: torch.Tensor, x: Optional[torch.Tensor] = None,
+            data: Optional[Dict[str, torch.Tensor]] = None) -> dist.Distribution:
+        """p(x | out) scoring (or drawing) rows ``x`` of the named ``data``: a count law reads a row's total or
+        its library size there (models/counts.py); the others need the decoder's output only."""
+        return self(out)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self(out).mean

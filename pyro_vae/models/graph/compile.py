@@ -26,7 +26,7 @@ from ...config.short import key_path
 from ...data import batch
 from ...errors import PyroVAEError
 from ..corruption import CORRUPTIONS
-from ..likelihoods import LIKELIHOODS
+from ..counts import LIKELIHOODS  # the registry with the count laws in it (counts.py registers them)
 from ..nets import ConvEncoder, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
@@ -225,7 +225,7 @@ class GraphModel(PyroModule):
                     continue
                 parents = {p: feats[p] for p in node.parents}
                 if node.role == "observed":
-                    d = self.likelihoods[name](self.nets[name](parents))
+                    d = self.likelihoods[name].law(self.nets[name](parents), data.get(name), data)
                     value = pyro.sample(name, d, obs=data.get(name))
                     if name not in feats:
                         feats[name] = self._feature(name, value)
