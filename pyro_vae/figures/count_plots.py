@@ -70,6 +70,7 @@ def mean_variance(checks, path: Path) -> Path:
         ax.plot([lo, hi], [lo, hi], color=INK, lw=1, ls="--", label="Poisson: variance = mean")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_ticks(ax)
     ax.set_xlabel("mean count per row (each feature)")
     ax.set_ylabel("variance over rows")
     ax.set_title(f"mean and variance per feature ({checks.observed}, {checks.num_rows} test rows)")
@@ -77,6 +78,16 @@ def mean_variance(checks, path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _plain_ticks(ax) -> None:
+    """Log-axis ticks as plain numbers (0.01, 10): matplotlib's default labels are mathtext, which the house style
+    shows as written."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 @figure_style()
