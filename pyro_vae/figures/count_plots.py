@@ -23,7 +23,13 @@ BAR_WORDS = 10
 
 @figure_style()
 def topic_words(topics, path: Path) -> Path:
-    """One panel per topic: its top words' p(word | topic) as bars, best on top, titled with its NPMI."""
+    """The topic-word bars (:func:`draw_topic_words`) written to ``path``."""
+    return save_figure(draw_topic_words(topics), path)
+
+
+def draw_topic_words(topics):
+    """One panel per topic: its top words' p(word | topic) as bars, best on top, titled with its NPMI (the
+    figure, unsaved: the caller draws it inside the house style and saves it)."""
     plt = pyplot()
     k = min(len(topics.top_words), MAX_TOPICS)
     cols = min(k, 5)
@@ -47,7 +53,7 @@ def topic_words(topics, path: Path) -> Path:
     more = f" (first {k} of {len(topics.top_words)})" if k < len(topics.top_words) else ""
     fig.suptitle(f"p(word | topic) of each topic's top words{more}")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def _positive(values):
