@@ -260,3 +260,20 @@ def test_prodlda_recovers_the_topics_of_a_known_lda(tmp_path):
     untrained = matched(prodlda(k=5, v=100, batchnorm=True))
     assert float(untrained.max()) < 0.6
     assert float(trained.min()) > 0.8, trained
+
+
+def test_report_draws_a_runs_topics_whatever_its_words_hold(tmp_path):
+    """The report's topic figure comes from the run's saved topics (JSON); a word is data: markup and "$" are text."""
+    from types import SimpleNamespace
+
+    from pyro_vae.report.figures import Figures, fig_topics
+
+    ds = small_corpus()
+    words = list(ds.vocabulary)
+    words[0], words[1] = "<script>alert(1)</script>", "a$b$"
+    found = topic_metrics(prodlda(k=3, v=30), ds.test, words)
+    run = SimpleNamespace(name="r", folder="r", info={"topics": json.loads(json.dumps(found.to_json()))})
+    figs = Figures(tmp_path)
+    fig_topics(figs, SimpleNamespace(runs=[run]))
+    assert [f.file for f in figs.items] == ["figures/topics_r.png"] and (tmp_path / "topics_r.png").exists()
+    assert figs.items[0].section == "topics"
