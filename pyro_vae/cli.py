@@ -186,6 +186,9 @@ def _format_topics(t: dict) -> str:
         lines.append(f"  {'perplexity per word':<38}{t['perplexity']:10.4g}{se} (from the {t['perplexity_from']})")
     else:
         lines.append(f"  {'perplexity per word':<38}       n/a (no importance-sampled log p(x): --iw-samples)")
+    if t.get("perplexity_elbo") is not None:
+        lines.append(f"  {'  bound from the ELBO':<38}{t['perplexity_elbo']:10.4g} (each document's ELBO for its "
+                     "log p(x): an upper bound)")
     if t.get("npmi_mean") is not None:
         lines.append(f"  {'NPMI coherence (mean over topics)':<38}{t['npmi_mean']:10.3f} (top {t['npmi_words']} "
                      "words, held-out documents)")

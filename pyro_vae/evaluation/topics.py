@@ -14,7 +14,11 @@ orders a bag of words can be read in; a model that gives every word 1/V has
 perplexity V.  log p(x_d) is the importance-sampled estimate, which
 underestimates log p(x_d) in expectation, so the perplexity is, in
 expectation, an upper bound that tightens with more samples; its standard
-error is the Monte Carlo one (delta method).
+error is the Monte Carlo one (delta method).  The same formula with each
+document's ELBO in place of log p(x_d) gives a looser bound, reported beside
+it: far above the importance-sampled one, it says q is far from the posterior
+(the PSIS k-hat of the weights says how far the importance-sampled one can be
+trusted).
 
 Coherence is NPMI over the held-out documents (Bouma 2009; Lau et al. 2014):
 for a topic's top words, the mean over pairs of
@@ -54,6 +58,8 @@ class TopicMetrics:
     perplexity: Optional[float] = None  # None: no importance-sampled log p(x)
     perplexity_se: Optional[float] = None
     perplexity_from: str = "importance-sampled log p(x)"
+    # the same from each document's ELBO instead of log p(x): a bound, never below the perplexity itself
+    perplexity_elbo: Optional[float] = None
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -138,11 +144,11 @@ def perplexity(log_px: torch.Tensor, counts: torch.Tensor,
 
 def topic_metrics(model, counts: torch.Tensor, vocabulary: Optional[Sequence[str]], *,
                   log_px: Optional[torch.Tensor] = None, log_px_var: Optional[torch.Tensor] = None,
-                  top: int = TOP_WORDS) -> Optional[TopicMetrics]:
+                  elbo: Optional[torch.Tensor] = None, top: int = TOP_WORDS) -> Optional[TopicMetrics]:
     """The topic model's metrics on held-out ``counts`` (rows: documents), or None if ``model`` is no topic model.
 
     Without ``vocabulary`` the words are named by their column ("#12").  ``log_px``: each document's
-    importance-sampled log p(x) (None: no perplexity).
+    importance-sampled log p(x) (None: no perplexity); ``elbo``: each document's ELBO, for the perplexity bound.
     """
     nodes = topic_nodes(model)
     if nodes is None:
@@ -167,4 +173,5 @@ def topic_metrics(model, counts: torch.Tensor, vocabulary: Optional[Sequence[str
         top_probabilities=[[float(p) for p in row] for row in best.values],
         npmi=per_topic, npmi_mean=sum(finite) / len(finite) if finite else None, npmi_words=t,
         num_documents=int(counts.shape[0]), num_words=int(counts.double().sum()),
-        perplexity=ppl, perplexity_se=se)
+        perplexity=ppl, perplexity_se=se,
+        perplexity_elbo=None if elbo is None else perplexity(elbo.to("cpu"), counts)[0])

@@ -307,16 +307,18 @@ def _topics_table(diagnosis: Diagnosis) -> List[Table]:
             continue
         for k, (words, score) in enumerate(zip(t["top_words"], t.get("npmi") or [])):
             rows.append([r.name, k, score, " ".join(str(w) for w in words), t.get("perplexity"),
-                         t.get("perplexity_se")])
+                         t.get("perplexity_se"), t.get("perplexity_elbo")])
     if not rows:
         return []
     return [Table(
         "topics", "Topics: top words, NPMI coherence and held-out perplexity",
-        ["run", "topic", "NPMI", "top words (most probable first)", "perplexity per word", "perplexity s.e."],
+        ["run", "topic", "NPMI", "top words (most probable first)", "perplexity per word", "perplexity s.e.",
+         "perplexity bound from the ELBO"],
         rows,
         "From each run's metrics.json (its final evaluation on the held-out documents). A topic's words are the "
         "decoder's word distribution at theta = that topic alone, in eval mode. NPMI: the mean over pairs of the "
         "topic's top words of log(P(wi, wj) / (P(wi) P(wj))) / -log P(wi, wj), P the share of held-out documents "
         "holding the word(s), in [-1, 1]. Perplexity per word: exp(-sum of the documents' importance-sampled "
-        "log p(x), less their multinomial coefficients, / their words), with its Monte Carlo s.e.",
+        "log p(x), less their multinomial coefficients, / their words), with its Monte Carlo s.e.; the bound puts "
+        "each document's ELBO in place of its log p(x).",
     )]
