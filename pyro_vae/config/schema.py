@@ -39,6 +39,11 @@ THREADS_RULE = f"'auto' or an integer in [1, {MAX_THREADS}] (a thread count such
 #: seeds are in [0, 2**63): torch.manual_seed takes [0, 2**64), and derived seeds add small offsets
 SEED_LIMIT = 1 << 63
 
+#: a count node's library size: none, the row's own total, or a latent log-library (models/counts.py)
+LIBRARIES = ("none", "observed", "latent")
+#: how a negative binomial's inverse dispersion is shared (models/counts.py)
+DISPERSIONS = ("feature", "feature-label", "amortized")
+
 Scale = Union[float, Literal["learned", "learned_isotropic", "amortized"]]
 
 
@@ -76,6 +81,15 @@ class NodeConfig:
     # (from the parents, the default) or "learned" (one free scale per dimension) or a fixed number
     scale: Optional[Scale] = None
     levels: Optional[int] = None  # observed categorical likelihood: number of levels
+    # observed count likelihoods (poisson, negative_binomial, zinb, zip): scVI's library size.  "none": the
+    # decoder gives each count's log mean; "observed": it gives proportions, scaled by the row's own total;
+    # "latent": scaled by a latent log-library, its prior the training rows' log totals' mean and variance
+    library: Literal[LIBRARIES] = "none"  # type: ignore[valid-type]
+    # negative_binomial / zinb: the inverse dispersion theta, learned per "feature", per feature and category of
+    # an input node ("feature-label", scVI's gene-label), or "amortized" (from the parents, per row)
+    dispersion: Literal[DISPERSIONS] = "feature"  # type: ignore[valid-type]
+    # dispersion = "feature-label": the categorical input node whose category picks theta (None: the only one)
+    dispersion_by: Optional[str] = None
     # roots: the prior p(node) is fixed ("fixed": N(0, prior_scale^2), uniform classes) or learned
     prior: Literal["fixed", "learned"] = "fixed"
     prior_scale: float = 1.0
@@ -103,6 +117,8 @@ class OneLatent:
     # dimension), "learned_isotropic" (one shared scale) or "amortized" (from z)
     scale: Scale = "learned"
     levels: Optional[int] = None  # categorical: number of levels (None: max of data + 1)
+    library: Literal[LIBRARIES] = "none"  # type: ignore[valid-type]  # count likelihoods: as a node's library
+    dispersion: Literal[DISPERSIONS] = "feature"  # type: ignore[valid-type]  # negative_binomial / zinb: theta's
     guide: str = "normal"  # normal | delta (a point mass: an autoencoder)
     encoder: NetConfig = NetConfig()
     decoder: NetConfig = NetConfig()
@@ -222,11 +238,15 @@ class DataConfig:
     # the share of training rows that keep their label, balanced per class (Kingma et al. 2014's
     # semi-supervised setting); the others are -1, missing.  Test labels are always all kept.
     label_fraction: float = 1.0
-    # synthetic source: x = tanh(A z + b) W + noise, z ~ N(0, I)
+    # synthetic sources: x = tanh(A z + b) W + noise, z ~ N(0, I); synthetic_counts: data/synthetic_counts.py
     num_points: int = 2000
     synthetic_dim: int = 16
     synthetic_latent_dim: int = 2
     synthetic_noise: float = 0.1
+    # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
+    # (0: negative-binomial counts; > 0: zero-inflated)
+    synthetic_library: float = 1000.0
+    synthetic_dropout: float = 0.0
     # synthetic_corpus source (data/corpus.py): documents of an LDA with synthetic_latent_dim topics over
     # synthetic_dim words: the Dirichlet concentrations of the documents' topics and of the topics' words, and
     # the mean document length
@@ -349,6 +369,8 @@ RANGES = {
     "data.synthetic_dim": (_size, _SIZE),
     "data.synthetic_latent_dim": (_size, _SIZE),
     "data.synthetic_noise": (lambda v: v > 0, "> 0"),
+    "data.synthetic_library": (lambda v: 1 <= v <= 1e6, "in [1, 1e6] (a row's mean total count)"),
+    "data.synthetic_dropout": (lambda v: 0 <= v <= 0.45, "in [0, 0.45] (each feature's is uniform on [0, 2x])"),
     "data.corpus_alpha": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
     "data.corpus_beta": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
     "data.corpus_length": (lambda v: 1 <= v <= 10**6, "in [1, 10**6] (words per document)"),

@@ -30,6 +30,8 @@ SHORT_KEYS = {
     (OBSERVED, "likelihood"): "model.likelihood",
     (OBSERVED, "scale"): "model.scale",
     (OBSERVED, "levels"): "model.levels",
+    (OBSERVED, "library"): "model.library",
+    (OBSERVED, "dispersion"): "model.dispersion",
     (OBSERVED, "net"): "model.decoder",
 }
 
@@ -45,7 +47,7 @@ def desugar(one: OneLatent) -> GraphSpec:
     z = NodeConfig(role="latent", family=one.prior, dim=one.latent_dim, prior_scale=prior_scale,
                    encoder=one.encoder, guide=one.guide)
     x = NodeConfig(role="observed", likelihood=one.likelihood, scale=one.scale, levels=one.levels,
-                   parents=(LATENT,), net=one.decoder)
+                   library=one.library, dispersion=one.dispersion, parents=(LATENT,), net=one.decoder)
     return GraphSpec(nodes={LATENT: z, OBSERVED: x}, corruption=one.corruption,
                      corruption_level=one.corruption_level, contractive=one.contractive, tied=one.tied, short=one)
 

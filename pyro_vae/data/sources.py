@@ -31,6 +31,7 @@ from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sizes import check_synthetic_size
+from .synthetic_counts import synthetic_counts
 from ..registry import Registry
 
 SOURCES: Registry = Registry("data source")
@@ -173,6 +174,16 @@ def _synthetic_corpus(cfg, discrete: bool):
     x, truth = synthetic_corpus(cfg)
     tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
     return Dataset(tr, te, "synthetic_corpus", notes=notes, truth=truth, vocabulary=truth["vocabulary"])
+
+
+@SOURCES.register("synthetic_counts")
+def _synthetic_counts(cfg, discrete: bool):
+    """Negative-binomial (or, with data.synthetic_dropout, zero-inflated) counts of a known low-dimensional model
+    (data/synthetic_counts.py; synthetic_counts_truth gives its parameters back)."""
+    check_synthetic_size(cfg)
+    x, truth = synthetic_counts(cfg)
+    tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth)
 
 
 @SOURCES.register("arrays")

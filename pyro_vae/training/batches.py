@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..data import batch
-from ..data.checks import all_finite, check_support as check_support_chunked, describe_nonfinite
+from ..data.checks import all_finite, check_support as check_support_chunked, describe_nonfinite, row_blocks
 from ..data.mapped import MappedRows
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
@@ -47,6 +47,13 @@ class FitData:
             check_support_chunked(lik, batch.observed(self.train, self.obs), "the training data")
         if self.test is not None:
             check_support_chunked(lik, batch.observed(self.test, self.obs), "the test data")
+
+    def fit_likelihood(self) -> None:
+        """What a likelihood reads off the training data before its first step: a count law's library prior
+        (models/counts.py), block by block; it keeps one it has (a resumed run's, from its checkpoint)."""
+        fit_data = getattr(getattr(self.model, "likelihood", None), "fit_data", None)
+        if fit_data is not None:
+            fit_data(block for _, block in row_blocks(batch.observed(self.train, self.obs)))
 
     def plan(self, perm: torch.Tensor) -> list:
         """The epoch's batches as (row indices, absent names); in-memory data is gathered on the device."""

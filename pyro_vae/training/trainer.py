@@ -317,6 +317,7 @@ class Trainer:
             # Pyro stops checking the data's support once validation is off, so
             # check it here, once (app.prepare did it too; this covers direct use)
             data.check_support()
+        data.fit_likelihood()
         self.setup_data(data.train, binarize, obs=data.obs)
         if self.state.fresh:
             self.state.seed(cfg.seed)

@@ -19,14 +19,16 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import pyro
+import pyro.distributions as dist
 from pyro.nn import PyroModule
 
 from ...config.short import key_path
 from ...data import batch
 from ...errors import PyroVAEError
 from ..corruption import CORRUPTIONS
-from ..counts import LIKELIHOODS  # the registry with the count laws in it (counts.py registers them)
+from ..counts import LIBRARY, LIKELIHOODS, count_options  # the registry with the count laws in it
 from ..nets import ConvEncoder, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
@@ -99,6 +101,10 @@ class GraphModel(PyroModule):
         self.obs_site = next(n for n in g.order if g.nodes[n].role == "observed")
         # the sites latent on every row (a partial node is observed on labelled rows)
         self.latent_sites = tuple(n for n in g.guide_order if g.nodes[n].role == "latent")
+        # count nodes with a latent log-library (library = "latent"): each adds the site NAME_library
+        self.libraries = tuple(n for n in g.order if g.nodes[n].role == "observed"
+                               and getattr(g.nodes[n], "library", "none") == "latent")
+        self.latent_sites = tuple(n + LIBRARY for n in self.libraries) + self.latent_sites
         self.data_dim = int(data_dim)
         self.image_shape = tuple(image_shape) if image_shape else None
         image = self.obs_site if self.image_shape and self.image_shape[0] * self.image_shape[1] == data_dim else None
@@ -111,8 +117,9 @@ class GraphModel(PyroModule):
             node = g.nodes[name]
             if node.role == "observed":
                 width = self._observed_width(name, node)
-                self.likelihoods[name] = LIKELIHOODS[node.likelihood](width, "learned" if node.scale is None else node.scale,
-                                                                     node.levels)
+                self.likelihoods[name] = LIKELIHOODS[node.likelihood](
+                    width, "learned" if node.scale is None else node.scale, node.levels,
+                    **count_options(spec, name, node, lambda n, f: key_path(spec, n, f)))
                 self.widths[name] = width
             else:
                 self.families[name] = FAMILIES[node.family](node)
@@ -134,6 +141,9 @@ class GraphModel(PyroModule):
 
     def _build_encoders(self, g: Graph, image: Optional[str]) -> None:
         data_inputs = [(n, self.widths[n]) for n in g.data_nodes()]
+        for name in self.libraries:  # q(log library | data): a Gaussian's location and scale
+            self.encoders[name + LIBRARY] = NodeNet(data_inputs, 2, g.nodes[name].encoder, image, self.image_shape,
+                                                    key_path(self.spec, name, "encoder"))
         for name in g.guide_order:
             node = g.nodes[name]
             inputs = data_inputs + [(n, self.widths[n]) for n in g.guide_inputs(name)]
@@ -225,7 +235,12 @@ class GraphModel(PyroModule):
                     continue
                 parents = {p: feats[p] for p in node.parents}
                 if node.role == "observed":
-                    d = self.likelihoods[name].law(self.nets[name](parents), data.get(name), data)
+                    lik = self.likelihoods[name]
+                    log_library = None
+                    if name in self.libraries:
+                        log_library = pyro.sample(name + LIBRARY, lik.library_prior(shape[0]))
+                    d = lik.law(self.nets[name](parents), data.get(name), data, **(
+                        {"log_library": log_library} if log_library is not None else {}))
                     value = pyro.sample(name, d, obs=data.get(name))
                     if name not in feats:
                         feats[name] = self._feature(name, value)
@@ -266,6 +281,11 @@ class GraphModel(PyroModule):
         g = self.graph
         feats = self.encoder_inputs(data)
         with self._plate(data, data_size):
+            for name in self.libraries:
+                loc, raw = self.encoders[name + LIBRARY](feats).split(1, dim=-1)
+                # centred on the prior's mean, so the first steps start where the library sizes are
+                loc = loc + self.likelihoods[name].library_loc
+                pyro.sample(name + LIBRARY, dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
             for name in g.guide_order:
                 node = g.nodes[name]
                 family = self.families[name]

@@ -29,6 +29,8 @@ DISCRETE = ("categorical", "bernoulli")
 #: the suffixes of the extra sites a node adds: a mixture's component, a partial node's classifier term
 COMPONENT = "_component"
 CLASSIFIER = "_classifier"
+#: the site suffix of a count node's latent log-library (models/counts.py, library = "latent")
+LIBRARY = "_library"
 #: the factor site of the contractive penalty
 CONTRACTIVE = "contractive"
 #: the compiled program's own keyword arguments, which a data node's array would be passed beside
@@ -99,6 +101,8 @@ def generated_sites(spec) -> Dict[str, str]:
             sites[name + COMPONENT] = f"the component site of the mixture node {name!r}"
         if node.role == "partial" and node.classifier_weight:
             sites[name + CLASSIFIER] = f"the classifier term of the partial node {name!r}"
+        if node.role == "observed" and node.library == "latent":
+            sites[name + LIBRARY] = f"the latent log-library of the count node {name!r}"
     if spec.contractive:
         sites[CONTRACTIVE] = "the contractive penalty's factor site (model.contractive)"
     return sites
