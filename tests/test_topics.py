@@ -4,6 +4,7 @@ import json
 import re
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -219,6 +220,10 @@ def test_prodlda_example_trains_evaluates_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--iw-samples", "10", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["topics"]["perplexity"] > 1
+    # draws of whole documents, each as long as a held-out document (the multinomial's number of trials)
+    assert main(["sample", str(out), "-n", "4", "--draws", "--out", str(tmp_path / "docs.npy")]) == 0
+    docs = np.load(tmp_path / "docs.npy")
+    assert docs.shape == (4, 40) and np.array_equal(docs, np.round(docs)) and bool((docs.sum(1) >= 1).all())
 
 
 def test_a_bad_vocabulary_fails_before_anything_is_written(tmp_path, capsys):

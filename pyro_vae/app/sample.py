@@ -81,7 +81,9 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
     program = isinstance(getattr(run.config, "model", None), ProgramSpec)
-    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or program else None
+    # a likelihood that reads each row's number of trials (multinomial) draws on real rows: the data are needed
+    rows_needed = bool(getattr(getattr(run.model, "likelihood", None), "reads_rows", False))
+    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or program or rows_needed else None
     if named:
         check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
     slug = f"-{given_slug(values)}" if values else ""
