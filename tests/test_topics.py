@@ -132,6 +132,22 @@ def test_batchnorm_in_eval_mode_makes_a_row_independent_of_its_batch():
     assert not torch.allclose(bn(x)[:1], alone)  # training normalizes by the batch
 
 
+def test_a_model_with_batchnorm_is_not_captured():
+    """A recorded step would not update the running statistics the eager step updates in place."""
+    from types import SimpleNamespace
+
+    from pyro_vae.training import _torch_private
+    from pyro_vae.training.capture import why_not_capturable
+
+    if not _torch_private.enabled():
+        pytest.skip(_torch_private.why_disabled())
+    trainer = SimpleNamespace(model=prodlda(batchnorm=True), param_names=[], compile=False,
+                              config=SimpleNamespace(elbo="meanfield"))
+    assert "batch normalization" in why_not_capturable(trainer, "auto")
+    trainer.model = prodlda(batchnorm=False)
+    assert why_not_capturable(trainer, "auto") is None
+
+
 def test_topic_word_probabilities_are_the_decoder_at_a_pure_topic():
     torch.manual_seed(0)
     m = prodlda(k=3, v=6)
