@@ -122,3 +122,15 @@ def in_unit_interval(x) -> bool:
     blocks = (b for _, b in x.chunks()) if _is_mapped(x) else (x,)
     return all(not bool(((b < 0) | (b > 1)).any()) for b in blocks)
 
+
+
+def check_integer_rows(x, what: str) -> None:
+    """Integer data (counts, levels), block by block: the first value that is not a non-negative integer named by its
+    row and column as the file numbers them (checked before the rows are split and shuffled)."""
+    for start, block in row_blocks(x, None if _is_mapped(x) else SUPPORT_CHECK_BYTES):
+        bad = (block < 0) | (block != torch.round(block))
+        if bool(bad.any()):
+            r, c = bad.nonzero()[0].tolist()
+            raise PyroVAEError(f"{what} has values that are not non-negative integers (first at row {r + start}, "
+                               f"column {c}: {float(block[r, c]):g}), which a count or categorical likelihood needs: "
+                               "round or fix the data, or use model.likelihood = 'normal'")

@@ -25,12 +25,13 @@ import torch
 from ..errors import PyroVAEError
 from . import batch
 from .arrays import Dataset, as_matrix, load_array, read_array, read_idx
-from .checks import in_unit_interval
+from .checks import check_integer_rows, in_unit_interval
 from .corpus import read_vocabulary, synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sizes import check_synthetic_size
+from .sparse import is_sparse_file, sparse_rows
 from .synthetic_counts import synthetic_counts
 from ..registry import Registry
 
@@ -193,11 +194,23 @@ def _arrays(cfg, discrete: bool):
     if cfg.arrays or isinstance(cfg.train, dict):
         return load_named(cfg)
     notes: list = []
+    what = f"data.train ({Path(cfg.train).name})"
+    if is_sparse_file(cfg.train):
+        # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
+        x = sparse_rows(cfg.train, what, notes, integer=discrete)
+        if cfg.test is None:
+            tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
+            return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
+        test_what = f"data.test ({Path(cfg.test).name})"
+        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete).dense(test_what) if is_sparse_file(cfg.test) else
+              as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
+        if xt.shape[1] != x.shape[1]:
+            raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
+        return Dataset(x, xt, Path(cfg.train).stem, notes=notes)
     # only a file too large to load is memory-mapped; anything smaller is read into memory now,
     # so rewriting the file later cannot touch the job
     raw, stamp = load_array(cfg.train, "data.train", map_large=True)
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
-    what = f"data.train ({Path(cfg.train).name})"
     if stamp is not None:
         # larger than the limit: train from the map a batch at a time (data/mapped.py)
         x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
@@ -205,8 +218,12 @@ def _arrays(cfg, discrete: bool):
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
     else:
         x = as_matrix(raw, what, cfg.drop_nonfinite, notes)
+    if discrete:
+        check_integer_rows(x, what)
     if cfg.test is not None:
         xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
+        if discrete:
+            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})")
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"

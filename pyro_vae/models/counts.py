@@ -23,7 +23,7 @@ from .likelihoods import LIKELIHOODS, Likelihood
 
 __all__ = ["LIKELIHOODS", "LIBRARY", "CountLikelihood", "RowMultinomial", "check_counts", "count_options"]
 
-#: the largest row total a float32 row holds exactly (2**24): beyond it a sum of counts is rounded
+#: row totals must stay below 2**24, where float32 stops holding every integer: a sum of counts is rounded there
 MAX_ROW_TOTAL = float(1 << 24)
 
 
@@ -43,14 +43,16 @@ def check_counts(x: torch.Tensor, name: str, what: str, *, nonzero_rows: bool = 
         raise PyroVAEError(f"likelihood {name!r} needs counts (non-negative integers), but {what} has {n} of "
                            f"{bad.numel()} values that are not (first at row {r}, column {c}: {float(x[r, c]):g}): "
                            "round or fix the data, or use model.likelihood = 'normal'")
-    totals = x.double().sum(-1)
-    over = totals > MAX_ROW_TOTAL
+    # a float32 sum of integers is exact while it stays below 2**24 and at least 2**24 once the true sum is:
+    # the test is exact, without a float64 copy of the block
+    totals = x.sum(-1)
+    over = totals >= MAX_ROW_TOTAL
     if bool(over.any()):
         r = int(over.nonzero()[0])
-        c = int((x[r].double().cumsum(0) > MAX_ROW_TOTAL).nonzero()[0])
-        raise PyroVAEError(f"likelihood {name!r}: row {r} of {what} totals {float(totals[r]):.0f} counts, beyond "
-                           f"the {MAX_ROW_TOTAL:.0f} a float32 holds exactly (passed at column {c}): downsample "
-                           "that row's counts")
+        c = int((x[r].double().cumsum(0) >= MAX_ROW_TOTAL).nonzero()[0])
+        raise PyroVAEError(f"likelihood {name!r}: row {r} of {what} totals {float(x[r].double().sum()):.0f} counts, "
+                           f"not below the {MAX_ROW_TOTAL:.0f} where float32 stops holding every integer (reached at "
+                           f"column {c}): downsample that row's counts")
     if nonzero_rows:
         zero = totals == 0
         if bool(zero.any()):
@@ -157,7 +159,7 @@ class CountLikelihood(Likelihood):
             return
         n, s1, s2 = 0, 0.0, 0.0
         for block in blocks:
-            logs = torch.log(block.double().sum(-1).clamp(min=1.0))
+            logs = torch.log(block.sum(-1).double().clamp(min=1.0))
             n, s1, s2 = n + logs.numel(), s1 + float(logs.sum()), s2 + float((logs ** 2).sum())
         mean = s1 / max(n, 1)
         var = max(s2 / max(n, 1) - mean ** 2, 0.0)
