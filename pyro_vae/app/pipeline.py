@@ -249,7 +249,7 @@ def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
     """The run's figures: a one-latent model's, a graph's, or a program's curve and graph (the others need a
     built-in's encoder and decoder); a count model's checks per feature and a topic model's topics besides."""
     if getattr(model, "one_latent", None):
-        return run_figures.run_plots(model, data, history, folder)
+        return run_figures.run_plots(model, data, history, folder) + _count_plots(model, data, folder, found)
     if isinstance(model, GraphModel):
         return run_figures.graph_plots(model, data, history, folder, found.classes) + _count_plots(model, data,
                                                                                                   folder, found)
@@ -264,9 +264,14 @@ def _count_plots(model: GraphModel, data: Dataset, folder: Path, found: RunEvalu
     """A count model's mean-variance and zero-share figures (posterior predictive), and a topic model's topics."""
     if not isinstance(model.likelihood, CountLikelihood):
         return []
-    checks = count_checks(model, data.test, model.obs_site, max_rows=COUNT_CHECK_ROWS)
-    out = [count_plots.mean_variance(checks, folder / "mean_variance.png"),
-           count_plots.zero_fraction(checks, folder / "zero_fraction.png")]
+    out = []
+    try:
+        checks = count_checks(model, data.test, model.obs_site, max_rows=COUNT_CHECK_ROWS)
+    except PyroVAEError:  # a figure never stops a run: the model stands without its checks
+        checks = None
+    if checks is not None:
+        out += [count_plots.mean_variance(checks, folder / "mean_variance.png"),
+                count_plots.zero_fraction(checks, folder / "zero_fraction.png")]
     if found.topics is not None:
         out.append(count_plots.topic_words(found.topics, folder / "topics.png"))
     return out
