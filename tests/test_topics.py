@@ -255,6 +255,22 @@ def test_prodlda_example_plots_and_resumes(tmp_path, capsys):
     assert len(json.loads((out / "metrics.json").read_text())["topics"]["top_words"]) == 3
 
 
+@pytest.mark.slow
+def test_prodlda_is_diagnosed_and_its_report_shows_its_topics(tmp_path, capsys):
+    run, diag = tmp_path / "run", tmp_path / "diag"
+    assert main(["train", "examples/topics_prodlda.toml", "--quiet", "--no-plots", "--out", str(run),
+                 "--set", "train.epochs=1", *SMALL]) == 0
+    assert main(["diagnose", str(run), "--out", str(diag), "--points", "2", "--draws", "50", "--nuts-warmup", "20",
+                 "--nuts-samples", "20", "--nuts-chains", "2", "--sbc-sims", "3", "--local-steps", "10",
+                 "--quiet"]) == 0
+    assert main(["report", str(run), "--out", str(diag)]) == 0
+    capsys.readouterr()
+    page = (diag / "index.html").read_text()
+    assert 'id="topics"' in page and (diag / "figures" / "topics_run.png").exists()
+    words = json.loads((run / "metrics.json").read_text())["topics"]["top_words"][0]
+    assert " ".join(words) in page
+
+
 def test_a_bad_vocabulary_fails_before_anything_is_written(tmp_path, capsys):
     words = tmp_path / "words.txt"
     words.write_text("a\nb\n")
