@@ -15,7 +15,6 @@ from pyro_vae.config.schema import DataConfig, GraphSpec, NetConfig, NodeConfig
 from pyro_vae.data import load_data
 from pyro_vae.data.corpus import read_vocabulary
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluation.count_checks import count_checks
 from pyro_vae.evaluation.topics import npmi, perplexity, topic_metrics, topic_word_probabilities
 from pyro_vae.models.graph.compile import GraphModel
 from pyro_vae.models.graph.families import dirichlet_laplace
@@ -204,16 +203,6 @@ def test_topic_metrics_name_the_vocabulary_and_score_held_out_documents():
     assert set(found.top_words[0]) <= set(ds.vocabulary)
     assert found.perplexity is None and found.num_words == int(ds.test.sum())
     assert all(-1 <= s <= 1 for s in found.npmi)
-
-
-def test_count_checks_replicate_rows_with_their_own_totals():
-    ds = small_corpus()
-    m = prodlda(k=3, v=30)
-    checks = count_checks(m, {"x": ds.test}, "x", seed=0)
-    # a multinomial replicate keeps each row's total: the means over features add up alike
-    assert sum(checks.predicted_mean) == pytest.approx(sum(checks.mean), rel=1e-9)
-    assert checks.num_rows == ds.test.shape[0]
-    assert all(0 <= z <= 1 for z in checks.predicted_zero_fraction)
 
 
 # -- end to end ----------------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ from ..data.arrays import Dataset
 from ..errors import PyroVAEError
 from ..evaluation.memory import test_elbo_with_retry
 from ..infer.sites import observed_name
-from ..evaluation.count_checks import count_checks
-from ..figures import count_plots, run as run_figures
+from ..figures import counts as count_figures, run as run_figures, topics as topic_figures
 from ..models.counts import CountLikelihood
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
@@ -247,31 +246,15 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
 
 def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
     """The run's figures: a one-latent model's, a graph's, or a program's curve and graph (the others need a
-    built-in's encoder and decoder); a count model's checks per feature and a topic model's topics besides."""
+    built-in's encoder and decoder); a count model's (figures/counts.py) are not images, and a topic model's
+    add its topics' top words (figures/topics.py)."""
+    if isinstance(getattr(model, "likelihood", None), CountLikelihood):
+        out = count_figures.count_plots(model, data, history, folder)
+        if found.topics is not None:
+            out.append(topic_figures.topic_words(found.topics, folder / "topics.png"))
+        return out
     if getattr(model, "one_latent", None):
-        return run_figures.run_plots(model, data, history, folder) + _count_plots(model, data, folder, found)
+        return run_figures.run_plots(model, data, history, folder)
     if isinstance(model, GraphModel):
-        return run_figures.graph_plots(model, data, history, folder, found.classes) + _count_plots(model, data,
-                                                                                                  folder, found)
+        return run_figures.graph_plots(model, data, history, folder, found.classes)
     return run_figures.program_plots(model, data, history, folder)
-
-
-#: test rows the posterior-predictive count checks draw replicates for
-COUNT_CHECK_ROWS = 2000
-
-
-def _count_plots(model: GraphModel, data: Dataset, folder: Path, found: RunEvaluation):
-    """A count model's mean-variance and zero-share figures (posterior predictive), and a topic model's topics."""
-    if not isinstance(model.likelihood, CountLikelihood):
-        return []
-    out = []
-    try:
-        checks = count_checks(model, data.test, model.obs_site, max_rows=COUNT_CHECK_ROWS)
-    except PyroVAEError:  # a figure never stops a run: the model stands without its checks
-        checks = None
-    if checks is not None:
-        out += [count_plots.mean_variance(checks, folder / "mean_variance.png"),
-                count_plots.zero_fraction(checks, folder / "zero_fraction.png")]
-    if found.topics is not None:
-        out.append(count_plots.topic_words(found.topics, folder / "topics.png"))
-    return out

@@ -26,6 +26,7 @@ from ..data.sources import load_data
 from ..errors import PyroVAEError
 from ..figures.style import save_image_grid
 from ..models.build import describe
+from ..models.counts import LIBRARY_NAME, given_library, given_total
 from ..models.sampling import given_rows, prior_predictive
 from ..store.files import write_atomic
 from .given import check_given, given_slug, given_text, given_values, latent_names, slots
@@ -75,21 +76,22 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
         raise PyroVAEError(f"-n must be >= 1 (got {n})")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
     values = given_values(given)
+    library = given_library(run.model, values)
     named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
                                         or run.config.data.labels is not None)
     if values and not named:
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
     program = isinstance(getattr(run.config, "model", None), ProgramSpec)
-    # a likelihood that reads each row's number of trials (multinomial) draws on real rows: the data are needed
-    rows_needed = bool(getattr(getattr(run.model, "likelihood", None), "reads_rows", False))
-    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or program or rows_needed else None
+    rows = program or getattr(getattr(run.model, "likelihood", None), "needs_rows", False)
+    data = load_data(run.config.data, data_likelihood(run.config.model)) if named or rows else None
     if named:
         check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
-    slug = f"-{given_slug(values)}" if values else ""
+    slug = f"-{given_slug({**values, **library})}" if values or library else ""
     default = f"samples{slug}-seed{seed}.{'png' if run.image_shape else 'npy'}"
     out = _checked_out(Path(out) if out else Path(run_dir) / default, default, run.image_shape)
-    xs = _draws(run, n, seed, values, data, named, draws)
+    with given_total(run.model, library.get(LIBRARY_NAME)):
+        xs = _draws(run, n, seed, values, data, named, draws, decoded=not library)
     arr = xs.cpu().numpy()
     title = samples_title(n, run.model.obs_site, values, draws)
     if out.suffix.lower() == ".png":
@@ -113,10 +115,12 @@ def _checked_out(out: Path, default: str, image_shape) -> Path:
     return out
 
 
-def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool) -> torch.Tensor:
+def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool, decoded: bool = True) -> torch.Tensor:
     """A one-latent model's decoded prior draws; else its program traced unconditioned on n rows, the given
     arrays held at their values (means of the observed site, or its draws)."""
-    if getattr(run.model, "one_latent", None) and not given and not draws:
+    lik = getattr(run.model, "likelihood", None)
+    if (getattr(run.model, "one_latent", None) and not given and not draws and decoded
+            and not getattr(lik, "needs_rows", False)):
         width = run.model.data_dim + describe(run.config.model)["latent_dim"]
         check_fits(4 * n * width * 3, f"-n {n} samples", "lower -n")  # z, the decoder's output, its mean
         with torch.random.fork_rng():

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import contextlib
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +24,7 @@ from ..errors import PyroVAEError
 from .graph.spec import LIBRARY
 from .likelihoods import LIKELIHOODS, Likelihood
 
-__all__ = ["LIKELIHOODS", "LIBRARY", "CountLikelihood", "RowMultinomial", "check_counts", "count_options"]
+__all__ = ["LIKELIHOODS", "LIBRARY", "LIBRARY_NAME", "given_library", "given_total", "CountLikelihood", "RowMultinomial", "check_counts", "count_options"]
 
 #: row totals must stay below 2**24, where float32 stops holding every integer: a sum of counts is rounded there
 MAX_ROW_TOTAL = float(1 << 24)
@@ -133,6 +136,8 @@ class CountLikelihood(Likelihood):
         # log totals, set by fit_data before the first step and saved with the parameters; NaN until then
         self.register_buffer("library_loc", torch.tensor(float("nan")))
         self.register_buffer("library_scale", torch.tensor(float("nan")))
+        #: ``sample --given library=N``: every row's total count while set (:func:`given_total`)
+        self.given_total: Optional[float] = None
 
     @property
     def out_features(self) -> int:
@@ -189,23 +194,21 @@ class CountLikelihood(Likelihood):
         """log E[x | ...] per count: the decoder's output, or its proportions scaled by the library size."""
         if self.library == "none":
             return out.clamp(max=MAX_LOG)
-        if self.library == "observed":
-            if x is None:
-                raise PyroVAEError(f"likelihood {self.name!r} with library = 'observed' scales by each row's total: "
-                                   "give rows of counts to draw with (pyro-vae sample uses the data's rows)")
+        if self.given_total is not None:
+            log_library = torch.full(out.shape[:-1] + (1,), math.log(self.given_total), dtype=out.dtype,
+                                     device=out.device)
+        elif self.library == "observed" and x is not None:
             # a row of zeros has library 1, not 0: log 0 would make every mean 0 and its gradients NaN
             log_library = torch.log(x.sum(-1, keepdim=True).clamp(min=1.0))
         elif log_library is None:
+            # no row to read a total from (a decoder's mean of a prior draw): the training rows' typical library
             self._check_prior()
             log_library = self.library_loc.expand(out.shape[:-1] + (1,))
         return F.log_softmax(out, dim=-1) + log_library
 
     def law(self, out, x=None, data=None, log_library=None):
         mu_out, *extra = out.split(self.data_dim, dim=-1)
-        d = self.count_law(self.log_mean(mu_out, x, log_library), extra, data).to_event(1)
-        if self.library == "observed":
-            d.reads_row_total = True  # models/sampling.py: drawn on rows of data, checked to read their totals only
-        return d
+        return self.count_law(self.log_mean(mu_out, x, log_library), extra, data).to_event(1)
 
     def count_law(self, log_mu: torch.Tensor, extra, data) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -325,7 +328,9 @@ class MultinomialLikelihood(CountLikelihood):
         if x is None:
             raise PyroVAEError("likelihood 'multinomial' takes each row's number of trials from its total: "
                                "give rows of counts to draw with (pyro-vae sample uses the data's rows)")
-        return RowMultinomial(x.sum(-1), logits=out)
+        totals = x.sum(-1) if self.given_total is None else torch.full(x.shape[:-1], self.given_total, dtype=x.dtype,
+                                                                          device=x.device)
+        return RowMultinomial(totals, logits=out)
 
     def forward(self, out):
         # without rows there is no number of trials: the proportions over the features, one trial each
@@ -383,3 +388,41 @@ def count_options(spec, name: str, node, key_path) -> dict:
                            f"{key_path(name, 'dispersion')} = 'feature-label': set it")
     options.update(label_node=by, label_classes=int(spec.nodes[by].dim))
     return options
+
+
+#: the name ``sample --given`` sets a count model's library size (each row's total count) under
+LIBRARY_NAME = "library"
+
+
+def _library_law(model) -> Optional[CountLikelihood]:
+    lik = getattr(model, "likelihood", None)
+    if isinstance(lik, CountLikelihood) and (lik.library != "none" or lik.reads_rows):
+        return lik
+    return None
+
+
+def given_library(model, values: dict) -> dict:
+    """``{"library": N}`` taken out of ``--given`` values when the model's count likelihood has a library size (or a
+    multinomial's number of trials) to set, N checked; ``{}`` otherwise (the name is then checked as any other)."""
+    if LIBRARY_NAME not in values or _library_law(model) is None:
+        return {}
+    value = values.pop(LIBRARY_NAME)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < MAX_ROW_TOTAL \
+            or value != int(value):
+        raise PyroVAEError(f"--given {LIBRARY_NAME}={value!r}: a library size is a row's total count, a whole number "
+                           f"in [1, {int(MAX_ROW_TOTAL) - 1}] (e.g. --given {LIBRARY_NAME}=1000)")
+    return {LIBRARY_NAME: int(value)}
+
+
+@contextlib.contextmanager
+def given_total(model, total: Optional[int]):
+    """While open, every row of ``model``'s count likelihood has ``total`` counts (None: its own, as trained)."""
+    lik = _library_law(model)
+    if total is None or lik is None:
+        yield
+        return
+    lik.given_total = float(total)
+    try:
+        yield
+    finally:
+        lik.given_total = None

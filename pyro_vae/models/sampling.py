@@ -139,7 +139,9 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
     with model_params(model), eval_mode(model):
         rows = None if template is None else _cycled(template, n).to(device, torch.float32)
         site = None if rows is None else trace(rows)
-        if site is not None and counts_trials(site["fn"]):
+        # a count likelihood that scales by each row's total (models/counts.py, library = "observed") reads it too
+        if site is not None and (counts_trials(site["fn"]) or getattr(getattr(model, "likelihood", None),
+                                                                          "needs_rows", False)):
             # the same totals, other values: a program that reads only each row's total draws the same
             a, b = _value(site, mean), _value(trace(rows.roll(1, dims=-1)), mean)
             reads = "the values of x, not only each row's total count"

@@ -13,7 +13,7 @@ from ..arviz_compat import group, plot_forest
 from ..diagnostics.arviz_io import stored_name
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
 from ..evaluation.topics import TopicMetrics
-from ..figures.count_plots import draw_topic_words
+from ..figures.topics import draw_topic_words
 from ..figures.graph import draw_structure, structure_caption
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
