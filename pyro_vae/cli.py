@@ -180,6 +180,27 @@ def _format_classes(c) -> str:
     return "\n".join(lines)
 
 
+def _format_topics(t: dict) -> str:
+    """A topic model's metrics (metrics.json's "topics") as text: perplexity, coherence, each topic's top words."""
+    lines = [f"topics of {t['node']} ({len(t['top_words'])} topics, {t['num_documents']} held-out documents, "
+             f"{t['num_words']} words):"]
+    if t.get("perplexity") is not None:
+        se = f" ± {t['perplexity_se']:.3g} (Monte Carlo s.e.)" if t.get("perplexity_se") is not None else ""
+        lines.append(f"  {'perplexity per word':<38}{t['perplexity']:10.4g}{se} (from the {t['perplexity_from']})")
+    else:
+        lines.append(f"  {'perplexity per word':<38}       n/a (no importance-sampled log p(x): --iw-samples)")
+    if t.get("perplexity_elbo") is not None:
+        lines.append(f"  {'  bound from the ELBO':<38}{t['perplexity_elbo']:10.4g} (each document's ELBO for its "
+                     "log p(x): an upper bound)")
+    if t.get("npmi_mean") is not None:
+        lines.append(f"  {'NPMI coherence (mean over topics)':<38}{t['npmi_mean']:10.3f} (top {t['npmi_words']} "
+                     "words, held-out documents)")
+    for k, (words, score) in enumerate(zip(t["top_words"], t["npmi"])):
+        npmi = "   n/a" if score is None else f"{score:6.3f}"
+        lines.append(f"  topic {k:<3} NPMI {npmi}  {' '.join(words)}")
+    return "\n".join(lines)
+
+
 # how each node's term was taken (evaluation/nodes.py), as the per-node table says it, by (kind, method)
 _NODE_METHODS = {
     ("observed", "monte_carlo"): "Monte Carlo E_q[log p]",
@@ -400,6 +421,8 @@ def cmd_train(args) -> int:
     print(_format_metrics(run.metrics))
     if run.classes is not None:
         print(_format_classes(run.classes))
+    if run.metrics.get("topics") is not None:
+        print(_format_topics(run.metrics["topics"]))
     print(_timing_line(run, time.perf_counter() - t0, plots=not args.no_plots))
     print(f"run directory: {out}")
     return 0
@@ -450,6 +473,8 @@ def cmd_evaluate(args) -> int:
             print(_format_classes(found.classes))
         if "gaps" in metrics:
             print(gaps_text(metrics["gaps"]))
+        if found.topics is not None:
+            print(_format_topics(found.topics.to_json()))
         if args.per_point:
             print(f"per-point results: {Path(args.per_point)}")
         if args.per_feature:

@@ -17,6 +17,7 @@ from ..diagnostics.gaps import RICHER, check_gaps_possible, inference_gaps
 from ..diagnostics.results import InferenceGaps
 from ..diagnostics.settings import DiagnoseSettings
 from ..models.params import model_params, scratch_params
+from ..data.corpus import read_vocabulary
 from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
@@ -25,6 +26,7 @@ from ..evaluation.features import FeatureLogLikelihood, feature_log_likelihood
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
 from ..infer.data_name import named_data
+from ..evaluation.topics import TopicMetrics, topic_metrics
 from ..models.protocol import model_device
 from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
@@ -42,15 +44,18 @@ class RunEvaluation:
     summary: dict
     classes: Optional[ClassMetrics] = None
     gaps: Optional[InferenceGaps] = None  # ``evaluate --gaps``: the inference gap split on the first points
+    topics: Optional[TopicMetrics] = None  # a topic model's top words, perplexity and coherence
 
     def metrics(self, **extra) -> dict:
-        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics
-        and the gap split."""
+        """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics,
+        the gap split and a topic model's topics."""
         metrics = dict(self.summary, **extra)
         if self.classes is not None:
             metrics["classes"] = self.classes.to_json()
         if self.gaps is not None:
             metrics["gaps"] = self.gaps.to_json()
+        if self.topics is not None:
+            metrics["topics"] = self.topics.to_json()
         return metrics
 
 
@@ -108,9 +113,11 @@ def default_iw_samples(num_points: int) -> int:
 
 def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=None, class_names=None,
                    prior_samples: Optional[int] = None, budget: Optional[int] = None, progress: Optional[bool] = None,
-                   classes: bool = True, log: Callable[[str], None]) -> RunEvaluation:
+                   classes: bool = True, log: Callable[[str], None], counts=None,
+                   vocabulary=None) -> RunEvaluation:
     """``model`` on the rows of ``x``: every estimate of evaluation/estimators.py on its held-out arrays (the chunk
-    budget halved on out-of-memory), then, with ``classes``, its classes against ``labels``.
+    budget halved on out-of-memory), then, with ``classes``, its classes against ``labels``, and, for a topic
+    model given its word ``counts`` (``x``'s observations), its topics (``vocabulary``: the word of each column).
 
     Under torchrun every rank calls this (the estimates are sharded); ``classes`` only on the rank that reports.
     """
@@ -121,7 +128,11 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
                                              prior_samples=prior_samples, budget=b, progress=progress, log=log),
         budget if budget is not None else DEFAULT_BUDGET, device=model_device(model), log=log)
     found = _class_metrics(model, x, labels, class_names, log) if classes else None
-    return RunEvaluation(points, points.summary(), found)
+    topics = None
+    if classes and counts is not None:
+        topics = topic_metrics(model, counts, vocabulary, log_px=points.log_likelihood,
+                               log_px_var=points.log_likelihood_var, elbo=points.elbo)
+    return RunEvaluation(points, points.summary(), found, topics)
 
 
 def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]:
@@ -186,11 +197,16 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     per_point = _checked_csv(per_point, "--per-point")
     per_feature = _checked_csv(per_feature, "--per-feature")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
+    vocabulary = None
     if data:
         x, labels, names = _data_file(run.model, data), None, None
+        counts = x
+        if run.config is not None and run.config.data.vocabulary is not None:
+            vocabulary = read_vocabulary(run.config.data.vocabulary, x.shape[1])
     else:
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
+        counts, vocabulary = dataset.test_x, dataset.vocabulary
     x = named_data(run.model, x)
     for flag, value in (("--iw-samples", iw_samples), ("--prior-samples", prior_samples)):
         floor = 1 if flag == "--iw-samples" else 0
@@ -202,7 +218,8 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     choice = _threads(run, threads)
     with use_threads(choice):
         found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
-                               prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log)
+                               prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log,
+                               counts=counts, vocabulary=vocabulary)
         if gaps is not None and report:
             found.gaps = split_gaps(run.model, x, gaps, seed, progress, log)
     if report:  # said once the evaluation stands: a count it refused is the only line

@@ -20,7 +20,7 @@ from ..data.arrays import Dataset
 from ..errors import PyroVAEError
 from ..evaluation.memory import test_elbo_with_retry
 from ..infer.sites import observed_name
-from ..figures import counts as count_figures, run as run_figures
+from ..figures import counts as count_figures, run as run_figures, topics as topic_figures
 from ..models.counts import CountLikelihood
 from ..models.graph import GraphModel
 from ..models.protocol import model_modules
@@ -242,14 +242,19 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
     k = None if iw_samples == "none" else iw_samples
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
-                          class_names=data.class_names, progress=progress, classes=reports, log=log)
+                          class_names=data.class_names, progress=progress, classes=reports, log=log,
+                          counts=data.test_x, vocabulary=data.vocabulary)
 
 
 def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
     """The run's figures: a one-latent model's, a graph's, or a program's curve and graph (the others need a
-    built-in's encoder and decoder); a count model's (figures/counts.py) are not images."""
+    built-in's encoder and decoder); a count model's (figures/counts.py) are not images, and a topic model's
+    add its topics' top words (figures/topics.py)."""
     if isinstance(getattr(model, "likelihood", None), CountLikelihood):
-        return count_figures.count_plots(model, data, history, folder)
+        out = count_figures.count_plots(model, data, history, folder)
+        if found.topics is not None:
+            out.append(topic_figures.topic_words(found.topics, folder / "topics.png"))
+        return out
     if getattr(model, "one_latent", None):
         return run_figures.run_plots(model, data, history, folder)
     if hasattr(model, "sample_sequences") and hasattr(model, "chain"):  # a declared model over time

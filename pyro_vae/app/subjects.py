@@ -47,6 +47,8 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "log_likelihood_se": m.get("log_likelihood_se"), "active_units": m.get("active_units"),
             # what log_likelihood is for this model (log p(x|y) for one conditioned on an input y); older runs: log p(x)
             "log_likelihood_quantity": (m.get("quantities") or {}).get("log_likelihood", "log p(x)"),
+            # a topic model's top words, perplexity and NPMI (evaluation/topics.py), for the report's topics
+            "topics": m.get("topics"),
         }
         subjects.append(Subject(name, run.model, batch.rows(test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects

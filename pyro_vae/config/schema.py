@@ -56,6 +56,9 @@ class NetConfig:
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     type: Literal["mlp", "conv"] = "mlp"
     channels: Tuple[int, ...] = (32, 64)
+    # batch normalization (no affine part) of the network's outputs, as ProdLDA's decoder and encoder (Srivastava
+    # & Sutton 2017): in training a row's value depends on its batch, so every evaluation runs in eval mode
+    batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class NodeConfig:
     # partial: a discrete data array observed where given (labels, -1 where missing) and latent elsewhere;
     # input: a data array that is always given and only conditions (covariates, a CVAE's label)
     role: Literal[NODE_ROLES] = "latent"  # type: ignore[valid-type]
-    # latent/partial/input: normal, laplace, categorical, bernoulli, mixture (latent); real (input)
+    # latent/partial/input: normal, laplace, categorical, bernoulli, mixture, logistic_normal (latent); real (input)
     family: str = "normal"
     # size: a latent's dimension; categorical: the number of classes; bernoulli: the number of bits;
     # observed: the data's width (None: read off the data); input: the array's width (categorical: classes)
@@ -113,6 +116,9 @@ class NodeConfig:
     prior: Literal["fixed", "learned", "vamp", "flow"] = "fixed"
     prior_scale: float = 1.0
     components: Optional[int] = None  # mixture: the number of Gaussian components (its component is enumerated)
+    # logistic_normal: the symmetric Dirichlet concentration alpha whose Laplace approximation (in the softmax
+    # basis) is the node's prior (None: 1.0)
+    concentration: Optional[float] = None
     net: NetConfig = NetConfig()  # the model's conditional network from the parents
     encoder: NetConfig = NetConfig()  # the guide's network q(node | data, ...)
     # continuous latents: the guide law of q(node | ...): "normal" (diagonal Gaussian), "delta" (a point mass),
@@ -290,6 +296,14 @@ class DataConfig:
     # (0: negative-binomial counts; > 0: zero-inflated)
     synthetic_library: float = 1000.0
     synthetic_dropout: float = 0.0
+    # synthetic_corpus source (data/corpus.py): documents of an LDA with synthetic_latent_dim topics over
+    # synthetic_dim words: the Dirichlet concentrations of the documents' topics and of the topics' words, and
+    # the mean document length
+    corpus_alpha: float = 0.1
+    corpus_beta: float = 0.05
+    corpus_length: int = 100
+    # word counts: a text file of one word per line, line i naming column i (top words per topic, NPMI)
+    vocabulary: Optional[str] = None
 
     def __post_init__(self):
         validate_fields(self, "data")
@@ -411,6 +425,9 @@ RANGES = {
     "data.min_length": (lambda v: 1 <= v <= 100000, lambda v: ">= 1" if v < 1 else "<= 100000"),
     "data.synthetic_library": (lambda v: 1 <= v <= 1e6, "in [1, 1e6] (a row's mean total count)"),
     "data.synthetic_dropout": (lambda v: 0 <= v <= 0.45, "in [0, 0.45] (each feature's is uniform on [0, 2x])"),
+    "data.corpus_alpha": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
+    "data.corpus_beta": (lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000] (a Dirichlet concentration)"),
+    "data.corpus_length": (lambda v: 1 <= v <= 10**6, "in [1, 10**6] (words per document)"),
     "model.latent_dim": _model_size(1),
     # levels is read only by a categorical likelihood: a huge one elsewhere would pass every memory check unused
     "model.levels": (lambda v: v is None or 2 <= v <= MAX_SIZE, _bounded(2)),

@@ -46,7 +46,7 @@ def _resolve_paths(cfg: Config, base: Optional[Path], program_dir_default: bool 
             p = base / p
         return str(p.absolute()) if base is not None else str(p)
 
-    for key in ("path", "train", "test", "feature_names"):
+    for key in ("path", "train", "test", "feature_names", "vocabulary"):
         value = getattr(cfg.data, key)
         if isinstance(value, Mapping):
             updates[key] = {name: resolve(v) for name, v in value.items()}

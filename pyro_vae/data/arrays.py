@@ -49,6 +49,8 @@ class Dataset:
     # named arrays from files: {"train" / "test": (the file's key, e.g. "data.train", each row's row in that file)}
     origins: Optional[Dict[str, Tuple[str, torch.Tensor]]] = None
     feature_names: Optional[Tuple[str, ...]] = None  # data.feature_names: each column's name (a gene, a word)
+    # word counts: the word of each column (data.vocabulary, or a synthetic corpus's generated words)
+    vocabulary: Optional[Tuple[str, ...]] = None
 
     @property
     def train_x(self) -> torch.Tensor:

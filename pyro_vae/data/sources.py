@@ -26,6 +26,7 @@ from ..errors import PyroVAEError
 from . import batch
 from .arrays import Dataset, as_matrix, load_array, read_array, read_idx
 from .checks import check_integer_rows, in_unit_interval
+from .corpus import read_vocabulary, synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
@@ -172,6 +173,15 @@ def _synthetic(cfg, discrete: bool):
     return Dataset(tr, te, "synthetic", notes=notes, truth=truth)
 
 
+@SOURCES.register("synthetic_corpus")
+def _synthetic_corpus(cfg, discrete: bool):
+    """Word counts of documents from a known LDA (data/corpus.py), with their generated vocabulary."""
+    check_synthetic_size(cfg)
+    x, truth = synthetic_corpus(cfg)
+    tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
+    return Dataset(tr, te, "synthetic_corpus", notes=notes, truth=truth, vocabulary=truth["vocabulary"])
+
+
 @SOURCES.register("synthetic_counts")
 def _synthetic_counts(cfg, discrete: bool):
     """Negative-binomial (or, with data.synthetic_dropout, zero-inflated) counts of a known low-dimensional model
@@ -307,6 +317,8 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
         ds = load_sequences(data_cfg, sequence)
     else:
         ds = SOURCES[data_cfg.source](data_cfg, discrete)
+    if data_cfg.vocabulary is not None:
+        ds.vocabulary = read_vocabulary(data_cfg.vocabulary, ds.dim)
     if data_cfg.labels is not None:
         ds = with_labels(ds, data_cfg)  # before binarizing, which then binarizes the images alone
     mode = resolve_binarize(data_cfg, likelihood)

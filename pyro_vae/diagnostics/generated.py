@@ -23,7 +23,9 @@ TRAVERSAL_STEPS = np.linspace(-2.5, 2.5, 9)  # in prior standard deviations
 def decode_mean(model, z: np.ndarray, x_like: torch.Tensor, layout: Layout) -> np.ndarray:
     """Mean of p(x|z) for rows of z: the model's ``decode`` when it has one, else its observed site's mean."""
     zt = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=batch.reference(x_like).device)
-    if hasattr(model, "decode") and len(layout.sites) == 1 and len(x_like) == 1:  # no input beside the observations
+    # a graph has decode only when it is z -> x of one Gaussian or Laplace latent (its one_latent)
+    one = getattr(model, "one_latent", True) is not None
+    if hasattr(model, "decode") and one and len(layout.sites) == 1 and len(x_like) == 1:  # no input beside x
         return model.decode(zt).cpu().numpy()
     data, i = {}, 0
     for s, d in zip(layout.sites, layout.sizes):

@@ -36,6 +36,29 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return nn.Sequential(*layers)
 
 
+class FlatBatchNorm(nn.Module):
+    """Batch normalization without an affine part over the last dim, for inputs with any leading dims (draws,
+    enumeration): they are flattened into rows, since ``nn.BatchNorm1d`` would read a 3-D input's dim 1 as features.
+
+    In training mode it normalizes by the batch's statistics and updates running ones; in eval mode by the
+    running ones, so that a row's density depends on that row alone (every evaluation runs in eval mode).  A
+    batch of one row has no spread to normalize by, so it is normalized by the running statistics.
+    """
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat, lead = _flat(x, 1)
+        if self.training and flat.shape[0] > 1:
+            out = self.bn(flat)
+        else:
+            out = nn.functional.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False,
+                                           eps=self.bn.eps)
+        return out.reshape(lead + out.shape[-1:])
+
+
 def _flat(x: torch.Tensor, trailing: int):
     """``x`` as (rows, *trailing dims) and the leading shape to restore (draws and enumeration add dims)."""
     lead = x.shape[: x.dim() - trailing]

@@ -12,6 +12,8 @@ import numpy as np
 from ..arviz_compat import group, plot_forest
 from ..diagnostics.arviz_io import stored_name
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
+from ..evaluation.topics import TopicMetrics
+from ..figures.topics import draw_topic_words
 from ..figures.graph import draw_structure, structure_caption
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
@@ -489,9 +491,22 @@ def fig_gaps(figs: Figures, diagnosis: Diagnosis) -> None:
               "per-point q*: how much of the gap a better family would close.", "side_by_side")
 
 
+def fig_topics(figs: Figures, diagnosis: Diagnosis) -> None:
+    """A topic model's topic-word bars, one figure per run, from the topics its metrics.json saved."""
+    for r in diagnosis.runs:
+        t = r.info.get("topics")
+        if not isinstance(t, dict) or not t.get("top_words"):
+            continue
+        fig = draw_topic_words(TopicMetrics(**{k: t.get(k) for k in TopicMetrics.__dataclass_fields__}))
+        figs.save(fig, f"topics_{r.folder}", f"{r.name}: topics", "Each topic's most probable words and "
+                  "p(word | topic), the decoder's word distribution at theta = that topic alone; the title gives the "
+                  "topic's NPMI over the held-out documents.", "topics")
+
+
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
     """Every figure the saved results allow, in the report's order."""
     with figure_style():
-        for fig in (fig_training, fig_structure, fig_gaps, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc, fig_generated):
+        for fig in (fig_training, fig_structure, fig_gaps, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc,
+                    fig_generated, fig_topics):
             fig(figs, diagnosis)
     return figs.items

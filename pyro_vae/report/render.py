@@ -46,9 +46,11 @@ SECTIONS = [
     ("pairs", "Posteriors of single points"),
     ("sbc", "Calibration"),
     ("generated", "What the models generate"),
+    ("topics", "Topics"),
 ]
 TABLE_SECTION = {"runs": "runs", "side_by_side": "side_by_side", "khat": "khat", "worst": "khat", "loo": "khat", "reference": "reference",
-                 "nuts_check": "reference", "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc"}
+                 "nuts_check": "reference", "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc",
+                 "topics": "topics"}
 
 GLOSSARY = [
     ("PSIS k-hat", "the estimated Pareto tail shape of the importance weights p(x, z) / q(z|x); it says how heavy the "

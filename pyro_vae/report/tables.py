@@ -73,7 +73,7 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
     builders = (_runs_table, _side_by_side_table, _khat_table, _worst_table, _loo_table, _reference_tables, _comparison_table, _nodes_table,
-                _sbc_table)
+                _sbc_table, _topics_table)
     return [table for build in builders for table in build(diagnosis)]
 
 
@@ -344,3 +344,30 @@ def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
         "below 0.01 / (number of dimensions).",
     ))
     return tables
+
+
+def _topics_table(diagnosis: Diagnosis) -> List[Table]:
+    """A topic model's topics, from the run's metrics.json: each topic's NPMI and top words, and the run's
+    held-out perplexity (evaluation/topics.py).  The words come from a vocabulary file: data, shown as text."""
+    rows = []
+    for r in diagnosis.runs:
+        t = r.info.get("topics")
+        if not isinstance(t, dict) or not t.get("top_words"):
+            continue
+        for k, (words, score) in enumerate(zip(t["top_words"], t.get("npmi") or [])):
+            rows.append([r.name, k, score, " ".join(str(w) for w in words), t.get("perplexity"),
+                         t.get("perplexity_se"), t.get("perplexity_elbo")])
+    if not rows:
+        return []
+    return [Table(
+        "topics", "Topics: top words, NPMI coherence and held-out perplexity",
+        ["run", "topic", "NPMI", "top words (most probable first)", "perplexity per word", "perplexity s.e.",
+         "perplexity bound from the ELBO"],
+        rows,
+        "From each run's metrics.json (its final evaluation on the held-out documents). A topic's words are the "
+        "decoder's word distribution at theta = that topic alone, in eval mode. NPMI: the mean over pairs of the "
+        "topic's top words of log(P(wi, wj) / (P(wi) P(wj))) / -log P(wi, wj), P the share of held-out documents "
+        "holding the word(s), in [-1, 1]. Perplexity per word: exp(-sum of the documents' importance-sampled "
+        "log p(x), less their multinomial coefficients, / their words), with its Monte Carlo s.e.; the bound puts "
+        "each document's ELBO in place of its log p(x).",
+    )]

@@ -7,7 +7,8 @@
   ``metrics.json``   the evaluation of the final model on the test data (and, for a model with classes,
                      ``"classes"``: evaluation/classes.py)
   ``plots/``         loss curve, reconstructions, samples, latent scatter, the model's graph; a graph's
-                     samples per class and class table
+                     samples per class and class table; a count model's mean-variance and zero share per
+                     feature, and a topic model's top words
 
 Only files this library wrote are ever removed or overwritten.
 """
@@ -30,7 +31,8 @@ from .lock import LOCK_NAME, RunLock
 RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
 PLOTS_DIR = "plots"
 PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "graph.png",
-              "class_samples.png", "confusion.png", "contingency.png")
+              "class_samples.png", "confusion.png", "contingency.png",
+              "mean_variance.png", "zero_fraction.png", "topics.png")
 SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
 
 

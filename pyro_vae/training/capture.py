@@ -191,6 +191,9 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
         if foreign:
             return (f"the model holds a module of a user class ({foreign[0]}), whose Python a recording "
                     "would not re-run (set 'on' to capture it anyway)")
+    if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        # its running statistics are updated in place by the eager step, a side effect a replay need not repeat
+        return "the model has batch normalization, whose running statistics a recording would not update"
     if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()):
         return "the model has module hooks, which a recording would not re-run"
     return None

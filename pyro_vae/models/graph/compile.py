@@ -29,7 +29,7 @@ from ...data import batch
 from ...errors import PyroVAEError
 from ..corruption import CORRUPTIONS
 from ..counts import LIBRARY, LIKELIHOODS, count_options  # the registry with the count laws in it
-from ..nets import ConvEncoder, check_image, decoder_network, mlp
+from ..nets import ConvEncoder, FlatBatchNorm, check_image, decoder_network, mlp
 from ..plate import DataPlate
 from .families import FAMILIES
 from .priors import DEFAULT_PSEUDO_INPUTS, VampPrior
@@ -65,10 +65,13 @@ class NodeNet(nn.Module):
             self.conv = ConvEncoder(image_shape, cfg.channels, cfg.activation)
             width += self.conv.out_features - dict(inputs)[image]
         self.mlp = mlp(width, cfg.hidden, out_features, cfg.activation)
+        if cfg.batchnorm:  # only then: a network without it keeps the state_dict keys it always had
+            self.norm = FlatBatchNorm(out_features)
 
     def forward(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.conv(feats[n]) if n == self.image else feats[n] for n in self.names]
-        return self.mlp(broadcast_cat(parts))
+        out = self.mlp(broadcast_cat(parts))
+        return self.norm(out) if hasattr(self, "norm") else out
 
 
 class Joined(nn.Module):
@@ -163,6 +166,9 @@ class GraphModel(PyroModule):
             inputs = [(p, self.widths[p]) for p in node.parents]
             if node.role == "observed":
                 lik = self.likelihoods[name]
+                if self.spec.tied and node.net.batchnorm:
+                    raise PyroVAEError(f"{what}.batchnorm: a tied decoder is the encoder mirrored, with no layer of "
+                                       "its own: remove batchnorm or model.tied")
                 if self.spec.tied:  # the one latent's encoder mirrored (penalties.py)
                     check_tied_outputs(lik, node, self.widths[name], lambda n, f: key_path(self.spec, n, f))
                     z = self.one_latent[0]

@@ -128,6 +128,35 @@ class Laplace(_LocScale):
     law = dist.Laplace
 
 
+def dirichlet_laplace(alpha: torch.Tensor):
+    """(loc, scale) of the Laplace approximation of Dirichlet(alpha) in the softmax basis (MacKay 1998; Srivastava
+    & Sutton 2017, eq. 3): mu_k = log a_k - mean(log a), var_k = (1 - 2/K) / a_k + sum(1/a) / K^2."""
+    k = alpha.shape[-1]
+    loc = alpha.log() - alpha.log().mean(-1, keepdim=True)
+    var = (1.0 - 2.0 / k) / alpha + (1.0 / alpha).sum(-1, keepdim=True) / k**2
+    return loc, var.sqrt()
+
+
+@FAMILIES.register("logistic_normal")
+class LogisticNormal(Normal):
+    """Proportions on the simplex, a topic model's theta: a Gaussian site h (the density Pyro scores), read by the
+    networks as softmax(h).  A root's fixed prior is the Laplace approximation of a symmetric Dirichlet(alpha)
+    (``concentration``), as ProdLDA's; "learned" starts there.  The guide is the node's ``guide`` law on h."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        alpha = 1.0 if node.concentration is None else float(node.concentration)
+        loc, scale = dirichlet_laplace(torch.full((self.dim,), alpha))
+        self.prior_loc = loc if not isinstance(self.prior_loc, nn.Parameter) else nn.Parameter(loc)
+        self.prior_scale = scale
+        if hasattr(self, "raw_prior_scale"):
+            # softplus(raw) + MIN_SCALE = scale at initialisation
+            self.raw_prior_scale = nn.Parameter(torch.log(torch.expm1(scale - MIN_SCALE)))
+
+    def features(self, value):
+        return value.softmax(-1)
+
+
 @FAMILIES.register("categorical")
 class Categorical(Family):
     """A class in 0..dim-1: a scalar site Pyro enumerates; networks read it one-hot."""

@@ -20,7 +20,7 @@ from ..plate import PLATE
 MAX_BITS = 12
 #: families a node of each role may have
 ROLE_FAMILIES = {
-    "latent": ("normal", "laplace", "categorical", "bernoulli", "mixture"),
+    "latent": ("normal", "laplace", "categorical", "bernoulli", "mixture", "logistic_normal"),
     "partial": ("categorical", "bernoulli"),
     "input": ("real", "categorical"),
     "observed": ("normal", "categorical", "bernoulli"),  # family is unused by observed nodes: they take a likelihood
@@ -184,6 +184,7 @@ def _check_node(name: str, node, names) -> None:
             _fail(name, "a mixture prior is a root's prior: remove its parents (or use family = \"normal\")")
     elif node.components is not None:
         _fail(name, f"components is for family = \"mixture\", but this node's family is {node.family!r}: remove it")
+    _check_logistic_normal(name, node)
     if node.classifier_weight < 0:
         _fail(name, f"classifier_weight must be >= 0 (got {node.classifier_weight})")
     if node.classifier_weight and node.role != "partial":
@@ -207,6 +208,28 @@ def _check_node(name: str, node, names) -> None:
             _fail(name, f"{net}: layer sizes must be each {too_large(max(cfg.hidden + cfg.channels))}")
         if cfg.type == "conv" and len(cfg.channels) != 2:
             _fail(name, f"{net}.channels: a conv net has two stride-2 layers: give two channel counts")
+        if cfg.type == "conv" and cfg.batchnorm:
+            _fail(name, f"{net}.batchnorm normalizes an MLP's outputs, but {net}.type = \"conv\": use type = \"mlp\" "
+                        "or remove batchnorm")
+
+
+def _check_logistic_normal(name: str, node) -> None:
+    """A logistic-normal node is proportions over dim >= 2 parts, with its prior set by ``concentration``."""
+    if node.family != "logistic_normal":
+        if node.concentration is not None:
+            _fail(name, f"concentration is the Dirichlet prior of family = \"logistic_normal\", but this node's family "
+                        f"is {node.family!r}: remove it")
+        return
+    if node.dim is not None and node.dim < 2:
+        _fail(name, f"a logistic_normal node is proportions over dim parts: dim must be >= 2 (got {node.dim})")
+    if node.concentration is not None and not 0 < node.concentration <= 1e6:
+        _fail(name, f"concentration must be in (0, 1e6], the Dirichlet's alpha (got {node.concentration})")
+    if node.prior_scale != 1.0:
+        _fail(name, "a logistic_normal prior's scale comes from its Dirichlet concentration: remove prior_scale "
+                    "(set concentration = alpha)")
+    if node.concentration is not None and node.parents:
+        _fail(name, "concentration sets a root's prior, but this node has parents (its law comes from them): "
+                    "remove concentration")
 
 
 def _ancestral(nodes) -> Tuple[str, ...]:
