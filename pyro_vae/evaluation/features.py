@@ -16,6 +16,7 @@ from pyro import poutine
 
 from ..data import batch
 from ..errors import PyroVAEError
+from ..infer.data_name import named_data
 from ..infer.modules import eval_mode
 from ..infer.rng import isolated_rng
 from ..models.params import model_params
@@ -46,6 +47,7 @@ def _per_feature(fn, value: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def feature_log_likelihood(model, data, draws: int = 10, seed: int = 0, chunk: int = 512) -> FeatureLogLikelihood:
     """Each feature's E_q[log p(x_d | z)] over the rows of ``data`` (a tensor or named arrays)."""
+    data = named_data(model, data)
     n = batch.num_rows(data)
     total, total_sq = None, None
     with model_params(model), eval_mode(model), isolated_rng(seed, batch.reference(data).device):
@@ -53,8 +55,8 @@ def feature_log_likelihood(model, data, draws: int = 10, seed: int = 0, chunk: i
             rows = batch.rows(data, torch.arange(start, min(n, start + chunk)))
             acc = None
             for _ in range(draws):
-                guide = batch.call(poutine.trace(model.guide).get_trace, rows)
-                tr = batch.call(poutine.trace(poutine.replay(model.model, trace=guide)).get_trace, rows)
+                guide = poutine.trace(model.guide).get_trace(**rows)
+                tr = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(**rows)
                 site = tr.nodes[model.obs_site]
                 lp = _per_feature(site["fn"], site["value"]).double()
                 acc = lp if acc is None else acc + lp

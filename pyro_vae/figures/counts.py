@@ -16,6 +16,7 @@ from pyro import poutine
 
 from ..data import batch
 from ..diagnostics.structure import graph_data
+from ..infer.data_name import named_data
 from ..infer.modules import eval_mode
 from ..infer.rng import isolated_rng
 from ..models.params import model_params
@@ -30,10 +31,11 @@ MAX_ROWS = 2000
 @torch.no_grad()
 def posterior_predictive(model, data, seed: int = 0) -> torch.Tensor:
     """One draw x ~ p(x | z), z ~ q(z | x) per row of ``data`` (a tensor or named arrays), of the observed site."""
+    data = named_data(model, data)
     with model_params(model), eval_mode(model), isolated_rng(seed, batch.reference(data).device):
-        guide = batch.call(poutine.trace(model.guide).get_trace, data)
+        guide = poutine.trace(model.guide).get_trace(**data)
         program = poutine.replay(poutine.uncondition(model.model), trace=guide)
-        tr = batch.call(poutine.trace(program).get_trace, data)
+        tr = poutine.trace(program).get_trace(**data)
     return tr.nodes[model.obs_site]["value"].detach()
 
 
