@@ -676,6 +676,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_error(message, _UsageError(message)))
 
 
+def _add_evaluate_parser(sub) -> None:
+    """``pyro-vae evaluate``: its estimates, files and the inference gap split."""
+    e = sub.add_parser("evaluate", help="test ELBO, its parts and importance-sampled log p(x) of a run",
+                       description="Evaluate a trained run: per data point, in nats, the ELBO, its reconstruction and "
+                       "KL parts, log p(x) importance-sampled with K draws from the guide (Monte Carlo standard error, "
+                       "effective sample size), the naive prior-sampling estimate, active units, KL per latent "
+                       "dimension and the reconstruction MSE. Parameters and the run are not changed.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--data", metavar="PATH", help=".npy/.npz/.csv to evaluate on (default: the run's test data)")
+    e.add_argument("--iw-samples", type=int, default=1000, metavar="K", help="importance samples per point (default: 1000)")
+    e.add_argument("--prior-samples", type=int, default=None, metavar="K",
+                   help="prior draws per point for the naive estimator (1/K) sum p(x|z_k), z_k ~ p(z) "
+                   "(default: as many as --iw-samples; 0 skips it)")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation's own random stream (default: 0)")
+    e.add_argument("--budget", type=int, default=None, metavar="ELEMENTS",
+                   help="largest tensor per chunk, in elements (particles x points x widest layer); "
+                   "lower it to use less memory (default: 4194304)")
+    e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
+    e.add_argument("--per-feature", metavar="FILE.csv",
+                   help="also write each feature's E_q[log p(x_d | z)] over the points, with its s.e. (10 draws of z "
+                        "per point): which features (genes, words, pixels) the model explains worst")
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
+                   "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
+                   "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
+    e.add_argument("--gaps", action="store_true",
+                   help="also split the inference gap log p(x) - ELBO(q) of the first --gap-points test points into "
+                   "the approximation gap (what q's family cannot express) and the amortization gap (what the "
+                   "encoder misses within it), Cremer et al. 2018: q* is q's family fitted to each point alone, "
+                   "warm-started at the encoder's output; also with q* from the richer fullrank family (key 'gaps' "
+                   "of the JSON; slow: a local fit per family)")
+    e.add_argument("--gap-points", type=int, default=16, metavar="N", help="points the gaps are split on (default: 16)")
+    e.add_argument("--gap-steps", type=int, default=300, metavar="N",
+                   help="Adam steps of each local fit before its averaged blocks (default: 300)")
+    e.add_argument("--gap-draws", type=int, default=1000, metavar="K",
+                   help="draws per point behind each ELBO and log p(x) of the split (default: 1000)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_threads_option(e, None, " (default: the run's train.threads)")
+    _add_run_code_options(e)
+    e.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pyro-vae",
@@ -722,43 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_code_options(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test ELBO, its parts and importance-sampled log p(x) of a run",
-                       description="Evaluate a trained run: per data point, in nats, the ELBO, its reconstruction and "
-                       "KL parts, log p(x) importance-sampled with K draws from the guide (Monte Carlo standard error, "
-                       "effective sample size), the naive prior-sampling estimate, active units, KL per latent "
-                       "dimension and the reconstruction MSE. Parameters and the run are not changed.")
-    e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--data", metavar="PATH", help=".npy/.npz/.csv to evaluate on (default: the run's test data)")
-    e.add_argument("--iw-samples", type=int, default=1000, metavar="K", help="importance samples per point (default: 1000)")
-    e.add_argument("--prior-samples", type=int, default=None, metavar="K",
-                   help="prior draws per point for the naive estimator (1/K) sum p(x|z_k), z_k ~ p(z) "
-                   "(default: as many as --iw-samples; 0 skips it)")
-    e.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation's own random stream (default: 0)")
-    e.add_argument("--budget", type=int, default=None, metavar="ELEMENTS",
-                   help="largest tensor per chunk, in elements (particles x points x widest layer); "
-                   "lower it to use less memory (default: 4194304)")
-    e.add_argument("--per-point", metavar="FILE.csv", help="also write one row of results per data point")
-    e.add_argument("--per-feature", metavar="FILE.csv",
-                   help="also write each feature's E_q[log p(x_d | z)] over the points, with its s.e. (10 draws of z "
-                        "per point): which features (genes, words, pixels) the model explains worst")
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object (the metrics.json keys; "
-                   "'quantities' says what elbo, reconstruction, kl and log_likelihood are for this model, e.g. "
-                   "log p(x|y) for a model conditioned on an input y, log p(x,y) for one scored on its labels too)")
-    e.add_argument("--gaps", action="store_true",
-                   help="also split the inference gap log p(x) - ELBO(q) of the first --gap-points test points into "
-                   "the approximation gap (what q's family cannot express) and the amortization gap (what the "
-                   "encoder misses within it), Cremer et al. 2018: q* is q's family fitted to each point alone, "
-                   "warm-started at the encoder's output; also with q* from the richer fullrank family (key 'gaps' "
-                   "of the JSON; slow: a local fit per family)")
-    e.add_argument("--gap-points", type=int, default=16, metavar="N", help="points the gaps are split on (default: 16)")
-    e.add_argument("--gap-steps", type=int, default=300, metavar="N",
-                   help="Adam steps of each local fit before its averaged blocks (default: 300)")
-    e.add_argument("--gap-draws", type=int, default=1000, metavar="K",
-                   help="draws per point behind each ELBO and log p(x) of the split (default: 1000)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    _add_threads_option(e, None, " (default: the run's train.threads)")
-    _add_run_code_options(e)
-    e.set_defaults(func=cmd_evaluate)
+    _add_evaluate_parser(sub)
 
     _add_sample_parser(sub)
     _add_diagnose_parsers(sub)

@@ -51,6 +51,13 @@ class FitData:
         if self.test is not None:
             check_support_chunked(lik, batch.observed(self.test, self.obs), "the test data")
 
+    def prepare(self, check_support: bool) -> None:
+        """Before the first step: the data's support checked (``check_support``), and what the likelihood reads off
+        the training data."""
+        if check_support:
+            self.check_support()
+        self.fit_likelihood()
+
     def fit_likelihood(self) -> None:
         """What a likelihood reads off the training data before its first step: a count law's library prior
         (models/counts.py), block by block; it keeps one it has (a resumed run's, from its checkpoint)."""

@@ -318,11 +318,9 @@ class Trainer:
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device)  # before the data's arrays are matched to its sites
         data = FitData(self.model, self.device, cfg.batch_size, train_x, test_x, binarize)
-        if self._first_step.skips and self.validation == "auto":
-            # Pyro stops checking the data's support once validation is off, so
-            # check it here, once (app.prepare did it too; this covers direct use)
-            data.check_support()
-        data.fit_likelihood()
+        # Pyro stops checking the data's support once validation is off, so it is checked here, once, where it
+        # will be off (app.prepare did it too; this covers direct use)
+        data.prepare(check_support=self._first_step.skips and self.validation == "auto")
         self.setup_data(data.train, binarize, obs=data.obs)
         if self.state.fresh:
             self.state.seed(cfg.seed)
