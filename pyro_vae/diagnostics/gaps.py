@@ -127,7 +127,8 @@ def inference_gaps(model, x, point_index: Sequence[int], settings: DiagnoseSetti
     families = [own] + [f for f in richer if f != own]
     fits: List[LocalFit] = []
     for family in families:
-        log(f"[{name}] fitting a {family} q to each of {batch.num_rows(x)} points alone ({settings.local_steps} steps)")
+        log(f"[{name}] fitting q of the {family} family to each of {batch.num_rows(x)} points alone "
+            f"({settings.local_steps} steps)")
         with torch.enable_grad(), few_threads(model, x, settings.local_particles):
             # a per-point flow starts at the own family's q* (its transforms start as the identity)
             start = fits[0].guide if family in LOCAL_LAWS and fits else None
