@@ -23,6 +23,7 @@ from .app.sample import write_samples
 from .app.sequences import write_sequences
 from .app.demo import demo
 from .app.evaluate import GapOptions
+from .diagnostics.gaps import RICHER, check_richer
 from .app.pipeline import FROM_CONFIG
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .config.schema import THREADS_RULE
@@ -450,7 +451,11 @@ def _launch_train(args, cfg, out: Path) -> int:
 
 def cmd_evaluate(args) -> int:
     """Under torchrun every rank evaluates its block of the points (runtime/distributed.py); rank 0 reports."""
-    gaps = GapOptions(args.gap_points, args.gap_steps, args.gap_draws) if args.gaps else None
+    if args.gap_richer is not None and not args.gaps:
+        raise PyroVAEError("--gap-richer names the richer families of the gap split: add --gaps")
+    richer = RICHER if args.gap_richer is None else check_richer([f.strip() for f in args.gap_richer.split(",")
+                                                                   if f.strip()])
+    gaps = GapOptions(args.gap_points, args.gap_steps, args.gap_draws, richer) if args.gaps else None
     found = evaluate_run(args.run_dir, data=args.data, iw_samples=args.iw_samples, prior_samples=args.prior_samples,
                          seed=args.seed, budget=args.budget, per_point=args.per_point, log=_log, threads=args.threads,
                          per_feature=args.per_feature,
@@ -704,8 +709,13 @@ def _add_evaluate_parser(sub) -> None:
                    help="also split the inference gap log p(x) - ELBO(q) of the first --gap-points test points into "
                    "the approximation gap (what q's family cannot express) and the amortization gap (what the "
                    "encoder misses within it), Cremer et al. 2018: q* is q's family fitted to each point alone, "
-                   "warm-started at the encoder's output; also with q* from the richer fullrank family (key 'gaps' "
+                   "warm-started at the encoder's output; also with q* from each --gap-richer family (key 'gaps' "
                    "of the JSON; slow: a local fit per family)")
+    e.add_argument("--gap-richer", metavar="LIST", default=None,
+                   help="comma-separated families whose per-point q* the split also reports: normal, lowrank, "
+                   "fullrank (a Gaussian per point) or iaf (a Gaussian per point through K affine autoregressive "
+                   "transforms fitted for the points, warm-started at the guide's own q*; the node's flows and "
+                   "flow_hidden, default 2) (default: fullrank; '' for none)")
     e.add_argument("--gap-points", type=int, default=16, metavar="N", help="points the gaps are split on (default: 16)")
     e.add_argument("--gap-steps", type=int, default=300, metavar="N",
                    help="Adam steps of each local fit before its averaged blocks (default: 300)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ import pyro
 
 from pyro_vae import DiagnoseSettings, PyroVAEError, build_model, config_from_dict
 from pyro_vae.cli import main
-from pyro_vae.diagnostics.gaps import inference_gaps, log_px_estimate
+from pyro_vae.diagnostics.gaps import RICHER, inference_gaps, log_px_estimate
+from pyro_vae.diagnostics.local_flow import LocalFlowLaw
 from pyro_vae.models.params import model_params, scratch_params
 
 from one_latent import decoder_net, encoder_net
@@ -85,9 +87,10 @@ def ppca():
     return p
 
 
-def _gaps(model, x, **changes):
+def _gaps(model, x, richer=RICHER, **changes):
     with model_params(model), scratch_params():
-        return inference_gaps(model, x, list(range(len(x))), DiagnoseSettings(**dict(SETTINGS, **changes)))
+        return inference_gaps(model, x, list(range(len(x))), DiagnoseSettings(**dict(SETTINGS, **changes)),
+                              richer=richer)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,33 @@ def test_a_fullrank_guide_has_no_approximation_gap(ppca):
     assert gaps.own.family == "fullrank" and not gaps.richer  # fullrank is its own richer family
     assert abs(gaps.own.total_approximation) < 2 * gaps.own.total_approximation_se
     assert abs(gaps.total_log_px - ppca.log_px().mean()) < 4 * gaps.total_log_px_se
+
+
+@pytest.mark.slow
+def test_the_per_point_flow_family_lies_between_nothing_and_the_diagonal(ppca):
+    """The flow q* (a Gaussian through affine autoregressive transforms, warm-started at the diagonal q*) can hold
+    the correlated posterior: its approximation gap is >= 0 and no more than the diagonal family's, within 2 s.e."""
+    gaps = _gaps(ppca.build("normal"), torch.tensor(ppca.x, dtype=torch.float32), richer=("iaf",))
+    own, flow = gaps.own, gaps.richer[0]
+    assert flow.family == "iaf"
+    assert flow.total_approximation > -2 * flow.total_approximation_se, (flow.total_approximation,
+                                                                         flow.total_approximation_se)
+    bound = own.total_approximation + 2 * math.hypot(own.total_approximation_se, flow.total_approximation_se)
+    assert flow.total_approximation <= bound, (flow.total_approximation, own.total_approximation)
+    # and it closes most of the diagonal's gap, which the closed form puts clearly above 0
+    assert flow.total_approximation < 0.5 * ppca.diagonal_gap()
+
+
+def test_the_per_point_flow_starts_exactly_at_its_warm_start():
+    """Its transforms start as the identity: q is N(loc, diag scale^2) until the fit moves them."""
+    torch.manual_seed(0)
+    law = LocalFlowLaw(SimpleNamespace(dim=3, flows=2, flow_hidden=None))  # a node's flow keys
+    loc, scale = torch.randn(4, 3), torch.rand(4, 3) + 0.5
+    q = law.law(law.warm_start(loc, scale), 3)
+    z = torch.randn(7, 4, 3)
+    expected = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+    assert torch.allclose(q.log_prob(z), expected, atol=1e-5)
+    assert sum(p.numel() for p in law.parameters()) > 0  # the transforms are there to fit
 
 
 def test_log_px_estimate_of_exact_weights_is_exact():
@@ -189,9 +219,19 @@ def test_evaluate_gaps_text(lowrank_run, capsys):
     assert "inference gap split on 2 points" in out and "lowrank (own)" in out and "fullrank" in out
 
 
+def test_evaluate_gaps_with_the_flow_family(lowrank_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(lowrank_run), "--iw-samples", "20", "--gaps", "--gap-points", "2",
+                 "--gap-steps", "2", "--gap-draws", "20", "--gap-richer", "fullrank,iaf", "--json", "--quiet"]) == 0
+    gaps = json.loads(capsys.readouterr().out)["gaps"]
+    assert [s["family"] for s in gaps["richer"]] == ["fullrank", "iaf"]
+    assert all(math.isfinite(s["total_approximation"]) for s in gaps["richer"])
+
+
 @pytest.mark.parametrize("args, words", [
     (["--gap-points", "0"], "--gap-points must be >= 1"),
     (["--gap-draws", "5"], "--gap-draws must be >= 20"),
+    (["--gap-richer", "fullrank,iafx"], "unknown family 'iafx'; did you mean 'iaf'?"),
 ])
 def test_evaluate_gaps_bad_flags_are_one_line(lowrank_run, capsys, args, words):
     capsys.readouterr()

@@ -8,9 +8,11 @@ law's per-point output ``out``, warm-started at the encoder's).  Then
 - approximation gap = log p(x) - ELBO(q*): what the family cannot express,
 - amortization gap = ELBO(q*) - ELBO(q_encoder): what the encoder misses,
 
-for the guide's own family and for each richer family asked for (``richer``:
-registered guide-law names, "fullrank" by default; a flow law registered in
-GUIDE_LAWS plugs in by name).  Every ELBO and log p(x) is scored on fresh
+for the guide's own family and for each richer family asked for (``richer``,
+"fullrank" by default: "normal", "lowrank", "fullrank", each a Gaussian per
+point warm-started at the encoder's q, or "iaf", the per-point flow of
+local_flow.py, warm-started at the guide's own q*: K affine autoregressive
+transforms after a Gaussian, fitted for the points).  Every ELBO and log p(x) is scored on fresh
 draws: the encoder's q and each q* on the same noise (paired, so the
 amortization gap's s.e. is that of a paired difference), log p(x) on draws of
 its own from the best q* found, so that it and each ELBO err independently.
@@ -25,19 +27,31 @@ import numpy as np
 import torch
 
 from ..data import batch
-from ..errors import PyroVAEError
+from ..errors import PyroVAEError, did_you_mean
 from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout
 from ..infer.psis import pareto_khat
 from ..infer.rng import isolated_rng
 from .draws import draw_q
 from .local import LocalFit, LocalModel, check_law_fit, fit_local
+from .local_flow import LOCAL_LAWS
 from .results import GapSplit, InferenceGaps
 from .settings import DiagnoseSettings
 from .sizing import few_threads
 
-#: the richer family every split also reports by default
+#: the richer family every split also reports by default (cheap: a per-point Gaussian)
 RICHER = ("fullrank",)
+#: the families a split's q* can be taken from
+RICHER_CHOICES = ("normal", "lowrank", "fullrank") + tuple(LOCAL_LAWS)
+
+
+def check_richer(names: Sequence[str], flag: str = "--gap-richer") -> tuple:
+    """``names`` as a tuple, or one line naming an unknown family (with "did you mean")."""
+    for name in names:
+        if name not in RICHER_CHOICES:
+            raise PyroVAEError(f"{flag}: unknown family {name!r}; {did_you_mean(name, RICHER_CHOICES)}"
+                               f"choose from {', '.join(RICHER_CHOICES)}")
+    return tuple(dict.fromkeys(names))
 # offsets from the settings' seed of the scoring draws (the local fit's check draws use seed + 3)
 PAIRED_SEED, LOG_PX_SEED = 11, 13
 
@@ -105,6 +119,7 @@ def inference_gaps(model, x, point_index: Sequence[int], settings: DiagnoseSetti
     parameters are not changed; the caller holds its parameter scope.
     """
     settings.check()
+    richer = check_richer(richer, "richer")
     log = log or (lambda msg: None)
     x = named_data(model, x)  # one array, from Python, is named as the model takes it
     layout = check_gaps_possible(model, x)
@@ -112,10 +127,13 @@ def inference_gaps(model, x, point_index: Sequence[int], settings: DiagnoseSetti
     families = [own] + [f for f in richer if f != own]
     fits: List[LocalFit] = []
     for family in families:
-        log(f"[{name}] fitting a {family} q to each of {batch.num_rows(x)} points alone ({settings.local_steps} steps)")
+        log(f"[{name}] fitting q of the {family} family to each of {batch.num_rows(x)} points alone "
+            f"({settings.local_steps} steps)")
         with torch.enable_grad(), few_threads(model, x, settings.local_particles):
+            # a per-point flow starts at the own family's q* (its transforms start as the identity)
+            start = fits[0].guide if family in LOCAL_LAWS and fits else None
             fits.append(fit_local(model, x, layout, None, None, settings, "law", progress, f"{name}: local {family}",
-                                  law=None if family == own else family))
+                                  law=None if family == own else family, start=start))
     k = settings.draws
     lw_q = _scored(model, model.guide, x, layout, k, settings.seed + PAIRED_SEED)
     scored = [_scored(model, f.guide, x, layout, k, settings.seed + PAIRED_SEED) for f in fits]

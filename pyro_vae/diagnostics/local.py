@@ -38,6 +38,7 @@ from .settings import DiagnoseSettings
 from ..progress import progress_bar
 from .draws import draw_q
 from ..models.graph.guides import GUIDE_LAWS
+from .local_flow import LOCAL_LAWS
 from ..data import batch
 
 # after the scheduled steps: averaged blocks of this share of them, at most this many (4x the schedule)
@@ -72,13 +73,14 @@ class LocalFit:
 
 
 def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, settings: DiagnoseSettings,
-              family: str = "normal", progress: bool = False, desc: str = "", law: Optional[str] = None) -> LocalFit:
+              family: str = "normal", progress: bool = False, desc: str = "", law: Optional[str] = None,
+              start: Optional["LawGuide"] = None) -> LocalFit:
     """Fit q to each point alone, with the decoder fixed, starting from the amortized q.
 
     ``family="normal"``: AutoNormal (diagonal Gaussian, the normal encoder's
     family); ``"delta"``: AutoDelta (MAP); ``"law"``: each latent node's
     guide-law output ``out`` per point (:class:`LawGuide`), of the node's own
-    law or, given ``law``, of that registered law.  The model's parameters are
+    law or, given ``law``, of that law, warm-started at ``start``'s q where given.  The model's parameters are
     not touched: gradients are taken with respect to the local guide's only.
 
     ``local_steps`` Adam steps with a step size decaying 10x, then blocks of
@@ -94,7 +96,7 @@ def fit_local(model, x, layout: Layout, q_mean: np.ndarray, q_sd: np.ndarray, se
     x steps) nats per point) is why ``better`` says, per point, whether the
     fit beats the amortized q on independent draws.
     """
-    guide = (LawGuide(model, x, layout, law) if family == "law" else
+    guide = (LawGuide(model, x, layout, law, start) if family == "law" else
              _local_guide(model, x, layout, q_mean, q_sd, family))
     steps = settings.local_steps
     if steps == 0:
@@ -202,10 +204,13 @@ class LawGuide(torch.nn.Module):
     each latent site draws from changes, to ``law(out)`` of the node's guide law
     (or ``law``, a registered law name: a richer family, such as "fullrank").
     ``out`` starts at the encoder's output for the node's own law, else at
-    ``warm_start`` of the encoder's q's mean and standard deviation.
+    ``warm_start`` of the encoder's q's mean and standard deviation, or of
+    ``start``'s q (another, fitted ``LawGuide``: the richer flow family starts
+    at the guide's own q*).  A law built here with parameters of its own (the
+    per-point flow's transforms, local_flow.py) is fitted along with ``out``.
     """
 
-    def __init__(self, model, x, layout: Layout, law: Optional[str] = None):
+    def __init__(self, model, x, layout: Layout, law: Optional[str] = None, start: Optional["LawGuide"] = None):
         super().__init__()
         check_law_fit(model, layout)
         # the run's model is used, not owned: as a submodule its parameters would join the fit's
@@ -213,6 +218,7 @@ class LawGuide(torch.nn.Module):
         self.laws: Dict[str, object] = {}
         self.dims: Dict[str, int] = {}
         self.outs = torch.nn.ParameterDict()
+        self.fitted_laws = torch.nn.ModuleDict()  # laws built for this fit, whose own parameters it fits
         feats = model.encoder_inputs(dict(x))
         with torch.no_grad():
             for name in model.latent_sites:
@@ -221,8 +227,11 @@ class LawGuide(torch.nn.Module):
                 chosen = own if law is None or law == node.guide else law_for(law, node)
                 out = model.encoders[name](feats)
                 if chosen is not own:
-                    q = family.guide(out)
-                    out = chosen.warm_start(q.mean, q.variance.sqrt())
+                    q = start.laws[name].law(start.outs[name], family.dim) if start is not None else family.guide(out)
+                    loc, scale = _moments(q)
+                    out = chosen.warm_start(loc, scale)
+                    if isinstance(chosen, torch.nn.Module):
+                        self.fitted_laws[name] = chosen.to(out.device)
                 self.laws[name], self.dims[name] = chosen, family.dim
                 self.outs[name] = torch.nn.Parameter(out.detach().clone())
         self.start = {n: p.detach().clone() for n, p in self.outs.items()}
@@ -240,11 +249,27 @@ class LawGuide(torch.nn.Module):
 
 
 def law_for(name: str, node):
-    """The registered guide law ``name`` bound to ``node``'s settings (a rank the node gives another law is not
-    this law's: lowrank then takes its default)."""
+    """The per-point family ``name`` bound to ``node``'s settings: a local family of its own (LOCAL_LAWS: "iaf" is
+    the per-point flow), else the registered guide law (a rank the node gives another law is not this law's:
+    lowrank then takes its default)."""
+    if name in LOCAL_LAWS:
+        return LOCAL_LAWS[name].for_node(node)
     if node.guide != name and node.rank is not None:
         node = dataclasses.replace(node, rank=None)
     return GUIDE_LAWS[name].for_node(node)
+
+
+#: draws that estimate the moments of a q without closed-form ones (a flow), for a warm start
+MOMENT_DRAWS = 256
+
+
+def _moments(q):
+    """q's mean and marginal standard deviations: exact where the law has them, else from draws (a flow's)."""
+    try:
+        return q.mean, q.variance.sqrt()
+    except NotImplementedError:
+        z = q.sample((MOMENT_DRAWS,))
+        return z.mean(0), z.std(0)
 
 
 def check_law_fit(model, layout: Layout) -> None:

@@ -165,6 +165,12 @@ class _LazyDensities:
     (the mean-field ELBO never uses the latent sites' log-densities when the KL is
     analytic, which Pyro computes anyway).  Densities still come from each sample
     site's ``fn.log_prob(value)``, scaled and masked as Pyro does.
+
+    The densities an estimator uses are computed in Pyro's order, every model
+    site's before any guide site's (:func:`_in_pyro_order`): autograd sums the
+    gradients reaching a draw in the order its consumers were built, so another
+    order changes the gradients in the last bits, and a resumed run (whose first
+    step is validated, so Pyro's) would drift from a straight one.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -173,6 +179,17 @@ class _LazyDensities:
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(*args, **kwargs)
         return model_trace, guide_trace
+
+
+def _in_pyro_order(model_trace, guide_trace, model_sites=None, guide_sites=None) -> None:
+    """The densities of ``model_sites`` then ``guide_sites`` (default: every density site), in trace order, as
+    Pyro's ``get_importance_trace`` computes them (see :class:`_LazyDensities` for why the order matters)."""
+    for name, site in _density_sites(model_trace):
+        if model_sites is None or name in model_sites:
+            _log_prob_sum(site)
+    for name, site in _density_sites(guide_trace):
+        if guide_sites is None or name in guide_sites:
+            _score_parts(site)
 
 
 def _reparameterized(guide_trace) -> bool:
@@ -197,6 +214,7 @@ class SyncFreeTrace_ELBO(_SampledGuide, _LazyDensities, Trace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         total = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            _in_pyro_order(model_trace, guide_trace)
             if _reparameterized(guide_trace):
                 elbo = 0.0
                 for _, site in _density_sites(model_trace):
@@ -271,6 +289,12 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
         return total
 
     def _elbo_particle(self, model_trace, guide_trace):
+        # the densities used below, in Pyro's order: the observed sites', the Monte Carlo KL terms' (model,
+        # then guide) and the auxiliary guide sites'; an analytic KL needs neither density
+        mc = {name for name, site in _density_sites(model_trace) if not site["is_observed"]} & self.monte_carlo_sites
+        _in_pyro_order(model_trace, guide_trace,
+                       {name for name, site in _density_sites(model_trace) if site["is_observed"]} | mc,
+                       mc | {name for name, _ in _density_sites(guide_trace) if name not in model_trace.nodes})
         elbo = 0.0
         for name, model_site in _density_sites(model_trace):
             if model_site["is_observed"]:
