@@ -327,6 +327,18 @@ class Generated(Record):
     traversal_steps: np.ndarray  # in prior standard deviations
 
 
+@dataclass
+class SequenceFit(Record):
+    """A chain's first diagnosed sequences for the report: steps past a sequence's length are padding, never drawn."""
+
+    data: np.ndarray  # (m, T, D): the observed steps
+    lengths: np.ndarray  # (m,): each sequence's real steps (T without a lengths array)
+    reconstructions: np.ndarray  # (draws, m, T, D): mean of p(x_t | z_t), z ~ q
+    z: np.ndarray  # (draws, m, T, Z): q's draws
+    reference_mean: np.ndarray  # (m, T, Z): the Kalman smoother's means; empty (0,) for another reference
+    reference_sd: np.ndarray
+
+
 #: what a node of a model's graph is (ModelStructure.nodes)
 LATENT = "latent"  # a sampled site with a density (continuous, or discrete with no finite support)
 OBSERVED = "observed"  # observed wherever it is in the program
@@ -415,6 +427,9 @@ class RunDiagnosis(Record):
     structure: Optional[ModelStructure] = None  # the model's graph (None in diagnoses saved before it was kept)
     loo_check: Optional[LooCheck] = None  # against ArviZ's loo_approximate_posterior (None before ArviZ 1.0)
     gaps: Optional[InferenceGaps] = None  # the inference gap split (None: a model it does not apply to, or older)
+    sequences: Optional[SequenceFit] = field(default=None, metadata=_FILE)  # a chain's sequences, for its figures
+    # a chain's ELBO terms per time step over the run's test data (evaluation/steps.py), as its metrics.json has it
+    step_profile: Optional[dict] = None
 
     @property
     def coverage(self) -> str:
@@ -423,7 +438,7 @@ class RunDiagnosis(Record):
 
 
 _NETCDF = (("q", "q_data"), ("reference", "reference_data"), ("nuts", "nuts_data"))
-_NPZ = (("grid", GridPosterior), ("generated", Generated))
+_NPZ = (("grid", GridPosterior), ("generated", Generated), ("sequences", SequenceFit))
 
 
 def _write_npz(path: Path, record) -> None:
@@ -462,7 +477,8 @@ class Diagnosis:
                    raw.get("created", ""), raw.get("arviz", ""))
 
     def save(self, out_dir) -> Path:
-        """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and ``{grid,generated}.npz``."""
+        """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and
+        ``{grid,generated,sequences}.npz``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for r in self.runs:
