@@ -5,12 +5,16 @@ Kalman smoother's, and the per-step KL profile, never at padded steps."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from pyro_vae.cli import main
+import pyro_vae as pv
+from pyro_vae.cli import MAX_STEP_ROWS, _format_metrics, _format_steps, main
+from pyro_vae.config import config_from_dict
 from pyro_vae.diagnostics.results import SequenceFit
 from pyro_vae.figures import sequences as seqfig
 
@@ -83,3 +87,44 @@ def test_the_report_of_a_chain_shows_its_sequences(reported):
     metrics = json.loads((run / "metrics.json").read_text())
     saved = json.loads((diag / "diagnostics.json").read_text())["runs"][0]["step_profile"]
     assert saved["sequences"] == metrics["steps"]["sequences"]
+
+
+# -- evaluate's numbers for a chain: per sequence, its length given, and a short per-step table ------------------
+
+
+def _chain_and_data(n=6, t=12, seed=0):
+    cfg = config_from_dict({"model": {"nodes": {
+        "z": {"dim": 2, "over": "time", "transition": {"type": "linear"}, "rnn": {"type": "gru", "hidden": 8},
+              "encoder": {"hidden": [8]}},
+        "x": {"role": "observed", "over": "time", "likelihood": "normal", "parents": ["z"], "net": {"hidden": []}}}},
+        "train": {"seed": 0}})
+    torch.manual_seed(seed)
+    model = pv.build_model(cfg.model, 3)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, t + 1, (n,), generator=g)
+    return model, {"x": torch.randn(n, t, 3, generator=g), "lengths": lengths}
+
+
+def test_a_chain_reads_log_px_per_sequence_with_its_length_given(capsys):
+    model, data = _chain_and_data()
+    m = pv.evaluate_points(model, data, iw_samples=25).summary()
+    q = m["quantities"]
+    assert q["log_likelihood"] == "log p(x)" and "lengths" not in json.dumps(q)
+    assert q["per"].startswith("sequence") and q["kl"].startswith("KL(q(z_1..z_12|x) ||")
+    assert len(m["steps"]["steps"]) == 12  # the whole profile stays in the JSON
+    text = _format_metrics(m) + "\n" + _format_steps(m)
+    assert text.startswith("per sequence, in nats, on 6 sequences") and "log p(x) (importance sampled)" in text
+    step_rows = [ln for ln in text.splitlines() if re.match(r"^\s+\d+\s+\d+\s", ln)]
+    assert len(step_rows) == MAX_STEP_ROWS < 12 and "largest" in text and "all 12 steps: --json" in text
+
+
+def test_an_input_named_lengths_of_a_model_without_time_stays_a_conditioning():
+    """Only a chain's lengths are the sequences' lengths: a CVAE's input of that name is what it conditions on."""
+    cfg = config_from_dict({"model": {"nodes": {
+        "lengths": {"role": "input", "family": "real", "dim": 1},
+        "z": {"dim": 2, "parents": ["lengths"]},
+        "x": {"role": "observed", "likelihood": "normal", "parents": ["z", "lengths"]}}}})
+    torch.manual_seed(0)
+    model = pv.build_model(cfg.model, 3)
+    q = pv.evaluate_points(model, {"x": torch.randn(5, 3), "lengths": torch.randn(5, 1)}, iw_samples=5).summary()
+    assert q["quantities"]["log_likelihood"] == "log p(x|lengths)" and q["quantities"]["per"] == "data point"
