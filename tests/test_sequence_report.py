@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,31 @@ def test_an_input_named_lengths_of_a_model_without_time_stays_a_conditioning():
     model = pv.build_model(cfg.model, 3)
     q = pv.evaluate_points(model, {"x": torch.randn(5, 3), "lengths": torch.randn(5, 1)}, iw_samples=5).summary()
     assert q["quantities"]["log_likelihood"] == "log p(x|lengths)" and q["quantities"]["per"] == "data point"
+
+
+def _edit_json(path: Path, edit) -> None:
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: (d / "run" / "sequences.npz").write_bytes(b"not a zip"), "sequences.npz is not an .npz"),
+    (lambda d: np.savez(d / "run" / "sequences.npz", **{**dict(np.load(d / "run" / "sequences.npz")),
+                                                        "lengths": np.array([0, 3, 99])}), "its lengths are not"),
+    (lambda d: _edit_json(d / "diagnostics.json", lambda r: r["runs"][0]["step_profile"].update(terms={"z": [1.0]})),
+     "step_profile: its term 'z' is not one number"),
+])
+def test_a_corrupt_saved_sequence_is_refused_in_one_line(reported, tmp_path, capsys, corrupt, message):
+    run, diag = reported
+    copy = tmp_path / "diag"
+    shutil.copytree(diag, copy)
+    corrupt(copy)
+    for page in ("index.html", "results.json", "report.md"):
+        (copy / page).unlink()
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(copy), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-vae: error:") and message in err and len(err.splitlines()) == 1
+    assert not any((copy / page).exists() for page in ("index.html", "results.json", "report.md"))
