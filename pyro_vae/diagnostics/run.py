@@ -135,7 +135,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
         structure=structure, loo_check=loo, gaps=gaps, sequences=fit,
-        step_profile=_step_profile(run) if fit is not None else None)
+        step_profile=_step_profile(run))
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 

@@ -379,8 +379,9 @@ def fig_sequences(figs: Figures, diagnosis: Diagnosis) -> None:
 
 def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     """Reconstructions, prior samples and latent traversals, from what diagnose decoded and saved; not for a
-    chain, whose flattened steps (padding included) read as nothing (its figures are :func:`fig_sequences`')."""
-    runs = [r for r in diagnosis.runs if r.generated is not None and r.sequences is None]
+    model over time, whose flattened steps (padding included) read as nothing (its figures are
+    :func:`fig_sequences`')."""
+    runs = [r for r in diagnosis.runs if r.generated is not None and r.sequences is None and r.step_profile is None]
     if not runs:
         return
     shape = next((tuple(r.image_shape) for r in runs if r.image_shape), None)
