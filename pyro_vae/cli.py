@@ -74,7 +74,10 @@ def _format_metrics(m: dict) -> str:
         v = m.get(key)
         return "" if v is None else f" ± {v:.3f}"
 
-    lines = [f"per data point, in nats, on {m['num_points']} points:"]
+    chain = str(q.get("per", "")).startswith("sequence")
+    unit = "sequence" if chain else "point"
+    lines = [f"per sequence, in nats, on {m['num_points']} sequences (each of its own length, given: padded steps "
+             "count for nothing):" if chain else f"per data point, in nats, on {m['num_points']} points:"]
     if m.get("elbo") is not None:
         draws = m.get("elbo_samples")
         # a point-mass guide has no entropy term: its objective is log p(x, z) at the code, not a bound on log p(x)
@@ -83,7 +86,7 @@ def _format_metrics(m: dict) -> str:
             # one draw a point has no Monte Carlo s.e.: how far the mean would move with other points, named so
             row(label, num("elbo") + se("elbo_between_point_se") + " (between-point s.e.)")
         else:
-            row(label, num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per point)" if draws and m.get("elbo_se") else ""))
+            row(label, num("elbo") + se("elbo_se") + (f" (MC s.e., {draws} draws per {unit})" if draws and m.get("elbo_se") else ""))
     if m.get("reconstruction") is not None:
         row(f"  reconstruction {q['reconstruction']}", num("reconstruction"))
     if m.get("kl") is not None:
@@ -113,7 +116,7 @@ def _format_metrics(m: dict) -> str:
         if m.get("iw_khat_above_0_7") is not None:
             k_max, k_med = m.get("iw_khat_max"), m.get("iw_khat_median")
             shown = "" if k_max is None else f"max {k_max:.2f}, median {k_med:.2f}, "
-            row("  PSIS k-hat of the weights", f"{shown}{m['iw_khat_above_0_7']} of {m['num_points']} points above 0.7")
+            row("  PSIS k-hat of the weights", f"{shown}{m['iw_khat_above_0_7']} of {m['num_points']} {unit}s above 0.7")
         if m.get("log_likelihood_warning"):
             lines.append(f"    WARNING: {m['log_likelihood_warning']}")
         elif "log_likelihood_warning" not in m and m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
@@ -229,8 +232,9 @@ def _negative_kl(name: str, term: Optional[float], se: Optional[float]) -> Optio
             "raise --iw-samples")
 
 
-#: at most this many steps are listed by the per-step table (the first and the last half of them each)
-MAX_STEP_ROWS = 24
+#: at most this many steps are listed by the per-step table (the first and the last half of them each); the
+#: whole profile is in --json and metrics.json ("steps")
+MAX_STEP_ROWS = 8
 
 
 def _format_steps(m: dict) -> Optional[str]:
@@ -245,7 +249,8 @@ def _format_steps(m: dict) -> Optional[str]:
     lines = ["  per time step (means over the sequences that reach the step; padded steps count for nothing):",
              f"    {'t':>5}{'sequences':>11}" + "".join(f"{h:>{width}}" for h in heads)]
     rows = list(range(len(prof["steps"])))
-    if len(rows) > MAX_STEP_ROWS:
+    cut = len(rows) > MAX_STEP_ROWS
+    if cut:
         rows = rows[: MAX_STEP_ROWS // 2] + [None] + rows[-MAX_STEP_ROWS // 2:]
     for i in rows:
         if i is None:
@@ -254,9 +259,24 @@ def _format_steps(m: dict) -> Optional[str]:
         cells = "".join(f"{'-':>{width}}" if prof["terms"][s][i] is None else f"{prof['terms'][s][i]:>{width}.3f}"
                         for s in stems)
         lines.append(f"    {prof['steps'][i]:>5}{prof['sequences'][i]:>11}{cells}")
+    if cut:
+        for s, h in zip(stems, heads):
+            lines.append(f"    {h}: {_profile_line(prof['steps'], prof['terms'][s])}")
+        lines.append(f"    (all {len(prof['steps'])} steps: --json, or \"steps\" in the run's metrics.json)")
     if m.get("iw_khat_length_note"):
         lines.append(f"    note: {m['iw_khat_length_note']}")
     return "\n".join(lines)
+
+
+def _profile_line(steps: list, values: list) -> str:
+    """One term over all the steps in a line: its mean over the steps, where it is largest and smallest."""
+    got = [(t, v) for t, v in zip(steps, values) if v is not None]
+    if not got:
+        return "no sequence reaches any step"
+    hi, lo = max(got, key=lambda p: p[1]), min(got, key=lambda p: p[1])
+    mean = sum(v for _, v in got) / len(got)
+    return (f"mean over steps {mean:.3f}; largest {hi[1]:.3f} at t = {hi[0]}, smallest {lo[1]:.3f} at t = {lo[0]} "
+            f"(steps {got[0][0]}..{got[-1][0]})")
 
 
 def _format_nodes(m: dict) -> Optional[str]:

@@ -3,6 +3,7 @@ arrays keep their shape, the per-step observed sites and the "z_minibatch" plate
 for nothing in evaluation or diagnosis, and what cannot be diagnosed is refused in one line."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -147,6 +148,8 @@ def test_dmm_as_written_trains_evaluates_and_diagnoses_from_the_command_line(tmp
     d = pv.load_diagnosis(diag)
     assert (d.runs[0].local.elbo < 0).all() and math.isfinite(float(d.runs[0].local.gap.mean()))
     assert main(["report", str(run), "--out", str(diag), "--quiet"]) == 0
+    figures = {f["file"] for f in json.loads((diag / "results.json").read_text())["figures"]}
+    assert "figures/steps_run.png" in figures and not any("reconstructions" in f for f in figures)  # no padding
 
 
 # -- whole sequences: the per-step profile, names, sampling and forecasts -----------------------------------------

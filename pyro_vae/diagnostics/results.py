@@ -7,6 +7,7 @@ import io
 import json
 import re
 import typing
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -327,6 +328,48 @@ class Generated(Record):
     traversal_steps: np.ndarray  # in prior standard deviations
 
 
+@dataclass
+class SequenceFit(Record):
+    """A chain's first diagnosed sequences for the report: steps past a sequence's length are padding, never drawn."""
+
+    data: np.ndarray  # (m, T, D): the observed steps
+    lengths: np.ndarray  # (m,): each sequence's real steps (T without a lengths array)
+    reconstructions: np.ndarray  # (draws, m, T, D): mean of p(x_t | z_t), z ~ q
+    z: np.ndarray  # (draws, m, T, Z): q's draws
+    reference_mean: np.ndarray  # (m, T, Z): the Kalman smoother's means; empty (0,) for another reference
+    reference_sd: np.ndarray
+
+    def problem(self) -> Optional[str]:
+        """What makes these arrays inconsistent (a file not written by diagnose), or None."""
+        x, n, r, z = (np.asarray(a) for a in (self.data, self.lengths, self.reconstructions, self.z))
+        if x.ndim != 3 or n.shape != x.shape[:1] or r.ndim != 4 or r.shape[1:] != x.shape or z.ndim != 4 \
+                or z.shape[:3] != (r.shape[0], *x.shape[:2]):
+            return "its arrays' shapes do not agree"
+        if n.dtype.kind not in "iu" or (n < 1).any() or (n > x.shape[1]).any():
+            return "its lengths are not whole step counts between 1 and the steps saved"
+        ref = [np.asarray(self.reference_mean), np.asarray(self.reference_sd)]
+        if not all(a.size == 0 or a.shape == z.shape[1:] for a in ref):
+            return "its reference moments' shapes do not agree with q's draws"
+        return None
+
+
+def profile_problem(profile) -> Optional[str]:
+    """What makes a saved per-step profile (evaluation/steps.py's ``to_dict``) unusable, or None."""
+    if not isinstance(profile, dict) or not all(isinstance(profile.get(k), (list, dict))
+                                                 for k in ("steps", "sequences", "terms", "kinds")):
+        return "it is not a mapping of steps, sequences, terms and kinds"
+    t = len(profile["steps"])
+    if len(profile["sequences"]) != t or not isinstance(profile["terms"], dict) or not profile["terms"]:
+        return "its steps and sequences differ in length, or it has no terms"
+    for stem, col in profile["terms"].items():
+        if not isinstance(col, list) or len(col) != t or profile["kinds"].get(stem) not in ("observed", "latent") \
+                or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in col):
+            return f"its term {stem!r} is not one number (or null) per step with a kind"
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in profile["steps"] + profile["sequences"]):
+        return "its steps and sequence counts are not whole numbers"
+    return None
+
+
 #: what a node of a model's graph is (ModelStructure.nodes)
 LATENT = "latent"  # a sampled site with a density (continuous, or discrete with no finite support)
 OBSERVED = "observed"  # observed wherever it is in the program
@@ -415,6 +458,9 @@ class RunDiagnosis(Record):
     structure: Optional[ModelStructure] = None  # the model's graph (None in diagnoses saved before it was kept)
     loo_check: Optional[LooCheck] = None  # against ArviZ's loo_approximate_posterior (None before ArviZ 1.0)
     gaps: Optional[InferenceGaps] = None  # the inference gap split (None: a model it does not apply to, or older)
+    sequences: Optional[SequenceFit] = field(default=None, metadata=_FILE)  # a chain's sequences, for its figures
+    # a chain's ELBO terms per time step over the run's test data (evaluation/steps.py), as its metrics.json has it
+    step_profile: Optional[dict] = None
 
     @property
     def coverage(self) -> str:
@@ -423,7 +469,7 @@ class RunDiagnosis(Record):
 
 
 _NETCDF = (("q", "q_data"), ("reference", "reference_data"), ("nuts", "nuts_data"))
-_NPZ = (("grid", GridPosterior), ("generated", Generated))
+_NPZ = (("grid", GridPosterior), ("generated", Generated), ("sequences", SequenceFit))
 
 
 def _write_npz(path: Path, record) -> None:
@@ -433,8 +479,12 @@ def _write_npz(path: Path, record) -> None:
 
 
 def _read_npz(path: Path, cls):
-    with np.load(path) as z:
-        return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+    try:
+        with np.load(path) as z:
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise PyroVAEError(f"{path} is not an .npz pyro_vae wrote ({type(e).__name__}: {str(e)[:120]}): re-run "
+                           f"'pyro-vae diagnose RUN_DIR ... --out {path.parent.parent}'") from None
 
 
 @dataclass
@@ -462,7 +512,8 @@ class Diagnosis:
                    raw.get("created", ""), raw.get("arviz", ""))
 
     def save(self, out_dir) -> Path:
-        """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and ``{grid,generated}.npz``."""
+        """Write ``diagnostics.json`` and, per run, ``<folder>/{q,reference,nuts}.nc`` and
+        ``{grid,generated,sequences}.npz``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for r in self.runs:
@@ -515,4 +566,11 @@ def load_diagnosis(folder) -> Diagnosis:
         for label, cls in _NPZ:
             if (sub / f"{label}.npz").exists():
                 setattr(r, label, _read_npz(sub / f"{label}.npz", cls))
+        why = r.sequences.problem() if r.sequences is not None else None
+        if why:
+            raise PyroVAEError(f"{sub / 'sequences.npz'}: {why}: the file was not written by pyro_vae; {again}")
+        why = profile_problem(r.step_profile) if r.step_profile is not None else None
+        if why:
+            raise PyroVAEError(f"{path}: run {r.name!r}'s step_profile: {why}: the file was not written by pyro_vae; "
+                               f"{again}")
     return d

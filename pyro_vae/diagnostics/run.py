@@ -22,10 +22,12 @@ from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
 from .results import (AmortizationGap, Comparison, Diagnosis, Generated, GridPosterior, KhatSummary, ModelStructure,
-                      NutsCheck, QSummary, Reference, RunDiagnosis, RunSummary, SbcResult, WorstPoint)
+                      NutsCheck, QSummary, Reference, RunDiagnosis, RunSummary, SbcResult, SequenceFit,
+                      WorstPoint)
 from .structure import graph_data, model_structure
 from ..serialize import to_plain
 from .generated import generate
+from .sequences import sequence_fit
 from .draws import draw_prior, draw_q
 from .local import LocalModel, fit_local
 from .gaps import inference_gaps
@@ -113,6 +115,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     sbc = _sbc(model, x, layout, name, settings, log)
     lap("sbc")
     generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log)
+    fit = _sequence_fit(model, x, ref.result, name, settings, log)
     lap("generated")
     structure = _structure(subject, model, x, name, log)
     lap("structure")
@@ -131,7 +134,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         image_shape=[int(v) for v in shape] if shape else None,
         latent_sites=list(layout.sites), summed_sites=list(layout.summed),
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
-        structure=structure, loo_check=loo, gaps=gaps)
+        structure=structure, loo_check=loo, gaps=gaps, sequences=fit,
+        step_profile=_step_profile(run))
     r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
     return r
 
@@ -378,6 +382,24 @@ def _generated(model, x, layout: Layout, q: QSummary, prior_sd, contraction, nam
     except Exception as e:
         log(f"[{name}] no 'generated' figures: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         return None
+
+
+def _sequence_fit(model, x, reference: Reference, name, settings, log) -> Optional[SequenceFit]:
+    """A chain's sequences for the report's figures; None (and a note) when they cannot be drawn."""
+    try:
+        return sequence_fit(model, x, reference, settings.seed)
+    except PyroVAEError:
+        raise
+    except Exception as e:
+        log(f"[{name}] no sequence figures: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+
+
+def _step_profile(run) -> Optional[dict]:
+    """The per-step profile of the ELBO's terms that evaluate saved in the run's metrics.json (None without)."""
+    metrics = getattr(run, "metrics", None) if run is not None else None
+    profile = metrics.get("steps") if isinstance(metrics, dict) else None
+    return profile if isinstance(profile, dict) and profile.get("terms") else None
 
 
 def _structure(subject: Subject, model, x, name, log) -> Optional[ModelStructure]:

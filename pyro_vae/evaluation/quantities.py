@@ -31,6 +31,7 @@ from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provena
 from pyro.poutine.messenger import Messenger
 
 from ..data import batch
+from ..data.sequences import LENGTHS
 from ..infer.layout import Layout
 from ..infer.probe import TRACE_ERRORS
 from ..infer.rng import forked_rng
@@ -49,6 +50,9 @@ class Quantities:
     kl: str  # e.g. "KL(q(z|x,y) || p(z))"
     observed: Tuple[str, ...] = ()  # the observed sites, the main one first
     inputs: Tuple[str, ...] = ()  # the arrays the model conditions on that no site scores
+    # what one "point" of the numbers is: a data point, or a whole sequence of a chain, whose length is given (it
+    # says which steps are real, as the shape of any data point is given; it is no variable the model explains)
+    per: str = "data point"
 
     @property
     def elbo(self) -> str:
@@ -61,7 +65,8 @@ class Quantities:
     def to_json(self) -> Dict[str, str]:
         """{metrics.json key: what it estimates}."""
         return {"elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl,
-                "log_likelihood": self.log_likelihood, "log_likelihood_prior": self.log_likelihood_prior}
+                "log_likelihood": self.log_likelihood, "log_likelihood_prior": self.log_likelihood_prior,
+                "per": self.per}
 
 
 #: the labels of a model of one latent z and one observed x (and of a metrics.json written before labels were)
@@ -146,6 +151,12 @@ def _read_quantities(model, x, layout: Layout) -> Quantities:
             if a in arrays:
                 site_of.setdefault(a, site)
     inputs = [a for a in arrays if a not in site_of and a not in observed]
+    per = "data point"
+    if LENGTHS in inputs and _is_chain(mtr):
+        # a chain's lengths mask its padded steps: every number is per sequence with its length given, which the
+        # labels say once ("per sequence") rather than as a conditioning in every density
+        inputs.remove(LENGTHS)
+        per = SEQUENCE
 
     def renamed(names) -> FrozenSet[str]:
         return frozenset(site_of.get(n, n) for n in names)
@@ -158,7 +169,8 @@ def _read_quantities(model, x, layout: Layout) -> Quantities:
         return _any_program(observed, inputs, layout)
     # a density reads the inputs and the sites drawn before it: what a later site seems to give (x.new_zeros for
     # a prior's shape) is not a parent
-    parents = {n: renamed(prior.reads[n]) & (set(inputs) | set(order[:i])) for i, n in enumerate(order)}
+    parents = {n: renamed(prior.reads[n] - {LENGTHS if per == SEQUENCE else ""}) & (set(inputs) | set(order[:i]))
+               for i, n in enumerate(order)}
     data_names = observed + inputs
 
     def ordered(names) -> List[str]:  # the data first (the main observations first), then latents in model order
@@ -166,14 +178,24 @@ def _read_quantities(model, x, layout: Layout) -> Quantities:
 
     given = ordered({n for s in order for n in parents[s]} & set(inputs))
     recon = [f"log {_density(o, ordered(parents[o]))}" for o in observed]
-    q_given = ordered({n for s in q_sites for n in renamed(guide.reads[s])} & set(data_names))
+    q_given = ordered({n for s in q_sites for n in renamed(guide.reads[s])} & set(data_names))  # lengths: not data
     p_given = ordered({n for s in latent for n in parents[s]} - set(latent))
     zs = _names(kl_sites)
     return Quantities(
         log_likelihood=f"log {_density(_names(observed), given)}",
         reconstruction=f"E_q[{' + '.join(collapse_terms(recon))}]",
         kl=f"KL(q({zs}{'|' + _names(q_given) if q_given else ''}) || {_density(zs, p_given)})",
-        observed=tuple(observed), inputs=tuple(given))
+        observed=tuple(observed), inputs=tuple(given), per=per)
+
+
+#: what one point of a chain's numbers is
+SEQUENCE = "sequence (its length given)"
+
+
+def _is_chain(trace) -> bool:
+    """Whether a trace holds a latent named per time step over 3+ consecutive steps (``z_1 .. z_T``)."""
+    latent = [n for n, site in trace.nodes.items() if is_latent(site)]
+    return any(".." in n for n in collapse_names(latent))
 
 
 def _any_program(observed: List[str], inputs: List[str], layout: Layout) -> Quantities:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from statistics import NormalDist
 from typing import Optional
 
 import numpy as np
@@ -21,6 +22,11 @@ def _panels(dims: int):
     k = min(dims, MAX_PANELS)
     fig, axes = plt.subplots(k, 1, figsize=(7, 1.6 * k + 0.8), sharex=True, squeeze=False)
     return fig, [a[0] for a in axes]
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal's ``p`` quantile (a reference's central band from its sd)."""
+    return NormalDist().inv_cdf(p)
 
 
 @figure_style()
@@ -91,10 +97,13 @@ def save_step_profile(profile: dict, path: Path) -> Path:
 
 @figure_style()
 def save_sequence_fit(x: np.ndarray, lengths: np.ndarray, recon: np.ndarray, z: np.ndarray, path: Path,
-                      level: float = 0.9) -> Path:
+                      level: float = 0.9, ref_mean: Optional[np.ndarray] = None, ref_sd: Optional[np.ndarray] = None,
+                      ref_label: str = "Kalman smoother", names: Optional[list] = None) -> Path:
     """A few sequences: observed x_t against the mean of p(x_t | z_t) with z ~ q (median and central band over q's
     draws), and q's latent trajectories (median and band) below; steps past a sequence's length are not drawn.
-    ``x`` (m, T, D), ``recon`` (draws, m, T, D), ``z`` (draws, m, T, Z)."""
+    ``x`` (m, T, D), ``recon`` (draws, m, T, D), ``z`` (draws, m, T, Z); an exact Gaussian reference's per-step
+    ``ref_mean`` and ``ref_sd`` (m, T, Z), when given, are drawn as dashed lines with their own central band;
+    ``names`` titles each sequence (default "sequence i")."""
     plt = pyplot()
     m = min(x.shape[0], 3)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
@@ -109,17 +118,25 @@ def save_sequence_fit(x: np.ndarray, lengths: np.ndarray, recon: np.ndarray, z: 
             ax.plot(t, np.median(recon[:, i, :n, d], 0), color=color, lw=1)
             ax.fill_between(t, np.quantile(recon[:, i, :n, d], lo, 0), np.quantile(recon[:, i, :n, d], hi, 0),
                             color=color, alpha=0.2, lw=0)
-        ax.set_title(f"sequence {i} ({n} steps)", fontsize=9)
+        ax.set_title(f"{names[i] if names else f'sequence {i}'} ({n} steps)", fontsize=9)
         ax = axes[1, i]
         for k in range(min(z.shape[3], MAX_PANELS)):
             color = f"C{k}"
             ax.plot(t, np.median(z[:, i, :n, k], 0), color=color, lw=1, label=f"z[{k}]")
             ax.fill_between(t, np.quantile(z[:, i, :n, k], lo, 0), np.quantile(z[:, i, :n, k], hi, 0),
                             color=color, alpha=0.2, lw=0)
+            if ref_mean is not None and ref_sd is not None:
+                half = _normal_quantile(hi) * ref_sd[i, :n, k]
+                ax.plot(t, ref_mean[i, :n, k], "--", color=color, lw=1.2,
+                        label=f"{ref_label} (dashed), its band (dotted)" if k == 0 else None)
+                ax.plot(t, ref_mean[i, :n, k] - half, ":", color=color, lw=0.9)
+                ax.plot(t, ref_mean[i, :n, k] + half, ":", color=color, lw=0.9)
         ax.set_xlabel("step t")
     axes[0, 0].set_ylabel("x_t, E[x_t | z_t]")
     axes[1, 0].set_ylabel(f"z_t ~ q ({level:.0%})")
     axes[1, 0].legend(fontsize=7)
-    fig.suptitle("observed against reconstructed (z ~ q), and q's latent trajectories", fontsize=9)
+    which = f"q's latent trajectories against the {ref_label}'s" if ref_mean is not None else \
+        "q's latent trajectories"
+    fig.suptitle(f"observed against reconstructed (z ~ q), and {which}", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

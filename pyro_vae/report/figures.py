@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
 from ..evaluation.topics import TopicMetrics
 from ..figures.topics import draw_topic_words
 from ..figures.graph import draw_structure, structure_caption
+from ..figures.sequences import save_sequence_fit, save_step_profile
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
 
@@ -50,13 +51,17 @@ class Figures:
     def save(self, fig, name: str, title: str, caption: str, section: str) -> None:
         """Save ``fig`` as ``<name>.png`` in the folder: other characters than letters, digits and ``_.-`` become
         ``_``, and a name already taken gets a number, so every figure has its own file inside the folder."""
+        self.draw(lambda path: save_figure(fig, path, bbox_inches="tight"), name, title, caption, section)
+
+    def draw(self, write: Callable[[Path], object], name: str, title: str, caption: str, section: str) -> None:
+        """As :meth:`save`, for a figure that ``write(path)`` draws and saves itself (figures/'s savers)."""
         stem = _UNSAFE.sub("_", name)
         taken = {f.file for f in self.items}
         path, n = self.folder / f"{stem}.png", 1
         while f"figures/{path.name}" in taken:
             n += 1
             path = self.folder / f"{stem}-{n}.png"
-        save_figure(fig, path, bbox_inches="tight")
+        write(path)
         self.items.append(Figure(f"figures/{path.name}", title, caption, section))
 
 
@@ -348,9 +353,37 @@ def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
 # -- what the models generate ---------------------------------------------------
 
 
+def fig_sequences(figs: Figures, diagnosis: Diagnosis) -> None:
+    """A chain's figures over time: observed against reconstructed traces with q's latent trajectories (and the
+    Kalman smoother's where it is the reference), and the per-step profile of the ELBO's terms; padded steps
+    (past each sequence's saved length) are never drawn."""
+    for r in diagnosis.runs:
+        fit = r.sequences
+        if fit is not None:
+            exact = np.asarray(fit.reference_mean).ndim == 3
+            names = [f"test[{p}]" for p in r.points[: len(fit.lengths)]]
+            figs.draw(lambda path: save_sequence_fit(
+                fit.data, fit.lengths, fit.reconstructions, fit.z, path, ref_mean=fit.reference_mean if exact else None,
+                ref_sd=fit.reference_sd if exact else None, names=names),
+                f"sequence_fit_{r.folder}", f"{r.name}: sequences observed against reconstructed",
+                "Top: each diagnosed sequence's observed steps (dots) and the mean of p(x_t | z_t) with z drawn from "
+                "q (median line, central 90% band over q's draws). Below: q's latent trajectories z_t (median, 90% "
+                "band)" + (", with the Kalman smoother's exact posterior mean (dashed) and 90% band (dotted)"
+                           if exact else "") + ". Steps past a sequence's length are padding and are not drawn.",
+                "sequences")
+        if r.step_profile:
+            figs.draw(lambda path: save_step_profile(r.step_profile, path), f"steps_{r.folder}",
+                      f"{r.name}: the ELBO's terms per time step",
+                      "Each latent's KL(q(z_t | ...) || p(z_t | z_t-1)) and each observation's E_q log p(x_t | z_t) at "
+                      "step t, averaged over the test sequences that reach t (padded steps count for nothing), with "
+                      "how many do below: where over time the model spends its information.", "sequences")
+
+
 def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
-    """Reconstructions, prior samples and latent traversals, from what diagnose decoded and saved."""
-    runs = [r for r in diagnosis.runs if r.generated is not None]
+    """Reconstructions, prior samples and latent traversals, from what diagnose decoded and saved; not for a
+    model over time, whose flattened steps (padding included) read as nothing (its figures are
+    :func:`fig_sequences`')."""
+    runs = [r for r in diagnosis.runs if r.generated is not None and r.sequences is None and r.step_profile is None]
     if not runs:
         return
     shape = next((tuple(r.image_shape) for r in runs if r.image_shape), None)
@@ -507,6 +540,6 @@ def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
     """Every figure the saved results allow, in the report's order."""
     with figure_style():
         for fig in (fig_training, fig_structure, fig_gaps, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc,
-                    fig_generated, fig_topics):
+                    fig_sequences, fig_generated, fig_topics):
             fig(figs, diagnosis)
     return figs.items

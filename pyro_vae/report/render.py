@@ -45,6 +45,7 @@ SECTIONS = [
     ("comparison", "q(z|x) against the reference"),
     ("pairs", "Posteriors of single points"),
     ("sbc", "Calibration"),
+    ("sequences", "Sequences over time"),
     ("generated", "What the models generate"),
     ("topics", "Topics"),
 ]
@@ -87,6 +88,7 @@ RUN_FILE_ROLES = [
     ("nuts.nc", "the NUTS draws checked against the exact grid (ArviZ netCDF)"),
     ("grid.npz", "the exact grid posterior (NumPy)"),
     ("generated.npz", "reconstructions, samples and traversals, decoded at diagnose time (NumPy)"),
+    ("sequences.npz", "a chain's first sequences: steps, lengths, reconstructions and q's draws (NumPy)"),
 ]
 PAGES = ("index.html", "report.md", "results.json")  # written by write_report itself
 
