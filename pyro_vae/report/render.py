@@ -166,7 +166,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px soli
 table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
 th{background:#f3f3f3;vertical-align:bottom}th span{display:inline-block;max-width:7.5em}
-td{white-space:nowrap}td.text{white-space:normal;min-width:5em;max-width:22em;overflow-wrap:anywhere}
+td{white-space:nowrap}td.text{white-space:normal;min-width:5em;max-width:22em;overflow-wrap:break-word}
 td:first-child,th:first-child,th.text,td.text{text-align:left}
 @media (max-width:900px){table{font-size:.8em}th,td{padding:.2em .35em}}
 ul.files code{overflow-wrap:anywhere}
