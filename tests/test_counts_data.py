@@ -64,6 +64,24 @@ def test_a_dense_count_file_names_the_files_row_before_the_split(tmp_path):
         load_data(DataConfig(train=str(tmp_path / "x.npy")), "negative_binomial")
 
 
+@pytest.mark.parametrize("form", ["npy", "npz"])
+def test_a_multinomial_row_of_zeros_and_a_total_float32_cannot_hold_are_named_by_the_files_row(tmp_path, form):
+    x = _matrix().toarray()
+    x[83] = 0
+    y = _matrix().toarray()
+    y[77, 2] = 2.0 ** 24
+    for data, likelihood, message in ((x, "multinomial", r"row 83 of data.train .* is all zeros"),
+                                      (y, "poisson", r"row 77 of data.train .* totals 1677721\d counts")):
+        path = tmp_path / f"x.{form}"
+        if form == "npy":
+            np.save(path, data)
+        else:
+            sp.save_npz(path, sp.csr_matrix(data))
+        # named before the rows are split and shuffled: the row the file has
+        with pytest.raises(Exception, match=message):
+            load_data(DataConfig(train=str(path)), likelihood)
+
+
 @pytest.mark.slow
 def test_a_sparse_matrix_larger_than_the_memory_allowed_trains(tmp_path):
     """A 40,000 x 2,000 count matrix (320 MB dense) trains in a process whose address space has 256 MB to spare:

@@ -124,9 +124,31 @@ def in_unit_interval(x) -> bool:
 
 
 
-def check_integer_rows(x, what: str) -> None:
-    """Integer data (counts, levels), block by block: the first value that is not a non-negative integer named by its
-    row and column as the file numbers them (checked before the rows are split and shuffled)."""
+#: row totals of counts must stay below 2**24, where float32 stops holding every integer: a sum of counts is rounded
+MAX_ROW_TOTAL = float(1 << 24)
+
+
+def row_total_problem(totals, first_row: int, what: str, nonzero_rows: bool) -> str:
+    """Why a block of rows' count totals (starting at file row ``first_row``) cannot be trained on ("" if they can):
+    a total float32 does not hold exactly, or (``nonzero_rows``: a multinomial's number of trials) a row of zeros."""
+    totals = np.asarray(totals, dtype=np.float64).reshape(-1)
+    over = np.flatnonzero(totals >= MAX_ROW_TOTAL)
+    if over.size:
+        r = int(over[0])
+        return (f"row {r + first_row} of {what} totals {totals[r]:.0f} counts, not below the {MAX_ROW_TOTAL:.0f} where "
+                "float32 stops holding every integer: downsample that row's counts")
+    zero = np.flatnonzero(totals == 0) if nonzero_rows else ()
+    if len(zero):
+        return (f"row {int(zero[0]) + first_row} of {what} is all zeros ({len(zero)} such row{'s' if len(zero) > 1 else ''}"
+                " in this block), but a multinomial reads each row's number of trials from its total: drop rows "
+                "with no counts")
+    return ""
+
+
+def check_integer_rows(x, what: str, nonzero_rows: bool = False) -> None:
+    """Integer data (counts, levels), block by block: the first value that is not a non-negative integer, and the
+    first row whose total a count likelihood cannot take (row_total_problem), named by its row and column as the
+    file numbers them (checked before the rows are split and shuffled)."""
     for start, block in row_blocks(x, None if _is_mapped(x) else SUPPORT_CHECK_BYTES):
         bad = (block < 0) | (block != torch.round(block))
         if bool(bad.any()):
@@ -134,3 +156,7 @@ def check_integer_rows(x, what: str) -> None:
             raise PyroVAEError(f"{what} has values that are not non-negative integers (first at row {r + start}, "
                                f"column {c}: {float(block[r, c]):g}), which a count likelihood needs: "
                                "round or fix the data, or use model.likelihood = 'normal'")
+        # float64 sums: exact for any total a float32 row could hold
+        problem = row_total_problem(block.double().sum(-1).cpu().numpy(), start, what, nonzero_rows)
+        if problem:
+            raise PyroVAEError(problem)

@@ -44,8 +44,9 @@ IMAGE_SOURCES = ("digits", "fashion-mnist", "mnist")
 #: count likelihoods: an image source hands them its raw levels (digits 0..16), as it does a categorical one, and a
 #: file's values are checked to be counts before the split (so a bad one is named by the file's row)
 COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "zinb", "zip", "multinomial")
-#: what a source is told of the likelihood: COUNTS (a truthy ``discrete``), True (categorical) or False
-COUNTS = "counts"
+#: what a source is told of the likelihood (``discrete``): a count likelihood's name (truthy), True (categorical) or
+#: False; a multinomial's rows also need a total above 0
+MULTINOMIAL = "multinomial"
 MAPPED_TEST_ROWS = 10000  # test rows copied from a memory-mapped file when nothing is held out
 
 
@@ -202,12 +203,14 @@ def _arrays(cfg, discrete: bool):
     what = f"data.train ({Path(cfg.train).name})"
     if is_sparse_file(cfg.train):
         # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
-        x = sparse_rows(cfg.train, what, notes, integer=discrete == COUNTS)
+        x = sparse_rows(cfg.train, what, notes, integer=discrete in COUNT_LIKELIHOODS,
+                        nonzero_rows=discrete == MULTINOMIAL)
         if cfg.test is None:
             tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
             return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
         test_what = f"data.test ({Path(cfg.test).name})"
-        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete == COUNTS).dense(test_what) if is_sparse_file(cfg.test) else
+        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete in COUNT_LIKELIHOODS,
+                        nonzero_rows=discrete == MULTINOMIAL).dense(test_what) if is_sparse_file(cfg.test) else
               as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
@@ -223,12 +226,12 @@ def _arrays(cfg, discrete: bool):
                      f"({memmap_limit() / 2**20:.3g} MiB, PYRO_VAE_MEMMAP_BYTES): training reads it a batch at a time")
     else:
         x = as_matrix(raw, what, cfg.drop_nonfinite, notes)
-    if discrete == COUNTS:
-        check_integer_rows(x, what)
+    if discrete in COUNT_LIKELIHOODS:
+        check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
     if cfg.test is not None:
         xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
-        if discrete == COUNTS:
-            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})")
+        if discrete in COUNT_LIKELIHOODS:
+            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})", nonzero_rows=discrete == MULTINOMIAL)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
@@ -306,7 +309,7 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
     ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
     files are then read as (N, T, D) sequences with their lengths (data/sequences.py).  A sequence source
     (``SEQUENCE_SOURCES``) always gives {"x": (N, T, D), "lengths": (N,)}."""
-    discrete = COUNTS if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
+    discrete = likelihood if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
     if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
         raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import PyroVAEError
-from .checks import check_dtype
+from .checks import check_dtype, row_total_problem
 from .files import read_text, regular_file
 from .mapped import MappedRows
 from .sizes import check_fits
@@ -146,11 +146,15 @@ def check_integer_values(m, what: str) -> None:
                            "the data, or use model.likelihood = 'normal'")
 
 
-def sparse_rows(path, what: str, notes: list, integer: bool = False) -> SparseRows:
-    """The rows of a sparse matrix file, for training a batch at a time (``integer``: checked to be counts)."""
+def sparse_rows(path, what: str, notes: list, integer: bool = False, nonzero_rows: bool = False) -> SparseRows:
+    """The rows of a sparse matrix file, for training a batch at a time (``integer``: checked to be counts, whose
+    row totals a float32 holds, and, ``nonzero_rows``, with no row of zeros)."""
     m = sparse_matrix(path, what)
     if integer:
         check_integer_values(m, what)
+        problem = row_total_problem(np.asarray(m.sum(axis=1, dtype=np.float64)).ravel(), 0, what, nonzero_rows)
+        if problem:
+            raise PyroVAEError(problem)
     density = m.nnz / max(1, m.shape[0] * m.shape[1])
     notes.append(f"{what}: a sparse {m.shape[0]} x {m.shape[1]} matrix ({100 * density:.3g}% stored): training "
                  "reads it a batch of rows at a time")

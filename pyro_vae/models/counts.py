@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pyro.distributions as dist
 
+from ..data.checks import MAX_ROW_TOTAL
 from ..errors import PyroVAEError
 from .graph.spec import LIBRARY
 from .likelihoods import LIKELIHOODS, Likelihood
@@ -26,8 +27,6 @@ from .likelihoods import LIKELIHOODS, Likelihood
 __all__ = ["LIKELIHOODS", "LIBRARY", "LIBRARY_NAME", "CountLikelihood", "RowMultinomial", "check_counts",
            "count_options", "given_library", "given_total"]
 
-#: row totals must stay below 2**24, where float32 stops holding every integer: a sum of counts is rounded there
-MAX_ROW_TOTAL = float(1 << 24)
 
 
 def first_bad(bad: torch.Tensor):
