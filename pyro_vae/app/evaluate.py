@@ -132,7 +132,7 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
     if classes and counts is not None:
         topics = topic_metrics(model, counts, vocabulary, log_px=points.log_likelihood,
                                log_px_var=points.log_likelihood_var, elbo=points.elbo)
-    return RunEvaluation(points, points.summary(), found, topics)
+    return RunEvaluation(points, points.summary(), found, topics=topics)
 
 
 def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]:

@@ -88,8 +88,9 @@ def count_plots(model, data, history, folder: Path) -> List[Path]:
     """A count model's figures: the loss curve, mean-variance and zero fractions per feature, the latent space of a
     one-latent model, and the model's graph."""
     folder.mkdir(parents=True, exist_ok=True)
-    n = min(MAX_ROWS, batch.num_rows(data.test))
-    rows = batch.rows(data.test, torch.arange(n))
+    test = named_data(model, data.test)  # the test rows as the model takes them (one array, named)
+    n = min(MAX_ROWS, batch.num_rows(test))
+    rows = batch.rows(test, torch.arange(n))
     predicted = posterior_predictive(model, rows).cpu().numpy()
     observed = data.test_x[:n].cpu().numpy()
     out = [loss_curve(history, folder / "loss.png"),
