@@ -32,7 +32,7 @@ from pyro_vae.training.optim import make_adam
 from pyro_vae.training.trainer import Trainer
 
 # the conformance suite's data, likelihoods and graph
-from test_conformance import D, FORMS, LEVELS, MATRIX_LIKELIHOODS, _data_for, graph_spec
+from test_conformance import D, FORMS, LEVELS, MATRIX_LIKELIHOODS, _data_for, graph_spec, in_quick_suite
 
 
 def data_for(likelihood: str, n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -86,7 +86,9 @@ def _spec(form, likelihood, guide) -> ModelConfig:
     return spec(likelihood=likelihood, guide=guide)
 
 
-@pytest.mark.parametrize("model_type,likelihood,guide", MATRIX, ids=["-".join(c) for c in MATRIX])
+@pytest.mark.parametrize("model_type,likelihood,guide",
+                         [pytest.param(*c, marks=() if in_quick_suite(c[1], c[2]) else pytest.mark.slow) for c in MATRIX],
+                         ids=["-".join(c) for c in MATRIX])
 def test_captured_training_equals_eager_training(model_type, likelihood, guide):
     s = _spec(model_type, likelihood, guide)
     x = data_for(likelihood)
