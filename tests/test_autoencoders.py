@@ -220,6 +220,7 @@ def test_linear_beta_vae_collapses_exactly_below_beta_sigma2(float64_one_thread,
     assert int((kl > 0.05).sum()) == active, kl
 
 
+@pytest.mark.slow
 def test_sparse_autoencoder_sparsity_grows_with_lambda(float64_one_thread):
     # Sparse AE: Laplace prior with rate lambda under the delta guide, -log p(z) = lambda |z|_1 + const.
     # Data: x = A s with A (6 x 3) orthonormal and sparse sources s (75% exact zeros).  A tied linear
@@ -584,6 +585,7 @@ def _check_comparison(out, models):
         assert 0 <= r["code_sparsity"] <= 1 and 0 <= r["active_units"] <= r["latent_dim"]
 
 
+@pytest.mark.slow
 def test_compare_autoencoders_writes_table_and_figure(tmp_path, capsys):
     models = ["ae_undercomplete", "ae_contractive", "vae_gaussian"]
     assert _load_compare().main(["--epochs", "1", "--models", *models, "--out", str(tmp_path)]) == 0

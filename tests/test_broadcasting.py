@@ -200,6 +200,7 @@ def _settings(reference, local_steps=30):
                                local_particles=1, sbc_sims=20, sbc_draws=9)
 
 
+@pytest.mark.slow
 def test_diagnose_runs_on_a_program_that_does_not_broadcast(net2):
     net, x = net2
     settings = _settings("nuts")
@@ -214,6 +215,7 @@ def test_diagnose_runs_on_a_program_that_does_not_broadcast(net2):
     assert (abs(got.reference.mean - twin.reference.mean) < cell).all()
 
 
+@pytest.mark.slow
 def test_diagnose_without_a_reference_runs_on_a_program_that_does_not_broadcast(net2):
     net, x = net2
     # the local fit of this program, draw by draw, is the test above's; here the stages without a reference

@@ -30,6 +30,7 @@ def test_help_everywhere(command, capsys):
         assert command in out
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """The README's main job: trains on the embedded digits, prints metrics, writes plots."""
     out = tmp_path / "demo"

@@ -354,6 +354,7 @@ def test_an_older_diagnosis_folder_says_to_diagnose_again(diagnosis, tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_khat_is_per_point(subjects, ppca):
     """One bad point among good ones: per-point k-hat names it (a pooled k-hat could not)."""
     good = subjects[0].model
@@ -605,6 +606,7 @@ def tiny_run(ppca, tmp_path_factory):
 CLI_FAST = ["--points", "3", "--reference", "grid", "--draws", "200", "--local-steps", "30", "--sbc-sims", "20", "--quiet"]
 
 
+@pytest.mark.slow
 def test_cli_diagnose_then_report(tiny_run, tmp_path, capsys):
     out = tmp_path / "diag"
     assert main(["diagnose", str(tiny_run), "--out", str(out)] + CLI_FAST) == 0

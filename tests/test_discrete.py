@@ -329,6 +329,7 @@ def _saved_draws(r):
     return group(r.q_data, "posterior")["z"].values[0], ss["log_p"].values[0], ss["log_q"].values[0]
 
 
+@pytest.mark.slow
 def test_diagnose_a_mixture_prior_sums_its_component(tmp_path):
     o = _mixture_oracle()
     d, r = _diagnose(MixturePrior(o), o, reference="nuts")
@@ -362,6 +363,7 @@ def test_diagnose_a_mixture_same_family_prior():
     assert r.summary.gap > 4 * r.summary.gap_se
 
 
+@pytest.mark.slow
 def test_diagnose_a_guide_label_nuts_matches_the_exact_posterior():
     o = Oracle(latent=1)
     m = M2(o)

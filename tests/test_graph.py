@@ -324,6 +324,7 @@ def _mcnemar(right_a: torch.Tensor, right_b: torch.Tensor) -> tuple:
     return b, c, (b - c) / math.sqrt(max(b + c, 1))
 
 
+@pytest.mark.slow
 def test_m2_graph_classifies_better_than_the_same_network_trained_on_the_labels_alone():
     x, y = _binary_digits()
     x, y = torch.from_numpy(x), torch.from_numpy(y)
@@ -470,6 +471,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_graph_run_resumed_ends_bit_identical_to_a_straight_run_and_load_run_rebuilds_it(tmp_path, capsys):
     from pyro_vae.cli import main
 

@@ -266,6 +266,7 @@ def test_a_second_signal_during_a_checkpoint_write_waits_for_the_write():
         assert written == [True]
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_final_evaluation_releases_the_lock_and_resumes(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -320,6 +321,7 @@ def test_idx_test_images_of_another_size_write_nothing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_report_on_a_diagnostics_json_holding_a_list_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--set", "train.epochs=1", "--out", str(run), *FAST]) == 0

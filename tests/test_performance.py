@@ -334,6 +334,7 @@ def test_mapped_data_checks(tmp_path, monkeypatch):
         Trainer(small_vae(dim=6), TrainConfig(epochs=1, batch_size=16, device="cpu"), progress=False).fit(ds.train)
 
 
+@pytest.mark.slow
 def test_a_memory_mapped_file_is_never_read_whole(tmp_path):
     """In a process that may not allocate the file's size, loading and training through the map still work."""
     script = textwrap.dedent(f"""

@@ -891,6 +891,7 @@ def test_stop_after_k_epochs_then_raise_epochs_on_resume_is_bit_identical(straig
     assert_same_run(straight_run, out)
 
 
+@pytest.mark.slow
 def test_killed_during_a_checkpoint_write_keeps_the_previous_one(straight_run, resume_config, tmp_path, capsys):
     out = tmp_path / "killed"
     # checkpoints are written after epochs 1, 2, 3: the second write is cut short by SIGKILL

@@ -149,6 +149,7 @@ def _train_into(out: str, queue):
     queue.put((rc, err.getvalue()))
 
 
+@pytest.mark.slow
 def test_two_concurrent_trainings_into_one_folder_never_mix(tmp_path):
     out = str(tmp_path / "shared")
     ctx = multiprocessing.get_context("spawn")
@@ -397,6 +398,7 @@ SECOND_CTRL_C = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_a_checkpoint_write_is_one_line_and_the_checkpoint_is_whole(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-c", SECOND_CTRL_C, "train", "--out", str(out), *TINY,

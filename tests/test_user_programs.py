@@ -111,6 +111,7 @@ def m2_folder(tmp_path):
 # -- plates without a size: diagnose and report ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_m2_with_a_sizeless_data_plate_trains_diagnoses_and_reports(m2_folder, capsys):
     run, out = m2_folder / "run", m2_folder / "diag"
     assert main(["train", str(m2_folder / "m2.toml"), "--out", str(run), "--quiet", "--iw-samples", "5"]) == 0
