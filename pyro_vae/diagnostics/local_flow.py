@@ -23,61 +23,28 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import pyro.distributions as dist
 from pyro.distributions.transforms import conditional_affine_autoregressive
 
-from ..models.graph.flows import DEFAULT_FLOWS, ConditionedFlow, context_size, hidden_sizes, quiet_made
-from ..models.graph.guides import MIN_SCALE, raw_scale
+from ..models.graph.flows import FlowLaw
 
 
-class LocalFlowLaw(nn.Module):
-    """A per-point flow law: ``out`` = (loc, raw scale, context) per point, the transforms started at the identity."""
+class LocalFlowLaw(FlowLaw):
+    """A per-point flow law: ``out`` = (loc, raw scale, context) per point, the transforms started at the identity.
 
-    point_mass = False
+    The training guide's flow law (models/graph/flows.py) with plain transforms whose last layers start at zero;
+    its ``warm_start`` is then N(loc, diag scale^2) exactly."""
 
     def __init__(self, node):
-        super().__init__()
-        dim = int(node.dim)
-        self.context = context_size(dim)
-        hidden = hidden_sizes(dim, node.flow_hidden)
-        count = int(node.flows or DEFAULT_FLOWS)
-        self.transforms = nn.ModuleList(
-            quiet_made(lambda: conditional_affine_autoregressive(dim, self.context, hidden_dims=hidden))
-            for _ in range(count))
+        super().__init__(node)
         with torch.no_grad():
             for t in self.transforms:
                 last = t.nn.layers[-1]  # mu and log-scale: 0 and 0, so T(x) = x until the fit moves them
                 last.weight.zero_()
                 last.bias.zero_()
 
-    @classmethod
-    def for_node(cls, node) -> "LocalFlowLaw":
-        return cls(node)
-
-    def features(self, dim: int) -> int:
-        return 2 * dim + self.context
-
-    def warm_start(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``out`` whose q is N(loc, diag scale^2) exactly (the transforms are the identity at the start)."""
-        return torch.cat([loc, raw_scale(scale), loc.new_zeros(loc.shape[:-1] + (self.context,))], -1)
-
-    def _parts(self, out: torch.Tensor, dim: int):
-        loc, raw, context = out.split([dim, dim, self.context], dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE, context
-
-    def law(self, out: torch.Tensor, dim: int) -> dist.Distribution:
-        loc, scale, context = self._parts(out, dim)
-        base = dist.Normal(loc, scale).to_event(1)
-        q = dist.ConditionalTransformedDistribution(base, list(self.transforms)).condition(context)
-        return ConditionedFlow(q.base_dist, q.transforms)
-
-    def mean(self, out: torch.Tensor, dim: int) -> torch.Tensor:
-        loc, _, context = self._parts(out, dim)
-        for t in self.transforms:
-            loc = t.condition(context)(loc)
-        return loc
+    @staticmethod
+    def transform(dim, context, hidden):
+        return conditional_affine_autoregressive(dim, context, hidden_dims=hidden)
 
 
 #: the per-point families the gap split fits under a name of their own (before the registered guide laws)
