@@ -22,7 +22,7 @@ from ..infer.rng import isolated_rng
 from ..models.params import model_params
 from ..errors import PyroVAEError
 from .run import FigureWriteError, graph, latent_scatter, loss_curve
-from .style import figure_style, pyplot, save_figure
+from .style import figure_style, log_axes, pyplot, save_figure
 
 #: the most test rows the posterior-predictive figures draw for
 MAX_ROWS = 2000
@@ -56,8 +56,7 @@ def mean_variance(observed: np.ndarray, predicted: np.ndarray, path: Path) -> Pa
     lo, hi = max(float(m[m > 0].min()) if (m > 0).any() else 1e-3, 1e-3), max(float(m.max()), 1e-2)
     line = np.geomspace(lo, hi, 50)
     ax.plot(line, line, "k--", lw=1, label="variance = mean (Poisson)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax)
     ax.set_xlabel("mean count per feature")
     ax.set_ylabel("variance per feature")
     ax.set_title("mean-variance per feature (test rows)")

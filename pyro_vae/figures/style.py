@@ -61,6 +61,45 @@ def figure_style() -> Iterator[None]:
         yield
 
 
+def plain_number(value: float) -> str:
+    """A tick value as people write it: 0.01, 1, 10, 100, 1k, 10k, 1M (no powers of ten in mathtext)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:.6g}"
+
+
+def log_axes(ax, x: bool = True, y: bool = True) -> None:
+    """Log scale on the chosen axes of ``ax``, labelled with plain numbers (:func:`plain_number`).
+
+    matplotlib's log formatter writes ``$\\mathdefault{10^{2}}$``, which the house style's ``text.parse_math =
+    False`` shows as that raw text.  Decades are labelled; where an axis spans under about a decade and a half,
+    so that one or no decade shows, the 2s and 5s between them are labelled too.
+    """
+    from matplotlib.ticker import Formatter
+
+    class _Plain(Formatter):
+        def __init__(self, minor: bool):
+            self.minor = minor
+
+        def __call__(self, value, pos=None):
+            if not self.minor:
+                return plain_number(value)
+            lo, hi = sorted(self.axis.get_view_interval())
+            if lo <= 0 or hi / lo > 30:
+                return ""
+            mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+            return plain_number(value) if round(mantissa, 6) in (2.0, 5.0) else ""
+
+    for on, set_scale, axis in ((x, ax.set_xscale, ax.xaxis), (y, ax.set_yscale, ax.yaxis)):
+        if on:
+            set_scale("log")
+            axis.set_major_formatter(_Plain(False))
+            axis.set_minor_formatter(_Plain(True))
+
+
 def save_figure(fig, path: Path, **savefig_kwargs) -> Path:
     """Write ``fig`` as a PNG through the run directory's atomic writer, then free it."""
     try:
