@@ -205,6 +205,28 @@ def _format_topics(t: dict) -> str:
     return "\n".join(lines)
 
 
+def _format_recovery(r: dict) -> str:
+    """What a synthetic run recovered of its truth (metrics.json's "recovery") as text."""
+    lines = ["recovery of the synthetic source's truth (truth.npz), on the held-out rows:"]
+    names = {"theta": "inverse dispersion theta per feature", "dropout": "dropout probability per feature"}
+    for key, label in names.items():
+        found = r.get(key)
+        if found is None:
+            continue
+        rel = found.get("median_relative_error")
+        rel = "n/a" if rel is None else f"{rel:.1%}"
+        lines.append(f"  {label:<38}median relative error {rel}, median absolute error "
+                     f"{found['median_absolute_error']:.3g} ({found['features']} features)")
+    if r.get("theta") is not None or r.get("dropout") is not None:
+        lines.append(f"  {'':<38}(read off p(x | z) at {r['draws']} draws z ~ q(z | x) of each of {r['points']} rows)")
+    topics = r.get("topics")
+    if topics is not None:
+        best = topics["best_match"]
+        lines.append(f"  {'topics: best cosine per true topic':<38}min {min(best):.3f}, mean "
+                     f"{sum(best) / len(best):.3f}; one-to-one matched mean {topics['matched_mean']:.3f}")
+    return "\n".join(lines)
+
+
 # how each node's term was taken (evaluation/nodes.py), as the per-node table says it, by (kind, method)
 _NODE_METHODS = {
     ("observed", "monte_carlo"): "Monte Carlo E_q[log p]",
@@ -444,6 +466,8 @@ def cmd_train(args) -> int:
         print(_format_classes(run.classes))
     if run.metrics.get("topics") is not None:
         print(_format_topics(run.metrics["topics"]))
+    if run.metrics.get("recovery") is not None:
+        print(_format_recovery(run.metrics["recovery"]))
     print(_timing_line(run, time.perf_counter() - t0, plots=not args.no_plots))
     print(f"run directory: {out}")
     return 0
@@ -500,6 +524,8 @@ def cmd_evaluate(args) -> int:
             print(gaps_text(metrics["gaps"]))
         if found.topics is not None:
             print(_format_topics(found.topics.to_json()))
+        if "recovery" in metrics:
+            print(_format_recovery(metrics["recovery"]))
         if args.per_point:
             print(f"per-point results: {Path(args.per_point)}")
         if args.per_feature:

@@ -26,12 +26,14 @@ from ..evaluation.features import FeatureLogLikelihood, feature_log_likelihood
 from ..evaluation.results import PointwiseEvaluation
 from ..evaluation.streaming import DEFAULT_BUDGET
 from ..infer.data_name import named_data
+from ..evaluation.recovery import Recovery, recovery
 from ..evaluation.topics import TopicMetrics, topic_metrics
 from ..models.protocol import model_device
 from ..runtime import distributed, failures
 from ..runtime.memory import with_halving_budget
 from ..runtime.threads import ThreadChoice, ThreadSetting, check_setting, choose_threads, use_threads
 from ..store.files import write_text_atomic
+from ..store.truth import read_truth
 from .runs import load_run, load_run_data
 
 
@@ -45,10 +47,11 @@ class RunEvaluation:
     classes: Optional[ClassMetrics] = None
     gaps: Optional[InferenceGaps] = None  # ``evaluate --gaps``: the inference gap split on the first points
     topics: Optional[TopicMetrics] = None  # a topic model's top words, perplexity and coherence
+    recovery: Optional[Recovery] = None  # a synthetic source's truth against what the model learned of it
 
     def metrics(self, **extra) -> dict:
         """metrics.json: the summary, then ``extra`` (a training run adds its seconds), then the class metrics,
-        the gap split and a topic model's topics."""
+        the gap split, a topic model's topics and what it recovered of a synthetic source's truth."""
         metrics = dict(self.summary, **extra)
         if self.classes is not None:
             metrics["classes"] = self.classes.to_json()
@@ -56,6 +59,8 @@ class RunEvaluation:
             metrics["gaps"] = self.gaps.to_json()
         if self.topics is not None:
             metrics["topics"] = self.topics.to_json()
+        if self.recovery is not None:
+            metrics["recovery"] = self.recovery.summary()
         return metrics
 
 
@@ -114,10 +119,11 @@ def default_iw_samples(num_points: int) -> int:
 def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=None, class_names=None,
                    prior_samples: Optional[int] = None, budget: Optional[int] = None, progress: Optional[bool] = None,
                    classes: bool = True, log: Callable[[str], None], counts=None,
-                   vocabulary=None) -> RunEvaluation:
+                   vocabulary=None, truth: Optional[dict] = None) -> RunEvaluation:
     """``model`` on the rows of ``x``: every estimate of evaluation/estimators.py on its held-out arrays (the chunk
     budget halved on out-of-memory), then, with ``classes``, its classes against ``labels``, and, for a topic
-    model given its word ``counts`` (``x``'s observations), its topics (``vocabulary``: the word of each column).
+    model given its word ``counts`` (``x``'s observations), its topics (``vocabulary``: the word of each column),
+    and, given a synthetic source's ``truth`` (store/truth.py's arrays), what it recovered of it.
 
     Under torchrun every rank calls this (the estimates are sharded); ``classes`` only on the rank that reports.
     """
@@ -132,7 +138,8 @@ def evaluate_model(model, x, *, iw_samples: Optional[int], seed: int, labels=Non
     if classes and counts is not None:
         topics = topic_metrics(model, counts, vocabulary, log_px=points.log_likelihood,
                                log_px_var=points.log_likelihood_var, elbo=points.elbo)
-    return RunEvaluation(points, points.summary(), found, topics=topics)
+    recovered = recovery(model, density_data(model, x), truth, seed=seed) if classes and truth else None
+    return RunEvaluation(points, points.summary(), found, topics=topics, recovery=recovered)
 
 
 def _class_metrics(model, x, labels, class_names, log) -> Optional[ClassMetrics]:
@@ -197,7 +204,7 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     per_point = _checked_csv(per_point, "--per-point")
     per_feature = _checked_csv(per_feature, "--per-feature")
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
-    vocabulary = None
+    vocabulary = truth = None
     if data:
         x, labels, names = _data_file(run.model, data), None, None
         counts = x
@@ -207,6 +214,8 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
         counts, vocabulary = dataset.test_x, dataset.vocabulary
+        # the truth the run saved (truth.npz): recovery is read against what it trained on, on its own test rows
+        truth = read_truth(run.run_dir) if report else None
     x = named_data(run.model, x)
     for flag, value in (("--iw-samples", iw_samples), ("--prior-samples", prior_samples)):
         floor = 1 if flag == "--iw-samples" else 0
@@ -219,7 +228,7 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     with use_threads(choice):
         found = evaluate_model(run.model, x, iw_samples=iw_samples, seed=seed, labels=labels, class_names=names,
                                prior_samples=prior_samples, budget=budget, progress=progress, classes=report, log=log,
-                               counts=counts, vocabulary=vocabulary)
+                               counts=counts, vocabulary=vocabulary, truth=truth)
         if gaps is not None and report:
             found.gaps = split_gaps(run.model, x, gaps, seed, progress, log)
     if report:  # said once the evaluation stands: a count it refused is the only line

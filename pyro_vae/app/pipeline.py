@@ -28,6 +28,7 @@ from ..runtime import distributed, failures
 from ..runtime.threads import ThreadChoice, use_threads
 from ..store.checkpoint import upgrade
 from ..store.files import write_text_atomic
+from ..store.truth import truth_arrays, write_truth
 from ..store.folder import PLOTS_DIR, check_output_folder, remove_run_files, resume_payload
 from ..store.lock import RunLock
 from ..store.trust import RunCode, remember
@@ -110,6 +111,7 @@ def _train(config, out_dir, resume, progress, iw_samples, plots, overwrite, log,
     with contextlib.ExitStack() as held:
         if writes:
             held.enter_context(_claim(out, cfg, resume, overwrite))
+            write_truth(out, data.truth)  # a synthetic source's: beside the run, as data
         if payload is not None:  # said once the folder is ours: a refusal (a run in use) is the only line
             log(_resume_note(start_epoch, start_batch, cfg.train.epochs))
         held.enter_context(use_threads(trainer.threads))  # the final evaluation too: it shares the machine alike
@@ -243,7 +245,8 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
                           class_names=data.class_names, progress=progress, classes=reports, log=log,
-                          counts=data.test_x, vocabulary=data.vocabulary)
+                          counts=data.test_x, vocabulary=data.vocabulary,
+                          truth=truth_arrays(data.truth) if data.truth else None)
 
 
 def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
@@ -254,6 +257,8 @@ def _plots(model, data: Dataset, history, folder: Path, found: RunEvaluation):
         out = count_figures.count_plots(model, data, history, folder)
         if found.topics is not None:
             out.append(topic_figures.topic_words(found.topics, folder / "topics.png"))
+        if found.recovery is not None:
+            out.append(count_figures.recovery_figure(found.recovery, folder / "recovery.png"))
         return out
     if getattr(model, "one_latent", None):
         return run_figures.run_plots(model, data, history, folder)

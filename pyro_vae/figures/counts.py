@@ -1,5 +1,7 @@
 """A count run's figures: per-feature mean against variance, and zero fractions, observed and posterior-predictive.
 
+A run on a synthetic source adds its recovery: learned parameters against the truth they were drawn with.
+
 Counts are not images: a row of gene or word counts has no picture to show, and what a count likelihood gets
 right or wrong is how each feature's variance grows with its mean (Poisson: equal; negative binomial: more)
 and how many zeros it has.  The posterior-predictive draws are x ~ p(x | z), z ~ q(z | x), on the test rows.
@@ -79,6 +81,53 @@ def zero_fraction(observed: np.ndarray, predicted: np.ndarray, path: Path) -> Pa
     ax.set_ylabel("posterior-predictive zero fraction")
     ax.set_title("zeros per feature (test rows)")
     ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@figure_style()
+def recovery_figure(recovered, path: Path) -> Path:
+    """A synthetic run's learned parameters against the truth: inverse dispersion per feature (log-log), dropout per
+    feature, and each true topic's cosine with each learned one, one panel each where the run has it
+    (``recovered``: an evaluation/recovery.py ``Recovery``)."""
+    plt = pyplot()
+    panels = [p for p in ("theta", "dropout", "topics") if getattr(recovered, p) is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        r = getattr(recovered, name)
+        if name == "topics":
+            cos = np.asarray(r.cosine)
+            order = [c for c in r.matched if c >= 0]
+            order += [c for c in range(cos.shape[1]) if c not in order]
+            im = ax.imshow(cos[:, order], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(order)), [str(c) for c in order])
+            ax.set_yticks(range(cos.shape[0]), [str(k) for k in range(cos.shape[0])])
+            ax.set_xlabel("learned topic (matched order)")
+            ax.set_ylabel("true topic")
+            ax.set_title(f"topic-word cosine (matched mean {r.matched_mean:.3f})")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            continue
+        true, learned = np.asarray(r.true), np.asarray(r.learned)
+        ax.scatter(true, learned, s=12, alpha=0.7)
+        err = "" if r.median_relative_error is None else f"median relative error {r.median_relative_error:.1%}"
+        if name == "theta":
+            keep = (true > 0) & (learned > 0)
+            lo = float(min(true[keep].min(), learned[keep].min())) if keep.any() else 0.1
+            hi = float(max(true[keep].max(), learned[keep].max())) if keep.any() else 10.0
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="learned = true")
+            log_axes(ax)
+            ax.set_xlabel("true inverse dispersion theta per feature")
+            ax.set_ylabel("learned theta")
+            ax.set_title(f"inverse dispersion: {err}")
+        else:
+            ax.plot([0, 1], [0, 1], "k--", lw=1, label="learned = true")
+            top = float(max(true.max(), learned.max(), 0.05)) * 1.05
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ax.set_xlabel("true dropout probability per feature")
+            ax.set_ylabel("learned dropout (mean over q)")
+            ax.set_title(f"dropout: {err}")
+        ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -5,7 +5,8 @@
   ``checkpoint.pt``  parameters, optimizer state, RNG states, data order (atomic)
   ``history.csv``    per epoch: train loss, test ELBO, seconds, beta
   ``metrics.json``   the evaluation of the final model on the test data (and, for a model with classes,
-                     ``"classes"``: evaluation/classes.py)
+                     ``"classes"``: evaluation/classes.py; a synthetic source's ``"recovery"``)
+  ``truth.npz``      a synthetic source's known truth (store/truth.py), as NumPy arrays
   ``plots/``         loss curve, reconstructions, samples, latent scatter, the model's graph; a graph's
                      samples per class and class table; a count model's mean-variance and zero share per
                      feature, and a topic model's top words
@@ -26,13 +27,14 @@ from ..errors import PyroVAEError
 from .checkpoint import load_checkpoint
 from .files import TMP_PREFIX
 from .lock import LOCK_NAME, RunLock
+from .truth import TRUTH_FILE
 
 #: the files a run directory holds, all written by this library (plots/ holds PLOT_FILES)
-RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json")
+RUN_FILES = ("config.toml", "checkpoint.pt", "history.csv", "metrics.json", TRUTH_FILE)
 PLOTS_DIR = "plots"
 PLOT_FILES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "graph.png",
               "class_samples.png", "confusion.png", "contingency.png",
-              "mean_variance.png", "zero_fraction.png", "topics.png")
+              "mean_variance.png", "zero_fraction.png", "topics.png", "recovery.png")
 SAMPLES_GLOB = "samples-seed*"  # what `pyro-vae sample` writes into a run by default
 
 
