@@ -216,7 +216,7 @@ def _format_recovery(r: dict) -> str:
         rel = found.get("median_relative_error")
         rel = "n/a" if rel is None else f"{rel:.1%}"
         lines.append(f"  {label:<38}median relative error {rel}, median absolute error "
-                     f"{found['median_absolute_error']:.3g} ({found['features']} features)")
+                     f"{found['median_absolute_error']:.3g} ({len(found['true'])} features)")
     if r.get("theta") is not None or r.get("dropout") is not None:
         lines.append(f"  {'':<38}(read off p(x | z) at {r['draws']} draws z ~ q(z | x) of each of {r['points']} rows)")
     topics = r.get("topics")

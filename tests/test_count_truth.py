@@ -108,7 +108,7 @@ def test_a_synthetic_counts_run_saves_its_truth_beside_it(tmp_path):
     expected = synthetic_counts_truth(run.config.data)
     for name in ("theta", "dropout", "W", "b"):
         np.testing.assert_allclose(saved[name], expected[name].double().numpy())
-    assert run.metrics["recovery"]["dropout"]["features"] == 12
+    assert len(run.metrics["recovery"]["dropout"]["learned"]) == 12
 
 
 @pytest.mark.slow
@@ -125,7 +125,15 @@ def test_a_synthetic_counts_run_reports_recovery_in_train_evaluate_and_its_plots
         np.testing.assert_allclose(saved[name], expected[name].double().numpy())
     metrics = json.loads((run / "metrics.json").read_text())
     rel = metrics["recovery"]["theta"]["median_relative_error"]
-    assert math.isfinite(rel) and metrics["recovery"]["theta"]["features"] == 12
+    assert math.isfinite(rel) and len(metrics["recovery"]["theta"]["true"]) == 12
     assert (run / "plots" / "recovery.png").stat().st_size > 0
     assert main(["evaluate", str(run), "--iw-samples", "5", "--quiet"]) == 0
     assert f"{rel:.1%}" in capsys.readouterr().out
+    # the report: a recovery table and the learned-against-true figure, from the run's metrics.json
+    diag = tmp_path / "diag"
+    assert main(["diagnose", str(run), "--out", str(diag), "--points", "2", "--reference", "none", "--sbc-sims", "0",
+                 "--draws", "50", "--quiet"]) == 0
+    assert main(["report", str(run), "--out", str(diag)]) == 0
+    report = (diag / "report.md").read_text()
+    assert "Recovery of the synthetic source's truth" in report and f"{rel:.4g}" in report
+    assert (diag / "figures" / "recovery_run.png").stat().st_size > 0

@@ -60,7 +60,7 @@ class RunEvaluation:
         if self.topics is not None:
             metrics["topics"] = self.topics.to_json()
         if self.recovery is not None:
-            metrics["recovery"] = self.recovery.summary()
+            metrics["recovery"] = self.recovery.to_json()
         return metrics
 
 

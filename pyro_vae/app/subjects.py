@@ -49,6 +49,8 @@ def subjects_from_runs(run_dirs: Sequence, points: int = DiagnoseSettings.points
             "log_likelihood_quantity": (m.get("quantities") or {}).get("log_likelihood", "log p(x)"),
             # a topic model's top words, perplexity and NPMI (evaluation/topics.py), for the report's topics
             "topics": m.get("topics"),
+            # a synthetic run's learned parameters against its truth (evaluation/recovery.py), for the report's
+            "recovery": m.get("recovery"),
         }
         subjects.append(Subject(name, run.model, batch.rows(test, slice(0, n)), list(range(n)), run=run, data=data, info=info))
     return subjects

@@ -75,20 +75,16 @@ class Recovery:
     points: int = 0
 
     def to_json(self) -> dict:
+        """metrics.json's "recovery": every field, the per-feature values too (the report draws them)."""
         return asdict(self)
 
-    def summary(self) -> dict:
-        """The headline numbers (metrics.json's "recovery" without the per-feature lists)."""
-        out = {"draws": self.draws, "points": self.points}
-        for name in ("theta", "dropout"):
-            r = getattr(self, name)
-            if r is not None:
-                out[name] = {"median_relative_error": r.median_relative_error,
-                             "median_absolute_error": r.median_absolute_error, "features": len(r.true)}
-        if self.topics is not None:
-            out["topics"] = {"best_match": self.topics.best_match, "matched": self.topics.matched,
-                             "matched_mean": self.topics.matched_mean}
-        return out
+    @classmethod
+    def from_json(cls, d: dict) -> "Recovery":
+        """Back from :meth:`to_json` (a run's metrics.json)."""
+        theta, dropout, topics = (d.get(k) for k in ("theta", "dropout", "topics"))
+        return cls(None if theta is None else FeatureRecovery(**theta),
+                   None if dropout is None else FeatureRecovery(**dropout),
+                   None if topics is None else TopicRecovery(**topics), int(d.get("draws", 0)), int(d.get("points", 0)))
 
 
 def _base(fn):

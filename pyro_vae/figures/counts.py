@@ -87,9 +87,15 @@ def zero_fraction(observed: np.ndarray, predicted: np.ndarray, path: Path) -> Pa
 
 @figure_style()
 def recovery_figure(recovered, path: Path) -> Path:
+    """:func:`draw_recovery`, saved as a PNG."""
+    return save_figure(draw_recovery(recovered), path)
+
+
+def draw_recovery(recovered):
     """A synthetic run's learned parameters against the truth: inverse dispersion per feature (log-log), dropout per
     feature, and each true topic's cosine with each learned one, one panel each where the run has it
-    (``recovered``: an evaluation/recovery.py ``Recovery``)."""
+    (``recovered``: an evaluation/recovery.py ``Recovery``).  The figure, unsaved: the caller draws it inside the
+    house style and saves it."""
     plt = pyplot()
     panels = [p for p in ("theta", "dropout", "topics") if getattr(recovered, p) is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
@@ -129,7 +135,7 @@ def recovery_figure(recovered, path: Path) -> Path:
             ax.set_title(f"dropout: {err}")
         ax.legend()
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def count_plots(model, data, history, folder: Path) -> List[Path]:

@@ -12,7 +12,9 @@ import numpy as np
 from ..arviz_compat import group, plot_forest
 from ..diagnostics.arviz_io import stored_name
 from ..diagnostics.results import Diagnosis, GridPosterior, RunDiagnosis
+from ..evaluation.recovery import Recovery
 from ..evaluation.topics import TopicMetrics
+from ..figures.counts import draw_recovery
 from ..figures.topics import draw_topic_words
 from ..figures.graph import draw_structure, structure_caption
 from ..figures.sequences import save_sequence_fit, save_step_profile
@@ -536,10 +538,25 @@ def fig_topics(figs: Figures, diagnosis: Diagnosis) -> None:
                   "topic's NPMI over the held-out documents.", "topics")
 
 
+def fig_recovery(figs: Figures, diagnosis: Diagnosis) -> None:
+    """A synthetic run's learned parameters against its source's truth, from the recovery its metrics.json saved."""
+    for r in diagnosis.runs:
+        try:
+            found = Recovery.from_json(r.info["recovery"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # none, or not as evaluate writes it: the table shows what it can
+        figs.save(draw_recovery(found), f"recovery_{r.folder}", f"{r.name}: recovery of the truth",
+                  "The run's data came from a synthetic source whose parameters are known (the run's truth.npz). "
+                  "Per feature, the learned inverse dispersion (log axes) and dropout probability, read off "
+                  "p(x | z) at draws z ~ q(z | x) of the held-out rows, against the true ones; for a topic model, "
+                  "each true topic's cosine with each learned topic's word distribution, in the one-to-one "
+                  "matching's order.", "recovery")
+
+
 def draw_all(figs: Figures, diagnosis: Diagnosis) -> List[Figure]:
     """Every figure the saved results allow, in the report's order."""
     with figure_style():
         for fig in (fig_training, fig_structure, fig_gaps, fig_khat, fig_comparisons, fig_forest, fig_pairs, fig_sbc,
-                    fig_sequences, fig_generated, fig_topics):
+                    fig_sequences, fig_generated, fig_topics, fig_recovery):
             fig(figs, diagnosis)
     return figs.items

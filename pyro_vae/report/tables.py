@@ -73,7 +73,7 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
     builders = (_runs_table, _side_by_side_table, _khat_table, _worst_table, _loo_table, _reference_tables, _comparison_table, _nodes_table,
-                _sbc_table, _topics_table)
+                _sbc_table, _topics_table, _recovery_table)
     return [table for build in builders for table in build(diagnosis)]
 
 
@@ -370,4 +370,30 @@ def _topics_table(diagnosis: Diagnosis) -> List[Table]:
         "holding the word(s), in [-1, 1]. Perplexity per word: exp(-sum of the documents' importance-sampled "
         "log p(x), less their multinomial coefficients, / their words), with its Monte Carlo s.e.; the bound puts "
         "each document's ELBO in place of its log p(x).",
+    )]
+
+
+def _recovery_table(diagnosis: Diagnosis) -> List[Table]:
+    """What each run on a synthetic source recovered of its truth, from its metrics.json (evaluation/recovery.py)."""
+    rows = []
+    for r in diagnosis.runs:
+        found = r.info.get("recovery")
+        if not isinstance(found, dict):
+            continue
+        theta, dropout, topics = (found.get(k) or {} for k in ("theta", "dropout", "topics"))
+        rows.append([r.name, theta.get("median_relative_error"), dropout.get("median_relative_error"),
+                     dropout.get("median_absolute_error"), topics.get("matched_mean"),
+                     min(topics["best_match"]) if topics.get("best_match") else None])
+    if not rows:
+        return []
+    return [Table(
+        "recovery", "Recovery of the synthetic source's truth",
+        ["run", "theta: median relative error", "dropout: median relative error", "dropout: median absolute error",
+         "topics: matched mean cosine", "topics: worst best-match cosine"],
+        rows,
+        "From each run's metrics.json (its final evaluation on the held-out rows), against the truth its synthetic "
+        "source drew the data with (the run's truth.npz). Per feature, |learned - true| / true, the median over the "
+        "features; theta and dropout are read off p(x | z) at draws z ~ q(z | x). Topics: the cosine of each true "
+        "topic's word distribution with the learned topic a one-to-one (Hungarian) matching gives it, and with its "
+        "best match.",
     )]
