@@ -27,7 +27,7 @@ from .diagnostics.gaps import RICHER, check_richer
 from .app.pipeline import FROM_CONFIG
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .config.schema import THREADS_RULE
-from .errors import PyroVAEError, TrainingInterrupted
+from .errors import PyroVAEError, TrainingInterrupted, without_trace_shapes
 from .evaluation.quantities import ONE_LATENT
 from .report.render import render_text
 from .report.gaps import gaps_text
@@ -878,7 +878,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _error(message: str, error: Optional[BaseException] = None) -> int:
     """The one error line (exit status 2); ``error``, the exception behind it, lets torchrun's ranks print it once."""
     # one line, whatever the message held
-    return _report("pyro-vae: error: " + " ".join(message.split()), error, EXIT_USER_ERROR)
+    return _report("pyro-vae: error: " + " ".join(without_trace_shapes(message).split()), error, EXIT_USER_ERROR)
 
 
 def _report(line: str, error: Optional[BaseException], exit_status: int) -> int:

@@ -61,3 +61,9 @@ class DegenerateObjectiveWarning(UserWarning):
 
 class MonteCarloKLWarning(UserWarning):
     """An analytic KL would be biased for this guide (a site's prior reads a latent drawn given it): it is Monte Carlo."""
+
+
+def without_trace_shapes(message: str) -> str:
+    """``message`` without the table of trace shapes Pyro appends to an exception raised inside a traced program
+    (our own one-line errors too, when a model raises them while Pyro traces it)."""
+    return message.split("Trace Shapes:")[0].rstrip()
