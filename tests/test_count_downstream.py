@@ -70,3 +70,16 @@ def test_a_count_run_trains_under_torchrun_from_a_sparse_file(tmp_path, fmt):
     assert main(["evaluate", str(run), "--iw-samples", "5", "--quiet", "--per-feature", str(tmp_path / "f.csv")]) == 0
     rows = (tmp_path / "f.csv").read_text().splitlines()
     assert len(rows) == 11 and rows[1].startswith("0,G0,")
+
+
+def test_given_library_on_a_count_run_without_one_says_so(tmp_path, capsys):
+    x = np.random.default_rng(2).poisson(3.0, size=(200, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\ntrain = "{tmp_path / "x.npy"}"\n[model]\nlatent_dim = 2\nlikelihood = "poisson"\n'
+                   'encoder = {hidden = [8]}\ndecoder = {hidden = [8]}\n[train]\nepochs = 1\nbatch_size = 50\n')
+    run = pv.train(pv.load_config(str(cfg)), tmp_path / "run", iw_samples=None, plots=False).run_dir
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "2", "--given", "library=500"]) == 2
+    err = capsys.readouterr().err
+    assert "library size" in err and "'poisson' likelihood has none" in err and 'model.library = "observed"' in err

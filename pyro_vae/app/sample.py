@@ -25,7 +25,7 @@ from ..data.sizes import check_fits
 from ..errors import PyroVAEError
 from ..figures.style import save_image_grid
 from ..models.build import describe
-from ..models.counts import LIBRARY_NAME, given_library, given_total
+from ..models.counts import LIBRARY_NAME, CountLikelihood, given_library, given_total
 from ..models.sampling import given_rows, prior_predictive
 from ..store.files import write_atomic
 from .given import check_given, given_slug, given_text, given_values, latent_names, slots
@@ -82,6 +82,10 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
     named = run.config is not None and (run.config.data.arrays or isinstance(run.config.data.train, dict)
                                         or run.config.data.labels is not None)
     if values and not named:
+        if LIBRARY_NAME in values and isinstance(getattr(run.model, "likelihood", None), CountLikelihood):
+            raise PyroVAEError(f"--given {LIBRARY_NAME}=N sets a row's library size, but this run's "
+                               f"{run.model.likelihood.name!r} likelihood has none (model.library = \"none\"): drop "
+                               f"it, or train with model.library = \"observed\" or \"latent\"")
         raise PyroVAEError("--given conditions on a named array (a label or an input), but this run was trained "
                            "on one array: drop --given")
     program = isinstance(getattr(run.config, "model", None), ProgramSpec)
