@@ -130,5 +130,5 @@ def test_feature_names_come_from_a_names_file_one_a_column(tmp_path):
     ds = load_data(DataConfig(train=str(tmp_path / "x.mtx"), feature_names=str(tmp_path / "features.tsv")), "zinb")
     assert ds.feature_names == ("Gene0", "Gene1", "Gene2", "Gene3")
     (tmp_path / "words.txt").write_text("a\nb\nc\n")
-    with pytest.raises(Exception, match=r"names 3 columns but the data has 4"):
+    with pytest.raises(Exception, match=r"has 3 names but the data has 4 columns"):
         load_data(DataConfig(train=str(tmp_path / "x.mtx"), feature_names=str(tmp_path / "words.txt")), "zinb")

@@ -13,7 +13,7 @@ import torch
 from pyro_vae.cli import main
 from pyro_vae.config.schema import DataConfig, GraphSpec, NetConfig, NodeConfig
 from pyro_vae.data import load_data
-from pyro_vae.data.corpus import read_vocabulary
+from pyro_vae.data.names import read_column_names
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation.topics import npmi, perplexity, topic_metrics, topic_word_probabilities
 from pyro_vae.models.graph.compile import GraphModel
@@ -185,14 +185,14 @@ def test_synthetic_corpus_follows_its_lda():
 def test_vocabulary_file_is_read_and_checked(tmp_path):
     f = tmp_path / "words.txt"
     f.write_text("apple\nbanana\ncherry\n")
-    assert read_vocabulary(str(f), 3) == ("apple", "banana", "cherry")
+    assert read_column_names(str(f), 3, "data.vocabulary") == ("apple", "banana", "cherry")
     for text, message in (("a\nb\n", "has 2 words but the data has 3 columns"),
                           ("a\n\nb\n", "line 2 is empty"),
                           ("a\nb\na\n", "line 3 repeats 'a' (line 1)"),
                           ("a\nb\x1b[31m\nc\n", "line 2 holds the control character")):
         f.write_text(text)
         with pytest.raises(PyroVAEError, match=re.escape(message)):
-            read_vocabulary(str(f), 3)
+            read_column_names(str(f), 3, "data.vocabulary")
 
 
 def test_topic_metrics_name_the_vocabulary_and_score_held_out_documents():

@@ -17,7 +17,7 @@ from ..diagnostics.gaps import RICHER, check_gaps_possible, inference_gaps
 from ..diagnostics.results import InferenceGaps
 from ..diagnostics.settings import DiagnoseSettings
 from ..models.params import model_params, scratch_params
-from ..data.corpus import read_vocabulary
+from ..data.names import names_key, read_column_names
 from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
@@ -208,12 +208,13 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     if data:
         x, labels, names = _data_file(run.model, data), None, None
         counts = x
-        if run.config is not None and run.config.data.vocabulary is not None:
-            vocabulary = read_vocabulary(run.config.data.vocabulary, x.shape[1])
+        named = names_key(run.config.data) if run.config is not None else None
+        if named is not None:
+            vocabulary = read_column_names(named[1], x.shape[1], named[0])
     else:
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
-        counts, vocabulary = dataset.test_x, dataset.vocabulary
+        counts, vocabulary = dataset.test_x, dataset.feature_names
         # the truth the run saved (truth.npz): recovery is read against what it trained on, on its own test rows
         truth = read_truth(run.run_dir) if report else None
     x = named_data(run.model, x)
@@ -236,10 +237,9 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     if report and per_point is not None:
         write_per_point(found.points, per_point)
     if report and per_feature is not None:
-        names = None if data else dataset.feature_names
         with use_threads(choice):
             write_per_feature(feature_log_likelihood(run.model, density_data(run.model, x), seed=seed), per_feature,
-                              names)
+                              vocabulary)
     return found
 
 
@@ -269,7 +269,7 @@ def _data_file(model, path: os.PathLike):
 
 
 def write_per_feature(found: FeatureLogLikelihood, path: Path, names=None) -> None:
-    """One CSV row per feature (numbered from 0, named where data.feature_names names it): its E_q[log p(x_d | z)]
+    """One CSV row per feature (numbered from 0, named where data.feature_names or data.vocabulary names it): its E_q[log p(x_d | z)]
     and s.e., atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

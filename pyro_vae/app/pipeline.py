@@ -245,7 +245,7 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
     log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
                           class_names=data.class_names, progress=progress, classes=reports, log=log,
-                          counts=data.test_x, vocabulary=data.vocabulary,
+                          counts=data.test_x, vocabulary=data.feature_names,
                           truth=truth_arrays(data.truth) if data.truth else None)
 
 

@@ -290,7 +290,8 @@ class DataConfig:
     # uniform in [min_length, T] and the steps beyond are padding, masked out)
     sequence_length: int = 50
     min_length: Optional[int] = None
-    # a text file of the data's column names, one a line (genes, words; a 10x features.tsv: its second column)
+    # a text file of the data's column names, one a line (genes, words; a 10x features.tsv: its second column);
+    # data.vocabulary is the same file under a topic model's name: one of the two (data/names.py reads either)
     feature_names: Optional[str] = None
     # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
     # (0: negative-binomial counts; > 0: zero-inflated)
@@ -302,11 +303,16 @@ class DataConfig:
     corpus_alpha: float = 0.1
     corpus_beta: float = 0.05
     corpus_length: int = 100
-    # word counts: a text file of one word per line, line i naming column i (top words per topic, NPMI)
+    # word counts: a text file of one word per line, line i naming column i (top words per topic, NPMI); the
+    # same as data.feature_names, under the name topic models use
     vocabulary: Optional[str] = None
 
     def __post_init__(self):
         validate_fields(self, "data")
+        if self.feature_names is not None and self.vocabulary is not None:
+            raise PyroVAEError(f"data.feature_names = {self.feature_names!r} and data.vocabulary = "
+                               f"{self.vocabulary!r} both name the data's columns: keep one (they are read alike, one "
+                               "name a line)")
         if self.min_length is not None and self.min_length > self.sequence_length:
             raise PyroVAEError(f"data.min_length = {self.min_length} is above data.sequence_length = "
                                f"{self.sequence_length}: lower it (lengths are drawn in [min_length, sequence_length])")

@@ -48,9 +48,14 @@ class Dataset:
     observed: Optional[str] = None  # named arrays: the one holding the observations
     # named arrays from files: {"train" / "test": (the file's key, e.g. "data.train", each row's row in that file)}
     origins: Optional[Dict[str, Tuple[str, torch.Tensor]]] = None
-    feature_names: Optional[Tuple[str, ...]] = None  # data.feature_names: each column's name (a gene, a word)
-    # word counts: the word of each column (data.vocabulary, or a synthetic corpus's generated words)
-    vocabulary: Optional[Tuple[str, ...]] = None
+    # each column's name (a gene, a word): data.feature_names or data.vocabulary (data/names.py), or a synthetic
+    # corpus's generated words
+    feature_names: Optional[Tuple[str, ...]] = None
+
+    @property
+    def vocabulary(self) -> Optional[Tuple[str, ...]]:
+        """The columns' names read as a corpus's words: :attr:`feature_names`, the one field that names them."""
+        return self.feature_names
 
     @property
     def train_x(self) -> torch.Tensor:

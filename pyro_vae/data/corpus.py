@@ -1,4 +1,4 @@
-"""Word counts: a synthetic corpus from a known LDA (``data.source = "synthetic_corpus"``) and vocabulary files.
+"""Word counts: a synthetic corpus from a known LDA (``data.source = "synthetic_corpus"``) and its generated vocabulary.
 
 The corpus is Blei et al.'s generative process with known parameters:
 topics beta_k ~ Dirichlet(corpus_beta) over ``synthetic_dim`` words, each
@@ -11,22 +11,16 @@ too: word v is named after the true topic it is likeliest under and its rank
 there ("t3w007": topic 3's seventh word), so a learned topic's top words show
 at a glance which true topic it found.
 
-A vocabulary file (``data.vocabulary``) is one word per line, line i naming
-column i; it is data, checked here and escaped wherever it is shown.
+A vocabulary file of your own (``data.vocabulary``) is read by data/names.py,
+the one reader of a matrix's column names.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
-
-from ..errors import PyroVAEError
-from .files import read_text
-
-#: the longest word a vocabulary may hold (longer is not a word list)
-MAX_WORD = 200
 
 
 def corpus_truth(cfg) -> dict:
@@ -66,39 +60,3 @@ def synthetic_corpus(cfg) -> Tuple[torch.Tensor, dict]:
     counts = np.stack([rng.multinomial(m, p) for m, p in zip(lengths, words)])
     truth["proportions"] = torch.tensor(theta, dtype=torch.float32)
     return torch.tensor(counts, dtype=torch.float32), truth
-
-
-def read_vocabulary(path: str, columns: int, what: str = "data.vocabulary") -> Tuple[str, ...]:
-    """The words of a vocabulary file, one a line (line i names column i), checked against ``columns``."""
-    text = read_text(path, what, "give a text file of one word per line")
-    lines = text.splitlines()
-    if lines and lines[-1] == "":
-        lines.pop()
-    words = []
-    seen: dict = {}
-    for i, line in enumerate(lines, start=1):
-        word = line.strip()
-        if not word:
-            raise PyroVAEError(f"{what} file {path!r}: line {i} is empty: give one word per line, line i naming "
-                               "column i of the data")
-        if len(word) > MAX_WORD:
-            raise PyroVAEError(f"{what} file {path!r}: line {i} is {len(word)} characters long (at most {MAX_WORD}): "
-                               "give one word per line")
-        bad = next((c for c in word if not c.isprintable()), None)
-        if bad is not None:
-            raise PyroVAEError(f"{what} file {path!r}: line {i} holds the control character {bad!r}: give one "
-                               "printable word per line")
-        if word in seen:
-            raise PyroVAEError(f"{what} file {path!r}: line {i} repeats {word!r} (line {seen[word]}): each column "
-                               "needs its own word")
-        seen[word] = i
-        words.append(word)
-    if len(words) != columns:
-        raise PyroVAEError(f"{what} file {path!r} has {len(words)} words but the data has {columns} columns: give "
-                           "one word per column, in column order")
-    return tuple(words)
-
-
-def vocabulary_text(words: Optional[Tuple[str, ...]]) -> str:
-    """A vocabulary as a file's text, one word a line."""
-    return "".join(w + "\n" for w in words or ())

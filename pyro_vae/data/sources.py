@@ -26,13 +26,14 @@ from ..errors import PyroVAEError
 from . import batch
 from .arrays import Dataset, as_matrix, load_array, read_array, read_idx
 from .checks import check_integer_rows, in_unit_interval
-from .corpus import read_vocabulary, synthetic_corpus
+from .corpus import synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sequences import load_sequences
 from .sizes import check_synthetic_size
-from .sparse import is_sparse_file, read_feature_names, sparse_rows
+from .names import names_key, read_column_names
+from .sparse import is_sparse_file, sparse_rows
 from .synthetic_counts import synthetic_counts
 from .synthetic_sequences import chorales, linear_gaussian, pendulum
 from ..registry import Registry
@@ -180,7 +181,7 @@ def _synthetic_corpus(cfg, discrete: bool):
     check_synthetic_size(cfg)
     x, truth = synthetic_corpus(cfg)
     tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
-    return Dataset(tr, te, "synthetic_corpus", notes=notes, truth=truth, vocabulary=truth["vocabulary"])
+    return Dataset(tr, te, "synthetic_corpus", notes=notes, truth=truth, feature_names=truth["vocabulary"])
 
 
 @SOURCES.register("synthetic_counts")
@@ -320,8 +321,6 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
         ds = load_sequences(data_cfg, sequence)
     else:
         ds = SOURCES[data_cfg.source](data_cfg, discrete)
-    if data_cfg.vocabulary is not None:
-        ds.vocabulary = read_vocabulary(data_cfg.vocabulary, ds.dim)
     if data_cfg.labels is not None:
         ds = with_labels(ds, data_cfg)  # before binarizing, which then binarizes the images alone
     mode = resolve_binarize(data_cfg, likelihood)
@@ -343,7 +342,8 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
         if mode == "static":
             ds.set_observations("train", torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
-    if data_cfg.feature_names is not None:
-        ds.feature_names = read_feature_names(data_cfg.feature_names, ds.dim)
+    named = names_key(data_cfg)
+    if named is not None:  # data.feature_names or data.vocabulary: the one file naming the columns
+        ds.feature_names = read_column_names(named[1], ds.dim, named[0])
     return ds
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import PyroVAEError
 from .checks import check_dtype, row_total_problem
-from .files import read_text, regular_file
+from .files import regular_file
 from .mapped import MappedRows
 from .sizes import check_fits
 
@@ -118,19 +118,6 @@ class SparseRows(MappedRows):
     def __repr__(self) -> str:
         nnz = self.array.nnz if self.rows is None else "?"
         return f"SparseRows(shape={tuple(self.shape)}, stored={nnz})"
-
-
-def read_feature_names(path, columns: int, what: str = "data.feature_names") -> tuple:
-    """The columns' names from a text file, one a line (a tab-separated 10x genes.tsv / features.tsv: its second
-    column, the gene's name), checked to name every column once."""
-    p = Path(str(path))
-    regular_file(p, what, f"check {what}")
-    lines = [line for line in read_text(p, what, f"check {what}").splitlines() if line.strip()]
-    names = tuple((line.split("\t")[1] if line.count("\t") >= 1 else line).strip() for line in lines)
-    if len(names) != columns:
-        raise PyroVAEError(f"{what} ({p.name}) names {len(names)} columns but the data has {columns}: give one name "
-                           "a line, one line a column")
-    return names
 
 
 def check_integer_values(m, what: str) -> None:

@@ -1,0 +1,72 @@
+"""Column names of a data matrix (genes, words): the one reader of ``data.feature_names`` and ``data.vocabulary`` files.
+
+A count matrix's columns have names: a single-cell matrix's genes, a corpus's
+words.  Users know two keys for the file that holds them, ``data.feature_names``
+(a 10x ``genes.tsv`` / ``features.tsv``) and ``data.vocabulary`` (a topic
+model's word list); both are read here, alike, into the Dataset's one
+``feature_names``.  The file is one name a line, line i naming column i; a
+tab-separated line (10x) gives its second field, the gene's name.  Names are
+data: checked (as many as columns, none empty, repeated, over-long or holding a
+control character, the line named in the error) and escaped wherever shown.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from ..errors import PyroVAEError
+from .files import read_text
+
+#: the longest name a column may have (longer is not a list of names)
+MAX_NAME = 200
+
+#: the config keys that name a file of column names, in the order they are looked up
+NAME_KEYS = ("feature_names", "vocabulary")
+
+
+def names_key(data_cfg) -> Optional[Tuple[str, str]]:
+    """(``data.KEY``, path) of the file naming the data's columns, or None; the config refuses both keys at once."""
+    for key in NAME_KEYS:
+        path = getattr(data_cfg, key, None)
+        if path is not None:
+            return f"data.{key}", path
+    return None
+
+
+def read_column_names(path: str, columns: int, what: str = "data.feature_names") -> Tuple[str, ...]:
+    """The names of ``columns`` columns from a text file, one a line (a 10x line: its second field), checked."""
+    text = read_text(path, what, "give a text file of one name per line")
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()  # a file's trailing newline (or blank lines) names no column
+    noun = "words" if what.endswith("vocabulary") else "names"
+    names = []
+    seen: dict = {}
+    for i, line in enumerate(lines, start=1):
+        fields = line.split("\t")
+        name = (fields[1] if len(fields) >= 2 else line).strip()
+        if not name:
+            raise PyroVAEError(f"{what} file {path!r}: line {i} is empty: give one name per line, line i naming "
+                               "column i of the data")
+        if len(name) > MAX_NAME:
+            raise PyroVAEError(f"{what} file {path!r}: line {i} is {len(name)} characters long (at most {MAX_NAME}): "
+                               "give one name per line")
+        bad = next((c for c in name if not c.isprintable()), None)
+        if bad is not None:
+            raise PyroVAEError(f"{what} file {path!r}: line {i} holds the control character {bad!r}: give one "
+                               "printable name per line")
+        if name in seen:
+            hint = " (a 10x file's first column, the gene IDs, is unique)" if len(fields) >= 2 else ""
+            raise PyroVAEError(f"{what} file {path!r}: line {i} repeats {name!r} (line {seen[name]}): each column "
+                               f"needs its own name{hint}; make them unique, e.g. {name + '-1'!r}")
+        seen[name] = i
+        names.append(name)
+    if len(names) != columns:
+        raise PyroVAEError(f"{what} file {path!r} has {len(names)} {noun} but the data has {columns} columns: give "
+                           "one name a line, in column order")
+    return tuple(names)
+
+
+def names_text(names: Optional[Tuple[str, ...]]) -> str:
+    """Column names as a file's text, one a line (what :func:`read_column_names` reads back)."""
+    return "".join(n + "\n" for n in names or ())
