@@ -107,6 +107,11 @@ class RowMultinomial(dist.Multinomial):
 
 #: log means and log dispersions are clamped here before exp: a wild decoder output is a huge, finite number
 MAX_LOG = 20.0
+#: the largest log inverse dispersion: past it the NB's float32 density (a difference of lgammas of theta-sized
+#: numbers) errs by more than about 1e-3 nats a count, and by hundreds of nats a row at theta = e^20, in either
+#: direction, so an optimizer could climb the error; at theta = e^7 (about 1,100) an NB of mean mu has the
+#: Poisson's variance times 1 + mu / 1100, the Poisson it nests for every count up to the hundreds
+MAX_LOG_THETA = 7.0
 
 
 def one_hot_rows(labels: torch.Tensor, classes: int, dtype) -> torch.Tensor:
@@ -241,6 +246,15 @@ class ZeroInflatedPoissonLikelihood(CountLikelihood):
         return dist.ZeroInflatedPoisson(log_mu.exp(), gate_logits=extra[0])
 
 
+#: where a learned inverse dispersion starts.  theta is one free parameter per feature, which Adam moves by about
+#: train.lr a step in log theta, so a short run leaves it near its start (README, "The negative binomial's
+#: dispersion"): 10 is the middle of the range on a log scale between the strongly over-dispersed counts of
+#: single cells (theta about 1) and counts close to Poisson (theta of 100 and more), which the NB nests as
+#: theta -> infinity.  scVI starts at about 1, from where a 30-epoch run on the digits' levels stalls far below
+#: the Poisson it nests.
+INIT_THETA = 10.0
+
+
 class _NegativeBinomialBase(CountLikelihood):
     """The negative binomial's mean mu and inverse dispersion theta (variance mu + mu^2 / theta), as scVI's."""
 
@@ -252,10 +266,10 @@ class _NegativeBinomialBase(CountLikelihood):
         self.dispersion = dispersion
         self.label_node = label_node
         if dispersion == "feature":
-            self.log_theta = nn.Parameter(torch.zeros(data_dim))
+            self.log_theta = nn.Parameter(torch.full((data_dim,), math.log(INIT_THETA)))
         elif dispersion == "feature-label":
             self.label_classes = int(label_classes)
-            self.log_theta = nn.Parameter(torch.zeros(self.label_classes, data_dim))
+            self.log_theta = nn.Parameter(torch.full((self.label_classes, data_dim), math.log(INIT_THETA)))
 
     @property
     def extra_blocks(self) -> int:
@@ -274,15 +288,15 @@ class _NegativeBinomialBase(CountLikelihood):
         return one_hot_rows(data[self.label_node], self.label_classes, like.dtype) @ self.log_theta
 
     def theta_and_logits(self, log_mu, extra, data):
-        log_theta = self.log_dispersion(extra, data, log_mu).clamp(-MAX_LOG, MAX_LOG)
+        log_theta = self.log_dispersion(extra, data, log_mu).clamp(-MAX_LOG, MAX_LOG_THETA)
         # NegativeBinomial(total_count=theta, logits=l) has mean theta * exp(l): l = log mu - log theta
         return log_theta.exp(), log_mu - log_theta
 
     def theta(self, out=None, data=None) -> torch.Tensor:
         """The inverse dispersion: per feature, (classes, features) per label, or per row from ``out``."""
         if self.dispersion == "amortized":
-            return out.split(self.data_dim, dim=-1)[-1].clamp(-MAX_LOG, MAX_LOG).exp()
-        return self.log_theta.clamp(-MAX_LOG, MAX_LOG).exp()
+            return out.split(self.data_dim, dim=-1)[-1].clamp(-MAX_LOG, MAX_LOG_THETA).exp()
+        return self.log_theta.clamp(-MAX_LOG, MAX_LOG_THETA).exp()
 
 
 @LIKELIHOODS.register("negative_binomial")
