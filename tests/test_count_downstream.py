@@ -28,7 +28,7 @@ def _feature_label_run(tmp_path):
                    '[model.nodes.batch]\nrole = "input"\nfamily = "categorical"\ndim = 3\n'
                    '[model.nodes.x]\nrole = "observed"\nlikelihood = "negative_binomial"\nparents = ["z", "batch"]\n'
                    'dispersion = "feature-label"\nlibrary = "observed"\nnet = {hidden = [8]}\n'
-                   '[train]\nepochs = 1\nbatch_size = 100\n')
+                   '[train]\nepochs = 1\nbatch_size = 100\ncapture = "off"\n')
     return pv.train(pv.load_config(str(cfg)), tmp_path / "run", iw_samples=None, plots=False).run_dir
 
 
@@ -77,7 +77,7 @@ def test_given_library_on_a_count_run_without_one_says_so(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[data]\ntrain = "{tmp_path / "x.npy"}"\n[model]\nlatent_dim = 2\nlikelihood = "poisson"\n'
-                   'encoder = {hidden = [8]}\ndecoder = {hidden = [8]}\n[train]\nepochs = 1\nbatch_size = 50\n')
+                   'encoder = {hidden = [8]}\ndecoder = {hidden = [8]}\n[train]\nepochs = 1\nbatch_size = 50\ncapture = "off"\n')
     run = pv.train(pv.load_config(str(cfg)), tmp_path / "run", iw_samples=None, plots=False).run_dir
     capsys.readouterr()
     assert main(["sample", str(run), "-n", "2", "--given", "library=500"]) == 2

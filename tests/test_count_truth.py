@@ -97,6 +97,7 @@ decoder = { hidden = [8] }
 epochs = 1
 batch_size = 100
 seed = 0
+capture = "off"
 """
 
 
