@@ -24,6 +24,7 @@ import pyro_vae as pv
 from pyro_vae.config import config_from_dict
 from pyro_vae.config.schema import TrainConfig
 from pyro_vae.diagnostics.kalman import LinearGaussian, kalman_smoother
+from pyro_vae.diagnostics.step_means import guide_step_means
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.models.graph.sequence import SequenceModel, reverse_within
 
@@ -262,14 +263,64 @@ def test_kalman_matches_a_dense_gaussian_and_ignores_padding():
             assert torch.allclose(res.sds[i, :n], sd, atol=1e-8)
 
 
-# -- (slow) a trained linear-Gaussian chain against the Kalman filter at its own parameters ----------------------
+def test_set_linear_gaussian_pins_the_chain_and_refuses_what_it_cannot_hold():
+    model = _model()
+    truth = {**{k: v.double() for k, v in _random_params(k=2, d=3).__dict__.items()}}
+    truth.update(Q=torch.diag(torch.tensor([0.3, 0.2]) ** 2), R=torch.diag(torch.tensor([1.0, 0.5, 0.7]) ** 2),
+                 z0=torch.tensor([1.0, -2.0], dtype=torch.float64))
+    truth.update(P1=truth["Q"], m1=truth["A"] @ truth["z0"] + truth["b"])
+    model.set_linear_gaussian(truth)
+    got = LinearGaussian.from_model(model)
+    assert torch.allclose(got.A, truth["A"].float().double(), atol=1e-6)
+    assert torch.allclose(got.Q.diagonal().sqrt(), torch.tensor([0.3, 0.2], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(got.R.diagonal().sqrt(), torch.tensor([1.0, 0.5, 0.7], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(got.m1, truth["m1"], atol=1e-5)
+    assert not any(p.requires_grad for p in model.transition.parameters()) and model.rnn.h0.requires_grad
+    with pytest.raises(PyroVAEError, match="Q is diagonal"):
+        model.set_linear_gaussian({**truth, "Q": truth["Q"] + 0.01})
+    with pytest.raises(PyroVAEError, match="C has shape \\(2, 2\\), the chain's \\(3, 2\\)"):
+        model.set_linear_gaussian({**truth, "C": torch.eye(2)})
+    with pytest.raises(PyroVAEError, match="P1 must equal Q"):
+        model.set_linear_gaussian({**truth, "P1": 2 * truth["Q"]})
+    with pytest.raises(PyroVAEError, match="only a linear-Gaussian chain"):
+        _model(transition="gated").set_linear_gaussian(truth)
+
+
+def test_guide_step_means_are_exact_for_a_combiner_linear_in_z():
+    """With the combiner's network silenced and its scale read off h_t alone, q's mean is W_z z_{t-1} + W_h h_t:
+    E_q[z_t] follows that recursion from q's z_0 in closed form, and the antithetic pairs cancel the noise exactly."""
+    model = _model()
+    with torch.no_grad():
+        for p in model.combiner.net[-1].parameters():  # the MLP's last layer: its output is 0
+            p.zero_()
+        model.combiner.skip.weight[model.z_dim:, :model.z_dim] = 0  # q's scale a function of h_t alone
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([5, 3, 1])
+    data = {"x": torch.randn(3, 5, 3, generator=g) * (torch.arange(5) < lengths[:, None]).unsqueeze(-1),
+            "lengths": lengths}
+    got = guide_step_means(model, data, draws=50, chunk=20)
+    k = model.z_dim
+    w = model.combiner.skip.weight[:k].detach().double()
+    with torch.no_grad():
+        h = model.rnn(model.likelihood.encoder_input(data["x"]), lengths).double()
+    m = model.q_z0.detach().double().expand(3, k)
+    for t in range(5):
+        m = m @ w[:, :k].T + h[:, t] @ w[:, k:].T
+        assert torch.allclose(got.means[:, t], m, atol=1e-5), (t, got.means[:, t] - m)
+    assert float(got.se.max()) < 1e-5
+
+
+# -- (slow) the linear-Gaussian chain at fixed parameters against the Kalman filter -----------------------------
 
 STEPS = 12
+#: the guide's training: (epochs, Adam's step size) in turn, 270 sequences in batches of 100, 4 particles
+GUIDE_SCHEDULE = ((100, 0.02), (300, 0.005), (200, 0.001))
 
 
 @pytest.fixture(scope="module")
-def trained_chain():
-    """A linear chain trained on the synthetic state space (lengths 4..12): Adam at 0.02, then at 0.002."""
+def guide_at_truth():
+    """The synthetic state space (300 sequences, lengths 4..12) and a linear chain pinned at its true parameters;
+    only the structured guide is trained (GUIDE_SCHEDULE), so what differs from the Kalman smoother is the guide."""
     cfg = config_from_dict({
         "data": {"source": "synthetic_sequences", "num_points": 300, "sequence_length": STEPS, "min_length": 4,
                  "synthetic_dim": 3, "synthetic_noise": 1.0, "test_fraction": 0.1},
@@ -280,40 +331,51 @@ def trained_chain():
     data = pv.load_data(cfg.data, "normal", ("x",))
     torch.manual_seed(0)
     model = pv.build_model(cfg.model, 3)
-    for epochs, lr, seed in ((100, 0.02, 0), (50, 0.002, 1)):
+    model.set_linear_gaussian(data.truth)
+    for seed, (epochs, lr) in enumerate(GUIDE_SCHEDULE):
         pv.fit(model, data.train, config=TrainConfig(epochs=epochs, batch_size=100, lr=lr, num_particles=4,
                                                       eval_every=10 ** 6, seed=seed), progress=False)
+    params = LinearGaussian.from_model(model)
+    truth = LinearGaussian.from_dict(data.truth)
+    for key in ("A", "b", "Q", "C", "d", "R", "m1", "P1"):  # still the truth after training the guide
+        assert torch.allclose(getattr(params, key), getattr(truth, key), atol=1e-5), key
     test = data.test
-    exact = kalman_smoother(LinearGaussian.from_model(model), test["x"], test["lengths"])
+    exact = kalman_smoother(truth, test["x"], test["lengths"])
     points = pv.evaluate_points(model, test, iw_samples=1000, seed=0, prior_samples=0)
-    return test, exact, points
+    return model, test, exact, points
 
 
 @pytest.mark.slow
-def test_importance_sampled_log_px_matches_kalman_per_sequence(trained_chain):
-    _, exact, points = trained_chain
+def test_importance_sampled_log_px_matches_kalman_per_sequence(guide_at_truth):
+    _, _, exact, points = guide_at_truth
     z = (points.log_likelihood - exact.log_likelihood) / points.log_likelihood_var.sqrt()
     assert bool((z.abs() < 3).all()), z
 
 
 @pytest.mark.slow
-def test_structured_guide_elbo_within_half_a_percent_of_kalman(trained_chain):
-    _, exact, points = trained_chain
+def test_structured_guide_elbo_within_half_a_percent_of_kalman(guide_at_truth):
+    _, _, exact, points = guide_at_truth
     kalman, elbo = float(exact.log_likelihood.mean()), float(points.elbo.mean())
     assert elbo <= kalman + 3 * float(points.elbo_var.sum().sqrt()) / len(points.elbo)  # a bound
-    assert (kalman - elbo) / abs(kalman) < 0.005
+    assert (kalman - elbo) / abs(kalman) < 0.005, (kalman, elbo)
 
 
 @pytest.mark.slow
-def test_guide_means_within_a_tenth_of_a_smoother_sd(trained_chain):
-    test, exact, points = trained_chain
-    n = len(test["x"])
-    real = torch.arange(STEPS) < test["lengths"][:, None]
-    dev = (points.posterior_mean.reshape(n, STEPS, 2) - exact.means).abs() / exact.sds
-    # per step: |E_q[z_t] - E[z_t | x]| in smoother sds, averaged over the sequences that reach step t and the
-    # coordinates (E_q by 1000 draws: its own error is about 0.03 sd)
-    per_step = torch.stack([dev[:, t][real[:, t]].mean() for t in range(STEPS)])
-    assert bool((per_step < 0.1).all()), per_step
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the trained structured guide does not reach 0.1 "
+                   "smoother sd at every coordinate yet (README: the guide at fixed parameters)")
+def test_guide_means_within_a_tenth_of_a_smoother_sd_at_every_coordinate(guide_at_truth):
+    model, test, exact, _ = guide_at_truth
+    q = guide_step_means(model, test, draws=2000)
+    mean, se = q.means, q.se
+    real = (torch.arange(STEPS) < test["lengths"][:, None]).unsqueeze(-1).expand(mean.shape)
+    dev = torch.where(real, (mean - exact.means).abs() / exact.sds, torch.zeros_like(mean))
+    mc = float((se / exact.sds)[real].max())
+    assert mc < 0.01, f"E_q's Monte Carlo s.e. reaches {mc:.4f} smoother sd: draw more"
+    worst = int(dev.argmax())
+    i, t, d = np.unravel_index(worst, dev.shape)
+    assert float(dev.max()) < 0.1, (f"|E_q[z_t,d] - E[z_t,d | x]| / sd reaches {float(dev.max()):.3f} (sequence {i} of "
+                                    f"length {int(test['lengths'][i])}, step {t + 1}, coordinate {d}; mean "
+                                    f"{float(dev[real].mean()):.3f}; E_q's MC s.e. <= {mc:.4f} sd)")
 
 
 def test_a_test_file_of_other_length_is_padded_to_one_T(tmp_path):

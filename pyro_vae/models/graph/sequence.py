@@ -38,7 +38,7 @@ from pyro.nn import PyroModule
 from ...config.short import key_path
 from ...data.sequences import LENGTHS, check_sequence_arrays
 from ...errors import PyroVAEError
-from ..likelihoods import LIKELIHOODS
+from ..likelihoods import LIKELIHOODS, MIN_SCALE as LIKELIHOOD_MIN_SCALE
 from ..nets import mlp
 from ..plate import DataPlate
 from .compile import NodeNet, broadcast_cat
@@ -346,6 +346,48 @@ class SequenceModel(PyroModule):
             return {"A": self.transition.loc.weight.clone(), "b": self.transition.loc.bias.clone(),
                     "Q": torch.diag(scale ** 2), "C": lin.weight.clone(), "d": lin.bias.clone(),
                     "R": torch.diag(noise ** 2), "m1": loc.clone(), "P1": torch.diag(scale ** 2)}
+
+    def set_linear_gaussian(self, values: Dict[str, torch.Tensor], freeze: bool = True) -> None:
+        """Set the chain to the state space ``values`` (A, b, Q, C, d, R, z0: the form :meth:`linear_gaussian`
+        reads, so m1 = A z0 + b and P1 = Q), and with ``freeze`` stop training it: fitting then moves the guide
+        alone, which compares a guide with the Kalman smoother at fixed parameters."""
+        if self.linear_gaussian() is None:
+            raise PyroVAEError("only a linear-Gaussian chain takes state-space parameters: transition.type = "
+                               "\"linear\", no controls, a normal likelihood of a linear map (net.hidden = [])")
+        missing = [k for k in ("A", "b", "Q", "C", "d", "R", "z0") if k not in values]
+        if missing:
+            raise PyroVAEError(f"the state space lacks {', '.join(missing)}")
+        v = {k: torch.as_tensor(values[k], dtype=self.z0.dtype, device=self.z0.device) for k in values}
+        k, d = self.z_dim, self.obs_dim
+        shapes = {"A": (k, k), "b": (k,), "Q": (k, k), "C": (d, k), "d": (d,), "R": (d, d), "z0": (k,)}
+        for key, shape in shapes.items():
+            if tuple(v[key].shape) != shape:
+                raise PyroVAEError(f"the state space's {key} has shape {tuple(v[key].shape)}, the chain's {shape}")
+        for key, floor in (("Q", MIN_SCALE), ("R", LIKELIHOOD_MIN_SCALE)):
+            off = v[key] - torch.diag(v[key].diagonal())
+            if bool(off.abs().max() > 0) or bool((v[key].diagonal().sqrt() <= floor).any()):
+                raise PyroVAEError(f"the chain's {key} is diagonal with sds above {floor}: the state space's is not")
+        if "P1" in v and not torch.allclose(v["P1"], v["Q"]):
+            raise PyroVAEError("the chain starts from z_1 ~ N(A z0 + b, Q): the state space's P1 must equal Q")
+        if "m1" in v and not torch.allclose(v["m1"], v["A"] @ v["z0"] + v["b"], atol=1e-5):
+            raise PyroVAEError("the chain starts from z_1 ~ N(A z0 + b, Q): the state space's m1 must be A z0 + b")
+        raw_noise = getattr(self.likelihood, "raw_scale", None)
+        noise = v["R"].diagonal().sqrt()
+        if raw_noise is None or (raw_noise.dim() == 0 and not torch.allclose(noise, noise[0])):
+            raise PyroVAEError(f"model.nodes.{self.obs_site}: the state space's R sets the noise of each value: "
+                               "scale = \"learned\" takes it" + ("" if raw_noise is None else " (not isotropic)"))
+        lin = self.emitters[self.obs_site].mlp[0]
+        with torch.no_grad():
+            self.transition.loc.weight.copy_(v["A"])
+            self.transition.loc.bias.copy_(v["b"])
+            # softplus(raw) + the floor is the sd
+            self.transition.raw_scale.copy_(torch.expm1(v["Q"].diagonal().sqrt() - MIN_SCALE).log())
+            raw_noise.copy_(torch.expm1(noise - LIKELIHOOD_MIN_SCALE).log()[:raw_noise.numel()].reshape(raw_noise.shape))
+            self.z0.copy_(v["z0"])
+            lin.weight.copy_(v["C"])
+            lin.bias.copy_(v["d"])
+        for part in (self.transition, lin, self.likelihood, self.z0):
+            part.requires_grad_(not freeze)
 
     # -- the data ------------------------------------------------------------
     def _named(self, args, data) -> Dict[str, torch.Tensor]:
