@@ -81,7 +81,7 @@ def test_a_broadcast_of_the_last_dimension_is_left_as_recorded():
     assert torch.equal(gm(s, x), f(s, x))
 
 
-@pytest.mark.parametrize("likelihood", ["zinb", "negative_binomial"])
+@pytest.mark.parametrize("likelihood", ["zinb", pytest.param("negative_binomial", marks=pytest.mark.slow)])
 def test_a_negative_binomial_step_scores_the_dispersion_once_per_feature_and_agrees_with_pyro(likelihood, monkeypatch):
     graphs = []
 
