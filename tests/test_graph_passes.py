@@ -108,3 +108,17 @@ def test_a_negative_binomial_step_scores_the_dispersion_once_per_feature_and_agr
     (step,) = [s for s in trainer._captures.steps.values() if s is not None]
     problem = capture.verify(trainer, step, {"x": x[16:]}, 1.0)  # replay vs Pyro's eager step on other rows
     assert problem is None, problem
+
+
+def test_adding_a_negation_becomes_a_subtraction_with_the_same_bits():
+    def f(a, b, c):
+        return (a + (-b)) * ((-c) + a) + (-(-a))
+
+    a, b, c = torch.randn(64, 50) * 30, torch.randn(64, 50), torch.randn(50) * 1e-3
+    a[0, :3] = torch.tensor([0.0, -0.0, 1.0])
+    b[0, :3] = torch.tensor([0.0, 0.0, 1.0])
+    gm = recorded(f, a, b, c)
+    assert not calls(gm, aten.neg.default) and not calls(gm, aten.neg_.default)
+    assert len(calls(gm, aten.sub.Tensor)) + len(calls(gm, aten.sub_.Tensor)) == 2
+    out, want = gm(a, b, c), f(a, b, c)
+    assert torch.equal(out, want) and torch.equal(out.signbit(), want.signbit())

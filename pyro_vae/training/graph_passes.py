@@ -17,7 +17,9 @@ the same inputs with the same kernel:
 * ``f(expand(t))`` becomes ``expand(f(t))`` only for the functions in
   :data:`HOISTED`, each computed by one scalar function per element, so every
   value is the one the row-by-row call gave, and only where ``t`` keeps the
-  last dimension (the broadcast adds or widens leading ones).
+  last dimension (the broadcast adds or widens leading ones);
+* ``a + (-b)`` becomes ``a - b`` (autograd's backward formulas negate often),
+  one rounding of the same exact difference.
 The callers run these passes only on graphs that write nothing in place other
 than fresh tensors (``_torch_private.simplify`` checks it first), so a merged
 value is never changed between its uses.
@@ -123,8 +125,45 @@ def hoist_over_broadcast(graph: torch.fx.Graph) -> int:
     return hoisted
 
 
+def _negated(value) -> Optional[torch.fx.Node]:
+    """What ``value`` negates, when it is a ``neg`` node."""
+    if isinstance(value, torch.fx.Node) and value.op == "call_function" and value.target is _aten.neg.default:
+        return value.args[0]
+    return None
+
+
+def fold_negations(graph: torch.fx.Graph) -> int:
+    """``a + (-b)`` and ``(-b) + a`` -> ``a - b``; ``-(-a)`` -> ``a``. Returns how many.
+
+    Exact: negation is exact and IEEE subtraction is addition of the negation, one rounding either way (torch's
+    ``sub`` is its ``add`` with alpha -1, computed as ``a + (-1) * b``)."""
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is _aten.neg.default and _negated(node.args[0]) is not None:
+            node.replace_all_uses_with(_negated(node.args[0]))
+            graph.erase_node(node)
+            folded += 1
+            continue
+        if node.target is not _aten.add.Tensor or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+            continue
+        if _negated(b) is not None:
+            node.target, node.args = _aten.sub.Tensor, (a, _negated(b))
+        elif _negated(a) is not None:
+            node.target, node.args = _aten.sub.Tensor, (b, _negated(a))
+        else:
+            continue
+        folded += 1
+    return folded
+
+
 def rewrite(graph: torch.fx.Graph) -> None:
-    """Both passes, repeats first (a merged broadcast is then hoisted once)."""
+    """The passes, repeats first (a merged broadcast is then hoisted once)."""
     merge_repeats(graph)
     hoist_over_broadcast(graph)
+    fold_negations(graph)
     merge_repeats(graph)  # two hoisted copies of one function of one tensor are one
