@@ -122,3 +122,15 @@ def test_adding_a_negation_becomes_a_subtraction_with_the_same_bits():
     assert len(calls(gm, aten.sub.Tensor)) + len(calls(gm, aten.sub_.Tensor)) == 2
     out, want = gm(a, b, c), f(a, b, c)
     assert torch.equal(out, want) and torch.equal(out.signbit(), want.signbit())
+
+
+def test_a_node_written_in_place_is_not_replaced_by_its_input():
+    def f(x):
+        y = -(-x)
+        y.mul_(2)  # were y replaced by x, this would write into the caller's tensor
+        return y + torch.lgamma(x.expand(3, 5)).mul_(1)
+
+    x = torch.rand(5) + 0.5
+    before = x.clone()
+    gm = recorded(f, x)
+    assert torch.equal(gm(x), f(before.clone())) and torch.equal(x, before)

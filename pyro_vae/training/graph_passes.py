@@ -1,5 +1,5 @@
-"""Exact rewrites of a recorded step's ATen graph: repeated subexpressions computed once, and a costly elementwise
-function of a broadcast tensor computed before the broadcast.
+"""Exact rewrites of a recorded step's ATen graph: repeated subexpressions computed once, a costly elementwise
+function of a broadcast tensor computed before the broadcast, and an added negation made a subtraction.
 
 Why.  Pyro's distributions broadcast their parameters against the value they
 score (``broadcast_all``), so a per-feature parameter enters a count law's
@@ -21,8 +21,9 @@ the same inputs with the same kernel:
 * ``a + (-b)`` becomes ``a - b`` (autograd's backward formulas negate often),
   one rounding of the same exact difference.
 The callers run these passes only on graphs that write nothing in place other
-than fresh tensors (``_torch_private.simplify`` checks it first), so a merged
-value is never changed between its uses.
+than fresh tensors (``_torch_private.simplify`` checks it first), and no node
+written in place is merged or replaced, so a value is never changed between
+its uses.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def hoist_over_broadcast(graph: torch.fx.Graph) -> int:
     """``f(expand(t, shape))`` -> ``expand(f(t), shape)`` for f in :data:`HOISTED`. Returns how many."""
     hoisted = 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in HOISTED or len(node.args) != 1 or node.kwargs:
+        if node.op != "call_function" or node.target not in HOISTED or len(node.args) != 1 or node.kwargs \
+                or _written_in_place(node):
             continue
         src = node.args[0]
         if not isinstance(src, torch.fx.Node) or src.target is not _aten.expand.default:
@@ -141,7 +143,7 @@ def fold_negations(graph: torch.fx.Graph) -> int:
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        if node.target is _aten.neg.default and _negated(node.args[0]) is not None:
+        if node.target is _aten.neg.default and _negated(node.args[0]) is not None and not _written_in_place(node):
             node.replace_all_uses_with(_negated(node.args[0]))
             graph.erase_node(node)
             folded += 1
