@@ -19,6 +19,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import graph_passes
+
 #: [low, high) torch (major, minor) versions the private paths were tested on; widen it after running
 #: tests/test_capture.py on another version
 TESTED = ((2, 13), (2, 14))
@@ -184,21 +186,33 @@ def _identity_input(node):
     return None
 
 
+def _written_fresh(first) -> bool:
+    """Whether an in-place op's target is a fresh tensor no other node reads: an ``empty`` (a random draw's), or
+    the new result of an out-of-place op whose one user is the in-place op (a clamp's backward mask)."""
+    if not isinstance(first, torch.fx.Node) or first.op != "call_function":
+        return False
+    if first.target in (_aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default):
+        return True
+    op = first.target
+    return isinstance(op, torch._ops.OpOverload) and not op._schema.is_mutable and len(first.users) == 1 \
+        and all(r.alias_info is None for r in op._schema.returns)
+
+
 def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Drop the recording's no-op nodes (copies, same-shape views, x*1, t(t(x))) and dead code.
+    """Drop the recording's no-op nodes (copies, same-shape views, x*1, t(t(x))) and dead code, and apply the exact
+    rewrites of graph_passes.py.
 
     Only safe because no node of a value we forward is later written in place:
-    the recording's in-place ops all fill fresh ``empty`` tensors (random draws),
-    which this checks, leaving the graph as recorded otherwise.
+    the recording's in-place ops all fill fresh tensors that nothing else reads
+    (random draws into ``empty`` ones, a mask combined in place), which this
+    checks, leaving the graph as recorded otherwise.
     """
     graph = gm.graph
     for node in graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) \
                 and node.target._schema.is_mutable:
             first = node.args[0] if node.args else None
-            fresh = isinstance(first, torch.fx.Node) and first.target in (
-                _aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default)
-            if not fresh:
+            if not _written_fresh(first):
                 graph.eliminate_dead_code()
                 gm.recompile()
                 return gm
@@ -213,6 +227,8 @@ def simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 node.replace_all_uses_with(source)
                 graph.erase_node(node)
                 changed = True
+    graph.eliminate_dead_code()
+    graph_passes.rewrite(graph)  # exact: repeats merged, lgamma/digamma of a broadcast computed once (its docstring)
     graph.eliminate_dead_code()
     _reuse_dead_inputs(graph)
     for node in graph.nodes:  # recorded values would keep a step's tensors alive
