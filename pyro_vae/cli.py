@@ -509,13 +509,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sample(args) -> int:
     if args.steps is not None or args.given_prefix is not None:
-        if args.given or args.draws:
-            raise PyroVAEError(f"{'--given' if args.given else '--draws'} is for samples of one step; with --steps "
-                               "or --given-prefix drop it")
+        if args.given:
+            raise PyroVAEError("--given is for samples of one step; with --steps or --given-prefix drop it")
         n = 16 if args.n is None else args.n
         steps = 50 if args.steps is None else args.steps
         seq = write_sequences(args.run_dir, n, steps, args.out, seed=args.seed, given_prefix=args.given_prefix,
-                              **_run_code(args))
+                              draws=args.draws, **_run_code(args))
         print(f"wrote {seq.description} to {seq.path} (figure: {seq.figure})")
         return 0
     args.n = 64 if args.n is None else args.n
@@ -610,7 +609,8 @@ def _add_sample_parser(sub) -> None:
                         "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
                         "width, e.g. --given u=[0.5,1.0]")
     s.add_argument("--draws", action="store_true",
-                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
+                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default); with "
+                        "--steps, each step's x_t ~ p(x_t | z_t): noisy sequences (a forecast's future steps)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
                    "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
                    "given y = 3); with --steps an .npz (default RUN_DIR/sequences-seedSEED.npz, or "

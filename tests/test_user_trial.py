@@ -40,3 +40,20 @@ def test_reconstruction_mse_counts_only_real_steps():
                           rtol=1e-5, atol=1e-6)
     # and it is the mean over the real steps: the one-step sequence's error is over its 3 numbers only
     assert torch.isfinite(torch.as_tensor(a.reconstruction_mse)).all()
+
+
+def test_sequence_draws_scatter_around_the_means_by_the_likelihoods_scale():
+    from pyro_vae.app.sequences import emit
+
+    model = _chain(x_dim=2)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        z = torch.randn(1, 4, 2).expand(4000, 4, 2)
+        mean = emit(model, z)
+        x = emit(model, z, draws=True)
+        scale = model.likelihood(model.emitters[model.obs_site]({model.chain: z[:1]})).base_dist.scale[0]
+    assert x.shape == mean.shape == (4000, 4, 2)
+    n = x.shape[0]
+    # the sample mean within 4 s.e. of the law's mean, the sample sd within 4 s.e. (sd / sqrt(2n)) of its sd
+    assert bool(((x.mean(0) - mean[0]).abs() < 4 * scale / n ** 0.5).all())
+    assert bool(((x.std(0) - scale).abs() < 4 * scale / (2 * n) ** 0.5).all())
