@@ -22,6 +22,7 @@ from .app import diagnose_runs, evaluate_run, report_runs, train
 from .app.sample import write_samples
 from .app.sequences import write_sequences
 from .app.demo import demo
+from .app.keys import NAMES, examples_text, keys_text
 from .app.evaluate import GapOptions
 from .diagnostics.gaps import RICHER, check_richer
 from .app.pipeline import FROM_CONFIG
@@ -693,8 +694,22 @@ def _add_threads_option(c, default, more: str = "") -> None:
                    help=f"{_THREADS_HELP}{more}")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, its descriptions filled to the terminal as usual, but a text of several lines (an epilog
+    listing examples by task) kept line by line."""
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = text.split("\n\n")
+        return "\n\n".join("\n".join(indent + line for line in p.splitlines()) if "\n" in p
+                           else super(_Formatter, self)._fill_text(p, width, indent) for p in paragraphs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         message = f"{message}: see '{self.prog} --help'"
@@ -753,7 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declare, train, evaluate and sample latent-variable models with Pyro's SVI: VAEs and "
                     "autoencoders, graphs of latent nodes ([model.nodes]: hierarchies, conditional and "
                     "semi-supervised models, mixture priors, conv nets), or Pyro programs of your own.",
-        epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'.",
+        epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'; "
+               "'pyro-vae keys' lists every config key, its default and meaning, and the likelihoods, guide laws, "
+               "priors and data sources by name.\n\n" + _EXAMPLES_EPILOG,
     )
     p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -771,7 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model described by a TOML config (see the README for every key). "
                        "Its [model] section is the one-latent VAE, a graph of named nodes ([model.nodes.NAME] "
                        "tables: see examples/graph_*.toml) or a program of your own (model.program). "
-                       "Without CONFIG the defaults are used: a VAE on the 8x8 digits.")
+                       "Without CONFIG the defaults are used: a VAE on the 8x8 digits.",
+                       epilog="Every config key, its default and meaning: 'pyro-vae keys [SECTION]' (SECTION: "
+                              "data, model, graph, nodes, program, train, evaluate, names).\n\n" + _EXAMPLES_EPILOG)
     t.add_argument("config", nargs="?", help="TOML config file")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set model.latent_dim=2 (repeatable)")
@@ -797,7 +816,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sample_parser(sub)
     _add_diagnose_parsers(sub)
+    _add_keys_parser(sub)
     return p
+
+
+#: the example configs by task, as the epilogs of ``pyro-vae --help`` and ``train --help`` list them
+_EXAMPLES_EPILOG = examples_text(width=78)
+
+
+def cmd_keys(args) -> int:
+    sys.stdout.write(keys_text(args.section))
+    return 0
+
+
+def _add_keys_parser(sub) -> None:
+    k = sub.add_parser("keys", help="list every config key with its default and meaning, and the registries' names",
+                       description="Print the keys a TOML config may set, section by section: each key's default, "
+                       "its values when they are a fixed set, and what it means (read off the schema), then the "
+                       "names the model is built from (likelihoods, guide laws, priors, node families, objectives, "
+                       "corruptions, data sources) and the example configs by task.",
+                       epilog=_EXAMPLES_EPILOG)
+    k.add_argument("section", nargs="?", default=None, metavar="SECTION",
+                   help="only this section: data, model (the one-latent form), graph ([model] keys of a graph), "
+                        f"nodes ([model.nodes.NAME]), program, train, evaluate, or {NAMES} (the registries' names) "
+                        "(default: all)")
+    k.set_defaults(func=cmd_keys)
 
 
 @contextlib.contextmanager

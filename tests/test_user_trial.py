@@ -5,6 +5,8 @@ lead to a model, and long site lists and labels stay readable.
 
 from __future__ import annotations
 
+import tomllib
+
 import torch
 
 import pyro_vae as pv
@@ -57,3 +59,54 @@ def test_sequence_draws_scatter_around_the_means_by_the_likelihoods_scale():
     # the sample mean within 4 s.e. of the law's mean, the sample sd within 4 s.e. (sd / sqrt(2n)) of its sd
     assert bool(((x.mean(0) - mean[0]).abs() < 4 * scale / n ** 0.5).all())
     assert bool(((x.std(0) - scale).abs() < 4 * scale / (2 * n) ** 0.5).all())
+
+
+# -- pyro-vae keys and --help ---------------------------------------------------------------------
+
+
+def test_every_config_key_has_a_meaning_and_is_a_key_the_config_takes():
+    from pyro_vae.config.keys import SECTIONS, config_keys
+
+    keys = config_keys()
+    assert len(keys) > 80
+    assert not [k.key for k in keys if not k.meaning.strip()]
+    by_key = {k.key: k for k in keys}
+    assert by_key["train.epochs"].default == "20" and by_key["train.on_nonfinite"].choices == ("raise", "skip",
+                                                                                                "rollback")
+    # the keys of the plain sections are keys a config accepts (at their listed defaults), not made-up paths
+    for section in ("data", "train", "evaluate"):
+        for k in config_keys(section):
+            if k.default in ("(none)", "(required)") or k.key in ("data.source",):
+                continue
+            value = tomllib.loads(f"v = {k.default}")["v"]  # the listing writes defaults as TOML values
+            key = k.key.split(".", 1)[1]
+            config_from_dict({SECTIONS[section][0]: {key: value}})
+
+
+def test_examples_named_in_help_exist_and_registries_are_listed():
+    from pathlib import Path
+
+    from pyro_vae.app.keys import EXAMPLES, keys_text
+
+    root = Path(__file__).resolve().parents[1]
+    missing = [f for files in EXAMPLES.values() for f in files if not (root / f).is_file()]
+    assert not missing
+    names = keys_text("names")
+    for name in ("zinb", "multinomial", "lowrank", "iaf", "vamp", "synthetic_sequences", "meanfield"):
+        assert name in names
+
+
+def test_keys_command_and_help_epilog(capsys):
+    from pyro_vae.cli import main
+
+    assert main(["keys", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "train.epochs = 20" in out and "data.source" not in out
+    assert main(["keys", "trian"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'train'" in err and err.count("\n") == 1
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "pyro-vae keys" in out and "examples/sequence_dmm.toml" in out and "examples/counts_zinb.toml" in out
+    assert main(["train", "--help"]) == 0
+    assert "examples/own_program/cvae.toml" in capsys.readouterr().out
