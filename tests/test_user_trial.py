@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import tomllib
 
+import numpy as np
+import pytest
+
 import torch
 
 import pyro_vae as pv
@@ -110,3 +113,42 @@ def test_keys_command_and_help_epilog(capsys):
     assert "pyro-vae keys" in out and "examples/sequence_dmm.toml" in out and "examples/counts_zinb.toml" in out
     assert main(["train", "--help"]) == 0
     assert "examples/own_program/cvae.toml" in capsys.readouterr().out
+
+
+# -- the amortization gap where the per-point family is poorer than the guide ---------------------------------
+
+
+def test_a_chains_structured_guide_is_outside_the_per_point_family_a_mean_field_vae_is_not():
+    from pyro_vae.diagnostics.within_family import guide_outside_family
+    from pyro_vae.infer.layout import build_layout
+
+    data, _ = _padded_pair()
+    chain = _chain()
+    why = guide_outside_family(chain, data, build_layout(chain, data))
+    assert why is not None and "reads z_" in why
+    torch.manual_seed(0)
+    vae = pv.build_model(config_from_dict({"model": {"latent_dim": 2, "likelihood": "normal",
+                                                     "encoder": {"hidden": [4]}, "decoder": {"hidden": [4]}}}).model, 3)
+    x = {"x": torch.randn(4, 3)}
+    assert guide_outside_family(vae, x, build_layout(vae, x)) is None
+    torch.manual_seed(0)
+    full = pv.build_model(config_from_dict({"model": {"latent_dim": 2, "likelihood": "normal", "guide": "fullrank",
+                                                      "encoder": {"hidden": [4]}, "decoder": {"hidden": [4]}}}).model, 3)
+    assert "not a diagonal Gaussian" in guide_outside_family(full, x, build_layout(full, x))
+
+
+@pytest.mark.slow  # a whole diagnosis of two sequences: its q draws include 2000 prior draws of the chain
+def test_a_chains_amortization_gap_is_not_measured_rather_than_zero():
+    data, _ = _padded_pair(n=2)
+    s = pv.diagnose([pv.Subject("chain", _chain(), data, [0, 1])],
+                    pv.DiagnoseSettings(points=2, draws=40, sbc_sims=0, reference="none", local_steps=4,
+                                        local_particles=2))
+    r = s.runs[0]
+    assert r.local.poorer_family and "gap not measured" in r.local.poorer_family
+    lost = ~np.asarray(r.local.local_better)
+    # where the poorer fit does not beat the guide there is no number; where it does, a positive lower bound
+    assert np.isnan(r.local.gap[lost]).all() and (r.local.gap[~lost] > 0).all()
+    assert lost.any() and r.summary.gap_note and any("gap not measured" in w for w in s.warnings)
+    from pyro_vae.report.render import render_text
+
+    assert "not measured" in render_text(s)

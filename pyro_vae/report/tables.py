@@ -284,8 +284,9 @@ def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
     rows = []
     for r in runs:
         s = r.summary
+        unmeasured = getattr(s, "gap_note", None)  # a diagnosis saved before the note existed has none
         rows.append([r.name, s.mean_abs_error, s.std_mean_error, s.sd_ratio, s.kl_gauss, s.w2, s.elbo_q,
-                     s.elbo_local, s.gap, s.gap_se])
+                     s.elbo_local, "not measured" if unmeasured else s.gap, None if unmeasured else s.gap_se])
     tables.append(Table(
         "comparison", "q(z|x) versus the reference posterior (means over the diagnosed points)",
         ["run", "|mean error|", "|mean error| / ref. sd", "sd ratio q / ref.", "KL(q || ref.) Gaussian fits",
@@ -297,7 +298,8 @@ def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
         "d(d+1)/(4n) nats, so compare runs diagnosed with the same settings. W2: 1-D Wasserstein-2 "
         "distance per latent dimension, from quantiles, no Gaussian assumption. "
         "ELBOs in nats per point; the per-point q is fitted to each point alone with the decoder fixed, so "
-        "the gap is what amortization costs.",
+        "the gap is what amortization costs." + "".join(f" {r.name}: {r.summary.gap_note}." for r in runs
+                                                        if getattr(r.summary, "gap_note", None)),
     ))
     return tables
 
