@@ -58,17 +58,27 @@ def _quantities(m: dict) -> dict:
     return dict(ONE_LATENT.to_json(), **(m.get("quantities") or {}))
 
 
+#: the metrics' label column at most: a longer label sits on a line of its own, its value below it
+LABEL_WIDTH = 48
+#: latent dimensions the KL-per-dimension line names (the largest), so that it fits a terminal line
+KL_DIMS_SHOWN = 5
+
+
 def _format_metrics(m: dict) -> str:
     """The metrics as text; tolerant of keys missing from older metrics.json files."""
     q = _quantities(m)
     log_p = q["log_likelihood"]
-    width = max(38, len(q["reconstruction"]) + 19, len(q["kl"]) + 4)
+    # a label longer than the column (a program's densities name every input) goes on a line of its own
+    width = min(max(38, len(q["reconstruction"]) + 19, len(q["kl"]) + 4), LABEL_WIDTH)
 
     def num(key, fmt="{:10.3f}"):
         v = m.get(key)
         return None if v is None else fmt.format(v)
 
     def row(label, text):
+        if len(label) >= width:
+            lines.append(f"  {label}")
+            label = ""
         lines.append(f"  {label:<{width}}{text}")
 
     def se(key):
@@ -145,8 +155,8 @@ def _latent_rows(m: dict) -> List[tuple]:
     names = m.get("latent_names") or [f"z[{i}]" for i in range(len(kl_dims or []))]
     if kl_dims:
         pairs = sorted(zip(names, kl_dims), key=lambda p: -(p[1] or 0.0))
-        shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:8] if v is not None)
-        more = f", ... ({len(pairs) - 8} more)" if len(pairs) > 8 else ""
+        shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:KL_DIMS_SHOWN] if v is not None)
+        more = f", ... and {len(pairs) - KL_DIMS_SHOWN} more (kl_per_dim)" if len(pairs) > KL_DIMS_SHOWN else ""
         out.append(("KL per latent dim (largest first)", f"{shown}{more}"))
     if m.get("reconstruction_mse") is not None:
         out.append(("reconstruction MSE", f"{m['reconstruction_mse']:10.4g} (decoder mean at encoder mean)"))

@@ -152,3 +152,51 @@ def test_a_chains_amortization_gap_is_not_measured_rather_than_zero():
     from pyro_vae.report.render import render_text
 
     assert "not measured" in render_text(s)
+
+
+# -- readable tables and messages in user words ----------------------------------------------------------------
+
+
+def test_long_density_labels_and_many_latent_dims_keep_the_metrics_narrow():
+    from pyro_vae.cli import _format_metrics
+
+    obs, zs = "obs_x_1..obs_x_32|mini_batch_mask", "z_1..z_32"
+    q = {"elbo": "...", "reconstruction": f"E_q[sum_t=1..32 log p(obs_x_t|mini_batch_mask,z_t)]",
+         "kl": f"KL(q({zs}|mini_batch_reversed,mini_batch_mask,mini_batch_seq_lengths) || p({zs}|mini_batch_mask))",
+         "log_likelihood": f"log p({obs})", "log_likelihood_prior": f"log p({obs}), with the latents from the prior"}
+    m = {"num_points": 7, "elbo": -1249.5, "elbo_se": 0.1, "elbo_samples": 10, "reconstruction": -1214.0,
+         "kl": 35.5, "kl_method": "monte_carlo", "log_likelihood": -1237.7, "log_likelihood_se": 0.1,
+         "iw_samples": 10, "log_likelihood_prior": -1208.7, "log_likelihood_prior_se": 0.08, "prior_samples": 10,
+         "kl_per_dim": [0.01 * (i % 17) for i in range(512)], "latent_names": [f"z_{i // 16 + 1}[{i % 16}]"
+                                                                               for i in range(512)],
+         "quantities": q}
+    text = _format_metrics(m)
+    # the labels that would widen every row sit on lines of their own; every number starts in one narrow column
+    for number in ("-1249.500", "-1214.000", "35.500", "-1237.700", "-1208.700"):
+        line = next(line for line in text.splitlines() if number in line)
+        assert line.index(number) < 60 and len(line) < 120
+    assert any(line.strip().startswith("KL(q(z_1..z_32|") and len(line.split()) == 3 for line in text.splitlines())
+    assert "and 507 more" in text and text.count("z_") < 20
+
+
+def test_two_errors_in_user_words():
+    from pyro_vae.data.checks import row_total_problem
+    from pyro_vae.evaluation.features import feature_log_likelihood
+
+    line = row_total_problem([3.0, 0.0, 0.0, 5.0], 10, "data.train", True)
+    assert "row 11 of data.train is all zeros" in line and "rows 10..13" in line and "block" not in line
+    torch.manual_seed(0)
+    cfg = {"model": {"latent_dim": 2, "likelihood": "multinomial", "encoder": {"hidden": [4]},
+                     "decoder": {"hidden": [4]}}}
+    model = pv.build_model(config_from_dict(cfg).model, 5)
+    with pytest.raises(pv.PyroVAEError, match="a multinomial likelihood scores a row's counts together") as e:
+        feature_log_likelihood(model, torch.tensor([[1.0, 2, 0, 3, 1], [0, 0, 4, 1, 1]]), draws=2)
+    assert "RowMultinomial" not in str(e.value) and "--per-feature" in str(e.value)
+
+
+def test_a_chains_objective_note_names_its_steps_first_to_last():
+    from pyro_vae.infer.auto import choose_objective
+
+    data, _ = _padded_pair(n=2)
+    choice = choose_objective(_chain(), [data])
+    assert "'z_1' .. 'z_7', 7 sites" in choice.reason and "'z_4'" not in choice.reason

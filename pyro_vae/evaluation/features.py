@@ -39,8 +39,12 @@ def _per_feature(fn, value: torch.Tensor) -> torch.Tensor:
         base = base.base_dist
     lp = base.log_prob(value)
     if lp.shape != value.shape:
-        raise PyroVAEError(f"the observed site's law ({type(base).__name__}) does not score each feature apart: "
-                           "a per-feature log-likelihood needs a law that factorises over the row's features")
+        law = ("a multinomial likelihood scores a row's counts together (its number of trials is the row's total)"
+               if isinstance(base, dist.Multinomial) else
+               f"the observed site's distribution ({type(base).__name__}) scores a row's features together")
+        raise PyroVAEError(f"{law}, not each feature apart: a per-feature log-likelihood needs a likelihood that "
+                           "factorises over the features (poisson, negative_binomial, zip, zinb, normal, bernoulli, "
+                           "...): drop --per-feature")
     return lp
 
 
