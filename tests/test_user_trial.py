@@ -200,3 +200,69 @@ def test_a_chains_objective_note_names_its_steps_first_to_last():
     data, _ = _padded_pair(n=2)
     choice = choose_objective(_chain(), [data])
     assert "'z_1' .. 'z_7', 7 sites" in choice.reason and "'z_4'" not in choice.reason
+
+
+# -- a program of one's own: sampled with the test rows' totals, or by its sample(n) ----------------------------
+
+
+class _LibraryVAE(torch.nn.Module):
+    """scVI's observed library size as a user writes it: the counts' scale is each row's total (or, with
+    ``first_column``, its first count, which reads more of a row than its total)."""
+
+    latent_sites = ("z",)
+    obs_site = "x"
+
+    def __init__(self, d=6, first_column=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dec, self.enc, self.first_column = torch.nn.Linear(2, d), torch.nn.Linear(d, 4), first_column
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("lib", self)
+        lib = x[:, :1] + 1.0 if self.first_column else x.sum(-1, keepdim=True)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Poisson(lib * self.dec(z).softmax(-1)).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("lib", self)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = self.enc(torch.log1p(x)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, raw.exp()).to_event(1))
+
+
+def test_a_program_reading_only_row_totals_is_sampled_on_the_test_rows_and_one_reading_more_is_refused():
+    from pyro_vae.models.sampling import prior_draws
+
+    rows = torch.poisson(torch.full((4, 6), 5.0), generator=torch.Generator().manual_seed(0))
+    got = prior_draws(_LibraryVAE(), 8, 6, seed=1, template=rows, mean=True)
+    assert got.row_totals and got.x.shape == (8, 6)
+    # the means hold each test row's total in turn: the library is the row's total
+    torch.testing.assert_close(got.x.sum(-1), rows.sum(-1).repeat(2))
+    with pytest.raises(pv.PyroVAEError, match="not only its number of rows or each row's total count"):
+        prior_draws(_LibraryVAE(first_column=True), 8, 6, seed=1, template=rows)
+
+
+def test_a_programs_own_sample_method_is_used_and_held_to_its_contract():
+    from pyro_vae.app.sample import own_samples
+
+    class Own(_LibraryVAE):
+        def sample(self, n):
+            z = torch.randn(n, 2)
+            return z, self.dec(z).softmax(-1) * 10
+
+    x = own_samples(Own(), 5, 6, seed=0)
+    assert x.shape == (5, 6) and torch.equal(x, own_samples(Own(), 5, 6, seed=0))
+
+    class Wrong(_LibraryVAE):
+        def sample(self, n):
+            return torch.zeros(n, 6)
+
+    with pytest.raises(pv.PyroVAEError, match=r"sample\(n\) must return \(z, x\)"):
+        own_samples(Wrong(), 5, 6, seed=0)
