@@ -266,3 +266,16 @@ def test_a_programs_own_sample_method_is_used_and_held_to_its_contract():
 
     with pytest.raises(pv.PyroVAEError, match=r"sample\(n\) must return \(z, x\)"):
         own_samples(Wrong(), 5, 6, seed=0)
+
+
+def test_per_feature_log_likelihood_of_sequences_counts_only_real_steps():
+    from pyro_vae.evaluation.features import feature_log_likelihood
+
+    model = _chain()
+    data, padded = _padded_pair()
+    a = feature_log_likelihood(model, data, draws=1, seed=0)
+    b = feature_log_likelihood(model, padded, draws=1, seed=0)
+    # one number per feature d: a sequence's log p(x_td | z_t) summed over the steps it has (padding far from the
+    # means would add hugely negative terms were it counted)
+    assert a.mean.shape == (3,)
+    torch.testing.assert_close(a.mean, b.mean, rtol=1e-5, atol=1e-4)
