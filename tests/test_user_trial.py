@@ -161,7 +161,7 @@ def test_long_density_labels_and_many_latent_dims_keep_the_metrics_narrow():
     from pyro_vae.cli import _format_metrics
 
     obs, zs = "obs_x_1..obs_x_32|mini_batch_mask", "z_1..z_32"
-    q = {"elbo": "...", "reconstruction": f"E_q[sum_t=1..32 log p(obs_x_t|mini_batch_mask,z_t)]",
+    q = {"elbo": "...", "reconstruction": "E_q[sum_t=1..32 log p(obs_x_t|mini_batch_mask,z_t)]",
          "kl": f"KL(q({zs}|mini_batch_reversed,mini_batch_mask,mini_batch_seq_lengths) || p({zs}|mini_batch_mask))",
          "log_likelihood": f"log p({obs})", "log_likelihood_prior": f"log p({obs}), with the latents from the prior"}
     m = {"num_points": 7, "elbo": -1249.5, "elbo_se": 0.1, "elbo_samples": 10, "reconstruction": -1214.0,
