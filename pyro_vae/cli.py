@@ -22,6 +22,7 @@ from .app import diagnose_runs, evaluate_run, report_runs, train
 from .app.sample import write_samples
 from .app.sequences import write_sequences
 from .app.demo import demo
+from .app.keys import NAMES, examples_text, keys_text
 from .app.evaluate import GapOptions
 from .diagnostics.gaps import RICHER, check_richer
 from .app.pipeline import FROM_CONFIG
@@ -57,17 +58,27 @@ def _quantities(m: dict) -> dict:
     return dict(ONE_LATENT.to_json(), **(m.get("quantities") or {}))
 
 
+#: the metrics' label column at most: a longer label sits on a line of its own, its value below it
+LABEL_WIDTH = 48
+#: latent dimensions the KL-per-dimension line names (the largest), so that it fits a terminal line
+KL_DIMS_SHOWN = 5
+
+
 def _format_metrics(m: dict) -> str:
     """The metrics as text; tolerant of keys missing from older metrics.json files."""
     q = _quantities(m)
     log_p = q["log_likelihood"]
-    width = max(38, len(q["reconstruction"]) + 19, len(q["kl"]) + 4)
+    # a label longer than the column (a program's densities name every input) goes on a line of its own
+    width = min(max(38, len(q["reconstruction"]) + 19, len(q["kl"]) + 4), LABEL_WIDTH)
 
     def num(key, fmt="{:10.3f}"):
         v = m.get(key)
         return None if v is None else fmt.format(v)
 
     def row(label, text):
+        if len(label) >= width:
+            lines.append(f"  {label}")
+            label = ""
         lines.append(f"  {label:<{width}}{text}")
 
     def se(key):
@@ -144,8 +155,8 @@ def _latent_rows(m: dict) -> List[tuple]:
     names = m.get("latent_names") or [f"z[{i}]" for i in range(len(kl_dims or []))]
     if kl_dims:
         pairs = sorted(zip(names, kl_dims), key=lambda p: -(p[1] or 0.0))
-        shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:8] if v is not None)
-        more = f", ... ({len(pairs) - 8} more)" if len(pairs) > 8 else ""
+        shown = ", ".join(f"{n} {v:.2f}" for n, v in pairs[:KL_DIMS_SHOWN] if v is not None)
+        more = f", ... and {len(pairs) - KL_DIMS_SHOWN} more (kl_per_dim)" if len(pairs) > KL_DIMS_SHOWN else ""
         out.append(("KL per latent dim (largest first)", f"{shown}{more}"))
     if m.get("reconstruction_mse") is not None:
         out.append(("reconstruction MSE", f"{m['reconstruction_mse']:10.4g} (decoder mean at encoder mean)"))
@@ -535,13 +546,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sample(args) -> int:
     if args.steps is not None or args.given_prefix is not None:
-        if args.given or args.draws:
-            raise PyroVAEError(f"{'--given' if args.given else '--draws'} is for samples of one step; with --steps "
-                               "or --given-prefix drop it")
+        if args.given:
+            raise PyroVAEError("--given is for samples of one step; with --steps or --given-prefix drop it")
         n = 16 if args.n is None else args.n
         steps = 50 if args.steps is None else args.steps
         seq = write_sequences(args.run_dir, n, steps, args.out, seed=args.seed, given_prefix=args.given_prefix,
-                              **_run_code(args))
+                              draws=args.draws, **_run_code(args))
         print(f"wrote {seq.description} to {seq.path} (figure: {seq.figure})")
         return 0
     args.n = 64 if args.n is None else args.n
@@ -636,7 +646,8 @@ def _add_sample_parser(sub) -> None:
                         "integer class 0..K-1 (also for a one-hot array), a real-valued input a TOML list of its "
                         "width, e.g. --given u=[0.5,1.0]")
     s.add_argument("--draws", action="store_true",
-                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default)")
+                   help="write draws x ~ p(x | latents) instead of the likelihood's mean (the default); with "
+                        "--steps, each step's x_t ~ p(x_t | z_t): noisy sequences (a forecast's future steps)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
                    "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
                    "given y = 3); with --steps an .npz (default RUN_DIR/sequences-seedSEED.npz, or "
@@ -719,8 +730,22 @@ def _add_threads_option(c, default, more: str = "") -> None:
                    help=f"{_THREADS_HELP}{more}")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, its descriptions filled to the terminal as usual, but a text of several lines (an epilog
+    listing examples by task) kept line by line."""
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = text.split("\n\n")
+        return "\n\n".join("\n".join(indent + line for line in p.splitlines()) if "\n" in p
+                           else super(_Formatter, self)._fill_text(p, width, indent) for p in paragraphs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors as the CLI's one line (no usage block), exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         message = f"{message}: see '{self.prog} --help'"
@@ -779,7 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declare, train, evaluate and sample latent-variable models with Pyro's SVI: VAEs and "
                     "autoencoders, graphs of latent nodes ([model.nodes]: hierarchies, conditional and "
                     "semi-supervised models, mixture priors, conv nets), or Pyro programs of your own.",
-        epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'.",
+        epilog="Run 'pyro-vae COMMAND --help' for a command's options. Start with 'pyro-vae demo'; "
+               "'pyro-vae keys' lists every config key, its default and meaning, and the likelihoods, guide laws, "
+               "priors and data sources by name.\n\n" + _EXAMPLES_EPILOG,
     )
     p.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -797,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model described by a TOML config (see the README for every key). "
                        "Its [model] section is the one-latent VAE, a graph of named nodes ([model.nodes.NAME] "
                        "tables: see examples/graph_*.toml) or a program of your own (model.program). "
-                       "Without CONFIG the defaults are used: a VAE on the 8x8 digits.")
+                       "Without CONFIG the defaults are used: a VAE on the 8x8 digits.",
+                       epilog="Every config key, its default and meaning: 'pyro-vae keys [SECTION]' (SECTION: "
+                              "data, model, graph, nodes, program, train, evaluate, names).\n\n" + _EXAMPLES_EPILOG)
     t.add_argument("config", nargs="?", help="TOML config file")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set model.latent_dim=2 (repeatable)")
@@ -823,7 +852,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sample_parser(sub)
     _add_diagnose_parsers(sub)
+    _add_keys_parser(sub)
     return p
+
+
+#: the example configs by task, as the epilogs of ``pyro-vae --help`` and ``train --help`` list them
+_EXAMPLES_EPILOG = examples_text(width=78)
+
+
+def cmd_keys(args) -> int:
+    sys.stdout.write(keys_text(args.section))
+    return 0
+
+
+def _add_keys_parser(sub) -> None:
+    k = sub.add_parser("keys", help="list every config key with its default and meaning, and the registries' names",
+                       description="Print the keys a TOML config may set, section by section: each key's default, "
+                       "its values when they are a fixed set, and what it means (read off the schema), then the "
+                       "names the model is built from (likelihoods, guide laws, priors, node families, objectives, "
+                       "corruptions, data sources) and the example configs by task.",
+                       epilog=_EXAMPLES_EPILOG)
+    k.add_argument("section", nargs="?", default=None, metavar="SECTION",
+                   help="only this section: data, model (the one-latent form), graph ([model] keys of a graph), "
+                        f"nodes ([model.nodes.NAME]), program, train, evaluate, or {NAMES} (the registries' names) "
+                        "(default: all)")
+    k.set_defaults(func=cmd_keys)
 
 
 @contextlib.contextmanager

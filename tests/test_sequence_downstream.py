@@ -4,7 +4,6 @@ for nothing in evaluation or diagnosis, and what cannot be diagnosed is refused 
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,10 @@ def test_padding_changes_no_amortization_gap():
         assert (local.elbo < 0).all()
         gaps.append((local.gap, local.gap_se))
     (g1, s1), (g2, s2) = gaps
-    assert (np.abs(g1 - g2) < 4 * np.sqrt(s1 ** 2 + s2 ** 2) + 0.5).all()
+    # the DMM's guide q(z_t | z_{t-1}, x) is richer than the per-point diagonal Gaussian: a gap is measured (a
+    # lower bound) only where that fit beats it, NaN elsewhere; where both paddings measure one, they agree
+    both = np.isfinite(g1) & np.isfinite(g2)
+    assert (np.abs(g1 - g2) < 4 * np.sqrt(s1 ** 2 + s2 ** 2) + 0.5)[both].all()
 
 
 @pytest.mark.slow
@@ -146,7 +148,9 @@ def test_dmm_as_written_trains_evaluates_and_diagnoses_from_the_command_line(tmp
     assert main(["diagnose", str(run), "--out", str(diag), "--points", "2", "--draws", "20", "--reference", "none",
                  "--sbc-sims", "0", "--local-steps", "10", "--quiet"]) == 0
     d = pv.load_diagnosis(diag)
-    assert (d.runs[0].local.elbo < 0).all() and math.isfinite(float(d.runs[0].local.gap.mean()))
+    local = d.runs[0].local
+    assert (local.elbo < 0).all() and "gap not measured" in local.poorer_family
+    assert np.isfinite(local.gap[local.local_better]).all() and np.isnan(local.gap[~local.local_better]).all()
     assert main(["report", str(run), "--out", str(diag), "--quiet"]) == 0
     figures = {f["file"] for f in json.loads((diag / "results.json").read_text())["figures"]}
     assert "figures/steps_run.png" in figures and not any("reconstructions" in f for f in figures)  # no padding

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ..errors import PyroVAEError
 from ..figures.style import save_image_grid
 from ..models.build import describe
 from ..models.counts import LIBRARY_NAME, CountLikelihood, given_library, given_total
-from ..models.sampling import given_rows, prior_predictive
+from ..models.sampling import PriorDraws, given_rows, prior_draws
 from ..store.files import write_atomic
 from .given import check_given, given_slug, given_text, given_values, latent_names, slots
 from .prepare import load_config_data
@@ -98,13 +98,38 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
     out = _checked_out(Path(out) if out else Path(run_dir) / default, default, run.image_shape)
     with given_total(run.model, library.get(LIBRARY_NAME)):
         xs = _draws(run, n, seed, values, data, named, draws, decoded=not library)
+    totals = isinstance(xs, PriorDraws) and xs.row_totals
+    xs = xs.x if isinstance(xs, PriorDraws) else xs
     arr = xs.cpu().numpy()
     title = samples_title(n, run.model.obs_site, values, draws)
+    if totals:  # what else the draws are given: say it, as the draws cannot be read as p(x) alone
+        title += ", each given the total count of a test row (in turn)"
     if out.suffix.lower() == ".png":
         save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(n))), title=title)
     else:
         write_atomic(out, lambda f: np.save(f, arr))
     return Samples(out, title)
+
+
+def own_samples(model, n: int, width: int, seed: int) -> torch.Tensor:
+    """A program's own ``sample(n)``: it returns ``(z, x)``, n draws of the latents from their prior and the
+    (n, D) means of p(x | z) (README: bring your own program); anything else is one line naming the contract."""
+    contract = f"sample(n) must return (z, x): n latent draws and an (n, {width}) tensor of x"
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        try:
+            out = model.sample(n)
+        except Exception as e:  # the user's method: its own error, in one line
+            msg = " ".join(str(e).split())[:200] or type(e).__name__
+            raise PyroVAEError(f"the program's sample({n}) failed ({type(e).__name__}: {msg}): {contract}") from None
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or not isinstance(out[1], torch.Tensor):
+        raise PyroVAEError(f"the program's sample({n}) returned {type(out).__name__}: {contract}")
+    x = out[1].detach()
+    if tuple(x.shape) != (n, width):
+        raise PyroVAEError(f"the program's sample({n}) returned x of shape {tuple(x.shape)}: {contract}")
+    if not bool(torch.isfinite(x).all()):
+        raise PyroVAEError(f"the program's sample({n}) returned x with NaN or Inf values: {contract}, finite")
+    return x
 
 
 def _checked_out(out: Path, default: str, image_shape) -> Path:
@@ -121,7 +146,8 @@ def _checked_out(out: Path, default: str, image_shape) -> Path:
     return out
 
 
-def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool, decoded: bool = True) -> torch.Tensor:
+def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool,
+           decoded: bool = True) -> Union[torch.Tensor, PriorDraws]:
     """A one-latent model's decoded prior draws; else its program traced unconditioned on n rows, the given
     arrays held at their values (means of the observed site, or its draws)."""
     lik = getattr(run.model, "likelihood", None)
@@ -134,11 +160,14 @@ def _draws(run, n: int, seed: int, given: dict, data, named: bool, draws: bool, 
             _, xs = run.model.sample(n)
         return xs
     check_fits(4 * n * run.data_dim * 4, f"-n {n} samples", "lower -n")  # two placeholders, two draws
+    if (isinstance(getattr(run.config, "model", None), ProgramSpec) and callable(getattr(run.model, "sample", None))
+            and not given and not draws and decoded):
+        return own_samples(run.model, n, run.data_dim, seed)
     observed, rows, template = None, None, None
     if data is not None:
         # real rows to trace on: a count likelihood takes each row's number of trials from them
         template = data.test_x
         if named:
             observed, rows = data.observed, given_rows(data.train, data.observed, given, n)
-    return prior_predictive(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, mean=not draws,
-                            template=template)
+    return prior_draws(run.model, n, run.data_dim, seed=seed, observed=observed, given=rows, mean=not draws,
+                       template=template)

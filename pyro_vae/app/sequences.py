@@ -7,7 +7,10 @@ p(x_t | z_t).  With ``--given-prefix FILE`` (one (T0, D) sequence, or
 q(z | x_1:T0); each draw's z_T0 (the last step's smoothing marginal, which
 is the filtering one) starts the chain again for ``T`` more steps: ``n`` draws
 of the forecast, whose spread is the model's uncertainty about what follows.
-Both write an .npz of the arrays and a PNG of the traces next to it.
+Both write an .npz of the arrays and a PNG of the traces next to it.  With
+``draws`` (``--draws``) each emitted step is a draw x_t ~ p(x_t | z_t) (the
+noisy sequences the model simulates) rather than its mean; a prefix's
+observed steps are kept as given.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..models.graph.sequence import step_site
 from ..store.files import write_atomic
 from .runs import load_run
 
-__all__ = ["SequenceSamples", "write_sequences", "forecast", "chain_model"]
+__all__ = ["SequenceSamples", "write_sequences", "forecast", "emit", "chain_model"]
 
 #: steps beyond which a sample asks for more than anyone plots (and a typo costs hours)
 MAX_STEPS = 100_000
@@ -54,6 +57,14 @@ def chain_model(model, flag: str):
         raise PyroVAEError(f"{flag}: this chain reads the input(s) {', '.join(model.inputs)} at every step, whose "
                            "future values a sample would need: not supported yet; drop the inputs or --steps")
     return model
+
+
+def _check_draws(model) -> None:
+    """Refuse ``--draws`` before anything is drawn where the chain's likelihood cannot draw a step on its own."""
+    if getattr(model.likelihood, "reads_rows", False):
+        raise PyroVAEError(f"--draws with --steps: likelihood {model.likelihood.name!r} takes each step's number "
+                           "of trials from observed counts, which a simulated sequence has none of: drop --draws "
+                           "(the means are the expected proportions)")
 
 
 def _check_steps(steps: int) -> None:
@@ -82,10 +93,20 @@ def _prefix(path: os.PathLike, width: int) -> np.ndarray:
     return a.astype(np.float32)
 
 
+def emit(model, z: torch.Tensor, draws: bool = False) -> torch.Tensor:
+    """What a chain emits at latents ``z`` (..., T, z_dim): the mean of p(x_t | z_t) at each step, or with
+    ``draws`` one draw from it (the likelihood's own law, so its noise is the model's)."""
+    out = model.emitters[model.obs_site]({model.chain: z})
+    if not draws:
+        return model.likelihood.mean(out)
+    return model.likelihood.law(out).sample()
+
+
 @torch.no_grad()
-def forecast(model, prefix: np.ndarray, n: int, steps: int, seed: int = 0):
+def forecast(model, prefix: np.ndarray, n: int, steps: int, seed: int = 0, draws: bool = False):
     """(fitted (m, n, T0, D), forecast (m, n, steps, D), forecast latents (m, n, steps, z_dim)) for ``prefix``
-    (m, T0, D): q(z_1:T0 | prefix) drawn ``n`` times, then the chain run on from each draw's z_T0."""
+    (m, T0, D): q(z_1:T0 | prefix) drawn ``n`` times, then the chain run on from each draw's z_T0; with
+    ``draws`` the forecast's steps are draws of x_t, the fitted ones stay means."""
     m, t0, d = prefix.shape
     x = torch.as_tensor(prefix).repeat_interleave(n, 0)  # row i*n + j: prefix i, draw j
     with torch.random.fork_rng():
@@ -99,7 +120,7 @@ def forecast(model, prefix: np.ndarray, n: int, steps: int, seed: int = 0):
             z_prev = dist.Normal(loc, scale).sample()
             zs.append(z_prev)
         z = torch.stack(zs, -2)
-        ahead = model.likelihood.mean(model.emitters[model.obs_site]({model.chain: z}))
+        ahead = emit(model, z, draws)
     shape = lambda t: t.reshape(m, n, *t.shape[1:]).cpu().numpy()  # noqa: E731
     return shape(fitted), shape(ahead), shape(z)
 
@@ -114,7 +135,7 @@ def _out(out: Optional[os.PathLike], run_dir: Path, default: str) -> Path:
 
 
 def write_sequences(run_dir: os.PathLike, n: int = 16, steps: int = 50, out: Optional[os.PathLike] = None, *,
-                    seed: int = 0, given_prefix: Optional[os.PathLike] = None,
+                    seed: int = 0, given_prefix: Optional[os.PathLike] = None, draws: bool = False,
                     program_path: Optional[os.PathLike] = None, trust_code: bool = False) -> SequenceSamples:
     """``pyro-vae sample RUN --steps T [--given-prefix FILE]``: see the module docstring. Everything is checked
     before anything is drawn or written."""
@@ -129,21 +150,27 @@ def write_sequences(run_dir: os.PathLike, n: int = 16, steps: int = 50, out: Opt
     rows = n * (1 if prefix is None else prefix.shape[0])
     total = steps + (0 if prefix is None else prefix.shape[1])
     check_fits(4 * rows * total * (width + model.z_dim) * 3, f"-n {n} x {total} steps", "lower -n or --steps")
+    if draws:
+        _check_draws(model)
     kind = "forecast" if prefix is not None else "sequences"
+    what = "draws of x_t ~ p(x_t | z_t)" if draws else "the mean of p(x_t | z_t)"
     path = _out(out, Path(run_dir), f"{kind}-seed{seed}.npz")
     figure = path.with_suffix(".png")
     if prefix is None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             z, x = model.sample_sequences(n, steps)
+            if draws:
+                x = emit(model, z, draws=True)
         arrays = {"x": x.cpu().numpy(), "z": z.cpu().numpy()}
-        title = f"{n} sequences of {steps} steps: the mean of p(x_t | z_t), z ~ the chain's prior"
+        title = f"{n} sequences of {steps} steps: {what}, z ~ the chain's prior"
         write_atomic(path, lambda f: np.savez(f, **arrays))
         save_sequence_samples(arrays["x"], figure, title)
     else:
-        fitted, ahead, z = forecast(model, prefix, n, steps, seed)
+        fitted, ahead, z = forecast(model, prefix, n, steps, seed, draws)
         arrays = {"prefix": prefix, "fitted": fitted, "forecast": ahead, "z": z}
-        title = (f"{steps} steps after a prefix of {prefix.shape[1]}: {n} draws of the mean of p(x_t | z_t), "
+        title = (f"{steps} steps after a prefix of {prefix.shape[1]}: {n} draws of "
+                 f"{'x_t ~ p(x_t | z_t)' if draws else 'the mean of p(x_t | z_t)'}, "
                  "z_T0 ~ q(z | prefix), then the chain's prior")
         write_atomic(path, lambda f: np.savez(f, **arrays))
         save_forecast(prefix[0], fitted[0], ahead[0], figure, title)

@@ -139,9 +139,10 @@ def row_total_problem(totals, first_row: int, what: str, nonzero_rows: bool) -> 
                 "float32 stops holding every integer: downsample that row's counts")
     zero = np.flatnonzero(totals == 0) if nonzero_rows else ()
     if len(zero):
-        return (f"row {int(zero[0]) + first_row} of {what} is all zeros ({len(zero)} such row{'s' if len(zero) > 1 else ''}"
-                " in this block), but a multinomial reads each row's number of trials from its total: drop rows "
-                "with no counts")
+        others = (f" (the first of {len(zero)} rows of zeros among rows {first_row}..{first_row + totals.size - 1})"
+                  if len(zero) > 1 else "")
+        return (f"row {int(zero[0]) + first_row} of {what} is all zeros{others}, but a multinomial reads each row's "
+                "number of trials from its total: drop rows with no counts")
     return ""
 
 

@@ -112,7 +112,9 @@ class AmortizationGap(Record):
 
     Both ELBOs come from fresh draws (with common noise); where the fit does
     not beat the amortized q on independent draws, q itself is the best
-    per-point q found and the gap is 0 exactly.
+    per-point q found and the gap is 0 exactly, when q lies in the per-point
+    family; when it does not (``poorer_family`` says why), the gap there is
+    not measured (NaN).
     """
 
     family: str
@@ -125,6 +127,9 @@ class AmortizationGap(Record):
     converged: Optional[bool] = None  # its last blocks changed the ELBO by less than its s.e.
     # per point: the fit beat q on independent draws (elsewhere q itself is the best found, gap 0)
     local_better: Optional[np.ndarray] = None
+    # where the guide is richer than the per-point family (diagnostics/within_family.py): why, and the gap is
+    # measured (a lower bound) only where the fit beat q, NaN elsewhere
+    poorer_family: Optional[str] = None
 
 
 @dataclass
@@ -297,6 +302,7 @@ class RunSummary(Record):
     sd_ratio_se: Optional[float] = None  # standard error of the geometric-mean sd ratio
     overconfident: Optional[bool] = None  # the sd ratio is at most 0.5, or clearly below 0.8
     overconfident_points: Optional[List[int]] = None  # the points whose own sd ratio is
+    gap_note: Optional[str] = None  # why ``gap`` is not measured (NaN), where it is not
 
 
 def coverage_line(latent_sites: List[str], summed_sites: List[str]) -> str:

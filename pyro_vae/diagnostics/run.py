@@ -33,6 +33,7 @@ from .local import LocalModel, fit_local
 from .gaps import inference_gaps
 from .reference import grid_reference, nuts_reference, unconstrained_loc_scale
 from .sizing import few_threads
+from .within_family import POORER, guide_outside_family
 from ..data import batch
 from ..data.arrays import Dataset
 from .. import arviz_compat
@@ -213,14 +214,22 @@ def _local_fit(model, x, layout: Layout, qd: _QDraws, name, settings, progress):
         gap_se = (lw_local - lw_q).std(0, ddof=1) / math.sqrt(k_local)  # paired draws (common random numbers)
     else:
         gap_se = q.elbo_se.copy()
-    # where the fit does not beat q on independent draws, q is the best per-point q found: no gap
     better = local_gap.better
-    lw_local = np.where(better[None, :], lw_local, lw_q)
+    outside = guide_outside_family(model, x, layout)
+    if outside is None:
+        # where the fit does not beat q on independent draws, q (in the family) is the best per-point q found: no gap
+        lw_local = np.where(better[None, :], lw_local, lw_q)
     elbo_local, elbo_q = lw_local.mean(0), lw_q.mean(0)
     elbo_local_se = lw_local.std(0, ddof=1) / math.sqrt(k_local) if k_local > 1 else np.zeros(b)
-    gap = AmortizationGap(family="AutoDelta (MAP)" if layout.point_mass else "AutoNormal (diagonal Gaussian)",
-                          elbo=elbo_local, elbo_se=elbo_local_se, gap=elbo_local - elbo_q, gap_se=gap_se,
-                          elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better)
+    diff = elbo_local - elbo_q
+    if outside is not None:
+        # a poorer family that does not beat q says nothing of what a per-point q as rich as q's would gain
+        diff, gap_se = np.where(better, diff, np.nan), np.where(better, gap_se, np.nan)
+    family = "AutoDelta (MAP)" if layout.point_mass else "AutoNormal (diagonal Gaussian)"
+    gap = AmortizationGap(family=family, elbo=elbo_local, elbo_se=elbo_local_se, gap=diff, gap_se=gap_se,
+                          elbo_q=elbo_q, steps=local_gap.steps, converged=local_gap.converged, local_better=better,
+                          poorer_family=None if outside is None else f"{POORER} ({outside}; the per-point q is "
+                          f"{family}): where it beats the guide the gap shown is a lower bound")
     return gap, unconstrained_loc_scale(local_normal.guide, layout, b)
 
 
@@ -470,6 +479,8 @@ def _summary(points, q: QSummary, khat: KhatSummary, local: AmortizationGap, c: 
     s = RunSummary(points=b, elbo_q=float(np.mean(q.elbo)), elbo_local=float(np.mean(local.elbo)),
                    gap=float(np.mean(local.gap)), gap_se=float(np.sqrt(np.sum(np.square(local.gap_se))) / b),
                    active_dims=int((np.asarray(contraction) > 0.1).sum()), worst=[])
+    if local.poorer_family is not None and not np.all(np.isfinite(local.gap)):
+        s.gap_note = local.poorer_family  # its mean is NaN: not measured at some point, never a clipped 0
     if c is not None:
         kl = np.asarray(c.kl_gauss)
         s.mean_abs_error = float(np.mean(c.mean_abs_error))
@@ -559,6 +570,8 @@ def _warnings(r: RunDiagnosis) -> List[str]:
         dims = ", ".join(f[:6]) + (" ..." if len(f) > 6 else "")
         out.append(f"{name}: simulation-based calibration fails for {len(f)} latent dimension(s) ({dims}): "
                    "ranks of the true z among draws from q are not uniform")
+    if s.gap_note:
+        out.append(f"{name}: amortization gap: {s.gap_note}")
     return out
 
 

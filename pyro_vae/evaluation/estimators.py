@@ -64,7 +64,7 @@ from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
 from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
-                           point_densities, site_matrix, site_sum)
+                           point_densities, site_mask, site_matrix, site_sum)
 from ..models.pair import takes_pairs
 from ..models.params import runs_model
 from ..models.protocol import eval_mode, model_dtype, model_modules, check_protocol, model_device
@@ -211,7 +211,10 @@ class _MeanPath(Messenger):
 
 
 def _reconstruction_error(model, x, layout: Layout) -> Optional[torch.Tensor]:
-    """Per point, mean over the data dims of (x - E[x | z = E_q[z|x]])^2, or None without a decoder mean."""
+    """Per point, mean over the data dims of (x - E[x | z = E_q[z|x]])^2, or None without a decoder mean.
+
+    Elements the observed site masks out (a sequence's padded steps) are no data: the mean is over the rest.
+    """
     b = batch.num_rows(x)
     with _MeanPath(layout.sites):
         gtr = poutine.trace(model.guide).get_trace(**x)
@@ -221,7 +224,15 @@ def _reconstruction_error(model, x, layout: Layout) -> Optional[torch.Tensor]:
     if m is None:
         return None
     err = (site["value"] - m) ** 2
-    return site_matrix(err, len(site["fn"].event_shape), layout.nest, layout.data_dim, 1, b)[0].double().mean(-1)
+    events = len(site["fn"].event_shape)
+    err = site_matrix(err, events, layout.nest, layout.data_dim, 1, b)[0].double()
+    mask = site_mask(site["fn"])
+    if mask is None:
+        return err.mean(-1)
+    mask = torch.broadcast_to(mask.to(err.device), site["value"].shape)
+    keep = site_matrix(mask, events, layout.nest, layout.data_dim, 1, b)[0].to(err.dtype)
+    # a row with nothing real has no error to average (NaN, as a mean of no numbers)
+    return torch.where(keep > 0, err, torch.zeros_like(err)).sum(-1) / keep.sum(-1)
 
 
 # -- the evaluator -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..errors import PyroVAEError
 from ..infer.data_name import named_data
 from ..infer.modules import eval_mode
 from ..infer.rng import isolated_rng
+from ..infer.sites import elementwise_base, site_mask
 from ..models.params import model_params
 
 
@@ -34,14 +35,22 @@ class FeatureLogLikelihood:
 
 
 def _per_feature(fn, value: torch.Tensor) -> torch.Tensor:
-    base = fn
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
+    """(rows, features) log densities of the observed site's values; a sequence's (rows, T, D) summed over the
+    steps it has (its padded steps are masked out of the site, and so count for nothing), as its ELBO sums them."""
+    mask = site_mask(fn)
+    base = elementwise_base(fn, through_masks=True)
     lp = base.log_prob(value)
     if lp.shape != value.shape:
-        raise PyroVAEError(f"the observed site's law ({type(base).__name__}) does not score each feature apart: "
-                           "a per-feature log-likelihood needs a law that factorises over the row's features")
-    return lp
+        law = ("a multinomial likelihood scores a row's counts together (its number of trials is the row's total)"
+               if isinstance(base, dist.Multinomial) else
+               f"the observed site's distribution ({type(base).__name__}) scores a row's features together")
+        raise PyroVAEError(f"{law}, not each feature apart: a per-feature log-likelihood needs a likelihood that "
+                           "factorises over the features (poisson, negative_binomial, zip, zinb, normal, bernoulli, "
+                           "...): drop --per-feature")
+    if mask is None:
+        return lp
+    lp = torch.where(mask.to(lp.device), lp, torch.zeros_like(lp))
+    return lp.reshape(lp.shape[0], -1, lp.shape[-1]).sum(1) if lp.dim() > 2 else lp
 
 
 @torch.no_grad()

@@ -78,6 +78,20 @@ def _not_reparameterized(gtr) -> Dict[str, str]:
             if is_latent(site) and not is_enumerable(site) and not site["fn"].has_rsample}
 
 
+#: latent sites a note names one by one; beyond, it names the first and the last (a chain's z_1 .. z_T)
+MAX_NAMED = 6
+
+
+def _described(why: Dict[str, str]) -> str:
+    """The sites' reasons (dependence.describe), the first two only when there are many (a chain's steps), so that
+    the note stays one line."""
+    if len(why) <= MAX_NAMED // 2:
+        return describe(why)
+    names = list(why)
+    return (f"{describe({n: why[n] for n in names[:2]})}; and {len(names) - 2} more sites ({names[2]!r} .. "
+            f"{names[-1]!r})")
+
+
 def choose_objective(model, examples: Sequence) -> ObjectiveChoice:
     """The objective ``train.elbo = "auto"`` trains ``model`` with, read off one trace on each of ``examples``
     (a few rows of each row group of the data: rows without a label run another branch of a program)."""
@@ -94,8 +108,10 @@ def choose_objective(model, examples: Sequence) -> ObjectiveChoice:
         if not discrete and not monte_carlo:
             monte_carlo |= inexact_kl_sites(model, data)
     if discrete:
-        return ObjectiveChoice("enum", f"{describe(discrete)}: summed over its values exactly")
+        return ObjectiveChoice("enum", f"{_described(discrete)}: summed over its values exactly")
     if monte_carlo:
-        return ObjectiveChoice("trace", f"an analytic KL is not exact for {describe(monte_carlo)}")
-    named = ", ".join(repr(n) for n in latents) or "no latent"
+        return ObjectiveChoice("trace", f"an analytic KL is not exact for {_described(monte_carlo)}")
+    # a chain's 25 sites 'z_1' .. 'z_25' are named by their first and last, not one by one
+    named = (", ".join(repr(n) for n in latents) if len(latents) <= MAX_NAMED else
+             f"{latents[0]!r} .. {latents[-1]!r}, {len(latents)} sites") or "no latent"
     return ObjectiveChoice("meanfield", f"the KL of every latent ({named}) has a closed form, exact for this guide")

@@ -11,10 +11,15 @@ data, as a topic model reads each document's length off its row: such a
 program draws x ~ p(x | each row's total) on rows of real data (placeholders
 of zeros would ask for zero trials), and is refused when it reads more of a
 row than its total (the draws change when each row's columns are rotated).
+A program whose draws differ on the two placeholders but that reads only
+each row's total (an observed library size, scVI's ``x.sum(-1)``) is found
+the same way on real rows: the draws must not change when each row's columns
+are rotated, nor when its total is spread evenly over them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -106,10 +111,25 @@ def given_rows(arrays, observed: str, given: dict, n: int) -> dict:
     return out
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class PriorDraws:
+    """Draws of the observed site, and whether each holds the total count of a real row (``template``'s, in turn)."""
+
+    x: torch.Tensor
+    row_totals: bool
+
+
 def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: Optional[str] = None,
                      given: Optional[dict] = None, mean: bool = False,
                      template: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(n, data_dim) draws x ~ p(x) of the model's observed site: :func:`prior_draws`' ``x``."""
+    return prior_draws(model, n, data_dim, seed, observed=observed, given=given, mean=mean, template=template).x
+
+
+@torch.no_grad()
+def prior_draws(model, n: int, data_dim: int, seed: int = 0, *, observed: Optional[str] = None,
+                given: Optional[dict] = None, mean: bool = False,
+                template: Optional[torch.Tensor] = None) -> PriorDraws:
     """(n, data_dim) draws x ~ p(x) of the model's observed site, with the model's trained parameters.
 
     ``observed`` names the observations' array (None: the name the model takes one array by) and ``given`` holds
@@ -147,16 +167,34 @@ def prior_predictive(model, n: int, data_dim: int, seed: int = 0, *, observed: O
             # the same totals, other values: a program that reads only each row's total draws the same
             a, b = _value(site, mean), _value(trace(rows.roll(1, dims=-1)), mean)
             reads = "the values of x, not only each row's total count"
+            totals = True
         else:
+            totals = False
             a, b = (_value(trace(torch.full(shape, fill, device=device)), mean) for fill in (0.0, 1.0))
             reads = "the values of x, not only its number of rows"
+            if site is not None and a.shape == b.shape and not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)):
+                # a program of its own may read each row's total (scVI's observed library size, x.sum(-1)): the
+                # same totals with the values rotated, and spread evenly, must then draw the same
+                a, totals = _value(site, mean), True
+                b = next((o for o in (_value(trace(r), mean) for r in (rows.roll(1, dims=-1), _spread(rows)))
+                          if not torch.equal(torch.nan_to_num(a), torch.nan_to_num(o))), a)
+                reads = "the values of x, not only its number of rows or each row's total count"
     if a.shape != shape:
         raise PyroVAEError(f"model(x) unconditioned on {n} rows draws {model.obs_site!r} with shape {tuple(a.shape)}, "
                            f"not {shape}: give the model a sample(n) method")
     if not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)):
         raise PyroVAEError(f"model(x) reads {reads}, so tracing it unconditioned does not draw from p(x): give "
                            "the model a sample(n) method")
-    return a
+    return PriorDraws(a, totals)
+
+
+def _spread(rows: torch.Tensor) -> torch.Tensor:
+    """Rows of counts with the same totals as ``rows``, spread as evenly as counts allow over the columns."""
+    totals = rows.sum(-1, keepdim=True)
+    d = rows.shape[-1]
+    even = torch.div(totals, d, rounding_mode="floor")
+    left = totals - even * d  # the remainder, one more count in each of the first columns
+    return even + (torch.arange(d, device=rows.device) < left).to(rows.dtype)
 
 
 def _cycled(rows: torch.Tensor, n: int) -> torch.Tensor:

@@ -299,6 +299,18 @@ def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
         "ELBOs in nats per point; the per-point q is fitted to each point alone with the decoder fixed, so "
         "the gap is what amortization costs.",
     ))
+    return _unmeasured_gaps(tables, runs)
+
+
+def _unmeasured_gaps(tables: List[Table], runs) -> List[Table]:
+    """The comparison's gap where a run's is not measured (a guide richer than the per-point family): the words
+    "not measured" rather than a number, and why in the note."""
+    for t in tables:
+        for row, r in zip(t.rows, runs):
+            why = getattr(r.summary, "gap_note", None)  # a diagnosis saved before the note existed has none
+            if why:
+                row[-2:] = ["not measured", None]
+                t.note += f" {r.name}: {why}."
     return tables
 
 
