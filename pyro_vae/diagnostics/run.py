@@ -35,6 +35,7 @@ from .reference import grid_reference, nuts_reference, unconstrained_loc_scale
 from .sizing import few_threads
 from ..data import batch
 from ..data.arrays import Dataset
+from ..evaluation.steps import row_unit
 from .. import arviz_compat
 from ..infer.psis import pareto_khat
 from .arviz_io import from_dict, stored_name
@@ -91,7 +92,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         timings[stage] = now - clock
         clock = now
 
-    log(f"[{name}] {settings.draws} draws from q(z|x) for {b} points, PSIS k-hat per point")
+    unit = row_unit(layout.sites)
+    log(f"[{name}] {settings.draws} draws from q(z|x) for {b} {unit}s, PSIS k-hat per {unit}")
     qd = _draw_q(model, x, layout, subject.point_index, name, settings)
     khat = _khat(qd.log_w, layout.point_mass)
     loo = None if layout.point_mass else loo_check(qd.log_w, khat.values)
@@ -99,7 +101,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     prior_var = zp.var(0, ddof=1)
     lap("q_draws")
 
-    log(f"[{name}] fitting q to each point alone ({settings.local_steps} steps): amortization gap")
+    log(f"[{name}] fitting q to each {unit} alone ({settings.local_steps} steps): amortization gap")
     local, precond = _local_fit(model, x, layout, qd, name, settings, progress)
     lap("local_fit")
 
@@ -529,6 +531,7 @@ def _reference_warnings(name: str, ref: Reference) -> List[str]:
 def _warnings(r: RunDiagnosis) -> List[str]:
     """What a reader must not miss: a point-mass guide, poor k-hat, an overconfident q, failed calibration."""
     out, s, name, b = [], r.summary, r.name, r.summary.points
+    unit = row_unit([label.split("[")[0] for label in r.latent_labels])
     if r.point_mass_guide:
         out.append(f"{name}: the guide is a point mass (delta): it has no posterior spread, so k-hat and "
                    "importance-sampled log p(x) are undefined and its KL to the reference is infinite")
@@ -537,16 +540,16 @@ def _warnings(r: RunDiagnosis) -> List[str]:
         # only points above the threshold: the warning must not name a point it is not about
         named = [w for w in s.worst if w.khat is not None and w.khat > KHAT_BAD][:3]
         worst = ", ".join(f"test[{w.point}] (k-hat {w.khat:.2f})" for w in named)
-        severity = "POOR POSTERIOR" if bad > b / 2 else "some points poorly covered"
-        out.append(f"{name}: {severity}: PSIS k-hat > {KHAT_BAD} for {bad} of {b} points (worst: {worst}): "
+        severity = "POOR POSTERIOR" if bad > b / 2 else f"some {unit}s poorly covered"
+        out.append(f"{name}: {severity}: PSIS k-hat > {KHAT_BAD} for {bad} of {b} {unit}s (worst: {worst}): "
                    "q(z|x) misses posterior mass there (too narrow, or the wrong shape), so posterior summaries from q "
-                   "and importance-sampled log p(x) are unreliable for these points")
+                   f"and importance-sampled log p(x) are unreliable for these {unit}s")
     if s.sd_ratio is not None and not r.point_mass_guide and (s.overconfident or s.overconfident_points):
         pts = s.overconfident_points or []
         where = ", ".join(f"test[{p}]" for p in pts[:5]) + (" ..." if len(pts) > 5 else "")
         se = "" if s.sd_ratio_se is None else f", s.e. {s.sd_ratio_se:.2g}"
         out.append(f"{name}: q is overconfident: its standard deviations are {s.sd_ratio:.2f}x the reference's "
-                   f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} points"
+                   f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} {unit}s"
                    + (f" ({where})" if pts else "") + ": posterior intervals from q are too short there")
     if r.loo_check is not None and not r.loo_check.agree:
         c = r.loo_check

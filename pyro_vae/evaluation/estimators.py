@@ -472,7 +472,7 @@ def _draw_chunks(model, x, plan: _Plan, totals: _Totals, device: torch.device, *
     total = n * (plan.k_total + plan.prior_samples)
     bar = progress_bar(total, progress, unit="draw", unit_scale=True, desc="evaluating", leave=False)
     prior = f" and {plan.prior_samples:,} prior draws" if plan.prior_samples else ""
-    pace = Pace(total, f"evaluating {n:,} points ({plan.k_total:,} guide draws{prior} each)", log, bar)
+    pace = Pace(total, f"evaluating {n:,} {plan.quantities.unit}s ({plan.k_total:,} guide draws{prior} each)", log, bar)
     for sl in chunks(n, plan.b_chunk):
         xb = batch.rows(x, sl)
         nb = batch.num_rows(xb)

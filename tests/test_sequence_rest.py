@@ -1,0 +1,92 @@
+"""A chain's evaluation said in its own terms: numbers per sequence, active units of real steps only.
+
+- the log p(x) warning and k-hat note of a chain count sequences, not points, and a model without steps still
+  counts points;
+- active units of a chain count each (step, dim) over the sequences that reach the step: padding the same
+  sequences to 2T changes neither the count nor what it is counted among, and each step's variance is the one
+  over the sequences whose length reaches it (read off the lengths, not off the evaluation's masks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import pyro_vae as pv
+from pyro_vae.cli import _format_metrics
+from pyro_vae.config import config_from_dict
+
+
+def _chain(seed=0):
+    nodes = {"z": {"dim": 2, "over": "time", "transition": {"type": "gated", "hidden": [8]},
+                   "rnn": {"type": "gru", "hidden": 8}, "encoder": {"hidden": [8]}},
+             "x": {"role": "observed", "over": "time", "likelihood": "normal", "parents": ["z"],
+                   "net": {"hidden": [8]}}}
+    spec = config_from_dict({"model": {"nodes": nodes}, "train": {"seed": seed}}).model
+    torch.manual_seed(seed)
+    return pv.build_model(spec, 3)
+
+
+def _sequences(n=12, t=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([6, 2, 3, 5, 6, 1, 4, 2, 6, 3, 5, 4])[:n]
+    x = 2 * torch.randn(n, t, 3, generator=g) * (torch.arange(t) < lengths[:, None]).unsqueeze(-1)
+    return {"x": x, "lengths": lengths}
+
+
+def _padded(data):
+    return {k: (torch.cat([v, torch.full_like(v, 5.0)], dim=1) if v.dim() == 3 else v) for k, v in data.items()}
+
+
+def test_a_chains_warnings_count_sequences():
+    model = _chain()
+    ev = pv.evaluate_points(model, _sequences(), iw_samples=30, seed=0, prior_samples=0)
+    assert ev.quantities is not None and ev.quantities.unit == "sequence"
+    warning = ev.log_likelihood_warning()
+    assert warning is not None  # an untrained guide over 6 steps: its weights are heavy-tailed
+    assert "of 12 sequences" in warning and "points" not in warning
+    text = _format_metrics(ev.summary())
+    assert "12 sequences above 0.7" in text and " points" not in text
+    few = pv.evaluate_points(model, _sequences(), iw_samples=3, seed=0, prior_samples=0)
+    assert "draws a sequence" in few.khat_note()
+
+
+def test_a_model_without_steps_still_counts_points():
+    torch.manual_seed(0)
+    model = pv.build_model(config_from_dict({"model": {"latent_dim": 2, "likelihood": "normal"}}).model, 3)
+    ev = pv.evaluate_points(model, torch.randn(10, 3) * 3, iw_samples=3, seed=0, prior_samples=0)
+    assert ev.quantities.unit == "point" and "draws a point" in ev.khat_note()
+    assert ev.summary()["active_units_of"] == 2
+
+
+def test_active_units_count_only_the_steps_a_sequence_reaches():
+    model = _chain()
+    data = _sequences()
+    a = pv.evaluate_points(model, data, iw_samples=None, elbo_samples=4, seed=0, prior_samples=0)
+    b = pv.evaluate_points(model, _padded(data), iw_samples=None, elbo_samples=4, seed=0, prior_samples=0)
+    lengths = data["lengths"]
+    # steps reached by 2+ sequences: 1..6 here (step 6 by three), each with 2 dims
+    reached = sum(int((lengths >= t).sum()) >= 2 for t in range(1, 7))
+    for ev, steps in ((a, 6), (b, 12)):
+        s = ev.summary()
+        assert s["latent_dims"] == 2 * steps
+        assert s["active_units_of"] == 2 * reached  # the padded steps T+1..2T are counted among nothing
+        assert "sequences reaching step t" in s["active_units_rule"]
+        var = ev.posterior_mean_variance()
+        for t in range(1, steps + 1):
+            rows = lengths >= t
+            for j in range(2):
+                col = ev.latent_names.index(f"z_{t}[{j}]")
+                if int(rows.sum()) < 2:
+                    assert math.isnan(float(var[col]))
+                else:
+                    expect = ev.posterior_mean[rows, col].var(unbiased=True)
+                    assert torch.allclose(var[col], expect, rtol=1e-9, atol=1e-12)
+    # the old count, over every padded step of every sequence, would have counted the padding's dims too
+    naive = int((b.posterior_mean.var(0) > 0.01).sum())
+    assert naive > b.summary()["active_units"]
+    nodes = {n.name: n for n in b.nodes()}
+    assert nodes["z_1"].active_of == 2 and nodes["z_7"].active_of == 0 and nodes["z_7"].active_units == 0
+    text = _format_metrics(b.summary())
+    assert f"of {2 * reached} (per step and dim" in text
