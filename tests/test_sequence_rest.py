@@ -90,3 +90,84 @@ def test_active_units_count_only_the_steps_a_sequence_reaches():
     assert nodes["z_1"].active_of == 2 and nodes["z_7"].active_of == 0 and nodes["z_7"].active_units == 0
     text = _format_metrics(b.summary())
     assert f"of {2 * reached} (per step and dim" in text
+
+
+# -- a program that masks its padded steps with poutine.mask (examples/own_sequence/dmm_mask.py) -------------------
+
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+
+from pyro_vae.infer.layout import build_layout, masked_coordinates  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_sequence"
+
+
+def _load(name: str, file: Path):
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _programs():
+    """(dmm.py's DMM, dmm_mask.py's DMM with the same weights, the data helpers): .mask() and poutine.mask."""
+    sys.path.insert(0, str(EXAMPLE))  # dmm_mask.py imports dmm.py beside it, as a program's folder would
+    try:
+        masked = _load("dmm_poutine_mask_for_tests", EXAMPLE / "dmm_mask.py")
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    plain = _load("dmm_plain_for_poutine_tests", EXAMPLE / "dmm.py")
+    data = _load("dmm_data_for_poutine_tests", EXAMPLE / "make_data.py")
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    a = plain.DMM(input_dim=10, z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8)
+    b = masked.DMM(input_dim=10, z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8)
+    b.load_state_dict(a.state_dict())
+    return a, b, data
+
+
+def _dmm_arrays(data, seqs, pad):
+    return {k: torch.as_tensor(v) for k, v in data.dmm_arrays(seqs, pad_to=pad).items()}
+
+
+def test_poutine_mask_counts_for_nothing_as_mask_does():
+    plain, masked, data = _programs()
+    seqs = data.stand_in(4, seed=3, notes=10, min_len=3, max_len=6, chords=3)
+    lengths = np.array([len(s) for s in seqs])
+    for pad in (6, 12):
+        x = _dmm_arrays(data, seqs, pad)
+        a = pv.evaluate_points(plain, x, iw_samples=None, elbo_samples=10, seed=0, prior_samples=0)
+        b = pv.evaluate_points(masked, x, iw_samples=None, elbo_samples=10, seed=0, prior_samples=0)
+        # the same weights and draws: the same ELBO, term by term, however the padding is masked (unmasked, each
+        # padded step's Bernoulli and KL terms would add to poutine.mask's)
+        assert torch.allclose(a.elbo, b.elbo, atol=1e-4, rtol=0), (pad, a.elbo, b.elbo)
+        assert a.quantities.unit == b.quantities.unit == "sequence"
+        # and the coordinates diagnostics leave out are the padded steps, for both
+        for model in (plain, masked):
+            layout = build_layout(model, x)
+            m = masked_coordinates(model, x, layout)
+            steps = np.repeat(np.arange(1, pad + 1), 3)
+            np.testing.assert_array_equal(m, steps[None, :] > lengths[:, None])
+
+
+@pytest.mark.slow
+def test_poutine_mask_padding_changes_no_amortization_gap():
+    """diagnose's per-point q mirrors poutine.mask as it mirrors .mask(): every local ELBO of the 0/1 notes is
+    negative and the gap is the same padded to T and to 2T (unmirrored, the local q widened each padded
+    coordinate for a positive ELBO and a gap growing with the padding: +11 to +22 nats, gaps of 42 to 47)."""
+    _, model, data = _programs()
+    seqs = data.stand_in(2, seed=3, notes=10, min_len=3, max_len=6, chords=3)
+    settings = pv.DiagnoseSettings(points=2, draws=30, reference="none", sbc_sims=0, local_steps=25)
+    gaps = []
+    for pad in (6, 12):
+        d = pv.diagnose([pv.Subject("dmm", model, _dmm_arrays(data, seqs, pad), list(range(2)))], settings)
+        local = d.runs[0].local
+        assert (local.elbo < 0).all()
+        gaps.append((local.gap, local.gap_se))
+    (g1, s1), (g2, s2) = gaps
+    assert (np.abs(g1 - g2) < 4 * np.sqrt(s1 ** 2 + s2 ** 2) + 0.5).all()

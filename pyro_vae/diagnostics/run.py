@@ -16,7 +16,7 @@ from ..errors import PyroVAEError
 from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout, masked_coordinates
 from ..infer.rng import isolated_rng
-from ..infer.sites import is_real, site_matrix
+from ..infer.sites import FoldMasks, is_real, site_matrix
 from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
@@ -74,7 +74,8 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
     try:
         # the model's own parameters (runs with equal parameter names cannot see each other's values),
         # and a scratch layer so that the local guides' parameters never reach the model's scope
-        with model_params(model), scratch_params(), isolated_rng(settings.seed, device):
+        # (a program's poutine.mask read as its sites' .mask(), by every density and by the per-point q's mirror)
+        with model_params(model), scratch_params(), isolated_rng(settings.seed, device), FoldMasks():
             return _diagnose(subject, model, name, x, b, settings, progress, log)
     finally:
         if isinstance(model, torch.nn.Module) and was_training:

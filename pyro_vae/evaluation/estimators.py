@@ -63,7 +63,7 @@ from ..errors import PyroVAEError
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
-from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
+from ..infer.sites import (FoldMasks, PointDensities, elementwise_base, is_observed, marginal_densities, particles,
                            point_densities, site_matrix, site_sum)
 from ..models.pair import takes_pairs
 from ..models.params import runs_model
@@ -296,7 +296,7 @@ def evaluate_points(
                                    log=log if group.is_main else None)
             return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
-    with eval_mode(model), isolated_rng(seed, device):
+    with eval_mode(model), isolated_rng(seed, device), FoldMasks():  # poutine.mask read as .mask()
         plan = _plan(model, x, width, iw_samples, elbo_samples, prior_samples, budget)
         totals = _Totals(plan)
         _draw_chunks(model, x, plan, totals, device, reconstruction_error=reconstruction_error,
