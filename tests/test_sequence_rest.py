@@ -171,3 +171,46 @@ def test_poutine_mask_padding_changes_no_amortization_gap():
         gaps.append((local.gap, local.gap_se))
     (g1, s1), (g2, s2) = gaps
     assert (np.abs(g1 - g2) < 4 * np.sqrt(s1 ** 2 + s2 ** 2) + 0.5).all()
+
+
+# -- torchrun: sequences sharded by rank, each with its own length (tests/seq_dist_worker.py) ----------------------
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ_WORKER = Path(__file__).with_name("seq_dist_worker.py")
+
+
+def _torchrun_env(rank: int, world: int, port: int) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world)}
+
+
+@pytest.mark.slow
+def test_two_processes_see_every_sequence_once_an_epoch_with_its_own_length(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(SEQ_WORKER), str(tmp_path)], env=_torchrun_env(r, 2, port),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    worker = _load("seq_dist_worker_for_tests", SEQ_WORKER)
+    lengths = worker.sequences()["lengths"].tolist()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    for epoch in range(2):
+        rows = []
+        for r in ranks:
+            steps = [(ids, lens) for e, ids, lens in r["seen"] if e == epoch]
+            assert len(steps) == 4  # 30 rows in global batches of 8: 8, 8, 8, 6, each split between the ranks
+            for ids, lens in steps:
+                assert lens == [lengths[i] for i in ids]  # each sequence's length travels with it
+                rows += ids
+        assert sorted(rows) == list(range(worker.ROWS))  # every sequence once an epoch, on one rank or the other
+    # the ranks split each global batch: neither saw a sequence the other saw in the same step
+    for (e0, a, _), (e1, b, _) in zip(ranks[0]["seen"], ranks[1]["seen"]):
+        assert e0 == e1 and not set(a) & set(b)
