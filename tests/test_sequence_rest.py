@@ -214,3 +214,45 @@ def test_two_processes_see_every_sequence_once_an_epoch_with_its_own_length(tmp_
     # the ranks split each global batch: neither saw a sequence the other saw in the same step
     for (e0, a, _), (e1, b, _) in zip(ranks[0]["seen"], ranks[1]["seen"]):
         assert e0 == e1 and not set(a) & set(b)
+
+
+# -- figures of sequences: rolls for many dimensions, whole steps -------------------------------------------------
+
+from pyro_vae.figures import sequences as sequence_figures  # noqa: E402
+
+
+def _drawn(monkeypatch):
+    figs = []
+    monkeypatch.setattr(sequence_figures, "save_figure", lambda fig, path: figs.append(fig) or path)
+    return figs
+
+
+def _whole_step_ticks(ax) -> bool:
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    return bool(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_chorale_is_drawn_as_rolls_and_steps_are_whole(monkeypatch, tmp_path):
+    figs = _drawn(monkeypatch)
+    g = np.random.default_rng(0)
+    x = np.zeros((3, 12, 88))
+    x[:, :, [40, 44, 47]] = 1.0  # three notes of 88 held: lines of the first four notes would be flat zeros
+    recon = np.clip(x[None] * 0.8 + 0.05 * g.random((8, 3, 12, 88)), 0, 1)
+    z = g.normal(size=(8, 3, 12, 2))
+    sequence_figures.save_sequence_fit(x, np.array([12, 7, 5]), recon, z, tmp_path / "fit.png")
+    fig = figs[-1]
+    rolls = [ax for ax in fig.axes if ax.images]
+    assert len(rolls) == 6  # observed and E[x_t | z_t] for each of the 3 sequences
+    # the rolls show the notes in use, by their own numbers, and each sequence only to its length
+    assert [t.get_text() for t in rolls[0].get_yticklabels()] == ["40", "44", "47"]
+    assert rolls[1].images[0].get_array().shape == (3, 7)  # axes row by row: sequence 1, observed
+    steps = [ax for ax in fig.axes if ax.get_xlabel() == "step t"]
+    assert steps and all(_whole_step_ticks(ax) for ax in steps)
+    sequence_figures.save_forecast(x[0, :5], recon[:, 0, :5], recon[:, 0, 5:], tmp_path / "forecast.png", "forecast")
+    assert sum(bool(ax.images) for ax in figs[-1].axes) == 2  # the prefix and forecast as rolls, too
+    # a few dimensions stay lines, on whole steps too
+    sequence_figures.save_sequence_fit(x[:, :, :3] + g.normal(size=(3, 12, 3)), np.array([12, 7, 5]),
+                                       recon[..., :3], z, tmp_path / "lines.png")
+    assert not any(ax.images for ax in figs[-1].axes)
+    assert all(_whole_step_ticks(ax) for ax in figs[-1].axes if ax.get_xlabel() == "step t")
