@@ -23,7 +23,7 @@ from _common import ROOT, machine_line, median, table
 import pyro_vae as pv  # noqa: E402
 from pyro_vae.config.schema import TrainConfig  # noqa: E402
 
-EXAMPLES = {"dmm": ("sequence_dmm.toml", "bernoulli"), "linear_gaussian": ("sequence_linear_gaussian.toml", "normal")}
+EXAMPLES = {"linear_gaussian": ("sequence_linear_gaussian.toml", "normal"), "dmm": ("sequence_dmm.toml", "bernoulli")}
 
 
 def fit(name: str, data, epochs: int, capture: str, seed: int):
@@ -62,6 +62,9 @@ def main() -> None:
         for r in range(args.rounds):
             for capture in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 got[capture].append(fit(name, data, args.epochs, capture, r))
+                first, later, total, replayed = got[capture][-1]
+                print(f"  {name} round {r} capture={capture}: epoch 1 {first:.2f} s, later epochs {later:.2f} s, "
+                      f"fit {total:.1f} s, replayed {replayed}", flush=True)
         first = {c: median([g[0] for g in got[c]]) for c in got}
         later = {c: median([g[1] for g in got[c]]) for c in got}
         saved = (later["off"] - later["on"]) / steps  # seconds a replayed step saves

@@ -256,3 +256,10 @@ def test_a_chorale_is_drawn_as_rolls_and_steps_are_whole(monkeypatch, tmp_path):
                                        recon[..., :3], z, tmp_path / "lines.png")
     assert not any(ax.images for ax in figs[-1].axes)
     assert all(_whole_step_ticks(ax) for ax in figs[-1].axes if ax.get_xlabel() == "step t")
+
+
+def test_diagnose_and_report_words_follow_the_rows():
+    from pyro_vae.evaluation.steps import row_unit
+    assert row_unit([f"z_{t}[{j}]" for t in range(1, 5) for j in range(2)]) == "sequence"
+    assert row_unit(["z_1", "z_2", "z_3"]) == "sequence"
+    assert row_unit(["z[0]", "z[1]", "z1[0]", "z2[0]"]) == "point"  # two numbered layers are no chain

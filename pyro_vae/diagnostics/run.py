@@ -532,7 +532,7 @@ def _reference_warnings(name: str, ref: Reference) -> List[str]:
 def _warnings(r: RunDiagnosis) -> List[str]:
     """What a reader must not miss: a point-mass guide, poor k-hat, an overconfident q, failed calibration."""
     out, s, name, b = [], r.summary, r.name, r.summary.points
-    unit = row_unit([label.split("[")[0] for label in r.latent_labels])
+    unit = row_unit(r.latent_labels)
     if r.point_mass_guide:
         out.append(f"{name}: the guide is a point mass (delta): it has no posterior spread, so k-hat and "
                    "importance-sampled log p(x) are undefined and its KL to the reference is infinite")

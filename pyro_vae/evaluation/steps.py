@@ -57,8 +57,10 @@ def is_chain(latents: Sequence[str]) -> bool:
 
 
 def row_unit(latents: Sequence[str]) -> str:
-    """What one row of a model with these latent sites is called in a sentence: "sequence" or "point"."""
-    return "sequence" if is_chain(latents) else "point"
+    """What one row of a model with these latent sites (or their coordinates' labels, ``z_1[0]``) is called in a
+    sentence: "sequence" or "point"."""
+    sites = list(dict.fromkeys(name.split("[")[0] for name in latents))  # one name per site, in order
+    return "sequence" if is_chain(sites) else "point"
 
 
 def _template(term: str) -> Optional[Tuple[str, int]]:

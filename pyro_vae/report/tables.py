@@ -33,7 +33,7 @@ class Table:
 
 def unit(diagnosis: Diagnosis) -> str:
     """What one diagnosed row is called in the tables: "sequence" when every run is a chain, else "point"."""
-    units = {row_unit([label.split("[")[0] for label in r.latent_labels]) for r in diagnosis.runs}
+    units = {row_unit(r.latent_labels) for r in diagnosis.runs}
     return "sequence" if units == {"sequence"} else "point"
 
 
