@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -263,3 +264,24 @@ def test_diagnose_and_report_words_follow_the_rows():
     assert row_unit([f"z_{t}[{j}]" for t in range(1, 5) for j in range(2)]) == "sequence"
     assert row_unit(["z_1", "z_2", "z_3"]) == "sequence"
     assert row_unit(["z[0]", "z[1]", "z1[0]", "z2[0]"]) == "point"  # two numbered layers are no chain
+
+
+# -- step capture of a chain under train.capture = "auto" -----------------------------------------------------------
+
+from pyro_vae.errors import CaptureWarning  # noqa: E402
+from pyro_vae.training.capture import CHAIN_CAPTURE_MIN_STEPS, why_not_capturable  # noqa: E402
+
+
+def test_auto_capture_of_a_chain_follows_the_planned_steps():
+    model = _chain()
+    data = _sequences()
+    # a short run (2 epochs of 3 batches): eager, and said once, with the rule and the way to override it
+    with pytest.warns(CaptureWarning, match=r"plans 6 steps, fewer than the 400 .*train.capture = 'on'"):
+        trainer = pv.fit(model, data, config=pv.TrainConfig(epochs=2, batch_size=4, seed=0, eval_every=10 ** 6),
+                         progress=False)
+    assert trainer.engine_name == "eager" and not trainer.captured_shapes
+    # the same trainer planning a long run passes the rule (what is left is the generic checks: none fails here)
+    assert "short run" in why_not_capturable(trainer, "auto")
+    trainer.config = dataclasses.replace(trainer.config, epochs=2 + -(-CHAIN_CAPTURE_MIN_STEPS // 3))
+    assert why_not_capturable(trainer, "auto") is None
+    assert why_not_capturable(trainer, "on") is None
