@@ -289,8 +289,9 @@ class Captures:
         self.reason = why_not_capturable(t, self.mode)
         if self.reason is not None:
             declined = declined_by_module(t.model)
-            if self.mode == "on" or (declined is not None and self.reason == declined) or \
-                    self.reason.startswith(CHAIN_SHORT):
+            if self.reason.startswith(CHAIN_SHORT):  # the rule's own words say what happens and why
+                warnings.warn(self.reason, CaptureWarning, stacklevel=3)
+            elif self.mode == "on" or (declined is not None and self.reason == declined):
                 warnings.warn(f"train.capture = {self.mode!r}, but {self.reason}: training runs eagerly", CaptureWarning,
                               stacklevel=3)
             return None
