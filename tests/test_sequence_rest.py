@@ -49,7 +49,7 @@ def test_a_chains_warnings_count_sequences():
     assert "of 12 sequences" in warning and "points" not in warning
     text = _format_metrics(ev.summary())
     assert "12 sequences above 0.7" in text and " points" not in text
-    few = pv.evaluate_points(model, _sequences(), iw_samples=3, seed=0, prior_samples=0)
+    few = dataclasses.replace(ev, iw_samples=3)  # the note of too few draws for PSIS, in the same words
     assert "draws a sequence" in few.khat_note()
 
 
@@ -140,7 +140,7 @@ def test_poutine_mask_counts_for_nothing_as_mask_does():
     plain, masked, data = _programs()
     seqs = data.stand_in(4, seed=3, notes=10, min_len=3, max_len=6, chords=3)
     lengths = np.array([len(s) for s in seqs])
-    for pad in (6, 12):
+    for pad in (9,):  # lengths 3 to 6, padded: the slow test below pads the same sequences to T and 2T
         x = _dmm_arrays(data, seqs, pad)
         a = pv.evaluate_points(plain, x, iw_samples=None, elbo_samples=10, seed=0, prior_samples=0)
         b = pv.evaluate_points(masked, x, iw_samples=None, elbo_samples=10, seed=0, prior_samples=0)
