@@ -139,7 +139,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
         structure=structure, loo_check=loo, gaps=gaps, sequences=fit,
         step_profile=_step_profile(run))
-    r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
+    r.warnings = _reference_warnings(name, r.reference, unit) + _warnings(r)
     return r
 
 
@@ -503,7 +503,7 @@ def _geometric_mean(v) -> float:
     return float(np.exp(np.mean(np.log(v))))
 
 
-def _reference_warnings(name: str, ref: Reference) -> List[str]:
+def _reference_warnings(name: str, ref: Reference, unit: str = "point") -> List[str]:
     """A truncated grid, NUTS chains that disagree, too few effective draws, divergences."""
     out = []
     if ref.edge_mass is not None and ref.edge_mass > 1e-4:
@@ -517,8 +517,8 @@ def _reference_warnings(name: str, ref: Reference) -> List[str]:
     # (any above RHAT_FAIL) or on many above RHAT_MAX, not on the largest of them.
     n_all = int(np.size(n.rhat))
     if n.rhat_max > RHAT_FAIL or n.rhat_above > RHAT_FRACTION * n_all:
-        out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} (point, latent "
-                   f"dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
+        out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} "
+                   f"({unit}, latent dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
                    "trusting the comparisons")
     if n.ess_bulk_min < ESS_MIN:
         out.append(f"{name}: the NUTS reference has a bulk ESS as low as {n.ess_bulk_min:.0f} "

@@ -208,7 +208,7 @@ def _worst_table(diagnosis: Diagnosis) -> List[Table]:
 
 def _loo_table(diagnosis: Diagnosis) -> List[Table]:
     """Our k-hat and log p(x) against ArviZ 1.x's loo_approximate_posterior on the same draws."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = []
     for r in runs:
@@ -225,7 +225,7 @@ def _loo_table(diagnosis: Diagnosis) -> List[Table]:
             rows.append([r.name, None, None, None, None, "not available: this diagnosis predates the check"])
     tables.append(Table(
         "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
-        ["run", "ArviZ", "largest k-hat difference", f"points with k-hat <= {KHAT_BAD}",
+        ["run", "ArviZ", "largest k-hat difference", f"{u}s with k-hat <= {KHAT_BAD}",
          "largest log p(x) difference / s.e.", "verdict"],
         rows,
         "The same draws given to ArviZ's PSIS-LOO for variational posteriors, each point an observation whose LOO "
