@@ -107,7 +107,8 @@ def _runs_table(diagnosis: Diagnosis) -> List[Table]:
         + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO"] + ([] if shared else ["of"])
         + [log_p, f"{log_p} s.e."],
         rows,
-        f"Test ELBO and importance-sampled {log_p} per data point in nats, from the run's metrics.json "
+        f"Test ELBO and importance-sampled {log_p} per {'data point' if unit(diagnosis) == 'point' else 'sequence'} "
+        "in nats, from the run's metrics.json "
         + ("" if shared else "('of' names each run's: log p(x|y) for a model conditioned on an input y, "
            "log p(x,y) for one scored on its labels too) ")
         + f"(for a point-mass guide, guide = delta, the 'test ELBO' is its objective log p(x, z) at the code: "
