@@ -87,8 +87,10 @@ def _format_metrics(m: dict) -> str:
 
     chain = str(q.get("per", "")).startswith("sequence")
     unit = "sequence" if chain else "point"
-    lines = [f"per sequence, in nats, on {m['num_points']} sequences (each of its own length, given: padded steps "
-             "count for nothing):" if chain else f"per data point, in nats, on {m['num_points']} points:"]
+    lengths = q.get("per") != "sequence"  # a program's own chain ("sequence") masks its steps as it does
+    lines = [f"per sequence, in nats, on {m['num_points']} sequences"
+             + (" (each of its own length, given: padded steps count for nothing):" if lengths else ":")
+             if chain else f"per data point, in nats, on {m['num_points']} points:"]
     if m.get("elbo") is not None:
         draws = m.get("elbo_samples")
         # a point-mass guide has no entropy term: its objective is log p(x, z) at the code, not a bound on log p(x)
@@ -149,8 +151,8 @@ def _latent_rows(m: dict) -> List[tuple]:
     """The rows on the latent code of a one-latent model: active units, KL per dimension, reconstruction MSE."""
     out = []
     if m.get("active_units") is not None:
-        out.append(("active units", f"{m['active_units']:10d} of {m.get('latent_dims')} "
-                    f"(Cov_x E_q[z_j] > {m.get('active_units_threshold', 0.01):g})"))
+        out.append(("active units", f"{m['active_units']:10d} of {m.get('active_units_of', m.get('latent_dims'))} "
+                    f"({m.get('active_units_rule', 'Cov_x E_q[z_j]')} > {m.get('active_units_threshold', 0.01):g})"))
     kl_dims = m.get("kl_per_dim")
     names = m.get("latent_names") or [f"z[{i}]" for i in range(len(kl_dims or []))]
     if kl_dims:
@@ -328,7 +330,7 @@ def _format_nodes(m: dict) -> Optional[str]:
     lines = ["  per node (ELBO = observed terms - latent terms; a latent's term is its KL):",
              f"    {'node':<{width}}{'kind':<10}{'term':>12}{'s.e.':>10}{'dims':>7}{'active':>10}   method"]
     for n in nodes:
-        active = "-" if n.get("active_units") is None else f"{n['active_units']} of {n['dims']}"
+        active = "-" if n.get("active_units") is None else f"{n['active_units']} of {n.get('active_of') or n['dims']}"
         method = _NODE_METHODS.get((n["kind"], n["method"]), n["method"])
         if n.get("summed_over"):
             method += f"; its density sums out {', '.join(n['summed_over'])}"
@@ -355,9 +357,13 @@ def _steps_folded(nodes: list, prof) -> list:
         if stem in prof["terms"] and step.isdigit():
             f = folded.get(stem)
             if f is None:
-                f = folded[stem] = dict(n, name=f"{stem}_{step}", term=0.0, se=0.0, dims=0, active_units=None,
-                                        last=step)
+                f = folded[stem] = dict(n, name=f"{stem}_{step}", term=0.0, se=0.0, dims=0, last=step,
+                                        active_units=0 if n.get("active_units") is not None else None, active_of=0)
                 out.append(f)
+            if f["active_units"] is not None and n.get("active_units") is not None:
+                # a chain's steps: its units active per step, among the steps' dims two or more sequences reach
+                f["active_units"] += n["active_units"]
+                f["active_of"] += n["active_of"] if n.get("active_of") is not None else n["dims"]
             f["term"] = None if f["term"] is None or n.get("term") is None else f["term"] + n["term"]
             f["se"] = None  # the steps' terms share their draws: their s.e.s do not add up in quadrature
             f["dims"] += n["dims"]

@@ -1,12 +1,15 @@
 """Pyro's DMM as written, on the same 4 sequences padded to T = 6 and to 2T = 12: log p(x), ELBO, the per-point q's
 ELBO and the amortization gap per sequence, which the padding must not change.
 
-Run:  python3 examples/own_sequence/padding_check.py
+Run:  python3 examples/own_sequence/padding_check.py [--program dmm_mask]
+(``dmm_mask``: the same DMM masking its padded steps with ``poutine.mask`` instead of ``.mask()``.)
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 import pyro
@@ -25,7 +28,13 @@ def _load(name: str, file: Path):
 
 
 def main() -> None:
-    dmm, data = _load("dmm_padding_check", HERE / "dmm.py"), _load("dmm_data_padding_check", HERE / "make_data.py")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--program", choices=["dmm", "dmm_mask"], default="dmm",
+                        help="dmm.py (Pyro's .mask()) or dmm_mask.py (poutine.mask) (default: dmm)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))  # dmm_mask.py imports dmm.py beside it
+    dmm = _load(f"{args.program}_padding_check", HERE / f"{args.program}.py")
+    data = _load("dmm_data_padding_check", HERE / "make_data.py")
     seqs = data.stand_in(4, seed=3, notes=10, min_len=3, max_len=6, chords=3)
     pyro.clear_param_store()
     torch.manual_seed(0)

@@ -242,7 +242,9 @@ def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, rep
     """The trained model on the test data (every rank; the class metrics on the rank that reports)."""
     n = len(data.test_x)
     k = None if iw_samples == "none" else iw_samples
-    log(f"evaluating on {n} test points" + (f" ({k} importance samples each)..." if k else "..."))
+    # a declared chain's rows are sequences (a program's chain says so in the evaluation's own header)
+    unit = "sequences" if hasattr(model, "chain") else "points"
+    log(f"evaluating on {n} test {unit}" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
                           class_names=data.class_names, progress=progress, classes=reports, log=log,
                           counts=data.test_x, vocabulary=data.feature_names,

@@ -32,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 from ..errors import PyroVAEError
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout
-from ..infer.sites import is_real, masked_like, site_mask, summing
+from ..infer.sites import is_real, masked_like, node_mask, summing
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings
 from ..progress import progress_bar
@@ -166,7 +166,7 @@ class _ModelMasks(Messenger):
         node = proto.nodes.get(name) if proto is not None else None
         if node is None or msg["is_observed"]:
             return
-        mask = site_mask(node["fn"])
+        mask = node_mask(node)  # the model's .mask() or poutine.mask, whichever it masks its padded steps with
         if mask is not None:
             msg["fn"] = masked_like(msg["fn"], mask)
 

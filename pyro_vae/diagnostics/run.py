@@ -16,7 +16,7 @@ from ..errors import PyroVAEError
 from ..infer.data_name import named_data
 from ..infer.layout import Layout, build_layout, masked_coordinates
 from ..infer.rng import isolated_rng
-from ..infer.sites import is_real, site_matrix
+from ..infer.sites import FoldMasks, is_real, site_matrix
 from ..models.params import model_params, scratch_params
 from ..models.protocol import model_device
 from .settings import DiagnoseSettings, ESS_MIN, RHAT_FAIL, RHAT_FRACTION, RHAT_MAX, Subject
@@ -36,6 +36,7 @@ from .sizing import few_threads
 from .within_family import POORER, guide_outside_family
 from ..data import batch
 from ..data.arrays import Dataset
+from ..evaluation.steps import row_unit
 from .. import arviz_compat
 from ..infer.psis import pareto_khat
 from .arviz_io import from_dict, stored_name
@@ -74,7 +75,8 @@ def diagnose_subject(subject: Subject, settings: DiagnoseSettings = DiagnoseSett
     try:
         # the model's own parameters (runs with equal parameter names cannot see each other's values),
         # and a scratch layer so that the local guides' parameters never reach the model's scope
-        with model_params(model), scratch_params(), isolated_rng(settings.seed, device):
+        # (a program's poutine.mask read as its sites' .mask(), by every density and by the per-point q's mirror)
+        with model_params(model), scratch_params(), isolated_rng(settings.seed, device), FoldMasks():
             return _diagnose(subject, model, name, x, b, settings, progress, log)
     finally:
         if isinstance(model, torch.nn.Module) and was_training:
@@ -92,7 +94,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         timings[stage] = now - clock
         clock = now
 
-    log(f"[{name}] {settings.draws} draws from q(z|x) for {b} points, PSIS k-hat per point")
+    unit = row_unit(layout.sites)
+    log(f"[{name}] {settings.draws} draws from q(z|x) for {b} {unit}s, PSIS k-hat per {unit}")
     qd = _draw_q(model, x, layout, subject.point_index, name, settings)
     khat = _khat(qd.log_w, layout.point_mass)
     loo = None if layout.point_mass else loo_check(qd.log_w, khat.values)
@@ -100,7 +103,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
     prior_var = zp.var(0, ddof=1)
     lap("q_draws")
 
-    log(f"[{name}] fitting q to each point alone ({settings.local_steps} steps): amortization gap")
+    log(f"[{name}] fitting q to each {unit} alone ({settings.local_steps} steps): amortization gap")
     local, precond = _local_fit(model, x, layout, qd, name, settings, progress)
     lap("local_fit")
 
@@ -137,7 +140,7 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
         q_data=qd.data, reference_data=ref.data, nuts_data=ref.nuts_data, grid=ref.grid, generated=generated,
         structure=structure, loo_check=loo, gaps=gaps, sequences=fit,
         step_profile=_step_profile(run))
-    r.warnings = _reference_warnings(name, r.reference) + _warnings(r)
+    r.warnings = _reference_warnings(name, r.reference, unit) + _warnings(r)
     return r
 
 
@@ -511,7 +514,7 @@ def _geometric_mean(v) -> float:
     return float(np.exp(np.mean(np.log(v))))
 
 
-def _reference_warnings(name: str, ref: Reference) -> List[str]:
+def _reference_warnings(name: str, ref: Reference, unit: str = "point") -> List[str]:
     """A truncated grid, NUTS chains that disagree, too few effective draws, divergences."""
     out = []
     if ref.edge_mass is not None and ref.edge_mass > 1e-4:
@@ -525,8 +528,8 @@ def _reference_warnings(name: str, ref: Reference) -> List[str]:
     # (any above RHAT_FAIL) or on many above RHAT_MAX, not on the largest of them.
     n_all = int(np.size(n.rhat))
     if n.rhat_max > RHAT_FAIL or n.rhat_above > RHAT_FRACTION * n_all:
-        out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} (point, latent "
-                   f"dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
+        out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} "
+                   f"({unit}, latent dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
                    "trusting the comparisons")
     if n.ess_bulk_min < ESS_MIN:
         out.append(f"{name}: the NUTS reference has a bulk ESS as low as {n.ess_bulk_min:.0f} "
@@ -540,6 +543,7 @@ def _reference_warnings(name: str, ref: Reference) -> List[str]:
 def _warnings(r: RunDiagnosis) -> List[str]:
     """What a reader must not miss: a point-mass guide, poor k-hat, an overconfident q, failed calibration."""
     out, s, name, b = [], r.summary, r.name, r.summary.points
+    unit = row_unit(r.latent_labels)
     if r.point_mass_guide:
         out.append(f"{name}: the guide is a point mass (delta): it has no posterior spread, so k-hat and "
                    "importance-sampled log p(x) are undefined and its KL to the reference is infinite")
@@ -548,16 +552,16 @@ def _warnings(r: RunDiagnosis) -> List[str]:
         # only points above the threshold: the warning must not name a point it is not about
         named = [w for w in s.worst if w.khat is not None and w.khat > KHAT_BAD][:3]
         worst = ", ".join(f"test[{w.point}] (k-hat {w.khat:.2f})" for w in named)
-        severity = "POOR POSTERIOR" if bad > b / 2 else "some points poorly covered"
-        out.append(f"{name}: {severity}: PSIS k-hat > {KHAT_BAD} for {bad} of {b} points (worst: {worst}): "
+        severity = "POOR POSTERIOR" if bad > b / 2 else f"some {unit}s poorly covered"
+        out.append(f"{name}: {severity}: PSIS k-hat > {KHAT_BAD} for {bad} of {b} {unit}s (worst: {worst}): "
                    "q(z|x) misses posterior mass there (too narrow, or the wrong shape), so posterior summaries from q "
-                   "and importance-sampled log p(x) are unreliable for these points")
+                   f"and importance-sampled log p(x) are unreliable for these {unit}s")
     if s.sd_ratio is not None and not r.point_mass_guide and (s.overconfident or s.overconfident_points):
         pts = s.overconfident_points or []
         where = ", ".join(f"test[{p}]" for p in pts[:5]) + (" ..." if len(pts) > 5 else "")
         se = "" if s.sd_ratio_se is None else f", s.e. {s.sd_ratio_se:.2g}"
         out.append(f"{name}: q is overconfident: its standard deviations are {s.sd_ratio:.2f}x the reference's "
-                   f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} points"
+                   f"(geometric mean{se}; 1 is right), below {SD_RATIO_MIN} beyond 2 s.e. for {len(pts)} of {b} {unit}s"
                    + (f" ({where})" if pts else "") + ": posterior intervals from q are too short there")
     if r.loo_check is not None and not r.loo_check.agree:
         c = r.loo_check

@@ -63,7 +63,7 @@ from ..errors import PyroVAEError
 from ..infer.dependence import inexact_kl_sites
 from ..infer.rng import isolated_rng
 from ..infer.layout import Layout, build_layout, repeat_points, trace_draws
-from ..infer.sites import (PointDensities, elementwise_base, is_observed, marginal_densities, particles,
+from ..infer.sites import (FoldMasks, PointDensities, elementwise_base, is_observed, marginal_densities, particles,
                            point_densities, site_mask, site_matrix, site_sum)
 from ..models.pair import takes_pairs
 from ..models.params import runs_model
@@ -307,7 +307,7 @@ def evaluate_points(
                                    log=log if group.is_main else None)
             return concat_points(distributed.all_gather_objects(part))
     width = _width(model, x)
-    with eval_mode(model), isolated_rng(seed, device):
+    with eval_mode(model), isolated_rng(seed, device), FoldMasks():  # poutine.mask read as .mask()
         plan = _plan(model, x, width, iw_samples, elbo_samples, prior_samples, budget)
         totals = _Totals(plan)
         _draw_chunks(model, x, plan, totals, device, reconstruction_error=reconstruction_error,
@@ -483,7 +483,7 @@ def _draw_chunks(model, x, plan: _Plan, totals: _Totals, device: torch.device, *
     total = n * (plan.k_total + plan.prior_samples)
     bar = progress_bar(total, progress, unit="draw", unit_scale=True, desc="evaluating", leave=False)
     prior = f" and {plan.prior_samples:,} prior draws" if plan.prior_samples else ""
-    pace = Pace(total, f"evaluating {n:,} points ({plan.k_total:,} guide draws{prior} each)", log, bar)
+    pace = Pace(total, f"evaluating {n:,} {plan.quantities.unit}s ({plan.k_total:,} guide draws{prior} each)", log, bar)
     for sl in chunks(n, plan.b_chunk):
         xb = batch.rows(x, sl)
         nb = batch.num_rows(xb)

@@ -94,6 +94,8 @@ class NodeSummary:
     kl_per_dim: Optional[List[Optional[float]]]  # a continuous latent's KL per dim, where it factorizes
     latent_names: List[str]
     summed_over: List[str]
+    # of a chain's step: its dims that 2+ sequences reach, among which active_units are counted (None: all dims)
+    active_of: Optional[int] = None
 
 
 @dataclass(frozen=True)

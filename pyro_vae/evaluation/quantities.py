@@ -36,7 +36,7 @@ from ..infer.layout import Layout
 from ..infer.probe import TRACE_ERRORS
 from ..infer.rng import forked_rng
 from ..infer.sites import is_latent, is_observed
-from .steps import collapse_names, collapse_terms
+from .steps import collapse_names, collapse_terms, is_chain
 
 __all__ = ["Quantities", "read_quantities", "ONE_LATENT"]
 
@@ -53,6 +53,11 @@ class Quantities:
     # what one "point" of the numbers is: a data point, or a whole sequence of a chain, whose length is given (it
     # says which steps are real, as the shape of any data point is given; it is no variable the model explains)
     per: str = "data point"
+
+    @property
+    def unit(self) -> str:
+        """What one row of the numbers is called in a sentence: "sequence" for a chain, else "point"."""
+        return "sequence" if self.per.startswith("sequence") else "point"
 
     @property
     def elbo(self) -> str:
@@ -157,6 +162,8 @@ def _read_quantities(model, x, layout: Layout) -> Quantities:
         # labels say once ("per sequence") rather than as a conditioning in every density
         inputs.remove(LENGTHS)
         per = SEQUENCE
+    elif _is_chain(mtr):
+        per = CHAIN  # a program's own chain: its rows are sequences, whatever arrays say how long each is
 
     def renamed(names) -> FrozenSet[str]:
         return frozenset(site_of.get(n, n) for n in names)
@@ -190,12 +197,13 @@ def _read_quantities(model, x, layout: Layout) -> Quantities:
 
 #: what one point of a chain's numbers is
 SEQUENCE = "sequence (its length given)"
+#: what one point of a chain's numbers is when its program reads no ``lengths`` array (how it masks is its own)
+CHAIN = "sequence"
 
 
 def _is_chain(trace) -> bool:
     """Whether a trace holds a latent named per time step over 3+ consecutive steps (``z_1 .. z_T``)."""
-    latent = [n for n, site in trace.nodes.items() if is_latent(site)]
-    return any(".." in n for n in collapse_names(latent))
+    return is_chain([n for n, site in trace.nodes.items() if is_latent(site)])
 
 
 def _any_program(observed: List[str], inputs: List[str], layout: Layout) -> Quantities:
@@ -206,4 +214,4 @@ def _any_program(observed: List[str], inputs: List[str], layout: Layout) -> Quan
         log_likelihood=f"log {_density(obs, inputs)}",
         reconstruction=f"E_q[log {_density(obs, inputs + latents)}]",
         kl=f"KL(q({zs}|{_names(observed + inputs)}) || {_density(zs, inputs)})",
-        observed=tuple(observed), inputs=tuple(inputs))
+        observed=tuple(observed), inputs=tuple(inputs), per=CHAIN if is_chain(layout.sites) else "data point")

@@ -21,7 +21,7 @@ from ..serialize import to_plain
 from .nodes import NodeSummary, SiteTerm
 from .quantities import Quantities
 from .streaming import tail_size
-from .steps import khat_length_note, step_profile
+from .steps import is_chain, khat_length_note, step_of, step_profile
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # below this importance ESS a point's estimate and s.e. rest on a handful of draws
@@ -77,19 +77,59 @@ class PointwiseEvaluation:
     quantities: Optional[Quantities] = None
 
     @property
+    def unit(self) -> str:
+        """What one evaluated row is called in a sentence: "sequence" for a chain, else "point"."""
+        return self.quantities.unit if self.quantities is not None else "point"
+
+    @property
     def num_points(self) -> int:
         """How many points were evaluated."""
         return int(self.elbo.shape[0])
 
+    def real_coordinates(self) -> Optional[torch.Tensor]:
+        """(points, latent dims) bool: whether a sequence reaches the step of each latent coordinate, for a chain
+        (sites named per step, ``z_1 .. z_T``); None for any other model, all of whose coordinates are real.
+
+        A padded step is masked, so its site's ELBO term is exactly 0 for the sequences that end before it (as
+        the per-step profile reads it, evaluation/steps.py); a real step's KL is never exactly 0."""
+        steps = [t for t in self.site_terms if t.kind == "latent" and step_of(t.name) is not None]
+        if not steps or not is_chain([t.name for t in steps]):
+            return None
+        column = {name: i for i, name in enumerate(self.latent_names)}
+        real = torch.ones(self.posterior_mean.shape, dtype=torch.bool)
+        for t in steps:
+            real[:, [column[name] for name in t.latent_names]] = (t.term != 0).unsqueeze(1)
+        return real
+
     def posterior_mean_variance(self) -> torch.Tensor:
-        """Cov_x(E_q[z_j | x]) per latent dimension (sample variance over the points)."""
-        if self.num_points < 2:
-            return torch.zeros(self.posterior_mean.shape[1], dtype=torch.float64)
-        return self.posterior_mean.var(0, unbiased=True)
+        """Cov_x(E_q[z_j | x]) per latent dimension (sample variance over the points).
+
+        For a chain, per (step, dim): the variance over the sequences that reach the step (a padded step's q is
+        no posterior of any data), NaN where fewer than two do."""
+        real = self.real_coordinates()
+        if real is None:
+            if self.num_points < 2:
+                return torch.zeros(self.posterior_mean.shape[1], dtype=torch.float64)
+            return self.posterior_mean.var(0, unbiased=True)
+        m = torch.where(real, self.posterior_mean, torch.zeros((), dtype=self.posterior_mean.dtype))
+        count = real.sum(0).double()
+        mean = m.sum(0) / count.clamp(min=1)
+        dev = torch.where(real, self.posterior_mean - mean, torch.zeros((), dtype=m.dtype))
+        var = (dev ** 2).sum(0) / (count - 1).clamp(min=1)
+        return torch.where(count >= 2, var, torch.full_like(var, float("nan")))
 
     def active_units(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> torch.Tensor:
-        """Boolean mask of the latent dimensions with Cov_x(E_q[z_j]) > threshold."""
+        """Boolean mask of the latent dimensions with Cov_x(E_q[z_j]) > threshold (a chain's: of its steps' dims
+        that two or more sequences reach, see :meth:`posterior_mean_variance`)."""
         return self.posterior_mean_variance() > threshold
+
+    def active_units_definition(self) -> Dict[str, object]:
+        """How many units active units are counted among, and the rule in words (summary fields)."""
+        variance = self.posterior_mean_variance()
+        if self.real_coordinates() is None:
+            return {"active_units_of": int(variance.shape[0]), "active_units_rule": "Cov_x E_q[z_j]"}
+        return {"active_units_of": int(torch.isfinite(variance).sum()),
+                "active_units_rule": "per step and dim: Cov over the sequences reaching step t of E_q[z_t,j]"}
 
     def nodes(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> List[NodeSummary]:
         """Each node's term averaged over the points, with its s.e., and a continuous latent's active units."""
@@ -99,8 +139,10 @@ class PointwiseEvaluation:
         for t in self.site_terms:
             cols = [self.latent_names.index(name) for name in t.latent_names]
             active = pmv = kl_dims = None
+            active_of = None
             if t.kind == "latent":
                 active = int((variance[cols] > threshold).sum())
+                active_of = int(torch.isfinite(variance[cols]).sum())
                 pmv = [_finite(v) for v in variance[cols]]
                 if self.kl_per_dim is not None:
                     kl_dims = [_finite(v) for v in self.kl_per_dim[:, cols].mean(0)]
@@ -109,7 +151,7 @@ class PointwiseEvaluation:
                 # MC standard error of a mean over points of independent per-point estimates
                 se=_finite(t.var.sum().sqrt() / n), dims=int(t.dims), active_units=active,
                 posterior_mean_variance=pmv, kl_per_dim=kl_dims, latent_names=list(t.latent_names),
-                summed_over=list(t.summed_over)))
+                summed_over=list(t.summed_over), active_of=active_of))
         return out
 
     def summary(self, threshold: float = ACTIVE_UNIT_THRESHOLD) -> Dict[str, object]:
@@ -160,6 +202,7 @@ class PointwiseEvaluation:
             "summed_sites": list(self.summed_sites),
             "active_units": int(self.active_units(threshold).sum()),
             "active_units_threshold": float(threshold),
+            **self.active_units_definition(),
             "posterior_mean_variance": [_finite(v) for v in self.posterior_mean_variance()],
             "kl_per_dim": None if self.kl_per_dim is None else [_finite(v) for v in self.kl_per_dim.mean(0)],
             "kl_per_dim_analytic": bool(self.kl_per_dim_analytic) if self.kl_per_dim is not None else None,
@@ -186,12 +229,12 @@ class PointwiseEvaluation:
 
     def khat_note(self) -> Optional[str]:
         """Why the importance weights have no PSIS k-hat (too few draws a point to fit their tail); None when they do."""
-        k = self.iw_samples
+        k, unit = self.iw_samples, self.unit
         if self.iw_khat is None or tail_size(k) > 5:
             return None
         if k == 1:
-            return "no PSIS k-hat at K = 1: one importance draw a point has no tail to fit"
-        return f"no PSIS k-hat at K = {k}: PSIS needs K >= 21 draws a point to fit the weights' tail"
+            return f"no PSIS k-hat at K = 1: one importance draw a {unit} has no tail to fit"
+        return f"no PSIS k-hat at K = {k}: PSIS needs K >= 21 draws a {unit} to fit the weights' tail"
 
     def khat_summary(self) -> Dict[str, object]:
         """The k-hat fields of the summary: None, with ``iw_khat_note`` saying why, where no k-hat exists."""
@@ -219,9 +262,9 @@ class PointwiseEvaluation:
                     f"the {log_p} s.e. cannot be trusted; raise iw_samples")
         why = []
         if bad:
-            why.append(f"PSIS k-hat > {KHAT_BAD} for {bad} of {n} points (max {float(self.iw_khat.max()):.2f})")
+            why.append(f"PSIS k-hat > {KHAT_BAD} for {bad} of {n} {self.unit}s (max {float(self.iw_khat.max()):.2f})")
         if low:
-            why.append(f"importance ESS below {IW_ESS_MIN} for {low} of {n} points")
+            why.append(f"importance ESS below {IW_ESS_MIN} for {low} of {n} {self.unit}s")
         return (f"the {log_p} s.e. cannot be trusted: " + " and ".join(why) + ": the weights are heavy-tailed, so "
                 "the estimate is biased low by more than its s.e. there; raise iw_samples (K) or use a guide "
                 "closer to the posterior (wider, or a richer family)")

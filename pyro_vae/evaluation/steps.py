@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["step_of", "collapse_names", "collapse_terms", "StepProfile", "step_profile", "khat_length_note"]
+__all__ = ["step_of", "collapse_names", "is_chain", "row_unit", "collapse_terms", "StepProfile", "step_profile", "khat_length_note"]
 
 _STEP = re.compile(r"^(.+?)_(\d+)$")
 #: a run of at least this many consecutive steps is written first..last
@@ -48,6 +48,19 @@ def collapse_names(names: Sequence[str]) -> List[str]:
     for i, j in _runs(keys):
         out += [f"{names[i]}..{names[j - 1]}"] if j - i >= MIN_RUN else list(names[i:j])
     return out
+
+
+def is_chain(latents: Sequence[str]) -> bool:
+    """Whether latent site names hold 3+ consecutive steps of one stem (``z_1 .. z_T``): a chain, each row of
+    whose data is one sequence."""
+    return any(".." in n for n in collapse_names(list(latents)))
+
+
+def row_unit(latents: Sequence[str]) -> str:
+    """What one row of a model with these latent sites (or their coordinates' labels, ``z_1[0]``) is called in a
+    sentence: "sequence" or "point"."""
+    sites = list(dict.fromkeys(name.split("[")[0] for name in latents))  # one name per site, in order
+    return "sequence" if is_chain(sites) else "point"
 
 
 def _template(term: str) -> Optional[Tuple[str, int]]:

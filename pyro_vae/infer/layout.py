@@ -28,7 +28,7 @@ from ..data import batch
 from ..errors import PyroVAEError
 from .probe import BROADCAST_FIX, TRACE_ERRORS, first_line, program_error
 from .rng import forked_rng
-from .sites import (DATA_PLATE, data_plate, site_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
+from .sites import (DATA_PLATE, data_plate, node_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
                     per_point, plate_dims, point_densities, site_matrix, trace_pair)
 
 __all__ = ["Layout", "build_layout", "masked_coordinates", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
@@ -370,13 +370,9 @@ def masked_coordinates(model, x, layout: Layout) -> Optional[np.ndarray]:
     for s in layout.sites:
         node = mtr.nodes[s]
         value = node["value"]
-        m = site_mask(node["fn"])
-        keep = torch.ones(value.shape, dtype=torch.bool, device=value.device)
-        if m is not None:
-            keep = keep & m.reshape(m.shape + (1,) * (value.dim() - m.dim())).expand(value.shape)
-        if node.get("mask") is not None:  # poutine.mask: a mask of the site's batch shape
-            pm = torch.as_tensor(node["mask"], dtype=torch.bool, device=value.device)
-            keep = keep & pm.reshape(pm.shape + (1,) * (value.dim() - pm.dim())).expand(value.shape)
+        keep = node_mask(node)  # .mask() on its distribution and poutine.mask around it
+        if keep is None:
+            keep = torch.ones(value.shape, dtype=torch.bool, device=value.device)
         event_dim = len(node["fn"].event_shape)
         blocks.append(site_matrix(keep.unsqueeze(0).to(torch.float64), event_dim, layout.nest, layout.data_dim, 1, b)[0])
         any_masked = any_masked or not bool(keep.all())

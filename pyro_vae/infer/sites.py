@@ -24,6 +24,7 @@ import torch
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from torch.distributions import biject_to, constraints, transform_to
@@ -39,7 +40,8 @@ DATA_PLATE = "data"
 
 __all__ = [
     "PARTICLE_PLATE", "DATA_PLATE", "is_density_site", "is_subsample", "is_factor", "is_observed", "is_latent",
-    "has_density", "is_point_mass", "elementwise_base", "site_mask", "masked_like", "particles", "trace_pair",
+    "has_density", "is_point_mass", "elementwise_base", "site_mask", "node_mask", "masked_like", "FoldMasks", "particles",
+    "trace_pair",
     "data_plate", "plate_dims", "Plates", "site_matrix", "per_point", "site_sum", "PointDensities", "point_densities",
     "array_sites", "observed_name",
     "cycle_rows", "simulated", "base_support", "is_real", "is_enumerable", "summing", "in_particles",
@@ -229,6 +231,41 @@ def site_mask(fn) -> Optional[torch.Tensor]:
             fn = fn.base_dist
             continue
         return None
+
+
+def node_mask(node) -> Optional[torch.Tensor]:
+    """A traced site's mask as a bool tensor of its value's shape (True: counted), from ``.mask()`` on its
+    distribution and ``poutine.mask`` around it (a mask of its batch shape) together; None when nothing is masked."""
+    value = node["value"]
+    keep, any_mask = None, False
+    for m in (site_mask(node["fn"]), node.get("mask")):
+        if m is None or isinstance(m, bool) and m:
+            continue
+        m = torch.as_tensor(m, dtype=torch.bool, device=value.device)
+        m = m.reshape(m.shape + (1,) * (value.dim() - m.dim())).expand(value.shape)
+        keep = m if keep is None else keep & m
+        any_mask = True
+    return keep if any_mask else None
+
+
+class FoldMasks(Messenger):
+    """``poutine.mask(mask=m)`` around a program's sites carried onto each site's distribution, as ``.mask(m)``.
+
+    Pyro's ELBOs read a site's ``msg["mask"]`` beside its ``fn``, but the library's densities are each site's
+    ``fn.log_prob(value)`` (and its KLs ``fn``'s): entered around every trace an evaluation or a diagnosis makes
+    (outside the program, so after the program's own masks have marked the message), it puts the mask where
+    those read it, so a padded step masked either way counts for nothing, and :func:`site_mask` sees it.  The
+    message keeps its mask: Pyro's own ELBOs and samplers mask the same elements once more, which changes nothing.
+    """
+
+    def _pyro_sample(self, msg):
+        mask, fn = msg.get("mask"), msg["fn"]
+        if mask is None or isinstance(mask, bool) or not hasattr(fn, "mask"):
+            return
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=mask.device)
+        if torch.broadcast_shapes(mask.shape, fn.batch_shape) != fn.batch_shape:
+            return  # a mask wider than the site's batch: Pyro broadcasts the density up, which no fn can say
+        msg["fn"] = fn.mask(mask)
 
 
 def masked_like(fn, mask: torch.Tensor):

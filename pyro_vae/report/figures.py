@@ -20,6 +20,7 @@ from ..figures.graph import draw_structure, structure_caption
 from ..figures.sequences import save_sequence_fit, save_step_profile
 from ..figures.style import COLORS, figure_style, image_grid, pyplot, save_figure
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
+from .tables import unit
 
 REF_COLOR = "#555555"
 
@@ -150,18 +151,19 @@ def fig_khat(figs: Figures, diagnosis: Diagnosis) -> None:
     if len(pts) <= 40:
         ax.set_xticks(range(len(pts)))
         ax.set_xticklabels([str(p) for p in pts], fontsize=7)
-    ax.set_xlabel("point (row of the test data)")
+    u = unit(diagnosis)
+    ax.set_xlabel(f"{u} (row of the test data)")
     ax.set_ylabel("PSIS k-hat")
     ax.set_ylim(min(-0.1, min(allk, default=0.0) - 0.05), max(1.1, max(allk, default=1.0) + 0.1))
     if missing:
-        note = f"{missing} point(s) without a finite k-hat: too few draws for PSIS's tail fit (raise --draws)"
+        note = f"{missing} {u}(s) without a finite k-hat: too few draws for PSIS's tail fit (raise --draws)"
         ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
     ax.set_xlim(-0.7, b - 0.3)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title("Is q(z|x) a good importance proposal? k-hat per point (lower is better)")
-    figs.save(fig, "khat", "PSIS k-hat per point",
+    ax.set_title(f"Is q(z|x) a good importance proposal? k-hat per {u} (lower is better)")
+    figs.save(fig, "khat", f"PSIS k-hat per {u}",
               f"Green: k-hat <= {KHAT_GOOD} (q covers the posterior); orange: up to {KHAT_BAD}; red: above {KHAT_BAD} "
-              "(q misses posterior mass). The worst points are labelled with their test row.", "khat")
+              f"(q misses posterior mass). The worst {u}s are labelled with their test row.", "khat")
 
 
 def fig_comparisons(figs: Figures, diagnosis: Diagnosis) -> None:

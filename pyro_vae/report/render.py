@@ -31,7 +31,7 @@ from ..store.files import write_text_atomic
 from ..serialize import to_plain
 from .figures import Figure, Figures, draw_all
 from ..evaluation.results import ACTIVE_UNIT_THRESHOLD
-from .tables import CONTRACTED, Table, build_tables, fmt
+from .tables import CONTRACTED, Table, build_tables, fmt, unit
 
 RESULTS_FORMAT = "pyro_vae.report/1"
 
@@ -149,8 +149,9 @@ def _settings_line(d: Diagnosis) -> str:
     s = d.settings
     ref = {"nuts": f"NUTS ({s.nuts_chains} chains x {s.nuts_samples} draws after {s.nuts_warmup} warmup; "
                    "exact grid for 2-D latents)", "grid": "exact grid", "none": "none"}[s.reference]
-    return (f"{s.points} test points per run; {s.draws} draws from q per point; reference: {ref}; "
-            f"per-point q: {s.local_steps} Adam steps; SBC: {s.sbc_sims} simulations x {s.sbc_draws} draws; "
+    u = unit(d)
+    return (f"{s.points} test {u}s per run; {s.draws} draws from q per {u}; reference: {ref}; "
+            f"per-{u} q: {s.local_steps} Adam steps; SBC: {s.sbc_sims} simulations x {s.sbc_draws} draws; "
             f"seed {s.seed}.")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..diagnostics.loo_check import KHAT_TOLERANCE as LOO_KHAT_TOLERANCE, LOG_PX_Z
 from ..diagnostics.results import Diagnosis, KhatSummary, NutsCheck, RunDiagnosis
 from ..evaluation.results import ACTIVE_UNIT_THRESHOLD
+from ..evaluation.steps import row_unit
 from ..infer.psis import KHAT_BAD, KHAT_GOOD
 from ..diagnostics.settings import RHAT_FAIL, RHAT_FRACTION, RHAT_MAX
 
@@ -28,6 +29,12 @@ class Table:
     columns: List[str]
     rows: List[list]
     note: str
+
+
+def unit(diagnosis: Diagnosis) -> str:
+    """What one diagnosed row is called in the tables: "sequence" when every run is a chain, else "point"."""
+    units = {row_unit(r.latent_labels) for r in diagnosis.runs}
+    return "sequence" if units == {"sequence"} else "point"
 
 
 def fmt(v) -> str:
@@ -100,7 +107,8 @@ def _runs_table(diagnosis: Diagnosis) -> List[Table]:
         + [f"contracted dims (> {CONTRACTED:g})", "epochs", "test ELBO"] + ([] if shared else ["of"])
         + [log_p, f"{log_p} s.e."],
         rows,
-        f"Test ELBO and importance-sampled {log_p} per data point in nats, from the run's metrics.json "
+        f"Test ELBO and importance-sampled {log_p} per {'data point' if unit(diagnosis) == 'point' else 'sequence'} "
+        "in nats, from the run's metrics.json "
         + ("" if shared else "('of' names each run's: log p(x|y) for a model conditioned on an input y, "
            "log p(x,y) for one scored on its labels too) ")
         + f"(for a point-mass guide, guide = delta, the 'test ELBO' is its objective log p(x, z) at the code: "
@@ -151,57 +159,57 @@ def _side_by_side_table(diagnosis: Diagnosis) -> List[Table]:
          "approximation gap", "s.e.", "amortization gap", "s.e."]
         + [c for f in richer for c in (f"approximation gap, {f} q*", "s.e.")],
         rows,
-        "Nats per point, means over the diagnosed points. ELBO of q: the encoder's q(z|x), on its own draws. "
+        f"Nats per {unit(diagnosis)}, means over the diagnosed {unit(diagnosis)}s. ELBO of q: the encoder's q(z|x), on its own draws. "
         "log p(x): importance-sampled from the best per-point q* found (s.e. by the delta method). Inference gap = "
         "log p(x) - ELBO(q) = approximation gap (log p(x) - ELBO(q*), q* the guide's own family fitted to each point "
         "alone: what the family cannot express) + amortization gap (ELBO(q*) - ELBO(q): what the encoder misses "
         "within its family) (Cremer et al. 2018); a richer family's q* (fullrank) says what a better family would "
-        "buy. Seconds per epoch: the median of the run's history.csv. The k-hat of each run's q follows, point by "
-        "point. " + note_gaps,
+        f"buy. Seconds per epoch: the median of the run's history.csv. The k-hat of each run's q follows, {unit(diagnosis)} by "
+        f"{unit(diagnosis)}. " + note_gaps,
     )]
 
 
 def _khat_table(diagnosis: Diagnosis) -> List[Table]:
     """PSIS k-hat of q per run: its distribution over the diagnosed points and a verdict."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = []
     for r in runs:
         k = r.khat
         rows.append([r.name, r.summary.points, k.median, k.max, k.good, k.ok, k.bad, _khat_verdict(k, r.summary.points)])
     tables.append(Table(
-        "khat", "PSIS k-hat of q(z|x), per data point",
-        ["run", "points", "median k-hat", "max k-hat", f"k-hat <= {KHAT_GOOD}", f"{KHAT_GOOD} < k-hat <= {KHAT_BAD}",
+        "khat", f"PSIS k-hat of q(z|x), per {'data point' if u == 'point' else u}",
+        ["run", f"{u}s", "median k-hat", "max k-hat", f"k-hat <= {KHAT_GOOD}", f"{KHAT_GOOD} < k-hat <= {KHAT_BAD}",
          f"k-hat > {KHAT_BAD}", "verdict"],
         rows,
         f"k-hat is the Pareto shape of the importance weights p(x, z) / q(z|x), z ~ q(z|x), fitted to each "
-        f"point's own {diagnosis.settings.draws} draws. Below {KHAT_GOOD}: q covers the posterior well; "
+        f"{u}'s own {diagnosis.settings.draws} draws. Below {KHAT_GOOD}: q covers the posterior well; "
         f"{KHAT_GOOD}-{KHAT_BAD}: usable with care; above {KHAT_BAD}: q misses posterior mass and "
-        "importance sampling (and posterior summaries from q) cannot be trusted for that point.",
+        f"importance sampling (and posterior summaries from q) cannot be trusted for that {u}.",
     ))
     return tables
 
 
 def _worst_table(diagnosis: Diagnosis) -> List[Table]:
     """The points with the highest k-hat, run by run."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = []
     for r in runs:
         for rank, w in enumerate(r.summary.worst, 1):
             rows.append([r.name, rank, f"test[{w.point}]", w.khat, w.std_mean_error, w.gap])
     tables.append(Table(
-        "worst", "Worst points (highest k-hat)",
-        ["run", "rank", "point", "k-hat", "|mean error| / reference sd", "amortization gap"],
+        "worst", f"Worst {u}s (highest k-hat)",
+        ["run", "rank", u, "k-hat", "|mean error| / reference sd", "amortization gap"],
         rows,
-        "Points are rows of the run's test data. The amortization gap is in nats.",
+        f"{u.capitalize()}s are rows of the run's test data. The amortization gap is in nats.",
     ))
     return tables
 
 
 def _loo_table(diagnosis: Diagnosis) -> List[Table]:
     """Our k-hat and log p(x) against ArviZ 1.x's loo_approximate_posterior on the same draws."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = []
     for r in runs:
@@ -218,7 +226,7 @@ def _loo_table(diagnosis: Diagnosis) -> List[Table]:
             rows.append([r.name, None, None, None, None, "not available: this diagnosis predates the check"])
     tables.append(Table(
         "loo", "Our k-hat and log p(x) against ArviZ's loo_approximate_posterior",
-        ["run", "ArviZ", "largest k-hat difference", f"points with k-hat <= {KHAT_BAD}",
+        ["run", "ArviZ", "largest k-hat difference", f"{u}s with k-hat <= {KHAT_BAD}",
          "largest log p(x) difference / s.e.", "verdict"],
         rows,
         "The same draws given to ArviZ's PSIS-LOO for variational posteriors, each point an observation whose LOO "
@@ -279,7 +287,7 @@ def _reference_tables(diagnosis: Diagnosis) -> List[Table]:
 
 def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
     """q against the reference: moment errors, Gaussian KL, W2, the ELBOs and the amortization gap."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = []
     for r in runs:
@@ -287,16 +295,16 @@ def _comparison_table(diagnosis: Diagnosis) -> List[Table]:
         rows.append([r.name, s.mean_abs_error, s.std_mean_error, s.sd_ratio, s.kl_gauss, s.w2, s.elbo_q,
                      s.elbo_local, s.gap, s.gap_se])
     tables.append(Table(
-        "comparison", "q(z|x) versus the reference posterior (means over the diagnosed points)",
+        "comparison", f"q(z|x) versus the reference posterior (means over the diagnosed {u}s)",
         ["run", "|mean error|", "|mean error| / ref. sd", "sd ratio q / ref.", "KL(q || ref.) Gaussian fits",
-         "W2 per dim", "ELBO amortized q", "ELBO per-point q", "amortization gap", "gap s.e."],
+         "W2 per dim", "ELBO amortized q", f"ELBO per-{u} q", "amortization gap", "gap s.e."],
         rows,
-        "Errors of posterior means are averaged over latent dimensions and points; the sd ratio is a "
+        f"Errors of posterior means are averaged over latent dimensions and {u}s; the sd ratio is a "
         "geometric mean (1 is right, below 1 overconfident). KL between Gaussians fitted to the draws "
         "(a dash: q is a point mass); with d latent dimensions and n draws it reads high by roughly "
         "d(d+1)/(4n) nats, so compare runs diagnosed with the same settings. W2: 1-D Wasserstein-2 "
         "distance per latent dimension, from quantiles, no Gaussian assumption. "
-        "ELBOs in nats per point; the per-point q is fitted to each point alone with the decoder fixed, so "
+        f"ELBOs in nats per {u}; the per-{u} q is fitted to each {u} alone with the decoder fixed, so "
         "the gap is what amortization costs.",
     ))
     return _unmeasured_gaps(tables, runs)
@@ -316,13 +324,13 @@ def _unmeasured_gaps(tables: List[Table], runs) -> List[Table]:
 
 def _nodes_table(diagnosis: Diagnosis) -> List[Table]:
     """The comparison per latent node, for models with several."""
-    runs = diagnosis.runs
+    runs, u = diagnosis.runs, unit(diagnosis)
     tables = []
     rows = [[r.name, node.name, node.dims] + [float(np.nanmean(getattr(node, k))) for k in _NODE_COLUMNS]
             for r in runs if r.comparison is not None for node in r.comparison.nodes]
     if rows:
         tables.append(Table(
-            "comparison_nodes", "q(z|x) versus the reference, per latent node (means over the diagnosed points)",
+            "comparison_nodes", f"q(z|x) versus the reference, per latent node (means over the diagnosed {u}s)",
             ["run", "node", "dims", "|mean error|", "|mean error| / ref. sd", "sd ratio q / ref.",
              "KL(q || ref.) Gaussian fits", "W2 per dim"],
             rows,

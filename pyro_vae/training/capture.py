@@ -24,7 +24,9 @@ random state, else the trainer warns once and stays eager for that key.
 Parameters that live in Pyro's param store (``pyro.param``) rather than in the
 model's modules would be recorded as constants, so such models are never
 captured.  ``train.capture = "auto"`` captures the built-in models, whose code
-is known to satisfy all this; ``"on"`` also captures user models (after the
+is known to satisfy all this (a chain over time only in a run of
+:data:`CHAIN_CAPTURE_MIN_STEPS` steps or more, as its recording is long; a
+shorter run says so once); ``"on"`` also captures user models (after the
 check); ``"off"`` never captures.
 """
 
@@ -44,6 +46,7 @@ from ..infer.rng import forked_rng
 from .nonfinite import nonfinite_in
 from ..errors import CaptureWarning
 from ..models.graph.compile import GraphModel
+from ..models.graph.sequence import SequenceModel
 
 #: how far a replay may differ from Pyro's eager step (float32 sums may associate differently in the two
 #: schedules; structure changes are far larger): the check when recording and the tests use this one rule
@@ -185,7 +188,13 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
         # the enumeration's dim allocation and contraction are Python state outside a recording's key and check
         return "train.elbo = 'enum' is not captured (its enumeration runs in Python on every step)"
     if mode == "auto":
-        if type(model) is not GraphModel:
+        if isinstance(model, SequenceModel):
+            planned = planned_steps(trainer)
+            if planned < CHAIN_CAPTURE_MIN_STEPS:
+                return (f"{CHAIN_SHORT}: this run plans {planned} steps, fewer than the {CHAIN_CAPTURE_MIN_STEPS} "
+                        "after which recording a chain's step (its loop over time unrolled) pays for itself, so "
+                        "they run eagerly (set train.capture = 'on' to capture it anyway, 'off' to silence this)")
+        elif type(model) is not GraphModel:
             return "train.capture = 'auto' captures the built-in models only (set 'on' to capture this one)"
         foreign = [type(m).__name__ for m in model.modules() if not type(m).__module__.startswith(_LIBRARY)]
         if foreign:
@@ -197,6 +206,20 @@ def why_not_capturable(trainer, mode: str) -> Optional[str]:
     if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()):
         return "the model has module hooks, which a recording would not re-run"
     return None
+
+
+#: steps a run must plan before "auto" records a chain's step: the recording holds the loop over time unrolled and
+#: costs as much as a few hundred eager steps (benchmarks/bench_capture_chain.py; the README's "Sequences: the
+#: remaining pieces" has the break-even measured for the two sequence examples, both below this)
+CHAIN_CAPTURE_MIN_STEPS = 400
+#: how the reason that leaves a short run's chain eager starts (said once by a CaptureWarning)
+CHAIN_SHORT = "train.capture = 'auto' leaves a chain's steps eager in a short run"
+
+
+def planned_steps(trainer) -> int:
+    """The optimizer steps this fit still plans: epochs left times the batches of an epoch."""
+    left = max(int(trainer.config.epochs) - int(trainer.state.epoch), 0)
+    return left * -(-int(trainer.data_size) // int(trainer.config.batch_size))
 
 
 def declined_by_module(model) -> Optional[str]:
@@ -266,7 +289,9 @@ class Captures:
         self.reason = why_not_capturable(t, self.mode)
         if self.reason is not None:
             declined = declined_by_module(t.model)
-            if self.mode == "on" or (declined is not None and self.reason == declined):
+            if self.reason.startswith(CHAIN_SHORT):  # the rule's own words say what happens and why
+                warnings.warn(self.reason, CaptureWarning, stacklevel=3)
+            elif self.mode == "on" or (declined is not None and self.reason == declined):
                 warnings.warn(f"train.capture = {self.mode!r}, but {self.reason}: training runs eagerly", CaptureWarning,
                               stacklevel=3)
             return None
