@@ -1,0 +1,43 @@
+"""Count and topic runs as a user sees them: the report's topic tables, sampled documents in words, named
+synthetic features, and the samples figure of a run scaled by observed library sizes."""
+
+from types import SimpleNamespace
+
+
+
+def _topics(k=3):
+    return {"node": "theta", "observed": "x", "top_words": [[f"t{j}w{i}" for i in range(4)] for j in range(k)],
+            "npmi": [0.1 * j for j in range(k)], "npmi_mean": 0.1, "npmi_words": 4, "num_documents": 50,
+            "num_words": 900, "perplexity": 123.25, "perplexity_se": 1.5, "perplexity_elbo": 150.5,
+            "top_probabilities": [[0.1] * 4] * k}
+
+
+def _topic_tables(runs):
+    from pyro_vae.report.tables import _topics_table
+
+    return {t.id: t for t in _topics_table(SimpleNamespace(runs=runs))}
+
+
+def test_the_topics_table_shows_perplexity_once_per_run_and_the_matched_true_topic_per_topic():
+    recovery = {"topics": {"cosine": [[0.2, 0.9, 0.1], [0.8, 0.3, 0.2], [0.1, 0.2, 0.7]], "matched": [1, 0, 2],
+                           "best_match": [0.9, 0.8, 0.7], "matched_mean": 0.8}}
+    runs = [SimpleNamespace(name="lda", info={"topics": _topics(), "recovery": recovery}),
+            SimpleNamespace(name="own", info={"topics": _topics(2)})]
+    tables = _topic_tables(runs)
+    summary, topics = tables["topic_runs"], tables["topics"]
+    assert [row[0] for row in summary.rows] == ["lda", "own"]
+    assert summary.rows[0][summary.columns.index("perplexity per word")] == 123.25
+    # per topic: no run-level number repeated on every row
+    assert not any("perplexity" in c for c in topics.columns)
+    assert all(123.25 not in row for row in topics.rows)
+    true, cos = topics.columns.index("matched true topic"), topics.columns.index("cosine with it")
+    lda = [row for row in topics.rows if row[0] == "lda"]
+    # learned topic 0 was matched to true topic 1 (matched[1] == 0), cosine[1][0]
+    assert [(row[true], row[cos]) for row in lda] == [(1, 0.8), (0, 0.9), (2, 0.7)]
+    assert all(row[true] is None for row in topics.rows if row[0] == "own")
+
+
+def test_a_topics_table_without_a_truth_has_no_matching_columns():
+    topics = _topic_tables([SimpleNamespace(name="own", info={"topics": _topics()})])["topics"]
+    assert topics.columns == ["run", "topic", "NPMI", "top words (most probable first)"]
+    assert len(topics.rows) == 3 and all(len(r) == 4 for r in topics.rows)
