@@ -3,6 +3,8 @@ synthetic features, and the samples figure of a run scaled by observed library s
 
 from types import SimpleNamespace
 
+import numpy as np
+
 
 
 def _topics(k=3):
@@ -41,3 +43,44 @@ def test_a_topics_table_without_a_truth_has_no_matching_columns():
     topics = _topic_tables([SimpleNamespace(name="own", info={"topics": _topics()})])["topics"]
     assert topics.columns == ["run", "topic", "NPMI", "top words (most probable first)"]
     assert len(topics.rows) == 3 and all(len(r) == 4 for r in topics.rows)
+
+
+# -- figures as a user reads them --------------------------------------------------------------------------
+
+
+def _visible_labels(monkeypatch, module, draw):
+    """The tick labels a figure shows (x axis, y axis), read off it before ``module.save_figure`` saves it."""
+    seen = {}
+
+    def keep(fig, path, **kwargs):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        seen["x"], seen["y"] = [], []
+        for key, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if lo <= tick.get_loc() <= hi and tick.label1.get_text():
+                    seen[key].append(tick.label1.get_text())
+        return path
+
+    monkeypatch.setattr(module, "save_figure", keep)
+    draw()
+    return seen
+
+
+def test_a_log_axis_with_one_decade_in_view_labels_its_2s_and_5s(monkeypatch, tmp_path):
+    """Feature means from 1.4 to 45 (the ZINB example's): the decade 10 alone would leave the axis unreadable."""
+    from pyro_vae.figures import counts
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(np.geomspace(1.4, 45, 30), size=(400, 30)).astype(float)
+    seen = _visible_labels(monkeypatch, counts, lambda: counts.mean_variance(x, x, tmp_path / "mv.png"))
+    assert {"2", "5", "10", "20"} <= set(seen["x"]), seen["x"]
+
+
+def test_a_short_runs_loss_curve_has_whole_epochs(monkeypatch, tmp_path):
+    from pyro_vae.figures import run
+
+    history = [{"epoch": e, "train_loss": 300.0 - 10 * e, "test_elbo": -290.0 + 10 * e} for e in (1, 2, 3)]
+    seen = _visible_labels(monkeypatch, run, lambda: run.loss_curve(history, tmp_path / "loss.png"))
+    assert seen["x"] and all(t.lstrip("−-").isdigit() for t in seen["x"]), seen["x"]
