@@ -84,3 +84,38 @@ def test_a_short_runs_loss_curve_has_whole_epochs(monkeypatch, tmp_path):
     history = [{"epoch": e, "train_loss": 300.0 - 10 * e, "test_elbo": -290.0 + 10 * e} for e in (1, 2, 3)]
     seen = _visible_labels(monkeypatch, run, lambda: run.loss_curve(history, tmp_path / "loss.png"))
     assert seen["x"] and all(t.lstrip("−-").isdigit() for t in seen["x"]), seen["x"]
+
+
+# -- every column named ------------------------------------------------------------------------------------
+
+
+def test_synthetic_counts_and_digits_name_their_columns():
+    from pyro_vae.config.schema import DataConfig
+    from pyro_vae.data import load_data
+
+    ds = load_data(DataConfig(source="synthetic_counts", num_points=40, synthetic_dim=12, synthetic_latent_dim=2),
+                   "zinb")
+    assert ds.feature_names == tuple(f"gene_{j:04d}" for j in range(12))
+    digits = load_data(DataConfig(source="digits"), "poisson")
+    assert len(digits.feature_names) == 64 and digits.feature_names[:2] == ("r0c0", "r0c1")
+    assert digits.feature_names[-1] == "r7c7"
+
+
+def test_per_feature_csv_of_a_synthetic_counts_run_names_every_gene_with_or_without_data(tmp_path, capsys):
+    import csv
+
+    import pyro_vae as pv
+    from pyro_vae.cli import main
+
+    cfg = pv.load_config("examples/counts_zinb.toml", (
+        "data.num_points=120", "data.synthetic_dim=10", "train.epochs=1", "train.batch_size=60",
+        "model.encoder.hidden=[8]", "model.decoder.hidden=[8]", "train.capture=off",
+        "evaluate.iw_samples=2"))
+    run = pv.train(cfg, tmp_path / "run", iw_samples=None, plots=False).run_dir
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).poisson(3.0, size=(5, 10)).astype(np.float32))
+    for extra in ([], ["--data", str(tmp_path / "rows.npy")]):
+        out = tmp_path / f"f{len(extra)}.csv"
+        assert main(["evaluate", str(run), "--iw-samples", "2", "--quiet", "--per-feature", str(out), *extra]) == 0
+        names = [row["name"] for row in csv.DictReader(out.open())]
+        assert names == [f"gene_{j:04d}" for j in range(10)], (extra, names)
+    capsys.readouterr()

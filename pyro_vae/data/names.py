@@ -1,4 +1,4 @@
-"""Column names of a data matrix (genes, words): the one reader of ``data.feature_names`` and ``data.vocabulary`` files.
+"""Column names of a data matrix (genes, words, pixels): the one reader of ``data.feature_names`` and ``data.vocabulary`` files, and the names a source gives its own.
 
 A count matrix's columns have names: a single-cell matrix's genes, a corpus's
 words.  Users know two keys for the file that holds them, ``data.feature_names``
@@ -8,6 +8,12 @@ model's word list); both are read here, alike, into the Dataset's one
 tab-separated line (10x) gives its second field, the gene's name.  Names are
 data: checked (as many as columns, none empty, repeated, over-long or holding a
 control character, the line named in the error) and escaped wherever shown.
+
+A source that makes its data names the columns itself, so that every per-feature
+output (``evaluate --per-feature``, a sampled document's words) reads by name:
+synthetic counts' genes (``gene_0000``, column 0 first), an image's pixels
+(``r3c5``: row 3, column 5); a synthetic corpus names its words
+(data/corpus.py).
 """
 
 from __future__ import annotations
@@ -70,3 +76,15 @@ def read_column_names(path: str, columns: int, what: str = "data.feature_names")
 def names_text(names: Optional[Tuple[str, ...]]) -> str:
     """Column names as a file's text, one a line (what :func:`read_column_names` reads back)."""
     return "".join(n + "\n" for n in names or ())
+
+
+def gene_names(columns: int) -> Tuple[str, ...]:
+    """A synthetic count matrix's genes, named by their column: ``gene_0000``, ``gene_0001``, ..."""
+    width = max(4, len(str(columns - 1)))
+    return tuple(f"gene_{j:0{width}d}" for j in range(columns))
+
+
+def pixel_names(shape: Tuple[int, int]) -> Tuple[str, ...]:
+    """An image's pixels in row-major order, named by their place: ``r0c0``, ``r0c1``, ..."""
+    rows, cols = shape
+    return tuple(f"r{r}c{c}" for r in range(rows) for c in range(cols))
