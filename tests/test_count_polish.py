@@ -119,3 +119,113 @@ def test_per_feature_csv_of_a_synthetic_counts_run_names_every_gene_with_or_with
         names = [row["name"] for row in csv.DictReader(out.open())]
         assert names == [f"gene_{j:04d}" for j in range(10)], (extra, names)
     capsys.readouterr()
+
+
+# -- what a count or topic model generates, for the report -------------------------------------------------
+
+
+def _generated(likelihood, words=None, **keys):
+    import torch
+
+    import pyro_vae as pv
+    from pyro_vae.diagnostics.generated import generate
+    from pyro_vae.infer.data_name import named_data
+    from pyro_vae.infer.layout import build_layout
+
+    torch.manual_seed(0)
+    model = pv.GraphModel(pv.ModelConfig(latent_dim=2, likelihood=likelihood, encoder={"hidden": [8]},
+                                         decoder={"hidden": [8]}, **keys), data_dim=6)
+    row = torch.tensor([[3.0, 0.0, 5.0, 1.0, 2.0, 9.0]])
+    x = named_data(model, torch.cat([row, 2 * row]))
+    layout = build_layout(model, x, continuous=True)
+    q_mean = np.zeros((2, 2))  # both rows decoded at the same z
+    return generate(model, x, layout, q_mean, np.ones(2), np.zeros(2), seed=0, words=words)
+
+
+def test_a_count_model_with_observed_library_decodes_each_row_with_its_own_total():
+    """Reconstructions at the same z of a row and of twice the row: the second is twice the first (its library is
+    twice as large), and each sample records the total it was scaled by."""
+    g = _generated("zinb", library="observed")
+    np.testing.assert_allclose(g.reconstructions[1], 2 * g.reconstructions[0], rtol=1e-5)
+    assert g.sample_library.shape == (64,) and set(g.sample_library.tolist()) == {20.0, 40.0}
+    assert g.sample_words.size == 0
+
+
+def test_a_model_without_observed_library_records_none():
+    assert _generated("poisson").sample_library.size == 0
+
+
+def test_a_multinomial_runs_samples_are_its_words_most_frequent_first():
+    words = [f"w{j}" for j in range(6)]
+    g = _generated("multinomial", words=words)
+    assert g.sample_words.shape == (64, 6)
+    for sample, top in zip(g.samples, g.sample_words):
+        assert list(top) == [words[j] for j in np.argsort(-sample, kind="stable")]
+
+
+def test_the_report_says_which_library_sizes_the_samples_used_and_shows_words_as_words(tmp_path):
+    from pyro_vae.diagnostics.results import Generated
+    from pyro_vae.report.figures import Figures, fig_generated
+
+    def run(name, **extra):
+        gen = Generated(data=np.ones((2, 6)), reconstructions=np.ones((2, 6)), samples=np.ones((64, 6)),
+                        traversal=np.ones((9, 6)), traversal_dims=np.array([0]),
+                        traversal_steps=np.linspace(-2, 2, 9), **extra)
+        return SimpleNamespace(name=name, folder=name, generated=gen, sequences=None, step_profile=None,
+                               image_shape=None, points=[0, 1], latent_labels=["z[0]", "z[1]"], info={})
+
+    zinb = run("zinb", sample_library=np.array([600.0, 800.0, 1000.0] * 21 + [700.0]))
+    lda = run("lda", sample_words=np.array([["apple", "pear", ""]] * 64))
+    figs = Figures(tmp_path)
+    fig_generated(figs, SimpleNamespace(runs=[zinb, lda]))
+    samples = next(f for f in figs.items if f.file == "figures/samples.png")
+    assert "zinb: library sizes: the diagnosed test rows' totals, median 800" in samples.caption
+    # the words run has no curves over its word columns: no traversal, not in the samples figure
+    assert [f.file for f in figs.items if "traversal" in f.file] == ["figures/traversal_zinb.png"]
+    diagnosis = SimpleNamespace(runs=[zinb, lda])
+    from pyro_vae.report.tables import _sampled_documents_table
+
+    (table,) = _sampled_documents_table(diagnosis)
+    assert table.rows[0] == ["lda", 0, "apple pear"] and len(table.rows) == 10
+
+
+# -- sample: a topic run's documents in words ---------------------------------------------------------------
+
+
+def test_sample_writes_a_topic_runs_documents_as_words_and_prints_a_few(tmp_path, capsys):
+    import pyro_vae as pv
+    from pyro_vae.cli import main
+    from pyro_vae.data.corpus import corpus_truth
+
+    cfg = pv.load_config("examples/topics_prodlda.toml", (
+        "data.num_points=100", "data.synthetic_dim=20", "data.synthetic_latent_dim=3", "model.nodes.theta.dim=3",
+        "model.nodes.theta.encoder.hidden=[8]", "train.batch_size=50", "train.epochs=1", "evaluate.iw_samples=2"))
+    run = pv.train(cfg, tmp_path / "run", iw_samples=None, plots=False).run_dir
+    vocabulary = set(corpus_truth(cfg.data)["vocabulary"])
+    capsys.readouterr()
+    for extra in ([], ["--draws"]):
+        out = tmp_path / f"docs{len(extra)}.npy"
+        assert main(["sample", str(run), "-n", "5", "--out", str(out), *extra]) == 0
+        printed = capsys.readouterr().out
+        words = tmp_path / f"docs{len(extra)}.words.txt"
+        lines = [line for line in words.read_text().splitlines() if not line.startswith("#")][1:]
+        counts = np.load(out)
+        assert len(lines) == 5 and str(words) in printed and lines[0] in printed
+        for row, line in zip(counts, lines):
+            found = [w.rsplit(" (", 1) for w in line.split("\t")[1].split(") ") if w]
+            names, values = [n for n, _ in found], [float(v.rstrip(")")) for _, v in found]
+            assert set(names) <= vocabulary and values == sorted(values, reverse=True)
+            # the most frequent word's count is the row's largest
+            assert abs(values[0] - row.max()) <= 1e-3 * max(1.0, row.max()), (values[0], row.max())
+
+
+def test_sample_of_a_run_whose_columns_are_not_words_writes_no_words_file(tmp_path, capsys):
+    import pyro_vae as pv
+    from pyro_vae.cli import main
+
+    cfg = pv.load_config("examples/counts_zinb.toml", (
+        "data.num_points=100", "data.synthetic_dim=8", "train.epochs=1", "train.batch_size=50",
+        "model.encoder.hidden=[8]", "model.decoder.hidden=[8]", "train.capture=off", "evaluate.iw_samples=2"))
+    run = pv.train(cfg, tmp_path / "run", iw_samples=None, plots=False).run_dir
+    assert main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "s.npy")]) == 0
+    assert "words" not in capsys.readouterr().out and not list(tmp_path.glob("*.words.txt"))

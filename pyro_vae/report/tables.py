@@ -73,7 +73,7 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
     builders = (_runs_table, _side_by_side_table, _khat_table, _worst_table, _loo_table, _reference_tables, _comparison_table, _nodes_table,
-                _sbc_table, _topics_table, _recovery_table)
+                _sbc_table, _sampled_documents_table, _topics_table, _recovery_table)
     return [table for build in builders for table in build(diagnosis)]
 
 
@@ -344,6 +344,31 @@ def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
         "below 0.01 / (number of dimensions).",
     ))
     return tables
+
+
+#: the sampled documents the report lists per run
+SAMPLED_DOCUMENTS = 10
+
+
+def _sampled_documents_table(diagnosis: Diagnosis) -> List[Table]:
+    """A run whose columns are words: its first samples as words, each sample's most frequent first."""
+    rows = []
+    for r in diagnosis.runs:
+        words = np.asarray(r.generated.sample_words if r.generated is not None else [], dtype=str)
+        if words.ndim != 2:
+            continue
+        for j, row in enumerate(words[:SAMPLED_DOCUMENTS]):
+            rows.append([r.name, j, " ".join(str(w) for w in row if w)])
+    if not rows:
+        return []
+    return [Table(
+        "sampled_documents", "Sampled documents, in words",
+        ["run", "sample", "most frequent words (most first)"],
+        rows,
+        "Decoder means of draws z ~ p(z) (the same seed for every run), each document's words by their expected "
+        "count, most first; its length is a diagnosed test document's, in turn. 'pyro-vae sample' writes more, "
+        "with their counts.",
+    )]
 
 
 def _matched_true_topics(recovery) -> dict:
