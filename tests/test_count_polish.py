@@ -229,3 +229,23 @@ def test_sample_of_a_run_whose_columns_are_not_words_writes_no_words_file(tmp_pa
     run = pv.train(cfg, tmp_path / "run", iw_samples=None, plots=False).run_dir
     assert main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "s.npy")]) == 0
     assert "words" not in capsys.readouterr().out and not list(tmp_path.glob("*.words.txt"))
+
+
+def test_the_topic_bars_name_their_axis_and_keep_few_ticks(monkeypatch, tmp_path):
+    from pyro_vae.evaluation.topics import TopicMetrics
+    from pyro_vae.figures import topics
+
+    k = 8
+    found = TopicMetrics(node="theta", observed="x", top_words=[[f"t{t}w{i}" for i in range(10)] for t in range(k)],
+                         top_probabilities=[[0.26 / (i + 1) for i in range(10)] for _ in range(k)],
+                         npmi=[0.1] * k, npmi_mean=0.1, npmi_words=10, num_documents=10, num_words=100)
+    fig = topics.draw_topic_words(found)
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert len(panels) == k
+    # every column's bottom panel says what its bars are; none shows more than 4 tick labels
+    assert sum(ax.get_xlabel() == "p(word | topic)" for ax in panels) == 5
+    for ax in panels:
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(shown) <= 4, shown
