@@ -249,3 +249,14 @@ def test_the_topic_bars_name_their_axis_and_keep_few_ticks(monkeypatch, tmp_path
         lo, hi = ax.get_xlim()
         shown = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert len(shown) <= 4, shown
+
+
+def test_a_log_axis_spanning_under_two_decades_keeps_its_2s_and_5s(monkeypatch, tmp_path):
+    """The recovery figure's theta axes, 1 to 20: 1 and 10 alone say little."""
+    from pyro_vae.evaluation.recovery import FeatureRecovery, Recovery
+    from pyro_vae.figures import counts
+
+    true = np.geomspace(1.0, 20.0, 30)
+    found = Recovery(theta=FeatureRecovery.of(true * 1.1, true))
+    seen = _visible_labels(monkeypatch, counts, lambda: counts.recovery_figure(found, tmp_path / "r.png"))
+    assert {"1", "2", "5", "10", "20"} <= set(seen["x"]), seen["x"]
