@@ -260,3 +260,17 @@ def test_a_log_axis_spanning_under_two_decades_keeps_its_2s_and_5s(monkeypatch, 
     found = Recovery(theta=FeatureRecovery.of(true * 1.1, true))
     seen = _visible_labels(monkeypatch, counts, lambda: counts.recovery_figure(found, tmp_path / "r.png"))
     assert {"1", "2", "5", "10", "20"} <= set(seen["x"]), seen["x"]
+
+
+def test_generated_arrays_round_trip_and_an_older_file_without_the_new_ones_still_loads(tmp_path):
+    from pyro_vae.diagnostics.results import Generated, _read_npz, _write_npz
+
+    old = {k: np.ones((2, 3)) for k in ("data", "reconstructions", "samples", "traversal")}
+    old |= {"traversal_dims": np.array([0]), "traversal_steps": np.array([0.0])}
+    np.savez(tmp_path / "old.npz", **old)
+    g = _read_npz(tmp_path / "old.npz", Generated)
+    assert g.sample_library.size == 0 and g.sample_words.size == 0
+    new = Generated(**old, sample_library=np.array([5.0, 7.0]), sample_words=np.array([["a", "b"], ["c", ""]]))
+    _write_npz(tmp_path / "new.npz", new)
+    back = _read_npz(tmp_path / "new.npz", Generated)
+    assert back.sample_words.tolist() == [["a", "b"], ["c", ""]] and back.sample_library.tolist() == [5.0, 7.0]
