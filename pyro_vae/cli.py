@@ -564,6 +564,10 @@ def cmd_sample(args) -> int:
     written = write_samples(args.run_dir, args.n, args.out, seed=args.seed, given=args.given, draws=args.draws,
                             **_run_code(args))
     print(f"wrote {written.description} to {written.path}")
+    if written.words is not None:
+        print(f"each sample's most frequent words: {written.words.path}; the first:")
+        for line in written.words.preview:
+            print(f"  {line}")
     return 0
 
 

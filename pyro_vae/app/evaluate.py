@@ -17,7 +17,7 @@ from ..diagnostics.gaps import RICHER, check_gaps_possible, inference_gaps
 from ..diagnostics.results import InferenceGaps
 from ..diagnostics.settings import DiagnoseSettings
 from ..models.params import model_params, scratch_params
-from ..data.names import names_key, read_column_names
+from ..data.sources import column_names
 from ..errors import PyroVAEError
 from ..evaluation import estimators
 from ..evaluation.classes import ClassMetrics, class_metrics
@@ -208,9 +208,8 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     if data:
         x, labels, names = _data_file(run.model, data), None, None
         counts = x
-        named = names_key(run.config.data) if run.config is not None else None
-        if named is not None:
-            vocabulary = read_column_names(named[1], x.shape[1], named[0])
+        if run.config is not None:  # its names file's, or those its source gives (genes, words, pixels)
+            vocabulary = column_names(run.config.data, x.shape[1], run.image_shape)
     else:
         dataset = load_run_data(run)
         x, labels, names = dataset.test, dataset.test_labels, dataset.class_names
@@ -269,7 +268,7 @@ def _data_file(model, path: os.PathLike):
 
 
 def write_per_feature(found: FeatureLogLikelihood, path: Path, names=None) -> None:
-    """One CSV row per feature (numbered from 0, named where data.feature_names or data.vocabulary names it): its E_q[log p(x_d | z)]
+    """One CSV row per feature (numbered from 0, named by data.feature_names or data.vocabulary, or by its source): its E_q[log p(x_d | z)]
     and s.e., atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

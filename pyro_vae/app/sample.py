@@ -31,6 +31,7 @@ from ..store.files import write_atomic
 from .given import check_given, given_slug, given_text, given_values, latent_names, slots
 from .prepare import load_config_data
 from .runs import load_run
+from .sample_words import SampleWords, run_vocabulary, words_path, write_sample_words
 
 __all__ = ["Samples", "sample_run", "write_samples", "samples_title"]
 
@@ -41,6 +42,7 @@ class Samples:
 
     path: Path
     description: str
+    words: Optional[SampleWords] = None  # each sample's most frequent words, where the run's columns are words
 
 
 def samples_title(n: int, observed: str, given: dict, draws: bool) -> str:
@@ -108,7 +110,9 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
         save_image_grid(arr, run.image_shape, out, ncols=int(np.ceil(np.sqrt(n))), title=title)
     else:
         write_atomic(out, lambda f: np.save(f, arr))
-    return Samples(out, title)
+    vocabulary = run_vocabulary(run)
+    words = None if vocabulary is None else write_sample_words(arr, vocabulary, words_path(out), draws)
+    return Samples(out, title, words)
 
 
 def own_samples(model, n: int, width: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Column names of a data matrix (genes, words): the one reader of ``data.feature_names`` and ``data.vocabulary`` files.
+"""Column names of a data matrix (genes, words, pixels): the one reader of ``data.feature_names`` and ``data.vocabulary`` files, and the names a source gives its own.
 
 A count matrix's columns have names: a single-cell matrix's genes, a corpus's
 words.  Users know two keys for the file that holds them, ``data.feature_names``
@@ -8,11 +8,20 @@ model's word list); both are read here, alike, into the Dataset's one
 tab-separated line (10x) gives its second field, the gene's name.  Names are
 data: checked (as many as columns, none empty, repeated, over-long or holding a
 control character, the line named in the error) and escaped wherever shown.
+
+A source that makes its data names the columns itself, so that every per-feature
+output (``evaluate --per-feature``, a sampled document's words) reads by name:
+synthetic counts' genes (``gene_0000``, column 0 first), an image's pixels
+(``r3c5``: row 3, column 5); a synthetic corpus names its words
+(data/corpus.py).  Where the names are words (:func:`words_of`), a row of
+counts reads as a document's most frequent words (:func:`top_names`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..errors import PyroVAEError
 from .files import read_text
@@ -70,3 +79,39 @@ def read_column_names(path: str, columns: int, what: str = "data.feature_names")
 def names_text(names: Optional[Tuple[str, ...]]) -> str:
     """Column names as a file's text, one a line (what :func:`read_column_names` reads back)."""
     return "".join(n + "\n" for n in names or ())
+
+
+def gene_names(columns: int) -> Tuple[str, ...]:
+    """A synthetic count matrix's genes, named by their column: ``gene_0000``, ``gene_0001``, ..."""
+    width = max(4, len(str(columns - 1)))
+    return tuple(f"gene_{j:0{width}d}" for j in range(columns))
+
+
+def pixel_names(shape: Tuple[int, int]) -> Tuple[str, ...]:
+    """An image's pixels in row-major order, named by their place: ``r0c0``, ``r0c1``, ..."""
+    rows, cols = shape
+    return tuple(f"r{r}c{c}" for r in range(rows) for c in range(cols))
+
+
+#: the likelihoods whose rows are documents: their columns' names are words
+WORD_LIKELIHOODS = ("multinomial",)
+
+
+def words_of(names: Optional[Sequence[str]], likelihood: Optional[str], data_cfg=None) -> Optional[Tuple[str, ...]]:
+    """The columns' ``names`` read as words, or None: a run's whose config names a ``data.vocabulary``, or whose
+    observed ``likelihood`` is a multinomial (its rows documents), when its columns have names."""
+    if names is None:
+        return None
+    if likelihood in WORD_LIKELIHOODS or getattr(data_cfg, "vocabulary", None) is not None:
+        return tuple(names)
+    return None
+
+
+def top_names(rows, names: Sequence[str], k: int) -> List[List[Tuple[str, float]]]:
+    """Per row of counts (or expected counts), its ``k`` largest columns as (name, value), largest first; columns
+    at 0 are left out, so a short document lists fewer."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != len(names):
+        raise ValueError(f"rows of shape {rows.shape} against {len(names)} names")
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    return [[(names[j], float(row[j])) for j in idx if row[j] > 0] for row, idx in zip(rows, order)]

@@ -26,13 +26,13 @@ from ..errors import PyroVAEError
 from . import batch
 from .arrays import Dataset, as_matrix, load_array, read_array, read_idx
 from .checks import check_integer_rows, in_unit_interval
-from .corpus import synthetic_corpus
+from .corpus import corpus_truth, synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
 from .named import load_named
 from .sequences import load_sequences
 from .sizes import check_synthetic_size
-from .names import names_key, read_column_names
+from .names import gene_names, names_key, pixel_names, read_column_names
 from .sparse import is_sparse_file, sparse_rows
 from .synthetic_counts import synthetic_counts
 from .synthetic_sequences import chorales, linear_gaussian, pendulum
@@ -191,7 +191,7 @@ def _synthetic_counts(cfg, discrete: bool):
     check_synthetic_size(cfg)
     x, truth = synthetic_counts(cfg)
     tr, te, _, _, notes = _split(x, None, cfg.test_fraction, cfg.split_seed)
-    return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth)
+    return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth, feature_names=gene_names(x.shape[1]))
 
 
 @SOURCES.register("arrays")
@@ -345,5 +345,22 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
     named = names_key(data_cfg)
     if named is not None:  # data.feature_names or data.vocabulary: the one file naming the columns
         ds.feature_names = read_column_names(named[1], ds.dim, named[0])
+    elif ds.feature_names is None and ds.image_shape is not None and int(np.prod(ds.image_shape)) == ds.dim:
+        ds.feature_names = pixel_names(tuple(ds.image_shape))
     return ds
+
+
+def column_names(data_cfg, columns: int, image_shape=None) -> Optional[Tuple[str, ...]]:
+    """The names of a run's ``columns`` data columns without loading its data (``evaluate --data``): its names
+    file's, else those its source gives them (a synthetic source's genes or words, an image's pixels), else None."""
+    named = names_key(data_cfg)
+    if named is not None:
+        return read_column_names(named[1], columns, named[0])
+    if data_cfg.source == "synthetic_counts":
+        return gene_names(columns)
+    if data_cfg.source == "synthetic_corpus" and data_cfg.synthetic_dim == columns:
+        return corpus_truth(data_cfg)["vocabulary"]
+    if image_shape is not None and int(np.prod(image_shape)) == columns:
+        return pixel_names(tuple(image_shape))
+    return None
 

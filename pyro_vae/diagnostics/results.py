@@ -332,6 +332,11 @@ class Generated(Record):
     traversal: np.ndarray  # (dims * steps, data dim)
     traversal_dims: np.ndarray  # latent dims moved, most informative first
     traversal_steps: np.ndarray  # in prior standard deviations
+    # per sample, the library size it was decoded with: a count likelihood with library = "observed" scales each
+    # sample by a diagnosed row's total (decode_mean cycles them); empty for other models and older diagnoses
+    sample_library: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # (samples, words) strings: each sample's most frequent words, where the columns are a vocabulary; else empty
+    sample_words: np.ndarray = field(default_factory=lambda: np.asarray([], dtype=str))
 
 
 @dataclass
@@ -487,7 +492,10 @@ def _write_npz(path: Path, record) -> None:
 def _read_npz(path: Path, cls):
     try:
         with np.load(path) as z:
-            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+            # a field added since (it has a default) is missing from an older file: the default stands
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)
+                          if f.name in z.files or f.default is dataclasses.MISSING
+                          and f.default_factory is dataclasses.MISSING})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise PyroVAEError(f"{path} is not an .npz pyro_vae wrote ({type(e).__name__}: {str(e)[:120]}): re-run "
                            f"'pyro-vae diagnose RUN_DIR ... --out {path.parent.parent}'") from None

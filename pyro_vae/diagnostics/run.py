@@ -36,6 +36,7 @@ from .sizing import few_threads
 from .within_family import POORER, guide_outside_family
 from ..data import batch
 from ..data.arrays import Dataset
+from ..data.names import words_of
 from ..evaluation.steps import row_unit
 from .. import arviz_compat
 from ..infer.psis import pareto_khat
@@ -118,7 +119,8 @@ def _diagnose(subject, model, name, x, b, settings, progress, log) -> RunDiagnos
 
     sbc = _sbc(model, x, layout, name, settings, log)
     lap("sbc")
-    generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log)
+    generated = _generated(model, x, layout, qd.summary, np.sqrt(prior_var), contraction, name, settings, log,
+                           _vocabulary(subject))
     fit = _sequence_fit(model, x, ref.result, name, settings, log)
     lap("generated")
     structure = _structure(subject, model, x, name, log)
@@ -385,10 +387,19 @@ def _sbc(model, x, layout: Layout, name, settings, log) -> Optional[SbcResult]:
                      flagged=[layout.labels[j] for j in np.nonzero(pv < alpha)[0]])
 
 
-def _generated(model, x, layout: Layout, q: QSummary, prior_sd, contraction, name, settings, log) -> Optional[Generated]:
-    """Decoded figures for the report; None for a model whose likelihood has no mean."""
+def _vocabulary(subject):
+    """The subject's columns' names where they are words (a topic model's vocabulary), else None."""
+    names = getattr(subject.data, "feature_names", None)
+    config = getattr(subject.run, "config", None)
+    return words_of(names, subject.info.get("likelihood"), getattr(config, "data", None))
+
+
+def _generated(model, x, layout: Layout, q: QSummary, prior_sd, contraction, name, settings, log,
+               words=None) -> Optional[Generated]:
+    """Decoded figures for the report (with ``words``, each sample's words too); None for a model whose likelihood
+    has no mean."""
     try:
-        return generate(model, x, layout, q.mean, prior_sd, contraction, settings.seed)
+        return generate(model, x, layout, q.mean, prior_sd, contraction, settings.seed, words)
     except PyroVAEError:
         raise
     except Exception as e:

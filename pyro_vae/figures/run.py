@@ -37,6 +37,9 @@ def loss_curve(history: Sequence[dict], path: Path) -> Path:
     test = [(h["epoch"], h["test_elbo"]) for h in history if h.get("test_elbo") is not None]
     if test:
         ax.plot(*zip(*test), "o-", label="test ELBO")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25 on a short run's axis
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO per data point (nats)")
     ax.legend()

@@ -75,8 +75,8 @@ def log_axes(ax, x: bool = True, y: bool = True) -> None:
     """Log scale on the chosen axes of ``ax``, labelled with plain numbers (:func:`plain_number`).
 
     matplotlib's log formatter writes ``$\\mathdefault{10^{2}}$``, which the house style's ``text.parse_math =
-    False`` shows as that raw text.  Decades are labelled; where an axis spans under about a decade and a half,
-    so that one or no decade shows, the 2s and 5s between them are labelled too.
+    False`` shows as that raw text.  Decades are labelled; where an axis spans under two decades, or fewer than
+    two decades fall inside it (one from 1.4 to 45 shows only 10), the 2s and 5s between them are labelled too.
     """
     from matplotlib.ticker import Formatter
 
@@ -88,8 +88,9 @@ def log_axes(ax, x: bool = True, y: bool = True) -> None:
             if not self.minor:
                 return plain_number(value)
             lo, hi = sorted(self.axis.get_view_interval())
-            if lo <= 0 or hi / lo > 30:
-                return ""
+            decades = math.floor(math.log10(hi) + 1e-9) - math.ceil(math.log10(lo) - 1e-9) + 1 if lo > 0 else 0
+            if lo <= 0 or (hi / lo > 100 and decades >= 2):
+                return ""  # a wide axis with two decades or more labelled reads by them alone
             mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
             return plain_number(value) if round(mantissa, 6) in (2.0, 5.0) else ""
 

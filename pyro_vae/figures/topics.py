@@ -30,6 +30,8 @@ def draw_topic_words(topics):
     """One panel per topic: its top words' p(word | topic) as bars, best on top, titled with its NPMI (the
     figure, unsaved: the caller draws it inside the house style and saves it)."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     k = min(len(topics.top_words), MAX_TOPICS)
     cols = min(k, 5)
     rows = math.ceil(k / cols)
@@ -48,7 +50,10 @@ def draw_topic_words(topics):
         ax.set_xlim(0, top * 1.05)
         score = topics.npmi[t]
         ax.set_title(f"topic {t}" + ("" if score is None else f" (NPMI {score:.2f})"))
-        ax.tick_params(axis="x", labelsize=7)
+        # three ticks a narrow panel can print apart, and the axis named under each bottom panel of its column
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        if t + cols >= k:
+            ax.set_xlabel("p(word | topic)")
     more = f" (first {k} of {len(topics.top_words)})" if k < len(topics.top_words) else ""
     fig.suptitle(f"p(word | topic) of each topic's top words{more}")
     fig.tight_layout()

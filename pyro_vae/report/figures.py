@@ -394,9 +394,26 @@ def fig_generated(figs: Figures, diagnosis: Diagnosis) -> None:
     x0 = runs[0].generated.data
     if all(r.generated.data.shape == x0.shape and np.array_equal(r.generated.data, x0) for r in runs):
         _fig_reconstructions(figs, runs, shape)
-    _fig_samples(figs, runs, shape)
-    for r in runs:
+    # a run whose columns are words shows its samples as words (the report's sampled-documents table) and its
+    # topics in the topics figure: curves over hundreds of word columns read as nothing
+    drawn = [r for r in runs if not has_sample_words(r)]
+    if drawn:
+        _fig_samples(figs, drawn, shape)
+    for r in drawn:
         _fig_traversal(figs, r, shape)
+
+
+def has_sample_words(r: RunDiagnosis) -> bool:
+    """Whether diagnose saved the run's samples as words (its columns are a vocabulary)."""
+    return r.generated is not None and np.size(r.generated.sample_words) > 0
+
+
+def library_note(r: RunDiagnosis):
+    """What library sizes the run's samples were scaled by, in words, or None for a model without observed ones."""
+    library = np.asarray(r.generated.sample_library if r.generated is not None else [], dtype=float)
+    if library.size == 0:
+        return None
+    return f"library sizes: the diagnosed test rows' totals, median {np.median(library):.4g}"
 
 
 def _fig_reconstructions(figs: Figures, runs, shape) -> None:
@@ -421,9 +438,9 @@ def _fig_reconstructions(figs: Figures, runs, shape) -> None:
             ax.plot(x0[i], "k.-", lw=1, label="data")
             for ci, (r, rec) in enumerate(zip(runs, recon)):
                 ax.plot(rec[i], ".-", lw=1, color=COLORS[ci % len(COLORS)], label=r.name)
-            ax.set_ylabel(f"test[{runs[0].points[i]}]", fontsize=8)
+            ax.set_ylabel(f"test[{runs[0].points[i]}]\nvalue", fontsize=8)
         axes[0, 0].legend(fontsize=7, loc="upper right")
-        axes[-1, 0].set_xlabel("data dimension")
+        axes[-1, 0].set_xlabel("data column (feature)")
     fig.suptitle("Reconstructions: mean of p(x|z) at the mean of q(z|x)", fontsize=10)
     fig.tight_layout()
     figs.save(fig, "reconstructions", "Reconstructions", "Top row: the diagnosed test points; below, each run's "
@@ -434,6 +451,7 @@ def _fig_samples(figs: Figures, runs, shape) -> None:
     """Decoder means of draws from the prior, one panel per run."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.6), squeeze=False)
+    notes = []
     for ax, r in zip(axes[0], runs):
         xs = r.generated.samples
         if shape is not None:
@@ -441,12 +459,18 @@ def _fig_samples(figs: Figures, runs, shape) -> None:
             ax.axis("off")
         else:
             ax.plot(xs[:8].T, alpha=0.7)
-            ax.set_xlabel("data dimension")
-        ax.set_title(r.name, fontsize=9)
+            ax.set_xlabel("data column (feature)")
+            ax.set_ylabel("mean of p(x|z)")
+        note = library_note(r)
+        ax.set_title(r.name if note is None else f"{r.name}\n{note}", fontsize=9)
+        if note is not None:
+            notes.append(f"{r.name}: {note}")
     fig.suptitle("Samples: mean of p(x|z), z ~ p(z)", fontsize=10)
     fig.tight_layout()
+    library = (" Each sample of a count model with observed library sizes is scaled by one: "
+               + "; ".join(notes) + " (in turn, sample j by row j's).") if notes else ""
     figs.save(fig, "samples", "Samples from the prior", f"Decoder means of {len(runs[0].generated.samples)} draws "
-              "z ~ p(z) per run (the same seed for every run).", "generated")
+              "z ~ p(z) per run (the same seed for every run)." + library, "generated")
 
 
 def _fig_traversal(figs: Figures, r: RunDiagnosis, shape) -> None:
@@ -472,7 +496,7 @@ def _fig_traversal(figs: Figures, r: RunDiagnosis, shape) -> None:
             for ti in range(len(steps)):
                 axes[a, 0].plot(xs[a * len(steps) + ti], color=plt_cm(ti / (len(steps) - 1)), lw=1)
             axes[a, 0].set_ylabel(labels[j], fontsize=8)
-        axes[-1, 0].set_xlabel(f"data dimension (colour: {steps[0]:+.1f} to {steps[-1]:+.1f} prior sd)")
+        axes[-1, 0].set_xlabel(f"data column (feature); colour: {steps[0]:+.1f} to {steps[-1]:+.1f} prior sd")
     ax0 = fig.axes[0]
     ax0.set_title(f"{r.name}: latent traversals from the encoding of test[{r.points[0]}]", fontsize=10)
     fig.tight_layout()

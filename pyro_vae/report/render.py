@@ -52,7 +52,7 @@ SECTIONS = [
 ]
 TABLE_SECTION = {"runs": "runs", "side_by_side": "side_by_side", "khat": "khat", "worst": "khat", "loo": "khat", "reference": "reference",
                  "nuts_check": "reference", "comparison": "comparison", "comparison_nodes": "comparison", "sbc": "sbc",
-                 "topics": "topics", "recovery": "recovery"}
+                 "sampled_documents": "generated", "topic_runs": "topics", "topics": "topics", "recovery": "recovery"}
 
 GLOSSARY = [
     ("PSIS k-hat", "the estimated Pareto tail shape of the importance weights p(x, z) / q(z|x); it says how heavy the "

@@ -80,7 +80,7 @@ _NODE_COLUMNS = ("mean_abs_error", "std_mean_error", "sd_ratio", "kl_gauss", "w2
 def build_tables(diagnosis: Diagnosis) -> List[Table]:
     """The report's tables, built from the typed results only."""
     builders = (_runs_table, _side_by_side_table, _khat_table, _worst_table, _loo_table, _reference_tables, _comparison_table, _nodes_table,
-                _sbc_table, _topics_table, _recovery_table)
+                _sbc_table, _sampled_documents_table, _topics_table, _recovery_table)
     return [table for build in builders for table in build(diagnosis)]
 
 
@@ -366,30 +366,85 @@ def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
     return tables
 
 
-def _topics_table(diagnosis: Diagnosis) -> List[Table]:
-    """A topic model's topics, from the run's metrics.json: each topic's NPMI and top words, and the run's
-    held-out perplexity (evaluation/topics.py).  The words come from a vocabulary file: data, shown as text."""
+#: the sampled documents the report lists per run
+SAMPLED_DOCUMENTS = 10
+
+
+def _sampled_documents_table(diagnosis: Diagnosis) -> List[Table]:
+    """A run whose columns are words: its first samples as words, each sample's most frequent first."""
     rows = []
+    for r in diagnosis.runs:
+        words = np.asarray(r.generated.sample_words if r.generated is not None else [], dtype=str)
+        if words.ndim != 2:
+            continue
+        for j, row in enumerate(words[:SAMPLED_DOCUMENTS]):
+            rows.append([r.name, j, " ".join(str(w) for w in row if w)])
+    if not rows:
+        return []
+    return [Table(
+        "sampled_documents", "Sampled documents, in words",
+        ["run", "sample", "most frequent words (most first)"],
+        rows,
+        "Decoder means of draws z ~ p(z) (the same seed for every run), each document's words by their expected "
+        "count, most first; its length is a diagnosed test document's, in turn. 'pyro-vae sample' writes more, "
+        "with their counts.",
+    )]
+
+
+def _matched_true_topics(recovery) -> dict:
+    """Learned topic -> (the true topic the one-to-one matching gives it, their cosine), from a run's saved
+    recovery (evaluation/recovery.py); empty without one."""
+    found = (recovery or {}).get("topics") if isinstance(recovery, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    cosine, matched = found.get("cosine") or [], found.get("matched") or []
+    pairs = {}
+    for true, learned in enumerate(matched):
+        if isinstance(learned, int) and 0 <= learned and true < len(cosine) and learned < len(cosine[true]):
+            pairs[learned] = (true, cosine[true][learned])
+    return pairs
+
+
+def _topics_table(diagnosis: Diagnosis) -> List[Table]:
+    """A topic model's topics, from the run's metrics.json: the run's held-out perplexity once (its own table),
+    then per topic only what is per topic: its NPMI, top words and, on a synthetic corpus, the true topic it was
+    matched to (evaluation/topics.py, recovery.py).  The words come from a vocabulary file: data, shown as text."""
+    runs, rows = [], []
     for r in diagnosis.runs:
         t = r.info.get("topics")
         if not isinstance(t, dict) or not t.get("top_words"):
             continue
+        runs.append([r.name, len(t["top_words"]), t.get("num_documents"), t.get("num_words"), t.get("perplexity"),
+                     t.get("perplexity_se"), t.get("perplexity_elbo"), t.get("npmi_mean")])
+        matched = _matched_true_topics(r.info.get("recovery"))
         for k, (words, score) in enumerate(zip(t["top_words"], t.get("npmi") or [])):
-            rows.append([r.name, k, score, " ".join(str(w) for w in words), t.get("perplexity"),
-                         t.get("perplexity_se"), t.get("perplexity_elbo")])
-    if not rows:
+            true, cosine = matched.get(k, (None, None))
+            rows.append([r.name, k, score, " ".join(str(w) for w in words)]
+                        + ([true, cosine] if matched else []))
+    if not runs:
         return []
+    truth = any(len(row) > 4 for row in rows)
+    rows = [row + [None, None] if truth and len(row) == 4 else row for row in rows]
     return [Table(
-        "topics", "Topics: top words, NPMI coherence and held-out perplexity",
-        ["run", "topic", "NPMI", "top words (most probable first)", "perplexity per word", "perplexity s.e.",
-         "perplexity bound from the ELBO"],
+        "topic_runs", "Topic models: held-out perplexity and coherence",
+        ["run", "topics", "held-out documents", "words", "perplexity per word", "perplexity s.e.",
+         "perplexity bound from the ELBO", "mean NPMI"],
+        runs,
+        "From each run's metrics.json (its final evaluation on the held-out documents). Perplexity per word: "
+        "exp(-sum of the documents' importance-sampled log p(x), less their multinomial coefficients, / their "
+        "words), with its Monte Carlo s.e.; the bound puts each document's ELBO in place of its log p(x). Mean "
+        "NPMI: the topics' NPMI (next table) averaged.",
+    ), Table(
+        "topics", "Topics: top words and NPMI coherence" + (", matched to the true topics" if truth else ""),
+        ["run", "topic", "NPMI", "top words (most probable first)"]
+        + (["matched true topic", "cosine with it"] if truth else []),
         rows,
-        "From each run's metrics.json (its final evaluation on the held-out documents). A topic's words are the "
-        "decoder's word distribution at theta = that topic alone, in eval mode. NPMI: the mean over pairs of the "
-        "topic's top words of log(P(wi, wj) / (P(wi) P(wj))) / -log P(wi, wj), P the share of held-out documents "
-        "holding the word(s), in [-1, 1]. Perplexity per word: exp(-sum of the documents' importance-sampled "
-        "log p(x), less their multinomial coefficients, / their words), with its Monte Carlo s.e.; the bound puts "
-        "each document's ELBO in place of its log p(x).",
+        "A topic's words are the decoder's word distribution at theta = that topic alone, in eval mode. NPMI: the "
+        "mean over pairs of the topic's top words of log(P(wi, wj) / (P(wi) P(wj))) / -log P(wi, wj), P the share "
+        "of held-out documents holding the word(s), in [-1, 1]."
+        + (" Matched true topic: on a synthetic corpus, the true topic a one-to-one (Hungarian) matching of the "
+           "word distributions gives this topic, and the cosine of the two (1: the same distribution)."
+           if truth else ""),
     )]
 
 
