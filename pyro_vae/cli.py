@@ -64,6 +64,34 @@ LABEL_WIDTH = 48
 KL_DIMS_SHOWN = 5
 
 
+def _log_likelihood_rows(m: dict, log_p: str, unit: str, num, se) -> list:
+    """The importance-sampled log p(x) rows of the metrics text, as (label, text); a label of None is a line of
+    its own."""
+    out = []
+    if m.get("log_likelihood") is not None:
+        if m.get("log_likelihood_se") is None and m.get("log_likelihood_between_point_se") is not None:
+            text = num("log_likelihood") + se("log_likelihood_between_point_se") + f" (between-point s.e., K = {m.get('iw_samples')}"
+        else:
+            text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
+        if m.get("iw_ess_mean") is not None and m.get("iw_samples") != 1:  # one draw's ESS is 1, always
+            text += f", ESS mean {m['iw_ess_mean']:.1f}"
+            if m.get("iw_ess_min") is not None:
+                text += f", min {m['iw_ess_min']:.1f}"
+        out.append((f"{log_p} (importance sampled)", text + ")"))
+        if m.get("iw_khat_above_0_7") is not None:
+            k_max, k_med = m.get("iw_khat_max"), m.get("iw_khat_median")
+            shown = "" if k_max is None else f"max {k_max:.2f}, median {k_med:.2f}, "
+            out.append(("  PSIS k-hat of the weights", f"{shown}{m['iw_khat_above_0_7']} of {m['num_points']} {unit}s above 0.7"))
+        if m.get("log_likelihood_warning"):
+            out.append((None, f"    WARNING: {m['log_likelihood_warning']}"))
+        elif "log_likelihood_warning" not in m and m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
+            # an older metrics.json: the delta-method s.e. comes from the same few dominant weights
+            out.append((None, "    (some points have an ESS below 5: their estimate and s.e. rest on a few draws; raise K)"))
+    else:
+        out.append((f"{log_p} (importance sampled)", "not available (point-mass guide or no importance samples)"))
+    return out
+
+
 def _format_metrics(m: dict) -> str:
     """The metrics as text; tolerant of keys missing from older metrics.json files."""
     q = _quantities(m)
@@ -116,27 +144,11 @@ def _format_metrics(m: dict) -> str:
         why = None if alone is None else _negative_kl(alone["name"], m.get("kl"), alone.get("se"))
         if why:
             lines.append(f"    note: {why}")
-    if m.get("log_likelihood") is not None:
-        if m.get("log_likelihood_se") is None and m.get("log_likelihood_between_point_se") is not None:
-            text = num("log_likelihood") + se("log_likelihood_between_point_se") + f" (between-point s.e., K = {m.get('iw_samples')}"
+    for label, text in _log_likelihood_rows(m, log_p, unit, num, se):
+        if label is None:
+            lines.append(text)
         else:
-            text = num("log_likelihood") + se("log_likelihood_se") + f" (MC s.e., K = {m.get('iw_samples')}"
-        if m.get("iw_ess_mean") is not None and m.get("iw_samples") != 1:  # one draw's ESS is 1, always
-            text += f", ESS mean {m['iw_ess_mean']:.1f}"
-            if m.get("iw_ess_min") is not None:
-                text += f", min {m['iw_ess_min']:.1f}"
-        row(f"{log_p} (importance sampled)", text + ")")
-        if m.get("iw_khat_above_0_7") is not None:
-            k_max, k_med = m.get("iw_khat_max"), m.get("iw_khat_median")
-            shown = "" if k_max is None else f"max {k_max:.2f}, median {k_med:.2f}, "
-            row("  PSIS k-hat of the weights", f"{shown}{m['iw_khat_above_0_7']} of {m['num_points']} {unit}s above 0.7")
-        if m.get("log_likelihood_warning"):
-            lines.append(f"    WARNING: {m['log_likelihood_warning']}")
-        elif "log_likelihood_warning" not in m and m.get("iw_ess_min") is not None and m["iw_ess_min"] < 5:
-            # an older metrics.json: the delta-method s.e. comes from the same few dominant weights
-            lines.append("    (some points have an ESS below 5: their estimate and s.e. rest on a few draws; raise K)")
-    else:
-        row(f"{log_p} (importance sampled)", "not available (point-mass guide or no importance samples)")
+            row(label, text)
     if m.get("log_likelihood_prior") is not None:
         text = num("log_likelihood_prior") + se("log_likelihood_prior_se") + f" (K = {m.get('prior_samples')}"
         if m.get("prior_ess_mean") is not None and m.get("prior_samples") != 1:
