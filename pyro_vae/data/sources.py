@@ -29,8 +29,8 @@ from .checks import check_integer_rows, in_unit_interval
 from .corpus import read_vocabulary, synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
-from .named import load_named
-from .sequences import load_sequences
+from .named import load_named, named_arrays, read_named
+from .sequences import load_sequences, read_sequences
 from .sizes import check_synthetic_size
 from .sparse import is_sparse_file, read_feature_names, sparse_rows
 from .synthetic_counts import synthetic_counts
@@ -193,6 +193,20 @@ def _synthetic_counts(cfg, discrete: bool):
     return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth)
 
 
+def read_matrix(path, key: str, discrete, drop_nonfinite: bool, notes: list) -> torch.Tensor:
+    """Every row of one matrix file (.npy, .npz, .csv, or a sparse .mtx / SciPy .npz made dense), read into memory
+    and checked as data.train's rows are (NaN/Inf and a count likelihood's integers, named by the file's row and
+    column); ``key``: the name the user gave it (data.test, ``--data``)."""
+    what = f"{key} ({Path(path).name})"
+    if is_sparse_file(path):
+        return sparse_rows(path, what, [], integer=discrete in COUNT_LIKELIHOODS,
+                           nonzero_rows=discrete == MULTINOMIAL).dense(what)
+    x = as_matrix(read_array(path, key), what, drop_nonfinite, notes)
+    if discrete in COUNT_LIKELIHOODS:
+        check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
+    return x
+
+
 @SOURCES.register("arrays")
 def _arrays(cfg, discrete: bool):
     if cfg.train is None:
@@ -208,10 +222,7 @@ def _arrays(cfg, discrete: bool):
         if cfg.test is None:
             tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
             return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
-        test_what = f"data.test ({Path(cfg.test).name})"
-        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete in COUNT_LIKELIHOODS,
-                        nonzero_rows=discrete == MULTINOMIAL).dense(test_what) if is_sparse_file(cfg.test) else
-              as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
         return Dataset(x, xt, Path(cfg.train).stem, notes=notes)
@@ -229,9 +240,7 @@ def _arrays(cfg, discrete: bool):
     if discrete in COUNT_LIKELIHOODS:
         check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
     if cfg.test is not None:
-        xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
-        if discrete in COUNT_LIKELIHOODS:
-            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})", nonzero_rows=discrete == MULTINOMIAL)
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
@@ -303,13 +312,31 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
     return "dynamic" if likelihood == "bernoulli" and data_cfg.source in IMAGE_SOURCES else "none"
 
 
+def _discrete(likelihood: str):
+    return likelihood if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
+
+
+def load_file(data_cfg, path, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None,
+              key: str = "--data"):
+    """Every row of the one file ``path`` (``key``: the flag that named it), read exactly as ``data_cfg`` has
+    data.train read: sequences with their lengths, a run's named arrays, a sparse matrix, or a matrix; the same
+    checks.  Returns (data, notes)."""
+    notes: list = []
+    path = str(path)
+    if sequence is not None:
+        return read_sequences(path, sequence, key, data_cfg.drop_nonfinite, notes), notes
+    if data_cfg.source == "arrays" and (data_cfg.arrays or isinstance(data_cfg.train, dict)):
+        return read_named(path, named_arrays(data_cfg), key, data_cfg.drop_nonfinite, notes), notes
+    return read_matrix(path, key, _discrete(likelihood), data_cfg.drop_nonfinite, notes), notes
+
+
 def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None) -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names.
 
     ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
     files are then read as (N, T, D) sequences with their lengths (data/sequences.py).  A sequence source
     (``SEQUENCE_SOURCES``) always gives {"x": (N, T, D), "lengths": (N,)}."""
-    discrete = likelihood if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
+    discrete = _discrete(likelihood)
     if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
         raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "
