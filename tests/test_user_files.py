@@ -110,3 +110,14 @@ def test_evaluate_data_reads_the_sparse_formats_training_reads(count_run, tmp_pa
     rc = main(["evaluate", str(count_run / "run"), "--data", str(tmp_path / "bad.mtx"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "row 4, column 2" in err, err
+
+
+def test_sample_means_and_draws_go_to_different_default_files(count_run, capsys):
+    """``sample`` (means) and ``sample --draws`` (counts) never overwrite each other's default file."""
+    run = count_run / "run"
+    assert main(["sample", str(run), "-n", "3"]) == 0
+    assert main(["sample", str(run), "-n", "3", "--draws"]) == 0
+    capsys.readouterr()
+    means, draws = np.load(run / "samples-seed0.npy"), np.load(run / "draws-seed0.npy")
+    assert means.shape == draws.shape == (3, 6)
+    assert np.all(draws == np.round(draws)) and not np.all(means == np.round(means))  # counts vs Poisson means
