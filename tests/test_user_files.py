@@ -121,3 +121,66 @@ def test_sample_means_and_draws_go_to_different_default_files(count_run, capsys)
     means, draws = np.load(run / "samples-seed0.npy"), np.load(run / "draws-seed0.npy")
     assert means.shape == draws.shape == (3, 6)
     assert np.all(draws == np.round(draws)) and not np.all(means == np.round(means))  # counts vs Poisson means
+
+
+@pytest.mark.parametrize("key, value", [("num_points", 50), ("synthetic_dropout", 0.3), ("sequence_length", 10),
+                                        ("num_points", 2000)])  # the default, written: refused as well
+def test_a_synthetic_only_key_with_a_file_is_refused_and_nothing_is_written(tmp_path, capsys, key, value):
+    np.save(tmp_path / "x.npy", np.zeros((40, 3), dtype=np.float32))
+    (tmp_path / "c.toml").write_text('[data]\ntrain = "x.npy"\n[model]\nlatent_dim = 2\n[train]\nepochs = 1\n')
+    rc = main(["train", str(tmp_path / "c.toml"), "--set", f"data.{key}={value}", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "run").exists() and err.count("\n") == 1, err
+    assert f"data.{key} is read only by data.source = " in err and f"remove data.{key}" in err
+
+
+def test_a_file_runs_config_records_no_synthetic_keys_and_old_ones_still_load(count_run, tmp_path):
+    from pyro_vae.app.runs import load_run
+    from pyro_vae.config import load_config
+
+    text = (count_run / "run" / "config.toml").read_text()
+    assert "num_points" not in text and "corpus_alpha" not in text and "synthetic_library" not in text
+    # an older version recorded every synthetic default, and a key set by mistake: the run still loads
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("checkpoint.pt", "metrics.json"):
+        (old / f).write_bytes((count_run / "run" / f).read_bytes())
+    (old / "config.toml").write_text(text.replace("[data]\n", "[data]\nnum_points = 2000\nsequence_length = 10\n"
+                                                  "synthetic_dropout = 0.3\n", 1))
+    assert load_run(old).config.data.num_points == 2000  # its default: the file's value was dropped
+    with pytest.raises(Exception, match="data.sequence_length is read only"):  # but not a --set on resume
+        load_config(old / "config.toml", ("data.sequence_length=12",), run=True)
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["model.likelihood=poisson", "model.dispersion=feature"], "model.dispersion"),  # the default, written
+    (["model.likelihood=normal", "model.library=none"], "model.library"),
+    (["model.likelihood=multinomial", "model.library=none"], "model.library"),
+    (["model.likelihood=negative_binomial", "model.nodes.x.dispersion_by=y"], None),  # the graph form below
+])
+def test_a_count_key_written_where_it_does_not_apply_is_refused(tmp_path, capsys, sets, key):
+    from pyro_vae.config import config_from_dict
+    from pyro_vae.errors import PyroVAEError
+
+    if key is None:
+        nodes = {"z": {"dim": 2}, "x": {"role": "observed", "likelihood": "negative_binomial", "parents": ["z"],
+                                        "dispersion_by": "y"}}
+        with pytest.raises(PyroVAEError, match=r"model.nodes.x.dispersion_by names the label of dispersion = "
+                                               r"'feature-label', but dispersion = 'feature'"):
+            config_from_dict({"model": {"nodes": nodes}})
+        return
+    np.save(tmp_path / "x.npy", _counts(40, 3))
+    (tmp_path / "c.toml").write_text('[data]\ntrain = "x.npy"\n[train]\nepochs = 1\n')
+    rc = main(["train", str(tmp_path / "c.toml"), *[a for s in sets for a in ("--set", s)],
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "run").exists() and err.count("\n") == 1, err
+    assert err.startswith(f"pyro-vae: error: {key} ") and "remove it" in err
+
+
+def test_a_count_runs_config_records_only_the_count_keys_its_likelihood_reads(count_run):
+    from pyro_vae.config import load_config
+
+    text = (count_run / "run" / "config.toml").read_text()
+    assert 'library = "none"' in text and "dispersion" not in text  # poisson: a library, no dispersion
+    assert load_config(count_run / "c.toml").model == load_config(count_run / "run" / "config.toml", run=True).model
