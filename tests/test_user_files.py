@@ -184,3 +184,48 @@ def test_a_count_runs_config_records_only_the_count_keys_its_likelihood_reads(co
     text = (count_run / "run" / "config.toml").read_text()
     assert 'library = "none"' in text and "dispersion" not in text  # poisson: a library, no dispersion
     assert load_config(count_run / "c.toml").model == load_config(count_run / "run" / "config.toml", run=True).model
+
+
+def test_an_old_runs_config_toml_used_to_train_again_still_loads(count_run):
+    """A run's config.toml written by an older version (every synthetic default, dispersion under poisson) still
+    reads as a config; a --set of an inapplicable key on it is refused."""
+    from pyro_vae.config import load_config
+    from pyro_vae.errors import PyroVAEError
+
+    text = (count_run / "run" / "config.toml").read_text()
+    old = count_run / "old.toml"
+    old.write_text(text.replace("[data]\n", "[data]\nnum_points = 2000\ncorpus_alpha = 0.1\n", 1)
+                   .replace('library = "none"\n', 'library = "none"\ndispersion = "feature"\n', 1))
+    assert load_config(old).model == load_config(count_run / "c.toml").model
+    with pytest.raises(PyroVAEError, match="model.dispersion is the negative binomial's"):
+        load_config(old, ("model.dispersion=feature",))
+
+
+def test_a_features_by_cells_file_is_named_and_data_transpose_reads_it(tmp_path, capsys):
+    """A 10x-style genes x cells matrix: the names' hint says to transpose; with data.transpose the .mtx stays
+    sparse and its rows are the cells, and the dense .npy of the same matrix reads the same."""
+    from pyro_vae.config.schema import DataConfig
+    from pyro_vae.data.sources import load_data
+    from pyro_vae.data.sparse import SparseRows
+
+    cells = _counts(50, 6, seed=5)  # 50 cells x 6 genes
+    scipy.io.mmwrite(str(tmp_path / "matrix.mtx"), sp.csr_matrix(cells.T))  # as 10x writes it: genes x cells
+    np.save(tmp_path / "genes_by_cells.npy", cells.T)
+    (tmp_path / "genes.tsv").write_text("".join(f"ENSG{i}\tG{i}\n" for i in range(6)))
+    (tmp_path / "c.toml").write_text('[data]\ntrain = "matrix.mtx"\nfeature_names = "genes.tsv"\n[model]\n'
+                                     'latent_dim = 2\nlikelihood = "poisson"\n[train]\nepochs = 1\n')
+    rc = main(["train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "run").exists() and err.count("\n") == 1, err
+    assert "its 6 rows match the 6 names" in err and "set data.transpose = true" in err
+    names = str(tmp_path / "genes.tsv")
+    sparse = load_data(DataConfig(train=str(tmp_path / "matrix.mtx"), transpose=True, test_fraction=0.0,
+                                  feature_names=names), "poisson")
+    dense = load_data(DataConfig(train=str(tmp_path / "genes_by_cells.npy"), transpose=True, test_fraction=0.0),
+                      "poisson")
+    assert isinstance(sparse.train, SparseRows) and tuple(sparse.train.shape) == (50, 6)
+    assert np.array_equal(sparse.train[:].numpy(), cells) and np.array_equal(dense.train.numpy(), cells)
+    assert sparse.feature_names == tuple(f"G{i}" for i in range(6))
+    from pyro_vae.errors import PyroVAEError
+    with pytest.raises(PyroVAEError, match="data.transpose = true swaps the rows and columns of one data.train"):
+        DataConfig(source="synthetic_counts", transpose=True)

@@ -262,8 +262,10 @@ def _data_file(run, path: os.PathLike, log: Callable[[str], None]):
     else:
         dim = getattr(model, "data_dim", None)
         if dim is not None and x.shape[1] != dim:
+            read = " (read transposed, as the run's data.transpose = true reads its files)" if cfg.data.transpose else ""
             raise PyroVAEError(
-                f"--data has shape {tuple(x.shape)} but the model expects {dim} columns: use data with {dim} columns"
+                f"--data has shape {tuple(x.shape)}{read} but the model expects {dim} columns: use data with {dim} "
+                "columns"
             )
         observations = x
     lik = getattr(model, "likelihood", None)

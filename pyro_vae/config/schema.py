@@ -292,6 +292,9 @@ class DataConfig:
     min_length: Optional[int] = None
     # a text file of the data's column names, one a line (genes, words; a 10x features.tsv: its second column)
     feature_names: Optional[str] = None
+    # a data.train (and data.test, --data) matrix file whose columns are the data points: a 10x matrix.mtx is
+    # features x cells; read transposed (a sparse one stays sparse)
+    transpose: bool = False
     # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
     # (0: negative-binomial counts; > 0: zero-inflated)
     synthetic_library: float = 1000.0
@@ -701,6 +704,10 @@ def _check_data_keys(d: DataConfig) -> None:
             f"data.path is given but data.source = {d.source!r}, which does not read it (only "
             f"{' and '.join(_PATH_SOURCES)} read an IDX folder): remove data.path or set data.source"
         )
+    if d.transpose and (d.source != "arrays" or d.arrays or isinstance(d.train, Mapping)):
+        raise PyroVAEError("data.transpose = true swaps the rows and columns of one data.train matrix file, but "
+                           + ("the data are named arrays" if d.source == "arrays" else f"data.source = {d.source!r}")
+                           + ": remove data.transpose")
     _check_labels(d)
     if d.test is not None and d.test_fraction != _DATA_DEFAULTS["test_fraction"]:
         raise PyroVAEError(

@@ -84,10 +84,10 @@ def load_config(path: os.PathLike, overrides: Tuple[str, ...] = (), *, run: bool
     except tomllib.TOMLDecodeError as e:
         raise PyroVAEError(f"{path}: invalid TOML: {e}; fix the syntax at that line") from None
     said = values.get("data", {}).get("source") if isinstance(values.get("data"), Mapping) else None
-    if run and overrides:  # a recorded config drops the keys its source does not read; a --set one is refused
-        recorded = values.get("data") if isinstance(values.get("data"), Mapping) else {}
-        _check_applicable(apply_overrides({"data": {k: recorded[k] for k in ("source", "train") if k in recorded}},
-                                          overrides))
+    # a run's record (its config.toml, or a copy of one) drops the keys that do not apply; a --set one is refused
+    recorded = run or _written_by_pyro_vae(values)
+    if recorded and overrides:
+        _check_applicable(apply_overrides(values, overrides), only={o.split("=", 1)[0].strip() for o in overrides})
     values = apply_overrides(values, overrides)
     data = values.get("data")
     if said == "digits" and isinstance(data, Mapping) and data.get("source") == "digits" and data.get("train"):
@@ -96,7 +96,7 @@ def load_config(path: os.PathLike, overrides: Tuple[str, ...] = (), *, run: bool
             f"{path}: data.train is given but data.source = 'digits', which does not read it: "
             "remove data.source (a data.train file means source 'arrays') or remove data.train"
         )
-    return config_from_dict(values, base_dir=path.parent, program_dir_default=not run, recorded=run)
+    return config_from_dict(values, base_dir=path.parent, program_dir_default=not run, recorded=recorded)
 
 
 def apply_overrides(values: Mapping[str, Any], overrides) -> Dict[str, Any]:
@@ -138,33 +138,48 @@ def _applicable(values: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(values, data={k: v for k, v in data.items() if k not in unread})
 
 
-def _check_applicable(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """One line for a synthetic data key written for a source that does not read it, whatever its value."""
+#: data keys pyro-vae writes into every run's config.toml, which a hand-written file hardly spells out all together
+_RECORD_KEYS = ("arrays", "binarize", "drop_nonfinite", "split_seed", "label_fraction", "test_fraction")
+
+
+def _written_by_pyro_vae(values: Mapping[str, Any]) -> bool:
+    """Whether ``values`` look like a run's config.toml (every default written), e.g. one copied to retrain."""
+    data = values.get("data")
+    return isinstance(data, Mapping) and all(k in data for k in _RECORD_KEYS)
+
+
+def _check_applicable(values: Mapping[str, Any], only: Optional[set] = None) -> Mapping[str, Any]:
+    """One line for a key written where it does not apply, whatever its value: a synthetic data key with a source
+    that does not read it, a count key its observed node's likelihood does not read.  ``only``: the key paths
+    checked (a --set on a run's record); None: all."""
+    def written(section: Mapping[str, Any], key: str, path: str) -> bool:
+        return key in section and (only is None or path in only)
+
     data = values.get("data")
     source = _data_source(data) if isinstance(data, Mapping) else None
     if isinstance(source, str) and source in SOURCES:  # an unknown source is named by the schema, "did you mean"
         for key in unread_data_keys(source):
-            if key in data:
+            if written(data, key, f"data.{key}"):
                 raise unread_data_key(source, key)
     model = values.get("model")
     if not isinstance(model, Mapping) or "program" in model:
         return values
     nodes = model.get("nodes")
     if nodes is None:  # the one-latent form: its observed node's keys are the section's
-        _check_count_keys(model, "model", OneLatent)
+        _check_count_keys(model, "model", OneLatent, written)
     elif isinstance(nodes, Mapping):
         for name, node in nodes.items():
             if isinstance(node, Mapping) and node.get("role") == "observed":
-                _check_count_keys(node, f"model.nodes.{name}", NodeConfig)
+                _check_count_keys(node, f"model.nodes.{name}", NodeConfig, written)
     return values
 
 
-def _check_count_keys(node: Mapping[str, Any], prefix: str, cls) -> None:
+def _check_count_keys(node: Mapping[str, Any], prefix: str, cls, written) -> None:
     likelihood, dispersion = node.get("likelihood", cls.likelihood), node.get("dispersion", cls.dispersion)
     if not isinstance(likelihood, str) or not isinstance(dispersion, str):
         return  # a value of the wrong type: the schema names it
     for key in unread_count_keys(likelihood, dispersion):
-        if key in node:
+        if written(node, key, f"{prefix}.{key}"):
             raise unread_count_key(f"{prefix}.{key}", key, likelihood, dispersion)
 
 

@@ -193,18 +193,28 @@ def _synthetic_counts(cfg, discrete: bool):
     return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth)
 
 
-def read_matrix(path, key: str, discrete, drop_nonfinite: bool, notes: list) -> torch.Tensor:
+def read_matrix(path, key: str, discrete, drop_nonfinite: bool, notes: list, transpose: bool = False) -> torch.Tensor:
     """Every row of one matrix file (.npy, .npz, .csv, or a sparse .mtx / SciPy .npz made dense), read into memory
     and checked as data.train's rows are (NaN/Inf and a count likelihood's integers, named by the file's row and
-    column); ``key``: the name the user gave it (data.test, ``--data``)."""
+    column); ``key``: the name the user gave it (data.test, ``--data``); ``transpose``: data.transpose."""
     what = f"{key} ({Path(path).name})"
     if is_sparse_file(path):
         return sparse_rows(path, what, [], integer=discrete in COUNT_LIKELIHOODS,
-                           nonzero_rows=discrete == MULTINOMIAL).dense(what)
-    x = as_matrix(read_array(path, key), what, drop_nonfinite, notes)
+                           nonzero_rows=discrete == MULTINOMIAL, transpose=transpose).dense(what)
+    x = as_matrix(_transposed(read_array(path, key), transpose, what), what, drop_nonfinite, notes)
     if discrete in COUNT_LIKELIHOODS:
         check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
     return x
+
+
+def _transposed(raw, transpose: bool, what: str):
+    """``raw`` with its rows and columns swapped under data.transpose (a 2-D array only)."""
+    if not transpose:
+        return raw
+    if raw.ndim != 2:
+        raise PyroVAEError(f"data.transpose = true swaps a matrix's rows and columns, but {what} has shape "
+                           f"{tuple(raw.shape)}: give a 2-D matrix or remove data.transpose")
+    return raw.T
 
 
 @SOURCES.register("arrays")
@@ -218,18 +228,19 @@ def _arrays(cfg, discrete: bool):
     if is_sparse_file(cfg.train):
         # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
         x = sparse_rows(cfg.train, what, notes, integer=discrete in COUNT_LIKELIHOODS,
-                        nonzero_rows=discrete == MULTINOMIAL)
+                        nonzero_rows=discrete == MULTINOMIAL, transpose=cfg.transpose)
         if cfg.test is None:
             tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
             return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
-        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes)
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes, cfg.transpose)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
         return Dataset(x, xt, Path(cfg.train).stem, notes=notes)
     # only a file too large to load is memory-mapped; anything smaller is read into memory now,
     # so rewriting the file later cannot touch the job
-    raw, stamp = load_array(cfg.train, "data.train", map_large=True)
+    raw, stamp = load_array(cfg.train, "data.train", map_large=not cfg.transpose)
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
+    raw = _transposed(raw, cfg.transpose, what)
     if stamp is not None:
         # larger than the limit: train from the map a batch at a time (data/mapped.py)
         x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
@@ -240,7 +251,7 @@ def _arrays(cfg, discrete: bool):
     if discrete in COUNT_LIKELIHOODS:
         check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
     if cfg.test is not None:
-        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes)
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes, cfg.transpose)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
@@ -327,7 +338,7 @@ def load_file(data_cfg, path, likelihood: str = "normal", sequence: Optional[Tup
         return read_sequences(path, sequence, key, data_cfg.drop_nonfinite, notes), notes
     if data_cfg.source == "arrays" and (data_cfg.arrays or isinstance(data_cfg.train, dict)):
         return read_named(path, named_arrays(data_cfg), key, data_cfg.drop_nonfinite, notes), notes
-    return read_matrix(path, key, _discrete(likelihood), data_cfg.drop_nonfinite, notes), notes
+    return read_matrix(path, key, _discrete(likelihood), data_cfg.drop_nonfinite, notes, data_cfg.transpose), notes
 
 
 def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None) -> Dataset:
@@ -342,6 +353,9 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "
                            "arrays (data.train = \"file.npz\" with (N, T, D) arrays)")
     if sequence is not None and data_cfg.source == "arrays":
+        if data_cfg.transpose:
+            raise PyroVAEError("data.transpose = true swaps a matrix's rows and columns, but the model is over time "
+                               "and reads (N, T, D) sequences: remove data.transpose")
         if data_cfg.train is None:
             raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npz\" (.npy or .npz)")
         ds = load_sequences(data_cfg, sequence)
@@ -371,6 +385,9 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
             ds.set_observations("train", torch.bernoulli(ds.train_x, generator=g))
     ds.binarize = mode
     if data_cfg.feature_names is not None:
-        ds.feature_names = read_feature_names(data_cfg.feature_names, ds.dim)
+        # the data file's rows, before the split, name a features x cells file in the hint
+        rows = int(ds.train_x.shape[0]) + (int(ds.test_x.shape[0]) if data_cfg.test is None and
+                                           data_cfg.test_fraction > 0 else 0)
+        ds.feature_names = read_feature_names(data_cfg.feature_names, ds.dim, rows=rows)
     return ds
 

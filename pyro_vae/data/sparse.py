@@ -120,13 +120,18 @@ class SparseRows(MappedRows):
         return f"SparseRows(shape={tuple(self.shape)}, stored={nnz})"
 
 
-def read_feature_names(path, columns: int, what: str = "data.feature_names") -> tuple:
+def read_feature_names(path, columns: int, what: str = "data.feature_names", rows: Optional[int] = None) -> tuple:
     """The columns' names from a text file, one a line (a tab-separated 10x genes.tsv / features.tsv: its second
-    column, the gene's name), checked to name every column once."""
+    column, the gene's name), checked to name every column once; ``rows``: the data file's rows, named in the
+    hint when the names match them instead (a features x cells file)."""
     p = Path(str(path))
     regular_file(p, what, f"check {what}")
     lines = [line for line in read_text(p, what, f"check {what}").splitlines() if line.strip()]
     names = tuple((line.split("\t")[1] if line.count("\t") >= 1 else line).strip() for line in lines)
+    if len(names) != columns and rows == len(names):
+        raise PyroVAEError(f"{what} ({p.name}) names {len(names)} columns but the data has {columns}; its {rows} rows "
+                           f"match the {len(names)} names: the file looks features x cells (as 10x writes matrix.mtx): "
+                           "set data.transpose = true")
     if len(names) != columns:
         raise PyroVAEError(f"{what} ({p.name}) names {len(names)} columns but the data has {columns}: give one name "
                            "a line, one line a column")
@@ -146,12 +151,18 @@ def check_integer_values(m, what: str) -> None:
                            "the data, or use model.likelihood = 'normal'")
 
 
-def sparse_rows(path, what: str, notes: list, integer: bool = False, nonzero_rows: bool = False) -> SparseRows:
+def sparse_rows(path, what: str, notes: list, integer: bool = False, nonzero_rows: bool = False,
+                transpose: bool = False) -> SparseRows:
     """The rows of a sparse matrix file, for training a batch at a time (``integer``: checked to be counts, whose
-    row totals a float32 holds, and, ``nonzero_rows``, with no row of zeros)."""
+    row totals a float32 holds, and, ``nonzero_rows``, with no row of zeros).  ``transpose``: the file's columns are
+    the rows (a 10x matrix.mtx, features x cells), still sparse; a bad value is named by the file's row and column."""
     m = sparse_matrix(path, what)
     if integer:
         check_integer_values(m, what)
+    if transpose:
+        m = m.T.tocsr()  # sparse to sparse: the non-zeros re-indexed, never a dense copy
+        notes.append(f"{what}: transposed (data.transpose = true): {m.shape[0]} rows of {m.shape[1]} columns")
+    if integer:
         problem = row_total_problem(np.asarray(m.sum(axis=1, dtype=np.float64)).ravel(), 0, what, nonzero_rows)
         if problem:
             raise PyroVAEError(problem)
