@@ -229,3 +229,20 @@ def test_a_features_by_cells_file_is_named_and_data_transpose_reads_it(tmp_path,
     from pyro_vae.errors import PyroVAEError
     with pytest.raises(PyroVAEError, match="data.transpose = true swaps the rows and columns of one data.train"):
         DataConfig(source="synthetic_counts", transpose=True)
+
+
+def test_a_given_prefix_npz_is_read_with_its_lengths(seq_run, tmp_path, capsys):
+    """Padding beyond one shared length is cut (NaN there is fine); prefixes of different lengths are refused,
+    since a forecast after the padding would silently start from zeros."""
+    x, _ = _walks(3, 6, 2)
+    x[:, 4:] = np.nan
+    np.savez(tmp_path / "p.npz", x=x, lengths=np.array([4, 4, 4]))
+    out = tmp_path / "f.npz"
+    assert main(["sample", str(seq_run / "run"), "--steps", "3", "-n", "2", "--given-prefix", str(tmp_path / "p.npz"),
+                 "--out", str(out)]) == 0
+    assert "after a prefix of 4" in capsys.readouterr().out
+    np.savez(tmp_path / "q.npz", x=np.nan_to_num(x), lengths=np.array([4, 2, 4]))
+    rc = main(["sample", str(seq_run / "run"), "--steps", "3", "--given-prefix", str(tmp_path / "q.npz"),
+               "--out", str(tmp_path / "g.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "lengths run from 2 to 4" in err and not (tmp_path / "g.npz").exists()
