@@ -672,7 +672,7 @@ def _add_sample_parser(sub) -> None:
                         "--steps, each step's x_t ~ p(x_t | z_t): noisy sequences (a forecast's future steps)")
     s.add_argument("--out", help="output file: .png (image grid) or .npy (array) (default: "
                    "RUN_DIR/samples-seedSEED.png, or .npy for data that are not images; samples-y3-seedSEED.png "
-                   "given y = 3); with --steps an .npz (default RUN_DIR/sequences-seedSEED.npz, or "
+                   "given y = 3; draws-seedSEED.png with --draws); with --steps an .npz (default RUN_DIR/sequences-seedSEED.npz, or "
                    "forecast-seedSEED.npz given a prefix)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     _add_run_code_options(s)

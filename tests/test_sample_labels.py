@@ -170,7 +170,7 @@ def test_a_conditioned_sample_has_its_own_file_and_a_title_saying_what_it_holds(
     assert titles[-1] == "16 samples given y = 3: the mean of p(x | latents, y), latents ~ prior"
     assert printed.strip() == f"wrote {titles[-1]} to {digits_run / 'samples-y3-seed0.png'}"
     assert main(["sample", str(digits_run), "-n", "16", "--given", "y=7", "--draws"]) == 0
-    assert (digits_run / "samples-y7-seed0.png").is_file() and (digits_run / "samples-y3-seed0.png").is_file()
+    assert (digits_run / "draws-y7-seed0.png").is_file() and (digits_run / "samples-y3-seed0.png").is_file()
     assert titles[-1] == "16 samples given y = 7: draws of x ~ p(x | y)"
 
 

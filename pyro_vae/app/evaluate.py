@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ..data import batch
-from ..data.arrays import as_matrix, read_array
+from ..config import Config
 from ..diagnostics.gaps import RICHER, check_gaps_possible, inference_gaps
 from ..diagnostics.results import InferenceGaps
 from ..diagnostics.settings import DiagnoseSettings
@@ -34,6 +34,7 @@ from ..runtime.memory import with_halving_budget
 from ..runtime.threads import ThreadChoice, ThreadSetting, check_setting, choose_threads, use_threads
 from ..store.files import write_text_atomic
 from ..store.truth import read_truth
+from .prepare import load_config_file
 from .runs import load_run, load_run_data
 
 
@@ -206,9 +207,9 @@ def _evaluate_run(run_dir, data, iw_samples, prior_samples, seed, budget, per_po
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
     vocabulary = truth = None
     if data:
-        x, labels, names = _data_file(run.model, data), None, None
+        x, labels, names = _data_file(run, data, log), None, None
         counts = x
-        if run.config is not None:  # its names file's, or those its source gives (genes, words, pixels)
+        if run.config is not None and not isinstance(x, dict):  # its names file's, or its source's (genes, words, pixels)
             vocabulary = column_names(run.config.data, x.shape[1], run.image_shape)
     else:
         dataset = load_run_data(run)
@@ -253,17 +254,31 @@ def _threads(run, threads: Optional[ThreadSetting]) -> ThreadChoice:
     return choose_threads(threads, work=None, device=model_device(run.model).type, key=key)
 
 
-def _data_file(model, path: os.PathLike):
-    """``--data``: an array file, checked against the model's columns and its likelihood's support."""
-    x = as_matrix(read_array(path, "--data"), f"--data ({Path(path).name})")
-    dim = getattr(model, "data_dim", None)
-    if dim is not None and x.shape[1] != dim:
-        raise PyroVAEError(
-            f"--data has shape {tuple(x.shape)} but the model expects {dim} columns: use data with {dim} columns"
-        )
+def _data_file(run, path: os.PathLike, log: Callable[[str], None]):
+    """``--data``: the file read as the run's data.train is (one reader: sequences with their lengths, sparse
+    matrices, named arrays), then checked against the model's columns or arrays and its likelihood's support."""
+    what = f"--data ({Path(path).name})"
+    cfg = run.config if run.config is not None else Config()  # pv.fit's runs record no data section
+    x, notes = load_config_file(cfg, path)
+    for note in notes:
+        log(f"note: {note}")
+    model = run.model
+    if isinstance(x, dict):  # sequences or named arrays, the observations first (as the readers give them)
+        if hasattr(model, "check_data"):  # a graph: its data nodes (a chain's arrays over time) against the arrays
+            model.check_data(x, what)
+        observations = next(iter(x.values()))
+    else:
+        dim = getattr(model, "data_dim", None)
+        if dim is not None and x.shape[1] != dim:
+            read = " (read transposed, as the run's data.transpose = true reads its files)" if cfg.data.transpose else ""
+            raise PyroVAEError(
+                f"--data has shape {tuple(x.shape)}{read} but the model expects {dim} columns: use data with {dim} "
+                "columns"
+            )
+        observations = x
     lik = getattr(model, "likelihood", None)
     if hasattr(lik, "check_support"):
-        lik.check_support(x, f"--data ({Path(path).name})")
+        lik.check_support(observations, what)
     return x
 
 

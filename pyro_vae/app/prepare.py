@@ -12,7 +12,7 @@ from ..config.short import replace_node
 from ..data.arrays import Dataset
 from ..data.checks import check_support as check_support_chunked, row_blocks
 from ..data.sizes import inferred_levels
-from ..data.sources import SEQUENCE_SOURCES, load_data, resolve_binarize
+from ..data.sources import SEQUENCE_SOURCES, load_data, load_file, resolve_binarize
 from ..errors import PyroVAEError
 from ..infer.data_name import named_data
 from ..infer.objectives import check_objective_name
@@ -38,6 +38,13 @@ def data_likelihood(model: ModelSpec) -> str:
 def load_config_data(cfg: Config) -> Dataset:
     """The data a config names, loaded for its model: the likelihood's, and as sequences for a model over time."""
     return load_data(cfg.data, data_likelihood(cfg.model), sequence_arrays(cfg.model) if is_sequence(cfg.model) else None)
+
+
+def load_config_file(cfg: Config, path, key: str = "--data"):
+    """(data, notes): every row of the file ``path`` a command was given (``key``: its flag), read exactly as ``cfg``
+    has data.train read (sequences with their lengths, named arrays, sparse matrices) for the same model."""
+    return load_file(cfg.data, path, data_likelihood(cfg.model),
+                     sequence_arrays(cfg.model) if is_sequence(cfg.model) else None, key)
 
 
 def resolve_config(cfg: Config, data: Dataset) -> Config:

@@ -115,7 +115,7 @@ def run_config(run_dir: Path, payload: dict) -> Config:
                            "put back the run's own config.toml")
     cfg = load_config(toml, run=True)
     try:
-        saved = config_from_dict(payload["config"]).model
+        saved = config_from_dict(payload["config"], recorded=True).model
     except (PyroVAEError, KeyError, TypeError, ValueError) as e:
         raise PyroVAEError(f"checkpoint {str(run_dir / 'checkpoint.pt')!r} holds an unreadable run description "
                            f"({str(e)[:160]}): retrain the run") from None

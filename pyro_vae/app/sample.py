@@ -70,7 +70,8 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
 
     Each sample is the mean of p(x | latents), the latents drawn from their prior, or with ``draws`` a draw
     x ~ p(x).  ``given``: ``NAME=VALUE`` holds a label or an input at a value, as on the command line.  The default
-    ``out`` is RUN_DIR/samples-seedSEED.png (.npy for data that are not images), samples-y3-seedSEED.png given y = 3.
+    ``out`` is RUN_DIR/samples-seedSEED.png (.npy for data that are not images), samples-y3-seedSEED.png given y = 3,
+    and draws-seedSEED.png (draws-y3-...) with ``draws``.
     Every value and the output file are checked before anything is drawn or written.
     """
     if n < 1:
@@ -96,7 +97,9 @@ def write_samples(run_dir: os.PathLike, n: int = 64, out: Optional[os.PathLike] 
     if named:
         check_given(values, slots(run.model, data.train, data.observed), latent_names(run.model), data.observed)
     slug = f"-{given_slug({**values, **library})}" if values or library else ""
-    default = f"samples{slug}-seed{seed}.{'png' if run.image_shape else 'npy'}"
+    # the two kinds never share a file: draws x ~ p(x) are not the means a samples-*.npy holds
+    kind = "draws" if draws else "samples"
+    default = f"{kind}{slug}-seed{seed}.{'png' if run.image_shape else 'npy'}"
     out = _checked_out(Path(out) if out else Path(run_dir) / default, default, run.image_shape)
     with given_total(run.model, library.get(LIBRARY_NAME)):
         xs = _draws(run, n, seed, values, data, named, draws, decoded=not library)

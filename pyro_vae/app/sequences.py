@@ -26,6 +26,7 @@ import torch
 from pyro import poutine
 
 from ..data.arrays import read_array
+from ..data.sequences import LENGTHS, read_sequences
 from ..data.sizes import check_fits
 from ..errors import PyroVAEError
 from ..figures.sequences import save_forecast, save_sequence_samples
@@ -74,9 +75,21 @@ def _check_steps(steps: int) -> None:
         raise PyroVAEError(f"--steps must be at most {MAX_STEPS:,} (got {steps}): pass a smaller value")
 
 
-def _prefix(path: os.PathLike, width: int) -> np.ndarray:
-    """The observed prefix as (m, T0, D) float32, checked: its width, finite values."""
-    a = np.asarray(read_array(str(path), "--given-prefix"))
+def _prefix(path: os.PathLike, width: int, name: str = "x") -> np.ndarray:
+    """The observed prefix as (m, T0, D) float32, checked: its width, finite values.  An .npz is read as data.train
+    reads sequences (its array ``name`` and ``lengths``, padding beyond them): the prefixes must share one length,
+    since every forecast starts after step T0."""
+    if Path(path).suffix.lower() == ".npz":
+        seqs = read_sequences(str(path), (name,), "--given-prefix", False, [])
+        lengths = seqs[LENGTHS]
+        t0 = int(lengths.min())
+        if int(lengths.max()) != t0:
+            raise PyroVAEError(f"--given-prefix {path}: the prefixes' lengths run from {t0} to {int(lengths.max())}, "
+                               "but every forecast starts after the same step: give prefixes of one length (e.g. "
+                               f"each cut to its first {t0} steps)")
+        a = seqs[name][:, :t0].numpy()
+    else:
+        a = np.asarray(read_array(str(path), "--given-prefix"))
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[1] < 1 or a.shape[0] < 1:
@@ -146,7 +159,7 @@ def write_sequences(run_dir: os.PathLike, n: int = 16, steps: int = 50, out: Opt
     run = load_run(run_dir, program_path=program_path, trust_code=trust_code)
     model = chain_model(run.model, flag)
     width = int(model.obs_dim)
-    prefix = _prefix(given_prefix, width) if given_prefix is not None else None
+    prefix = _prefix(given_prefix, width, model.obs_site) if given_prefix is not None else None
     rows = n * (1 if prefix is None else prefix.shape[0])
     total = steps + (0 if prefix is None else prefix.shape[1])
     check_fits(4 * rows * total * (width + model.z_dim) * 3, f"-n {n} x {total} steps", "lower -n or --steps")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from ..serialize import dump_toml, to_plain
-from .schema import DataConfig, EvalConfig, ModelSpec, OneLatent, TrainConfig
+from .schema import DataConfig, EvalConfig, ModelSpec, OneLatent, TrainConfig, unread_data_keys
 from .short import desugar, spec_to_dict
 
 
@@ -26,7 +26,9 @@ class Config:
 
     def to_dict(self) -> Dict[str, Any]:
         """The config as plain values, section by section (what ``config.toml`` holds)."""
-        return {"data": to_plain(self.data), "model": spec_to_dict(self.model), "train": to_plain(self.train),
+        # a source's data section records only the keys it reads (a file run no synthetic sizes)
+        data = {k: v for k, v in to_plain(self.data).items() if k not in unread_data_keys(self.data.source)}
+        return {"data": data, "model": spec_to_dict(self.model), "train": to_plain(self.train),
                 "evaluate": to_plain(self.evaluate)}
 
     def to_toml(self) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
 from ..data.sizes import too_large
-from ..data.sources import SOURCES
+from ..data.sources import COUNT_LIKELIHOODS, SOURCES
 from ..errors import PyroVAEError, did_you_mean
 
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "sigmoid", "silu")
@@ -293,6 +293,9 @@ class DataConfig:
     # a text file of the data's column names, one a line (genes, words; a 10x features.tsv: its second column);
     # data.vocabulary is the same file under a topic model's name: one of the two (data/names.py reads either)
     feature_names: Optional[str] = None
+    # a data.train (and data.test, --data) matrix file whose columns are the data points: a 10x matrix.mtx is
+    # features x cells; read transposed (a sparse one stays sparse)
+    transpose: bool = False
     # synthetic_counts source: the mean total count of a row, and the mean dropout probability of a feature
     # (0: negative-binomial counts; > 0: zero-inflated)
     synthetic_library: float = 1000.0
@@ -613,8 +616,66 @@ def build(cls, values: Mapping[str, Any], prefix: str):
 _PATH_SOURCES = ("fashion-mnist", "mnist")
 
 
+#: the count keys of an observed node, and the likelihoods that read the dispersion (models/counts.py)
+COUNT_KEYS = ("library", "dispersion", "dispersion_by")
+NEGATIVE_BINOMIALS = ("negative_binomial", "zinb")
+
+
+def unread_count_keys(likelihood: str, dispersion: str) -> Tuple[str, ...]:
+    """The count keys an observed node of ``likelihood`` (and ``dispersion``) does not read."""
+    if likelihood not in COUNT_LIKELIHOODS:
+        return COUNT_KEYS
+    unread = ("library",) if likelihood == "multinomial" else ()  # its rows' totals are the trials
+    if likelihood not in NEGATIVE_BINOMIALS:
+        return unread + ("dispersion", "dispersion_by")
+    return unread + (("dispersion_by",) if dispersion != "feature-label" else ())
+
+
+def unread_count_key(path: str, key: str, likelihood: str, dispersion: str) -> PyroVAEError:
+    """One line: the count key ``path`` is written, but the node's ``likelihood`` does not read it."""
+    if likelihood not in COUNT_LIKELIHOODS:
+        why = f"is for a count likelihood ({', '.join(COUNT_LIKELIHOODS)}), but the likelihood is {likelihood!r}"
+    elif key == "library":
+        why = "does not apply to the multinomial, which reads each row's total as its number of trials"
+    elif likelihood not in NEGATIVE_BINOMIALS:
+        why = (f"is the negative binomial's ({', '.join(NEGATIVE_BINOMIALS)}), but likelihood {likelihood!r} has no "
+               "dispersion")
+    else:
+        why = f"names the label of dispersion = 'feature-label', but dispersion = {dispersion!r}"
+    return PyroVAEError(f"{path} {why}: remove it (a key written where it does not apply would be ignored)")
+
+
+_SYNTHETIC = ("synthetic", "synthetic_counts", "synthetic_corpus", "synthetic_sequences", "synthetic_pendulum",
+              "synthetic_chorales")
+_SYNTHETIC_SEQUENCES = ("synthetic_sequences", "synthetic_pendulum", "synthetic_chorales")
+#: the data keys only synthetic sources read, each with the sources that read it: a file or image source reads none
+SYNTHETIC_KEYS = {
+    "num_points": _SYNTHETIC, "synthetic_dim": _SYNTHETIC, "synthetic_latent_dim": _SYNTHETIC,
+    "synthetic_noise": _SYNTHETIC, "sequence_length": _SYNTHETIC_SEQUENCES, "min_length": _SYNTHETIC_SEQUENCES,
+    "synthetic_library": ("synthetic_counts",), "synthetic_dropout": ("synthetic_counts",),
+    "corpus_alpha": ("synthetic_corpus",), "corpus_beta": ("synthetic_corpus",), "corpus_length": ("synthetic_corpus",),
+}
+
+
+def unread_data_keys(source: str) -> Tuple[str, ...]:
+    """The synthetic-only data keys that ``source`` does not read (a run's config.toml leaves them out)."""
+    return tuple(k for k, readers in SYNTHETIC_KEYS.items() if source not in readers)
+
+
+def unread_data_key(source: str, key: str) -> PyroVAEError:
+    """One line: the synthetic-only ``key`` is set, but data.source = ``source`` does not read it."""
+    readers = SYNTHETIC_KEYS[key]
+    what = ("data.train is a file, read as it is" if source == "arrays" else
+            f"data.source = {source!r} does not read it")
+    return PyroVAEError(f"data.{key} is read only by data.source = {' / '.join(readers)} (it shapes the generated "
+                        f"data), but {what}: remove data.{key}")
+
+
 def _check_data_keys(d: DataConfig) -> None:
     """Keys that contradict each other fail in one line naming both, instead of one being ignored."""
+    for key in unread_data_keys(d.source):
+        if getattr(d, key) != _DATA_DEFAULTS[key]:
+            raise unread_data_key(d.source, key)
     for name in d.arrays + tuple(d.train if isinstance(d.train, Mapping) else ()):
         if not name.isidentifier():
             raise PyroVAEError(f"data.arrays: {name!r} is not a Python identifier: the program receives each array "
@@ -649,6 +710,10 @@ def _check_data_keys(d: DataConfig) -> None:
             f"data.path is given but data.source = {d.source!r}, which does not read it (only "
             f"{' and '.join(_PATH_SOURCES)} read an IDX folder): remove data.path or set data.source"
         )
+    if d.transpose and (d.source != "arrays" or d.arrays or isinstance(d.train, Mapping)):
+        raise PyroVAEError("data.transpose = true swaps the rows and columns of one data.train matrix file, but "
+                           + ("the data are named arrays" if d.source == "arrays" else f"data.source = {d.source!r}")
+                           + ": remove data.transpose")
     _check_labels(d)
     if d.test is not None and d.test_fraction != _DATA_DEFAULTS["test_fraction"]:
         raise PyroVAEError(

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping
 
 from ..errors import PyroVAEError
 from ..serialize import to_plain
-from .schema import GraphSpec, ModelSpec, NodeConfig, OneLatent, ProgramSpec, build
+from .schema import GraphSpec, ModelSpec, NodeConfig, OneLatent, ProgramSpec, build, unread_count_keys
 
 #: the nodes of a one-latent graph
 LATENT, OBSERVED = "z", "x"
@@ -119,15 +119,24 @@ def ModelConfig(**keys) -> ModelSpec:  # noqa: N802 - named as the section it bu
     return model_spec(keys)
 
 
+def _without_unread(values: Dict[str, Any]) -> Dict[str, Any]:
+    """An observed node's plain keys less the count keys its likelihood does not read (in place)."""
+    for key in unread_count_keys(values["likelihood"], values["dispersion"]):
+        values.pop(key, None)
+    return values
+
+
 def spec_to_dict(spec: ModelSpec) -> Dict[str, Any]:
     """The section as config.toml holds it: a program's keys, the one-latent keys, or the nodes and options."""
     if isinstance(spec, ProgramSpec):
         return {k: v for k, v in to_plain(spec).items() if v is not None}
     if spec.short is not None:
-        return to_plain(spec.short)
+        return _without_unread(to_plain(spec.short))
     values = to_plain(spec)
     del values["short"]
     for node in values["nodes"].values():
+        if node.get("role") == "observed":  # a count key only where the likelihood reads it
+            _without_unread(node)
         if node.get("over") is None:  # the time axis's keys: only a node over time records them
             for key in ("over", "transition", "rnn"):
                 node.pop(key, None)

@@ -117,6 +117,16 @@ def _checked(raw: Dict[str, np.ndarray], names, what: str, drop: bool,
     return out, kept
 
 
+def read_named(spec, names, what: str, drop: bool, notes: list) -> Dict[str, torch.Tensor]:
+    """The named arrays of one file (or one file per name), read and checked under the name ``what``."""
+    return _checked(_read(spec, names, what), names, what, drop, notes)[0]
+
+
+def named_arrays(cfg) -> Tuple[str, ...]:
+    """The array names a DataConfig with data.arrays (or one file per name) reads, the observations first."""
+    return _names(cfg)
+
+
 def load_named(cfg) -> Dataset:
     """The Dataset of named arrays that ``cfg`` (a DataConfig with data.arrays or one file per name) names."""
     names = _names(cfg)

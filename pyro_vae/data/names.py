@@ -42,8 +42,10 @@ def names_key(data_cfg) -> Optional[Tuple[str, str]]:
     return None
 
 
-def read_column_names(path: str, columns: int, what: str = "data.feature_names") -> Tuple[str, ...]:
-    """The names of ``columns`` columns from a text file, one a line (a 10x line: its second field), checked."""
+def read_column_names(path: str, columns: int, what: str = "data.feature_names",
+                      rows: Optional[int] = None) -> Tuple[str, ...]:
+    """The names of ``columns`` columns from a text file, one a line (a 10x line: its second field), checked;
+    ``rows``: the data file's rows, named in the hint when the names match them instead (a features x cells file)."""
     text = read_text(path, what, "give a text file of one name per line")
     lines = text.splitlines()
     while lines and not lines[-1].strip():
@@ -70,6 +72,10 @@ def read_column_names(path: str, columns: int, what: str = "data.feature_names")
                                f"needs its own name{hint}; make them unique, e.g. {name + '-1'!r}")
         seen[name] = i
         names.append(name)
+    if len(names) != columns and rows == len(names):
+        raise PyroVAEError(f"{what} file {path!r} has {len(names)} {noun} but the data has {columns} columns; its "
+                           f"{rows} rows match the {len(names)} {noun}: the file looks features x cells (as 10x writes "
+                           "matrix.mtx): set data.transpose = true")
     if len(names) != columns:
         raise PyroVAEError(f"{what} file {path!r} has {len(names)} {noun} but the data has {columns} columns: give "
                            "one name a line, in column order")

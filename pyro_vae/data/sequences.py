@@ -172,6 +172,12 @@ def _sequences(raw: Dict[str, np.ndarray], names: Sequence[str], what: str, drop
     return out
 
 
+def read_sequences(spec, names: Sequence[str], what: str, drop: bool, notes: list) -> Dict[str, torch.Tensor]:
+    """The sequence arrays ``names`` (and ``lengths``) of one file, or one file per name, read and checked under the
+    name ``what`` (data.train, data.test, ``--data``): the one reader of sequence files."""
+    return _sequences(_read(spec, names, what), names, what, drop, notes)
+
+
 def pad_steps(data: Dict[str, torch.Tensor], names: Sequence[str], steps: int) -> Dict[str, torch.Tensor]:
     """The arrays over time ``names`` padded with zeros to ``steps`` steps (their lengths unchanged)."""
     out = dict(data)
@@ -205,9 +211,9 @@ def load_sequences(cfg, names: Sequence[str]) -> Dataset:
         raise PyroVAEError(f"data.arrays names {', '.join(listed)} but the model's nodes over time read "
                            f"{', '.join(names)} (and optionally {LENGTHS}): name the arrays after the nodes")
     notes: list = []
-    train = _sequences(_read(cfg.train, names, "data.train"), names, "data.train", cfg.drop_nonfinite, notes)
+    train = read_sequences(cfg.train, names, "data.train", cfg.drop_nonfinite, notes)
     if cfg.test is not None:
-        test = _sequences(_read(cfg.test, names, "data.test"), names, "data.test", cfg.drop_nonfinite, notes)
+        test = read_sequences(cfg.test, names, "data.test", cfg.drop_nonfinite, notes)
         for n in names:
             if test[n].shape[2] != train[n].shape[2]:
                 raise PyroVAEError(f"data.test.{n} has {test[n].shape[2]} values per step but data.train.{n} "

@@ -29,8 +29,8 @@ from .checks import check_integer_rows, in_unit_interval
 from .corpus import corpus_truth, synthetic_corpus
 from .files import os_problem
 from .mapped import MappedRows, mapped_matrix, memmap_limit
-from .named import load_named
-from .sequences import load_sequences
+from .named import load_named, named_arrays, read_named
+from .sequences import load_sequences, read_sequences
 from .sizes import check_synthetic_size
 from .names import gene_names, names_key, pixel_names, read_column_names
 from .sparse import is_sparse_file, sparse_rows
@@ -194,6 +194,30 @@ def _synthetic_counts(cfg, discrete: bool):
     return Dataset(tr, te, "synthetic_counts", notes=notes, truth=truth, feature_names=gene_names(x.shape[1]))
 
 
+def read_matrix(path, key: str, discrete, drop_nonfinite: bool, notes: list, transpose: bool = False) -> torch.Tensor:
+    """Every row of one matrix file (.npy, .npz, .csv, or a sparse .mtx / SciPy .npz made dense), read into memory
+    and checked as data.train's rows are (NaN/Inf and a count likelihood's integers, named by the file's row and
+    column); ``key``: the name the user gave it (data.test, ``--data``); ``transpose``: data.transpose."""
+    what = f"{key} ({Path(path).name})"
+    if is_sparse_file(path):
+        return sparse_rows(path, what, [], integer=discrete in COUNT_LIKELIHOODS,
+                           nonzero_rows=discrete == MULTINOMIAL, transpose=transpose).dense(what)
+    x = as_matrix(_transposed(read_array(path, key), transpose, what), what, drop_nonfinite, notes)
+    if discrete in COUNT_LIKELIHOODS:
+        check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
+    return x
+
+
+def _transposed(raw, transpose: bool, what: str):
+    """``raw`` with its rows and columns swapped under data.transpose (a 2-D array only)."""
+    if not transpose:
+        return raw
+    if raw.ndim != 2:
+        raise PyroVAEError(f"data.transpose = true swaps a matrix's rows and columns, but {what} has shape "
+                           f"{tuple(raw.shape)}: give a 2-D matrix or remove data.transpose")
+    return raw.T
+
+
 @SOURCES.register("arrays")
 def _arrays(cfg, discrete: bool):
     if cfg.train is None:
@@ -205,21 +229,19 @@ def _arrays(cfg, discrete: bool):
     if is_sparse_file(cfg.train):
         # a sparse matrix stays sparse: batches of rows are made dense as training draws them (data/sparse.py)
         x = sparse_rows(cfg.train, what, notes, integer=discrete in COUNT_LIKELIHOODS,
-                        nonzero_rows=discrete == MULTINOMIAL)
+                        nonzero_rows=discrete == MULTINOMIAL, transpose=cfg.transpose)
         if cfg.test is None:
             tr, te, _, _, more = _split(x, None, cfg.test_fraction, cfg.split_seed)
             return Dataset(tr, te, Path(cfg.train).stem, notes=notes + more)
-        test_what = f"data.test ({Path(cfg.test).name})"
-        xt = (sparse_rows(cfg.test, test_what, [], integer=discrete in COUNT_LIKELIHOODS,
-                        nonzero_rows=discrete == MULTINOMIAL).dense(test_what) if is_sparse_file(cfg.test) else
-              as_matrix(read_array(cfg.test, "data.test"), test_what, cfg.drop_nonfinite, notes))
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes, cfg.transpose)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match")
         return Dataset(x, xt, Path(cfg.train).stem, notes=notes)
     # only a file too large to load is memory-mapped; anything smaller is read into memory now,
     # so rewriting the file later cannot touch the job
-    raw, stamp = load_array(cfg.train, "data.train", map_large=True)
+    raw, stamp = load_array(cfg.train, "data.train", map_large=not cfg.transpose)
     image_shape = tuple(raw.shape[1:]) if raw.ndim == 3 else None
+    raw = _transposed(raw, cfg.transpose, what)
     if stamp is not None:
         # larger than the limit: train from the map a batch at a time (data/mapped.py)
         x = mapped_matrix(raw, what, cfg.drop_nonfinite, notes, stamp=stamp)
@@ -230,9 +252,7 @@ def _arrays(cfg, discrete: bool):
     if discrete in COUNT_LIKELIHOODS:
         check_integer_rows(x, what, nonzero_rows=discrete == MULTINOMIAL)
     if cfg.test is not None:
-        xt = as_matrix(read_array(cfg.test, "data.test"), f"data.test ({Path(cfg.test).name})", cfg.drop_nonfinite, notes)
-        if discrete in COUNT_LIKELIHOODS:
-            check_integer_rows(xt, f"data.test ({Path(cfg.test).name})", nonzero_rows=discrete == MULTINOMIAL)
+        xt = read_matrix(cfg.test, "data.test", discrete, cfg.drop_nonfinite, notes, cfg.transpose)
         if xt.shape[1] != x.shape[1]:
             raise PyroVAEError(
                 f"data.test has {xt.shape[1]} columns but data.train has {x.shape[1]}: they must match"
@@ -304,18 +324,39 @@ def resolve_binarize(data_cfg, likelihood: str) -> str:
     return "dynamic" if likelihood == "bernoulli" and data_cfg.source in IMAGE_SOURCES else "none"
 
 
+def _discrete(likelihood: str):
+    return likelihood if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
+
+
+def load_file(data_cfg, path, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None,
+              key: str = "--data"):
+    """Every row of the one file ``path`` (``key``: the flag that named it), read exactly as ``data_cfg`` has
+    data.train read: sequences with their lengths, a run's named arrays, a sparse matrix, or a matrix; the same
+    checks.  Returns (data, notes)."""
+    notes: list = []
+    path = str(path)
+    if sequence is not None:
+        return read_sequences(path, sequence, key, data_cfg.drop_nonfinite, notes), notes
+    if data_cfg.source == "arrays" and (data_cfg.arrays or isinstance(data_cfg.train, dict)):
+        return read_named(path, named_arrays(data_cfg), key, data_cfg.drop_nonfinite, notes), notes
+    return read_matrix(path, key, _discrete(likelihood), data_cfg.drop_nonfinite, notes, data_cfg.transpose), notes
+
+
 def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str, ...]] = None) -> Dataset:
     """Load and validate the data a :class:`~pyro_vae.config.DataConfig` names.
 
     ``sequence``: for a model over time, the arrays its nodes over time read (the observed node first): array
     files are then read as (N, T, D) sequences with their lengths (data/sequences.py).  A sequence source
     (``SEQUENCE_SOURCES``) always gives {"x": (N, T, D), "lengths": (N,)}."""
-    discrete = likelihood if likelihood in COUNT_LIKELIHOODS else likelihood == "categorical"
+    discrete = _discrete(likelihood)
     if sequence is not None and data_cfg.source not in SEQUENCE_SOURCES + ("arrays",):
         raise PyroVAEError(f"the model is over time (a node has over = \"time\") but data.source = "
                            f"{data_cfg.source!r} holds no sequences: use {', '.join(SEQUENCE_SOURCES)} or sequence "
                            "arrays (data.train = \"file.npz\" with (N, T, D) arrays)")
     if sequence is not None and data_cfg.source == "arrays":
+        if data_cfg.transpose:
+            raise PyroVAEError("data.transpose = true swaps a matrix's rows and columns, but the model is over time "
+                               "and reads (N, T, D) sequences: remove data.transpose")
         if data_cfg.train is None:
             raise PyroVAEError("data.source = 'arrays' needs data.train = \"file.npz\" (.npy or .npz)")
         ds = load_sequences(data_cfg, sequence)
@@ -344,7 +385,10 @@ def load_data(data_cfg, likelihood: str = "normal", sequence: Optional[Tuple[str
     ds.binarize = mode
     named = names_key(data_cfg)
     if named is not None:  # data.feature_names or data.vocabulary: the one file naming the columns
-        ds.feature_names = read_column_names(named[1], ds.dim, named[0])
+        # the data file's rows, before the split, name a features x cells file in the hint
+        rows = int(ds.train_x.shape[0]) + (int(ds.test_x.shape[0]) if data_cfg.test is None and
+                                           data_cfg.test_fraction > 0 else 0)
+        ds.feature_names = read_column_names(named[1], ds.dim, named[0], rows=rows)
     elif ds.feature_names is None and ds.image_shape is not None and int(np.prod(ds.image_shape)) == ds.dim:
         ds.feature_names = pixel_names(tuple(ds.image_shape))
     return ds

@@ -133,12 +133,18 @@ def check_integer_values(m, what: str) -> None:
                            "the data, or use model.likelihood = 'normal'")
 
 
-def sparse_rows(path, what: str, notes: list, integer: bool = False, nonzero_rows: bool = False) -> SparseRows:
+def sparse_rows(path, what: str, notes: list, integer: bool = False, nonzero_rows: bool = False,
+                transpose: bool = False) -> SparseRows:
     """The rows of a sparse matrix file, for training a batch at a time (``integer``: checked to be counts, whose
-    row totals a float32 holds, and, ``nonzero_rows``, with no row of zeros)."""
+    row totals a float32 holds, and, ``nonzero_rows``, with no row of zeros).  ``transpose``: the file's columns are
+    the rows (a 10x matrix.mtx, features x cells), still sparse; a bad value is named by the file's row and column."""
     m = sparse_matrix(path, what)
     if integer:
         check_integer_values(m, what)
+    if transpose:
+        m = m.T.tocsr()  # sparse to sparse: the non-zeros re-indexed, never a dense copy
+        notes.append(f"{what}: transposed (data.transpose = true): {m.shape[0]} rows of {m.shape[1]} columns")
+    if integer:
         problem = row_total_problem(np.asarray(m.sum(axis=1, dtype=np.float64)).ravel(), 0, what, nonzero_rows)
         if problem:
             raise PyroVAEError(problem)
