@@ -219,6 +219,7 @@ def test_the_khat_figure_draws_points_without_a_finite_khat(tmp_path, monkeypatc
         def __init__(self, values):
             self.khat = type("K", (), {"values": values})()
             self.points, self.name = list(range(len(values))), "r"
+            self.latent_labels = ["z[0]"]
 
     for values in ([float("inf"), float("nan")], [0.3, float("inf")]):
         fig_khat(Figures(tmp_path), type("D", (), {"runs": [Run(values)]})())
