@@ -354,6 +354,9 @@ def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
             rows.append([r.name, None, None, None, None, "skipped: " + sbc.skipped])
         else:
             verdict = "calibrated" if not sbc.flagged else "NOT calibrated: " + ", ".join(sbc.flagged[:6])
+            if sbc.tested is not None and sbc.pvalues is not None and sbc.tested < len(sbc.pvalues):
+                verdict += (f" ({sbc.tested} of {len(sbc.pvalues)} dims tested: the rest are padded steps "
+                            "in every simulation)")
             rows.append([r.name, sbc.sims, sbc.draws, r.summary.sbc_min_p, len(sbc.flagged), verdict])
     tables.append(Table(
         "sbc", "Simulation-based calibration of q(z|x)",
