@@ -116,3 +116,21 @@ def test_padding_to_t_or_2t_gives_the_same_nuts_coordinates_and_means():
     n_eff = a.shape[0] / 4
     se = np.sqrt((a[:, real].var(0) + b[:, real].var(0)) / n_eff)
     assert (np.abs(a[:, real].mean(0) - b[:, real].mean(0)) < 4 * se + 1e-3).all()
+
+
+@pytest.mark.slow
+def test_diagnose_with_nuts_on_padded_sequences_compares_real_steps_only():
+    x = _arrays(_two_sequences(), pad_to=6)
+    settings = pv.DiagnoseSettings(points=2, draws=20, reference="nuts", sbc_sims=0, nuts_chains=2, nuts_warmup=60,
+                                   nuts_samples=20, max_tree_depth=3, local_steps=2, gaps=False)
+    d = pv.diagnose([pv.Subject("dmm", _model(), x, [0, 1])], settings)
+    r = d.runs[0]
+    masked = np.repeat(np.arange(1, 7), Z)[None, :] > np.array([[3], [6]])
+    ref = r.reference
+    assert np.isnan(ref.mean[masked]).all() and np.isnan(ref.sd[masked]).all()
+    assert np.isfinite(ref.mean[~masked]).all() and (ref.sd[~masked] > 0).all()
+    rhat = np.asarray(ref.nuts.rhat)
+    assert np.isnan(rhat[masked]).all() and (rhat[~masked] < 1.5).all() and ref.nuts.rhat_max < 1.5
+    c = r.comparison
+    for f in ("std_mean_error", "sd_ratio", "w2"):
+        assert np.isfinite(getattr(c, f)).all()  # over the real coordinates only: a NaN column would spread
