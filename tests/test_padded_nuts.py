@@ -134,3 +134,22 @@ def test_diagnose_with_nuts_on_padded_sequences_compares_real_steps_only():
     c = r.comparison
     for f in ("std_mean_error", "sd_ratio", "w2"):
         assert np.isfinite(getattr(c, f)).all()  # over the real coordinates only: a NaN column would spread
+
+
+def test_trains_line_and_report_glossary_call_a_programs_chain_rows_sequences():
+    from pyro_vae.app.pipeline import unit_of_test_rows
+    from pyro_vae.diagnostics.results import Diagnosis
+    from pyro_vae.report.render import glossary
+
+    x = _arrays(_two_sequences(), pad_to=6)
+    assert unit_of_test_rows(_model(), x) == "sequence"  # the DMM as written: no declared chain, its own z_1 .. z_6
+
+    class Run:
+        latent_labels = [f"z_{t}[{i}]" for t in range(1, 7) for i in range(Z)]
+
+    d = Diagnosis.__new__(Diagnosis)
+    d.runs = [Run()]
+    words = " ".join(text for _, text in glossary(d))
+    assert "per sequence" in words and "per point" not in words and "one sequence alone" in words
+    Run.latent_labels = ["z[0]", "z[1]"]
+    assert "per point" in " ".join(text for _, text in glossary(d))
