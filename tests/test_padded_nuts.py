@@ -153,3 +153,20 @@ def test_trains_line_and_report_glossary_call_a_programs_chain_rows_sequences():
     assert "per sequence" in words and "per point" not in words and "one sequence alone" in words
     Run.latent_labels = ["z[0]", "z[1]"]
     assert "per point" in " ".join(text for _, text in glossary(d))
+
+
+def test_sbc_ranks_of_a_declared_chains_padded_steps_are_left_out():
+    from pyro_vae.diagnostics.calibration import sbc_ranks
+    from test_sequences import _model as _chain
+
+    model = _chain(transition="gated")
+    lengths = torch.tensor([6, 3])
+    x = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(1))
+    data = {"x": x * (torch.arange(6) < lengths[:, None]).unsqueeze(-1), "lengths": lengths}
+    layout = build_layout(model, data)
+    pyro.set_rng_seed(0)
+    ranks = sbc_ranks(model, data, layout, 10, 9)
+    # simulation i keeps row i mod 2's length: the odd ones stop after step 3, and only their later steps are out
+    out = np.repeat(np.arange(1, 7), 2)[None, :] > np.where(np.arange(10) % 2, 3, 6)[:, None]
+    np.testing.assert_array_equal(ranks == LEFT_OUT, out)
+    assert ((ranks[~out] >= 0) & (ranks[~out] <= 9)).all()
