@@ -64,8 +64,9 @@ def _khat_verdict(k: KhatSummary, n: int) -> str:
 
 
 def _rhat_count(n: NutsCheck) -> str:
-    """How many (point, latent dim) pairs have R-hat above the threshold, as "k of n"."""
-    return f"{n.rhat_above} of {int(np.size(n.rhat))}"
+    """How many (point, latent dim) pairs have R-hat above the threshold, as "k of n"; a padded step's coordinate,
+    held fixed, has no R-hat (NaN) and is not counted."""
+    return f"{n.rhat_above} of {int(np.isfinite(np.asarray(n.rhat, dtype=float)).sum())}"
 
 
 def _contracted(r: RunDiagnosis) -> int:
