@@ -543,7 +543,7 @@ def _reference_warnings(name: str, ref: Reference, unit: str = "point") -> List[
     # One R-hat per (point, latent dim): with hundreds of them, a few just above 1.01 are
     # expected from chance alone at a few hundred draws, so warn on a clear failure
     # (any above RHAT_FAIL) or on many above RHAT_MAX, not on the largest of them.
-    n_all = int(np.size(n.rhat))
+    n_all = int(np.isfinite(np.asarray(n.rhat, dtype=float)).sum())  # a held padded coordinate has none (NaN)
     if n.rhat_max > RHAT_FAIL or n.rhat_above > RHAT_FRACTION * n_all:
         out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} "
                    f"({unit}, latent dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
