@@ -103,15 +103,6 @@ def test_masked_coordinates_are_found_per_point():
     np.testing.assert_array_equal(masked, steps[None, :] > lengths[:, None])
 
 
-def test_nuts_on_padded_steps_is_refused_in_one_line():
-    seqs = _sequences(4, seed=5)
-    model = _model()
-    subject = pv.Subject("dmm", model, _arrays(seqs, pad_to=8), list(range(4)))
-    with pytest.raises(pv.PyroVAEError, match=r"masks out latent coordinates of 4 of the 4 diagnosed points.*"
-                                              r"--reference none --sbc-sims 0"):
-        pv.diagnose([subject], pv.DiagnoseSettings(points=4, draws=20, reference="nuts", sbc_sims=0))
-
-
 @pytest.mark.slow
 def test_padding_changes_no_amortization_gap():
     """Diagnose on the same sequences padded to T and to 2T: the per-point q is masked as the model is, so every

@@ -19,11 +19,13 @@ from ..data import batch
 from ..data.arrays import Dataset
 from ..errors import PyroVAEError
 from ..evaluation.memory import test_elbo_with_retry
-from ..infer.sites import observed_name
+from ..evaluation.steps import row_unit
+from ..infer.rng import forked_rng
+from ..infer.sites import is_latent, observed_name, trace_pair
 from ..figures import counts as count_figures, run as run_figures, topics as topic_figures
 from ..models.counts import CountLikelihood
 from ..models.graph import GraphModel
-from ..models.protocol import model_modules
+from ..models.protocol import model_device, model_modules
 from ..runtime import distributed, failures
 from ..runtime.threads import ThreadChoice, use_threads
 from ..store.checkpoint import upgrade
@@ -238,12 +240,25 @@ def _resolved_evaluation(cfg: Config, num_test: int) -> Config:
     return cfg.replace(evaluate=EvalConfig(default_iw_samples(num_test)))
 
 
+def unit_of_test_rows(model, test) -> str:
+    """What one test row is called, by the evaluation header's rule: "sequence" for a chain (a declared one, or a
+    program's own z_1 .. z_T), else "point"."""
+    if hasattr(model, "chain"):
+        return "sequence"
+    try:
+        device = model_device(model)
+        with torch.no_grad(), forked_rng(device):  # the run's random stream stays as it was
+            _, mtr = trace_pair(model, batch.to(batch.rows(test, slice(0, 1)), device))
+    except Exception:  # noqa: BLE001 - a word in a progress line: the evaluation itself reports a failing program
+        return "point"
+    return row_unit([n for n, site in mtr.nodes.items() if is_latent(site)])
+
+
 def _final_evaluation(model, data: Dataset, iw_samples, seed: int, progress, reports: bool, log) -> RunEvaluation:
     """The trained model on the test data (every rank; the class metrics on the rank that reports)."""
     n = len(data.test_x)
     k = None if iw_samples == "none" else iw_samples
-    # a declared chain's rows are sequences (a program's chain says so in the evaluation's own header)
-    unit = "sequences" if hasattr(model, "chain") else "points"
+    unit = unit_of_test_rows(model, data.test) + "s"
     log(f"evaluating on {n} test {unit}" + (f" ({k} importance samples each)..." if k else "..."))
     return evaluate_model(model, data.test, iw_samples=k, seed=seed, labels=data.test_labels,
                           class_names=data.class_names, progress=progress, classes=reports, log=log,

@@ -10,7 +10,7 @@ import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
-from ..infer.layout import Layout, repeat_points
+from ..infer.layout import Layout, masked_coordinates, masked_values, repeat_points
 from ..infer.sites import enum_site_sum, enumerated_trace, has_density, site_matrix, summing
 from .settings import DiagnoseSettings
 from .sizing import chunk_size
@@ -56,10 +56,16 @@ def nuts_reference(model, x, layout: Layout, precond: Dict[str, tuple], settings
         transforms[s] = ComposeTransform([to_real, AffineTransform(loc_r, scale_r).inv])
         # Stan's default start: uniform(-2, 2) in the (here whitened) unconstrained space
         init[s] = torch.rand_like(loc_r) * 4 - 2
-    kernel = NUTS(summing(model.model, layout.summed), transforms=transforms, max_tree_depth=settings.max_tree_depth,
-                  max_plate_nesting=layout.nest, target_accept_prob=0.8)
+    program = summing(model.model, layout.summed)
+    pads = masked_values(model, x_rep, layout)
+    if pads is None:
+        kernel = NUTS(program, transforms=transforms, max_tree_depth=settings.max_tree_depth,
+                      max_plate_nesting=layout.nest, target_accept_prob=0.8)
+    else:
+        kernel = NUTS(potential_fn=_held_potential(program, x_rep, transforms, init, pads, layout.nest),
+                      max_tree_depth=settings.max_tree_depth, target_accept_prob=0.8)
     mc = MCMC(kernel, num_samples=settings.nuts_samples, warmup_steps=settings.nuts_warmup, num_chains=1,
-              initial_params=init, disable_progbar=not progress)
+              initial_params=init, disable_progbar=not progress, transforms=None if pads is None else transforms)
     t0 = time.perf_counter()
     mc.run(**x_rep)
     seconds = time.perf_counter() - t0
@@ -71,6 +77,10 @@ def nuts_reference(model, x, layout: Layout, precond: Dict[str, tuple], settings
         m = site_matrix(v, layout.event_dims[s], layout.nest, layout.data_dim, n, c * b, leading_draw=True)
         per_site.append(m.reshape(n, c, b, -1).permute(1, 0, 2, 3))  # copy j of point i is row j*b + i
     z = torch.cat(per_site, -1).double()  # (chains, draws, points, latent)
+    if pads is not None:
+        # a held coordinate is no draw of any posterior: absent (NaN), never a number
+        held = masked_coordinates(model, x, layout)
+        z[:, :, torch.as_tensor(held)] = float("nan")
     try:
         div = mc.diagnostics()["divergences"]["chain 0"]
     except (KeyError, TypeError):
@@ -78,6 +88,29 @@ def nuts_reference(model, x, layout: Layout, precond: Dict[str, tuple], settings
     diverging = np.zeros((c, n), dtype=bool)
     diverging[:, [int(i) for i in div]] = True  # one joint trajectory: a divergence touches every copy
     return z, diverging, seconds, float(kernel.step_size)
+
+
+def _held_potential(program, x, transforms, init, pads, nest: int):
+    """NUTS's potential with the masked-out coordinates (padded steps) held at q's mean.
+
+    No density reads those coordinates (``masked_read`` is checked before),
+    so any value is exact for the rest: the program sees them at whitened 0
+    (q's mean), and NUTS's own copies of them get a standard normal of their
+    own, independent of everything, so the sampler stays proper (a flat
+    direction would never make a U-turn) and the rest's draws are those of
+    p(z_real | x).  Those copies are dropped after sampling.
+    """
+    from pyro.infer.mcmc.util import initialize_model
+
+    _, full, _, _ = initialize_model(program, model_kwargs=x, transforms=transforms, max_plate_nesting=nest,
+                                     initial_params=init)
+
+    def potential(u):
+        held = {s: torch.where(pads[s], torch.zeros_like(v), v) if s in pads else v for s, v in u.items()}
+        own = sum(0.5 * (torch.where(pads[s], u[s], torch.zeros_like(u[s])) ** 2).sum() for s in pads if s in u)
+        return full(held) + own
+
+    return potential
 
 
 @torch.no_grad()

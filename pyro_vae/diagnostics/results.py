@@ -264,8 +264,9 @@ class SbcResult(Record):
 
     sims: int = 0
     draws: int = 0
-    ranks: Optional[np.ndarray] = None  # (sims, latent)
-    pvalues: Optional[np.ndarray] = None
+    ranks: Optional[np.ndarray] = None  # (sims, latent); -1 where the model masks the coordinate out
+    pvalues: Optional[np.ndarray] = None  # NaN for a dimension masked out in every simulation (untested)
+    tested: Optional[int] = None  # latent dimensions tested (those with a rank in some simulation)
     alpha: Optional[float] = None
     flagged: List[str] = field(default_factory=list)
     skipped: Optional[str] = None  # why the model could not be simulated

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import PyroVAEError
 from ..infer.data_name import named_data
-from ..infer.layout import Layout, build_layout, masked_coordinates
+from ..infer.layout import Layout, build_layout, masked_coordinates, masked_read
 from ..infer.rng import isolated_rng
 from ..infer.sites import FoldMasks, is_real, site_matrix
 from ..models.params import model_params, scratch_params
@@ -44,7 +44,7 @@ from .arviz_io import from_dict, stored_name
 from .compare import compare, compare_kept, moments
 from .kalman import LinearGaussian, kalman_smoother
 from ..models.graph.sequence import step_site
-from .calibration import sbc_ranks, sbc_uniformity
+from .calibration import check_simulable, sbc_ranks, sbc_uniformity
 from .loo_check import loo_check
 from .points import data_difference
 
@@ -382,9 +382,15 @@ def _sbc(model, x, layout: Layout, name, settings, log) -> Optional[SbcResult]:
     except Exception as e:  # a model whose prior or likelihood cannot be sampled
         return SbcResult(skipped=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     pv = sbc_uniformity(ranks, settings.sbc_draws)
-    alpha = 0.01 / len(pv)  # Bonferroni over latent dimensions
+    tested = int(np.isfinite(pv).sum())
+    alpha = 0.01 / max(1, tested)  # Bonferroni over the latent dimensions tested
+    left = int((ranks < 0).sum())
+    if left:
+        log(f"[{name}] SBC: {left} ranks of coordinates the model masks out (padded steps) left out; "
+            f"{tested} of {len(pv)} latent dimensions tested")
     return SbcResult(sims=settings.sbc_sims, draws=settings.sbc_draws, ranks=ranks, pvalues=pv, alpha=alpha,
-                     flagged=[layout.labels[j] for j in np.nonzero(pv < alpha)[0]])
+                     flagged=[layout.labels[j] for j in np.nonzero(np.nan_to_num(pv, nan=1.0) < alpha)[0]],
+                     tested=tested)
 
 
 def _vocabulary(subject):
@@ -510,7 +516,7 @@ def _summary(points, q: QSummary, khat: KhatSummary, local: AmortizationGap, c: 
         s.kl_gauss = float(np.mean(kl)) if np.all(np.isfinite(kl)) else None
         s.w2 = float(np.mean(c.w2))
     if sbc is not None and sbc.pvalues is not None:
-        s.sbc_min_p, s.sbc_flagged = float(np.min(sbc.pvalues)), len(sbc.flagged)
+        s.sbc_min_p, s.sbc_flagged = float(np.nanmin(sbc.pvalues)), len(sbc.flagged)
     k = khat.values
     order = np.argsort(-np.asarray(k)) if k is not None else np.argsort(-np.asarray(local.gap))
     s.worst = [WorstPoint(point=int(points[j]), khat=None if k is None else float(k[j]), gap=float(local.gap[j]),
@@ -537,7 +543,7 @@ def _reference_warnings(name: str, ref: Reference, unit: str = "point") -> List[
     # One R-hat per (point, latent dim): with hundreds of them, a few just above 1.01 are
     # expected from chance alone at a few hundred draws, so warn on a clear failure
     # (any above RHAT_FAIL) or on many above RHAT_MAX, not on the largest of them.
-    n_all = int(np.size(n.rhat))
+    n_all = int(np.isfinite(np.asarray(n.rhat, dtype=float)).sum())  # a held padded coordinate has none (NaN)
     if n.rhat_max > RHAT_FAIL or n.rhat_above > RHAT_FRACTION * n_all:
         out.append(f"{name}: the NUTS chains disagree: R-hat > {RHAT_MAX} for {n.rhat_above} of {n_all} "
                    f"({unit}, latent dim) pairs, up to {n.rhat_max:.3f}; raise --nuts-warmup/--nuts-samples before "
@@ -622,27 +628,29 @@ def _subject_data(subject, device):
 
 
 def check_reference_possible(subjects, settings) -> None:
-    """Fail before any work: a grid reference needs a 2-D latent in every run; NUTS and SBC need every latent
-    coordinate of the diagnosed points to have a density (none masked out, as a padded step of a sequence is)."""
-    sampled = settings.reference == "nuts" or settings.sbc_sims > 0  # NUTS: unless a chain's Kalman smoother
-    if settings.reference != "grid" and not sampled:
+    """Fail before any work: a grid reference needs a 2-D latent in every run; NUTS holds the coordinates a model
+    masks out (padded steps of shorter sequences) fixed, which is exact only when no density reads them; SBC
+    needs data the model can simulate."""
+    nuts = settings.reference == "nuts"  # unless a chain's Kalman smoother
+    if settings.reference != "grid" and not nuts and settings.sbc_sims <= 0:
         return
     for s in subjects:
         x = _subject_data(s, model_device(s.model))
+        if settings.sbc_sims > 0:
+            with model_params(s.model):
+                check_simulable(s.model, x, s.name)
+        if settings.reference != "grid" and not nuts:
+            continue
         few = batch.rows(x, slice(0, 2))
         with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
             lay = build_layout(s.model, few, DIAGNOSED, continuous=True)
-            masked = masked_coordinates(s.model, x, build_layout(s.model, x, DIAGNOSED, continuous=True)) \
-                if sampled else None
+            read = nuts and LinearGaussian.from_model(s.model) is None and \
+                masked_read(s.model, x, build_layout(s.model, x, DIAGNOSED, continuous=True))
         if settings.reference == "grid" and (lay.dim != 2 or len(lay.sites) != 1):
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "
                                "dimensions: use --reference nuts (or none)")
-        nuts = settings.reference == "nuts" and LinearGaussian.from_model(s.model) is None
-        if masked is not None and (nuts or settings.sbc_sims > 0):
-            points = int(masked.any(1).sum())
-            what = " and ".join(w for w, on in (("NUTS", nuts),
-                                                ("SBC", settings.sbc_sims > 0)) if on)
-            raise PyroVAEError(f"run {s.name!r}: the model masks out latent coordinates of {points} of the "
-                               f"{masked.shape[0]} diagnosed points (padded steps of shorter sequences), which no "
-                               f"density reads, so {what} would sample them from nothing: pass --reference none "
-                               "--sbc-sims 0 (q's draws, the k-hat and the amortization gap leave them out)")
+        if read:
+            raise PyroVAEError(f"run {s.name!r}: the model masks out latent coordinates that a density still reads "
+                               "(a masked step's value feeds an unmasked site), so NUTS can neither sample them "
+                               "from a density nor hold them fixed: mask the sites that read them too, or pass "
+                               "--reference none")

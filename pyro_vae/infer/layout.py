@@ -23,15 +23,16 @@ from typing import Callable, Dict, List, Optional, TypeVar
 import numpy as np
 import torch
 from pyro import poutine
+from torch.distributions import biject_to
 
 from ..data import batch
 from ..errors import PyroVAEError
 from .probe import BROADCAST_FIX, TRACE_ERRORS, first_line, program_error
 from .rng import forked_rng
-from .sites import (DATA_PLATE, data_plate, node_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
+from .sites import (DATA_PLATE, FoldMasks, data_plate, enum_site_sum, enumerated_trace, has_density, node_mask, is_enumerable, is_latent, is_observed, is_point_mass, marginal_densities, particles,
                     per_point, plate_dims, point_densities, site_matrix, trace_pair)
 
-__all__ = ["Layout", "build_layout", "masked_coordinates", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
+__all__ = ["Layout", "build_layout", "masked_coordinates", "masked_values", "masked_read", "PROBE_DRAWS", "stack_draws", "trace_draws", "repeat_points", "latent_values",
            "latent_matrix"]
 
 
@@ -364,18 +365,59 @@ def masked_coordinates(model, x, layout: Layout) -> Optional[np.ndarray]:
     ``poutine.mask``: a padded step of a shorter sequence), so that no density of the model or guide reads it;
     None when none is masked.  Diagnostics leave such coordinates out: their posterior is no distribution."""
     b = batch.num_rows(x)
+    found = _site_masks(model, x, layout)
+    if found is None:
+        return None
+    blocks = [site_matrix((~found.pads[s]).unsqueeze(0).to(torch.float64), layout.event_dims[s], layout.nest,
+                          layout.data_dim, 1, b)[0] for s in layout.sites]
+    return (torch.cat(blocks, -1) < 0.5).cpu().numpy()
+
+
+def masked_values(model, x, layout: Layout) -> Optional[Dict[str, torch.Tensor]]:
+    """Per latent site, a bool tensor of its value's shape on ``x``: True where the model masks the coordinate out
+    (see :func:`masked_coordinates`); None when none is masked."""
+    found = _site_masks(model, x, layout)
+    return None if found is None else found.pads
+
+
+@torch.no_grad()
+def masked_read(model, x, layout: Layout) -> bool:
+    """Whether some density of the model still reads a coordinate it masks out (a masked step whose value feeds
+    an unmasked site): log p(x, z) per point is compared with the masked coordinates moved, the rest kept."""
+    found = _site_masks(model, x, layout)
+    if found is None:
+        return False
+    moved = {}
+    for s in layout.sites:
+        to_real = biject_to(layout.supports[s])
+        z = found.values[s]
+        moved[s] = torch.where(found.pads[s], to_real(to_real.inv(z) + 0.75), z)
+    logp = []
+    for values in (found.values, moved):
+        with forked_rng(batch.reference(x).device), FoldMasks():
+            tr = enumerated_trace(model.model, x, values, layout.summed, layout.nest)
+            logp.append(enum_site_sum(tr, has_density, layout, 1, batch.num_rows(x), dtype=torch.float64))
+    a, b = logp
+    return bool(((a - b).abs() > 1e-5 * (1 + a.abs())).any())
+
+
+@dataclass
+class _SiteMasks:
+    values: Dict[str, torch.Tensor]  # the model trace's latent values
+    pads: Dict[str, torch.Tensor]  # True where masked out, the value's shape
+
+
+def _site_masks(model, x, layout: Layout) -> Optional[_SiteMasks]:
+    """One model trace's latent values and, per site, where the model masks them out; None when nothing is."""
     with forked_rng(batch.reference(x).device):
         _, mtr = trace_pair(model, x)
-    blocks, any_masked = [], False
+    values, pads, any_masked = {}, {}, False
     for s in layout.sites:
         node = mtr.nodes[s]
         value = node["value"]
         keep = node_mask(node)  # .mask() on its distribution and poutine.mask around it
         if keep is None:
             keep = torch.ones(value.shape, dtype=torch.bool, device=value.device)
-        event_dim = len(node["fn"].event_shape)
-        blocks.append(site_matrix(keep.unsqueeze(0).to(torch.float64), event_dim, layout.nest, layout.data_dim, 1, b)[0])
+        values[s], pads[s] = value, ~keep
         any_masked = any_masked or not bool(keep.all())
-    if not any_masked:
-        return None
-    return (torch.cat(blocks, -1) < 0.5).cpu().numpy()
+    return _SiteMasks(values, pads) if any_masked else None

@@ -337,6 +337,7 @@ def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
         ranks = np.asarray(sbc.ranks)
         levels = sbc.draws + 1
         bins = 20 if levels % 20 == 0 else 10 if levels % 10 == 0 else min(levels, 10)
+        ranks = ranks[ranks >= 0]  # a padded step's coordinate has no rank
         counts = np.bincount(np.minimum(ranks.reshape(-1) * bins // levels, bins - 1), minlength=bins)
         n = ranks.size
         lo, hi = binom.ppf([0.005, 0.995], n, 1 / bins)
@@ -344,7 +345,7 @@ def fig_sbc(figs: Figures, diagnosis: Diagnosis) -> None:
         ax.bar(np.arange(bins), counts, width=0.9, color=COLORS[i % len(COLORS)], alpha=0.85)
         ax.set_xticks([0, bins - 1])
         ax.set_xticklabels(["z* below all draws", "above all"], fontsize=8)
-        ax.set_title(f"{r.name}: min p = {np.min(sbc.pvalues):.2g}", fontsize=9)
+        ax.set_title(f"{r.name}: min p = {np.nanmin(sbc.pvalues):.2g}", fontsize=9)
         ax.set_ylabel("count (all latent dims)")
         ax.legend(fontsize=7, loc="lower center")
     fig.suptitle("Simulation-based calibration: rank of the true z among draws from q(z|x)", fontsize=10)

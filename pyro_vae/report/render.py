@@ -76,6 +76,13 @@ GLOSSARY = [
      "so the two counts can differ."),
 ]
 
+def glossary(diagnosis: Diagnosis) -> List[Tuple[str, str]]:
+    """GLOSSARY in the report's own word for a row: "sequence(s)" for "point(s)" when every run is a chain."""
+    if unit(diagnosis) != "sequence":
+        return list(GLOSSARY)
+    return [(term, re.sub(r"\bpoint(s?)\b", r"sequence\1", text)) for term, text in GLOSSARY]
+
+
 # what the report folder holds beside the pages, and what each file is
 FILE_ROLES = [
     ("index.html", "this report as one self-contained page"),
@@ -212,7 +219,7 @@ def render_html(d: Diagnosis, tables: List[Table], figures: List[Figure], out: P
             parts.append(f"<h2 id=\"{sec}\">{e(title)}</h2>")
             parts += body
     parts.append("<h2 id=\"glossary\">How to read this report</h2><dl>")
-    for term, text in GLOSSARY:
+    for term, text in glossary(d):
         parts.append(f"<dt><strong>{e(term)}</strong></dt><dd>{e(text)}</dd>")
     parts.append("</dl>")
     items = "".join(f"<li><a href=\"{e(quote(f))}\"><code>{e(f)}</code></a>: {e(role)}</li>"
@@ -293,7 +300,7 @@ def render_markdown(d: Diagnosis, tables: List[Table], figures: List[Figure],
                 body += [f"![{m(f.title)}]({md_href(f.file)})", "", f"*{m(f.title)}.* {m(f.caption)}", ""]
         if body:
             lines += [f"## {m(title)}", ""] + body
-    lines += ["## How to read this report", ""] + [f"- **{m(t)}**: {m(text)}" for t, text in GLOSSARY] + [""]
+    lines += ["## How to read this report", ""] + [f"- **{m(t)}**: {m(text)}" for t, text in glossary(d)] + [""]
     listed = [f"- [{m(f)}]({md_href(f)}): {m(role)}" for f, role in files if f != "report.md"]
     if listed:
         lines += ["## Files", ""] + listed + [""]

@@ -64,8 +64,9 @@ def _khat_verdict(k: KhatSummary, n: int) -> str:
 
 
 def _rhat_count(n: NutsCheck) -> str:
-    """How many (point, latent dim) pairs have R-hat above the threshold, as "k of n"."""
-    return f"{n.rhat_above} of {int(np.size(n.rhat))}"
+    """How many (point, latent dim) pairs have R-hat above the threshold, as "k of n"; a padded step's coordinate,
+    held fixed, has no R-hat (NaN) and is not counted."""
+    return f"{n.rhat_above} of {int(np.isfinite(np.asarray(n.rhat, dtype=float)).sum())}"
 
 
 def _contracted(r: RunDiagnosis) -> int:
@@ -354,6 +355,9 @@ def _sbc_table(diagnosis: Diagnosis) -> List[Table]:
             rows.append([r.name, None, None, None, None, "skipped: " + sbc.skipped])
         else:
             verdict = "calibrated" if not sbc.flagged else "NOT calibrated: " + ", ".join(sbc.flagged[:6])
+            if sbc.tested is not None and sbc.pvalues is not None and sbc.tested < len(sbc.pvalues):
+                verdict += (f" ({sbc.tested} of {len(sbc.pvalues)} dims tested: the rest are padded steps "
+                            "in every simulation)")
             rows.append([r.name, sbc.sims, sbc.draws, r.summary.sbc_min_p, len(sbc.flagged), verdict])
     tables.append(Table(
         "sbc", "Simulation-based calibration of q(z|x)",
