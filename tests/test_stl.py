@@ -16,7 +16,11 @@ from torch import nn
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.infer.objectives import make_objective
 
+from pyro_vae.cli import main
+from pyro_vae.models import build_model
+
 from test_capture import assert_same_training, data_for, recorded, spec, train
+from test_flow_guides import D, _data, _small, _toml
 
 NOISE, A = 0.7, 0.8
 
@@ -217,3 +221,31 @@ def test_stl_training_is_captured_and_equals_eager_training(particles):
     b = train(s, x, "off", elbo="stl", num_particles=particles)
     assert recorded(a) == 2 and recorded(b) == 0
     assert_same_training(a, b)
+
+
+def test_stl_validated_step_and_lean_step_give_the_same_gradients_bit_for_bit():
+    """A resumed run validates its first step (Pyro's traces) where a straight run takes the lean path."""
+    x = _data(40)
+    torch.manual_seed(0)
+    model = build_model(_small(prior="flow", flows=2), D)
+    objective = make_objective("stl", 2)
+    objective.prepare(model, {"x": x})
+
+    def grads(validate: bool):
+        torch.manual_seed(5)
+        model.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(validate):
+            objective.differentiable_loss(model.model, model.guide, x=x).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    grads(False)  # the first call guesses the particles' plate nesting, which draws from the stream
+    assert all(torch.equal(u, v) for u, v in zip(grads(True), grads(False)))
+
+
+def test_the_cli_refuses_stl_for_a_flow_guide_in_one_line_and_writes_nothing(tmp_path, capsys):
+    cfg = _toml(tmp_path, "iaf")
+    out = tmp_path / "run"
+    assert main(["train", cfg, "--out", str(out), "--quiet", "--no-plots", "--set", "train.elbo=\"stl\""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a flow" in err[0] and "train.elbo = 'trace'" in err[0], err
+    assert not out.exists()
