@@ -377,7 +377,8 @@ class STL_ELBO(SyncFreeTrace_ELBO):
         if not isinstance(getattr(model.guide, "__self__", None), torch.nn.Module):
             raise PyroVAEError("train.elbo = 'stl' runs the guide again with its parameters detached, which needs "
                                f"the guide to be a method of a torch.nn.Module: {advice}")
-        with forked_rng(batch.tensors(data)[0].device):  # the training stream stays where it was
+        # the training stream stays where it was; gradients on, or the check below would pass vacuously
+        with forked_rng(batch.tensors(data)[0].device), torch.enable_grad():
             gtr, _ = trace_pair(model, data)
             for name, site in gtr.nodes.items():
                 if is_latent(site) and any(isinstance(fn, TransformedDistribution) for fn in _laws(site["fn"])):
