@@ -4,6 +4,7 @@ coordinate (the issue's per-step check, at fixed parameters).
 
     python3 examples/sequence_guide_at_truth.py                                   # the slow test's setting
     python3 examples/sequence_guide_at_truth.py --schedule 100:0.02,50:0.002 --particles 16 --rnn 32
+    python3 examples/sequence_guide_at_truth.py --elbo stl --particles 1           # the path-derivative gradient
 """
 
 import argparse
@@ -23,6 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--schedule", default="100:0.02,300:0.005,200:0.001",
                     help="EPOCHS:LR,... trained in turn (default: the slow test's)")
+    ap.add_argument("--elbo", default="auto", choices=["auto", "trace", "meanfield", "stl"],
+                    help="train.elbo: auto (the slow test's), trace, meanfield or stl (the path derivative)")
     ap.add_argument("--particles", type=int, default=4, help="ELBO particles a step (default 4)")
     ap.add_argument("--batch-size", type=int, default=100, help="sequences a step (default 100)")
     ap.add_argument("--rnn", type=int, default=16, help="the backward GRU's hidden size (default 16)")
@@ -49,7 +52,7 @@ def main() -> None:
     start = time.perf_counter()
     for seed, (epochs, lr) in enumerate(schedule):
         pv.fit(model, data.train, config=TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=lr,
-                                                      num_particles=a.particles, eval_every=10 ** 6, seed=seed),
+                                                      num_particles=a.particles, elbo=a.elbo, eval_every=10 ** 6, seed=seed),
                progress=False)
         q = guide_step_means(model, test, draws=a.draws)
         dev = torch.where(real, (q.means - exact.means).abs() / exact.sds, torch.zeros_like(q.means))

@@ -339,7 +339,8 @@ class TrainConfig:
     - ``elbo``: the objective, a name in ``pv.OBJECTIVES``: ``"auto"`` (chosen from the program once: analytic KL
       where it is exact, Monte Carlo elsewhere, enumeration for a discrete latent), ``"trace"`` (Pyro's ``Trace_ELBO``), ``"meanfield"``
       (``TraceMeanField_ELBO``: analytic KL where that is exact), ``"iwae"`` (the importance-weighted bound,
-      ``RenyiELBO`` with alpha 0) or ``"enum"`` (``TraceEnum_ELBO``: a guide's discrete sites summed out).
+      ``RenyiELBO`` with alpha 0), ``"enum"`` (``TraceEnum_ELBO``: a guide's discrete sites summed out) or ``"stl"``
+      (the ELBO with the path-derivative, "sticking the landing", gradient: reparameterized guides).
     - ``num_particles``: samples per data point in each step (K, for ``"iwae"``).
     - ``epochs``: passes over the training data (a resumed run trains up to this many in all).
     - ``batch_size``: rows per step.

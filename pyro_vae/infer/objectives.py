@@ -41,7 +41,7 @@ from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import check_fully_reparametrized, get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import kl_divergence
+from torch.distributions import TransformedDistribution, kl_divergence
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
@@ -325,6 +325,112 @@ class SyncFreeTraceMeanField_ELBO(_SampledGuide, _LazyDensities, TraceMeanField_
         return elbo
 
 
+def _laws(fn):
+    """``fn`` and every distribution it wraps (Independent, masked, expanded, ...), outermost first."""
+    while fn is not None:
+        yield fn
+        fn = getattr(fn, "base_dist", None)
+
+
+class _BoundGuide(torch.nn.Module):
+    """``owner.<name>`` as a module's forward, so ``torch.func.functional_call`` can run the guide with other
+    parameter tensors (the owner's own parameters are left untouched)."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.owner = method.__self__
+        self.method = method.__name__
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.owner, self.method)(*args, **kwargs)
+
+
+class STL_ELBO(SyncFreeTrace_ELBO):
+    """The path-derivative ("sticking the landing") gradient of the ELBO: Roeder, Wu & Duvenaud (2017).
+
+    The reparameterized ELBO gradient is the path term (through each draw z)
+    plus a score term, d log q / d params at fixed z, whose expectation is zero
+    but whose variance stays even when q is the exact posterior.  This estimator
+    drops it: the guide is traced as usual (z depends on the parameters through
+    the reparameterization), then run again, its draws replayed, with every
+    parameter of the model's modules detached (``torch.func.functional_call``),
+    and the guide term is that re-run's log q(z).  So gradients reach the
+    parameters only through z, the dependence of one draw's law on an earlier
+    draw (a structured chain) included.  Its expectation is the ELBO gradient;
+    at the exact posterior every draw's gradient is zero.
+
+    The value is the ELBO estimate of the same draws, exactly ``trace``'s: the
+    surrogate adds ``s - s.detach()`` (zero) to it.  A guide site that is not
+    reparameterized, a flow (its transform caches the pre-image computed with
+    the live parameters) or parameters outside the model's modules
+    (``pyro.param``) are refused by :meth:`prepare`, naming ``trace`` instead.
+    """
+
+    config_name = "stl"
+    needs_rsample = True
+
+    def prepare(self, model, data) -> None:
+        """Also refuse what cannot be detached: a flow site, a guide that is not a module's method, parameters
+        that the detached re-run still reaches (checked on one trace: at fixed draws no gradient may flow)."""
+        super().prepare(model, data)
+        advice = "use train.elbo = 'trace' (the same ELBO, with the score term in its gradient)"
+        if not isinstance(getattr(model.guide, "__self__", None), torch.nn.Module):
+            raise PyroVAEError("train.elbo = 'stl' runs the guide again with its parameters detached, which needs "
+                               f"the guide to be a method of a torch.nn.Module: {advice}")
+        # the training stream stays where it was; gradients on, or the check below would pass vacuously
+        with forked_rng(batch.tensors(data)[0].device), torch.enable_grad():
+            gtr, _ = trace_pair(model, data)
+            for name, site in gtr.nodes.items():
+                if is_latent(site) and any(isinstance(fn, TransformedDistribution) for fn in _laws(site["fn"])):
+                    raise PyroVAEError(
+                        f"guide site {name!r} is a flow ({type(site['fn']).__name__}), whose parameters "
+                        f"train.elbo = 'stl' cannot detach (its transforms cache their inverse): {advice}")
+            fixed = poutine.Trace()
+            for name, site in gtr.nodes.items():  # the same draws, cut from the parameters
+                if site["type"] == "sample":
+                    fixed.add_node(name, **dict(site, value=site["value"].detach()))
+            log_q = sum(_log_prob_sum(site) for _, site in _density_sites(self._rerun(model.guide, fixed, (), data, False)))
+            # at fixed draws and detached module parameters nothing may still carry a gradient
+            reached = torch.is_tensor(log_q) and log_q.requires_grad
+        if reached:
+            raise PyroVAEError("train.elbo = 'stl' could not detach every parameter of the guide (some live outside "
+                               f"the model's torch modules, e.g. pyro.param): {advice}")
+
+    def _rerun(self, guide, guide_trace, args, kwargs, particles: bool = True):
+        """The guide's trace with its draws replayed from ``guide_trace`` and its module's parameters detached
+        (``particles``: in the vectorized particles' plate, as the trace was drawn; prepare's single trace is not)."""
+        bound = _BoundGuide(guide)
+        detached = {f"owner.{name}": p.detach() for name, p in bound.owner.named_parameters()}
+
+        def run(*a, **k):
+            return torch.func.functional_call(bound, detached, a, k, strict=False)
+
+        if particles and self.vectorize_particles and self.num_particles > 1:
+            run = self._vectorized_num_particles(run)
+        return poutine.trace(poutine.replay(run, trace=guide_trace), graph_type="flat").get_trace(*args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        total = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            _in_pyro_order(model_trace, guide_trace)
+            elbo = 0.0
+            for _, site in _density_sites(model_trace):
+                elbo = elbo + _log_prob_sum(site)
+            value = elbo
+            for _, site in _density_sites(guide_trace):
+                if not site["fn"].has_rsample:  # prepare() refuses these; a program that changed since is refused here
+                    raise PyroVAEError(f"guide site {site['name']!r} has no reparameterized sampler, which "
+                                       "train.elbo = 'stl' needs: use train.elbo = 'trace'")
+                value = value - _log_prob_sum(site)
+            rescored = {name: site for name, site in _density_sites(self._rerun(guide, guide_trace, args, kwargs))}
+            for name, _ in _density_sites(guide_trace):
+                elbo = elbo - _log_prob_sum(rescored[name])
+            # the value is the ELBO of these draws exactly; only the gradient is the path derivative's
+            particle = -(value.detach() + (elbo - elbo.detach()))
+            total = total + particle / self.num_particles
+        return total
+
+
 class Enum_ELBO(TraceEnum_ELBO):
     """Pyro's ``TraceEnum_ELBO``, the guide's discrete sites enumerated in parallel unless the user marked them.
 
@@ -376,6 +482,12 @@ def _meanfield(num_particles: int = 1, max_plate_nesting=float("inf")):
 def _iwae(num_particles: int = 1, max_plate_nesting=float("inf")):
     return IWAE_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
                      max_plate_nesting=max_plate_nesting)
+
+
+@OBJECTIVES.register("stl")
+def _stl(num_particles: int = 1, max_plate_nesting=float("inf")):
+    return STL_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                    max_plate_nesting=max_plate_nesting)
 
 
 @OBJECTIVES.register("enum")
