@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae import load_data
 from pyro_vae.cli import main
 
 COMMANDS = ["demo", "train", "evaluate", "sample"]

@@ -6,7 +6,6 @@ distributions, not against the library's arithmetic.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

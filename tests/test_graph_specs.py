@@ -11,7 +11,6 @@ import copy
 import os
 
 import pytest
-import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main

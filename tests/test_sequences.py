@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from pyro import poutine
+from scipy import stats
 
 import pyro_vae as pv
 from pyro_vae.config import config_from_dict
@@ -348,9 +349,18 @@ def guide_at_truth():
 
 @pytest.mark.slow
 def test_importance_sampled_log_px_matches_kalman_per_sequence(guide_at_truth):
+    """IS log p(x) within 3 s.e. of the Kalman filter's per sequence, read at the 3-s.e. level over all of them:
+    among n sequences a correct estimate leaves one beyond 3 s.e. with probability n * 0.27% (8% for 30), two with
+    0.3%, so at most one may be, and none beyond the Bonferroni bound (3.92 s.e. for 30).  A bias shared by the
+    sequences (a guide too narrow for importance sampling) shows in the mean z, an s.e. that is too small in the
+    sum of z squared: both at the 0.27% level."""
     _, _, exact, points = guide_at_truth
-    z = (points.log_likelihood - exact.log_likelihood) / points.log_likelihood_var.sqrt()
-    assert bool((z.abs() < 3).all()), z
+    z = ((points.log_likelihood - exact.log_likelihood) / points.log_likelihood_var.sqrt()).numpy()
+    n = len(z)
+    assert int((np.abs(z) > 3).sum()) <= 1 and stats.binom.sf(1, n, 0.0027) < 0.005, z.round(2)
+    assert float(np.abs(z).max()) < stats.norm.isf(0.0027 / 2 / n), z.round(2)
+    assert abs(float(z.mean())) * np.sqrt(n) < 3, z.round(2)
+    assert float((z ** 2).sum()) < stats.chi2.ppf(0.9973, n), z.round(2)
 
 
 @pytest.mark.slow

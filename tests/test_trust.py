@@ -252,8 +252,8 @@ def test_a_module_in_the_current_directory_is_not_imported(trained, tmp_path, ca
     (here / "cwd_models.py").write_text(SOURCE)
     monkeypatch.chdir(here)
     monkeypatch.syspath_prepend(str(here))  # as `python -m` puts the working directory first on sys.path
-    err = _refused(COMMANDS[command](run, tmp_path), run, tmp_path, capsys, marker,
-                   ["no module named 'cwd_models'", "installed packages"])
+    _refused(COMMANDS[command](run, tmp_path), run, tmp_path, capsys, marker,
+             ["no module named 'cwd_models'", "installed packages"])
     assert "cwd_models" not in sys.modules
     # the user names the folder: the same command works
     assert main(COMMANDS[command](run, tmp_path) + ["--program-path", "."]) == 0

@@ -33,16 +33,16 @@ def guide_outside_family(model, x, layout: Layout) -> Optional[str]:
     reads no other latent (or the guide is a point mass, the MAP fit's family); else why not, in words."""
     if layout.point_mass:
         return None
-    rows = batch.rows(x, slice(0, min(2, batch.num_rows(x))))
-    with forked_rng(batch.reference(rows).device):
-        tr = poutine.trace(model.guide).get_trace(**rows)
+    # all the diagnosed rows, not a slice: a user's guide may read its rows by index
+    with forked_rng(batch.reference(x).device):
+        tr = poutine.trace(model.guide).get_trace(**x)
     latents = [n for n in layout.sites if n in tr.nodes]
     for name in latents:
         fn = tr.nodes[name]["fn"]
         base = elementwise_base(fn, through_masks=True)
         if type(base) is not dist.Normal or not is_real(fn.support):
             return f"q({name}) is a {type(base).__name__}, not a diagonal Gaussian"
-    deps = direct_dependencies(model.guide, rows)
+    deps = direct_dependencies(model.guide, x)
     for name in latents:
         reads = [n for n in latents if n in deps.get(name, ())]
         if reads:
