@@ -35,6 +35,7 @@ import pyro.distributions as dist
 from pyro_vae import (DiagnoseSettings, PyroVAEError, Subject, build_model, config_from_dict, diagnose,
                       load_diagnosis, write_report)
 from pyro_vae.cli import main
+from pyro_vae.diagnostics.run import check_reference_possible
 from pyro_vae.infer.psis import KHAT_BAD, KHAT_GOOD
 from pyro_vae import arviz_compat
 from pyro_vae.diagnostics.arviz_io import group
@@ -354,19 +355,28 @@ def test_an_older_diagnosis_folder_says_to_diagnose_again(diagnosis, tmp_path):
     assert "\n" not in str(e.value)
 
 
+class OneBadPoint(NarrowGuide):
+    """The VAE's guide, narrowed at row 2 alone: a guide that reads its rows by index."""
+
+    def guide(self, x):
+        loc, scale = q_loc_scale(self.vae, x)
+        f = torch.ones(x.shape[0], 1)
+        f[2] = NARROW
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale * f).to_event(1))
+
+
+@pytest.mark.parametrize("reference, sbc_sims", [("none", 10), ("nuts", 0), ("grid", 0)])
+def test_the_checks_before_any_work_run_a_program_on_all_the_points(subjects, reference, sbc_sims):
+    """A guide that reads row 2 runs on the diagnosed points: the up-front checks must not try it on two rows."""
+    s = Subject("mixed", OneBadPoint(subjects[0].model), subjects[0].x, subjects[0].point_index)
+    check_reference_possible([s], DiagnoseSettings(**{**FAST, "reference": reference, "sbc_sims": sbc_sims}))
+
+
 @pytest.mark.slow
 def test_khat_is_per_point(subjects, ppca):
     """One bad point among good ones: per-point k-hat names it (a pooled k-hat could not)."""
     good = subjects[0].model
-
-    class OneBadPoint(NarrowGuide):
-        def guide(self, x):
-            loc, scale = q_loc_scale(self.vae, x)
-            f = torch.ones(x.shape[0], 1)
-            f[2] = NARROW
-            with pyro.plate("data", x.shape[0]):
-                pyro.sample("z", dist.Normal(loc, scale * f).to_event(1))
-
     s = Subject("mixed", OneBadPoint(good), subjects[0].x, subjects[0].point_index)
     # k-hat reads q's own draws: no local fit is needed (this guide does not broadcast, so a fit runs draw by draw)
     d = diagnose([s], DiagnoseSettings(**{**FAST, "reference": "none", "sbc_sims": 0, "local_steps": 0}), progress=False)

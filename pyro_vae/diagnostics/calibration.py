@@ -21,11 +21,10 @@ def check_simulable(model, x, name: str) -> None:
     """Refuse SBC for a program whose observed sites are not each one data array the simulation can write back
     (a sequence observed step by step, ``obs_x_1``, ``obs_x_2``, ...: the simulated steps would not be the
     sequence the guide reads)."""
-    few = batch.rows(x, slice(0, 2))
-    sites = dict(array_sites(model, few))
-    sites.setdefault(observed_name(model, few, sites), model.obs_site)
+    sites = dict(array_sites(model, x))
+    sites.setdefault(observed_name(model, x, sites), model.obs_site)
     with forked_rng(batch.reference(x).device):
-        tr = poutine.trace(model.model).get_trace(**few)
+        tr = poutine.trace(model.model).get_trace(**x)
     left = [n for n, site in tr.nodes.items() if site["type"] == "sample" and is_observed(site)
             and n not in sites.values()]
     if left:

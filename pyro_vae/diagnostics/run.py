@@ -636,16 +636,15 @@ def check_reference_possible(subjects, settings) -> None:
         return
     for s in subjects:
         x = _subject_data(s, model_device(s.model))
-        few = batch.rows(x, slice(0, 2))
         with model_params(s.model), isolated_rng(settings.seed, batch.reference(x).device):
-            # first: a program that cannot run on the points is its one line, before any check reads its trace
-            lay = build_layout(s.model, few, DIAGNOSED, continuous=True)
+            # first: a program that cannot run on the points is its one line, before any check reads its trace;
+            # on all the points, as diagnose traces it (a program may read its rows by index)
+            lay = build_layout(s.model, x, DIAGNOSED, continuous=True)
             if settings.sbc_sims > 0:
                 check_simulable(s.model, x, s.name)
             if settings.reference != "grid" and not nuts:
                 continue
-            read = nuts and LinearGaussian.from_model(s.model) is None and \
-                masked_read(s.model, x, build_layout(s.model, x, DIAGNOSED, continuous=True))
+            read = nuts and LinearGaussian.from_model(s.model) is None and masked_read(s.model, x, lay)
         if settings.reference == "grid" and (lay.dim != 2 or len(lay.sites) != 1):
             raise PyroVAEError(f"--reference grid needs one 2-D latent, but run {s.name!r} has {lay.dim} latent "
                                "dimensions: use --reference nuts (or none)")
